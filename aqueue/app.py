@@ -1,0 +1,507 @@
+"""The app: settings, the task registry, and the connections used to send and await tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
+
+from aqueue import routing
+from aqueue.backends import ResultBackend, backend_from_url
+from aqueue.brokers import Broker, Outgoing, broker_from_url
+from aqueue.canvas import Signature
+from aqueue.config import Settings
+from aqueue.exceptions import BrokerConnectionError, ConfigurationError
+from aqueue.message import Message
+from aqueue.outcome import ResultRecord
+from aqueue.result import AsyncResult as _AsyncResult
+from aqueue.task import TASK_OPTIONS, Task
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+# apply_async options that are not Message fields, with Celery's meaning.
+_SEND_OPTIONS = frozenset(
+    {
+        "countdown",
+        "eta",
+        "expires",
+        "task_id",
+        "queue",
+        "priority",
+        "headers",
+        "link",
+        "link_error",
+        "serializer",
+        "compression",
+        "shadow",
+        "ignore_result",
+        "time_limit",
+        "retry",
+        "retry_policy",
+        "parent_id",
+        "root_id",
+        "group_id",
+        "routing_key",
+        "exchange",
+        "options",
+    }
+)
+
+_DEFAULT_RETRY_POLICY = {
+    "max_retries": 3,
+    "interval_start": 0.0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+
+
+class _TaskDecorator(Protocol):
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Task[P, R]: ...
+
+
+class _BoundTaskDecorator(Protocol):
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Any, P], R]) -> Task[P, R]: ...
+
+
+@dataclass
+class _Connections:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    broker: Broker | None = None
+    backend: ResultBackend | None = None
+
+
+class Aqueue:
+    """An aqueue application: create one per project and register tasks on it.
+
+    Args:
+        main: the app's name (used in logs), e.g. ``"proj"``.
+        broker: broker URL; default ``$AQUEUE_BROKER_URL``, else ``sqlite:///aqueue.db``.
+        backend: result backend URL; default ``$AQUEUE_RESULT_BACKEND``, else the broker's URL
+            when the broker can store results, else none (AMQP).
+        **settings: any setting, by its lowercase name (see :class:`aqueue.config.Settings`).
+
+    Raises:
+        ConfigurationError: a URL or setting is invalid.
+
+    Connections open on first use in each event loop, so one app serves a web app's loop, a
+    test's loop and a worker's loop alike. Call ``await app.close()`` when done.
+    """
+
+    def __init__(
+        self,
+        main: str | None = None,
+        *,
+        broker: str | None = None,
+        backend: str | None = None,
+        **settings: Any,
+    ) -> None:
+        self.main = main or "aqueue"
+        self.conf = Settings()
+        if broker is not None:
+            settings["broker_url"] = broker
+        if backend is not None:
+            settings["result_backend"] = backend
+        self.conf.update(settings)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connections] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._memory: dict[str, Any] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"<Aqueue {self.main}>"
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def config_from_object(self, obj: object | str) -> None:
+        """Load settings from a module path (``"proj.config"``), a module or an object.
+
+        Raises:
+            ConfigurationError: the module cannot be imported or a setting is wrong.
+        """
+        self.conf.from_object(obj)
+
+    @property
+    def accept_results(self) -> frozenset[str]:
+        """Content types readable in results: ``accept_content`` and ``result_serializer``."""
+        return frozenset((*self.conf.accept_content, self.conf.result_serializer))
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(
+        self,
+        /,
+        *,
+        bind: Literal[True],
+        name: str | None = ...,
+        base: type[Task[Any, Any]] = ...,
+        **options: Any,
+    ) -> _BoundTaskDecorator: ...
+    @overload
+    def task(
+        self,
+        /,
+        *,
+        bind: Literal[False] = ...,
+        name: str | None = ...,
+        base: type[Task[Any, Any]] = ...,
+        **options: Any,
+    ) -> _TaskDecorator: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        bind: bool = False,
+        name: str | None = None,
+        base: type[Task[Any, Any]] = Task,
+        **options: Any,
+    ) -> Any:
+        """Register a function as a task; use bare (``@app.task``) or with options.
+
+        Args:
+            bind: pass the task itself as the first argument (``self.request``, ``self.retry``).
+            name: the registered name; default ``module.function``.
+            base: a :class:`Task` subclass whose hooks and attributes the task takes.
+            **options: task options (``max_retries``, ``retry_backoff``, ``autoretry_for``,
+                ``time_limit``, ``rate_limit``, ``queue``, ``priority``, ``ignore_result``...).
+
+        Raises:
+            ConfigurationError: an unknown option, or ``base`` is not a Task subclass.
+        """
+        unknown = set(options) - set(TASK_OPTIONS)
+        if unknown:
+            bad = sorted(unknown)[0]
+            close = difflib.get_close_matches(bad, TASK_OPTIONS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigurationError(f"unknown task option {bad!r}{hint}")
+        if not (isinstance(base, type) and issubclass(base, Task)):
+            raise ConfigurationError(f"base={base!r} must be a subclass of aqueue.Task")
+        if "autoretry_for" in options:
+            options["autoretry_for"] = tuple(options["autoretry_for"])
+
+        def register(func: Callable[..., Any]) -> Task[Any, Any]:
+            task_name = name or f"{func.__module__}.{func.__qualname__}"
+            task = base(self, func, task_name, bind=bind, **options)
+            self.tasks[task_name] = task
+            return task
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def signature(self, name: str, args: Any = (), kwargs: Any = None, **options: Any) -> Signature:
+        """A signature of a task by name, bound to this app."""
+        return Signature(name, tuple(args), dict(kwargs or {}), options, app=self)
+
+    def task_options(self, name: str) -> dict[str, Any]:
+        """``task_annotations`` for task ``name``: options that override the task's own."""
+        return routing.lookup(self.conf.task_annotations, name)
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _loop_connections(self) -> _Connections:
+        loop = asyncio.get_running_loop()
+        conns = self._connections.get(loop)
+        if conns is None:
+            conns = self._connections[loop] = _Connections()
+        return conns
+
+    def _shared_memory(self, kind: str, url: str, make: Callable[[], T]) -> T:
+        # An in-process URL is one store per app whatever the loop: producer and worker share it.
+        key = f"{kind}:{url}"
+        found = self._memory.get(key)
+        if found is None:
+            found = self._memory[key] = make()
+        return found
+
+    async def broker(self) -> Broker:
+        """The connected broker for the running event loop (connecting on first use).
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached.
+            ConfigurationError: the broker URL is invalid.
+        """
+        conns = self._loop_connections()
+        if conns.broker is None:
+            async with conns.lock:
+                if conns.broker is None:
+                    url = self.conf.resolved_broker_url()
+                    opts = self.conf.broker_transport_options
+                    if url.startswith("memory:"):
+                        broker = self._shared_memory(
+                            "broker", url, lambda: broker_from_url(url, opts)
+                        )
+                    else:
+                        broker = broker_from_url(url, opts)
+                    await broker.connect()
+                    conns.broker = broker
+        return conns.broker
+
+    async def result_backend(self) -> ResultBackend:
+        """The connected result backend for the running event loop.
+
+        Raises:
+            ConfigurationError: no result backend is configured (e.g. an AMQP broker alone).
+            BrokerConnectionError: it cannot be reached.
+        """
+        conns = self._loop_connections()
+        if conns.backend is None:
+            async with conns.lock:
+                if conns.backend is None:
+                    url = self.conf.resolved_backend_url()
+                    if url is None:
+                        raise ConfigurationError(
+                            "no result backend is configured: set result_backend (e.g. "
+                            "Aqueue(..., backend='redis://127.0.0.1:6379/1')) to await results"
+                        )
+                    if url.startswith("memory:"):
+                        backend = self._shared_memory("backend", url, lambda: backend_from_url(url))
+                    else:
+                        backend = backend_from_url(url)
+                    await backend.connect()
+                    conns.backend = backend
+        return conns.backend
+
+    @property
+    def has_result_backend(self) -> bool:
+        """True when a result backend is configured."""
+        return self.conf.resolved_backend_url() is not None
+
+    async def close(self) -> None:
+        """Close this loop's connections (other loops' close with their own ``close`` call)."""
+        loop = asyncio.get_running_loop()
+        conns = self._connections.pop(loop, None)
+        if conns is None:
+            return
+        if conns.broker is not None:
+            await conns.broker.close()
+        if conns.backend is not None:
+            await conns.backend.close()
+
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``coro`` as a task on the current loop, holding a reference until it is done."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def AsyncResult(self, task_id: str) -> _AsyncResult[Any]:
+        """A result handle for an existing task id."""
+        return _AsyncResult(task_id, self)
+
+    async def send_task(
+        self,
+        name: str,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        _task: Task[Any, Any] | None = None,
+        **options: Any,
+    ) -> _AsyncResult[Any]:
+        """Publish a call of task ``name``, with no need to import the task.
+
+        Args:
+            name: the registered task name.
+            args, kwargs: the call's arguments.
+            **options: Celery's ``apply_async`` options: ``countdown`` (seconds), ``eta``
+                (datetime; naive means UTC), ``expires`` (seconds from now or a datetime; an
+                expired message is not run and its state becomes REVOKED), ``task_id``,
+                ``queue``, ``priority`` (0..9, 9 first), ``headers`` (dict), ``link`` and
+                ``link_error`` (signatures or lists of them), ``serializer``, ``compression``
+                (``"zlib"``), ``shadow`` (a name for logs), ``ignore_result``, ``time_limit``
+                (seconds), ``retry`` (retry publishing on a connection error, default True) and
+                ``retry_policy`` (``max_retries``, ``interval_start``, ``interval_step``,
+                ``interval_max``, seconds).
+
+        Raises:
+            ConfigurationError: an option is unknown or invalid.
+            EncodeError: the arguments cannot be serialised.
+            BrokerConnectionError: the broker cannot be reached within the retry policy.
+        """
+        unknown = set(options) - _SEND_OPTIONS
+        if unknown:
+            bad = sorted(unknown)[0]
+            close = difflib.get_close_matches(bad, _SEND_OPTIONS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigurationError(f"unknown apply_async option {bad!r}{hint}")
+        task = _task or self.tasks.get(name)
+        args_t = tuple(args or ())
+        kwargs_d = dict(kwargs or {})
+        if self.conf.task_always_eager:
+            from aqueue.eager import apply_eager
+
+            if task is None:
+                from aqueue.exceptions import TaskNotRegistered
+
+                raise TaskNotRegistered(f"task {name!r} is not registered (task_always_eager)")
+            return await apply_eager(self, task, args_t, kwargs_d, options)
+        message = self.build_message(name, args_t, kwargs_d, task, options)
+        await self.publish([message], options.get("retry", True), options.get("retry_policy"))
+        return _AsyncResult(message.id, self, name)
+
+    def build_message(
+        self,
+        name: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        task: Task[Any, Any] | None,
+        options: dict[str, Any],
+    ) -> Message:
+        """Resolve routing and defaults into the :class:`Message` to publish.
+
+        Precedence for each option: the call's own > ``task_routes`` > ``task_annotations`` >
+        the task's decorator options > the app's settings.
+        """
+        conf = self.conf
+        route = routing.lookup(conf.task_routes, name, args, kwargs, options)
+        annotated = self.task_options(name)
+
+        def pick(key: str, default: Any = None) -> Any:
+            for source in (options, route, annotated):
+                if source.get(key) is not None:
+                    return source[key]
+            value = getattr(task, key, None) if task is not None else None
+            return default if value is None else value
+
+        priority = pick("priority", conf.task_default_priority)
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+            raise ConfigurationError(f"priority must be a whole number 0..9, not {priority!r}")
+        now = time.time()
+        eta = _epoch(options.get("eta"), "eta")
+        if options.get("countdown") is not None:
+            eta = now + float(options["countdown"])
+        expires = pick("expires")
+        if isinstance(expires, int | float):
+            expires = now + float(expires)
+        else:
+            expires = _epoch(expires, "expires")
+        ignore_result = pick("ignore_result", conf.task_ignore_result)
+        extra: dict[str, Any] = dict(options.get("options") or {})
+        for key in ("shadow", "routing_key", "exchange"):
+            if options.get(key) is not None:
+                extra[key] = options[key]
+        return Message(
+            id=options.get("task_id") or str(uuid.uuid4()),
+            task=name,
+            args=args,
+            kwargs=kwargs,
+            queue=pick("queue", conf.task_default_queue),
+            priority=priority,
+            eta=eta,
+            expires=expires,
+            headers=dict(options.get("headers") or {}),
+            link=_signatures(options.get("link")),
+            link_error=_signatures(options.get("link_error")),
+            time_limit=options.get("time_limit"),
+            ignore_result=bool(ignore_result),
+            parent_id=options.get("parent_id"),
+            root_id=options.get("root_id"),
+            group_id=options.get("group_id"),
+            options=extra,
+            content_type=pick("serializer", conf.task_serializer),
+            compression=pick("compression", conf.task_compression),
+        )
+
+    async def publish(
+        self,
+        messages: list[Message],
+        retry: bool = True,
+        retry_policy: dict[str, Any] | None = None,
+    ) -> None:
+        """Encode and publish messages in one broker call, retrying per ``retry_policy``.
+
+        Raises:
+            EncodeError: a message's arguments cannot be serialised.
+            BrokerConnectionError: still failing after ``retry_policy['max_retries']`` retries.
+        """
+        outgoing = [Outgoing(m.queue, m.encode(), m.id, m.priority, m.eta) for m in messages]
+        policy = {**_DEFAULT_RETRY_POLICY, **(retry_policy or {})}
+        attempt = 0
+        while True:
+            try:
+                broker = await self.broker()
+                await broker.publish(outgoing)
+                return
+            except BrokerConnectionError:
+                if not retry or attempt >= policy["max_retries"]:
+                    raise
+                delay = min(
+                    policy["interval_start"] + attempt * policy["interval_step"],
+                    policy["interval_max"],
+                )
+                attempt += 1
+                await asyncio.sleep(delay)
+
+    async def store_state(
+        self, task_id: str | None, state: str, meta: Any = None, name: str | None = None
+    ) -> None:
+        """Store a state for ``task_id`` (used by ``Task.update_state``).
+
+        Raises:
+            ConfigurationError: no task id, or no result backend configured.
+        """
+        if not task_id:
+            raise ConfigurationError(
+                "update_state() needs a task id: call it inside a running task or pass task_id="
+            )
+        from aqueue.task import current_request
+
+        request = current_request.get()
+        record = ResultRecord(
+            task_id, state, meta, None, time.time(), request.retries if request else 0, name
+        )
+        backend = await self.result_backend()
+        await backend.store(
+            [(task_id, record.encode(self.conf.result_serializer))], self.conf.result_expires
+        )
+
+
+def _epoch(value: Any, option: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.timestamp()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigurationError(f"{option} must be a datetime, not {type(value).__name__}")
+
+
+def _signatures(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    items = value if isinstance(value, list | tuple) else [value]
+    out: list[dict[str, Any]] = []
+    for item in items:
+        if isinstance(item, Signature):
+            out.append(item.to_dict())
+        elif isinstance(item, dict) and "task" in item:
+            out.append(item)
+        else:
+            raise ConfigurationError(f"link/link_error take signatures (task.s(...)), not {item!r}")
+    return out

@@ -1,0 +1,100 @@
+"""The in-process result backend: the reference implementation of the ResultBackend Protocol.
+
+Records live in a dict guarded by a thread lock; watchers are woken on their own event loop, so
+one instance can serve several loops. Nothing survives the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+
+class MemoryBackend:
+    """Result backend for ``memory://`` URLs; state is per instance."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self._data: dict[str, tuple[bytes, float | None]] = {}
+        self._counters: dict[str, int] = {}
+        self._watchers: dict[str, list[_Watcher]] = {}
+
+    async def connect(self) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Nothing to release; records are kept for a later ``connect``."""
+
+    async def store(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
+        """Store records and put each on the queues watching its id."""
+        until = time.monotonic() + expires if expires is not None else None
+        with self._lock:
+            notify: list[tuple[_Watcher, bytes]] = []
+            for task_id, data in items:
+                self._data[task_id] = (data, until)
+                notify.extend((w, data) for w in self._watchers.get(task_id, ()))
+        for w, data in notify:
+            w.put(data)
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        """Read records; an expired record reads as ``None``."""
+        now = time.monotonic()
+        out: list[bytes | None] = []
+        with self._lock:
+            for task_id in task_ids:
+                found = self._data.get(task_id)
+                if found is not None and found[1] is not None and found[1] <= now:
+                    del self._data[task_id]
+                    found = None
+                out.append(found[0] if found else None)
+        return out
+
+    async def delete(self, task_ids: Sequence[str]) -> None:
+        """Forget records."""
+        with self._lock:
+            for task_id in task_ids:
+                self._data.pop(task_id, None)
+
+    async def incr(self, key: str, amount: int, expires: float | None) -> int:
+        """Add ``amount`` to counter ``key`` under the lock and return the new value."""
+        with self._lock:
+            value = self._counters[key] = self._counters.get(key, 0) + amount
+            return value
+
+    @asynccontextmanager
+    async def watch(self, task_id: str) -> AsyncIterator[asyncio.Queue[bytes]]:
+        """Yield a queue that receives every record stored for ``task_id`` from now on."""
+        w = _Watcher(asyncio.get_running_loop(), asyncio.Queue())
+        with self._lock:
+            self._watchers.setdefault(task_id, []).append(w)
+        try:
+            yield w.queue
+        finally:
+            with self._lock:
+                watchers = self._watchers.get(task_id, [])
+                if w in watchers:
+                    watchers.remove(w)
+                if not watchers:
+                    self._watchers.pop(task_id, None)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Watcher:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[bytes]
+
+    def put(self, data: bytes) -> None:
+        """Put ``data`` on the queue from any thread or loop."""
+        try:
+            same_loop = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            same_loop = False
+        if same_loop:
+            self.queue.put_nowait(data)
+        else:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, data)

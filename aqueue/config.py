@@ -1,0 +1,301 @@
+"""App settings: Celery's lowercase names, checked when they are set.
+
+``app.conf`` is a :class:`Settings`. Every setting reads and writes as an attribute
+(``app.conf.timezone = "UTC"``) and through :meth:`Settings.update`; an unknown name or a bad
+value raises :class:`~aqueue.exceptions.ConfigurationError` at once, naming the setting and the fix.
+Celery's old upper-case names (``CELERY_RESULT_BACKEND``...) are refused with the new name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import inspect
+import os
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from aqueue.exceptions import ConfigurationError
+from aqueue.serialization import COMPRESSIONS, CONTENT_TYPES
+
+DEFAULT_URL = "sqlite:///aqueue.db"
+BROKER_ENV = "AQUEUE_BROKER_URL"
+BACKEND_ENV = "AQUEUE_RESULT_BACKEND"
+BROKER_SCHEMES = ("memory", "sqlite", "redis", "rediss", "amqp", "amqps")
+BACKEND_SCHEMES = ("memory", "sqlite", "redis", "rediss")
+
+# Celery 3's names, still common in tutorials, and the setting that replaced each.
+_OLD_NAMES = {
+    "BROKER_URL": "broker_url",
+    "CELERY_BROKER_URL": "broker_url",
+    "CELERY_RESULT_BACKEND": "result_backend",
+    "CELERY_TASK_SERIALIZER": "task_serializer",
+    "CELERY_RESULT_SERIALIZER": "result_serializer",
+    "CELERY_ACCEPT_CONTENT": "accept_content",
+    "CELERY_TASK_RESULT_EXPIRES": "result_expires",
+    "CELERY_ACKS_LATE": "task_acks_late",
+    "CELERY_MESSAGE_COMPRESSION": "task_compression",
+    "CELERYD_TASK_TIME_LIMIT": "task_time_limit",
+    "CELERYD_CONCURRENCY": "worker_concurrency",
+    "CELERYD_PREFETCH_MULTIPLIER": "worker_prefetch_multiplier",
+    "CELERY_DEFAULT_QUEUE": "task_default_queue",
+    "CELERY_ROUTES": "task_routes",
+    "CELERY_ANNOTATIONS": "task_annotations",
+    "CELERY_TIMEZONE": "timezone",
+    "CELERY_ENABLE_UTC": "enable_utc",
+    "CELERYBEAT_SCHEDULE": "beat_schedule",
+    "CELERY_ALWAYS_EAGER": "task_always_eager",
+    "BROKER_TRANSPORT_OPTIONS": "broker_transport_options",
+}
+
+
+def _url(schemes: tuple[str, ...]) -> Callable[[str, Any], None]:
+    def check(name: str, value: Any) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str) or "://" not in value:
+            raise ConfigurationError(
+                f"{name} must be a URL such as 'redis://127.0.0.1:6379/0' or "
+                f"'sqlite:///aqueue.db', not {value!r}"
+            )
+        scheme = value.split("://", 1)[0].lower()
+        if scheme not in schemes:
+            raise ConfigurationError(
+                f"{name} {value!r}: scheme {scheme!r} is not supported; use one of "
+                + ", ".join(f"{s}://" for s in schemes)
+            )
+
+    return check
+
+
+def _one_of(choices: tuple[str, ...], allow_none: bool = False) -> Callable[[str, Any], None]:
+    def check(name: str, value: Any) -> None:
+        if (value is None and allow_none) or value in choices:
+            return
+        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+
+    return check
+
+
+def _seconds(allow_none: bool) -> Callable[[str, Any], None]:
+    def check(name: str, value: Any) -> None:
+        if value is None and allow_none:
+            return
+        if isinstance(value, timedelta):
+            value = value.total_seconds()
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigurationError(
+                f"{name} must be a number of seconds >= 0{' or None' if allow_none else ''}, "
+                f"not {value!r}"
+            )
+
+    return check
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{name} must be a whole number >= 1, not {value!r}")
+
+
+def _non_negative_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"{name} must be a whole number >= 0, not {value!r}")
+
+
+def _boolean(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be True or False, not {value!r}")
+
+
+def _mapping(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, Mapping):
+        raise ConfigurationError(f"{name} must be a dict, not {type(value).__name__}")
+
+
+def _routes(name: str, value: Any) -> None:
+    if value is None or isinstance(value, Mapping | list | tuple) or callable(value):
+        return
+    raise ConfigurationError(f"{name} must be a dict, a list of dicts or a function")
+
+
+def _accept(name: str, value: Any) -> None:
+    if isinstance(value, str) or not all(v in CONTENT_TYPES for v in value):
+        raise ConfigurationError(
+            f"{name} must be a list of content types from {', '.join(CONTENT_TYPES)}, "
+            f"e.g. ['json'], not {value!r}"
+        )
+
+
+def _queue_name(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{name} must be a non-empty queue name, not {value!r}")
+
+
+def _timezone(name: str, value: Any) -> None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ConfigurationError(
+            f"{name} {value!r} is not a known IANA time zone (e.g. 'UTC', 'Asia/Shanghai')"
+        ) from None
+
+
+_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "broker_url": _url(BROKER_SCHEMES),
+    "result_backend": _url(BACKEND_SCHEMES),
+    "task_serializer": _one_of(CONTENT_TYPES),
+    "result_serializer": _one_of(CONTENT_TYPES),
+    "accept_content": _accept,
+    "task_compression": _one_of(COMPRESSIONS, allow_none=True),
+    "result_expires": _seconds(allow_none=True),
+    "task_acks_late": _boolean,
+    "task_default_queue": _queue_name,
+    "task_default_priority": _non_negative_int,
+    "task_routes": _routes,
+    "task_annotations": _routes,
+    "task_time_limit": _seconds(allow_none=True),
+    "task_default_retry_delay": _seconds(allow_none=False),
+    "task_max_retries": _non_negative_int,
+    "task_max_deliveries": _positive_int,
+    "task_always_eager": _boolean,
+    "task_eager_propagates": _boolean,
+    "task_track_started": _boolean,
+    "task_ignore_result": _boolean,
+    "worker_concurrency": _positive_int,
+    "worker_prefetch_multiplier": _positive_int,
+    "worker_shutdown_timeout": _seconds(allow_none=False),
+    "worker_send_task_events": _boolean,
+    "timezone": _timezone,
+    "enable_utc": _boolean,
+    "beat_schedule": _mapping,
+    "broker_transport_options": _mapping,
+}
+
+
+@dataclass(slots=True)
+class Settings:
+    """The app's settings; see the README's Configuration section for each one's meaning.
+
+    Durations are seconds. Defaults follow Celery's, except ``task_acks_late`` (True: a message
+    is acked only after its result is stored) and ``worker_concurrency`` (100 coroutines).
+    """
+
+    broker_url: str | None = None
+    result_backend: str | None = None
+    task_serializer: str = "json"
+    result_serializer: str = "json"
+    accept_content: list[str] = field(default_factory=lambda: ["json"])
+    task_compression: str | None = None
+    result_expires: float | None = 86400.0
+    task_acks_late: bool = True
+    task_default_queue: str = "default"
+    task_default_priority: int = 0
+    task_routes: Any = None
+    task_annotations: Any = None
+    task_time_limit: float | None = None
+    task_default_retry_delay: float = 180.0
+    task_max_retries: int = 3
+    task_max_deliveries: int = 5
+    task_always_eager: bool = False
+    task_eager_propagates: bool = True
+    task_track_started: bool = False
+    task_ignore_result: bool = False
+    worker_concurrency: int = 100
+    worker_prefetch_multiplier: int = 4
+    worker_shutdown_timeout: float = 30.0
+    worker_send_task_events: bool = False
+    timezone: str = "UTC"
+    enable_utc: bool = True
+    beat_schedule: dict[str, Any] = field(default_factory=dict)
+    broker_transport_options: dict[str, Any] = field(default_factory=dict)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        check = _CHECKS.get(name)
+        if check is None:
+            raise ConfigurationError(_unknown(name))
+        check(name, value)
+        if isinstance(value, timedelta):
+            value = value.total_seconds()
+        object.__setattr__(self, name, value)
+
+    def update(self, other: Mapping[str, Any] | None = None, /, **settings: Any) -> None:
+        """Set several settings at once, each checked as if set alone.
+
+        Raises:
+            ConfigurationError: a name is unknown or a value is invalid; nothing is changed.
+        """
+        items = {**(other or {}), **settings}
+        trial = dataclasses.replace(self)
+        for name, value in items.items():
+            setattr(trial, name, value)
+        for name, value in items.items():
+            setattr(self, name, value)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every setting and its value."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def from_object(self, obj: object | str) -> None:
+        """Load settings from a module path (``"proj.config"``), a module, a class or an object.
+
+        Lower-case public attributes are settings; classes, functions and modules among them are
+        skipped (e.g. an imported ``timedelta``). Upper-case Celery 3 names are refused with the
+        name to use instead.
+
+        Raises:
+            ConfigurationError: the module cannot be imported, or a setting is wrong.
+        """
+        if isinstance(obj, str):
+            try:
+                obj = importlib.import_module(obj)
+            except ImportError as exc:
+                raise ConfigurationError(
+                    f"config_from_object({obj!r}): cannot import it ({exc}); "
+                    f"give a module path importable from the working directory"
+                ) from exc
+        found: dict[str, Any] = {}
+        for name in dir(obj):
+            if name.startswith("_"):
+                continue
+            if name in _OLD_NAMES:
+                raise ConfigurationError(
+                    f"setting {name} is Celery 3's name: call it {_OLD_NAMES[name]!r} instead"
+                )
+            value = getattr(obj, name)
+            if not name.islower() or inspect.ismodule(value) or inspect.isclass(value):
+                continue
+            if inspect.isroutine(value) and name not in _CHECKS:
+                continue
+            found[name] = value
+        self.update(found)
+
+    def resolved_broker_url(self) -> str:
+        """``broker_url``, else ``$AQUEUE_BROKER_URL``, else the embedded default."""
+        return self.broker_url or os.environ.get(BROKER_ENV) or DEFAULT_URL
+
+    def resolved_backend_url(self) -> str | None:
+        """The result backend's URL, or ``None`` when there is none.
+
+        ``result_backend``, else ``$AQUEUE_RESULT_BACKEND``, else the broker's own URL when the
+        broker can also store results (memory, SQLite, Redis). An AMQP broker with no result
+        backend set has none: results cannot be awaited until one is configured.
+        """
+        url = self.result_backend or os.environ.get(BACKEND_ENV)
+        if url:
+            return url
+        broker = self.resolved_broker_url()
+        if broker.split("://", 1)[0].lower() in BACKEND_SCHEMES:
+            return broker
+        return None
+
+
+def _unknown(name: str) -> str:
+    if name in _OLD_NAMES:
+        return f"setting {name} is Celery 3's name: call it {_OLD_NAMES[name]!r} instead"
+    close = difflib.get_close_matches(name, _CHECKS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else "; see the README for the list"
+    return f"unknown setting {name!r}{hint}"

@@ -1,0 +1,94 @@
+"""``task_always_eager``: run a task inline where it is sent, for unit tests with no worker.
+
+As in Celery, the call runs at once in the caller's loop and the returned result is already
+finished; nothing touches the broker or the result backend. Retries (``self.retry`` and
+``autoretry_for``) run again immediately, up to the task's ``max_retries``.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from aqueue import states
+from aqueue.exceptions import Retry
+from aqueue.outcome import ResultRecord, describe_exception
+from aqueue.result import AsyncResult
+from aqueue.task import Request, Task
+from aqueue.worker.invoke import invoke
+
+if TYPE_CHECKING:
+    from aqueue.app import Aqueue
+
+
+class EagerResult(AsyncResult[Any]):
+    """A result that is already known; every method answers without I/O."""
+
+    def __init__(self, task_id: str, app: Aqueue, record: ResultRecord) -> None:
+        super().__init__(task_id, app, record.name)
+        self._record = record
+
+    async def _read(self) -> ResultRecord | None:
+        return self._record
+
+    async def forget(self) -> None:
+        """Nothing is stored, so nothing to forget."""
+
+
+async def apply_eager(
+    app: Aqueue,
+    task: Task[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    options: dict[str, Any],
+) -> EagerResult:
+    """Run ``task`` now and return its finished result.
+
+    Raises:
+        The task's exception when ``task_eager_propagates`` is True (the default); otherwise the
+        failure is kept in the returned result.
+    """
+    task_id = options.get("task_id") or str(uuid.uuid4())
+    time_limit = options.get("time_limit") or task.time_limit or app.conf.task_time_limit
+    retries = 0
+    while True:
+        request = Request(
+            id=task_id,
+            task=task.name,
+            args=args,
+            kwargs=kwargs,
+            retries=retries,
+            time_limit=time_limit,
+            is_eager=True,
+            called_directly=False,
+        )
+        try:
+            value = await invoke(task, request, time_limit)
+        except Retry:
+            retries += 1
+            continue
+        except Exception as exc:
+            limit = task.effective_max_retries()
+            if (
+                task.autoretry_for
+                and isinstance(exc, task.autoretry_for)
+                and (limit is None or retries < limit)
+            ):
+                retries += 1
+                continue
+            if app.conf.task_eager_propagates:
+                raise
+            record = ResultRecord(
+                task_id,
+                states.FAILURE,
+                describe_exception(exc),
+                traceback.format_exc(),
+                time.time(),
+                retries,
+                task.name,
+            )
+            return EagerResult(task_id, app, record)
+        record = ResultRecord(task_id, states.SUCCESS, value, None, time.time(), retries, task.name)
+        return EagerResult(task_id, app, record)

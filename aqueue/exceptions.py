@@ -1,0 +1,140 @@
+"""Every error aqueue raises, in one tree.
+
+Callers catch by meaning, never by the library underneath (a ``redis.ConnectionError``
+reaches user code as :class:`BrokerConnectionError`)::
+
+    AqueueError
+    ├── ConfigurationError          a bad setting, URL or app reference; says what to change
+    ├── BrokerError
+    │   └── BrokerConnectionError   the broker or result backend cannot be reached
+    ├── SerializationError
+    │   ├── EncodeError             a value cannot be serialised (arguments or a result)
+    │   ├── DecodeError             a message or result cannot be decoded
+    │   └── ContentDisallowed       a content type not listed in ``accept_content``
+    ├── TimeoutError                ``AsyncResult.get(timeout=...)`` ran out (a builtin one too)
+    ├── TaskError                   a task failed remotely with an exception type we cannot import
+    ├── TaskNotRegistered           no task of that name in the worker's app
+    ├── TaskRevokedError            the task was revoked or its message expired
+    ├── TimeLimitExceeded           the task ran past its ``time_limit`` and was cancelled
+    ├── MaxRetriesExceededError     ``self.retry()`` called with no retries left
+    ├── ChordError                  a member of a chord's header failed
+    └── Retry                       ``raise self.retry(...)``: the worker re-queues the task
+
+``Retry`` is an exception used for control flow, as in Celery: a task raises it and the worker
+publishes the task again; user code does not normally catch it.
+"""
+
+from __future__ import annotations
+
+import builtins
+from datetime import datetime
+from typing import Any
+
+
+class AqueueError(Exception):
+    """Base class of every error raised by aqueue."""
+
+
+class ConfigurationError(AqueueError):
+    """A setting, broker URL, result backend URL or ``-A`` app reference is wrong.
+
+    The message names the setting or URL and says how to fix it.
+    """
+
+
+class BrokerError(AqueueError):
+    """The broker or result backend failed an operation."""
+
+
+class BrokerConnectionError(BrokerError):
+    """The broker or result backend could not be reached; the message names which one and why."""
+
+
+class SerializationError(AqueueError):
+    """A message body or a result could not be serialised or deserialised."""
+
+
+class EncodeError(SerializationError):
+    """A value (task arguments or a task's return value) cannot be serialised."""
+
+
+class DecodeError(SerializationError):
+    """A message or stored result is not valid for its content type."""
+
+
+class ContentDisallowed(SerializationError):
+    """The content type is not listed in the ``accept_content`` setting."""
+
+
+class TimeoutError(AqueueError, builtins.TimeoutError):
+    """``AsyncResult.get(timeout=...)`` gave up before the task finished.
+
+    Also an instance of the builtin :class:`TimeoutError`, so ``except TimeoutError`` works with
+    either import.
+    """
+
+
+class TaskError(AqueueError):
+    """A task failed with an exception whose type cannot be imported in this process.
+
+    Attributes:
+        exc_type: the qualified name of the remote exception type, e.g. ``"mymod.QuotaError"``.
+        exc_message: ``str()`` of the remote exception.
+        remote_traceback: the formatted traceback from the worker, or ``None``.
+    """
+
+    def __init__(self, exc_type: str, exc_message: str, remote_traceback: str | None = None):
+        super().__init__(f"{exc_type}: {exc_message}")
+        self.exc_type = exc_type
+        self.exc_message = exc_message
+        self.remote_traceback = remote_traceback
+
+
+class TaskNotRegistered(AqueueError):
+    """No task of this name is registered with the app (check the name and the worker's ``-A``)."""
+
+
+class TaskRevokedError(AqueueError):
+    """The task was revoked, or its message expired before a worker could run it."""
+
+
+class TimeLimitExceeded(AqueueError):
+    """The task ran longer than its ``time_limit`` (seconds) and was cancelled."""
+
+
+class MaxRetriesExceededError(AqueueError):
+    """``self.retry()`` was called on a task that has already used ``max_retries`` retries."""
+
+
+class ChordError(AqueueError):
+    """A task in a chord's header failed, so the chord's body did not run."""
+
+
+class Retry(AqueueError):
+    """Raised by ``raise self.retry(...)``: the worker publishes the task again and acks this one.
+
+    Attributes:
+        exc: the exception that caused the retry, if any.
+        when: the delay in seconds (``float``) or the absolute time (``datetime``) of the next try.
+    """
+
+    def __init__(
+        self,
+        message: str | None = None,
+        exc: BaseException | None = None,
+        when: float | datetime | None = None,
+        **kwargs: Any,
+    ):
+        self.exc = exc
+        self.when = when
+        self.options = kwargs
+        super().__init__(message or self._describe())
+
+    def _describe(self) -> str:
+        if isinstance(self.when, int | float):
+            when = f"in {self.when:g}s"
+        elif self.when is not None:
+            when = f"at {self.when.isoformat()}"
+        else:
+            when = "now"
+        return f"Retry {when}" + (f": {self.exc!r}" if self.exc is not None else "")

@@ -1,0 +1,155 @@
+"""The stored result record of a task, and how exceptions cross processes.
+
+A record is a JSON object (orjson)::
+
+    {"task_id": "…", "status": "SUCCESS", "result": 4, "traceback": null,
+     "date_done": 1732252800.5, "retries": 0, "name": "proj.add"}
+
+For a ``FAILURE`` or ``RETRY``, ``result`` describes the exception:
+``{"exc_type": "ValueError", "exc_module": "builtins", "exc_message": "bad", "exc_args": ["bad"]}``.
+For a custom state (``update_state(state="PROGRESS", meta={...})``) ``result`` is the meta, as in
+Celery. With a ``result_serializer`` other than json, ``result`` is replaced by ``"body"``: base64
+of the serialised value, and ``"ct"`` names the content type.
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from aqueue import serialization, states
+from aqueue.exceptions import DecodeError, EncodeError, TaskError
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """What the result backend holds for one task id.
+
+    Attributes:
+        task_id: the task's id.
+        status: one of :mod:`aqueue.states` or a custom state name.
+        result: the return value (SUCCESS), the exception description (FAILURE/RETRY/REVOKED),
+            or the meta dict (custom states).
+        traceback: the formatted traceback of a failure, or ``None``.
+        date_done: when this record was written, epoch seconds.
+        retries: how many retries the task had used.
+        name: the task name, when known.
+    """
+
+    task_id: str
+    status: str
+    result: Any = None
+    traceback: str | None = None
+    date_done: float = 0.0
+    retries: int = 0
+    name: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True for SUCCESS, FAILURE and REVOKED."""
+        return self.status in states.READY_STATES
+
+    def encode(self, serializer: str = "json") -> bytes:
+        """Serialise to bytes for the result backend.
+
+        Raises:
+            EncodeError: the result is not serialisable with ``serializer``.
+        """
+        rec: dict[str, Any] = {
+            "task_id": self.task_id,
+            "status": self.status,
+            "traceback": self.traceback,
+            "date_done": self.date_done or time.time(),
+            "retries": self.retries,
+            "name": self.name,
+        }
+        if serializer == "json" or self.status in states.EXCEPTION_STATES:
+            rec["result"] = self.result
+            try:
+                return orjson.dumps(rec, option=orjson.OPT_NON_STR_KEYS)
+            except TypeError as exc:
+                raise EncodeError(
+                    f"result of type {type(self.result).__name__} is not JSON serialisable: {exc}"
+                ) from exc
+        rec["ct"] = serializer
+        rec["body"] = base64.b64encode(serialization.dumps(self.result, serializer)).decode()
+        return orjson.dumps(rec)
+
+    @classmethod
+    def decode(
+        cls, raw: bytes, accept: frozenset[str] | tuple[str, ...] = ("json",)
+    ) -> ResultRecord:
+        """Parse a stored record.
+
+        Raises:
+            DecodeError: ``raw`` is not a valid record.
+            ContentDisallowed: its content type is not in ``accept``.
+        """
+        try:
+            rec = orjson.loads(raw)
+            if "body" in rec:
+                serialization.check_accepted(rec["ct"], accept)
+                result = serialization.loads(base64.b64decode(rec["body"]), rec["ct"])
+            else:
+                result = rec.get("result")
+            return cls(
+                task_id=rec["task_id"],
+                status=rec["status"],
+                result=result,
+                traceback=rec.get("traceback"),
+                date_done=float(rec.get("date_done") or 0.0),
+                retries=int(rec.get("retries") or 0),
+                name=rec.get("name"),
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise DecodeError(f"malformed result record: {exc}") from exc
+
+
+def describe_exception(exc: BaseException) -> dict[str, Any]:
+    """Describe ``exc`` as JSON-safe data that :func:`rebuild_exception` can turn back."""
+    cls = type(exc)
+    args: list[Any] = []
+    for arg in exc.args:
+        try:
+            orjson.dumps(arg)
+        except TypeError:
+            args = [str(exc)]
+            break
+        args.append(arg)
+    return {
+        "exc_type": cls.__qualname__,
+        "exc_module": cls.__module__,
+        "exc_message": str(exc),
+        "exc_args": args,
+    }
+
+
+def rebuild_exception(info: Any, traceback: str | None = None) -> BaseException:
+    """Turn an exception description back into an exception instance.
+
+    The original type is used when its module is already imported in this process and calling
+    it with the stored args works; otherwise a :class:`TaskError` carries the type name, message
+    and traceback. Modules are never imported on the strength of stored data.
+    """
+    if not isinstance(info, dict):
+        return TaskError("Exception", str(info), traceback)
+    qualname = str(info.get("exc_type", "Exception"))
+    module_name = str(info.get("exc_module", "builtins"))
+    message = str(info.get("exc_message", ""))
+    full = qualname if module_name == "builtins" else f"{module_name}.{qualname}"
+    obj: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    if isinstance(obj, type) and issubclass(obj, BaseException):
+        try:
+            exc = obj(*info.get("exc_args", [message]))
+        except Exception:
+            return TaskError(full, message, traceback)
+        exc.__notes__ = [f"remote traceback:\n{traceback}"] if traceback else []
+        return exc
+    return TaskError(full, message, traceback)

@@ -1,0 +1,241 @@
+"""Result handles: await a task's outcome without polling.
+
+``await r`` (or ``await r.get(timeout=5)``) subscribes to the task's record in the result backend,
+then reads it, then waits for the next change - so a result stored between the read and the wait
+is never missed, and no client polls a Redis server. Every state change (``RECEIVED``,
+``STARTED``, ``RETRY``, custom ``PROGRESS``...) reaches ``on_message`` as Celery's dict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import inspect
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from aqueue import states
+from aqueue.exceptions import TaskRevokedError, TimeoutError
+from aqueue.outcome import ResultRecord, rebuild_exception
+
+if TYPE_CHECKING:
+    from aqueue.app import Aqueue
+
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """What :meth:`AsyncResult.info` returns.
+
+    Attributes:
+        state: the task's state name.
+        result: the return value (SUCCESS), the rebuilt exception (FAILURE/RETRY/REVOKED), the
+            custom state's meta, or ``None`` while PENDING.
+        traceback: the worker's formatted traceback of a failure, or ``None``.
+        meta: a custom state's meta dict (``None`` for built-in states).
+        date_done: when the record was written (UTC), or ``None`` while PENDING.
+        retries: retries used so far.
+    """
+
+    state: str
+    result: Any
+    traceback: str | None
+    meta: Any
+    date_done: datetime | None
+    retries: int
+
+
+class AsyncResult(Generic[R]):
+    """A handle on a task's outcome, returned by ``delay``/``apply_async``; cheap to create.
+
+    Attributes:
+        id: the task id.
+        result: the last outcome seen by this handle (value or exception), without I/O;
+            ``None`` until the task is seen finished.
+        traceback: the worker's traceback of a failure seen by this handle, else ``None``.
+    """
+
+    def __init__(self, task_id: str, app: Aqueue, task_name: str | None = None) -> None:
+        self.id = task_id
+        self.app = app
+        self.task_name = task_name
+        self.parent: AsyncResult[Any] | None = None
+        self._record: ResultRecord | None = None
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AsyncResult) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __await__(self) -> Generator[Any, None, R]:
+        return self.get().__await__()
+
+    @property
+    def result(self) -> Any:
+        rec = self._record
+        if rec is None or not rec.ready:
+            return None
+        return _value_of(rec)
+
+    @property
+    def traceback(self) -> str | None:
+        return self._record.traceback if self._record is not None else None
+
+    async def _read(self) -> ResultRecord | None:
+        backend = await self.app.result_backend()
+        [raw] = await backend.get_many([self.id])
+        if raw is not None:
+            self._record = ResultRecord.decode(raw, self.app.accept_results)
+        return self._record
+
+    async def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        on_message: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> R:
+        """Wait for the task to finish and return its value.
+
+        Args:
+            timeout: seconds to wait at most; ``None`` waits for ever.
+            propagate: re-raise a failed task's exception (``False``: return it instead).
+            on_message: called (sync or async) with ``{"task_id", "status", "result"}`` for every
+                state seen, including custom ones (their ``result`` is the meta).
+
+        Raises:
+            aqueue.exceptions.TimeoutError: ``timeout`` seconds passed first.
+            The task's own exception (or ``TaskError`` where its type cannot be imported) when
+            it failed; ``TaskRevokedError`` when it was revoked or expired.
+            ConfigurationError: no result backend is configured.
+        """
+        rec = self._record
+        if rec is None or not rec.ready:
+            rec = await self._wait(timeout, on_message)
+        value = _value_of(rec)
+        if rec.status != states.SUCCESS and propagate:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    async def _wait(
+        self, timeout: float | None, on_message: Callable[[dict[str, Any]], Any] | None
+    ) -> ResultRecord:
+        backend = await self.app.result_backend()
+        seen: tuple[str, float] | None = None
+        try:
+            async with asyncio.timeout(timeout), backend.watch(self.id) as updates:
+                rec = await self._read()
+                while True:
+                    if rec is not None and (rec.status, rec.date_done) != seen:
+                        seen = (rec.status, rec.date_done)
+                        if on_message is not None:
+                            await _call(on_message, _message(rec))
+                        if rec.ready:
+                            return rec
+                    raw = await updates.get()
+                    rec = self._record = ResultRecord.decode(raw, self.app.accept_results)
+        except builtins.TimeoutError as exc:
+            state = self._record.status if self._record else states.PENDING
+            raise TimeoutError(
+                f"task {self.id} did not finish within {timeout:g}s (state {state})"
+            ) from exc
+
+    async def state(self) -> str:
+        """The task's current state name (``PENDING`` when nothing is stored yet)."""
+        rec = await self._read()
+        return rec.status if rec else states.PENDING
+
+    status = state
+
+    async def ready(self) -> bool:
+        """True once the task succeeded, failed or was revoked."""
+        rec = await self._read()
+        return rec is not None and rec.ready
+
+    async def successful(self) -> bool:
+        """True if the task succeeded."""
+        return await self.state() == states.SUCCESS
+
+    async def failed(self) -> bool:
+        """True if the task failed."""
+        return await self.state() == states.FAILURE
+
+    async def info(self) -> TaskInfo:
+        """The stored record in full: state, result, traceback, meta, date_done, retries."""
+        rec = await self._read()
+        if rec is None:
+            return TaskInfo(states.PENDING, None, None, None, None, 0)
+        custom = rec.status not in states.ALL_STATES
+        return TaskInfo(
+            state=rec.status,
+            result=_value_of(rec),
+            traceback=rec.traceback,
+            meta=rec.result if custom else None,
+            date_done=datetime.fromtimestamp(rec.date_done, UTC) if rec.date_done else None,
+            retries=rec.retries,
+        )
+
+    async def forget(self) -> None:
+        """Delete the stored record; the state reads PENDING afterwards."""
+        backend = await self.app.result_backend()
+        await backend.delete([self.id])
+        self._record = None
+
+    def then(
+        self,
+        on_done: Callable[[AsyncResult[R]], T | Awaitable[T]],
+        on_error: Callable[[AsyncResult[R]], Any] | None = None,
+    ) -> asyncio.Task[T]:
+        """Call ``on_done(self)`` (sync or async) when the task succeeds.
+
+        ``on_error(self)`` is called instead when it fails; without ``on_error`` the failure is
+        raised by the returned awaitable. Returns an ``asyncio.Task`` that yields ``on_done``'s
+        value; it runs on the current loop (the app keeps a reference until it finishes).
+        """
+
+        async def run() -> T:
+            try:
+                await self.get()
+            except Exception:
+                if on_error is None:
+                    raise
+                await _call(on_error, self)
+                return None  # type: ignore[return-value]
+            return await _call(on_done, self)  # type: ignore[no-any-return]
+
+        return self.app.spawn(run())
+
+
+def _value_of(rec: ResultRecord) -> Any:
+    if rec.status == states.SUCCESS:
+        return rec.result
+    if rec.status == states.REVOKED:
+        reason = rec.result.get("exc_message") if isinstance(rec.result, dict) else None
+        return TaskRevokedError(reason or f"task {rec.task_id} was revoked")
+    if rec.status in states.EXCEPTION_STATES:
+        return rebuild_exception(rec.result, rec.traceback)
+    return rec.result
+
+
+def _message(rec: ResultRecord) -> dict[str, Any]:
+    return {
+        "task_id": rec.task_id,
+        "status": rec.status,
+        "result": rec.result,
+        "traceback": rec.traceback,
+        "date_done": rec.date_done,
+    }
+
+
+async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    value = fn(*args)
+    if inspect.isawaitable(value):
+        value = await value
+    return value

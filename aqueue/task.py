@@ -1,0 +1,327 @@
+"""Tasks: a function registered with an app, callable in-process or sent to a worker.
+
+``@app.task`` turns a function into a :class:`Task`. Calling the task runs the function here, as in
+Celery; ``await task.delay(...)`` publishes a message and returns an
+:class:`~aqueue.result.AsyncResult`. ``Task[P, R]`` keeps the function's parameters (``P``) and
+its result type (``R``, the awaited value for ``async def``), so a type checker checks ``delay``.
+
+Subclass :class:`Task` and pass ``base=`` to hook into outcomes: ``on_success``, ``on_failure``,
+``on_retry`` and ``after_return`` may be plain or ``async`` methods.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from aqueue.exceptions import MaxRetriesExceededError, Retry
+
+if TYPE_CHECKING:
+    from aqueue.app import Aqueue
+    from aqueue.canvas import Signature
+    from aqueue.result import AsyncResult
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class Request:
+    """The message a task is running for, as ``self.request`` in a ``bind=True`` task.
+
+    Attributes follow Celery's ``Task.request``: ``id``, ``task`` (name), ``args``, ``kwargs``,
+    ``retries``, ``queue``, ``priority``, ``eta`` and ``expires`` (epoch seconds or ``None``),
+    ``headers``, ``delivery_count`` (1 unless the message was delivered again), ``hostname``
+    (the worker's), ``parent_id``, ``root_id``, ``group_id``, ``time_limit`` (seconds),
+    ``is_eager`` (run inline by ``task_always_eager``), ``called_directly`` (``task(...)``).
+    """
+
+    id: str | None = None
+    task: str | None = None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    retries: int = 0
+    queue: str | None = None
+    priority: int = 0
+    eta: float | None = None
+    expires: float | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+    delivery_count: int = 1
+    hostname: str | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    group_id: str | None = None
+    time_limit: float | None = None
+    is_eager: bool = False
+    called_directly: bool = True
+
+
+current_request: ContextVar[Request | None] = ContextVar("aqueue_request", default=None)
+
+# Options a task takes from the decorator, a base class attribute or task_annotations.
+TASK_OPTIONS = (
+    "max_retries",
+    "default_retry_delay",
+    "retry_backoff",
+    "retry_backoff_max",
+    "retry_jitter",
+    "autoretry_for",
+    "retry_kwargs",
+    "time_limit",
+    "rate_limit",
+    "queue",
+    "priority",
+    "ignore_result",
+    "acks_late",
+    "serializer",
+    "compression",
+    "track_started",
+    "expires",
+)
+
+
+class Task(Generic[P, R]):
+    """A registered task. Made by ``@app.task``; subclass it for ``base=``.
+
+    Class attributes are the defaults of a task's options; the decorator's keyword arguments
+    override them, and ``task_annotations`` override both.
+
+    Attributes:
+        name: the registered name (default ``module.function``).
+        max_retries: retries allowed before ``self.retry`` gives up (``None``: no limit; default
+            the ``task_max_retries`` setting, 3).
+        default_retry_delay: seconds before a retry without ``countdown`` (default 180).
+        retry_backoff: with ``autoretry_for``: ``True`` or a base in seconds for exponential
+            backoff ``base * 2**retries`` (capped by ``retry_backoff_max``, 600 s, and randomised
+            in ``[0, delay]`` when ``retry_jitter``, as in Celery).
+        autoretry_for: exception types that retry the task automatically.
+        retry_kwargs: options for automatic retries, e.g. ``{"max_retries": 5, "countdown": 2}``.
+        time_limit: seconds a run may take before it is cancelled with ``TimeLimitExceeded``.
+        rate_limit: e.g. ``"10/m"``; enforced by the worker.
+        queue, priority: where and how urgently it is sent by default.
+        ignore_result: store no result.
+        acks_late: ack after the task finishes (default ``task_acks_late``, True).
+        serializer, compression: how arguments are encoded (default the app's settings).
+    """
+
+    name: str = ""
+    max_retries: int | None = None
+    default_retry_delay: float | None = None
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600.0
+    retry_jitter: bool = True
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    retry_kwargs: dict[str, Any] | None = None
+    time_limit: float | None = None
+    rate_limit: str | None = None
+    queue: str | None = None
+    priority: int | None = None
+    ignore_result: bool | None = None
+    acks_late: bool | None = None
+    serializer: str | None = None
+    compression: str | None = None
+    track_started: bool | None = None
+    expires: float | None = None
+
+    def __init__(
+        self,
+        app: Aqueue,
+        fn: Callable[..., Any],
+        name: str,
+        bind: bool = False,
+        **options: Any,
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.bind = bind
+        self.is_async = inspect.iscoroutinefunction(fn)
+        for key, value in options.items():
+            setattr(self, key, value)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__module__ = getattr(fn, "__module__", "")
+        self.__wrapped__ = fn
+        self._signature = inspect.signature(fn)
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+    # -- calling -----------------------------------------------------------------------------
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Run the function here and now (a coroutine for ``async def``), as Celery does."""
+        if self.bind:
+            return self.fn(self, *args, **kwargs)
+        return self.fn(*args, **kwargs)
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise ``TypeError`` when ``args``/``kwargs`` don't fit the function's signature."""
+        if self.bind:
+            self._signature.bind(self, *args, **kwargs)
+        else:
+            self._signature.bind(*args, **kwargs)
+
+    @property
+    def request(self) -> Request:
+        """The message being run by the current task invocation (a blank one outside a worker)."""
+        return current_request.get() or Request(task=self.name)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Publish a call with these arguments; shortcut for ``apply_async(args, kwargs)``.
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached.
+            EncodeError: the arguments cannot be serialised.
+        """
+        return await self.apply_async(args, kwargs)
+
+    async def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult[R]:
+        """Publish a call with options; see :meth:`aqueue.app.Aqueue.send_task` for them all.
+
+        Returns:
+            The result handle; ``await`` it for the return value.
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached.
+            EncodeError: the arguments cannot be serialised.
+            ConfigurationError: an option is invalid (e.g. priority outside 0..9).
+        """
+        return await self.app.send_task(self.name, args, kwargs, _task=self, **options)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this task with partial arguments (a parent's result is prepended)."""
+        from aqueue.canvas import Signature
+
+        return Signature(self.name, args, kwargs, app=self.app)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: a parent's result is not passed to it."""
+        from aqueue.canvas import Signature
+
+        return Signature(self.name, args, kwargs, immutable=True, app=self.app)
+
+    def signature(self, args: Any = (), kwargs: Any = None, **options: Any) -> Signature:
+        """A signature with options, e.g. ``add.signature((2, 2), countdown=10)``."""
+        from aqueue.canvas import Signature
+
+        return Signature(self.name, tuple(args), dict(kwargs or {}), options, app=self.app)
+
+    # -- inside a running task ---------------------------------------------------------------
+
+    async def update_state(
+        self, task_id: str | None = None, state: str = "PROGRESS", meta: Any = None
+    ) -> None:
+        """Store a custom state (e.g. ``"PROGRESS"``) with ``meta`` for the running task.
+
+        Waiting clients see it at once through ``get(on_message=...)`` and ``state()``.
+
+        Raises:
+            ConfigurationError: there is no result backend, or no task id is known.
+        """
+        await self.app.store_state(task_id or self.request.id, state, meta, name=self.name)
+
+    def retry(
+        self,
+        exc: BaseException | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Retry:
+        """Build the :class:`Retry` to raise: ``raise self.retry(exc=e, countdown=2)``.
+
+        The worker publishes the task again with ``retries + 1`` after ``countdown`` seconds (or at
+        ``eta``; default ``default_retry_delay``) and stores state RETRY.
+
+        Raises:
+            The original ``exc`` (or :class:`MaxRetriesExceededError` without one) when the task
+            has already used ``max_retries`` retries, as in Celery.
+        """
+        limit = max_retries if max_retries is not None else self.effective_max_retries()
+        request = self.request
+        if limit is not None and request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"{self.name}[{request.id}] has used all of its max_retries={limit}"
+            )
+        when: float | datetime
+        if eta is not None:
+            when = eta
+        elif countdown is not None:
+            when = float(countdown)
+        else:
+            when = self.effective_retry_delay()
+        return Retry(exc=exc, when=when, **options)
+
+    def effective_max_retries(self) -> int | None:
+        """``max_retries`` if set on the task, else the app's ``task_max_retries``."""
+        if "max_retries" in vars(self) or type(self).max_retries is not None:
+            return self.max_retries
+        return self.app.conf.task_max_retries
+
+    def effective_retry_delay(self) -> float:
+        """``default_retry_delay`` if set, else the app's ``task_default_retry_delay`` seconds."""
+        if self.default_retry_delay is not None:
+            return float(self.default_retry_delay)
+        return float(self.app.conf.task_default_retry_delay)
+
+    def backoff_delay(self, retries: int) -> float:
+        """Seconds before automatic retry number ``retries + 1`` (see ``retry_backoff``)."""
+        if not self.retry_backoff:
+            countdown = (self.retry_kwargs or {}).get("countdown")
+            return float(countdown) if countdown is not None else self.effective_retry_delay()
+        base = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
+        delay = min(base * (2**retries), float(self.retry_backoff_max))
+        return random.uniform(0, delay) if self.retry_jitter else delay
+
+    # -- outcome hooks (override in a base class; may be async) ------------------------------
+
+    def on_success(
+        self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Called by the worker after the task returned ``retval``."""
+
+    def on_failure(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: str,
+    ) -> Any:
+        """Called by the worker after the task failed; ``einfo`` is the formatted traceback."""
+
+    def on_retry(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: str,
+    ) -> Any:
+        """Called by the worker when the task is to be retried."""
+
+    def after_return(
+        self,
+        status: str,
+        retval: Any,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: str | None,
+    ) -> Any:
+        """Called by the worker after every run, whatever its outcome (``status``)."""

@@ -1,0 +1,407 @@
+"""Executing one delivered message: decode, check, run, then store the outcome and ack.
+
+The order is the at-least-once guarantee: a message is acked only after its outcome (result,
+retry message, dead letter) is safely stored, so a worker dying at any point means the message
+is delivered again, never lost. Bad input never escapes :meth:`Executor.handle`: an undecodable
+message, an unknown task name, arguments that don't fit, an unserialisable result and a message
+delivered too many times each get one log line and go to the dead-letter queue with the reason.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Executor as ThreadExecutor
+from typing import TYPE_CHECKING, Any
+
+from aqueue import message as wire
+from aqueue import states
+from aqueue.brokers import Broker, Delivery
+from aqueue.canvas import Signature
+from aqueue.exceptions import (
+    AqueueError,
+    EncodeError,
+    Retry,
+    SerializationError,
+    TaskNotRegistered,
+)
+from aqueue.message import Message
+from aqueue.outcome import ResultRecord, describe_exception
+from aqueue.task import Request, Task
+from aqueue.worker.invoke import invoke
+
+if TYPE_CHECKING:
+    from aqueue.app import Aqueue
+    from aqueue.backends import ResultBackend
+
+logger = logging.getLogger("aqueue.worker")
+
+
+class Executor:
+    """Runs messages for one worker; :meth:`handle` never raises except on cancellation.
+
+    Args:
+        app: the app whose tasks are run.
+        broker: the connected broker the messages came from.
+        backend: the connected result backend, or ``None`` when results are not stored.
+        hostname: the worker's name, e.g. ``"aqueue@host"``, given to ``self.request``.
+        threads: the pool that runs plain (non-async) task functions.
+    """
+
+    def __init__(
+        self,
+        app: Aqueue,
+        broker: Broker,
+        backend: ResultBackend | None,
+        hostname: str,
+        threads: ThreadExecutor | None = None,
+    ) -> None:
+        self.app = app
+        self.broker = broker
+        self.backend = backend
+        self.hostname = hostname
+        self.threads = threads
+        self.accept = frozenset(app.conf.accept_content)
+        self.active: dict[str, Request] = {}
+        self.done = 0
+        self._acked_early: set[int] = set()
+
+    # -- entry point -------------------------------------------------------------------------
+
+    async def handle(self, delivery: Delivery) -> None:
+        """Process one delivery to the end: run it, store the outcome, ack or dead-letter it."""
+        try:
+            try:
+                msg = wire.decode(delivery.body, self.accept)
+            except SerializationError as exc:
+                await self._reject_undecodable(delivery, exc)
+                return
+            task = await self._admit(delivery, msg)
+            if task is None:
+                return
+            await self._run(delivery, msg, task)
+        except AqueueError as exc:
+            # The broker or backend failed while storing an outcome: leave the message leased,
+            # so it is delivered again after the visibility timeout (nothing is lost).
+            logger.error("could not finish message from %s: %s", delivery.queue, exc)
+        finally:
+            self.done += 1
+            self._acked_early.discard(id(delivery))
+
+    # -- before running ----------------------------------------------------------------------
+
+    async def _reject_undecodable(self, delivery: Delivery, exc: SerializationError) -> None:
+        reason = f"undecodable message: {exc}"
+        logger.error(
+            "discarded a message from queue %s to its dead-letter queue: %s", delivery.queue, reason
+        )
+        try:
+            env = wire.decode_envelope(delivery.body)
+        except SerializationError:
+            env = None
+        if env is not None:
+            failure = ResultRecord(
+                env["id"],
+                states.FAILURE,
+                describe_exception(exc),
+                None,
+                time.time(),
+                0,
+                env["task"],
+            )
+            await self._store(failure)
+        await self.broker.dead_letter(delivery, reason)
+
+    async def _admit(self, delivery: Delivery, msg: Message) -> Task[Any, Any] | None:
+        """Return the task to run, or ``None`` after dealing with a message that must not run."""
+        cap = self.app.conf.task_max_deliveries
+        if delivery.delivery_count > cap:
+            reason = (
+                f"delivered {delivery.delivery_count} times, more than "
+                f"task_max_deliveries={cap}: a poison message"
+            )
+            await self._dead_letter(delivery, msg, reason, AqueueError(reason))
+            return None
+        if msg.expires is not None and msg.expires < time.time():
+            reason = f"expired at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(msg.expires))}Z"
+            logger.info("Task %s[%s] revoked: %s", msg.task, msg.id, reason)
+            await self._store(
+                ResultRecord(
+                    msg.id,
+                    states.REVOKED,
+                    {
+                        "exc_type": "TaskRevokedError",
+                        "exc_module": "aqueue.exceptions",
+                        "exc_message": reason,
+                        "exc_args": [reason],
+                    },
+                    None,
+                    time.time(),
+                    msg.retries,
+                    msg.task,
+                ),
+                msg,
+            )
+            await self.broker.ack([delivery])
+            return None
+        task = self.app.tasks.get(msg.task)
+        if task is None:
+            reason = (
+                f"unknown task {msg.task!r}: it is not registered in this worker's app "
+                f"(check the name and the worker's -A)"
+            )
+            await self._dead_letter(delivery, msg, reason, TaskNotRegistered(reason))
+            return None
+        try:
+            task.check_arguments(msg.args, msg.kwargs)
+        except TypeError as exc:
+            reason = f"arguments do not fit {msg.task}: {exc}"
+            await self._dead_letter(delivery, msg, reason, TypeError(reason))
+            return None
+        return task
+
+    async def _dead_letter(
+        self, delivery: Delivery, msg: Message, reason: str, exc: BaseException
+    ) -> None:
+        logger.error("Task %s[%s] sent to the dead-letter queue: %s", msg.task, msg.id, reason)
+        await self._store(
+            ResultRecord(
+                msg.id,
+                states.FAILURE,
+                describe_exception(exc),
+                None,
+                time.time(),
+                msg.retries,
+                msg.task,
+            ),
+            msg,
+        )
+        await self.broker.dead_letter(delivery, reason)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def _request(self, delivery: Delivery, msg: Message, time_limit: float | None) -> Request:
+        return Request(
+            id=msg.id,
+            task=msg.task,
+            args=msg.args,
+            kwargs=msg.kwargs,
+            retries=msg.retries,
+            queue=msg.queue,
+            priority=msg.priority,
+            eta=msg.eta,
+            expires=msg.expires,
+            headers=msg.headers,
+            delivery_count=delivery.delivery_count,
+            hostname=self.hostname,
+            parent_id=msg.parent_id,
+            root_id=msg.root_id,
+            group_id=msg.group_id,
+            time_limit=time_limit,
+            is_eager=False,
+            called_directly=False,
+        )
+
+    async def _run(self, delivery: Delivery, msg: Message, task: Task[Any, Any]) -> None:
+        conf = self.app.conf
+        time_limit = msg.time_limit or task.time_limit or conf.task_time_limit
+        request = self._request(delivery, msg, time_limit)
+        acks_late = task.acks_late if task.acks_late is not None else conf.task_acks_late
+        if not acks_late:
+            await self.broker.ack([delivery])
+            self._acked_early.add(id(delivery))
+        track = task.track_started if task.track_started is not None else conf.task_track_started
+        if track:
+            await self._store(
+                ResultRecord(
+                    msg.id,
+                    states.STARTED,
+                    {"hostname": self.hostname},
+                    None,
+                    time.time(),
+                    msg.retries,
+                    msg.task,
+                ),
+                msg,
+            )
+        logger.info("Task %s[%s] started", msg.task, msg.id)
+        self.active[msg.id] = request
+        started = time.monotonic()
+        try:
+            value = await invoke(task, request, time_limit, self.threads)
+        except Retry as retry:
+            await self._retry(delivery, msg, task, retry, traceback.format_exc())
+        except Exception as exc:
+            tb = traceback.format_exc()
+            if task.autoretry_for and isinstance(exc, task.autoretry_for):
+                limit = (task.retry_kwargs or {}).get("max_retries", task.effective_max_retries())
+                if limit is None or msg.retries < limit:
+                    delay = task.backoff_delay(msg.retries)
+                    await self._retry(delivery, msg, task, Retry(exc=exc, when=delay), tb)
+                    return
+            await self._failure(delivery, msg, task, request, exc, tb, time.monotonic() - started)
+        else:
+            await self._success(delivery, msg, task, value, time.monotonic() - started)
+        finally:
+            self.active.pop(msg.id, None)
+
+    async def _success(
+        self, delivery: Delivery, msg: Message, task: Task[Any, Any], value: Any, runtime: float
+    ) -> None:
+        record = ResultRecord(
+            msg.id, states.SUCCESS, value, None, time.time(), msg.retries, msg.task
+        )
+        try:
+            data = record.encode(self.app.conf.result_serializer)
+        except EncodeError as exc:
+            reason = f"result is not serialisable: {exc}"
+            await self._dead_letter(delivery, msg, reason, EncodeError(reason))
+            return
+        if not msg.ignore_result:
+            await self._store_raw(msg.id, data)
+        logger.info("Task %s[%s] succeeded in %.4fs: %s", msg.task, msg.id, runtime, _short(value))
+        for link in msg.link:
+            await self._apply_link(Signature.from_dict(link, self.app), (value,), msg)
+        await self._hook(task.on_success, value, msg.id, msg.args, msg.kwargs)
+        await self._hook(
+            task.after_return, states.SUCCESS, value, msg.id, msg.args, msg.kwargs, None
+        )
+        await self._ack(delivery)
+
+    async def _failure(
+        self,
+        delivery: Delivery,
+        msg: Message,
+        task: Task[Any, Any],
+        request: Request,
+        exc: BaseException,
+        tb: str,
+        runtime: float,
+    ) -> None:
+        logger.error("Task %s[%s] failed in %.4fs: %r\n%s", msg.task, msg.id, runtime, exc, tb)
+        await self._store(
+            ResultRecord(
+                msg.id,
+                states.FAILURE,
+                describe_exception(exc),
+                tb,
+                time.time(),
+                msg.retries,
+                msg.task,
+            ),
+            msg,
+        )
+        for errback in msg.link_error:
+            await self._apply_errback(Signature.from_dict(errback, self.app), request, exc, tb)
+        await self._hook(task.on_failure, exc, msg.id, msg.args, msg.kwargs, tb)
+        await self._hook(task.after_return, states.FAILURE, exc, msg.id, msg.args, msg.kwargs, tb)
+        await self._ack(delivery)
+
+    async def _retry(
+        self, delivery: Delivery, msg: Message, task: Task[Any, Any], retry: Retry, tb: str
+    ) -> None:
+        when = retry.when
+        if when is None:
+            eta = time.time() + task.effective_retry_delay()
+        elif isinstance(when, int | float):
+            eta = time.time() + float(when)
+        else:
+            eta = when.timestamp()
+        again = msg.replace(retries=msg.retries + 1, eta=eta)
+        await self.app.publish([again])
+        exc = retry.exc if retry.exc is not None else retry
+        logger.info(
+            "Task %s[%s] retry %d in %.2fs: %r",
+            msg.task,
+            msg.id,
+            again.retries,
+            max(eta - time.time(), 0.0),
+            exc,
+        )
+        await self._store(
+            ResultRecord(
+                msg.id,
+                states.RETRY,
+                describe_exception(exc),
+                tb,
+                time.time(),
+                msg.retries,
+                msg.task,
+            ),
+            msg,
+        )
+        await self._hook(task.on_retry, exc, msg.id, msg.args, msg.kwargs, tb)
+        await self._hook(task.after_return, states.RETRY, exc, msg.id, msg.args, msg.kwargs, tb)
+        await self._ack(delivery)
+
+    # -- links and hooks ---------------------------------------------------------------------
+
+    async def _apply_link(self, sig: Signature, args: tuple[Any, ...], parent: Message) -> None:
+        try:
+            await sig.apply_async(args, parent_id=parent.id, root_id=parent.root_id or parent.id)
+        except AqueueError as exc:
+            logger.error(
+                "link %r of %s[%s] could not be sent: %s", sig, parent.task, parent.id, exc
+            )
+
+    async def _apply_errback(
+        self, sig: Signature, request: Request, exc: BaseException, tb: str
+    ) -> None:
+        # As in Celery: an errback registered here is called in this worker with the live
+        # (request, exc, traceback); any other is sent as a task with the failed task's id.
+        errback = self.app.tasks.get(sig.task)
+        if errback is not None:
+            try:
+                call_request = Request(
+                    id=request.id,
+                    task=sig.task,
+                    args=(request, exc, tb),
+                    kwargs=sig.kwargs,
+                    hostname=self.hostname,
+                )
+                await invoke(errback, call_request, None, self.threads)
+            except Exception:
+                logger.exception("errback %r of %s[%s] failed", sig, request.task, request.id)
+            return
+        await self._apply_link(sig, (request.id,), _parent_of(request))
+
+    async def _hook(self, hook: Callable[..., Any], *args: Any) -> None:
+        try:
+            value = hook(*args)
+            if inspect.isawaitable(value):
+                await value
+        except Exception:
+            logger.exception("hook %s raised", getattr(hook, "__qualname__", hook))
+
+    async def _ack(self, delivery: Delivery) -> None:
+        if id(delivery) in self._acked_early:
+            self._acked_early.discard(id(delivery))
+        else:
+            await self.broker.ack([delivery])
+
+    # -- storing -----------------------------------------------------------------------------
+
+    async def _store(self, record: ResultRecord, msg: Message | None = None) -> None:
+        if self.backend is None or (msg is not None and msg.ignore_result):
+            return
+        try:
+            data = record.encode(self.app.conf.result_serializer)
+        except EncodeError:
+            data = record.encode("json") if record.status != states.SUCCESS else b""
+        await self._store_raw(record.task_id, data)
+
+    async def _store_raw(self, task_id: str, data: bytes) -> None:
+        if self.backend is not None:
+            await self.backend.store([(task_id, data)], self.app.conf.result_expires)
+
+
+def _parent_of(request: Request) -> Message:
+    return Message(id=request.id or "", task=request.task or "", root_id=request.root_id)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
