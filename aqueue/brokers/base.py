@@ -100,6 +100,8 @@ class Broker(Protocol):
         """Lease up to ``limit`` ready messages from ``queues``, waiting up to ``timeout`` seconds.
 
         Returns as soon as at least one message is ready (an empty list after ``timeout``).
+        The worker cancels a waiting fetch when it stops: a message leased by a cancelled fetch
+        must not be lost (at worst it is delivered again after the visibility timeout).
         Higher priority first; among equal priorities, oldest first; earlier queues in
         ``queues`` win ties between queues. Messages whose lease ran out are delivered again
         here with a higher ``delivery_count``.

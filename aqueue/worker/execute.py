@@ -79,6 +79,7 @@ class Executor:
             except SerializationError as exc:
                 await self._reject_undecodable(delivery, exc)
                 return
+            logger.info("Task %s[%s] received", msg.task, msg.id)
             task = await self._admit(delivery, msg)
             if task is None:
                 return

@@ -216,7 +216,7 @@ class Worker:
                 await self._slot_free.wait()
                 continue
             try:
-                batch = await self.broker.fetch(self.queues, free, FETCH_TIMEOUT)
+                batch = await self._fetch_or_stop(free)
             except AqueueError as exc:
                 logger.error(
                     "fetching from the broker failed: %s; retrying in %gs", exc, RECONNECT_DELAY
@@ -227,6 +227,22 @@ class Worker:
             for delivery in batch:
                 self._held[id(delivery)] = delivery
                 self._buffer.put_nowait(delivery)
+
+    async def _fetch_or_stop(self, limit: int) -> list[Delivery]:
+        # A stop must not wait out a blocking fetch: cancel it, but keep a batch that raced in.
+        assert self.broker is not None
+        fetch = asyncio.ensure_future(self.broker.fetch(self.queues, limit, FETCH_TIMEOUT))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait((fetch, stop), return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not fetch.done():
+            fetch.cancel()
+        try:
+            return await fetch
+        except asyncio.CancelledError:
+            if not self._stopping.is_set():
+                raise
+            return []
 
     async def _run_one(self) -> None:
         assert self.executor is not None
