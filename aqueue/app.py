@@ -486,7 +486,7 @@ def _epoch(value: Any, option: str) -> float | None:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
-        return value.timestamp()
+        return float(value.timestamp())
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     raise ConfigurationError(f"{option} must be a datetime, not {type(value).__name__}")

@@ -27,7 +27,7 @@ from aqueue.worker import Worker
 try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - the worker fixture needs pytest-asyncio
-    pytest_asyncio = None
+    pytest_asyncio = None  # type: ignore[assignment]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -52,7 +52,7 @@ def aqueue_app(request: pytest.FixtureRequest) -> Aqueue:
 def worker_queues(app: Aqueue) -> list[str]:
     """The default queue plus every queue named by a task option or a ``task_routes`` dict."""
     queues = [app.conf.task_default_queue]
-    named = [t.queue for t in app.tasks.values() if t.queue]
+    named: list[str | None] = [t.queue for t in app.tasks.values() if t.queue]
     routes = app.conf.task_routes
     for table in routes if isinstance(routes, list | tuple) else [routes]:
         if isinstance(table, dict):
