@@ -180,6 +180,7 @@ class MemoryBroker:
                 if stored is not None:
                     del self._queues[d.queue].leased[d.token[0]]
                     stored.lease = None
+                    stored.delivery_count -= 1  # a release is not a delivery
                     self._push_ready(d.queue, stored)
         self._wake_all()
 
@@ -195,8 +196,9 @@ class MemoryBroker:
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move the message to ``<queue>.dlq`` with ``reason``."""
         with self._lock:
-            if self._leased(delivery) is not None:
-                del self._queues[delivery.queue].leased[delivery.token[0]]
+            if self._leased(delivery) is None:
+                return  # the lease ran out and the message went back: not ours to move
+            del self._queues[delivery.queue].leased[delivery.token[0]]
             dlq = self._queue(dead_letter_queue(delivery.queue))
             dlq.dead.append(DeadLetter(delivery.queue, delivery.body, reason, time.time()))
 

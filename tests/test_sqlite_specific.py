@@ -1,0 +1,242 @@
+"""What only the SQLite broker and backend promise: several OS processes sharing one file.
+
+The contract suites check the Protocols within one process; these tests start real child
+processes (``python -c``) so that SQLite's file locking, not our in-process state, is what keeps
+them correct.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import sys
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+import aqueue
+from aqueue.backends.sqlite import SQLiteBackend
+from aqueue.brokers.base import Outgoing
+from aqueue.brokers.sqlite import SQLiteBroker
+from aqueue.exceptions import BrokerConnectionError, ConfigurationError
+
+pytestmark = pytest.mark.timeout(60)
+
+_REPO = str(Path(aqueue.__file__).resolve().parents[1])
+
+# Leases every message it can get (acking each batch) until none is ready, then prints the ids.
+# It connects, says "ready" and waits for "go" so that both consumers start together.
+_CONSUMER = """
+import asyncio, json, sys
+from aqueue.brokers.sqlite import SQLiteBroker
+
+async def main(url, queue):
+    broker = SQLiteBroker(url, {"visibility_timeout": 300})
+    await broker.connect()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    ids = []
+    while True:
+        got = await broker.fetch([queue], 7, 0)
+        if not got:
+            break
+        ids.extend(d.body.decode() for d in got)
+        await broker.ack(got)
+    await broker.close()
+    print(json.dumps(ids), flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+# Leases one message and exits without acking it, as a crashed worker would.
+_ABANDON = """
+import asyncio, sys
+from aqueue.brokers.sqlite import SQLiteBroker
+
+async def main(url, queue):
+    broker = SQLiteBroker(url, {"visibility_timeout": 0.5})
+    got = await broker.fetch([queue], 1, 10)
+    assert len(got) == 1 and got[0].delivery_count == 1, got
+    await broker.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+_STORE = """
+import asyncio, sys
+from aqueue.backends.sqlite import SQLiteBackend
+
+async def main(url, task_id, record):
+    backend = SQLiteBackend(url)
+    await backend.store([(task_id, record.encode())], None)
+    await backend.close()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+_INCR = """
+import asyncio, json, sys
+from aqueue.backends.sqlite import SQLiteBackend
+
+async def main(url, key, times):
+    backend = SQLiteBackend(url)
+    await backend.connect()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    values = [await backend.incr(key, 1, 60) for _ in range(int(times))]
+    await backend.close()
+    print(json.dumps(values), flush=True)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def _spawn(script: str, *args: str) -> asyncio.subprocess.Process:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [_REPO, os.environ.get("PYTHONPATH")])),
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+
+
+async def _finish(proc: asyncio.subprocess.Process) -> str:
+    """Wait for ``proc``; return its stdout, failing the test with its stderr if it failed."""
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def _start_together(script: str, count: int, *args: str) -> list[asyncio.subprocess.Process]:
+    """Start ``count`` children, wait until each prints "ready", then tell them all "go"."""
+    procs = [await _spawn(script, *args) for _ in range(count)]
+    for proc in procs:
+        assert proc.stdout is not None
+        line = await proc.stdout.readline()
+        if line != b"ready\n":
+            for other in procs:  # the others wait for "go" forever
+                if other.returncode is None:
+                    other.kill()
+            _, err = await proc.communicate()
+            await asyncio.gather(*(other.communicate() for other in procs if other is not proc))
+            pytest.fail(f"a child did not start: {line!r}\n{err.decode()}")
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
+    return procs
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'aqueue.db'}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+async def test_two_processes_lease_each_message_exactly_once(url: str) -> None:
+    broker = SQLiteBroker(url, {})
+    n = 2000
+    await broker.publish([Outgoing("q", str(i).encode(), str(i)) for i in range(n)])
+
+    procs = await _start_together(_CONSUMER, 2, url, "q")
+    leased = [json.loads(await _finish(proc)) for proc in procs]
+
+    everything = leased[0] + leased[1]
+    assert len(everything) == len(set(everything)), "a message was leased twice"
+    assert sorted(everything, key=int) == [str(i) for i in range(n)]
+    assert all(leased), f"one consumer got nothing: {[len(ids) for ids in leased]}"
+    assert await broker.fetch(["q"], 10, 0) == []
+    await broker.close()
+    with closing(sqlite3.connect(broker.path)) as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+
+
+@pytest.mark.slow
+async def test_lease_abandoned_by_dead_process_is_redelivered(url: str) -> None:
+    broker = SQLiteBroker(url, {"visibility_timeout": 0.5})
+    await broker.publish([Outgoing("q", b"work", "m1")])
+    await _finish(await _spawn(_ABANDON, url, "q"))
+
+    # The fetch waits for the lease to run out (its visible_at), no sleeping here.
+    got = await broker.fetch(["q"], 1, 10)
+    assert [(d.body, d.delivery_count) for d in got] == [(b"work", 2)]
+    await broker.ack(got)
+    await broker.close()
+
+
+@pytest.mark.slow
+async def test_watch_sees_a_store_from_another_process(url: str) -> None:
+    backend = SQLiteBackend(url)
+    await backend.store([("t1", b"PENDING")], None)
+    async with backend.watch("t1") as updates:
+        proc = await _spawn(_STORE, url, "t1", "SUCCESS")
+        assert await asyncio.wait_for(updates.get(), 10) == b"SUCCESS"
+        await _finish(proc)
+    assert await backend.get_many(["t1"]) == [b"SUCCESS"]
+    await backend.close()
+
+
+@pytest.mark.slow
+async def test_incr_is_atomic_across_processes(url: str) -> None:
+    procs = await _start_together(_INCR, 2, url, "chord", "300")
+    values = [v for proc in procs for v in json.loads(await _finish(proc))]
+    assert sorted(values) == list(range(1, 601))
+
+
+def _broker(url: str) -> SQLiteBroker:
+    return SQLiteBroker(url, {})
+
+
+@pytest.mark.parametrize("make", [_broker, SQLiteBackend])
+async def test_missing_directory_is_a_connection_error_naming_the_path(
+    tmp_path: Path, make: Callable[[str], SQLiteBroker | SQLiteBackend]
+) -> None:
+    path = tmp_path / "no" / "such" / "dir" / "aqueue.db"
+    store = make(f"sqlite:///{path}")
+    with pytest.raises(BrokerConnectionError, match=str(path)):
+        await store.connect()
+    await store.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite://:memory:", "sqlite:///:memory:", "sqlite://", "sqlite:///"]
+)
+def test_unshareable_urls_are_refused(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        SQLiteBroker(url, {})
+    with pytest.raises(ConfigurationError):
+        SQLiteBackend(url)
+
+
+async def test_relative_path_is_resolved_against_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    broker = SQLiteBroker("sqlite:///rel.db", {})
+    monkeypatch.chdir("/")  # a later chdir must not move the database
+    await broker.connect()
+    await broker.close()
+    assert broker.path == str(tmp_path / "rel.db")
+    assert (tmp_path / "rel.db").exists()
+
+
+async def test_absolute_url_and_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "abs.db"
+    broker = SQLiteBroker(f"sqlite:///{path}", {})  # sqlite:/// + "/tmp/..." = four slashes
+    await broker.connect()
+    await broker.close()
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
