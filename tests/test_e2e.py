@@ -28,16 +28,6 @@ from tests.apps import tasks as e2e
 from tests.apps.tasks import QuotaError, Tasks
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def transport_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    """A fresh URL (broker and result backend) on each transport."""
-    if request.param == "memory":
-        return f"memory://{uuid.uuid4().hex}"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/aqueue.db"
-    return f"{request.getfixturevalue('redis_server')}/0"
-
-
 @pytest.fixture
 async def t(transport_url: str) -> AsyncIterator[Tasks]:
     """The test tasks on a fresh queue of the transport under test."""
@@ -355,3 +345,62 @@ async def test_unimportable_exception_becomes_task_error(t: Tasks, worker: Worke
     assert info.value.exc_type == "nowhere.mod.Gone"
     assert info.value.exc_message == "vanished"
     assert info.value.remote_traceback == "tb text"
+
+
+async def test_poison_message_goes_to_dlq_after_the_delivery_cap(transport_url: str) -> None:
+    queue = f"q-{uuid.uuid4().hex[:12]}"
+    t = e2e.build(transport_url, queue=queue, task_max_deliveries=2,
+                  broker_transport_options={"visibility_timeout": 0.3})
+    r = await t.add.delay(1, 1)
+    broker = await t.app.broker()
+    for expected in (1, 2):  # a worker that dies holding it, twice
+        [d] = await broker.fetch([queue], 1, 5)
+        assert d.delivery_count == expected
+        await asyncio.sleep(0.35)  # let the lease run out
+    async with Worker(t.app, concurrency=2):
+        with pytest.raises(Exception, match="more than task_max_deliveries=2"):
+            await r.get(timeout=10)
+        assert await (await t.add.delay(2, 2)).get(timeout=10) == 4
+    [dead] = await broker.dead_letters(queue)
+    assert "poison" in dead.reason
+    await t.app.close()
+
+
+async def test_long_task_keeps_its_lease_while_running(transport_url: str, tmp_path: Any) -> None:
+    queue = f"q-{uuid.uuid4().hex[:12]}"
+    opts = {"broker_transport_options": {"visibility_timeout": 0.4}}
+    a = e2e.build(transport_url, queue=queue, **opts)
+    b = a if transport_url.startswith("memory") else e2e.build(transport_url, queue=queue, **opts)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    r = await a.sleep_then_mark.delay(1.5, str(marks), "long")
+    async with Worker(a.app, concurrency=2), Worker(b.app, concurrency=2):
+        assert await r.get(timeout=10) == "long"
+        # Both workers stayed up well past the lease: only a renewal kept the other one off it.
+        assert await (await a.add.delay(1, 1)).get(timeout=10) == 2
+    assert len(list(marks.iterdir())) == 1
+    await a.app.close()
+    await b.app.close()
+
+
+async def test_concurrency_bounds_tasks_in_flight(t: Tasks) -> None:
+    e2e.RUNNING.update(now=0, peak=0)
+    results = [await t.track_concurrency.delay(0.1) for _ in range(30)]
+    async with Worker(t.app, concurrency=7):
+        await asyncio.gather(*(r.get(timeout=10) for r in results))
+    assert e2e.RUNNING["peak"] == 7
+
+
+async def test_worker_survives_dropped_redis_connections(redis_server: str) -> None:
+    import redis.asyncio as aioredis
+
+    t = e2e.build(f"{redis_server}/0", queue=f"q-{uuid.uuid4().hex[:12]}")
+    admin = aioredis.Redis.from_url(redis_server)
+    async with Worker(t.app, concurrency=4):
+        assert await (await t.add.delay(1, 1)).get(timeout=10) == 2
+        killed = await admin.client_kill_filter(_type="normal", skipme=True)
+        assert killed >= 1
+        results = [await t.add.delay(i, 1) for i in range(10)]
+        assert [await r.get(timeout=20) for r in results] == [i + 1 for i in range(10)]
+    await admin.aclose()
+    await t.app.close()

@@ -20,14 +20,6 @@ from tests.workerproc import WorkerProcess
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A URL that several processes can share."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/aqueue.db"
-    return f"{request.getfixturevalue('redis_server')}/0"
-
-
 @pytest.fixture
 async def producer(shared_url: str) -> AsyncIterator[Tasks]:
     tasks = e2e.build(shared_url, queue=f"q-{uuid.uuid4().hex[:12]}")

@@ -62,9 +62,11 @@ class Tasks:
     record_order: Any
     errback: Any
     quota: Any
+    track_concurrency: Any
 
 
 ORDER: list[Any] = []
+RUNNING = {"now": 0, "peak": 0}
 ERRBACKS: list[tuple[str | None, str]] = []
 
 
@@ -158,6 +160,16 @@ def build(url: str, queue: str = "default", **settings: Any) -> Tasks:
     async def quota() -> None:
         raise QuotaError("over quota")
 
+    @app.task(name="e2e.track_concurrency")
+    async def track_concurrency(seconds: float) -> int:
+        RUNNING["now"] += 1
+        RUNNING["peak"] = max(RUNNING["peak"], RUNNING["now"])
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            RUNNING["now"] -= 1
+        return RUNNING["peak"]
+
     return Tasks(
         app,
         add,
@@ -175,6 +187,7 @@ def build(url: str, queue: str = "default", **settings: Any) -> Tasks:
         record_order,
         errback,
         quota,
+        track_concurrency,
     )
 
 

@@ -1,0 +1,70 @@
+"""What the Redis broker and the Redis result backend share: the client, errors, URL redaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+
+from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
+
+__all__ = ["as_bytes", "open_client", "redacted_url", "redis_errors"]
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its password or query string, fit for error messages and logs."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+        if parts.username:
+            netloc = f"{parts.username}@{netloc}"
+    except ValueError:
+        return url.partition("://")[0] + "://…"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+@contextmanager
+def redis_errors(url: str, action: str) -> Iterator[None]:
+    """Translate redis-py errors raised inside the block into aqueue's error tree.
+
+    Raises:
+        BrokerConnectionError: the server could not be reached or timed out (names ``url``
+            without its password, and the cause).
+        BrokerError: the server refused a command.
+    """
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise BrokerConnectionError(
+            f"Redis at {redacted_url(url)} unreachable during {action}: {type(exc).__name__}: {exc}"
+        ) from exc
+    except redis.exceptions.RedisError as exc:
+        raise BrokerError(f"Redis at {redacted_url(url)} failed {action}: {exc}") from exc
+
+
+def open_client(url: str) -> aioredis.Redis:
+    """A redis-py asyncio client for ``url`` (not yet connected; bytes responses).
+
+    A command failing with a connection error or timeout is retried up to 3 times on a fresh
+    connection (about a second in all): ``from_url`` clients otherwise fail on the first stale
+    pooled connection after a server restart or a killed connection. A retried command may
+    have run already when only its reply was lost, which at-least-once delivery tolerates.
+
+    Raises:
+        ConfigurationError: ``url`` is not a valid ``redis://`` or ``rediss://`` URL.
+    """
+    retry = Retry(ExponentialWithJitterBackoff(base=0.1, cap=1.0), retries=3)
+    try:
+        return aioredis.Redis.from_url(url, retry=retry)
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid Redis URL {redacted_url(url)!r}: {exc}") from exc
+
+
+def as_bytes(value: bytes | str) -> bytes:
+    """A reply value as bytes (replies are bytes unless the URL asks to decode responses)."""
+    return value.encode() if isinstance(value, str) else bytes(value)

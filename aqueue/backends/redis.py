@@ -1,0 +1,320 @@
+"""The Redis result backend: a string per task id, and pub/sub to tell waiters it changed.
+
+Relies on these Redis semantics (key names in :mod:`aqueue.redis_keys`):
+
+- ``SET ... PX`` replaces a record and its expiry in one command; ``PUBLISH`` on the task's
+  channel right after reaches every connection subscribed at that moment, and nobody else.
+- A connection's ``SUBSCRIBE`` confirmation arrives after the server registered the
+  subscription, so a record stored after :meth:`RedisBackend.watch` is entered is published to
+  us; one stored before is read with ``MGET`` (subscribe first, then read: no gap).
+- ``MULTI`` makes ``INCRBY`` + ``PEXPIRE`` of a counter atomic.
+
+All watches share one pub/sub connection and one reader task per backend instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.client import PubSub
+
+from aqueue import redis_keys as keys
+from aqueue._redis import as_bytes, open_client, redacted_url, redis_errors
+from aqueue.exceptions import BrokerConnectionError, BrokerError
+
+__all__ = ["RedisBackend"]
+
+log = logging.getLogger(__name__)
+
+# How long entering a watch waits for the SUBSCRIBE confirmation (seconds); the connection may
+# be re-established meanwhile, which redis-py follows with a new SUBSCRIBE.
+_SUBSCRIBE_TIMEOUT = 10.0
+_RECONNECT_BACKOFF = (0.1, 2.0)  # first and longest pause between pub/sub reconnects (seconds)
+
+
+def _milliseconds(seconds: float) -> int:
+    # Redis rejects an expiry of 0 ms; a record that expires at once still exists for 1 ms.
+    return max(1, int(seconds * 1000))
+
+
+class RedisBackend:
+    """A :class:`~aqueue.backends.base.ResultBackend` on Redis (``redis://``, ``rediss://``).
+
+    Args:
+        url: ``redis://[[user]:password@]host:port/db`` or ``rediss://...`` for TLS.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._client: aioredis.Redis | None = None
+        self._connecting = asyncio.Lock()
+        self._subscribing = asyncio.Lock()
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._watchers: dict[bytes, list[asyncio.Queue[bytes]]] = {}  # channel -> queues
+        # One future per SUBSCRIBE sent, resolved in order by the server's confirmations.
+        self._confirmations: dict[bytes, collections.deque[asyncio.Future[None]]] = {}
+        self._messages_seen: dict[bytes, int] = {}  # channel -> messages dispatched so far
+        self._refreshes: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({redacted_url(self._url)!r})"
+
+    async def connect(self) -> None:
+        """Connect and check the server answers PING. Idempotent.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        await self._connection()
+
+    async def close(self) -> None:
+        """Stop the pub/sub reader and close all connections. Idempotent.
+
+        Watches still entered get no more records; entering one later reconnects.
+        """
+        tasks = [t for t in (self._reader, *self._refreshes) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # wait() rather than awaiting each: it does not re-raise their CancelledError, so a
+            # cancellation of close() itself is not swallowed.
+            await asyncio.wait(tasks)
+        self._reader = None
+        self._refreshes.clear()
+        for waiting in self._confirmations.values():
+            for future in waiting:
+                future.cancel()
+        self._confirmations.clear()
+        self._watchers.clear()
+        self._messages_seen.clear()
+        pubsub, client = self._pubsub, self._client
+        self._pubsub = self._client = None
+        if pubsub is not None:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py 8.1
+        if client is not None:
+            await client.aclose()
+
+    async def store(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
+        """SET each record (PX ``expires`` seconds) and PUBLISH it to its channel, one trip.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        if not items:
+            return
+        client = await self._connection()
+        px = None if expires is None else _milliseconds(expires)
+        with redis_errors(self._url, "store"):
+            async with client.pipeline(transaction=False) as pipe:
+                for task_id, record in items:
+                    pipe.set(keys.result(task_id), record, px=px)
+                    pipe.publish(keys.result_channel(task_id), record)
+                await pipe.execute()
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        """MGET the records of ``task_ids``; ``None`` where nothing is stored.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        if not task_ids:
+            return []
+        client = await self._connection()
+        with redis_errors(self._url, "get_many"):
+            values = await client.mget([keys.result(t) for t in task_ids])
+        return [None if v is None else as_bytes(v) for v in values]
+
+    async def delete(self, task_ids: Sequence[str]) -> None:
+        """DEL the records of ``task_ids``.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        if not task_ids:
+            return
+        client = await self._connection()
+        with redis_errors(self._url, "delete"):
+            await client.delete(*(keys.result(t) for t in task_ids))
+
+    async def incr(self, key: str, amount: int, expires: float | None) -> int:
+        """INCRBY the counter and (re)set its expiry, atomically in one MULTI.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        client = await self._connection()
+        name = keys.counter(key)
+        with redis_errors(self._url, "incr"):
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.incrby(name, amount)
+                if expires is not None:
+                    pipe.pexpire(name, _milliseconds(expires))
+                results = await pipe.execute()
+        return int(results[0])
+
+    @asynccontextmanager
+    async def watch(self, task_id: str) -> AsyncIterator[asyncio.Queue[bytes]]:
+        """Subscribe to ``task_id``'s channel; yield the queue its new records are put on.
+
+        Entering returns once the server confirmed the subscription. Several watchers of one id
+        share the subscription and each get every record; the last one leaving unsubscribes.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached, or did not confirm the
+                subscription within 10 seconds.
+        """
+        channel = keys.result_channel(task_id).encode()
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        try:
+            await self._subscribe(channel, queue)
+            yield queue
+        finally:
+            await self._unsubscribe(channel, queue)
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _connection(self) -> aioredis.Redis:
+        """The connected client, connecting first if needed."""
+        if self._client is not None:
+            return self._client
+        async with self._connecting:
+            if self._client is None:
+                client = open_client(self._url)
+                try:
+                    with redis_errors(self._url, "connect"):
+                        await client.ping()
+                except BaseException:
+                    await client.aclose()
+                    raise
+                self._client = client
+            return self._client
+
+    async def _subscribe(self, channel: bytes, queue: asyncio.Queue[bytes]) -> None:
+        """Add ``queue`` as a watcher of ``channel``; return once the subscription is live."""
+        client = await self._connection()
+        # Serialised with _unsubscribe so SUBSCRIBE and UNSUBSCRIBE of one channel reach the
+        # server in the order the watcher counts changed.
+        async with self._subscribing:
+            watchers = self._watchers.setdefault(channel, [])
+            watchers.append(queue)
+            if len(watchers) == 1:
+                confirmed = asyncio.get_running_loop().create_future()
+                waiting = self._confirmations.setdefault(channel, collections.deque())
+                waiting.append(confirmed)
+                if self._pubsub is None:
+                    self._pubsub = client.pubsub()
+                try:
+                    with redis_errors(self._url, "subscribe"):
+                        await self._pubsub.subscribe(channel)
+                except BaseException:
+                    waiting.remove(confirmed)
+                    if not waiting:
+                        del self._confirmations[channel]
+                    raise
+                if self._reader is None or self._reader.done():
+                    self._reader = asyncio.create_task(self._read(self._pubsub))
+            else:
+                # Another watcher's SUBSCRIBE may still be on its way: live once it is confirmed.
+                pending = self._confirmations.get(channel)
+                if not pending:
+                    return
+                confirmed = pending[-1]
+        try:
+            # Shielded: one watcher giving up must not cancel the confirmation others await.
+            await asyncio.wait_for(asyncio.shield(confirmed), _SUBSCRIBE_TIMEOUT)
+        except TimeoutError:
+            raise BrokerConnectionError(
+                f"Redis at {redacted_url(self._url)} did not confirm SUBSCRIBE "
+                f"{channel.decode()} within {_SUBSCRIBE_TIMEOUT:g}s"
+            ) from None
+
+    async def _unsubscribe(self, channel: bytes, queue: asyncio.Queue[bytes]) -> None:
+        """Remove ``queue``; the last watcher of ``channel`` leaving sends UNSUBSCRIBE."""
+        async with self._subscribing:
+            watchers = self._watchers.get(channel)
+            if watchers is None or queue not in watchers:  # close() ended every watch
+                return
+            watchers.remove(queue)
+            if watchers:
+                return
+            del self._watchers[channel]
+            self._messages_seen.pop(channel, None)
+            if self._pubsub is None:
+                return
+            try:
+                with redis_errors(self._url, "unsubscribe"):
+                    await self._pubsub.unsubscribe(channel)
+            except BrokerError as exc:
+                # Not raised: leaving a watch should not fail. A subscription left behind only
+                # brings messages nobody waits for, which the reader drops.
+                log.warning("%r: %s", self, exc)
+
+    async def _read(self, pubsub: PubSub) -> None:
+        """Dispatch every pub/sub message to its watchers, until cancelled.
+
+        redis-py reconnects and re-subscribes by itself when the connection drops; while the
+        server stays unreachable this keeps retrying with a growing pause.
+        """
+        pause = _RECONNECT_BACKOFF[0]
+        while True:
+            try:
+                message = await pubsub.get_message(timeout=None)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                log.warning("%r: pub/sub connection lost, retrying in %gs", self, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _RECONNECT_BACKOFF[1])
+                continue
+            pause = _RECONNECT_BACKOFF[0]
+            if message is not None:
+                self._dispatch(message["type"], message["channel"], message["data"])
+
+    def _dispatch(self, kind: str, channel: bytes, data: Any) -> None:
+        if kind == "message":
+            self._messages_seen[channel] = self._messages_seen.get(channel, 0) + 1
+            for queue in self._watchers.get(channel, ()):
+                queue.put_nowait(data)
+        elif kind == "subscribe":
+            waiting = self._confirmations.get(channel)
+            if waiting:
+                future = waiting.popleft()
+                if not waiting:
+                    del self._confirmations[channel]
+                if not future.done():
+                    future.set_result(None)
+            elif channel in self._watchers:
+                # redis-py re-subscribed after a reconnect: a record stored while we were
+                # disconnected was published to nobody, so read it now.
+                task = asyncio.create_task(self._refresh(channel))
+                self._refreshes.add(task)
+                task.add_done_callback(self._refreshes.discard)
+
+    async def _refresh(self, channel: bytes) -> None:
+        """Put ``channel``'s current record on its watchers' queues (after a reconnect).
+
+        Skipped if a message arrived meanwhile: it is at least as new as what GET returned, and
+        queues must not go back in time.
+        """
+        seen = self._messages_seen.get(channel, 0)
+        task_id = channel.decode().removeprefix(keys.result_channel(""))
+        try:
+            record = await self._connection_value(keys.result(task_id))
+        except BrokerError as exc:
+            log.warning("%r: cannot re-read %s after reconnect: %s", self, task_id, exc)
+            return
+        if record is not None and self._messages_seen.get(channel, 0) == seen:
+            for queue in self._watchers.get(channel, ()):
+                queue.put_nowait(record)
+
+    async def _connection_value(self, key: str) -> bytes | None:
+        client = await self._connection()
+        with redis_errors(self._url, "get"):
+            value = await client.get(key)
+        return None if value is None else as_bytes(value)

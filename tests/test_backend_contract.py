@@ -1,0 +1,193 @@
+"""The ResultBackend Protocol contract, run against every transport (``backend_url``, conftest).
+
+A new result backend is done when it passes this file unchanged. Watch tests wait on the queue
+(with a timeout), never on sleeps; sleeps appear only to let a record expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from aqueue.backends import ResultBackend, backend_from_url
+
+pytestmark = pytest.mark.timeout(30)
+
+NOTIFY_TIMEOUT = 5.0  # seconds a watcher may wait for a stored record to reach its queue
+
+
+@pytest.fixture
+async def backend(backend_url: str) -> AsyncIterator[ResultBackend]:
+    backend = backend_from_url(backend_url)
+    await backend.connect()
+    yield backend
+    await backend.close()
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+async def next_record(queue: asyncio.Queue[bytes]) -> bytes:
+    return await asyncio.wait_for(queue.get(), NOTIFY_TIMEOUT)
+
+
+async def test_store_and_get_many(backend: ResultBackend) -> None:
+    a, b, missing = new_id(), new_id(), new_id()
+    await backend.store([(a, b"record a"), (b, bytes(range(256)))], expires=None)
+
+    assert await backend.get_many([b, missing, a]) == [bytes(range(256)), None, b"record a"]
+    assert await backend.get_many([]) == []
+
+
+async def test_store_replaces(backend: ResultBackend) -> None:
+    task_id = new_id()
+    await backend.store([(task_id, b"STARTED")], expires=None)
+    await backend.store([(task_id, b"SUCCESS")], expires=None)
+
+    assert await backend.get_many([task_id]) == [b"SUCCESS"]
+
+
+async def test_store_many_in_one_call(backend: ResultBackend) -> None:
+    items = [(new_id(), b"record %d" % i) for i in range(500)]
+    await backend.store(items, expires=60)
+
+    assert await backend.get_many([task_id for task_id, _ in items]) == [r for _, r in items]
+
+
+async def test_delete(backend: ResultBackend) -> None:
+    keep, gone, never = new_id(), new_id(), new_id()
+    await backend.store([(keep, b"keep"), (gone, b"gone")], expires=None)
+
+    await backend.delete([gone, never])
+    await backend.delete([])
+
+    assert await backend.get_many([keep, gone, never]) == [b"keep", None, None]
+
+
+async def test_records_expire(backend: ResultBackend) -> None:
+    short, kept = new_id(), new_id()
+    await backend.store([(short, b"short-lived")], expires=0.3)
+    await backend.store([(kept, b"kept")], expires=60)
+    assert await backend.get_many([short]) == [b"short-lived"]
+
+    deadline = time.monotonic() + 3
+    while await backend.get_many([short]) != [None]:
+        assert time.monotonic() < deadline, "the record did not expire within 3 s"
+        await asyncio.sleep(0.1)  # letting the expiry pass is what this test is about
+
+    assert await backend.get_many([kept]) == [b"kept"]
+
+
+async def test_incr_counts_from_zero(backend: ResultBackend) -> None:
+    key = new_id()
+    assert await backend.incr(key, 1, expires=None) == 1
+    assert await backend.incr(key, 5, expires=60) == 6
+    assert await backend.incr(new_id(), 3, expires=60) == 3
+
+
+async def test_incr_is_atomic(backend: ResultBackend) -> None:
+    key = new_id()
+
+    values = await asyncio.gather(*(backend.incr(key, 1, expires=60) for _ in range(50)))
+
+    # Each increment saw a distinct value: exactly one of them reached 50 (a chord's trigger).
+    assert sorted(values) == list(range(1, 51))
+    assert await backend.incr(key, 0, expires=60) == 50
+
+
+async def test_watch_receives_records_stored_after_entering(backend: ResultBackend) -> None:
+    task_id = new_id()
+    async with backend.watch(task_id) as queue:
+        await backend.store([(task_id, b"STARTED")], expires=None)
+        assert await next_record(queue) == b"STARTED"
+
+        await backend.store([(task_id, b"PROGRESS")], expires=None)
+        await backend.store([(task_id, b"SUCCESS")], expires=None)
+        assert [await next_record(queue), await next_record(queue)] == [b"PROGRESS", b"SUCCESS"]
+
+
+async def test_two_watchers_of_one_id_both_receive(backend: ResultBackend) -> None:
+    task_id = new_id()
+    async with backend.watch(task_id) as first, backend.watch(task_id) as second:
+        await backend.store([(task_id, b"SUCCESS")], expires=None)
+
+        assert await next_record(first) == b"SUCCESS"
+        assert await next_record(second) == b"SUCCESS"
+
+
+async def test_watchers_only_get_their_own_id(backend: ResultBackend) -> None:
+    ids = [new_id() for _ in range(20)]
+    async with backend.watch(ids[0]) as first, backend.watch(ids[1]) as second:
+        await backend.store([(task_id, task_id.encode()) for task_id in ids], expires=None)
+
+        assert await next_record(first) == ids[0].encode()
+        assert await next_record(second) == ids[1].encode()
+        await backend.store([(ids[1], b"again")], expires=None)
+        assert await next_record(second) == b"again"
+        assert first.empty()
+
+
+async def test_many_watchers_at_once(backend: ResultBackend) -> None:
+    ids = [new_id() for _ in range(100)]
+
+    async def wait_for_record(task_id: str, subscribed: asyncio.Event) -> bytes:
+        async with backend.watch(task_id) as queue:
+            subscribed.set()
+            return await next_record(queue)
+
+    events = [asyncio.Event() for _ in ids]
+    waiters = [asyncio.create_task(wait_for_record(i, e)) for i, e in zip(ids, events, strict=True)]
+    await asyncio.gather(*(e.wait() for e in events))
+    await backend.store([(task_id, b"done " + task_id.encode()) for task_id in ids], expires=60)
+
+    assert await asyncio.gather(*waiters) == [b"done " + task_id.encode() for task_id in ids]
+
+
+async def test_record_stored_before_watching_is_read_not_queued(backend: ResultBackend) -> None:
+    task_id = new_id()
+    await backend.store([(task_id, b"STARTED")], expires=None)
+
+    async with backend.watch(task_id) as queue:
+        assert await backend.get_many([task_id]) == [b"STARTED"]
+        await backend.store([(task_id, b"SUCCESS")], expires=None)
+
+        # The first record on the queue is the one stored after entering.
+        assert await next_record(queue) == b"SUCCESS"
+        assert queue.empty()
+
+
+async def test_leaving_a_watch_stops_delivery(backend: ResultBackend) -> None:
+    task_id = new_id()
+    async with backend.watch(task_id) as staying:
+        async with backend.watch(task_id) as leaving:
+            pass
+        await backend.store([(task_id, b"after leaving")], expires=None)
+
+        assert await next_record(staying) == b"after leaving"
+        assert leaving.empty()
+
+    # After the last watcher left, watching the id again works.
+    async with backend.watch(task_id) as queue:
+        await backend.store([(task_id, b"watched again")], expires=None)
+        assert await next_record(queue) == b"watched again"
+
+
+async def test_connect_and_close_are_idempotent(backend_url: str) -> None:
+    backend = backend_from_url(backend_url)
+    await backend.connect()
+    await backend.connect()
+    task_id = new_id()
+    await backend.store([(task_id, b"x")], expires=60)
+    await backend.close()
+    await backend.close()
+
+    await backend.connect()  # usable again after close
+    async with backend.watch(task_id) as queue:
+        await backend.store([(task_id, b"y")], expires=60)
+        assert await next_record(queue) == b"y"
+    await backend.close()

@@ -1,0 +1,285 @@
+"""What only the Redis broker and backend promise, beyond the contract suites.
+
+Key layout, error translation, one round trip per fetch, the surplus buffer of a blocking read,
+recovery from a flushed database and from a dropped pub/sub connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from aqueue import redis_keys as keys
+from aqueue._redis import redacted_url
+from aqueue.backends.redis import RedisBackend
+from aqueue.brokers.base import Outgoing
+from aqueue.brokers.redis import RedisBroker
+from aqueue.exceptions import BrokerConnectionError, ConfigurationError
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def url(redis_server: str) -> str:
+    return f"{redis_server}/0"
+
+
+@pytest.fixture
+async def client(url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def brokers(url: str) -> AsyncIterator[list[RedisBroker]]:
+    """Brokers a test creates; closed at the end."""
+    made: list[RedisBroker] = []
+    yield made
+    for broker in made:
+        await broker.close()
+
+
+async def new_broker(made: list[RedisBroker], url: str, **options: Any) -> RedisBroker:
+    broker = RedisBroker(url, options)
+    await broker.connect()
+    made.append(broker)
+    return broker
+
+
+def out(queue: str, body: bytes, priority: int = 0, eta: float | None = None) -> Outgoing:
+    return Outgoing(queue, body, uuid.uuid4().hex, priority, eta)
+
+
+def closed_port_url(password: str = "") -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    auth = f":{password}@" if password else ""
+    return f"redis://{auth}127.0.0.1:{port}/0"
+
+
+def test_redacted_url_drops_password_and_query() -> None:
+    assert redacted_url("redis://:s3cret@host:6379/2") == "redis://host:6379/2"
+    assert redacted_url("rediss://user:s3cret@host/0?password=x") == "rediss://user@host/0"
+    assert redacted_url("redis://localhost") == "redis://localhost"
+
+
+def test_unknown_transport_option_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="visibility_timout"):
+        RedisBroker("redis://localhost", {"visibility_timout": 5})
+    with pytest.raises(ConfigurationError, match="visibility_timeout"):
+        RedisBroker("redis://localhost", {"visibility_timeout": 0})
+
+
+@pytest.mark.timeout(60)
+async def test_unreachable_server_raises_broker_connection_error() -> None:
+    url = closed_port_url(password="s3cret")
+    broker, backend = RedisBroker(url, {}), RedisBackend(url)
+
+    with pytest.raises(BrokerConnectionError) as broker_error:
+        await broker.connect()
+    with pytest.raises(BrokerConnectionError) as backend_error:
+        await backend.store([("id", b"x")], expires=None)
+
+    for error in (broker_error, backend_error):
+        message = str(error.value)
+        assert "127.0.0.1" in message
+        assert "s3cret" not in message
+    await broker.close()
+    await backend.close()
+
+
+async def test_every_key_is_prefixed(
+    url: str, client: aioredis.Redis, brokers: list[RedisBroker], queue_name: str
+) -> None:
+    broker = await new_broker(brokers, url)
+    backend = RedisBackend(url)
+    await broker.publish([out(queue_name, b"a", 3), out(queue_name, b"b", eta=time.time() + 60)])
+    got = await broker.fetch([queue_name], 10, 5)
+    await broker.dead_letter(got[0], "test")
+    await backend.store([(queue_name, b"r")], expires=60)
+    await backend.incr(queue_name, 1, expires=60)
+    await backend.close()
+
+    found = [k async for k in client.scan_iter(match=f"*{queue_name}*")]
+
+    assert found, "nothing stored"
+    assert all(k.startswith(keys.PREFIX.encode()) for k in found)
+    assert {k.decode() for k in found} >= {
+        keys.stream(queue_name, 3),
+        keys.dlq(queue_name),
+        keys.result(queue_name),
+        keys.counter(queue_name),
+    }
+
+
+async def test_ack_deletes_the_entry(
+    url: str, client: aioredis.Redis, brokers: list[RedisBroker], queue_name: str
+) -> None:
+    broker = await new_broker(brokers, url)
+    await broker.publish([out(queue_name, b"%d" % i) for i in range(10)])
+    got = await broker.fetch([queue_name], 10, 5)
+
+    await broker.ack(got)
+
+    assert await client.xlen(keys.stream(queue_name, 0)) == 0
+    assert (await client.xpending(keys.stream(queue_name, 0), keys.GROUP))["pending"] == 0
+
+
+async def test_fetch_with_ready_messages_is_one_round_trip(
+    url: str, brokers: list[RedisBroker], queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = await new_broker(brokers, url)
+    await broker.publish([out(queue_name, b"warm-up")])
+    await broker.ack(await broker.fetch([queue_name, "other"], 10, 5))  # groups, script loaded
+    await broker.publish([out(queue_name, b"%d" % i, i % 10) for i in range(30)])
+    client, _ = await broker._connection()
+    sent: list[Any] = []
+    original: Any = client.execute_command
+
+    async def spy(*args: Any, **options: Any) -> Any:
+        sent.append(args[0])
+        return await original(*args, **options)
+
+    monkeypatch.setattr(client, "execute_command", spy)
+    got = await broker.fetch([queue_name, "other"], 20, 5)
+
+    assert len(got) == 20
+    assert [d.body for d in got[:3]] == [b"9", b"19", b"29"]
+    assert sent == ["EVALSHA"]
+
+
+async def test_surplus_of_a_blocking_read_is_buffered_then_released_on_close(
+    url: str, brokers: list[RedisBroker], queue_name: str
+) -> None:
+    first = await new_broker(brokers, url)
+    second = await new_broker(brokers, url)
+    await first.publish([out(queue_name, b"low", 0), out(queue_name, b"high", 9)])
+    plan = first._plan([queue_name])
+    await first._ensure_groups((await first._connection())[0], plan.streams)
+
+    # Entries already waiting when XREADGROUP BLOCK is called come from every stream.
+    got = await first._read_blocking((await first._connection())[0], plan, 1, 0.1)
+    assert [d.body for d in got] == [b"high"]
+    assert [d.body for d in first._buffer] == [b"low"]
+
+    await first.close()
+    again = await second.fetch([queue_name], 10, 5)
+    assert [(d.body, d.delivery_count) for d in again] == [(b"low", 1)]
+    await second.ack(again + got)
+
+
+async def test_buffered_delivery_is_handed_out_by_the_next_fetch(
+    url: str, brokers: list[RedisBroker], queue_name: str
+) -> None:
+    broker = await new_broker(brokers, url, visibility_timeout=0.4)
+    await broker.publish([out(queue_name, b"a", 1), out(queue_name, b"b", 2)])
+    plan = broker._plan([queue_name])
+    client, _ = await broker._connection()
+    await broker._ensure_groups(client, plan.streams)
+    first = await broker._read_blocking(client, plan, 1, 0.1)
+    await asyncio.sleep(0.15)  # older than a quarter lease: renewed before it is handed out
+
+    second = await broker.fetch([queue_name], 10, 5)
+
+    assert [d.body for d in first + second] == [b"b", b"a"]
+    assert broker._buffer == []
+    await broker.ack(first + second)
+
+
+async def test_delivery_count_after_release_and_expiry(
+    url: str, brokers: list[RedisBroker], queue_name: str
+) -> None:
+    broker = await new_broker(brokers, url, visibility_timeout=0.3)
+    await broker.publish([out(queue_name, b"x")])
+    counts = []
+    got = await broker.fetch([queue_name], 1, 5)
+    counts.append(got[0].delivery_count)
+    got = await broker.fetch([queue_name], 1, 5)  # lease ran out
+    counts.append(got[0].delivery_count)
+    await broker.release(got)
+    got = await broker.fetch([queue_name], 1, 5)
+    counts.append(got[0].delivery_count)
+    got = await broker.fetch([queue_name], 1, 5)  # lease ran out again
+    counts.append(got[0].delivery_count)
+
+    assert counts == [1, 2, 2, 3]
+    await broker.ack(got)
+
+
+async def test_renew_does_not_take_back_a_reclaimed_message(
+    url: str, client: aioredis.Redis, brokers: list[RedisBroker], queue_name: str
+) -> None:
+    slow = await new_broker(brokers, url, visibility_timeout=0.3)
+    other = await new_broker(brokers, url, visibility_timeout=0.3)
+    await slow.publish([out(queue_name, b"x")])
+    stale = await slow.fetch([queue_name], 1, 5)
+    taken = await other.fetch([queue_name], 1, 5)  # after the lease ran out
+    assert taken[0].delivery_count == 2
+
+    await slow.renew(stale)
+
+    pending = await client.xpending_range(keys.stream(queue_name, 0), keys.GROUP, "-", "+", 10)
+    assert [p["consumer"] for p in pending] == [other._consumer.encode()]
+    await other.ack(taken)
+
+
+async def test_fetch_recovers_from_a_flushed_database(
+    url: str, client: aioredis.Redis, brokers: list[RedisBroker], queue_name: str
+) -> None:
+    broker = await new_broker(brokers, url)
+    assert await broker.fetch([queue_name], 1, 0) == []
+    for priority in keys.PRIORITIES:  # as FLUSHDB would, without disturbing other tests
+        await client.delete(keys.stream(queue_name, priority))
+    await broker.publish([out(queue_name, b"after flush")])
+
+    got = await broker.fetch([queue_name], 1, 5)
+
+    assert [d.body for d in got] == [b"after flush"]
+    await broker.ack(got)
+
+
+async def test_close_removes_an_idle_consumer(
+    url: str, client: aioredis.Redis, brokers: list[RedisBroker], queue_name: str
+) -> None:
+    broker = await new_broker(brokers, url)
+    await broker.publish([out(queue_name, b"x")])
+    await broker.ack(await broker.fetch([queue_name], 1, 5))
+    stream = keys.stream(queue_name, 0)
+    assert len(await client.xinfo_consumers(stream, keys.GROUP)) == 1
+
+    await broker.close()
+
+    assert await client.xinfo_consumers(stream, keys.GROUP) == []
+
+
+async def test_result_without_expiry_has_no_ttl(url: str, client: aioredis.Redis) -> None:
+    backend = RedisBackend(url)
+    task_id = str(uuid.uuid4())
+    await backend.store([(task_id, b"x")], expires=None)
+    await backend.store([(f"{task_id}-2", b"y")], expires=60)
+    await backend.close()
+
+    assert await client.ttl(keys.result(task_id)) == -1
+    assert 0 < await client.ttl(keys.result(f"{task_id}-2")) <= 60
+
+
+async def test_watch_survives_a_dropped_pubsub_connection(url: str, client: aioredis.Redis) -> None:
+    backend = RedisBackend(url)
+    task_id = str(uuid.uuid4())
+    async with backend.watch(task_id) as queue:
+        await client.client_kill_filter(_type="pubsub")
+        # Stored while the watcher may still be reconnecting: it arrives either as the message
+        # published after re-subscribing or as the record re-read once re-subscribed.
+        await backend.store([(task_id, b"SUCCESS")], expires=60)
+
+        assert await asyncio.wait_for(queue.get(), 10) == b"SUCCESS"
+    await backend.close()
