@@ -15,6 +15,9 @@ from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationE
 
 __all__ = ["as_bytes", "open_client", "redacted_url", "redis_errors"]
 
+MAX_CONNECTIONS = 128  # per client; enough for a worker's 100 concurrent runners
+POOL_TIMEOUT = 20.0  # seconds to wait for a free pooled connection before failing
+
 
 def redacted_url(url: str) -> str:
     """``url`` without its password or query string, fit for error messages and logs."""
@@ -60,7 +63,12 @@ def open_client(url: str) -> aioredis.Redis:
     """
     retry = Retry(ExponentialWithJitterBackoff(base=0.1, cap=1.0), retries=3)
     try:
-        return aioredis.Redis.from_url(url, retry=retry)
+        # A blocking pool makes a burst of concurrent calls wait for a connection instead of
+        # failing with MaxConnectionsError once the pool is full.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT, retry=retry
+        )
+        return aioredis.Redis.from_pool(pool)
     except ValueError as exc:
         raise ConfigurationError(f"invalid Redis URL {redacted_url(url)!r}: {exc}") from exc
 

@@ -219,6 +219,21 @@ class Aqueue:
         """``task_annotations`` for task ``name``: options that override the task's own."""
         return routing.lookup(self.conf.task_annotations, name)
 
+    def apply_annotations(self) -> None:
+        """Set each registered task's options from ``task_annotations`` (a worker does this at
+        start, so ``time_limit``, ``max_retries``, ``acks_late``... apply to the runs it makes).
+
+        Raises:
+            ConfigurationError: an annotation names an unknown task option.
+        """
+        for name, task in self.tasks.items():
+            for key, value in self.task_options(name).items():
+                if key not in TASK_OPTIONS:
+                    raise ConfigurationError(
+                        f"task_annotations for {name!r}: unknown task option {key!r}"
+                    )
+                setattr(task, key, tuple(value) if key == "autoretry_for" else value)
+
     # -- connections -------------------------------------------------------------------------
 
     def _loop_connections(self) -> _Connections:

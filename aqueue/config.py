@@ -7,6 +7,7 @@ Celery's old upper-case names (``CELERY_RESULT_BACKEND``...) are refused with th
 """
 
 from __future__ import annotations
+import __future__
 
 import dataclasses
 import difflib
@@ -267,6 +268,8 @@ class Settings:
                 )
             value = getattr(obj, name)
             if not name.islower() or inspect.ismodule(value) or inspect.isclass(value):
+                continue
+            if isinstance(value, __future__._Feature):  # from __future__ import annotations
                 continue
             if inspect.isroutine(value) and name not in _CHECKS:
                 continue

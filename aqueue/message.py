@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from aqueue import serialization
-from aqueue.exceptions import DecodeError
+from aqueue.exceptions import DecodeError, EncodeError
 
 PROTOCOL_VERSION = 1
 
@@ -107,15 +107,18 @@ class Message:
             env["kwargs"] = self.kwargs
             try:
                 return orjson.dumps(env, option=orjson.OPT_NON_STR_KEYS)
-            except TypeError:
+            except TypeError as exc:
                 # Re-encode the arguments alone to name what was not serialisable.
                 serialization.dumps([self.args, self.kwargs], "json")
-                raise
+                raise EncodeError(f"message {self.id} options are not serialisable: {exc}") from exc
         body = serialization.dumps([self.args, self.kwargs], self.content_type, self.compression)
         env["body"] = base64.b64encode(body).decode("ascii")
         if self.compression:
             env["enc"] = self.compression
-        return orjson.dumps(env, option=orjson.OPT_NON_STR_KEYS)
+        try:
+            return orjson.dumps(env, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError as exc:
+            raise EncodeError(f"message {self.id} options are not serialisable: {exc}") from exc
 
 
 def decode_envelope(raw: bytes) -> dict[str, Any]:

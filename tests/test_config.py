@@ -130,3 +130,20 @@ def test_default_task_name_is_module_dot_function() -> None:
 
     assert add.name == f"{__name__}.test_default_task_name_is_module_dot_function.<locals>.add"
     assert add(2, 2) == 4  # calling the task runs it here, as in Celery
+
+
+def test_config_module_with_future_import_is_accepted(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pathlib
+    import sys
+
+    folder = pathlib.Path(str(tmp_path))
+    (folder / "future_conf.py").write_text(
+        "from __future__ import annotations\nresult_expires = 60\ntask_serializer = 'json'\n"
+    )
+    monkeypatch.syspath_prepend(str(folder))
+    app = Aqueue("proj", broker="memory://")
+    app.config_from_object("future_conf")
+    assert app.conf.result_expires == 60
+    sys.modules.pop("future_conf", None)

@@ -103,6 +103,7 @@ class Worker:
         Raises:
             BrokerConnectionError: the broker or result backend cannot be reached.
         """
+        self.app.apply_annotations()
         self.broker = await self.app.broker()
         backend = await self.app.result_backend() if self.app.has_result_backend else None
         if backend is None:
@@ -113,7 +114,9 @@ class Worker:
         self._helpers = [asyncio.create_task(self._renew_leases())]
         self._fetcher = asyncio.create_task(self._fetch_loop())
         self._ready.set()
-        logger.info(
+        # Scripts and supervisors wait for this line, so it shows at any -l level, as Celery's.
+        logger.log(
+            max(logging.INFO, logger.getEffectiveLevel()),
             "%s ready: consuming %s with concurrency %d (prefetch %d), pid %d",
             self.hostname,
             ",".join(self.queues),

@@ -1,0 +1,313 @@
+"""End-to-end throughput: N no-op tasks through one worker process over Redis, results stored.
+
+Run from the repository root (``make bench``)::
+
+    python benchmarks/throughput.py                       # starts a throwaway redis-server
+    python benchmarks/throughput.py --n 50000 --broker redis://127.0.0.1:6379/15
+
+With no ``--broker``, a ``redis-server`` is started on a free port with no persistence
+(``--save '' --appendonly no``) and stopped at the end; a ``--broker`` should name an empty
+database, since the benchmark uses the default queue. One worker process is started
+(``aqueue worker -A benchmarks.bench_tasks -c 100 -l warning``) and stopped with SIGTERM.
+
+Measured, after a warm-up:
+
+- enqueue/s: N ``noop.delay()`` calls, ``--batch`` at a time with ``asyncio.gather``;
+- drained tasks/s: N over the time from the first ``delay()`` to the last result read back;
+- latency p50/p99: from the ``delay()`` call to the task's first line, per task (the task
+  returns ``time.time()`` at its start). The producer sends faster than one worker runs, so this
+  includes the time spent queued behind the earlier tasks of the burst.
+
+Not a test: it asserts nothing but that every task finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(REPO_ROOT))
+
+WORKER_APP = "benchmarks.bench_tasks"
+READY_TIMEOUT = 30.0  # seconds for redis-server to answer / the worker to log `ready`
+READY = re.compile(r"\bready\b", re.IGNORECASE)  # "ready", not "already"
+WARMUP = 200  # tasks sent and awaited before the clock starts
+
+
+class BenchError(Exception):
+    """A process the benchmark needs did not start."""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python benchmarks/throughput.py",
+        description="N no-op tasks through one aqueue worker process over Redis.",
+    )
+    parser.add_argument("--n", type=int, default=20_000, help="tasks to run (default 20000)")
+    parser.add_argument(
+        "--broker",
+        default=None,
+        help="redis:// URL of an empty database (default: start a throwaway redis-server)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=100, help="the worker's -c (default 100)"
+    )
+    parser.add_argument(
+        "--worker-loglevel", default="warning", help="the worker's -l (default warning)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=1_000, help="delay() calls gathered at once (default 1000)"
+    )
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.concurrency < 1 or args.batch < 1:
+        parser.error("--n, --concurrency and --batch must be at least 1")
+    if args.broker is not None and not args.broker.startswith(("redis://", "rediss://")):
+        parser.error("--broker must be a redis:// or rediss:// URL")
+    return args
+
+
+# -- child processes ---------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _stop(proc: asyncio.subprocess.Process, name: str) -> None:
+    for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, None)):
+        if proc.returncode is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), grace)
+    if proc.returncode not in (0, -signal.SIGTERM):
+        print(f"warning: {name} exited with status {proc.returncode}", file=sys.stderr)
+
+
+@contextlib.asynccontextmanager
+async def redis_server() -> AsyncIterator[str]:
+    """A throwaway ``redis-server`` on a free port, with no persistence; yields its URL."""
+    import redis.asyncio as aioredis
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise BenchError("redis-server is not installed (apt-get install redis-server)")
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        exe,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C reaches only us; we stop it in order
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = aioredis.Redis.from_url(url)
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT
+            while True:
+                if proc.returncode is not None:
+                    raise BenchError(f"redis-server exited with status {proc.returncode}")
+                try:
+                    await client.ping()
+                    break
+                except (OSError, aioredis.ConnectionError):
+                    if time.monotonic() > deadline:
+                        raise BenchError("redis-server did not answer PING in time") from None
+                    await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+        yield url
+    finally:
+        await _stop(proc, "redis-server")
+
+
+async def _forward(stream: asyncio.StreamReader) -> None:
+    while line := await stream.readline():  # keep the pipe drained so the worker never blocks
+        sys.stderr.write(f"worker: {line.decode(errors='replace')}")
+
+
+@contextlib.asynccontextmanager
+async def worker_process(
+    env: dict[str, str], concurrency: int, loglevel: str = "warning"
+) -> AsyncIterator[None]:
+    """``aqueue worker -A benchmarks.bench_tasks`` until the block exits; enters once ready."""
+    exe = Path(sys.executable).with_name("aqueue")
+    cmd = [str(exe) if exe.exists() else (shutil.which("aqueue") or "aqueue")]
+    cmd += ["worker", "-A", WORKER_APP, "-c", str(concurrency), "-l", loglevel]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    forwarder: asyncio.Task[None] | None = None
+    try:
+        seen: list[str] = []
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                while not (seen and READY.search(seen[-1])):
+                    raw = await proc.stdout.readline()
+                    if not raw:
+                        raise BenchError(
+                            f"the worker exited with status {await proc.wait()}:\n"
+                            + "".join(seen[-20:])
+                        )
+                    seen.append(raw.decode(errors="replace"))
+        except TimeoutError:
+            raise BenchError(
+                f"the worker logged no `ready` line within {READY_TIMEOUT:g}s:\n"
+                + "".join(seen[-20:])
+            ) from None
+        forwarder = asyncio.create_task(_forward(proc.stdout))
+        yield
+    finally:
+        await _stop(proc, "the worker")
+        if forwarder is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(forwarder, 5.0)
+
+
+# -- measuring ---------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of sorted ``values``."""
+    rank = max(1, round(pct / 100 * len(values)))
+    return values[min(rank, len(values)) - 1]
+
+
+async def measure(n: int, batch: int) -> dict[str, Any]:
+    """Send ``n`` no-op tasks and await them all; return the timings."""
+    from benchmarks.bench_tasks import noop
+
+    sent_at: dict[str, float] = {}
+
+    async def send() -> Any:
+        called = time.time()
+        result = await noop.delay()
+        sent_at[result.id] = called
+        return result
+
+    warm = await asyncio.gather(*(noop.delay() for _ in range(WARMUP)))
+    await asyncio.gather(*warm)
+
+    results: list[Any] = []
+    t0 = time.perf_counter()
+    for start in range(0, n, batch):
+        results += await asyncio.gather(*(send() for _ in range(min(batch, n - start))))
+    enqueued = time.perf_counter() - t0
+    started_at: list[float] = []
+    for start in range(0, n, batch):  # bounded, so as not to hold N subscriptions at once
+        started_at += await asyncio.gather(*results[start : start + batch])
+    drained = time.perf_counter() - t0
+
+    latencies = sorted(s - sent_at[r.id] for r, s in zip(results, started_at, strict=True))
+    return {
+        "enqueue_s": enqueued,
+        "drain_s": drained,
+        "p50": _percentile(latencies, 50),
+        "p99": _percentile(latencies, 99),
+    }
+
+
+async def run(args: argparse.Namespace) -> None:
+    import redis.asyncio as aioredis
+
+    from benchmarks.bench_tasks import app
+
+    async with contextlib.AsyncExitStack() as stack:
+        url = args.broker or await stack.enter_async_context(redis_server())
+        client = aioredis.Redis.from_url(url)
+        try:
+            redis_version = (await client.info("server"))["redis_version"]
+        finally:
+            await client.aclose()
+        env = dict(os.environ)
+        env["AQUEUE_BROKER_URL"] = env["AQUEUE_RESULT_BACKEND"] = url
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        app.conf.update(broker_url=url, result_backend=url)
+        await stack.enter_async_context(worker_process(env, args.concurrency, args.worker_loglevel))
+        stack.push_async_callback(app.close)
+        await app.broker()
+        await app.result_backend()
+        m = await measure(args.n, args.batch)
+
+    machine = (
+        f"{_cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"redis-server {redis_version}"
+    )
+    rows = [
+        ("machine", machine),
+        (
+            "run",
+            f"{args.n:,} no-op tasks, 1 worker process, concurrency {args.concurrency}, "
+            f"results stored",
+        ),
+        (
+            "enqueue",
+            f"{args.n / m['enqueue_s']:>9,.0f} tasks/s  ({m['enqueue_s']:.2f} s, "
+            f"delay() x {args.batch:,} per gather)",
+        ),
+        (
+            "drained",
+            f"{args.n / m['drain_s']:>9,.0f} tasks/s  ({m['drain_s']:.2f} s, "
+            f"first send to last result)",
+        ),
+        ("latency p50", f"{m['p50'] * 1000:>9,.1f} ms    (delay() called to task started)"),
+        ("latency p99", f"{m['p99'] * 1000:>9,.1f} ms"),
+    ]
+    for label, value in rows:
+        print(f"{label:<12} {value}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        asyncio.run(run(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Hash files with a pool of workers: see ``producer.py``."""

@@ -1,0 +1,33 @@
+"""The examples users copy from must keep working."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.timeout(120)
+def test_seed_examples_that_work_today() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.seeds.run_all"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    ran = [line for line in done.stdout.splitlines() if line.startswith("ok ")]
+    assert len(ran) >= 17, done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_filehash_demo_on_the_embedded_default() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.filehash.producer", "--spawn-worker", "--limit", "300"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "files" in done.stdout and "tasks/s" in done.stdout, done.stdout
