@@ -64,7 +64,7 @@ async def test_a_full_batch_flushes_at_once() -> None:
     backend = CountingBackend()
     broker = CountingBroker(backend)
     deliveries = await leased(broker, 25)
-    completer = Completer(broker, backend, 60, max_batch=20)
+    completer = Completer(broker, backend, 60, max_batch=20)  # calls of one item each
     await asyncio.gather(
         *(completer.finish([(str(i), b"r")], [d]) for i, d in enumerate(deliveries))
     )
