@@ -3,7 +3,7 @@ PYTHON ?= python
 BROKER ?=
 DEMO_LIMIT ?= 2000
 
-.PHONY: install demo test lint bench
+.PHONY: install demo demo-wordcount test lint bench bench-peers
 
 install:
 	$(PYTHON) -m pip install -e '.[dev]'
@@ -11,6 +11,11 @@ install:
 # Hash DEMO_LIMIT stdlib files through a worker process it starts and stops; no server needed.
 demo:
 	$(PYTHON) -m examples.filehash.producer --spawn-worker --limit $(DEMO_LIMIT) $(if $(BROKER),--broker $(BROKER))
+
+# Top 20 words of the stdlib's *.py files: a map-reduce chord through a worker process it
+# starts and stops; no server needed (BROKER=redis://... to run it on Redis).
+demo-wordcount:
+	$(PYTHON) -m examples.wordcount.producer $(if $(BROKER),--broker $(BROKER))
 
 # The suite starts its own redis-server where it needs one.
 test:
@@ -23,3 +28,8 @@ lint:
 # Starts a throwaway redis-server unless BROKER names one (an empty database).
 bench:
 	$(PYTHON) benchmarks/throughput.py $(if $(BROKER),--broker $(BROKER))
+
+# aqueue vs taskiq, arq, saq, streaq, dramatiq, Celery: one table (10-20 min; venvs made on first
+# run). BENCH_ARGS passes options, e.g. make bench-peers BENCH_ARGS="--quick --only aqueue,saq".
+bench-peers:
+	$(PYTHON) benchmarks/peers/bench.py $(BENCH_ARGS)

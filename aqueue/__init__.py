@@ -2,13 +2,15 @@
 
 Import the public API from here::
 
-    from aqueue import Aqueue, Task, AsyncResult, signature
+    from aqueue import Aqueue, Task, AsyncResult, signature, chain, group, chord
 """
 
 from __future__ import annotations
 
 from aqueue.app import Aqueue
-from aqueue.canvas import Signature, signature
+from aqueue.beat.schedules import crontab
+from aqueue.canvas import Signature, chain, chord, group, signature
+from aqueue.group_result import GroupResult
 from aqueue.result import AsyncResult, TaskInfo
 from aqueue.task import Request, Task
 from aqueue.worker import Worker
@@ -18,11 +20,16 @@ __version__ = "0.1.0"
 __all__ = [
     "Aqueue",
     "AsyncResult",
+    "GroupResult",
     "Request",
     "Signature",
     "Task",
     "TaskInfo",
     "Worker",
     "__version__",
+    "chain",
+    "chord",
+    "crontab",
+    "group",
     "signature",
 ]

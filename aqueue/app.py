@@ -12,12 +12,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
-from aqueue import routing
+from aqueue import builtin_tasks, routing
 from aqueue.backends import ResultBackend, backend_from_url
-from aqueue.brokers import Broker, Outgoing, broker_from_url
+from aqueue.batching import Batcher
+from aqueue.beat.control import BeatControl
+from aqueue.brokers import Binding, Broker, Outgoing, broker_from_url
 from aqueue.canvas import Signature
 from aqueue.config import Settings
+from aqueue.control.client import Control
 from aqueue.exceptions import BrokerConnectionError, ConfigurationError
+from aqueue.group_result import GroupResult as _GroupResult
 from aqueue.message import Message
 from aqueue.outcome import ResultRecord
 from aqueue.result import AsyncResult as _AsyncResult
@@ -82,6 +86,7 @@ class _Connections:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     broker: Broker | None = None
     backend: ResultBackend | None = None
+    publisher: Batcher[Outgoing] | None = None
 
 
 class Aqueue:
@@ -122,6 +127,7 @@ class Aqueue:
         )
         self._memory: dict[str, Any] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        builtin_tasks.register(self)  # aqueue.map, aqueue.starmap (task.map / task.starmap)
 
     def __repr__(self) -> str:
         return f"<Aqueue {self.main}>"
@@ -219,6 +225,52 @@ class Aqueue:
         """``task_annotations`` for task ``name``: options that override the task's own."""
         return routing.lookup(self.conf.task_annotations, name)
 
+    # -- periodic tasks (aqueue.beat) --------------------------------------------------------
+
+    def add_periodic_task(
+        self,
+        schedule: Any,
+        sig: Signature,
+        *,
+        name: str | None = None,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> str:
+        """Add ``sig`` to ``beat_schedule``, sent every ``schedule`` (Celery's method).
+
+        Args:
+            schedule: a ``timedelta``, a number of seconds or a ``crontab``.
+            sig: the task call, e.g. ``add.s(1, 1)``.
+            name: the entry's name (default ``repr(sig)``, as in Celery).
+            args, kwargs: prepended to / merged into the signature's own.
+            **options: ``apply_async`` options, merged over the signature's.
+
+        Returns:
+            The entry's name.
+
+        Raises:
+            ConfigurationError: the entry is invalid.
+        """
+        from aqueue.beat.entry import add_periodic_task
+
+        return add_periodic_task(
+            self, schedule, sig, name=name, args=args, kwargs=kwargs, **options
+        )
+
+    @property
+    def beat(self) -> BeatControl:
+        """Periodic entries stored at runtime: ``await app.beat.add(name, task=..., schedule=...)``,
+        ``await app.beat.remove(name)``, ``await app.beat.list()`` (see :mod:`aqueue.beat`)."""
+        return BeatControl(self)
+
+    @property
+    def control(self) -> Control:
+        """Remote control of the workers, as Celery's ``app.control``: ``await
+        app.control.ping()``, ``.inspect().active()``, ``.revoke(task_id, terminate=True)``,
+        ``.rate_limit("proj.add", "10/m")``, ``.shutdown()`` (see :mod:`aqueue.control`)."""
+        return Control(self)
+
     def apply_annotations(self) -> None:
         """Set each registered task's options from ``task_annotations`` (a worker does this at
         start, so ``time_limit``, ``max_retries``, ``acks_late``... apply to the runs it makes).
@@ -306,6 +358,9 @@ class Aqueue:
 
     async def close(self) -> None:
         """Close this loop's connections (other loops' close with their own ``close`` call)."""
+        from aqueue.control.transport import close_control
+
+        await close_control(self)  # remote control, revocations, events (aqueue.control)
         loop = asyncio.get_running_loop()
         conns = self._connections.pop(loop, None)
         if conns is None:
@@ -327,6 +382,12 @@ class Aqueue:
     def AsyncResult(self, task_id: str) -> _AsyncResult[Any]:
         """A result handle for an existing task id."""
         return _AsyncResult(task_id, self)
+
+    def GroupResult(
+        self, group_id: str, results: list[_AsyncResult[Any]] | None = None
+    ) -> _GroupResult:
+        """A handle for a sent group; without ``results`` its members load on first use."""
+        return _GroupResult(group_id, results, self)
 
     async def send_task(
         self,
@@ -415,16 +476,23 @@ class Aqueue:
         else:
             expires = _epoch(expires, "expires")
         ignore_result = pick("ignore_result", conf.task_ignore_result)
+        queue = pick("queue", conf.task_default_queue)
         extra: dict[str, Any] = dict(options.get("options") or {})
-        for key in ("shadow", "routing_key", "exchange"):
-            if options.get(key) is not None:
-                extra[key] = options[key]
+        if options.get("shadow") is not None:
+            extra["shadow"] = options["shadow"]
+        # Celery's routing: a queue listed in task_queues is reached through its exchange.
+        declared = (conf.task_queues or {}).get(queue, {})
+        for key in ("exchange", "routing_key"):
+            for source in (options, route, declared):
+                if source.get(key) is not None:
+                    extra[key] = source[key]
+                    break
         return Message(
             id=options.get("task_id") or str(uuid.uuid4()),
             task=name,
             args=args,
             kwargs=kwargs,
-            queue=pick("queue", conf.task_default_queue),
+            queue=queue,
             priority=priority,
             eta=eta,
             expires=expires,
@@ -453,7 +521,22 @@ class Aqueue:
             EncodeError: a message's arguments cannot be serialised.
             BrokerConnectionError: still failing after ``retry_policy['max_retries']`` retries.
         """
-        outgoing = [Outgoing(m.queue, m.encode(), m.id, m.priority, m.eta) for m in messages]
+        outgoing = [self._outgoing(m) for m in messages]
+        if retry and retry_policy is None:
+            # Concurrent sends with the default policy share one broker round trip.
+            conns = self._loop_connections()
+            if conns.publisher is None:
+                conns.publisher = Batcher(self._publish_now)
+            await conns.publisher.submit(outgoing)
+        else:
+            await self._publish_now(outgoing, retry, retry_policy)
+
+    async def _publish_now(
+        self,
+        outgoing: list[Outgoing],
+        retry: bool = True,
+        retry_policy: dict[str, Any] | None = None,
+    ) -> None:
         policy = {**_DEFAULT_RETRY_POLICY, **(retry_policy or {})}
         attempt = 0
         while True:
@@ -470,6 +553,30 @@ class Aqueue:
                 )
                 attempt += 1
                 await asyncio.sleep(delay)
+
+    def _outgoing(self, m: Message) -> Outgoing:
+        """``m`` encoded, with its AMQP exchange routing when it has an ``exchange``.
+
+        The bindings to declare are the ``task_queues`` entries on that exchange, else ``m``'s
+        own queue bound with the routing key, so that the message reaches at least its queue.
+        """
+        exchange = m.options.get("exchange")
+        if not exchange:
+            return Outgoing(m.queue, m.encode(), m.id, m.priority, m.eta)
+        routing_key = str(m.options.get("routing_key") or m.queue)
+        bindings = tuple(
+            Binding(
+                queue,
+                exchange,
+                entry.get("exchange_type", "direct"),
+                entry.get("routing_key", queue),
+            )
+            for queue, entry in (self.conf.task_queues or {}).items()
+            if entry.get("exchange") == exchange
+        ) or (Binding(m.queue, exchange, None, routing_key),)
+        return Outgoing(
+            m.queue, m.encode(), m.id, m.priority, m.eta, exchange, routing_key, bindings
+        )
 
     async def store_state(
         self, task_id: str | None, state: str, meta: Any = None, name: str | None = None

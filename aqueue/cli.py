@@ -1,4 +1,5 @@
-"""The ``aqueue`` command line: ``worker``, ``call``, ``--version``.
+"""The ``aqueue`` command line: ``worker``, ``beat`` (see :mod:`aqueue.beat.cli`), ``call``,
+``--version``.
 
 ``-A`` takes ``module`` or ``module:attribute``; with a module alone, the one :class:`Aqueue`
 instance in it is used, as Celery's ``-A`` does. The current directory is importable.
@@ -18,7 +19,9 @@ import typer
 
 from aqueue import __version__
 from aqueue.app import Aqueue
+from aqueue.beat.cli import beat_cli
 from aqueue.exceptions import AqueueError, ConfigurationError
+from aqueue.ops_cli import register as register_operations
 
 cli = typer.Typer(
     name="aqueue",
@@ -27,6 +30,7 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+cli.add_typer(beat_cli, name="beat")
 
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 AppOption = Annotated[
@@ -116,21 +120,42 @@ def worker(
     prefetch_multiplier: Annotated[
         int | None, typer.Option("--prefetch-multiplier", help="Messages held per slot.")
     ] = None,
+    beat: Annotated[
+        bool, typer.Option("-B", "--beat", help="Also run beat (periodic tasks) in this process.")
+    ] = False,
+    events: Annotated[
+        bool, typer.Option("-E", "--events", help="Send task events (see aqueue events).")
+    ] = False,
+    processes: Annotated[
+        int, typer.Option("--processes", min=1, help="Worker processes, under a supervisor.")
+    ] = 1,
 ) -> None:
     """Run a worker: consume the queues and run tasks until SIGTERM or SIGINT."""
+    from aqueue.beat import Beat
+    from aqueue.beat.cli import run_worker_with_beat
     from aqueue.worker import Worker
 
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
+    if processes > 1:  # N copies of this command, without --processes (aqueue.supervisor)
+        from aqueue.ops_cli import supervise
+
+        supervise(app, processes, concurrency, queues, loglevel, hostname,
+                  prefetch_multiplier, beat, events)  # fmt: skip
     try:
         the_app = load_app(app)
         queue_list = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-        w = Worker(the_app, queue_list, concurrency, prefetch_multiplier, hostname)
+        w = Worker(the_app, queue_list, concurrency, prefetch_multiplier, hostname,
+                   send_events=events or None)  # fmt: skip
+        b = Beat(the_app) if beat else None
     except AqueueError as exc:
         raise _fail(exc) from exc
 
     async def main() -> None:
         try:
-            await w.run(install_signal_handlers=True)
+            if b is not None:
+                await run_worker_with_beat(w, b)
+            else:
+                await w.run(install_signal_handlers=True)
         finally:
             await the_app.close()
 
@@ -159,7 +184,9 @@ def call(
         float | None, typer.Option("--timeout", help="Seconds to wait with --wait.")
     ] = None,
 ) -> None:
-    """Send a task by name; print its id, or with --wait its result as JSON."""
+    """Send a task by name; print its id, or with --wait its result as JSON (progress: stderr)."""
+    from aqueue.ops_cli import ProgressPrinter
+
     try:
         the_app = load_app(app)
         call_args = orjson.loads(args)
@@ -185,7 +212,8 @@ def call(
                 typer.echo(r.id)
                 return 0
             try:
-                value = await r.get(timeout=timeout)
+                with ProgressPrinter(r.id) as show:  # a custom state's {"current", "total"}
+                    value = await r.get(timeout=timeout, on_message=show)
             except AqueueError:
                 raise
             except Exception as exc:
@@ -201,6 +229,9 @@ def call(
     except AqueueError as exc:
         raise _fail(exc) from exc
     raise typer.Exit(code)
+
+
+register_operations(cli)  # inspect, control, status, purge, dlq, events
 
 
 def main() -> None:

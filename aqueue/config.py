@@ -45,6 +45,7 @@ _OLD_NAMES = {
     "CELERYD_PREFETCH_MULTIPLIER": "worker_prefetch_multiplier",
     "CELERY_DEFAULT_QUEUE": "task_default_queue",
     "CELERY_ROUTES": "task_routes",
+    "CELERY_QUEUES": "task_queues",
     "CELERY_ANNOTATIONS": "task_annotations",
     "CELERY_TIMEZONE": "timezone",
     "CELERY_ENABLE_UTC": "enable_utc",
@@ -123,6 +124,47 @@ def _routes(name: str, value: Any) -> None:
     raise ConfigurationError(f"{name} must be a dict, a list of dicts or a function")
 
 
+EXCHANGE_TYPES = ("direct", "topic", "fanout")
+_QUEUE_KEYS = frozenset({"exchange", "exchange_type", "routing_key"})
+
+
+def _task_queues(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(
+            f"{name} must be a dict from queue name to its binding, e.g. "
+            f"{{'feeds': {{'exchange': 'media', 'exchange_type': 'topic', "
+            f"'routing_key': 'media.#'}}}}, not {type(value).__name__}"
+        )
+    types: dict[str, str] = {}
+    for queue, entry in value.items():
+        where = f"{name}[{queue!r}]"
+        if not isinstance(queue, str) or not queue:
+            raise ConfigurationError(f"{name} keys must be non-empty queue names, not {queue!r}")
+        if not isinstance(entry, Mapping):
+            raise ConfigurationError(f"{where} must be a dict, not {type(entry).__name__}")
+        unknown = set(entry) - _QUEUE_KEYS
+        if unknown:
+            raise ConfigurationError(
+                f"{where} has unknown keys {sorted(unknown)}; use {sorted(_QUEUE_KEYS)}"
+            )
+        exchange = entry.get("exchange")
+        if not isinstance(exchange, str) or not exchange:
+            raise ConfigurationError(f"{where}['exchange'] must be a non-empty exchange name")
+        kind = entry.get("exchange_type", "direct")
+        if kind not in EXCHANGE_TYPES:
+            raise ConfigurationError(
+                f"{where}['exchange_type'] must be one of {', '.join(EXCHANGE_TYPES)}, not {kind!r}"
+            )
+        if types.setdefault(exchange, kind) != kind:
+            raise ConfigurationError(
+                f"{name}: exchange {exchange!r} has two types, {types[exchange]!r} and {kind!r}"
+            )
+        if not isinstance(entry.get("routing_key", queue), str):
+            raise ConfigurationError(f"{where}['routing_key'] must be a string")
+
+
 def _accept(name: str, value: Any) -> None:
     if isinstance(value, str) or not all(v in CONTENT_TYPES for v in value):
         raise ConfigurationError(
@@ -157,6 +199,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "task_default_queue": _queue_name,
     "task_default_priority": _non_negative_int,
     "task_routes": _routes,
+    "task_queues": _task_queues,
     "task_annotations": _routes,
     "task_time_limit": _seconds(allow_none=True),
     "task_default_retry_delay": _seconds(allow_none=False),
@@ -170,6 +213,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "worker_prefetch_multiplier": _positive_int,
     "worker_shutdown_timeout": _seconds(allow_none=False),
     "worker_send_task_events": _boolean,
+    "rate_limit_scope": _one_of(("global", "worker")),
     "timezone": _timezone,
     "enable_utc": _boolean,
     "beat_schedule": _mapping,
@@ -196,6 +240,7 @@ class Settings:
     task_default_queue: str = "default"
     task_default_priority: int = 0
     task_routes: Any = None
+    task_queues: dict[str, dict[str, str]] | None = None
     task_annotations: Any = None
     task_time_limit: float | None = None
     task_default_retry_delay: float = 180.0
@@ -209,6 +254,8 @@ class Settings:
     worker_prefetch_multiplier: int = 4
     worker_shutdown_timeout: float = 30.0
     worker_send_task_events: bool = False
+    # Where a task's rate_limit is counted: "global" (all workers share it) or Celery's "worker".
+    rate_limit_scope: str = "global"
     timezone: str = "UTC"
     enable_utc: bool = True
     beat_schedule: dict[str, Any] = field(default_factory=dict)

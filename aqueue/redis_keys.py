@@ -8,7 +8,15 @@ applications and ``SCAN aqueue:*`` finds everything it stored::
     aqueue:dlq:<queue>                 stream of dead-lettered messages of <queue>
     aqueue:result:<task_id>            string: the task's result record
     aqueue:result-events:<task_id>     pub/sub channel: each new result record of the task
-    aqueue:counter:<key>               integer: a chord counter
+    aqueue:control:<channel>           pub/sub channel of remote control (aqueue.control.redis)
+    aqueue:table:<table>               hash: a control table (revoked, rate_limits, workers)
+    aqueue:table-version:<table>       integer: bumped by every change of that table
+    aqueue:bucket:<name>               hash: a global rate-limit token bucket (tokens, updated)
+    aqueue:counter:<key>               integer: a counter (ResultBackend.incr)
+    aqueue:members:<key>               set: distinct members (ResultBackend.add_member, chords)
+    aqueue:beat:<app>:entries          hash: beat entries stored at runtime, name -> JSON
+    aqueue:beat:<app>:last             hash: each beat entry's last tick sent (epoch ms)
+    aqueue:beat:<app>:claim:<entry>:<tick>  string: which beat sends that tick (aqueue.beat.store)
 
 The consumer group of every queue stream is named :data:`GROUP`. The priority is the last part
 of a stream name and a single digit, so ``<queue>`` may itself contain colons without two
@@ -47,6 +55,46 @@ def result_channel(task_id: str) -> str:
     return f"{PREFIX}result-events:{task_id}"
 
 
+def control_channel(channel: str) -> str:
+    """The pub/sub channel of control channel ``channel`` (commands, replies, events)."""
+    return f"{PREFIX}control:{channel}"
+
+
+def control_table(table: str) -> str:
+    """The hash holding control table ``table`` (field: key, value: ``<expiry ms>:<data>``)."""
+    return f"{PREFIX}table:{table}"
+
+
+def control_version(table: str) -> str:
+    """The version counter of control table ``table``."""
+    return f"{PREFIX}table-version:{table}"
+
+
+def rate_bucket(name: str) -> str:
+    """The hash of the global rate-limit token bucket ``name``."""
+    return f"{PREFIX}bucket:{name}"
+
+
 def counter(key: str) -> str:
-    """The integer key of the counter ``key`` (chord header completions)."""
+    """The integer key of the counter ``key``."""
     return f"{PREFIX}counter:{key}"
+
+
+def members(key: str) -> str:
+    """The set key of ``key`` (chord header members that have completed)."""
+    return f"{PREFIX}members:{key}"
+
+
+def beat_entries(app: str) -> str:
+    """The hash of app ``app``'s beat entries stored at runtime (name -> JSON)."""
+    return f"{PREFIX}beat:{app}:entries"
+
+
+def beat_last(app: str) -> str:
+    """The hash of app ``app``'s last tick sent per beat entry (epoch milliseconds)."""
+    return f"{PREFIX}beat:{app}:last"
+
+
+def beat_claim(app: str, entry: str, tick: int) -> str:
+    """The claim of beat entry ``entry``'s ``tick`` (epoch milliseconds) in app ``app``."""
+    return f"{PREFIX}beat:{app}:claim:{entry}:{tick}"

@@ -22,6 +22,7 @@ from aqueue.outcome import ResultRecord, rebuild_exception
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
+    from aqueue.group_result import GroupResult
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -63,7 +64,7 @@ class AsyncResult(Generic[R]):
         self.id = task_id
         self.app = app
         self.task_name = task_name
-        self.parent: AsyncResult[Any] | None = None
+        self.parent: AsyncResult[Any] | GroupResult | None = None  # what ran before, in a chain
         self._record: ResultRecord | None = None
 
     def __repr__(self) -> str:
@@ -186,6 +187,19 @@ class AsyncResult(Generic[R]):
         """Delete the stored record; the state reads PENDING afterwards."""
         backend = await self.app.result_backend()
         await backend.delete([self.id])
+        self._record = None
+
+    async def revoke(self, terminate: bool = False) -> None:
+        """Make sure the task never runs: its state becomes ``REVOKED``, on every worker, also
+        on workers started later (see :mod:`aqueue.revoke`). ``terminate=True`` also cancels
+        it if it is running (a plain function in a thread runs on, its result discarded).
+
+        Raises:
+            BrokerConnectionError: the control transport cannot be reached.
+        """
+        from aqueue.revoke import revoke
+
+        await revoke(self.app, [self.id], terminate)
         self._record = None
 
     def then(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +23,7 @@ from aqueue.exceptions import MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
-    from aqueue.canvas import Signature
+    from aqueue.canvas import Signature, group
     from aqueue.result import AsyncResult
 
 P = ParamSpec("P")
@@ -218,6 +218,24 @@ class Task(Generic[P, R]):
         from aqueue.canvas import Signature
 
         return Signature(self.name, tuple(args), dict(kwargs or {}), options, app=self.app)
+
+    def map(self, it: Iterable[Any]) -> Signature:
+        """One message calling this task for each item in turn: ``tsum.map([[1, 2], [3]])``."""
+        from aqueue.canvas import xmap
+
+        return xmap(self, it)
+
+    def starmap(self, it: Iterable[Iterable[Any]]) -> Signature:
+        """One message calling this task with each item as its arguments, in turn."""
+        from aqueue.canvas import xstarmap
+
+        return xstarmap(self, it)
+
+    def chunks(self, it: Iterable[Iterable[Any]], n: int) -> group:
+        """A group of starmaps over ``n`` items each; its value is a list of lists."""
+        from aqueue.canvas import chunks
+
+        return chunks(self, it, n)
 
     # -- inside a running task ---------------------------------------------------------------
 

@@ -1,9 +1,13 @@
-"""End-to-end throughput: N no-op tasks through one worker process over Redis, results stored.
+"""End-to-end throughput: N no-op tasks through one worker process, results stored.
 
 Run from the repository root (``make bench``)::
 
     python benchmarks/throughput.py                       # starts a throwaway redis-server
     python benchmarks/throughput.py --n 50000 --broker redis://127.0.0.1:6379/15
+    python benchmarks/throughput.py --broker amqp://guest:guest@127.0.0.1:5672/
+
+With an ``amqp://`` broker (RabbitMQ), results go to a throwaway redis-server (RabbitMQ stores no
+results); the queue should be empty.
 
 With no ``--broker``, a ``redis-server`` is started on a free port with no persistence
 (``--save '' --appendonly no``) and stopped at the end; a ``--broker`` should name an empty
@@ -55,13 +59,14 @@ class BenchError(Exception):
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python benchmarks/throughput.py",
-        description="N no-op tasks through one aqueue worker process over Redis.",
+        description="N no-op tasks through one aqueue worker process (Redis or RabbitMQ).",
     )
     parser.add_argument("--n", type=int, default=20_000, help="tasks to run (default 20000)")
     parser.add_argument(
         "--broker",
         default=None,
-        help="redis:// URL of an empty database (default: start a throwaway redis-server)",
+        help="redis:// URL of an empty database, or amqp:// URL of a RabbitMQ vhost "
+        "(default: start a throwaway redis-server)",
     )
     parser.add_argument(
         "--concurrency", type=int, default=100, help="the worker's -c (default 100)"
@@ -75,8 +80,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.n < 1 or args.concurrency < 1 or args.batch < 1:
         parser.error("--n, --concurrency and --batch must be at least 1")
-    if args.broker is not None and not args.broker.startswith(("redis://", "rediss://")):
-        parser.error("--broker must be a redis:// or rediss:// URL")
+    if args.broker is not None and not args.broker.startswith(
+        ("redis://", "rediss://", "amqp://", "amqps://")
+    ):
+        parser.error("--broker must be a redis://, rediss://, amqp:// or amqps:// URL")
     return args
 
 
@@ -253,15 +260,20 @@ async def run(args: argparse.Namespace) -> None:
 
     async with contextlib.AsyncExitStack() as stack:
         url = args.broker or await stack.enter_async_context(redis_server())
-        client = aioredis.Redis.from_url(url)
+        amqp = url.startswith(("amqp://", "amqps://"))
+        # RabbitMQ stores no results: they go to a throwaway redis-server.
+        backend = await stack.enter_async_context(redis_server()) if amqp else url
+        client = aioredis.Redis.from_url(backend)
         try:
-            redis_version = (await client.info("server"))["redis_version"]
+            servers = f"redis-server {(await client.info('server'))['redis_version']}"
         finally:
             await client.aclose()
+        if amqp:
+            servers = f"RabbitMQ {await _rabbitmq_version(url)}, results on {servers}"
         env = dict(os.environ)
-        env["AQUEUE_BROKER_URL"] = env["AQUEUE_RESULT_BACKEND"] = url
+        env["AQUEUE_BROKER_URL"], env["AQUEUE_RESULT_BACKEND"] = url, backend
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        app.conf.update(broker_url=url, result_backend=url)
+        app.conf.update(broker_url=url, result_backend=backend)
         await stack.enter_async_context(worker_process(env, args.concurrency, args.worker_loglevel))
         stack.push_async_callback(app.close)
         await app.broker()
@@ -269,8 +281,7 @@ async def run(args: argparse.Namespace) -> None:
         m = await measure(args.n, args.batch)
 
     machine = (
-        f"{_cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"redis-server {redis_version}"
+        f"{_cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, {servers}"
     )
     rows = [
         ("machine", machine),
@@ -294,6 +305,18 @@ async def run(args: argparse.Namespace) -> None:
     ]
     for label, value in rows:
         print(f"{label:<12} {value}")
+
+
+async def _rabbitmq_version(url: str) -> str:
+    import aio_pika
+
+    connection = await aio_pika.connect(url)
+    try:
+        assert connection.transport is not None
+        version = connection.transport.connection.server_properties.get("version", "?")
+    finally:
+        await connection.close()
+    return version.decode() if isinstance(version, bytes) else str(version)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

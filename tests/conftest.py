@@ -1,25 +1,35 @@
-"""Shared fixtures: a throwaway Redis server, and URLs for every transport.
+"""Shared fixtures: throwaway Redis and RabbitMQ servers, and URLs for every transport.
 
-``broker_url`` and ``backend_url`` are parametrised over :data:`TRANSPORTS`, so a test that asks
-for one runs once per transport (select one with ``-k redis``). The Redis server is started
-only when a Redis test runs, once per session.
+``broker_url`` and ``backend_url`` are parametrised over :data:`TRANSPORTS` (backends: all but
+AMQP, which stores no results), so a test that asks for one runs once per transport (select one
+with ``-k redis``). Each server is started only when a test that needs it runs, once per session.
+
+With the ``amqp`` transport, ``transport_url`` and ``shared_url`` are the RabbitMQ broker URL and
+``$AQUEUE_RESULT_BACKEND`` names the Redis server as result backend, for this process and the
+worker processes it starts: ``tests.apps.tasks.build`` leaves an AMQP app's backend to it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiormq
 import pytest
 
 pytest_plugins = ["pytester"]
 
-TRANSPORTS = ["memory", "sqlite", "redis"]
+TRANSPORTS = ["memory", "sqlite", "redis", "amqp"]
+BACKENDS = [t for t in TRANSPORTS if t != "amqp"]
 
 _REDIS_START_TIMEOUT = 10.0  # seconds for redis-server to answer PING
 
@@ -104,6 +114,225 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
+# -- RabbitMQ ------------------------------------------------------------------------------------
+
+_RABBIT_SCRIPT = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # runs in the foreground, unlike sbin's
+_RABBIT_START_TIMEOUT = 60.0  # seconds; a node accepts connections about 8 s after it starts
+_RABBIT_STOP_TIMEOUT = 30.0
+
+
+class RabbitNode:
+    """A throwaway RabbitMQ node on a free loopback port, all its files in one directory.
+
+    It keeps its data across :meth:`stop` and :meth:`start` (same node name and database), as a
+    restarted server does. As root, the server runs as the ``rabbitmq`` user, as the packaged
+    service does, so the directory belongs to that user. It also listens for TLS, with a
+    certificate from a CA of its own (:attr:`tls_url` trusts it).
+    """
+
+    def __init__(self, script: str) -> None:
+        self.script = script
+        self.port = _free_port()
+        self.tls_port = _free_port()
+        self.dist_port = _free_port()
+        self.user = "rabbitmq" if os.geteuid() == 0 else None
+        # Not under pytest's tmp_path: its base directory is private to the user running pytest.
+        self.dir = Path(tempfile.mkdtemp(prefix=f"aqueue-rabbit-{self.port}-"))
+        self.dir.chmod(0o755)
+        _make_certificates(self.dir)
+        d = self.dir
+        (d / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+            f"ssl_options.cacertfile = {d}/ca.pem\n"
+            f"ssl_options.certfile = {d}/server.pem\n"
+            f"ssl_options.keyfile = {d}/server.key\n"
+            "ssl_options.verify = verify_none\n"
+            "ssl_options.fail_if_no_peer_cert = false\n"
+            "log.console = false\n"
+            "log.file.level = warning\n"
+        )
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        if self.user is not None:
+            shutil.chown(self.dir, self.user, self.user)
+            for path in self.dir.iterdir():
+                shutil.chown(path, self.user, self.user)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def tls_url(self) -> str:
+        """``amqps://`` to the TLS listener, trusting the node's own test CA."""
+        return f"amqps://guest:guest@127.0.0.1:{self.tls_port}/?cafile={self.dir}/ca.pem"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment of the server and of ``rabbitmqctl`` for this node."""
+        d = self.dir
+        return {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            "HOME": str(d),  # the Erlang cookie lives here
+            "RABBITMQ_NODENAME": f"aqueue-test-{self.port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(d / "log"),
+            "RABBITMQ_FEATURE_FLAGS_FILE": str(d / "feature_flags"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
+            "RABBITMQ_PID_FILE": str(d / "rabbitmq.pid"),
+        }
+
+    def start(self) -> None:
+        """Start the node; return once it accepts AMQP connections.
+
+        Raises:
+            pytest.fail.Exception: it exited or did not answer within the start timeout.
+        """
+        with (self.dir / "server.out").open("ab") as out:
+            self.proc = subprocess.Popen(
+                [self.script],
+                env=self.env,
+                cwd=self.dir,
+                user=self.user,
+                group=self.user,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C in the terminal does not reach it
+            )
+        deadline = time.monotonic() + _RABBIT_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(
+                    f"rabbitmq-server exited with status {self.proc.returncode}:\n{self.log()}",
+                    pytrace=False,
+                )
+            if _speaks_amqp(self.port):
+                return
+            time.sleep(0.1)
+        self.stop()
+        pytest.fail(
+            f"rabbitmq-server did not accept connections within {_RABBIT_START_TIMEOUT:g}s:\n"
+            f"{self.log()}",
+            pytrace=False,
+        )
+
+    def stop(self) -> None:
+        """Stop the node gracefully (SIGTERM to its start script), or kill it after a timeout."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=_RABBIT_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: the script and the VM
+            proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def ctl(self, *args: str) -> str:
+        """Run ``rabbitmqctl`` against this node; return its output.
+
+        Raises:
+            AssertionError: it failed.
+        """
+        done = subprocess.run(
+            [str(Path(self.script).with_name("rabbitmqctl")), *args],
+            env=self.env,
+            cwd=self.dir,
+            user=self.user,
+            group=self.user,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, f"rabbitmqctl {' '.join(args)}: {done.stderr}{done.stdout}"
+        return done.stdout
+
+    def log(self, lines: int = 30) -> str:
+        texts = [_tail(self.dir / "server.out", lines)]
+        texts += [_tail(path, lines) for path in sorted((self.dir / "log").glob("*.log"))]
+        return "\n".join(texts)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _make_certificates(directory: Path) -> None:
+    """A throwaway CA (``ca.pem``) and a server certificate for 127.0.0.1 signed by it."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    new_key = ["-newkey", "rsa:2048", "-nodes", "-days", "2"]
+    openssl("req", "-x509", *new_key, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=ca")
+    openssl("req", *new_key[:3], "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=x")
+    openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "san.cnf", "-out", "server.pem",
+    )  # fmt: skip
+
+
+def _speaks_amqp(port: int) -> bool:
+    """True when the server answers the AMQP 0-9-1 protocol header with a method frame."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"AMQP\x00\x00\x09\x01")
+            return s.recv(1) == b"\x01"  # frame type 1: connection.start
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> Iterator[RabbitNode]:
+    """Start a RabbitMQ node on a free local port for the session; yield it (``.url``).
+
+    Fails (never skips) when rabbitmq-server is not installed: AMQP is a supported transport.
+    """
+    script = _RABBIT_SCRIPT if os.path.exists(_RABBIT_SCRIPT) else shutil.which("rabbitmq-server")
+    if script is None:
+        pytest.fail(
+            "rabbitmq-server is not installed; the AMQP transport tests need it "
+            "(Debian/Ubuntu: apt-get install rabbitmq-server; the tests start their own node, "
+            "the system service is not used)",
+            pytrace=False,
+        )
+    node = RabbitNode(script)
+    try:
+        node.start()
+        asyncio.run(_declare_delay_chain(node.url))
+        yield node
+    finally:
+        node.remove()
+
+
+async def _declare_delay_chain(url: str) -> None:
+    """Declare the delay chain, as on any broker that has had a delayed message before.
+
+    Declaring it takes a fresh broker ~0.2 s once (more on a loaded machine), which the first
+    delayed publish of the session would otherwise pay inside a test that times its eta.
+    """
+    from aqueue.brokers.amqp_delay import declare_levels
+
+    connection = await aiormq.connect(url)
+    try:
+        await declare_levels([await connection.channel() for _ in range(8)])
+    finally:
+        await connection.close()
+
+
 def _url(transport: str, request: pytest.FixtureRequest, tmp_path: Path, name: str) -> str:
     if transport == "memory":
         return "memory://"
@@ -111,7 +340,17 @@ def _url(transport: str, request: pytest.FixtureRequest, tmp_path: Path, name: s
         return f"sqlite:///{tmp_path}/{name}.db"
     if transport == "redis":
         return f"{request.getfixturevalue('redis_server')}/0"
+    if transport == "amqp":
+        return str(request.getfixturevalue("rabbitmq_server").url)
     raise AssertionError(f"unknown transport {transport!r}")
+
+
+def _transport_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """``_url`` for the end-to-end fixtures; an AMQP broker gets Redis as result backend."""
+    if request.param == "amqp":
+        backend = f"{request.getfixturevalue('redis_server')}/0"
+        request.getfixturevalue("monkeypatch").setenv("AQUEUE_RESULT_BACKEND", backend)
+    return _url(request.param, request, tmp_path, "aqueue")
 
 
 @pytest.fixture(params=TRANSPORTS)
@@ -120,7 +359,7 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return _url(request.param, request, tmp_path, "broker")
 
 
-@pytest.fixture(params=TRANSPORTS)
+@pytest.fixture(params=BACKENDS)
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A result backend URL for each transport, fresh per test (Redis: a shared server, db 0)."""
     return _url(request.param, request, tmp_path, "results")
@@ -134,11 +373,14 @@ def queue_name() -> str:
 
 @pytest.fixture(params=TRANSPORTS)
 def transport_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """One URL for both broker and result backend, per transport (end-to-end suites)."""
-    return _url(request.param, request, tmp_path, "aqueue")
+    """One URL for both broker and result backend, per transport (end-to-end suites).
+
+    AMQP: the broker's URL; the result backend is ``$AQUEUE_RESULT_BACKEND`` (Redis).
+    """
+    return _transport_url(request, tmp_path)
 
 
 @pytest.fixture(params=[t for t in TRANSPORTS if t != "memory"])
 def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A URL that several processes can share: every transport but memory."""
-    return _url(request.param, request, tmp_path, "aqueue")
+    """A URL that several processes can share: every transport but memory (AMQP: as above)."""
+    return _transport_url(request, tmp_path)

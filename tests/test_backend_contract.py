@@ -100,6 +100,48 @@ async def test_incr_is_atomic(backend: ResultBackend) -> None:
     assert await backend.incr(key, 0, expires=60) == 50
 
 
+async def test_add_member_counts_distinct_members(backend: ResultBackend) -> None:
+    key = new_id()
+    assert await backend.add_member(key, "a", expires=60) == 1
+    assert await backend.add_member(key, "b", expires=60) == 2
+    # A member added again (a retried call, a task run twice) is not counted again.
+    assert await backend.add_member(key, "a", expires=None) == 2
+    assert await backend.add_member(key, "b", expires=60) == 2
+    assert await backend.add_member(new_id(), "a", expires=60) == 1
+
+
+async def test_add_member_is_atomic_with_duplicates(backend_url: str) -> None:
+    # Two clients where the transport allows it, as two workers on one chord would be.
+    backends = [backend_from_url(backend_url)]
+    if not backend_url.startswith("memory"):
+        backends.append(backend_from_url(backend_url))
+    for b in backends:
+        await b.connect()
+    key = new_id()
+    members = [f"m{i}" for i in range(25)] * 2  # every member added twice
+
+    values = await asyncio.gather(
+        *(backends[i % len(backends)].add_member(key, m, 60) for i, m in enumerate(members))
+    )
+
+    # Each first addition saw a size of its own; exactly 25 distinct members in the end.
+    assert set(values) == set(range(1, 26))
+    assert values.count(1) <= 2  # only m0's two additions can see a set of one
+    assert await backends[-1].add_member(key, "m0", 60) == 25
+    for b in backends:
+        await b.close()
+
+
+async def test_member_sets_expire(backend: ResultBackend) -> None:
+    key = new_id()
+    assert await backend.add_member(key, "a", expires=0.3) == 1
+    assert await backend.add_member(key, "b", expires=0.3) == 2
+
+    await asyncio.sleep(0.5)  # letting the set expire is what this test is about
+
+    assert await backend.add_member(key, "c", expires=60) == 1
+
+
 async def test_watch_receives_records_stored_after_entering(backend: ResultBackend) -> None:
     task_id = new_id()
     async with backend.watch(task_id) as queue:

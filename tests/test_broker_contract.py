@@ -44,6 +44,16 @@ async def broker(make_broker: Make) -> Broker:
     return await make_broker()
 
 
+def skip_without_lease_timer(broker_url: str) -> None:
+    """Skip a test that needs a lease to run out while its consumer is alive.
+
+    AMQP has no lease timer: a delivery stays with its consumer until acked or until the
+    consumer's channel closes (it died). ``test_amqp.py`` checks the same counts that way.
+    """
+    if broker_url.startswith(("amqp:", "amqps:")):
+        pytest.skip("AMQP: a delivery returns when its consumer's channel closes, not on a timer")
+
+
 async def second_consumer(first: Broker, make_broker: Make, **options: Any) -> Broker:
     """Another consumer of the same queues: a new client, except for memory:// (state is per
     instance, so the only other consumer is another fetch on the same instance)."""
@@ -110,16 +120,20 @@ async def test_fetch_returns_as_soon_as_a_message_is_ready(
     await consumer.ack(got)
 
 
-async def test_limit_is_respected(broker: Broker, queue_name: str) -> None:
+async def test_limit_is_respected(broker: Broker, queue_name: str, broker_url: str) -> None:
     await broker.publish([out(queue_name, b"%d" % i) for i in range(5)])
 
-    sizes = []
-    for _ in range(3):
+    sizes: list[int] = []
+    while sum(sizes) < 5:
         batch = await broker.fetch([queue_name], 2, 5)
+        assert 1 <= len(batch) <= 2
         sizes.append(len(batch))
         await broker.ack(batch)
 
-    assert sizes == [2, 2, 1]
+    if not broker_url.startswith("amqp"):
+        # Pulled: as many as are ready, up to the limit. RabbitMQ pushes instead, and a fetch
+        # right after an ack may run before it has pushed the next ones: fewer, not more.
+        assert sizes == [2, 2, 1]
     assert await broker.fetch([queue_name], 2, 0.1) == []
 
 
@@ -146,10 +160,11 @@ async def test_fifo_within_a_priority(broker: Broker, queue_name: str) -> None:
     while len(got) < len(sent):
         batch = await broker.fetch([queue_name], 7, 5)
         assert batch
+        # Acked as a worker does: an AMQP consumer holds at most its prefetch count unacked.
+        await broker.ack(batch)
         got += batch
 
     assert bodies(got) == sent
-    await broker.ack(got)
 
 
 async def test_several_queues(broker: Broker, queue_name: str) -> None:
@@ -211,7 +226,10 @@ async def test_leased_message_is_not_handed_to_another_consumer(
     await second.ack(yours)
 
 
-async def test_expired_lease_is_delivered_again(make_broker: Make, queue_name: str) -> None:
+async def test_expired_lease_is_delivered_again(
+    make_broker: Make, queue_name: str, broker_url: str
+) -> None:
+    skip_without_lease_timer(broker_url)
     first = await make_broker(visibility_timeout=SHORT_LEASE)
     second = await second_consumer(first, make_broker, visibility_timeout=SHORT_LEASE)
     await first.publish([out(queue_name, b"again")])
@@ -245,8 +263,9 @@ async def test_renew_keeps_the_lease(make_broker: Make, queue_name: str) -> None
 
 
 async def test_release_makes_it_ready_at_once_keeping_the_count(
-    make_broker: Make, queue_name: str
+    make_broker: Make, queue_name: str, broker_url: str
 ) -> None:
+    skip_without_lease_timer(broker_url)
     first = await make_broker(visibility_timeout=SHORT_LEASE)
     second = await second_consumer(first, make_broker, visibility_timeout=SHORT_LEASE)
     await first.publish([out(queue_name, b"back")])

@@ -348,6 +348,8 @@ async def test_unimportable_exception_becomes_task_error(t: Tasks, worker: Worke
 
 
 async def test_poison_message_goes_to_dlq_after_the_delivery_cap(transport_url: str) -> None:
+    if transport_url.startswith("amqp"):
+        pytest.skip("AMQP has no lease timer; test_amqp.py kills the holder's connection instead")
     queue = f"q-{uuid.uuid4().hex[:12]}"
     t = e2e.build(transport_url, queue=queue, task_max_deliveries=2,
                   broker_transport_options={"visibility_timeout": 0.3})

@@ -50,8 +50,24 @@ class ResultBackend(Protocol):
     async def incr(self, key: str, amount: int, expires: float | None) -> int:
         """Atomically add ``amount`` to the counter ``key`` (created at 0) and return the new value.
 
-        Used for chords: the header task whose increment reaches the header's size triggers the
-        body, exactly once, across any number of workers and hosts.
+        Not idempotent: a call retried after a lost reply counts twice. To count completions of
+        at-least-once work (chord members), use :meth:`add_member`.
+        """
+
+    async def add_member(self, key: str, member: str, expires: float | None) -> int:
+        """Atomically add ``member`` to the set ``key`` (created empty); return the set's size.
+
+        Idempotent: adding a member already present changes nothing and returns the same size,
+        so a call retried after a lost reply, or a task run twice, counts once. Concurrent calls
+        from any number of processes each see the size right after their own addition. Used for
+        chords: the header member whose addition makes the set as large as the header triggers
+        the body (see :mod:`aqueue.worker.workflow`).
+
+        Args:
+            key: the set's name.
+            member: the element to add (e.g. a task id).
+            expires: seconds until the whole set may be deleted (restarted on each call), or
+                ``None`` to keep its deadline.
         """
 
     def watch(self, task_id: str) -> AbstractAsyncContextManager[asyncio.Queue[bytes]]:

@@ -22,6 +22,7 @@ class MemoryBackend:
         self._lock = threading.Lock()
         self._data: dict[str, tuple[bytes, float | None]] = {}
         self._counters: dict[str, int] = {}
+        self._sets: dict[str, tuple[set[str], float | None]] = {}  # key -> (members, deadline)
         self._watchers: dict[str, list[_Watcher]] = {}
 
     async def connect(self) -> None:
@@ -65,6 +66,19 @@ class MemoryBackend:
         with self._lock:
             value = self._counters[key] = self._counters.get(key, 0) + amount
             return value
+
+    async def add_member(self, key: str, member: str, expires: float | None) -> int:
+        """Add ``member`` to set ``key`` under the lock; return its size (expired: starts empty)."""
+        now = time.monotonic()
+        with self._lock:
+            members, until = self._sets.get(key, (set(), None))
+            if until is not None and until <= now:
+                members, until = set(), None
+            members.add(member)
+            if expires is not None:
+                until = now + expires
+            self._sets[key] = (members, until)
+            return len(members)
 
     @asynccontextmanager
     async def watch(self, task_id: str) -> AsyncIterator[asyncio.Queue[bytes]]:

@@ -7,7 +7,9 @@ Relies on these Redis semantics (key names in :mod:`aqueue.redis_keys`):
 - A connection's ``SUBSCRIBE`` confirmation arrives after the server registered the
   subscription, so a record stored after :meth:`RedisBackend.watch` is entered is published to
   us; one stored before is read with ``MGET`` (subscribe first, then read: no gap).
-- ``MULTI`` makes ``INCRBY`` + ``PEXPIRE`` of a counter atomic.
+- ``MULTI`` makes ``INCRBY`` + ``PEXPIRE`` of a counter atomic, and ``SADD`` + ``PEXPIRE`` +
+  ``SCARD`` of a member set: a retried ``MULTI`` (redis-py retries on connection errors) adds
+  nothing twice, so the size it returns stays right.
 
 All watches share one pub/sub connection and one reader task per backend instance.
 """
@@ -159,6 +161,23 @@ class RedisBackend:
                     pipe.pexpire(name, _milliseconds(expires))
                 results = await pipe.execute()
         return int(results[0])
+
+    async def add_member(self, key: str, member: str, expires: float | None) -> int:
+        """SADD ``member`` to the set, (re)set its expiry and SCARD it, atomically in one MULTI.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        client = await self._connection()
+        name = keys.members(key)
+        with redis_errors(self._url, "add_member"):
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.sadd(name, member)
+                if expires is not None:
+                    pipe.pexpire(name, _milliseconds(expires))
+                pipe.scard(name)
+                results = await pipe.execute()
+        return int(results[-1])
 
     @asynccontextmanager
     async def watch(self, task_id: str) -> AsyncIterator[asyncio.Queue[bytes]]:

@@ -2,7 +2,8 @@
 
 URL: ``sqlite:///aqueue.db`` (relative to the current directory) or ``sqlite:////abs/path.db``;
 ``sqlite://:memory:`` is refused (no other process could read it). Tables: ``results`` (one
-record per task id) and ``counters`` (chord counts), each with an optional ``expires_at`` (epoch
+record per task id), ``counters`` (:meth:`SQLiteBackend.incr`) and ``member_sets`` / ``members``
+(:meth:`SQLiteBackend.add_member`, chord completions), each with an optional ``expires_at`` (epoch
 seconds); expired rows read as missing and are deleted now and then by :meth:`store`.
 
 Watching: a store made through *this instance* is put on its watchers' queues at once, every
@@ -46,6 +47,13 @@ _SCHEMA = (
     " key TEXT PRIMARY KEY, value INTEGER NOT NULL, expires_at REAL)",
     "CREATE INDEX IF NOT EXISTS counters_expiry ON counters (expires_at)"
     " WHERE expires_at IS NOT NULL",
+    # add_member: a set's size and deadline, and its members (sizes are kept, not counted).
+    "CREATE TABLE IF NOT EXISTS member_sets ("
+    " key TEXT PRIMARY KEY, size INTEGER NOT NULL, expires_at REAL)",
+    "CREATE INDEX IF NOT EXISTS member_sets_expiry ON member_sets (expires_at)"
+    " WHERE expires_at IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS members ("
+    " key TEXT NOT NULL, member TEXT NOT NULL, PRIMARY KEY (key, member)) WITHOUT ROWID",
 )
 
 _UPSERT = (
@@ -175,7 +183,12 @@ class SQLiteBackend:
                 conn.executemany(_UPSERT, [(task_id, data, until) for task_id, data in rows])
                 if now - self._purged_at >= _PURGE_INTERVAL:
                     self._purged_at = now
-                    for table in ("results", "counters"):
+                    conn.execute(
+                        "DELETE FROM members WHERE key IN"
+                        " (SELECT key FROM member_sets WHERE expires_at <= ?)",
+                        (now,),
+                    )
+                    for table in ("results", "counters", "member_sets"):
                         conn.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (now,))
             self._seq += 1
             return self._seq
@@ -249,6 +262,48 @@ class SQLiteBackend:
                 conn.execute(_INCR, params)
                 row = conn.execute("SELECT value FROM counters WHERE key = ?", (key,)).fetchone()
             return int(row[0])
+
+        return await self._db.call(add)
+
+    async def add_member(self, key: str, member: str, expires: float | None) -> int:
+        """Add ``member`` to set ``key`` and return the set's size, in one ``BEGIN IMMEDIATE``
+        transaction: concurrent calls from any number of processes are serialised by SQLite.
+
+        An expired set restarts empty. The size is kept in ``member_sets`` and bumped only when
+        ``INSERT OR IGNORE`` added a row, so a call costs the same for the 10,000th member.
+
+        Args:
+            key: the set's name.
+            member: the element to add.
+            expires: seconds until the set may be deleted, or ``None`` to keep its deadline.
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
+        """
+
+        def add(conn: sqlite3.Connection) -> int:
+            with transaction(conn):
+                now = time.time()
+                row = conn.execute(
+                    "SELECT size, expires_at FROM member_sets WHERE key = ?", (key,)
+                ).fetchone()
+                if row is not None and row[1] is not None and row[1] <= now:
+                    conn.execute("DELETE FROM members WHERE key = ?", (key,))
+                    row = None
+                size, until = (0, None) if row is None else (int(row[0]), row[1])
+                inserted = conn.execute(
+                    "INSERT OR IGNORE INTO members (key, member) VALUES (?, ?)", (key, member)
+                )
+                size += inserted.rowcount
+                if expires is not None:
+                    until = now + expires
+                conn.execute(
+                    "INSERT INTO member_sets (key, size, expires_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET"
+                    " size = excluded.size, expires_at = excluded.expires_at",
+                    (key, size, until),
+                )
+            return size
 
         return await self._db.call(add)
 

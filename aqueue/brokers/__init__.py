@@ -5,19 +5,35 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aqueue.brokers.base import Broker, DeadLetter, Delivery, Outgoing, dead_letter_queue
+from aqueue.brokers.base import (
+    Binding,
+    Broker,
+    DeadLetter,
+    Delivery,
+    Outgoing,
+    dead_letter_queue,
+)
 from aqueue.exceptions import ConfigurationError
 
-__all__ = ["Broker", "DeadLetter", "Delivery", "Outgoing", "broker_from_url", "dead_letter_queue"]
+__all__ = [
+    "Binding",
+    "Broker",
+    "DeadLetter",
+    "Delivery",
+    "Outgoing",
+    "broker_from_url",
+    "dead_letter_queue",
+]
 
-SCHEMES = ("memory", "sqlite", "redis", "rediss")
+SCHEMES = ("memory", "sqlite", "redis", "rediss", "amqp", "amqps")
 
 
 def broker_from_url(url: str, transport_options: Mapping[str, Any] | None = None) -> Broker:
     """Create the broker for ``url`` (not yet connected).
 
     Args:
-        url: ``memory://``, ``sqlite:///path.db``, ``redis://host:port/db`` or ``rediss://...``.
+        url: ``memory://``, ``sqlite:///path.db``, ``redis://host:port/db``, ``rediss://...``,
+            ``amqp://user:password@host:port/vhost`` or ``amqps://...`` (RabbitMQ).
         transport_options: the ``broker_transport_options`` setting, e.g.
             ``{"visibility_timeout": 30.0}`` (seconds).
 
@@ -38,9 +54,13 @@ def broker_from_url(url: str, transport_options: Mapping[str, Any] | None = None
         from aqueue.brokers.redis import RedisBroker
 
         return RedisBroker(url, opts)
+    if scheme in ("amqp", "amqps"):
+        from aqueue.brokers.amqp import AMQPBroker
+
+        return AMQPBroker(url, opts)
     raise ConfigurationError(
         f"broker_url {url!r} has no supported scheme: use memory://, sqlite:///path.db, "
-        f"redis://host:port/db or rediss://host:port/db"
+        f"redis://host:port/db, rediss://host:port/db, amqp://host:port/vhost or amqps://..."
     )
 
 

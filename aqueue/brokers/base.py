@@ -30,6 +30,24 @@ def dead_letter_queue(queue: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Binding:
+    """A queue bound to an AMQP exchange, declared before a message is published through it.
+
+    Attributes:
+        queue: the bound queue.
+        exchange: the exchange's name.
+        exchange_type: ``"direct"``, ``"topic"`` or ``"fanout"``; ``None`` to use the exchange
+            as it exists (declaring a direct one if it does not).
+        routing_key: the binding key (a pattern for a topic exchange, unused by fanout).
+    """
+
+    queue: str
+    exchange: str
+    exchange_type: str | None
+    routing_key: str
+
+
+@dataclass(frozen=True, slots=True)
 class Outgoing:
     """A message to publish.
 
@@ -39,6 +57,10 @@ class Outgoing:
         message_id: the task id; brokers may use it to name the stored message.
         priority: 0..9, 9 delivered first.
         eta: earliest delivery time in epoch seconds, or ``None`` for now.
+        exchange: AMQP only: publish through this exchange with ``routing_key`` instead of
+            straight to ``queue`` (other brokers deliver to ``queue`` and ignore the routing).
+        routing_key: AMQP only: the routing key used with ``exchange``.
+        bindings: AMQP only: queue bindings to ``exchange`` to declare before publishing.
     """
 
     queue: str
@@ -46,6 +68,9 @@ class Outgoing:
     message_id: str
     priority: int = 0
     eta: float | None = None
+    exchange: str | None = None
+    routing_key: str | None = None
+    bindings: tuple[Binding, ...] = ()
 
 
 @dataclass(slots=True)

@@ -17,11 +17,13 @@ import itertools
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aqueue.brokers import visibility_timeout as _visibility_timeout
+from aqueue.brokers.admin import QueueDepth
 from aqueue.brokers.base import DeadLetter, Delivery, Outgoing, dead_letter_queue
 
 
@@ -207,6 +209,59 @@ class MemoryBroker:
         with self._lock:
             q = self._queues.get(dead_letter_queue(queue))
             return list(q.dead[:limit]) if q else []
+
+    # -- administration (aqueue.brokers.admin.QueueAdmin) -----------------------------------
+
+    async def queue_depths(self, queues: Sequence[str] | None = None) -> list[QueueDepth]:
+        """Count each queue's messages; a lease that ran out counts as ready."""
+        now = time.time()
+        with self._lock:
+            delayed = Counter(queue for _, _, queue, _ in self._delayed)
+            if queues is None:
+                found = {n for n, q in self._queues.items() if q.ready or q.leased} | set(delayed)
+                found |= {q.dead[0].queue for q in self._queues.values() if q.dead}
+                queues = sorted(found)
+            out = []
+            for name in queues:
+                q = self._queues.get(name) or _Queue()
+                unacked = sum(1 for s in q.leased.values() if s.lease_until > now)
+                dlq = self._queues.get(dead_letter_queue(name))
+                out.append(
+                    QueueDepth(
+                        name,
+                        ready=len(q.ready) + len(q.leased) - unacked,
+                        delayed=delayed[name],
+                        unacked=unacked,
+                        dead=len(dlq.dead) if dlq else 0,
+                    )
+                )
+            return out
+
+    async def purge(self, queues: Sequence[str]) -> int:
+        """Drop the ready and delayed messages of ``queues``; leased ones are kept."""
+        names = set(queues)
+        with self._lock:
+            removed = 0
+            for name in names:
+                q = self._queues.get(name)
+                if q is not None:
+                    removed += len(q.ready)
+                    q.ready.clear()
+            kept = [entry for entry in self._delayed if entry[2] not in names]
+            removed += len(self._delayed) - len(kept)
+            heapq.heapify(kept)
+            self._delayed = kept
+            return removed
+
+    async def purge_dead_letters(self, queue: str, limit: int | None = None) -> int:
+        """Drop the oldest ``limit`` (default all) dead letters of ``queue``."""
+        with self._lock:
+            q = self._queues.get(dead_letter_queue(queue))
+            if q is None:
+                return 0
+            count = len(q.dead) if limit is None else min(max(limit, 0), len(q.dead))
+            del q.dead[:count]
+            return count
 
 
 def _set_result(fut: asyncio.Future[None]) -> None:

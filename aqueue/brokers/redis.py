@@ -40,7 +40,8 @@ from redis.commands.core import AsyncScript
 
 from aqueue import redis_keys as keys
 from aqueue._redis import open_client, redacted_url, redis_errors
-from aqueue.brokers import visibility_timeout
+from aqueue.brokers import redis_admin, visibility_timeout
+from aqueue.brokers.admin import QueueDepth
 from aqueue.brokers.base import DeadLetter, Delivery, Outgoing
 from aqueue.exceptions import BrokerError, ConfigurationError
 
@@ -463,6 +464,23 @@ class RedisBroker:
             )
             for _, fields in entries or []
         ]
+
+    # -- administration (aqueue.brokers.admin.QueueAdmin; done in aqueue.brokers.redis_admin) --
+
+    async def queue_depths(self, queues: Sequence[str] | None = None) -> list[QueueDepth]:
+        """Count each queue's ready, delayed, unacked and dead messages (see redis_admin)."""
+        client, _ = await self._connection()
+        return await redis_admin.queue_depths(client, self._url, queues)
+
+    async def purge(self, queues: Sequence[str]) -> int:
+        """Delete the ready and delayed messages of ``queues``; return how many."""
+        client, _ = await self._connection()
+        return await redis_admin.purge(client, self._url, queues)
+
+    async def purge_dead_letters(self, queue: str, limit: int | None = None) -> int:
+        """Delete the oldest ``limit`` (default all) dead letters of ``queue``."""
+        client, _ = await self._connection()
+        return await redis_admin.purge_dead_letters(client, self._url, queue, limit)
 
     # -- internals -------------------------------------------------------------------------
 

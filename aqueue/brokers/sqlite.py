@@ -42,6 +42,7 @@ from typing import Any
 
 from aqueue._sqlite import SQLiteConnection, chunks, placeholders, transaction
 from aqueue.brokers import visibility_timeout as _visibility_timeout
+from aqueue.brokers.admin import QueueDepth
 from aqueue.brokers.base import DeadLetter, Delivery, Outgoing
 
 __all__ = ["SQLiteBroker"]
@@ -319,6 +320,83 @@ class SQLiteBroker:
             return [DeadLetter(q, bytes(body), reason, t) for q, body, reason, t in rows]
 
         return await self._db.call(read)
+
+    # -- administration (aqueue.brokers.admin.QueueAdmin) -----------------------------------
+
+    async def queue_depths(self, queues: Sequence[str] | None = None) -> list[QueueDepth]:
+        """Count messages by condition in one read transaction: ready (``visible_at`` passed),
+        delayed (in the future, no lease) and unacked (in the future, leased).
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened.
+        """
+        names = list(dict.fromkeys(queues)) if queues is not None else None
+        return await self._db.call(lambda conn: _depths(conn, names, time.time()))
+
+    async def purge(self, queues: Sequence[str]) -> int:
+        """Delete the ready and delayed messages of ``queues`` in one transaction.
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
+        """
+        names = list(dict.fromkeys(queues))
+        if not names:
+            return 0
+
+        def delete(conn: sqlite3.Connection) -> int:
+            with transaction(conn):
+                cursor = conn.execute(
+                    f"DELETE FROM messages WHERE queue IN ({placeholders(len(names))})"
+                    " AND NOT (lease IS NOT NULL AND visible_at > ?)",
+                    (*names, time.time()),
+                )
+            return int(cursor.rowcount)
+
+        return await self._db.call(delete)
+
+    async def purge_dead_letters(self, queue: str, limit: int | None = None) -> int:
+        """Delete the oldest ``limit`` (default all) dead letters of ``queue``.
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
+        """
+        count = -1 if limit is None else max(limit, 0)  # LIMIT -1: no limit
+
+        def delete(conn: sqlite3.Connection) -> int:
+            with transaction(conn):
+                cursor = conn.execute(
+                    "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters"
+                    " WHERE queue = ? ORDER BY id LIMIT ?)",
+                    (queue, count),
+                )
+            return int(cursor.rowcount)
+
+        return await self._db.call(delete)
+
+
+def _depths(conn: sqlite3.Connection, names: list[str] | None, now: float) -> list[QueueDepth]:
+    """Queue depths in one snapshot (runs in the database thread)."""
+    where = ""
+    params: tuple[str, ...] = ()
+    if names is not None:
+        if not names:
+            return []
+        where, params = f" WHERE queue IN ({placeholders(len(names))})", tuple(names)
+    with transaction(conn, "DEFERRED"):
+        counts = {
+            queue: (int(ready), int(delayed), int(unacked))
+            for queue, ready, delayed, unacked in conn.execute(
+                "SELECT queue, total(visible_at <= ?), total(visible_at > ? AND lease IS NULL),"
+                f" total(visible_at > ? AND lease IS NOT NULL) FROM messages{where}"
+                " GROUP BY queue",
+                (now, now, now, *params),
+            )
+        }
+        dead = dict(
+            conn.execute(f"SELECT queue, count(*) FROM dead_letters{where} GROUP BY queue", params)
+        )
+    order = names if names is not None else sorted(set(counts) | set(dead))
+    return [QueueDepth(q, *counts.get(q, (0, 0, 0)), dead=int(dead.get(q, 0))) for q in order]
 
 
 def _token(delivery: Delivery) -> tuple[int, int]:

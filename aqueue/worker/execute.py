@@ -13,7 +13,7 @@ import inspect
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from concurrent.futures import Executor as ThreadExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +27,14 @@ from aqueue.exceptions import (
     Retry,
     SerializationError,
     TaskNotRegistered,
+    TaskRevokedError,
 )
 from aqueue.message import Message
 from aqueue.outcome import ResultRecord, describe_exception
+from aqueue.revoke import Terminable, Terminated, revocation_record
 from aqueue.task import Request, Task
 from aqueue.worker.invoke import invoke
+from aqueue.worker.workflow import Workflow
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -68,6 +71,13 @@ class Executor:
         self.active: dict[str, Request] = {}
         self.done = 0
         self._acked_early: set[int] = set()
+        # Operations (aqueue.revoke, aqueue.events): ids not to run, bodies revoke can cancel,
+        # and the event hook - None unless the worker sends events, so no event is ever built.
+        self.revoked: Container[str] = frozenset()
+        self.terminable = Terminable()
+        self.on_event: Callable[[str, Message, dict[str, Any]], None] | None = None
+        # Chains and chords: what follows a task, done after its outcome is stored, before the ack.
+        self.workflow = Workflow(app, backend, self._apply_errback)
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -80,6 +90,8 @@ class Executor:
                 await self._reject_undecodable(delivery, exc)
                 return
             logger.info("Task %s[%s] received", msg.task, msg.id)
+            if self.on_event is not None:
+                self.on_event("task-received", msg, _received(msg))
             task = await self._admit(delivery, msg)
             if task is None:
                 return
@@ -126,27 +138,12 @@ class Executor:
             )
             await self._dead_letter(delivery, msg, reason, AqueueError(reason))
             return None
+        if msg.id in self.revoked:
+            await self._revoke(delivery, msg, "revoked")
+            return None
         if msg.expires is not None and msg.expires < time.time():
             reason = f"expired at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(msg.expires))}Z"
-            logger.info("Task %s[%s] revoked: %s", msg.task, msg.id, reason)
-            await self._store(
-                ResultRecord(
-                    msg.id,
-                    states.REVOKED,
-                    {
-                        "exc_type": "TaskRevokedError",
-                        "exc_module": "aqueue.exceptions",
-                        "exc_message": reason,
-                        "exc_args": [reason],
-                    },
-                    None,
-                    time.time(),
-                    msg.retries,
-                    msg.task,
-                ),
-                msg,
-            )
-            await self.broker.ack([delivery])
+            await self._revoke(delivery, msg, reason, expired=True)
             return None
         task = self.app.tasks.get(msg.task)
         if task is None:
@@ -164,6 +161,24 @@ class Executor:
             return None
         return task
 
+    async def _revoke(
+        self,
+        delivery: Delivery,
+        msg: Message,
+        reason: str,
+        *,
+        expired: bool = False,
+        terminated: bool = False,
+    ) -> None:
+        """Store REVOKED for a message that must not run (or was terminated), then ack it."""
+        logger.info("Task %s[%s] revoked: %s", msg.task, msg.id, reason)
+        await self._store(revocation_record(msg.id, reason, msg.retries, msg.task), msg)
+        await self.workflow.failed(msg, TaskRevokedError(reason), None)
+        await self._ack(delivery)
+        if self.on_event is not None:
+            fields = {"reason": reason, "expired": expired, "terminated": terminated}
+            self.on_event("task-revoked", msg, fields)
+
     async def _dead_letter(
         self, delivery: Delivery, msg: Message, reason: str, exc: BaseException
     ) -> None:
@@ -180,6 +195,7 @@ class Executor:
             ),
             msg,
         )
+        await self.workflow.failed(msg, exc, None)
         await self.broker.dead_letter(delivery, reason)
 
     # -- running -----------------------------------------------------------------------------
@@ -229,10 +245,16 @@ class Executor:
                 msg,
             )
         logger.info("Task %s[%s] started", msg.task, msg.id)
+        if self.on_event is not None:
+            self.on_event("task-started", msg, {})
         self.active[msg.id] = request
         started = time.monotonic()
         try:
-            value = await invoke(task, request, time_limit, self.threads)
+            # terminable.run: revoke(terminate=True) cancels the body and raises Terminated here.
+            body = invoke(task, request, time_limit, self.threads)
+            value = await self.terminable.run(msg.id, body)
+        except Terminated:
+            await self._revoke(delivery, msg, "terminated", terminated=True)
         except Retry as retry:
             await self._retry(delivery, msg, task, retry, traceback.format_exc())
         except Exception as exc:
@@ -264,8 +286,11 @@ class Executor:
         if not msg.ignore_result:
             await self._store_raw(msg.id, data)
         logger.info("Task %s[%s] succeeded in %.4fs: %s", msg.task, msg.id, runtime, _short(value))
+        if self.on_event is not None:
+            self.on_event("task-succeeded", msg, {"result": _short(value), "runtime": runtime})
         for link in msg.link:
             await self._apply_link(Signature.from_dict(link, self.app), (value,), msg)
+        await self.workflow.succeeded(msg, value)
         await self._hook(task.on_success, value, msg.id, msg.args, msg.kwargs)
         await self._hook(
             task.after_return, states.SUCCESS, value, msg.id, msg.args, msg.kwargs, None
@@ -283,6 +308,9 @@ class Executor:
         runtime: float,
     ) -> None:
         logger.error("Task %s[%s] failed in %.4fs: %r\n%s", msg.task, msg.id, runtime, exc, tb)
+        if self.on_event is not None:
+            fields = {"exception": repr(exc), "traceback": tb, "runtime": runtime}
+            self.on_event("task-failed", msg, fields)
         await self._store(
             ResultRecord(
                 msg.id,
@@ -297,6 +325,7 @@ class Executor:
         )
         for errback in msg.link_error:
             await self._apply_errback(Signature.from_dict(errback, self.app), request, exc, tb)
+        await self.workflow.failed(msg, exc, tb)
         await self._hook(task.on_failure, exc, msg.id, msg.args, msg.kwargs, tb)
         await self._hook(task.after_return, states.FAILURE, exc, msg.id, msg.args, msg.kwargs, tb)
         await self._ack(delivery)
@@ -322,6 +351,8 @@ class Executor:
             max(eta - time.time(), 0.0),
             exc,
         )
+        if self.on_event is not None:
+            self.on_event("task-retried", msg, {"exception": repr(exc), "traceback": tb})
         await self._store(
             ResultRecord(
                 msg.id,
@@ -406,3 +437,17 @@ def _parent_of(request: Request) -> Message:
 def _short(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _received(msg: Message) -> dict[str, Any]:
+    """The fields of a ``task-received`` event (see :mod:`aqueue.events`)."""
+    return {
+        "args": _short(msg.args, 200),
+        "kwargs": _short(msg.kwargs, 200),
+        "retries": msg.retries,
+        "eta": msg.eta,
+        "expires": msg.expires,
+        "queue": msg.queue,
+        "parent_id": msg.parent_id,
+        "root_id": msg.root_id,
+    }

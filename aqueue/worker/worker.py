@@ -9,6 +9,14 @@ Three kinds of coroutine cooperate, with no per-message ``asyncio.Task``:
 - the *renewer* extends the leases of every held message every third of the visibility timeout,
   so a long task is not delivered again to another worker while this one is alive.
 
+Operations ride along (see :mod:`aqueue.worker.remote`, :mod:`aqueue.ratelimit`,
+:mod:`aqueue.revoke`, :mod:`aqueue.events`): a fetched message of a rate-limited task waits in
+the :class:`~aqueue.ratelimit.RateGate` for a token instead of going to the runners; the
+executor skips revoked messages (one lookup in a local set) and can terminate a running one;
+:class:`~aqueue.worker.remote.Remote` answers control commands and beats; with events on, an
+:class:`~aqueue.events.EventDispatcher` publishes task events. None of these costs anything
+while unused: no rate limit means no message is even looked at before a runner takes it.
+
 Shutdown (SIGTERM/SIGINT or :meth:`Worker.stop`) is graceful: fetching stops, messages not yet
 started are released to the broker at once, running tasks get ``worker_shutdown_timeout``
 seconds to finish, and any still running then are cancelled and released (not acked), so they
@@ -21,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
@@ -28,9 +37,16 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from aqueue.brokers import Broker, Delivery
-from aqueue.exceptions import AqueueError
+import orjson
+
+from aqueue.brokers import Broker, Delivery, Outgoing
+from aqueue.control.transport import control_transport
+from aqueue.events import EventDispatcher
+from aqueue.exceptions import AqueueError, ConfigurationError
+from aqueue.ratelimit import Bucket, LocalBucket, RateGate, SharedBucket, parse_rate
+from aqueue.revoke import Revocations
 from aqueue.worker.execute import Executor
+from aqueue.worker.remote import HEARTBEAT_INTERVAL, Remote
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -53,6 +69,7 @@ class Worker:
         hostname: this worker's name (default ``aqueue@<host>``), in ``self.request.hostname``.
         shutdown_timeout: seconds running tasks get to finish on stop (default
             ``worker_shutdown_timeout``, 30).
+        send_events: publish task and worker events (default ``worker_send_task_events``).
 
     Use as ``await worker.run()`` (until stopped), or ``async with Worker(app):`` to run it in
     the background of the current loop.
@@ -66,6 +83,7 @@ class Worker:
         prefetch_multiplier: int | None = None,
         hostname: str | None = None,
         shutdown_timeout: float | None = None,
+        send_events: bool | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -94,6 +112,15 @@ class Worker:
         self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="aqueue-task")
         self.executor: Executor | None = None
         self.broker: Broker | None = None
+        self.pid = os.getpid()
+        # Unique per run: hostnames may repeat (several workers on a host, a restart).
+        self.node = f"{self.hostname}.{self.pid}.{secrets.token_hex(3)}"
+        self.send_events = conf.worker_send_task_events if send_events is None else send_events
+        self.revocations = Revocations()
+        self.gate: RateGate | None = None
+        self.remote: Remote | None = None
+        self.events: EventDispatcher | None = None
+        self._queues_changed = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -101,15 +128,20 @@ class Worker:
         """Connect and begin consuming; returns once the worker is ready.
 
         Raises:
-            BrokerConnectionError: the broker or result backend cannot be reached.
+            BrokerConnectionError: the broker, result backend or control transport cannot be
+                reached.
+            ConfigurationError: a task's ``rate_limit`` is not a rate.
         """
         self.app.apply_annotations()
+        rates = {name: parse_rate(task.rate_limit) for name, task in self.app.tasks.items()}
         self.broker = await self.app.broker()
         backend = await self.app.result_backend() if self.app.has_result_backend else None
         if backend is None:
             logger.warning("no result backend configured: task results will not be stored")
         self.executor = Executor(self.app, self.broker, backend, self.hostname, self._threads)
+        self.executor.revoked = self.revocations
         self.started_at = time.time()
+        await self._start_operations(rates)
         self._runners = [asyncio.create_task(self._run_one()) for _ in range(self.concurrency)]
         self._helpers = [asyncio.create_task(self._renew_leases())]
         self._fetcher = asyncio.create_task(self._fetch_loop())
@@ -125,6 +157,33 @@ class Worker:
             os.getpid(),
         )
 
+    async def _start_operations(self, rates: dict[str, float | None]) -> None:
+        """Rate limits, remote control, revocations and events (see the module docstring)."""
+        assert self.executor is not None
+        try:
+            transport = await control_transport(self.app)
+        except ConfigurationError as exc:
+            logger.warning("remote control, revocations and global rate limits are off: %s", exc)
+            transport = None
+        bucket: Bucket = LocalBucket()
+        if transport is not None and self.app.conf.rate_limit_scope == "global":
+            bucket = SharedBucket(transport)
+        self.gate = RateGate(
+            bucket, self._buffer.put_nowait, self._defer, self.revocations, self.prefetch // 2
+        )
+        for name, rate in rates.items():
+            if rate is not None:
+                self.gate.set_rate(name, rate)
+        if transport is None:
+            return
+        self.remote = Remote(self, transport)
+        await self.remote.start()  # the last step that can fail: nothing is left running then
+        if self.send_events:
+            self.events = EventDispatcher(transport, self.hostname)
+            self.events.start()
+            self.executor.on_event = self.events.task_event
+            self.events.send("worker-online", **self.event_info())
+
     async def run(self, install_signal_handlers: bool = False) -> None:
         """Start, then run until :meth:`stop` (or SIGTERM/SIGINT if ``install_signal_handlers``)."""
         if install_signal_handlers:
@@ -132,6 +191,10 @@ class Worker:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._on_signal, sig)
         await self.start()
+        await self._stopped.wait()
+
+    async def wait_stopped(self) -> None:
+        """Wait until the worker has stopped (by :meth:`stop`, a signal or remote control)."""
         await self._stopped.wait()
 
     def _on_signal(self, sig: signal.Signals) -> None:
@@ -154,6 +217,8 @@ class Worker:
         grace = self.shutdown_timeout if timeout is None else timeout
         if self._fetcher is not None:
             await self._fetcher
+        if self.gate is not None:
+            await self.gate.close()  # what it parked is still held: released below
         unstarted = []
         while not self._buffer.empty():
             d = self._buffer.get_nowait()
@@ -187,6 +252,11 @@ class Worker:
         for helper in self._helpers:
             helper.cancel()
         await asyncio.gather(*self._helpers, return_exceptions=True)
+        if self.events is not None:
+            self.events.send("worker-offline", **self.event_info())
+            await self.events.stop()
+        if self.remote is not None:
+            await self.remote.stop()
         self._threads.shutdown(wait=False, cancel_futures=True)
         logger.info("%s stopped (%d tasks processed)", self.hostname, self.processed)
         self._stopped.set()
@@ -208,6 +278,71 @@ class Worker:
         """Requests running now, by task id."""
         return dict(self.executor.active) if self.executor else {}
 
+    # -- operations (called by remote control) -----------------------------------------------
+
+    def held(self) -> list[Delivery]:
+        """Messages fetched and not finished: running, waiting for a runner, or parked."""
+        return list(self._held.values())
+
+    def stats(self) -> dict[str, Any]:
+        """This worker's counters (``inspect stats``, heartbeats)."""
+        return {
+            "hostname": self.hostname,
+            "pid": self.pid,
+            "node": self.node,
+            "concurrency": self.concurrency,
+            "prefetch": self.prefetch,
+            "queues": list(self.queues),
+            "processed": self.processed,
+            "active": len(self.active),
+            "held": len(self._held),
+            "started": self.started_at,
+            "uptime": time.time() - self.started_at if self.started_at else 0.0,
+            "events": self.events is not None,
+            "rate_limit_scope": self.app.conf.rate_limit_scope,
+        }
+
+    def event_info(self) -> dict[str, Any]:
+        """The fields of this worker's ``worker-*`` events."""
+        return {
+            "node": self.node,
+            "concurrency": self.concurrency,
+            "active": len(self.active),
+            "processed": self.processed,
+            "queues": list(self.queues),
+            "freq": HEARTBEAT_INTERVAL,
+        }
+
+    def set_rate_limit(self, name: str, rate: str | float | None) -> None:
+        """Change task ``name``'s rate limit here (``None``/``0``: none).
+
+        Raises:
+            ConfigurationError: ``rate`` is not a rate.
+        """
+        parsed = parse_rate(rate)
+        task = self.app.tasks.get(name)
+        if task is not None:
+            task.rate_limit = None if parsed is None else str(rate)
+        if self.gate is not None:
+            self.gate.set_rate(name, parsed)
+
+    def terminate(self, task_id: str) -> bool:
+        """Cancel the running task ``task_id`` (revoke with terminate); True if it ran here."""
+        return self.executor is not None and self.executor.terminable.terminate(task_id)
+
+    def add_consumer(self, queue: str) -> dict[str, Any]:
+        """Consume ``queue`` too, from the next fetch on."""
+        if queue not in self.queues:
+            self.queues.append(queue)
+            self._queues_changed.set()
+        return {"ok": f"now consuming from {queue!r}", "queues": list(self.queues)}
+
+    def cancel_consumer(self, queue: str) -> dict[str, Any]:
+        """Stop consuming ``queue`` from the next fetch on (messages held are still run)."""
+        if queue in self.queues:
+            self.queues.remove(queue)
+        return {"ok": f"no longer consuming from {queue!r}", "queues": list(self.queues)}
+
     # -- the three loops ---------------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
@@ -218,6 +353,10 @@ class Worker:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
+            if not self.queues:  # every queue cancelled (cancel_consumer): wait for one
+                self._queues_changed.clear()
+                await _first(self._queues_changed.wait(), self._stopping.wait())
+                continue
             try:
                 batch = await self._fetch_or_stop(free)
             except AqueueError as exc:
@@ -227,9 +366,40 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), RECONNECT_DELAY)
                 continue
+            gate = self.gate if self.gate is not None and self.gate.active else None
             for delivery in batch:
                 self._held[id(delivery)] = delivery
-                self._buffer.put_nowait(delivery)
+                if gate is None or not self._park(gate, delivery):
+                    self._buffer.put_nowait(delivery)
+
+    def _park(self, gate: RateGate, delivery: Delivery) -> bool:
+        """Give ``delivery`` to the rate gate if its task is rate-limited; False otherwise."""
+        env = _envelope(delivery.body)
+        if env is None:
+            return False  # not even JSON: the executor dead-letters it
+        return gate.submit(env["id"], env["task"], delivery)
+
+    async def _defer(self, delivery: Delivery, eta: float) -> bool:
+        """Publish ``delivery`` again to run at ``eta`` (epoch seconds) and ack this copy.
+
+        Publish before ack: a crash in between leaves two copies (at least once), never none.
+        """
+        assert self.broker is not None
+        env = _envelope(delivery.body)
+        if env is None:
+            return False
+        again = Outgoing(
+            delivery.queue, delivery.body, env["id"], int(env.get("priority") or 0), eta
+        )
+        try:
+            await self.broker.publish([again])
+            await self.broker.ack([delivery])
+        except AqueueError as exc:
+            logger.warning("could not defer rate-limited task %s: %s", env["id"], exc)
+            return False
+        self._held.pop(id(delivery), None)
+        self._slot_free.set()
+        return True
 
     async def _fetch_or_stop(self, limit: int) -> list[Delivery]:
         # A stop must not wait out a blocking fetch: cancel it, but keep a batch that raced in.
@@ -272,6 +442,27 @@ class Worker:
                     await self.broker.renew(held)
                 except AqueueError as exc:
                     logger.error("renewing leases failed: %s", exc)
+
+
+def _envelope(body: bytes) -> dict[str, Any] | None:
+    """A message's envelope (id, task name, priority...), or None if it is not one."""
+    try:
+        env = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(env, dict) or not isinstance(env.get("id"), str):
+        return None
+    return env if isinstance(env.get("task"), str) else None
+
+
+async def _first(*aws: Any) -> None:
+    """Wait until the first of ``aws`` finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 _STOP = Delivery("", b"", 0, None)

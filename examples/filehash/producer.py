@@ -176,9 +176,13 @@ async def _forward(stream: asyncio.StreamReader) -> None:
 
 @contextlib.asynccontextmanager
 async def spawned_worker(
-    env: dict[str, str], loglevel: str = "warning"
+    env: dict[str, str],
+    loglevel: str = "warning",
+    app: str = WORKER_APP,
+    concurrency: int = WORKER_CONCURRENCY,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """Run an ``aqueue worker`` child until the block exits; yields once it logged ``ready``.
+    """Run an ``aqueue worker -A app`` child until the block exits; yields once it logged
+    ``ready``.
 
     The child gets its own session, so a Ctrl-C in the terminal reaches only this process,
     which then stops the worker in order (SIGTERM, a second SIGTERM, SIGKILL as a last resort).
@@ -190,9 +194,9 @@ async def spawned_worker(
         _aqueue_command(),
         "worker",
         "-A",
-        WORKER_APP,
+        app,
         "-c",
-        str(WORKER_CONCURRENCY),
+        str(concurrency),
         "-l",
         loglevel,
     ]

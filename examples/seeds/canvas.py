@@ -1,4 +1,4 @@
-"""Workflows: chain, group, chord, map, starmap and chunks.  NEEDS CANVAS.
+"""Workflows: chain, group, chord, map, starmap and chunks.
 
 Mirrors: "Celery 在 web 开发中的运用" 工作流 (1. chain: ``add.s(1, 2) | add.s(3) | add.s(5)`` and
 ``chain(part)()``, ``get()`` gives the last result; 2. group: ``group([add.s(i, i) for i in
@@ -6,10 +6,8 @@ range(1, 10)])()``, ``get()`` gives the list; 3. chord: a group with a callback 
 list; 4. map/starmap; 5. chunks), and the chain of "Celery 是什么" §2.5 (see also
 ``page_info_chain.py``).
 
-Needs canvas (``aqueue.chain``, ``group``, ``chord``, ``|``, ``Task.map``/``starmap``/``chunks``),
-which is not built yet: this file is written against API.md's Canvas section and fails at its
-first import until then. ``await`` replaces Celery's ``()`` / ``.get()``: ``.delay()`` sends, and
-awaiting the result waits.
+``await`` replaces Celery's ``()`` / ``.get()``: ``.delay()`` sends, and awaiting the result
+waits (see docs/canvas.md).
 
 Run: ``python -m examples.seeds.canvas``
 """

@@ -1,11 +1,8 @@
-"""A chain fetch -> parse -> store, instead of waiting for subtasks inside a task.  NEEDS CANVAS.
+"""A chain fetch -> parse -> store, instead of waiting for subtasks inside a task.
 
 Mirrors: "Celery 是什么" §2.5 链式任务: the wrong way (``update_page_info`` calls
 ``fetch_page.delay(url).get()`` inside a task) and 正确示范1
 (``chain = fetch_page.s(url) | parse_page.s() | store_page_info.s(url); chain()``).
-
-Needs canvas (``|`` on signatures, ``aqueue.chain``), which is not built yet: this file is
-written against API.md's Canvas section and fails at ``|`` until then.
 
 The wrong way is still wrong with asyncio: awaiting another task's result inside a task does not
 block the worker's event loop, but it holds one of the worker's concurrency slots while it waits;

@@ -30,8 +30,10 @@ WORKS_TODAY = [
     "web_config",
     "flask_app",
     "proj",
+    "page_info_chain",
+    "canvas",
 ]
-PENDING = ["page_info_chain", "canvas", "periodic"]  # needs canvas / needs beat
+PENDING = ["periodic"]  # needs beat
 NEEDS_MODULE = {"flask_app": "flask"}
 
 

@@ -70,9 +70,22 @@ RUNNING = {"now": 0, "peak": 0}
 ERRBACKS: list[tuple[str | None, str]] = []
 
 
-def build(url: str, queue: str = "default", **settings: Any) -> Tasks:
-    """A fresh app on ``url`` (broker and result backend) with the test tasks registered."""
-    app = Aqueue("e2e", broker=url, backend=url, task_default_queue=queue, **settings)
+def backend_for(url: str) -> str | None:
+    """The result backend to pair with broker ``url``: the same URL, except for AMQP.
+
+    An AMQP broker stores no results: ``None`` leaves the app to ``$AQUEUE_RESULT_BACKEND``,
+    which the ``amqp`` transport fixtures point at Redis (worker subprocesses inherit it).
+    """
+    return None if url.startswith(("amqp://", "amqps://")) else url
+
+
+def build(url: str, queue: str = "default", backend: str | None = None, **settings: Any) -> Tasks:
+    """A fresh app on broker ``url`` with the test tasks registered.
+
+    The result backend is ``backend``, else :func:`backend_for` ``(url)``.
+    """
+    backend = backend or backend_for(url)
+    app = Aqueue("e2e", broker=url, backend=backend, task_default_queue=queue, **settings)
 
     @app.task(name="e2e.add")
     async def add(x: int, y: int) -> int:

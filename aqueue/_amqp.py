@@ -1,0 +1,114 @@
+"""What the AMQP broker needs from aio-pika: the robust connection, errors, URL redaction.
+
+aio-pika raises its own (and aiormq's) exceptions; :func:`amqp_errors` turns them into aqueue's
+tree so that callers catch :class:`~aqueue.exceptions.BrokerConnectionError` as they do for Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import aio_pika.abc
+import aiormq.exceptions
+
+from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
+
+__all__ = ["amqp_errors", "open_connection", "redacted_url"]
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its password or query string, fit for error messages and logs."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2]
+        if parts.username:
+            netloc = f"{parts.username}@{netloc}"
+    except ValueError:
+        return url.partition("://")[0] + "://…"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+# A channel-level refusal: the connection is fine, the request was wrong (arguments differ from
+# an existing queue's, an exchange is missing, an unroutable message was returned...).
+_REFUSED = (
+    aiormq.exceptions.ChannelPreconditionFailed,
+    aiormq.exceptions.ChannelNotFoundEntity,
+    aiormq.exceptions.ChannelAccessRefused,
+    aiormq.exceptions.PublishError,
+)
+
+
+@contextmanager
+def amqp_errors(url: str, action: str) -> Iterator[None]:
+    """Translate aio-pika/aiormq errors raised inside the block into aqueue's error tree.
+
+    Raises:
+        BrokerError: RabbitMQ refused the request (names ``url`` without its password, and the
+            server's reply, e.g. ``PRECONDITION_FAILED - inequivalent arg 'x-max-priority'``).
+        BrokerConnectionError: the server could not be reached, the connection or channel closed
+            under the request, or no reply came in time.
+    """
+    where = f"RabbitMQ at {redacted_url(url)}"
+    try:
+        yield
+    except _REFUSED as exc:
+        raise BrokerError(f"{where} refused {action}: {_describe(exc)}") from exc
+    except (
+        aiormq.exceptions.AMQPError,
+        ConnectionError,
+        OSError,
+        TimeoutError,
+        RuntimeError,  # aio-pika: "connection closed", "reconnecting right now"
+    ) as exc:
+        raise BrokerConnectionError(
+            f"{where} unreachable during {action}: {type(exc).__name__}: {_describe(exc)}"
+        ) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or repr(exc)
+    if isinstance(exc, aiormq.exceptions.PublishError):
+        frame = exc.args[1] if len(exc.args) > 1 else None
+        reply = getattr(frame, "reply_text", None) or "returned"
+        exchange = getattr(frame, "exchange", "") or "(default)"
+        key = getattr(frame, "routing_key", "")
+        return f"{reply}: no queue is bound to exchange {exchange} for routing key {key!r}"
+    return text
+
+
+async def open_connection(
+    url: str, reconnect_interval: float, timeout: float
+) -> aio_pika.abc.AbstractRobustConnection:
+    """Open a robust connection: it reconnects by itself and re-opens its channels.
+
+    Args:
+        url: ``amqp://user:password@host:port/vhost`` or ``amqps://...``; aio-pika's query
+            parameters (``?heartbeat=10``, TLS files) are passed through.
+        reconnect_interval: seconds between reconnection attempts after the connection drops.
+        timeout: seconds allowed for the first connection.
+
+    Raises:
+        ConfigurationError: ``url`` is not a valid AMQP URL.
+        BrokerConnectionError: the server cannot be reached or refused the login.
+    """
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError as exc:
+        raise ConfigurationError(f"invalid AMQP URL {redacted_url(url)!r}: {exc}") from exc
+    with amqp_errors(url, "connect"):
+        try:
+            return await aio_pika.connect_robust(
+                url,
+                reconnect_interval=reconnect_interval,
+                timeout=timeout,
+                client_properties={"connection_name": "aqueue"},
+            )
+        except aiormq.exceptions.ProbableAuthenticationError as exc:
+            raise BrokerConnectionError(
+                f"RabbitMQ at {redacted_url(url)} refused the login (check the user, password "
+                f"and vhost in the URL; the guest user may only connect from localhost): {exc}"
+            ) from exc

@@ -1,0 +1,258 @@
+"""``app.control``: Celery's remote-control client - broadcast a command, gather the replies.
+
+Every call subscribes to its own reply channel first, then publishes the command, then waits
+at most ``timeout`` seconds; it returns early once every live worker (known from the heartbeats,
+narrowed by ``destination``) has answered, so a cluster that is all up answers in one round
+trip rather than in the full timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from aqueue.control.protocol import (
+    CONTROL_CHANNEL,
+    RATE_LIMITS_TABLE,
+    WORKERS_TABLE,
+    Command,
+    Reply,
+)
+from aqueue.control.transport import control_transport
+from aqueue.exceptions import DecodeError
+from aqueue.ratelimit import parse_rate
+
+if TYPE_CHECKING:
+    from aqueue.app import Aqueue
+
+__all__ = ["DEFAULT_TIMEOUT", "Control", "Inspect", "by_worker"]
+
+#: Seconds to wait for replies, as Celery's default.
+DEFAULT_TIMEOUT = 1.0
+
+
+def by_worker(replies: Sequence[Reply]) -> dict[str, Any]:
+    """Replies as Celery returns them: ``{hostname: value}`` (``hostname#pid`` when two workers
+    share a name; an error reads ``{"error": message}``)."""
+    names = [r.hostname for r in replies]
+    out: dict[str, Any] = {}
+    for r in replies:
+        key = r.hostname if names.count(r.hostname) == 1 else f"{r.hostname}#{r.pid}"
+        out[key] = {"error": r.error} if r.error is not None else r.value
+    return out
+
+
+class Control:
+    """Send commands to the app's workers (``app.control``), as Celery's ``app.control``.
+
+    Every method raises ``BrokerConnectionError`` when the control transport cannot be reached
+    and ``ConfigurationError`` when the app has none (see :mod:`aqueue.control`).
+    """
+
+    def __init__(self, app: Aqueue) -> None:
+        self.app = app
+
+    async def broadcast(
+        self,
+        command: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        destination: Iterable[str] | None = None,
+        reply: bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
+        limit: int | None = None,
+    ) -> list[Reply]:
+        """Send ``command`` to every worker (or those named in ``destination``).
+
+        Args:
+            command: e.g. ``"ping"``, ``"active"``, ``"rate_limit"``.
+            arguments: the command's arguments.
+            destination: hostnames that should act; ``None`` for all.
+            reply: wait for replies (else return ``[]`` at once).
+            timeout: seconds to wait for replies at most.
+            limit: stop after this many replies.
+
+        Returns:
+            The replies that arrived, in arrival order.
+        """
+        transport = await control_transport(self.app)
+        dest = tuple(destination) if destination is not None else None
+        command_id = uuid.uuid4().hex
+        cmd = Command(command_id, command, dict(arguments or {}), dest, None)
+        if not reply:
+            await transport.publish(CONTROL_CHANNEL, [cmd.encode()])
+            return []
+        reply_to = f"reply.{command_id}"
+        cmd = Command(command_id, command, cmd.arguments, dest, reply_to)
+        expected = await self._live_nodes(dest)
+        replies: list[Reply] = []
+        loop = asyncio.get_running_loop()
+        async with transport.subscribe(reply_to) as queue:
+            await transport.publish(CONTROL_CHANNEL, [cmd.encode()])
+            deadline = loop.time() + timeout
+            while limit is None or len(replies) < limit:
+                if expected and expected <= {r.node for r in replies}:
+                    break
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    raw = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    break
+                try:
+                    answered, got = Reply.decode(raw)
+                except DecodeError:
+                    continue
+                if answered == command_id:
+                    replies.append(got)
+        return replies
+
+    async def _live_nodes(self, destination: tuple[str, ...] | None) -> set[str]:
+        """Node ids of the workers whose heartbeat is current (narrowed by ``destination``)."""
+        transport = await control_transport(self.app)
+        _, entries = await transport.read(WORKERS_TABLE)
+        nodes: set[str] = set()
+        for node, raw in entries.items():
+            try:
+                beat = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if destination is None or beat.get("hostname") in destination:
+                nodes.add(node)
+        return nodes
+
+    def inspect(
+        self, timeout: float = DEFAULT_TIMEOUT, destination: Iterable[str] | None = None
+    ) -> Inspect:
+        """Read-only questions to the workers: ``await app.control.inspect().active()``."""
+        return Inspect(self, timeout, destination)
+
+    async def ping(
+        self, timeout: float = DEFAULT_TIMEOUT, destination: Iterable[str] | None = None
+    ) -> list[Reply]:
+        """Ask every live worker for ``"pong"``."""
+        return await self.broadcast("ping", timeout=timeout, destination=destination)
+
+    async def revoke(
+        self,
+        task_ids: str | Iterable[str],
+        terminate: bool = False,
+        *,
+        reply: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> list[Reply]:
+        """Revoke tasks everywhere, for good; see :func:`aqueue.revoke.revoke`."""
+        from aqueue.revoke import revoke
+
+        return await revoke(self.app, task_ids, terminate, reply=reply, timeout=timeout)
+
+    async def rate_limit(
+        self,
+        task_name: str,
+        rate: str | float | None,
+        *,
+        destination: Iterable[str] | None = None,
+        reply: bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> list[Reply]:
+        """Change ``task_name``'s rate limit on running workers (``None``/``0``: no limit).
+
+        Sent to every worker (no ``destination``), the new rate is also stored, so workers
+        started later use it too - until it is changed again; Celery forgets it on restart.
+
+        Raises:
+            ConfigurationError: ``rate`` is not a rate such as ``"10/m"``.
+        """
+        parsed = parse_rate(rate)
+        text = None if parsed is None else str(rate)
+        if destination is None:
+            transport = await control_transport(self.app)
+            value = None if text is None else text.encode()
+            await transport.put(RATE_LIMITS_TABLE, task_name, value, None)
+        return await self.broadcast(
+            "rate_limit",
+            {"task": task_name, "rate": text},
+            destination=destination,
+            reply=reply,
+            timeout=timeout,
+        )
+
+    async def shutdown(
+        self, destination: Iterable[str] | None = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> list[Reply]:
+        """Ask workers to shut down gracefully (as SIGTERM does)."""
+        return await self.broadcast("shutdown", destination=destination, timeout=timeout)
+
+    async def add_consumer(
+        self,
+        queue: str,
+        destination: Iterable[str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> list[Reply]:
+        """Make workers consume ``queue`` too (until they restart)."""
+        return await self.broadcast(
+            "add_consumer", {"queue": queue}, destination=destination, timeout=timeout
+        )
+
+    async def cancel_consumer(
+        self,
+        queue: str,
+        destination: Iterable[str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> list[Reply]:
+        """Make workers stop consuming ``queue`` (until they restart)."""
+        return await self.broadcast(
+            "cancel_consumer", {"queue": queue}, destination=destination, timeout=timeout
+        )
+
+
+class Inspect:
+    """Celery's ``app.control.inspect()``: each method returns ``{hostname: reply}``."""
+
+    def __init__(self, control: Control, timeout: float, destination: Iterable[str] | None) -> None:
+        self.control = control
+        self.timeout = timeout
+        self.destination = tuple(destination) if destination is not None else None
+
+    async def _ask(self, command: str) -> dict[str, Any]:
+        replies = await self.control.broadcast(
+            command, timeout=self.timeout, destination=self.destination
+        )
+        return by_worker(replies)
+
+    async def ping(self) -> dict[str, Any]:
+        """``{hostname: "pong"}``."""
+        return await self._ask("ping")
+
+    async def active(self) -> dict[str, Any]:
+        """Tasks running now, per worker: ``{"id", "name", "args", "kwargs", "time_start"...}``."""
+        return await self._ask("active")
+
+    async def registered(self) -> dict[str, Any]:
+        """Task names each worker can run (with their rate limits)."""
+        return await self._ask("registered")
+
+    async def scheduled(self) -> dict[str, Any]:
+        """Messages each worker holds for later: rate-limited ones waiting for a token.
+
+        Messages delayed by ``countdown``/``eta`` wait in the broker, not in a worker: see
+        ``aqueue status`` (the ``delayed`` column).
+        """
+        return await self._ask("scheduled")
+
+    async def reserved(self) -> dict[str, Any]:
+        """Messages each worker has fetched and not started yet."""
+        return await self._ask("reserved")
+
+    async def stats(self) -> dict[str, Any]:
+        """Each worker's counters: pid, concurrency, processed, uptime, queues..."""
+        return await self._ask("stats")
+
+    async def revoked(self) -> dict[str, Any]:
+        """The revoked task ids each worker knows."""
+        return await self._ask("revoked")

@@ -1,0 +1,301 @@
+"""A worker's side of remote control: answer commands, beat, keep revocations and rates current.
+
+:class:`Remote` runs two coroutines next to the worker's fetcher and runners:
+
+- the *listener* takes commands from the control channel (see :mod:`aqueue.control.protocol`)
+  and answers those meant for this worker on their reply channel;
+- the *heartbeat*, every :data:`HEARTBEAT_INTERVAL` seconds, stores this worker's counters in
+  the ``workers`` table (read by ``aqueue status`` and by clients to know whom to wait for),
+  compares the ``revoked`` and ``rate_limits`` tables' versions with those it last read, and
+  reads a table again when it changed - which also recovers a broadcast lost to a dropped
+  connection - then sends a ``worker-heartbeat`` event when events are on.
+
+Start-up order matters: the worker subscribes to the control channel *before* it reads the
+tables, so a revocation is either in what it reads or in a broadcast it receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aqueue.control.base import ControlTransport
+from aqueue.control.protocol import (
+    CONTROL_CHANNEL,
+    RATE_LIMITS_TABLE,
+    REVOKED_TABLE,
+    WORKERS_TABLE,
+    Command,
+    Reply,
+    dumps,
+)
+from aqueue.exceptions import AqueueError, ConfigurationError, DecodeError
+from aqueue.message import decode_envelope
+
+if TYPE_CHECKING:
+    from aqueue.worker.worker import Worker
+
+__all__ = [
+    "HEARTBEAT_INTERVAL",
+    "HEARTBEAT_TTL",
+    "Remote",
+    "active_info",
+    "registered_info",
+    "reserved_info",
+    "scheduled_info",
+]
+
+logger = logging.getLogger("aqueue.worker")
+
+#: Seconds between two heartbeats (Celery's event heartbeat is 2 s too).
+HEARTBEAT_INTERVAL = 2.0
+#: Seconds a heartbeat stays valid: a worker missing three in a row is taken for dead.
+HEARTBEAT_TTL = 3 * HEARTBEAT_INTERVAL
+
+Handler = Callable[[dict[str, Any]], Any]
+
+
+class Remote:
+    """Remote control for one worker.
+
+    Args:
+        worker: the worker it answers for.
+        transport: the connected control transport.
+    """
+
+    def __init__(self, worker: Worker, transport: ControlTransport) -> None:
+        self.worker = worker
+        self.transport = transport
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._rates_version = -1
+        self._stop_after_reply = False
+        self._handlers: dict[str, Handler] = {
+            "ping": lambda args: "pong",
+            "active": lambda args: active_info(worker),
+            "registered": lambda args: registered_info(worker),
+            "scheduled": lambda args: scheduled_info(worker),
+            "reserved": lambda args: reserved_info(worker),
+            "stats": lambda args: worker.stats(),
+            "revoked": lambda args: sorted(worker.revocations.ids()),
+            "revoke": self._revoke,
+            "rate_limit": self._rate_limit,
+            "shutdown": self._shutdown,
+            "add_consumer": lambda args: worker.add_consumer(str(args["queue"])),
+            "cancel_consumer": lambda args: worker.cancel_consumer(str(args["queue"])),
+        }
+
+    async def start(self) -> None:
+        """Subscribe, load revocations and rate limits, beat once, then run in the background.
+
+        Raises:
+            BrokerConnectionError: the control transport cannot be reached.
+        """
+        commands = await self._stack.enter_async_context(self.transport.subscribe(CONTROL_CHANNEL))
+        try:
+            await self._sync(force=True)
+            await self.beat()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        self._tasks = [
+            asyncio.create_task(self._listen(commands)),
+            asyncio.create_task(self._beat_loop()),
+        ]
+
+    async def stop(self) -> None:
+        """Stop listening and beating, and remove this worker's heartbeat."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        with contextlib.suppress(AqueueError):
+            await self.transport.put(WORKERS_TABLE, self.worker.node, None, None)
+        await self._stack.aclose()
+
+    # -- heartbeat and resync ----------------------------------------------------------------
+
+    async def beat(self) -> None:
+        """Store this worker's heartbeat (valid for :data:`HEARTBEAT_TTL` seconds)."""
+        info = self.worker.stats()
+        info["timestamp"] = time.time()
+        info["freq"] = HEARTBEAT_INTERVAL
+        await self.transport.put(WORKERS_TABLE, self.worker.node, dumps(info), HEARTBEAT_TTL)
+
+    async def _beat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                await self.beat()
+                await self._sync(force=False)
+            except AqueueError as exc:
+                logger.warning("heartbeat failed: %s", exc)
+            if self.worker.events is not None:
+                self.worker.events.send("worker-heartbeat", **self.worker.event_info())
+
+    async def _sync(self, force: bool) -> None:
+        """Read the revoked and rate-limit tables again if they changed since the last read."""
+        revocations = self.worker.revocations
+        if force or await self.transport.version(REVOKED_TABLE) != revocations.version:
+            version, entries = await self.transport.read(REVOKED_TABLE)
+            revocations.merge(version, entries)
+        if force or await self.transport.version(RATE_LIMITS_TABLE) != self._rates_version:
+            version, entries = await self.transport.read(RATE_LIMITS_TABLE)
+            for name, raw in entries.items():
+                try:
+                    self.worker.set_rate_limit(name, raw.decode())
+                except (ConfigurationError, UnicodeDecodeError) as exc:
+                    logger.warning("ignored the stored rate limit of %s: %s", name, exc)
+            self._rates_version = version
+
+    # -- commands ----------------------------------------------------------------------------
+
+    async def _listen(self, commands: asyncio.Queue[bytes]) -> None:
+        while True:
+            raw = await commands.get()
+            try:
+                command = Command.decode(raw)
+            except DecodeError as exc:
+                logger.warning("ignored a control message: %s", exc)
+                continue
+            if command.for_worker(self.worker.hostname):
+                await self._answer(command)
+
+    async def _answer(self, command: Command) -> None:
+        handler = self._handlers.get(command.command)
+        reply = Reply(self.worker.hostname, self.worker.pid, self.worker.node)
+        if handler is None:
+            reply = Reply(
+                reply.hostname, reply.pid, reply.node, error=f"unknown command {command.command!r}"
+            )
+        else:
+            try:
+                value = handler(command.arguments)
+                if asyncio.iscoroutine(value):
+                    value = await value
+                reply = Reply(reply.hostname, reply.pid, reply.node, value)
+            except (AqueueError, KeyError, TypeError, ValueError) as exc:
+                reply = Reply(reply.hostname, reply.pid, reply.node, error=str(exc))
+        logger.info(
+            "control: %s from a client%s",
+            command.command,
+            f" ({reply.error})" if reply.error else "",
+        )
+        if command.reply_to is not None:
+            try:
+                await self.transport.publish(command.reply_to, [reply.encode(command.id)])
+            except AqueueError as exc:
+                logger.warning("could not reply to %s: %s", command.command, exc)
+        if self._stop_after_reply:
+            # Only now: stopping ends this listener, which must not cut its own reply short.
+            self.worker.app.spawn(self.worker.stop())
+
+    def _revoke(self, args: dict[str, Any]) -> dict[str, Any]:
+        ids = [str(i) for i in args["task_ids"]]
+        expires = args.get("expires")
+        if expires is None and self.worker.app.conf.result_expires is not None:
+            expires = time.time() + self.worker.app.conf.result_expires
+        self.worker.revocations.add(ids, expires)
+        terminated = []
+        if args.get("terminate"):
+            terminated = [i for i in ids if self.worker.terminate(i)]
+        if terminated:
+            logger.info("terminating revoked task(s) %s", ", ".join(terminated))
+        return {"ok": f"tasks {', '.join(ids)} flagged as revoked", "terminated": terminated}
+
+    def _rate_limit(self, args: dict[str, Any]) -> dict[str, Any]:
+        name, rate = str(args["task"]), args.get("rate")
+        if name not in self.worker.app.tasks:
+            raise ValueError(f"unknown task {name!r}")
+        self.worker.set_rate_limit(name, rate)
+        return {"ok": "new rate limit set successfully", "task": name, "rate": rate}
+
+    def _shutdown(self, args: dict[str, Any]) -> dict[str, Any]:
+        logger.warning("shutdown requested by remote control: warm shutdown")
+        self._stop_after_reply = True
+        return {"ok": "shutting down"}
+
+
+# -- what inspect commands answer ------------------------------------------------------------
+
+
+def active_info(worker: Worker) -> list[dict[str, Any]]:
+    """The tasks running in ``worker`` now (``inspect active``), as Celery lists them."""
+    executor = worker.executor
+    if executor is None:
+        return []
+    started = executor.terminable.started
+    out = []
+    for task_id, request in executor.active.items():
+        out.append(
+            {
+                "id": task_id,
+                "name": request.task,
+                "args": list(request.args),
+                "kwargs": request.kwargs,
+                "queue": request.queue,
+                "retries": request.retries,
+                "delivery_count": request.delivery_count,
+                "time_start": started.get(task_id),
+                "hostname": worker.hostname,
+                "worker_pid": worker.pid,
+            }
+        )
+    return out
+
+
+def registered_info(worker: Worker) -> list[str]:
+    """Task names ``worker`` can run, each with ``[rate_limit=...]`` when it has one."""
+    out = []
+    for name in sorted(worker.app.tasks):
+        rate = worker.app.tasks[name].rate_limit
+        out.append(f"{name} [rate_limit={rate}]" if rate else name)
+    return out
+
+
+def _described(body: bytes) -> dict[str, Any]:
+    try:
+        env = decode_envelope(body)
+    except DecodeError:
+        return {"id": None, "name": None}
+    return {
+        "id": env["id"],
+        "name": env["task"],
+        "args": env.get("args"),
+        "kwargs": env.get("kwargs"),
+        "eta": env.get("eta"),
+        "priority": env.get("priority"),
+    }
+
+
+def reserved_info(worker: Worker) -> list[dict[str, Any]]:
+    """Messages ``worker`` has fetched and not started (``inspect reserved``)."""
+    active = set(worker.active)
+    out = []
+    for delivery in worker.held():
+        described = _described(delivery.body)
+        if described["id"] not in active:
+            out.append({**described, "queue": delivery.queue, "hostname": worker.hostname})
+    return out
+
+
+def scheduled_info(worker: Worker) -> list[dict[str, Any]]:
+    """Messages ``worker`` holds for later: rate-limited ones waiting for a token."""
+    if worker.gate is None:
+        return []
+    out = []
+    for parked in worker.gate.parked():
+        rate = worker.gate.rate(parked.task)
+        out.append(
+            {
+                "request": {**_described(parked.delivery.body), "queue": parked.delivery.queue},
+                "waiting_since": parked.since,
+                "reason": f"rate_limit {rate:g}/s" if rate else "rate_limit",
+                "hostname": worker.hostname,
+            }
+        )
+    return out

@@ -1,0 +1,269 @@
+"""What a worker does when a task that is part of a workflow finishes: chains and chords.
+
+:class:`~aqueue.worker.execute.Executor` calls :class:`Workflow` after a task's outcome is
+stored and before its message is acked, so a worker that dies in between gets the message
+delivered again and this step is done again (at-least-once, like everything else):
+
+- success with ``Message.options["chain"]``: send the next step, the result prepended to its
+  arguments (:mod:`aqueue.dispatch`);
+- success with ``Message.options["chord"]``: count the task as a completed header member; the
+  worker that completes the header sends the body with the list of header results;
+- failure (also a dead-lettered or expired message): the rest of the chain will not run, so its
+  final result (each member's, if it ends in a group) is stored as FAILURE with the same
+  exception: whoever awaits the chain gets it. A failed chord member fails the chord: the body's
+  result becomes a :class:`~aqueue.exceptions.ChordError` naming the member, and the body's
+  ``link_error`` callbacks run.
+
+The chord trigger
+-----------------
+Header members may finish at the same moment on different workers, a member may run twice (a
+redelivery after a crash), and the Redis client retries a command whose reply was lost. So
+completions are a *set of task ids* in the result backend, never an increment:
+
+1. ``n = add_member("chord:<group id>", task_id)``: the number of distinct members done; running
+   a member again, or retrying the call, adds nothing.
+2. If ``n == size``: claim with ``add_member("chord:<group id>:claim", task_id) == 1``. Of the
+   members that see a full set (the last one, and any that ran again) only the first claimer
+   wins; the same member claiming again (its message delivered again) still sees 1.
+3. The winner reads the group's member ids and all header results in one ``get_many``, and sends
+   the body. A failing member claims through the same set: a chord either runs its body or
+   fails, never both.
+
+Two crash windows remain. The claimer dies after sending the body but before its ack: its
+message comes back, its claim is still its own, and the body (same task id) is sent again and
+may run twice. The claimer dies after claiming but before sending, *and* meanwhile another member
+that ran twice also claims: the redelivered claimer then sees 2 and the body is never sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aqueue import states
+from aqueue.canvas import Canvas, Signature, chain, chord, from_dict
+from aqueue.dispatch import Plan, final_tasks
+from aqueue.exceptions import AqueueError, BrokerConnectionError, ChordError, DecodeError
+from aqueue.group_result import load_ids
+from aqueue.outcome import ResultRecord, describe_exception
+from aqueue.task import Request
+
+if TYPE_CHECKING:
+    from aqueue.app import Aqueue
+    from aqueue.backends import ResultBackend
+    from aqueue.message import Message
+
+logger = logging.getLogger("aqueue.worker")
+
+#: Calls an errback signature with ``(request, exc, traceback)`` (the executor's own way).
+Errback = Callable[[Signature, Request, BaseException, str], Awaitable[None]]
+
+
+def members_key(group_id: str) -> str:
+    """The set of a chord's header members that have succeeded."""
+    return f"chord:{group_id}"
+
+
+def claim_key(group_id: str) -> str:
+    """The set whose first member decides a chord's outcome (body sent, or ChordError)."""
+    return f"chord:{group_id}:claim"
+
+
+class Workflow:
+    """Continues chains and completes chords for one worker.
+
+    Args:
+        app: the worker's app.
+        backend: the connected result backend, or ``None`` (chords then cannot complete).
+        errback: how to call a ``link_error`` signature (the executor's: a registered task is
+            called in-process with ``(request, exc, traceback)``, as in Celery).
+    """
+
+    def __init__(self, app: Aqueue, backend: ResultBackend | None, errback: Errback) -> None:
+        self.app = app
+        self.backend = backend
+        self.errback = errback
+
+    # -- entry points --------------------------------------------------------------------------
+
+    async def succeeded(self, msg: Message, value: Any) -> None:
+        """``msg``'s task returned ``value`` and its result is stored: take the next steps.
+
+        Raises:
+            BrokerConnectionError: the next step could not be sent or counted; the caller leaves
+                the message unacked so that all of this happens again.
+        """
+        rest = msg.options.get("chain")
+        if rest:
+            try:
+                nxt = from_dict(rest[0], self.app).clone((value,))
+                plan = Plan(self.app)
+                plan.add(nxt, rest[1:], _context(msg))
+                await plan.run()
+            except BrokerConnectionError:
+                raise
+            except AqueueError as exc:
+                # Not transient (a bad option, an unencodable argument): retrying cannot help.
+                logger.error("chain after %s[%s] cannot continue: %s", msg.task, msg.id, exc)
+                await self._abandon(rest, exc, None)
+        chord_info = msg.options.get("chord")
+        if chord_info:
+            await self._member_succeeded(msg, chord_info)
+
+    async def failed(self, msg: Message, exc: BaseException, tb: str | None) -> None:
+        """``msg``'s task failed for good (or was dead-lettered or expired): end its workflow."""
+        rest = msg.options.get("chain")
+        if rest:
+            await self._abandon(rest, exc, tb)
+        chord_info = msg.options.get("chord")
+        if chord_info:
+            await self._chord_failed(chord_info, msg.id, msg.task, exc, tb)
+
+    # -- chords --------------------------------------------------------------------------------
+
+    async def _member_succeeded(self, msg: Message, info: dict[str, Any]) -> None:
+        backend = self._backend(info)
+        if backend is None:
+            return
+        group_id, size = str(info["id"]), int(info["size"])
+        expires = self.app.conf.result_expires
+        if await backend.add_member(members_key(group_id), msg.id, expires) < size:
+            return
+        if await backend.add_member(claim_key(group_id), msg.id, expires) != 1:
+            return
+        values = await self._header_values(backend, info)
+        if values is None:
+            return
+        body = from_dict(info["body"], self.app).clone((values,))
+        plan = Plan(self.app)
+        plan.add(body, (), _context(msg))
+        await plan.run()
+        logger.info("chord %s complete: body %r sent", group_id, body)
+
+    async def _header_values(
+        self, backend: ResultBackend, info: dict[str, Any]
+    ) -> list[Any] | None:
+        """Every header result in order, read in one round trip; ``None`` after failing the
+        chord when one is missing (expired) or not a success."""
+        group_id = str(info["id"])
+        ids = await load_ids(backend, group_id)
+        if ids is None:
+            await self._fail_body(info, ChordError(f"chord {group_id}: its group record is gone"))
+            return None
+        values: list[Any] = []
+        for task_id, raw in zip(ids, await backend.get_many(ids), strict=True):
+            try:
+                rec = ResultRecord.decode(raw, self.app.accept_results) if raw else None
+            except DecodeError:
+                rec = None
+            if rec is None or rec.status != states.SUCCESS:
+                state = rec.status if rec else "missing (expired?)"
+                err = ChordError(f"Dependency {task_id} has no result to pass on: {state}")
+                await self._fail_body(info, err)
+                return None
+            values.append(rec.result)
+        return values
+
+    async def _chord_failed(
+        self,
+        info: dict[str, Any],
+        member_id: str,
+        member_task: str,
+        exc: BaseException,
+        tb: str | None,
+    ) -> None:
+        backend = self._backend(info)
+        if backend is None:
+            return
+        group_id = str(info["id"])
+        claim = await backend.add_member(
+            claim_key(group_id), member_id, self.app.conf.result_expires
+        )
+        if claim != 1:
+            return  # the body was sent, or another member's failure was reported
+        err = ChordError(f"Dependency {member_id} ({member_task}) raised {exc!r}")
+        await self._fail_body(info, err, tb)
+
+    async def _fail_body(
+        self, info: dict[str, Any], err: ChordError, tb: str | None = None
+    ) -> None:
+        """Store ``err`` as the result of the chord's body and run the body's errbacks."""
+        body = from_dict(info["body"], self.app)
+        logger.error("chord %s failed: %s", info["id"], err)
+        finals = await self._store_failure(body, err, tb)
+        for errback in _errbacks(body):
+            for task in finals:
+                request = Request(
+                    id=task.id, task=task.task, args=task.args, kwargs=task.kwargs,
+                    group_id=str(info["id"]), called_directly=False,
+                )  # fmt: skip
+                await self.errback(errback, request, err, tb or "")
+        await self._report_upwards(finals, err, tb)
+
+    # -- chains --------------------------------------------------------------------------------
+
+    async def _abandon(
+        self, rest: list[dict[str, Any]], exc: BaseException, tb: str | None
+    ) -> None:
+        """The chain steps ``rest`` will never run: fail what stands for their result."""
+        final = from_dict(rest[-1], self.app)
+        finals = await self._store_failure(final, exc, tb)
+        await self._report_upwards(finals, exc, tb)
+
+    async def _store_failure(
+        self, sig: Canvas, exc: BaseException, tb: str | None
+    ) -> list[Signature]:
+        finals = [t for t in final_tasks(sig) if t.id is not None]
+        if self.backend is not None and finals:
+            now = time.time()
+            records = [
+                (
+                    t.id,
+                    ResultRecord(t.id, states.FAILURE, describe_exception(exc), tb, now, 0, t.task),
+                )
+                for t in finals
+                if t.id is not None
+            ]
+            serializer = self.app.conf.result_serializer
+            await self.backend.store(
+                [(task_id, rec.encode(serializer)) for task_id, rec in records],
+                self.app.conf.result_expires,
+            )
+        return finals
+
+    async def _report_upwards(
+        self, finals: list[Signature], exc: BaseException, tb: str | None
+    ) -> None:
+        # A failed chain or chord body that is itself a member of an outer chord fails that one.
+        for task in finals:
+            outer = task.options.get("chord")
+            if outer and task.id is not None:
+                await self._chord_failed(outer, task.id, task.task, exc, tb)
+
+    def _backend(self, info: dict[str, Any]) -> ResultBackend | None:
+        if self.backend is None:
+            logger.error("chord %s cannot complete: this worker has no result backend", info["id"])
+        return self.backend
+
+
+def _context(msg: Message) -> dict[str, Any]:
+    return {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
+
+
+def _errbacks(sig: Canvas) -> list[Signature]:
+    """The ``link_error`` callbacks that apply to ``sig`` as a whole (deduplicated)."""
+    found: list[dict[str, Any]] = []
+    pending: list[Canvas] = [sig]
+    while pending:
+        current = pending.pop()
+        for item in current.options.get("link_error") or []:
+            data = item.to_dict() if isinstance(item, Canvas) else item
+            if data not in found:
+                found.append(data)
+        if isinstance(current, chain) and current.tasks:
+            pending.append(current.tasks[-1])
+        elif isinstance(current, chord) and current.body is not None:
+            pending.append(current.body)
+    return [Signature.from_dict(data, sig.app) for data in found]

@@ -1,0 +1,373 @@
+"""What only the RabbitMQ broker promises, beyond the contract suite it also passes.
+
+Delivery counts without a lease timer (a holder's connection closing is what returns a message),
+classic and quorum queues, the delay chain's precision, prefetch, native dead-lettering, and the
+errors: a refused login, an unreachable server, a queue declared with other arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import pytest
+
+from aqueue import Aqueue, Worker
+from aqueue.brokers import Outgoing, broker_from_url
+from aqueue.brokers import amqp_delay as delay
+from aqueue.brokers.amqp import AMQPBroker
+from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
+from tests.apps import tasks as e2e
+from tests.conftest import RabbitNode
+
+pytestmark = pytest.mark.timeout(60)
+
+Make = Callable[..., Awaitable[AMQPBroker]]
+
+
+@pytest.fixture
+def url(rabbitmq_server: RabbitNode) -> str:
+    return rabbitmq_server.url
+
+
+@pytest.fixture
+def backend(redis_server: str) -> str:
+    """The result backend of the end-to-end tests here: an AMQP broker stores no results."""
+    return f"{redis_server}/0"
+
+
+@pytest.fixture
+async def make(url: str) -> AsyncIterator[Make]:
+    """Connected brokers on the test node (transport options as keywords); closed at the end."""
+    made: list[AMQPBroker] = []
+
+    async def make(**options: Any) -> AMQPBroker:
+        broker = AMQPBroker(url, options)
+        await broker.connect()
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        await broker.close()
+
+
+@pytest.fixture(params=["classic", "quorum"])
+def queue_type(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def out(queue: str, body: bytes, priority: int = 0, eta: float | None = None) -> Outgoing:
+    return Outgoing(queue, body, uuid.uuid4().hex, priority, eta)
+
+
+def closed_port_url(password: str = "") -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    auth = f"guest:{password}@" if password else ""
+    return f"amqp://{auth}127.0.0.1:{port}/"
+
+
+# -- configuration and errors ---------------------------------------------------------------
+
+
+def test_amqp_urls_make_an_amqp_broker() -> None:
+    assert isinstance(broker_from_url("amqp://localhost/"), AMQPBroker)
+    assert isinstance(broker_from_url("amqps://localhost/"), AMQPBroker)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"visibility_timout": 5}, "visibility_timout"),
+        ({"queue_type": "stream"}, "queue_type"),
+        ({"prefetch_count": 0}, "prefetch_count"),
+        ({"reconnect_interval": -1}, "reconnect_interval"),
+    ],
+)
+def test_bad_transport_options_are_configuration_errors(
+    options: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        AMQPBroker("amqp://localhost/", options)
+
+
+async def test_unreachable_server_says_which_and_why() -> None:
+    url = closed_port_url(password="s3cret")
+    broker = AMQPBroker(url, {"connect_timeout": 2})
+    with pytest.raises(BrokerConnectionError) as info:
+        await broker.connect()
+    message = str(info.value)
+    assert "RabbitMQ at amqp://guest@127.0.0.1:" in message
+    assert "unreachable during connect" in message
+    assert "s3cret" not in message
+
+
+async def test_wrong_password_is_a_connection_error_that_says_so(url: str) -> None:
+    bad = url.replace("guest:guest@", "guest:wrong@")
+    with pytest.raises(BrokerConnectionError, match="refused the login"):
+        await AMQPBroker(bad, {}).connect()
+
+
+async def test_amqps_goes_over_tls(rabbitmq_server: RabbitNode, queue_name: str) -> None:
+    broker = AMQPBroker(rabbitmq_server.tls_url, {})
+    await broker.publish([out(queue_name, b"secret")])
+    got = await broker.fetch([queue_name], 1, 5)
+    assert [d.body for d in got] == [b"secret"]
+    await broker.ack(got)
+    await broker.close()
+
+
+async def test_amqps_refuses_a_server_it_cannot_verify(rabbitmq_server: RabbitNode) -> None:
+    untrusted = rabbitmq_server.tls_url.partition("?")[0]  # the test CA is not trusted
+    with pytest.raises(BrokerConnectionError, match="CERTIFICATE_VERIFY_FAILED"):
+        await AMQPBroker(untrusted, {"connect_timeout": 5}).connect()
+
+
+async def test_publish_is_retried_per_retry_policy_then_fails() -> None:
+    app = Aqueue("t", broker=closed_port_url(), backend="memory://")
+    attempts = 4
+    policy = {"max_retries": attempts - 1, "interval_start": 0.1, "interval_step": 0.1}
+    started = time.monotonic()
+    with pytest.raises(BrokerConnectionError, match=r"RabbitMQ at amqp://127\.0\.0\.1"):
+        await app.send_task("x.y", retry_policy={**policy, "interval_max": 1.0})
+    # Slept between attempts: 0.1 + 0.2 + 0.3 seconds.
+    assert time.monotonic() - started >= 0.6 - 0.05
+    await app.close()
+
+
+async def test_queue_declared_with_other_arguments_is_a_clear_error(
+    url: str, make: Make, queue_name: str
+) -> None:
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel()
+    await channel.declare_queue(queue_name, durable=True)  # no x-max-priority, no DLX
+    await connection.close()
+    broker = await make()
+    with pytest.raises(BrokerError, match=f"refused to declare queue '{queue_name}'"):
+        await broker.publish([out(queue_name, b"x")])
+    # The refusal closed a channel only: the broker goes on working.
+    other = f"{queue_name}-ok"
+    await broker.publish([out(other, b"fine")])
+    got = await broker.fetch([other], 1, 5)
+    assert [d.body for d in got] == [b"fine"]
+    await broker.ack(got)
+
+
+async def test_unroutable_message_is_an_error_not_a_silent_drop(
+    url: str, make: Make, queue_name: str
+) -> None:
+    exchange = f"x-{queue_name}"
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel()
+    await channel.declare_exchange(exchange, aio_pika.ExchangeType.DIRECT, auto_delete=True)
+    broker = await make()
+    lonely = Outgoing(queue_name, b"x", "id", exchange=exchange, routing_key="nobody")
+    with pytest.raises(BrokerError, match="no queue is bound to exchange"):
+        await broker.publish([lonely])
+    await connection.close()
+
+
+# -- delivery counts: a holder's channel closing returns the message -------------------------
+
+
+async def test_delivery_count_rises_each_time_a_holder_dies(
+    make: Make, queue_name: str, queue_type: str
+) -> None:
+    publisher = await make(queue_type=queue_type)
+    await publisher.publish([out(queue_name, b"hot potato")])
+    for expected in (1, 2, 3):
+        holder = await make(queue_type=queue_type)
+        [d] = await holder.fetch([queue_name], 1, 5)
+        assert (d.body, d.delivery_count) == (b"hot potato", expected)
+        await holder.close()  # dies holding it: RabbitMQ delivers it again
+
+    # A release hands it back without counting a delivery (the contract's "keeping the count").
+    releaser = await make(queue_type=queue_type)
+    [d] = await releaser.fetch([queue_name], 1, 5)
+    assert d.delivery_count == 4
+    await releaser.release([d])
+    [again] = await releaser.fetch([queue_name], 1, 5)
+    assert again.delivery_count == 4
+    await releaser.ack([again])
+    assert await releaser.fetch([queue_name], 1, 0.3) == []
+
+
+async def test_close_releases_buffered_deliveries_without_counting(
+    make: Make, queue_name: str
+) -> None:
+    first = await make(prefetch_count=10)
+    await first.publish([out(queue_name, b"%d" % i) for i in range(5)])
+    [taken] = await first.fetch([queue_name], 1, 5)  # the other four wait in its buffer
+    await first.ack([taken])
+    await first.close()
+
+    second = await make()
+    got: list[Any] = []
+    while len(got) < 4:
+        batch = await second.fetch([queue_name], 10, 5)
+        assert batch
+        got += batch
+    assert sorted(d.body for d in got) == [b"1", b"2", b"3", b"4"]
+    assert {d.delivery_count for d in got} == {1}
+    await second.ack(got)
+
+
+async def test_poison_message_goes_to_dlq_after_the_delivery_cap(
+    url: str, backend: str, make: Make
+) -> None:
+    # test_e2e's version lets a lease run out; here the holder's connection closes instead.
+    queue = f"q-{uuid.uuid4().hex[:12]}"
+    t = e2e.build(url, queue=queue, backend=backend, task_max_deliveries=2)
+    r = await t.add.delay(1, 1)
+    for expected in (1, 2):  # a worker that dies holding it, twice
+        holder = await make()
+        [d] = await holder.fetch([queue], 1, 5)
+        assert d.delivery_count == expected
+        await holder.close()
+    async with Worker(t.app, concurrency=2):
+        with pytest.raises(Exception, match="more than task_max_deliveries=2"):
+            await r.get(timeout=10)
+        assert await (await t.add.delay(2, 2)).get(timeout=10) == 4
+    [dead] = await (await t.app.broker()).dead_letters(queue)
+    assert "poison" in dead.reason
+    await t.app.close()
+
+
+# -- queues ------------------------------------------------------------------------------------
+
+
+async def test_quorum_queues_keep_the_contract(make: Make, queue_name: str) -> None:
+    broker = await make(queue_type="quorum")
+    # Declared first: creating a quorum queue (a Raft group) takes a while.
+    await broker.publish([out(queue_name, b"warm-up")])
+    await broker.ack(await broker.fetch([queue_name], 1, 5))
+    eta = time.time() + 0.3
+    await broker.publish([out(queue_name, b"now"), out(queue_name, b"later", eta=eta)])
+    first = await broker.fetch([queue_name], 10, 5)
+    assert [(d.body, d.delivery_count) for d in first] == [(b"now", 1)]
+    later = await broker.fetch([queue_name], 10, 5)
+    assert [d.body for d in later] == [b"later"]
+    assert time.time() >= eta - 0.01
+
+    await broker.dead_letter(later[0], "bad")
+    await broker.ack(first)
+    dead = await broker.dead_letters(queue_name)
+    assert [(d.body, d.reason) for d in dead] == [(b"later", "bad")]
+    assert await broker.fetch([queue_name], 10, 0.3) == []
+
+
+async def test_dead_letters_are_read_without_removing_them(make: Make, queue_name: str) -> None:
+    broker = await make()
+    await broker.publish([out(queue_name, b"%d" % i) for i in range(3)])
+    for d in await broker.fetch([queue_name], 3, 5):
+        await broker.dead_letter(d, f"reason {d.body.decode()}")
+
+    assert [d.body for d in await broker.dead_letters(queue_name)] == [b"0", b"1", b"2"]
+    again = await broker.dead_letters(queue_name)
+    assert [(d.body, d.reason) for d in again] == [(b"%d" % i, f"reason {i}") for i in range(3)]
+
+
+async def test_a_rejection_by_another_client_lands_in_the_dlq(
+    url: str, make: Make, queue_name: str
+) -> None:
+    broker = await make()
+    await broker.publish([out(queue_name, b"refused")])
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel()
+    queue = await channel.get_queue(queue_name, ensure=False)
+    message = await queue.get(timeout=5)
+    assert message is not None
+    await message.reject(requeue=False)  # not through aqueue: RabbitMQ dead-letters it
+    await connection.close()
+
+    [dead] = await broker.dead_letters(queue_name)
+    assert dead.body == b"refused"
+    assert dead.reason == "rejected by RabbitMQ (x-death)"
+    assert abs(dead.time - time.time()) < 60
+
+
+async def test_prefetch_bounds_what_a_worker_holds(url: str, backend: str, make: Make) -> None:
+    queue = f"q-{uuid.uuid4().hex[:12]}"
+    app = Aqueue("prefetch", broker=url, backend=backend, task_default_queue=queue)
+    running, go = asyncio.Semaphore(0), asyncio.Event()
+
+    @app.task(name="prefetch.hold")
+    async def hold(i: int) -> int:
+        running.release()
+        await go.wait()
+        return i
+
+    results = [await hold.delay(i) for i in range(30)]
+    async with Worker(app, concurrency=2, prefetch_multiplier=3):
+        for _ in range(2):
+            await running.acquire()  # both slots busy: the worker has fetched
+        other = await make()
+        got = await other.fetch([queue], 100, 5)
+        # basic.qos: the worker holds 2 x 3 unacked, the rest is left to other consumers.
+        assert len(got) == 30 - 2 * 3
+        await other.release(got)
+        await other.close()  # or, still consuming, it would get them back
+        go.set()
+        assert [await r.get(timeout=10) for r in results] == list(range(30))
+    await app.close()
+
+
+# -- the delay chain -------------------------------------------------------------------------
+
+
+def test_delay_routing_key_spells_the_delay_in_binary() -> None:
+    assert delay.routing_key(1).endswith(".0.0.1")
+    assert delay.routing_key(6).split(".")[-3:] == ["1", "1", "0"]
+    assert len(delay.routing_key(1).split(".")) == delay.LEVELS
+    assert delay.entry_exchange(1) == "aqueue.delay.0"
+    assert delay.entry_exchange(1000) == "aqueue.delay.9"  # 512 <= 1000 < 1024
+    assert delay.delay_ms(0.0011) == 2  # rounded up: never early
+    assert delay.delay_ms(-5) == 0
+    assert delay.delay_ms(10**9) == delay.MAX_DELAY_MS
+
+
+async def test_delays_arrive_in_eta_order_and_never_early(make: Make, queue_name: str) -> None:
+    broker = await make()
+    # Declared first (creating durable queues takes milliseconds), so that publishing is quick.
+    await broker.publish([out(queue_name, b"warm-up", eta=time.time() + 0.002)])
+    await broker.ack(await broker.fetch([queue_name], 1, 5))
+    now = time.time()
+    # Published longest first, with delays of many bit patterns (one TTL queue per set bit).
+    delays = [1.3, 1.0, 0.77, 0.5, 0.255, 0.128, 0.05, 0.001]
+    await broker.publish([out(queue_name, b"%g" % s, eta=now + s) for s in delays])
+    arrived: list[tuple[bytes, float]] = []
+    while len(arrived) < len(delays):
+        for d in await broker.fetch([queue_name], 10, 5):
+            arrived.append((d.body, time.time() - now))
+            await broker.ack([d])
+    assert [body for body, _ in arrived] == [b"%g" % s for s in sorted(delays)]
+    for (_, late), wanted in zip(arrived, sorted(delays), strict=True):
+        assert wanted - 0.001 <= late < wanted + 0.5
+
+
+async def test_an_eta_header_in_the_future_is_delayed_again(
+    url: str, make: Make, queue_name: str
+) -> None:
+    # What a fanout's copies and etas beyond 49.7 days get: the consumer delays them itself.
+    broker = await make()
+    await broker.publish([out(queue_name, b"declared")])
+    await broker.ack(await broker.fetch([queue_name], 1, 5))
+    eta = time.time() + 0.4
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel()
+    headers = {delay.ETA_HEADER: round(eta * 1000)}
+    message = aio_pika.Message(b"early", headers=headers, delivery_mode=2)
+    await channel.default_exchange.publish(message, routing_key=queue_name)
+    await connection.close()
+
+    got = await broker.fetch([queue_name], 1, 5)
+    assert [d.body for d in got] == [b"early"]
+    assert time.time() >= eta - 0.001
+    await broker.ack(got)

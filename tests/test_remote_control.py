@@ -1,0 +1,127 @@
+"""Remote control, inspection, status and the dead-letter queue, in one process, on every
+transport: the library calls behind ``aqueue inspect|control|status|purge|dlq|events``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from aqueue import Worker
+from aqueue.brokers.admin import QueueDepth
+from aqueue.ops import cluster_status, purge, replay_dead_letters
+from tests.apps.ops_tasks import OPS_TRANSPORTS, EventLog, OpsTasks, build, url_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=OPS_TRANSPORTS)
+async def t(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpsTasks]:
+    tasks = build(url_for(request.param, request, tmp_path), f"q-{uuid.uuid4().hex[:12]}")
+    yield tasks
+    await tasks.app.close()
+
+
+async def test_every_live_worker_answers_and_the_call_returns_once_all_have(t: OpsTasks) -> None:
+    # Named uniquely: on a shared Redis server, workers of other tests (or a SIGKILLed one's
+    # heartbeat, for up to 6 s) answer broadcasts too - as in Celery, every worker of a broker.
+    a, b = f"a-{uuid.uuid4().hex[:6]}@rc", f"b-{uuid.uuid4().hex[:6]}@rc"
+    async with (
+        Worker(t.app, hostname=a, shutdown_timeout=5),
+        Worker(t.app, hostname=b, shutdown_timeout=5),
+    ):
+        started = time.monotonic()
+        inspect = t.app.control.inspect(timeout=10, destination=[a, b])
+        assert await inspect.ping() == {a: "pong", b: "pong"}
+        assert time.monotonic() - started < 5  # both heartbeats known: no need to wait 10 s
+        only_b = await t.app.control.ping(destination=[b], timeout=10)
+        assert [r.hostname for r in only_b] == [b]
+        stats = await t.app.control.inspect().stats()
+        assert stats[a]["concurrency"] == 100
+        assert stats[a]["queues"] == [t.app.conf.task_default_queue]
+
+
+async def test_an_unknown_task_in_rate_limit_is_an_error_reply(t: OpsTasks) -> None:
+    async with Worker(t.app, hostname="a@rc", shutdown_timeout=5):
+        [reply] = await t.app.control.rate_limit("no.such.task", "1/s", destination=["a@rc"])
+        assert reply.error is not None and "unknown task" in reply.error
+
+
+async def test_add_and_cancel_consumer(t: OpsTasks) -> None:
+    other = f"q-{uuid.uuid4().hex[:12]}"
+    async with Worker(t.app, hostname="a@rc", shutdown_timeout=5) as w:
+        [reply] = await t.app.control.add_consumer(other)
+        assert reply.value["queues"] == [t.app.conf.task_default_queue, other]
+        assert await (await t.add.apply_async((1, 2), queue=other)).get(timeout=10) == 3
+        await t.app.control.cancel_consumer(t.app.conf.task_default_queue)
+        assert w.queues == [other]
+        await t.app.control.cancel_consumer(other)
+        assert w.queues == []  # consumes nothing, without spinning; wakes for a new queue
+        await t.app.control.add_consumer(other)
+        assert await (await t.add.apply_async((2, 2), queue=other)).get(timeout=10) == 4
+
+
+async def test_shutdown_stops_the_worker_gracefully(t: OpsTasks) -> None:
+    w = Worker(t.app, hostname="a@rc", shutdown_timeout=5)
+    await w.start()
+    [reply] = await t.app.control.shutdown()
+    assert reply.value == {"ok": "shutting down"}
+    await asyncio.wait_for(w.wait_stopped(), 10)
+    assert await t.app.control.inspect(timeout=0.2, destination=["a@rc"]).ping() == {}
+    workers = (await cluster_status(t.app)).workers
+    assert w.node not in {s.node for s in workers}  # its heartbeat is removed
+
+
+async def test_status_shows_the_depths_of_what_was_sent_and_the_live_workers(
+    t: OpsTasks,
+) -> None:
+    queue = t.app.conf.task_default_queue
+    for i in range(3):
+        await t.add.delay(i, i)
+    for i in range(2):
+        await t.add.apply_async((i, i), countdown=600)
+    status = await cluster_status(t.app)
+    assert QueueDepth(queue, ready=3, delayed=2) in status.queues
+    assert await purge(t.app, [queue]) == 5
+    assert (await cluster_status(t.app, [queue])).queues == [QueueDepth(queue)]
+
+    bad = await t.app.send_task("ops.not_registered")
+    async with Worker(t.app, concurrency=3, hostname="a@rc", shutdown_timeout=5):
+        with pytest.raises(Exception, match="not registered"):
+            await bad.get(timeout=10)
+        assert await (await t.add.delay(1, 1)).get(timeout=10) == 2
+        status = await cluster_status(t.app, [queue])
+        assert status.queues == [QueueDepth(queue, dead=1)]
+        [worker] = [w for w in status.workers if queue in w.queues]
+        assert (worker.hostname, worker.concurrency, worker.active) == ("a@rc", 3, 0)
+    # Replayed, the dead letter is back in its queue (and would be dead-lettered again).
+    assert await replay_dead_letters(t.app, queue) == 1
+    assert (await cluster_status(t.app, [queue])).queues == [QueueDepth(queue, ready=1)]
+    assert await t.app.AsyncResult(bad.id).state() == "PENDING"  # FAILURE forgotten
+
+
+async def test_events_describe_a_task_from_receipt_to_success(t: OpsTasks) -> None:
+    async with (
+        EventLog(t.app) as log,
+        Worker(t.app, hostname="a@rc", send_events=True, shutdown_timeout=5),
+    ):
+        await log.wait(type="worker-online", hostname="a@rc")
+        r = await t.add.delay(20, 22)
+        done = await log.wait(type="task-succeeded", uuid=r.id)
+    assert done["result"] == "42" and done["name"] == "ops.add" and done["runtime"] >= 0
+    kinds = [e["type"] for e in log.events if e.get("uuid") == r.id]
+    assert kinds == ["task-received", "task-started", "task-succeeded"]
+    received = next(e for e in log.events if e["type"] == "task-received")
+    assert received["queue"] == t.app.conf.task_default_queue
+    assert received["args"] == "(20, 22)"
+
+
+async def test_without_events_no_event_is_built(t: OpsTasks) -> None:
+    async with Worker(t.app, hostname="a@rc", shutdown_timeout=5) as w:
+        assert w.events is None
+        assert w.executor is not None and w.executor.on_event is None
+        assert w.stats()["events"] is False
