@@ -93,8 +93,8 @@ class AsyncResult(Generic[R]):
     async def _read(self) -> ResultRecord | None:
         backend = await self.app.result_backend()
         [raw] = await backend.get_many([self.id])
-        if raw is not None:
-            self._record = ResultRecord.decode(raw, self.app.accept_results)
+        # Nothing stored means PENDING now, even if this handle saw an outcome before (forgotten).
+        self._record = None if raw is None else ResultRecord.decode(raw, self.app.accept_results)
         return self._record
 
     async def get(

@@ -406,3 +406,12 @@ async def test_worker_survives_dropped_redis_connections(redis_server: str) -> N
         assert [await r.get(timeout=20) for r in results] == [i + 1 for i in range(10)]
     await admin.aclose()
     await t.app.close()
+
+
+async def test_a_forgotten_result_reads_pending_from_any_handle(t: Tasks, worker: Worker) -> None:
+    r = await t.add.delay(1, 2)
+    assert await r == 3
+    other = t.app.AsyncResult(r.id)
+    assert await other.state() == "SUCCESS"
+    await r.forget()
+    assert await other.state() == "PENDING"
