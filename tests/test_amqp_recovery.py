@@ -11,6 +11,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
+import aio_pika
 import pytest
 
 from aqueue import Aqueue, Worker
@@ -70,6 +71,23 @@ async def test_worker_survives_dropped_connections(
             for i in range(1, 11)
         ]
         assert [await r.get(timeout=20) for r in results] == list(range(1, 11))
+    await app.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_queue_deleted_under_a_worker_is_declared_again(
+    rabbitmq_server: RabbitNode, redis_server: str
+) -> None:
+    app, _, nap = build(rabbitmq_server, redis_server)
+    queue = app.conf.task_default_queue
+    async with Worker(app, concurrency=4):
+        assert await (await nap.delay(0, 0)).get(timeout=10) == 0
+        connection = await aio_pika.connect(rabbitmq_server.url)
+        channel = await connection.channel()
+        await channel.queue_delete(queue)  # RabbitMQ cancels the worker's consumer too
+        await connection.close()
+        # Returned as unroutable, then declared and sent again; the worker consumes anew.
+        assert await (await nap.delay(1, 0)).get(timeout=10) == 1
     await app.close()
 
 

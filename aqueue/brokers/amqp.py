@@ -27,6 +27,8 @@ How the Broker Protocol maps onto AMQP 0-9-1 as RabbitMQ implements it:
   (``aqueue-deliveries + 1``). :meth:`AMQPBroker.release` publishes a copy the same way with the
   count kept, and acks the original.
 - **Delayed messages** go through :mod:`aqueue.brokers.amqp_delay` (TTL queues, no plugin).
+  What is declared, and when, is :mod:`aqueue.brokers.amqp_topology`; the local buffer is
+  :mod:`aqueue.brokers.amqp_buffer`.
 - **Dead letters** are published to ``<queue>.dlq`` with headers ``aqueue-reason`` and
   ``aqueue-time``, then the original is acked. The queue's ``x-dead-letter-exchange`` also sends
   anything rejected without requeue there (reason: ``x-death``).
@@ -44,13 +46,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import heapq
 import itertools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -63,8 +63,10 @@ from aiormq import spec
 from aqueue._amqp import amqp_errors, open_connection, redacted_url
 from aqueue.brokers import amqp_delay as delay
 from aqueue.brokers import visibility_timeout
-from aqueue.brokers.base import Binding, DeadLetter, Delivery, Outgoing, dead_letter_queue
-from aqueue.exceptions import AqueueError, BrokerConnectionError, BrokerError, ConfigurationError
+from aqueue.brokers.amqp_buffer import Arrival, Buffer
+from aqueue.brokers.amqp_topology import MAX_PRIORITY, QUEUE_TYPES, Topology
+from aqueue.brokers.base import DeadLetter, Delivery, Outgoing, dead_letter_queue
+from aqueue.exceptions import AqueueError, BrokerConnectionError, ConfigurationError
 
 __all__ = ["AMQPBroker"]
 
@@ -82,8 +84,6 @@ _OPTIONS = frozenset(
         "operation_timeout",
     }
 )
-QUEUE_TYPES = ("classic", "quorum")
-MAX_PRIORITY = 9
 
 COUNT_HEADER = "aqueue-deliveries"
 REASON_HEADER = "aqueue-reason"
@@ -93,53 +93,11 @@ TIME_HEADER = "aqueue-time"  # epoch milliseconds (an int: AMQP tables have no d
 # (RabbitMQ's declare-ok counts them) before choosing the best: deliveries of several queues
 # arrive one queue after the other, and the first to arrive need not be the most urgent.
 _SETTLE = 0.5
-# Channels declaring the delay chain at once (see amqp_delay.declare_levels).
-_DECLARE_CHANNELS = 8
 # Seconds without a fetch after which the consumers stop and the buffer is handed back (a
 # worker fetches at least every second unless all its slots are busy).
 _IDLE = 10.0
 # An eta (aqueue-eta header) this close is due: re-delaying would cost more than it saves.
 _EARLY = 0.001
-
-
-@dataclass(slots=True)
-class _Arrival:
-    """A delivery pushed by RabbitMQ, waiting in the buffer or handed out (a Delivery's token)."""
-
-    message: aiormq.abc.DeliveredMessage
-    queue: str
-    count: int
-    seq: int
-    done: bool = False  # acked, or handed back
-
-    @property
-    def channel(self) -> aiormq.abc.AbstractChannel:
-        """The channel it came on: only there can it be acked."""
-        return self.message.channel
-
-    @property
-    def properties(self) -> spec.Basic.Properties:
-        return self.message.header.properties
-
-    @property
-    def priority(self) -> int:
-        return self.properties.priority or 0
-
-    @property
-    def headers(self) -> dict[str, Any]:
-        return dict(self.properties.headers or {})
-
-    async def ack(self) -> None:
-        """``basic.ack`` on the channel it came on, once.
-
-        Raises:
-            aiormq.exceptions.ChannelInvalidStateError: that channel has closed.
-        """
-        if not self.done:
-            assert self.message.delivery_tag is not None
-            # No wait for the socket to drain: an ack has no reply, and order is kept anyway.
-            await self.channel.basic_ack(self.message.delivery_tag, wait=False)
-            self.done = True
 
 
 def _number(options: Mapping[str, Any], name: str, default: float) -> float:
@@ -199,7 +157,13 @@ class AMQPBroker:
         self._url = url
         self._tag = secrets.token_hex(4)  # consumer tags of this instance
         self._connecting = asyncio.Lock()
-        self._declaring = asyncio.Lock()
+        self._topology = Topology(
+            url,
+            self._queue_type,
+            lambda: self._underlay(self._declarer, "declare"),
+            lambda: self._scratch_channel("declare"),
+            self._timeout,
+        )
         self._closes = 0  # close() calls so far: a waiting fetch returns when this changes
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._publisher: aio_pika.abc.AbstractRobustChannel | None = None  # confirms
@@ -209,29 +173,17 @@ class AMQPBroker:
 
     def _reset(self) -> None:
         """Forget everything tied to a connection (after close, or a reconnection for caches)."""
-        self._forget_declarations()
+        self._topology.forget()
         # Queue -> (consumer tag, the aiormq channel it consumes on).
-        self._consumers: dict[str, tuple[str, aiormq.abc.AbstractChannel]] = {}
+        self._consumers: dict[str, tuple[str, aiormq.Channel]] = {}
         self._tags = itertools.count()
         self._fetching = 0  # fetch calls in progress
         self._idle_timer: asyncio.TimerHandle | None = None
         self._idling: asyncio.Task[None] | None = None
         self._prefetch = self._prefetch_option or 0
-        # Per queue, a heap of (-priority, arrival number, arrival): best first, then oldest.
-        self._buffer: dict[str, list[tuple[int, int, _Arrival]]] = {}
-        self._arrived = asyncio.Event()
-        self._seq = itertools.count()
-        self._settling: dict[str, int] = {}  # queue -> messages still expected since its start
-        self._settle_until = 0.0  # loop time
+        self._buffer = Buffer()
         self._handoffs: set[asyncio.Task[Any]] = set()  # consume callbacks re-publishing
         self._starting: set[asyncio.Task[None]] = set()  # consumers being started
-
-    def _forget_declarations(self) -> None:
-        self._declared: set[str] = set()  # queues declared with their dead-letter queue
-        self._exchanges: set[str] = set()
-        self._bindings: set[tuple[str, str, str]] = set()
-        self._levels = False  # the delay chain is declared
-        self._delay_targets: set[str] = set()
 
     def __repr__(self) -> str:
         return f"AMQPBroker({redacted_url(self._url)!r}, queue_type={self._queue_type!r})"
@@ -257,7 +209,7 @@ class AMQPBroker:
         if connection is None:
             return
         self._closes += 1
-        self._arrived.set()  # a waiting fetch returns
+        self._buffer.arrived.set()  # a waiting fetch returns
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         try:
@@ -265,7 +217,7 @@ class AMQPBroker:
                 await self._idling
             with amqp_errors(self._url, "close"):
                 await self._stop_consuming()
-                await self._republish(self._drain(), "release")
+                await self._republish(self._buffer.drain(), "release")
         except (AqueueError, TimeoutError) as exc:
             log.warning("closing %r: %s", self, exc)
         finally:
@@ -278,8 +230,9 @@ class AMQPBroker:
         """Publish persistent messages and wait for RabbitMQ's confirms (sent pipelined).
 
         Declares what the messages need first (once per connection): their queues, the exchanges
-        and bindings they name, the delay chain for delayed ones. A priority outside 0..9 is
-        clamped.
+        and bindings they name, the delay chain for delayed ones. Messages RabbitMQ returns as
+        unroutable (a queue deleted since it was declared) are declared and sent again, once.
+        A priority outside 0..9 is clamped.
 
         Raises:
             BrokerConnectionError: the server cannot be reached, or confirmed nothing in
@@ -290,14 +243,35 @@ class AMQPBroker:
         if not messages:
             return
         await self._connect()
-        now = time.time()
         with amqp_errors(self._url, "publish"):
-            await self._prepare(messages, now)
-            channel = await self._underlay(self._publisher, "publish")
-            # Delays count from now: declaring may have taken a while.
-            now = time.time()
-            sends = [self._send(channel, m, now) for m in messages]
-            await self._bounded(asyncio.gather(*sends))
+            returned = await self._publish_once(messages)
+            if returned:
+                self._topology.forget()
+                returned = await self._publish_once([m for m, _ in returned])
+            if returned:
+                raise returned[0][1]
+
+    async def _publish_once(
+        self, messages: Sequence[Outgoing]
+    ) -> list[tuple[Outgoing, BaseException]]:
+        """Declare and publish ``messages``; return those RabbitMQ returned, with the error.
+
+        Raises:
+            aiormq.exceptions.AMQPError: any other failure of a declaration or a publish.
+        """
+        await self._topology.prepare(messages, time.time())
+        channel = await self._underlay(self._publisher, "publish")
+        # Delays count from now: declaring may have taken a while.
+        now = time.time()
+        sends = [self._send(channel, m, now) for m in messages]
+        outcomes = await self._bounded(asyncio.gather(*sends, return_exceptions=True))
+        failed = [
+            (m, o) for m, o in zip(messages, outcomes, strict=True) if isinstance(o, BaseException)
+        ]
+        for _, outcome in failed:
+            if not isinstance(outcome, aiormq.exceptions.PublishError):
+                raise outcome
+        return failed
 
     async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
         """Hand out up to ``limit`` buffered deliveries of ``queues``, waiting up to ``timeout``.
@@ -337,22 +311,21 @@ class AMQPBroker:
             with amqp_errors(self._url, "fetch"):
                 await self._consume(names, limit)
             now = loop.time()
-            settling = now < min(self._settle_until, deadline) and any(
-                self._settling.get(q) for q in names
-            )
-            if not settling:
-                taken = self._take(rank, limit)
+            settle = min(self._buffer.settling_until(names), deadline)
+            if settle <= now:
+                taken = self._buffer.take(rank, limit)
                 if taken:
-                    return taken
+                    return [Delivery(a.queue, a.message.body, a.count, a) for a in taken]
             if self._closes != closes:
                 return []
-            wait = (min(self._settle_until, deadline) if settling else deadline) - now
+            wait = (settle if settle > now else deadline) - now
             if wait <= 0:
                 self._check_connected("fetch")
                 return []
-            self._arrived.clear()
+            arrived = self._buffer.arrived
+            arrived.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), wait)
+                await asyncio.wait_for(arrived.wait(), wait)
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         """``basic.ack`` each delivery on its channel. Acking twice is harmless.
@@ -363,7 +336,7 @@ class AMQPBroker:
         """
         lost = 0
         for d in deliveries:
-            arrival: _Arrival = d.token
+            arrival: Arrival = d.token
             try:
                 await arrival.ack()
             except aiormq.exceptions.ChannelInvalidStateError:
@@ -398,7 +371,7 @@ class AMQPBroker:
             BrokerConnectionError: the server cannot be reached, or the delivery's channel has
                 closed (the message will be delivered again, and dead-lettered again).
         """
-        arrival: _Arrival = delivery.token
+        arrival: Arrival = delivery.token
         if arrival.done:
             return
         if arrival.channel.is_closed:
@@ -409,7 +382,7 @@ class AMQPBroker:
         await self._connect()
         headers = {REASON_HEADER: reason, TIME_HEADER: round(time.time() * 1000)}
         with amqp_errors(self._url, "dead_letter"):
-            await self._ensure_queue(delivery.queue)
+            await self._topology.ensure_queue(delivery.queue)
             channel = await self._underlay(self._publisher, "dead_letter")
             await self._bounded(
                 channel.basic_publish(
@@ -435,7 +408,7 @@ class AMQPBroker:
             return []
         await self._connect()
         with amqp_errors(self._url, "dead_letters"):
-            await self._ensure_queue(queue)
+            await self._topology.ensure_queue(queue)
             channel = await self._scratch_channel("dead_letters")
             found: list[DeadLetter] = []
             try:
@@ -482,8 +455,8 @@ class AMQPBroker:
     def _on_reconnect(self, *_: Any) -> None:
         # A broker reset meanwhile lost our declarations: make them again before the next use.
         log.warning("%r reconnected", self)
-        self._forget_declarations()
-        self._arrived.set()
+        self._topology.forget()
+        self._buffer.arrived.set()
 
     def _check_connected(self, action: str) -> None:
         connection = self._connection
@@ -514,123 +487,6 @@ class AMQPBroker:
     async def _bounded(self, awaitable: Awaitable[T]) -> T:
         return await asyncio.wait_for(awaitable, self._timeout)
 
-    # -- declaring -------------------------------------------------------------------------
-
-    def _queue_arguments(self, queue: str) -> dict[str, Any]:
-        arguments: dict[str, Any] = {
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": dead_letter_queue(queue),
-        }
-        if self._queue_type == "quorum":
-            arguments["x-queue-type"] = "quorum"
-        else:
-            arguments["x-max-priority"] = MAX_PRIORITY
-        return arguments
-
-    def _dlq_arguments(self) -> dict[str, Any] | None:
-        return {"x-queue-type": "quorum"} if self._queue_type == "quorum" else None
-
-    async def _ensure_queue(self, queue: str) -> None:
-        """Declare ``queue`` and its dead-letter queue, once per connection.
-
-        Raises:
-            BrokerError: the queue exists with other arguments (declared by another tool, or
-                with another ``queue_type``).
-        """
-        if queue in self._declared:
-            return
-        channel = await self._underlay(self._declarer, "declare")
-        arguments = self._queue_arguments(queue)
-        try:
-            await self._bounded(
-                channel.queue_declare(
-                    dead_letter_queue(queue), durable=True, arguments=self._dlq_arguments()
-                )
-            )
-            await self._bounded(channel.queue_declare(queue, durable=True, arguments=arguments))
-        except aiormq.exceptions.ChannelPreconditionFailed as exc:
-            raise BrokerError(
-                f"RabbitMQ at {redacted_url(self._url)} refused to declare queue {queue!r}: {exc}."
-                f" It exists with other arguments; aqueue declares it durable with {arguments} "
-                f"(queue_type={self._queue_type!r}): delete it, or use another queue name"
-            ) from exc
-        self._declared.add(queue)
-
-    async def _ensure_exchange(self, name: str, kind: str | None) -> None:
-        """Declare exchange ``name`` durable of type ``kind``, once per connection.
-
-        With no ``kind`` (and for RabbitMQ's own ``amq.*`` exchanges, which may not be
-        declared), an existing exchange is used as it is, and a missing one is declared direct.
-
-        Raises:
-            BrokerError: it exists with another type, or a missing ``amq.*`` one is named.
-        """
-        if name in self._exchanges:
-            return
-        if kind is None or name.startswith("amq."):
-            # A passive declare of a missing exchange closes its channel: a scratch one.
-            scratch = await self._scratch_channel("declare")
-            try:
-                await self._bounded(scratch.exchange_declare(name, passive=True))
-                self._exchanges.add(name)
-                return
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                if name.startswith("amq."):
-                    raise BrokerError(
-                        f"RabbitMQ at {redacted_url(self._url)} has no exchange {name!r}, and "
-                        f"amq.* names are reserved to RabbitMQ"
-                    ) from None
-            finally:
-                with contextlib.suppress(Exception):
-                    await scratch.close()
-        channel = await self._underlay(self._declarer, "declare")
-        await self._bounded(
-            channel.exchange_declare(name, exchange_type=kind or "direct", durable=True)
-        )
-        self._exchanges.add(name)
-
-    async def _ensure_binding(self, binding: Binding) -> None:
-        key = (binding.queue, binding.exchange, binding.routing_key)
-        if key in self._bindings:
-            return
-        await self._ensure_queue(binding.queue)
-        await self._ensure_exchange(binding.exchange, binding.exchange_type)
-        channel = await self._underlay(self._declarer, "declare")
-        await self._bounded(
-            channel.queue_bind(binding.queue, binding.exchange, routing_key=binding.routing_key)
-        )
-        self._bindings.add(key)
-
-    async def _ensure_delay(self, target: str) -> None:
-        """Declare the delay chain (once) and bind ``target`` to its deliver exchange."""
-        if self._levels and target in self._delay_targets:
-            return
-        await self._ensure_queue(target)
-        if not self._levels:
-            scratch = [await self._scratch_channel("declare") for _ in range(_DECLARE_CHANNELS)]
-            try:
-                await self._bounded(delay.declare_levels(scratch))
-            finally:
-                for channel in scratch:
-                    with contextlib.suppress(Exception):
-                        await channel.close()
-            self._levels = True
-        channel = await self._underlay(self._declarer, "declare")
-        await self._bounded(delay.bind_target(channel, target))
-        self._delay_targets.add(target)
-
-    async def _prepare(self, messages: Sequence[Outgoing], now: float) -> None:
-        """Declare what ``messages`` need before they are published."""
-        async with self._declaring:
-            for m in messages:
-                if m.exchange:
-                    for binding in m.bindings:
-                        await self._ensure_binding(binding)
-                elif m.eta is not None and delay.delay_ms(m.eta - now) > 0:
-                    await self._ensure_delay(m.queue)
-                else:
-                    await self._ensure_queue(m.queue)
-
     # -- publishing ------------------------------------------------------------------------
 
     def _send(self, channel: aiormq.Channel, m: Outgoing, now: float) -> Awaitable[Any]:
@@ -659,7 +515,7 @@ class AMQPBroker:
         )
 
     async def _republish(
-        self, arrivals: Sequence[_Arrival], action: str, before: int | None = None
+        self, arrivals: Sequence[Arrival], action: str, before: int | None = None
     ) -> None:
         """Publish a copy of each open-channel arrival to its queue, then ack the arrival.
 
@@ -670,7 +526,7 @@ class AMQPBroker:
         if not live:
             return
         for arrival in live:
-            await self._ensure_queue(arrival.queue)
+            await self._topology.ensure_queue(arrival.queue)
         channel = await self._underlay(self._publisher, action)
         copies = (self._copy(channel, a, a.count - 1 if before is None else before) for a in live)
         await self._bounded(asyncio.gather(*copies))
@@ -679,7 +535,7 @@ class AMQPBroker:
             with contextlib.suppress(aiormq.exceptions.ChannelInvalidStateError):
                 await arrival.ack()
 
-    def _copy(self, channel: aiormq.Channel, arrival: _Arrival, before: int) -> Awaitable[Any]:
+    def _copy(self, channel: aiormq.Channel, arrival: Arrival, before: int) -> Awaitable[Any]:
         """Publish ``arrival``'s message to its queue again, as delivered ``before`` times."""
         headers = arrival.headers
         headers[COUNT_HEADER] = before
@@ -714,13 +570,26 @@ class AMQPBroker:
             # worker on this app, with a higher concurrency) gets consumers started anew.
             self._prefetch = limit
             await self._stop_consuming()
-        missing = [q for q in queues if q not in self._consumers or self._consumers[q][1].is_closed]
+        missing = [q for q in queues if not self._consuming(q)]
         if not missing:
             return
         task = asyncio.ensure_future(self._start_consumers(missing))
         self._starting.add(task)
         task.add_done_callback(_forget_task(self._starting))
         await asyncio.shield(task)
+
+    def _consuming(self, queue: str) -> bool:
+        """True when ``queue``'s consumer is alive: its channel open, and not cancelled by
+        RabbitMQ (which it does when the queue is deleted; the next fetch declares it again)."""
+        found = self._consumers.get(queue)
+        if found is None:
+            return False
+        tag, channel = found
+        if channel.is_closed or tag not in channel.consumers:
+            del self._consumers[queue]
+            self._topology.forget_queue(queue)
+            return False
+        return True
 
     async def _start_consumers(self, queues: Sequence[str]) -> None:
         """Declare and consume each queue, noting how many messages it already holds."""
@@ -730,15 +599,14 @@ class AMQPBroker:
             await self._bounded(channel.basic_qos(prefetch_count=self._prefetch))
         loop = asyncio.get_running_loop()
         for queue in queues:
-            async with self._declaring:
-                await self._ensure_queue(queue)
+            async with self._topology.lock:
+                await self._topology.ensure_queue(queue)
+            arguments = self._topology.queue_arguments(queue)
             declared = await self._bounded(
-                channel.queue_declare(queue, durable=True, arguments=self._queue_arguments(queue))
+                channel.queue_declare(queue, durable=True, arguments=arguments)
             )
-            ready = declared.message_count or 0
-            if ready:
-                self._settling[queue] = min(ready, self._prefetch)
-                self._settle_until = loop.time() + _SETTLE
+            ready = min(declared.message_count or 0, self._prefetch)
+            self._buffer.expect(queue, ready, loop.time() + _SETTLE)
             tag = f"aqueue.{self._tag}.{next(self._tags)}"
             # Recorded before the consume is sent: deliveries may come before consume-ok.
             self._consumers[queue] = (tag, channel)
@@ -747,13 +615,12 @@ class AMQPBroker:
                 await self._bounded(channel.basic_consume(queue, callback, consumer_tag=tag))
             except BaseException:
                 self._consumers.pop(queue, None)
-                self._settling.pop(queue, None)
                 raise
 
     async def _stop_consuming(self) -> None:
         """Cancel every consumer; what they delivered stays in the buffer, still leased."""
         consumers, self._consumers = self._consumers, {}
-        self._settling.clear()
+        self._buffer.stop_settling()
         for tag, channel in consumers.values():
             if not channel.is_closed:
                 # After cancel-ok nothing more arrives for it, so the buffer is complete.
@@ -764,8 +631,8 @@ class AMQPBroker:
     def _on_consumer_reopen(self, *_: Any) -> None:
         # The consumers died with the old channel; the next fetch starts them on the new one.
         self._consumers.clear()
-        self._settling.clear()
-        self._arrived.set()
+        self._buffer.stop_settling()
+        self._buffer.arrived.set()
 
     def _fetch_ended(self) -> None:
         if self._fetching or not self._consumers:
@@ -786,27 +653,15 @@ class AMQPBroker:
         try:
             with amqp_errors(self._url, "release"):
                 await self._stop_consuming()
-                await self._republish(self._drain(), "release")
+                await self._republish(self._buffer.drain(), "release")
         except (AqueueError, TimeoutError) as exc:
             log.warning("%r: releasing idle deliveries failed: %s", self, exc)
         finally:
             self._idling = None
 
-    def _drain(self) -> list[_Arrival]:
-        """Empty the buffer; return what it held."""
-        buffered = [a for heap in self._buffer.values() for _, _, a in heap]
-        self._buffer = {}
-        return buffered
-
     async def _on_message(self, queue: str, message: aiormq.abc.DeliveredMessage) -> None:
         """Buffer a pushed delivery, or first re-publish it when it is early or uncounted."""
-        settling = self._settling.get(queue)
-        if settling:
-            if settling > 1:
-                self._settling[queue] = settling - 1
-            else:
-                del self._settling[queue]
-        arrival = _Arrival(message, queue, 0, next(self._seq))
+        arrival = self._buffer.arrival(message, queue)
         headers = arrival.headers
         eta = _int(headers.get(delay.ETA_HEADER)) / 1000
         if eta and eta - time.time() > _EARLY:
@@ -824,10 +679,7 @@ class AMQPBroker:
             arrival.count = before + 1
         if message.channel.is_closed:
             return  # RabbitMQ has put it back already
-        heapq.heappush(
-            self._buffer.setdefault(queue, []), (-arrival.priority, arrival.seq, arrival)
-        )
-        self._arrived.set()
+        self._buffer.push(arrival)
 
     async def _handoff(self, work: Awaitable[None]) -> None:
         task = asyncio.current_task()
@@ -843,13 +695,13 @@ class AMQPBroker:
             if task is not None:
                 self._handoffs.discard(task)
 
-    async def _redelay(self, arrival: _Arrival, eta: float) -> None:
+    async def _redelay(self, arrival: Arrival, eta: float) -> None:
         """Send an early arrival (its eta header is in the future) round the delay chain."""
         headers = arrival.headers
         wait = delay.delay_ms(eta - time.time())
         headers[delay.TARGET_HEADER] = arrival.queue
-        async with self._declaring:
-            await self._ensure_delay(arrival.queue)
+        async with self._topology.lock:
+            await self._topology.ensure_delay(arrival.queue)
         channel = await self._underlay(self._publisher, "consume")
         properties = _properties(arrival.properties.correlation_id, arrival.priority, headers)
         await self._bounded(
@@ -864,24 +716,10 @@ class AMQPBroker:
         )
         await arrival.ack()
 
-    def _take(self, rank: Mapping[str, int], limit: int) -> list[Delivery]:
-        """Remove and return up to ``limit`` buffered deliveries of the ranked queues, best first.
 
-        Deliveries of a closed channel are dropped: RabbitMQ has put them back in their queue.
-        """
-        heaps = [(r, self._buffer[q]) for q, r in rank.items() if self._buffer.get(q)]
-        taken: list[Delivery] = []
-        while heaps and len(taken) < limit:
-            _, heap = min(heaps, key=lambda rh: (rh[1][0][0], rh[0], rh[1][0][1]))
-            arrival = heapq.heappop(heap)[2]
-            if not heap:
-                heaps = [rh for rh in heaps if rh[1]]
-            if not arrival.channel.is_closed:
-                taken.append(Delivery(arrival.queue, arrival.message.body, arrival.count, arrival))
-        return taken
+def _forget_task(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+    """A done-callback that drops a task from ``tasks``, its exception retrieved."""
 
-
-def _forget_task(tasks: set[asyncio.Task[None]]) -> Any:
     def done(task: asyncio.Task[None]) -> None:
         tasks.discard(task)
         if not task.cancelled():

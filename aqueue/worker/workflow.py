@@ -22,23 +22,24 @@ completions are a *set of task ids* in the result backend, never an increment:
 
 1. ``n = add_member("chord:<group id>", task_id)``: the number of distinct members done; running
    a member again, or retrying the call, adds nothing.
-2. If ``n == size``: claim with ``add_member("chord:<group id>:claim", task_id) == 1``. Of the
-   members that see a full set (the last one, and any that ran again) only the first claimer
-   wins; the same member claiming again (its message delivered again) still sees 1.
+2. If ``n == size``: claim with ``add_member("chord:<group id>:claim", <run token>) == 1``, where
+   the token is fresh for every run. Of the runs that see a full set (the last member, and any
+   member that ran again) only the first claimer wins - a second run of the claiming member too.
 3. The winner reads the group's member ids and all header results in one ``get_many``, and sends
    the body. A failing member claims through the same set: a chord either runs its body or
    fails, never both.
 
-Two crash windows remain. The claimer dies after sending the body but before its ack: its
-message comes back, its claim is still its own, and the body (same task id) is sent again and
-may run twice. The claimer dies after claiming but before sending, *and* meanwhile another member
-that ran twice also claims: the redelivered claimer then sees 2 and the body is never sent.
+One crash window remains, and it errs on the side of never running the body twice: a claimer
+that dies after claiming but before the body is published leaves the claim taken, so its
+redelivered message cannot send the body and the chord's result stays PENDING. A claimer that
+dies after publishing is harmless: its redelivered run sees the claim taken and sends nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -131,7 +132,7 @@ class Workflow:
         expires = self.app.conf.result_expires
         if await backend.add_member(members_key(group_id), msg.id, expires) < size:
             return
-        if await backend.add_member(claim_key(group_id), msg.id, expires) != 1:
+        if await backend.add_member(claim_key(group_id), _run_token(msg.id), expires) != 1:
             return
         values = await self._header_values(backend, info)
         if values is None:
@@ -179,7 +180,7 @@ class Workflow:
             return
         group_id = str(info["id"])
         claim = await backend.add_member(
-            claim_key(group_id), member_id, self.app.conf.result_expires
+            claim_key(group_id), _run_token(member_id), self.app.conf.result_expires
         )
         if claim != 1:
             return  # the body was sent, or another member's failure was reported
@@ -267,3 +268,8 @@ def _errbacks(sig: Canvas) -> list[Signature]:
         elif isinstance(current, chord) and current.body is not None:
             pending.append(current.body)
     return [Signature.from_dict(data, sig.app) for data in found]
+
+
+def _run_token(task_id: str) -> str:
+    """A claim member unique to this run of ``task_id``: a second run never shares a claim."""
+    return f"{task_id}:{uuid.uuid4().hex}"
