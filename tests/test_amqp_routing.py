@@ -14,6 +14,7 @@ import pytest
 
 from aqueue import Aqueue, Task, Worker
 from aqueue.brokers.amqp import AMQPBroker
+from aqueue.exceptions import ConfigurationError
 from aqueue.message import decode
 from tests.conftest import RabbitNode
 
@@ -173,3 +174,55 @@ async def test_rabbitmq_own_exchange_is_used_not_declared(
         )
         assert await r.get(timeout=10) == "amq"
     await app.close()
+
+
+@pytest.mark.parametrize(
+    ("task_queues", "match"),
+    [
+        (["video"], "must be a dict from queue name"),
+        ({"video": {"exchange": ""}}, "non-empty exchange name"),
+        ({"video": {"exchange": "m", "exchange_type": "headers"}}, "direct, topic, fanout"),
+        ({"video": {"exchange": "m", "binding_key": "x"}}, "unknown keys"),
+        (
+            {
+                "a": {"exchange": "m", "exchange_type": "topic"},
+                "b": {"exchange": "m", "exchange_type": "fanout"},
+            },
+            "exchange 'm' has two types",
+        ),
+    ],
+)
+def test_bad_task_queues_are_configuration_errors(task_queues: Any, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        Aqueue("t", broker="memory://", task_queues=task_queues)
+
+
+def test_exchange_and_routing_key_come_from_the_call_then_routes_then_task_queues() -> None:
+    task_queues = {
+        "video": {"exchange": "media", "exchange_type": "topic", "routing_key": "media.video.*"},
+        "image": {"exchange": "media", "exchange_type": "topic", "routing_key": "media.image.*"},
+    }
+    routes = {"t.routed": {"queue": "image", "routing_key": "media.image.png"}}
+    app = Aqueue("t", broker="memory://", task_queues=task_queues, task_routes=routes)
+
+    def options(name: str, **call: Any) -> dict[str, Any]:
+        return app.build_message(name, (), {}, None, call).options
+
+    assert options("t.plain") == {}  # no exchange: straight to its queue
+    assert options("t.routed") == {"exchange": "media", "routing_key": "media.image.png"}
+    assert options("t.any", queue="video") == {"exchange": "media", "routing_key": "media.video.*"}
+    assert options("t.routed", routing_key="media.image.gif")["routing_key"] == "media.image.gif"
+
+    outgoing = app._outgoing(app.build_message("t.routed", (), {}, None, {}))
+    assert outgoing.exchange == "media" and outgoing.routing_key == "media.image.png"
+    assert {(b.queue, b.exchange_type, b.routing_key) for b in outgoing.bindings} == {
+        ("video", "topic", "media.video.*"),
+        ("image", "topic", "media.image.*"),
+    }
+    # An exchange no task_queues entry names: the message's own queue is bound to it.
+    loose = app._outgoing(
+        app.build_message("t.x", (), {}, None, {"exchange": "web", "routing_key": "web.add"})
+    )
+    assert [(b.queue, b.exchange, b.exchange_type, b.routing_key) for b in loose.bindings] == [
+        ("default", "web", None, "web.add")
+    ]

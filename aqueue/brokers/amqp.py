@@ -281,8 +281,8 @@ class AMQPBroker:
         first. Order: priority 9 first, then the earlier queue in ``queues``, then arrival.
 
         Raises:
-            BrokerConnectionError: the server cannot be reached (also when the connection
-                dropped and did not come back within ``timeout``).
+            BrokerConnectionError: the server cannot be reached (at once while the connection
+                is down: the worker tries again a second later).
             BrokerError: RabbitMQ refused to declare or consume a queue.
         """
         names = list(dict.fromkeys(queues))

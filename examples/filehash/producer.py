@@ -339,7 +339,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             url = f"sqlite:///{tmp}/aqueue.db"
         if url is not None:
             env[BROKER_ENV] = url
-            env[BACKEND_ENV] = args.broker or env.get(BACKEND_ENV) or url
+            backend = env.get(BACKEND_ENV) if args.broker is None else None
+            if url.startswith(("amqp://", "amqps://")):
+                # RabbitMQ stores no results: $AQUEUE_RESULT_BACKEND, else a SQLite file here.
+                backend = env.get(BACKEND_ENV)
+                if backend is None:
+                    tmp = stack.enter_context(
+                        tempfile.TemporaryDirectory(prefix="aqueue-filehash-")
+                    )
+                    backend = f"sqlite:///{tmp}/results.db"
+            env[BACKEND_ENV] = backend or url
             os.environ[BROKER_ENV] = env[BROKER_ENV]  # read by the app when it connects
             os.environ[BACKEND_ENV] = env[BACKEND_ENV]
         try:
