@@ -144,12 +144,15 @@ async def test_worker_scope_gives_each_worker_its_own_bucket(url: str, tag: str)
         rate_limit_scope="worker",
         worker_prefetch_multiplier=1,
     )
+    # One message per worker, each on its own queue: otherwise the first worker may fetch both
+    # before the second one polls, and both would meet the same per-worker bucket.
+    queues = [f"{queue}-a", f"{queue}-b"]
     try:
         async with (
-            Worker(t.app, concurrency=1, hostname="a@rate", shutdown_timeout=5),
-            Worker(t.app, concurrency=1, hostname="b@rate", shutdown_timeout=5),
+            Worker(t.app, [queues[0]], concurrency=1, hostname="a@rate", shutdown_timeout=5),
+            Worker(t.app, [queues[1]], concurrency=1, hostname="b@rate", shutdown_timeout=5),
         ):
-            results = [await t.record.delay(i) for i in range(2)]
+            results = [await t.record.apply_async((i,), queue=queues[i]) for i in range(2)]
             assert sorted(await asyncio.gather(*(r.get(timeout=10) for r in results))) == [0, 1]
         first, second = sorted(s for _, s in t.starts)
         assert second - first < 0.5  # a global 1/s bucket would keep them a second apart

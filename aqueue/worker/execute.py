@@ -419,11 +419,9 @@ class Executor:
     async def _store(self, record: ResultRecord, msg: Message | None = None) -> None:
         if self.backend is None or (msg is not None and msg.ignore_result):
             return
-        try:
-            data = record.encode(self.app.conf.result_serializer)
-        except EncodeError:
-            data = record.encode("json") if record.status != states.SUCCESS else b""
-        await self._store_raw(record.task_id, data)
+        # Only outcome records (failure, retry, revoked, started) come here: their result is an
+        # exception description or plain meta, always serialisable.
+        await self._store_raw(record.task_id, record.encode(self.app.conf.result_serializer))
 
     async def _store_raw(self, task_id: str, data: bytes) -> None:
         if self.backend is not None:

@@ -33,7 +33,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -329,30 +329,43 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    return run_main(args, args.broker, args.spawn_worker, "aqueue-filehash-", run)
+
+
+def run_main(
+    args: argparse.Namespace,
+    broker: str | None,
+    spawn: bool,
+    prefix: str,
+    runner: Callable[[argparse.Namespace, dict[str, str]], Coroutine[Any, Any, int]],
+) -> int:
+    """Set up the broker and result backend URLs, run ``runner``, and map stops to exit codes.
+
+    With no broker given and ``spawn`` set, both sides use the embedded SQLite default in a
+    temporary directory. RabbitMQ stores no results, so an ``amqp://`` broker keeps them in
+    ``$AQUEUE_RESULT_BACKEND``, else in a SQLite file in a temporary directory.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     with contextlib.ExitStack() as stack:
-        url = args.broker or env.get(BROKER_ENV)
-        if url is None and args.spawn_worker:
+        url = broker or env.get(BROKER_ENV)
+        if url is None and spawn:
             # The embedded default, in a directory of our own that goes away afterwards.
-            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="aqueue-filehash-"))
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
             url = f"sqlite:///{tmp}/aqueue.db"
         if url is not None:
             env[BROKER_ENV] = url
-            backend = env.get(BACKEND_ENV) if args.broker is None else None
+            backend = env.get(BACKEND_ENV) if broker is None else None
             if url.startswith(("amqp://", "amqps://")):
-                # RabbitMQ stores no results: $AQUEUE_RESULT_BACKEND, else a SQLite file here.
                 backend = env.get(BACKEND_ENV)
                 if backend is None:
-                    tmp = stack.enter_context(
-                        tempfile.TemporaryDirectory(prefix="aqueue-filehash-")
-                    )
+                    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
                     backend = f"sqlite:///{tmp}/results.db"
             env[BACKEND_ENV] = backend or url
             os.environ[BROKER_ENV] = env[BROKER_ENV]  # read by the app when it connects
             os.environ[BACKEND_ENV] = env[BACKEND_ENV]
         try:
-            return asyncio.run(run(args, env))
+            return asyncio.run(runner(args, env))
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
@@ -367,7 +380,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if proc.returncode is None:  # a second Ctrl-C cut the orderly stop short
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(proc.pid, signal.SIGKILL)
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,11 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 import sysconfig
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,10 +35,8 @@ if __package__ in (None, ""):  # run as a script: make `examples.wordcount` impo
     sys.path.insert(0, str(REPO_ROOT))
 
 from examples.filehash.producer import (  # noqa: E402 - after the sys.path fix above
-    BACKEND_ENV,
-    BROKER_ENV,
-    WorkerFailed,
     find_files,
+    run_main,
     spawned_worker,
 )
 
@@ -148,31 +144,7 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    with contextlib.ExitStack() as stack:
-        url = args.broker or env.get(BROKER_ENV)
-        if url is None and not args.no_spawn:
-            # The embedded default, in a directory of our own that goes away afterwards.
-            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="aqueue-wordcount-"))
-            url = f"sqlite:///{tmp}/aqueue.db"
-        if url is not None:
-            env[BROKER_ENV] = url
-            env[BACKEND_ENV] = args.broker or env.get(BACKEND_ENV) or url
-            os.environ[BROKER_ENV] = env[BROKER_ENV]  # read by the app when it connects
-            os.environ[BACKEND_ENV] = env[BACKEND_ENV]
-        try:
-            return asyncio.run(run(args, env))
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        except asyncio.CancelledError:  # SIGTERM
-            print("terminated", file=sys.stderr)
-            return 143
-        except WorkerFailed as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-
+    return run_main(args, args.broker, not args.no_spawn, "aqueue-wordcount-", run)
 
 if __name__ == "__main__":
     sys.exit(main())
