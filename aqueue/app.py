@@ -435,9 +435,20 @@ class Aqueue:
 
                 raise TaskNotRegistered(f"task {name!r} is not registered (task_always_eager)")
             return await apply_eager(self, task, args_t, kwargs_d, options)
-        message = self.build_message(name, args_t, kwargs_d, task, options)
+        # The reply channel (aqueue.backends.inbox): results come back batched on one
+        # subscription. Subscribed, and the mailbox made, before the message is published.
+        reply_to = backend = None
+        if self.has_result_backend:
+            backend = await self.result_backend()
+            reply_channel = getattr(backend, "reply_channel", None)
+            if reply_channel is not None:
+                reply_to = await reply_channel()
+        message = self.build_message(name, args_t, kwargs_d, task, options, reply_to)
+        mailbox = backend.expect(message.id) if message.reply_to else None  # type: ignore[union-attr]
         await self.publish([message], options.get("retry", True), options.get("retry_policy"))
-        return _AsyncResult(message.id, self, name)
+        result: _AsyncResult[Any] = _AsyncResult(message.id, self, name)
+        result._mailbox = mailbox
+        return result
 
     def build_message(
         self,
@@ -446,8 +457,11 @@ class Aqueue:
         kwargs: dict[str, Any],
         task: Task[Any, Any] | None,
         options: dict[str, Any],
+        reply_to: str | None = None,
     ) -> Message:
         """Resolve routing and defaults into the :class:`Message` to publish.
+
+        ``reply_to`` (this client's reply channel) is kept unless the result is ignored.
 
         Precedence for each option: the call's own > ``task_routes`` > ``task_annotations`` >
         the task's decorator options > the app's settings.
@@ -505,6 +519,7 @@ class Aqueue:
             root_id=options.get("root_id"),
             group_id=options.get("group_id"),
             options=extra,
+            reply_to=None if ignore_result else reply_to,
             content_type=pick("serializer", conf.task_serializer),
             compression=pick("compression", conf.task_compression),
         )
@@ -597,8 +612,11 @@ class Aqueue:
             task_id, state, meta, None, time.time(), request.retries if request else 0, name
         )
         backend = await self.result_backend()
+        reply = request.reply_to if request is not None and request.id == task_id else None
         await backend.store(
-            [(task_id, record.encode(self.conf.result_serializer))], self.conf.result_expires
+            [(task_id, record.encode(self.conf.result_serializer))],
+            self.conf.result_expires,
+            {task_id: reply} if reply else None,
         )
 
 

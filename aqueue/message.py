@@ -42,6 +42,7 @@ _ENVELOPE_KEYS = (
     "root_id",
     "group_id",
     "options",
+    "reply_to",
 )
 
 
@@ -64,6 +65,9 @@ class Message:
         ignore_result: do not store the outcome.
         parent_id, root_id, group_id: the task's place in a workflow (canvas), or ``None``.
         options: other per-call options the canvas carries (chain, chord), as a dict.
+        reply_to: the sending client's reply channel (as AMQP's ``reply_to`` property): the
+            worker also publishes the task's records there, batched, so the sender awaits
+            results on one subscription. ``None``: records go to the per-task channel only.
         content_type: the serializer of args and kwargs.
         compression: ``"zlib"`` or ``None``.
     """
@@ -86,6 +90,7 @@ class Message:
     root_id: str | None = None
     group_id: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    reply_to: str | None = None
     content_type: str = "json"
     compression: str | None = None
 
@@ -190,6 +195,7 @@ def from_envelope(env: dict[str, Any], accept: frozenset[str] | tuple[str, ...])
             root_id=env.get("root_id"),
             group_id=env.get("group_id"),
             options=env.get("options") or {},
+            reply_to=env.get("reply_to"),
             content_type=ct,
             compression=compression,
         )

@@ -40,6 +40,9 @@ def delayed() -> str:
     return f"{PREFIX}delayed"
 
 
+REPLY_PREFIX = f"{PREFIX}reply:"
+
+
 def dlq(queue: str) -> str:
     """The stream of ``queue``'s dead-lettered messages."""
     return f"{PREFIX}dlq:{queue}"
@@ -53,6 +56,11 @@ def result(task_id: str) -> str:
 def result_channel(task_id: str) -> str:
     """The pub/sub channel on which each new record of ``task_id`` is published."""
     return f"{PREFIX}result-events:{task_id}"
+
+
+def reply_channel(client: str) -> str:
+    """The pub/sub channel of client ``client``'s replies (see :mod:`aqueue.backends.inbox`)."""
+    return f"{REPLY_PREFIX}{client}"
 
 
 def control_channel(channel: str) -> str:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from aqueue import states
+from aqueue.backends.inbox import Mailbox
 from aqueue.exceptions import TaskRevokedError, TimeoutError
 from aqueue.outcome import ResultRecord, rebuild_exception
 
@@ -66,6 +67,8 @@ class AsyncResult(Generic[R]):
         self.task_name = task_name
         self.parent: AsyncResult[Any] | GroupResult | None = None  # what ran before, in a chain
         self._record: ResultRecord | None = None
+        # Set by send_task when records come back on this client's reply channel.
+        self._mailbox: Mailbox | None = None
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id}>"
@@ -129,6 +132,9 @@ class AsyncResult(Generic[R]):
         self, timeout: float | None, on_message: Callable[[dict[str, Any]], Any] | None
     ) -> ResultRecord:
         backend = await self.app.result_backend()
+        mailbox = self._mailbox
+        if mailbox is not None and mailbox.owner is backend:
+            return await self._wait_mailbox(mailbox, timeout, on_message)
         seen: tuple[str, float] | None = None
         try:
             async with asyncio.timeout(timeout), backend.watch(self.id) as updates:
@@ -142,6 +148,35 @@ class AsyncResult(Generic[R]):
                             return rec
                     raw = await updates.get()
                     rec = self._record = ResultRecord.decode(raw, self.app.accept_results)
+        except builtins.TimeoutError as exc:
+            state = self._record.status if self._record else states.PENDING
+            raise TimeoutError(
+                f"task {self.id} did not finish within {timeout:g}s (state {state})"
+            ) from exc
+
+    async def _wait_mailbox(
+        self,
+        mailbox: Mailbox,
+        timeout: float | None,
+        on_message: Callable[[dict[str, Any]], Any] | None,
+    ) -> ResultRecord:
+        """Like :meth:`_wait`, from the reply channel: the subscription was live before the
+        message was sent, so every record is in ``mailbox`` (no read needed first)."""
+        seen: tuple[str, float] | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    for raw in await mailbox.take():
+                        rec = ResultRecord.decode(raw, self.app.accept_results)
+                        if (rec.status, rec.date_done) == seen:
+                            continue  # read back after a reconnect, already seen
+                        seen = (rec.status, rec.date_done)
+                        self._record = rec
+                        if on_message is not None:
+                            await _call(on_message, _message(rec))
+                        if rec.ready:
+                            self._mailbox = None
+                            return rec
         except builtins.TimeoutError as exc:
             state = self._record.status if self._record else states.PENDING
             raise TimeoutError(

@@ -38,7 +38,8 @@ class Request:
     ``retries``, ``queue``, ``priority``, ``eta`` and ``expires`` (epoch seconds or ``None``),
     ``headers``, ``delivery_count`` (1 unless the message was delivered again), ``hostname``
     (the worker's), ``parent_id``, ``root_id``, ``group_id``, ``time_limit`` (seconds),
-    ``is_eager`` (run inline by ``task_always_eager``), ``called_directly`` (``task(...)``).
+    ``is_eager`` (run inline by ``task_always_eager``), ``called_directly`` (``task(...)``),
+    ``reply_to`` (the sender's reply channel, where this task's records also go, or ``None``).
     """
 
     id: str | None = None
@@ -59,6 +60,7 @@ class Request:
     time_limit: float | None = None
     is_eager: bool = False
     called_directly: bool = True
+    reply_to: str | None = None
 
 
 current_request: ContextVar[Request | None] = ContextVar("aqueue_request", default=None)

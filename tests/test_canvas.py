@@ -110,9 +110,12 @@ async def test_failed_step_fails_the_chain_result(c: CanvasTasks, worker: Worker
 
 async def test_dead_lettered_step_fails_the_chain_result(c: CanvasTasks, worker: Worker) -> None:
     missing = c.app.signature("canvas.not_registered")
+    before = worker.processed
     r = await (c.add.s(1, 1) | missing | c.add.s(1)).delay()
     with pytest.raises(TaskNotRegistered):
         await r.get(timeout=WAIT)
+    # The chain's failure is stored before the step's message reaches the dead-letter queue.
+    await asyncio.wait_for(worker.wait_processed(before + 2), WAIT)
     dead = await (await c.app.broker()).dead_letters(c.app.conf.task_default_queue)
     assert len(dead) == 1 and "unknown task" in dead[0].reason
 

@@ -155,10 +155,9 @@ async def test_hooks_sync_and_async(t: Tasks, worker: Worker) -> None:
     bad = await t.hooked_fail.delay()
     with pytest.raises(KeyError):
         await bad.get(timeout=10)
-    events = [name for name, task_id in e2e.EVENTS if task_id == ok.id]
-    assert events == ["on_success", "after_return:SUCCESS"]
-    events = [name for name, task_id in e2e.EVENTS if task_id == bad.id]
-    assert events == ["on_failure", "after_return:FAILURE"]
+    async with asyncio.timeout(10):
+        assert await e2e.returned(ok.id) == ["on_success", "after_return:SUCCESS"]
+        assert await e2e.returned(bad.id) == ["on_failure", "after_return:FAILURE"]
 
 
 async def test_expired_message_is_revoked_not_run(t: Tasks, worker: Worker) -> None:
@@ -260,6 +259,7 @@ async def test_pickle_is_refused_unless_accepted(t: Tasks, worker: Worker) -> No
     r = await t.add.apply_async((1, 2), serializer="pickle")
     with pytest.raises(ContentDisallowed):
         await r.get(timeout=10)
+    await asyncio.wait_for(worker.wait_processed(1), 10)  # the failure is stored, then DLQ'd
     [dead] = await (await t.app.broker()).dead_letters(t.app.conf.task_default_queue)
     assert "accept_content" in dead.reason
 
@@ -270,6 +270,7 @@ async def test_unknown_task_goes_to_dlq_and_fails(t: Tasks, worker: Worker) -> N
         await r.get(timeout=10)
     after = await t.add.delay(1, 1)
     assert await after.get(timeout=10) == 2
+    await asyncio.wait_for(worker.wait_processed(2), 10)
     dead = await (await t.app.broker()).dead_letters(t.app.conf.task_default_queue)
     assert len(dead) == 1 and "unknown task" in dead[0].reason
 
@@ -278,6 +279,7 @@ async def test_bad_arguments_go_to_dlq(t: Tasks, worker: Worker) -> None:
     r = await t.add.apply_async((1, 2, 3))
     with pytest.raises(TypeError, match="arguments do not fit"):
         await r.get(timeout=10)
+    await asyncio.wait_for(worker.wait_processed(1), 10)
     dead = await (await t.app.broker()).dead_letters(t.app.conf.task_default_queue)
     assert [d.reason.split(":")[0] for d in dead] == ["arguments do not fit e2e.add"]
 
@@ -286,6 +288,7 @@ async def test_unserialisable_result_goes_to_dlq(t: Tasks, worker: Worker) -> No
     r = await t.unserialisable.delay()
     with pytest.raises(EncodeError, match="not serialisable"):
         await r.get(timeout=10)
+    await asyncio.wait_for(worker.wait_processed(1), 10)
     dead = await (await t.app.broker()).dead_letters(t.app.conf.task_default_queue)
     assert len(dead) == 1 and "result is not serialisable" in dead[0].reason
 
@@ -308,6 +311,7 @@ async def test_garbage_message_goes_to_dlq_and_next_task_completes(
     await broker.publish([Outgoing(queue, garbage, "garbage")])
     r = await t.add.delay(2, 2)
     assert await r.get(timeout=10) == 4
+    await asyncio.wait_for(worker.wait_processed(2), 10)
     dead = await broker.dead_letters(queue)
     assert [d.body for d in dead] == [garbage]
     assert dead[0].reason.startswith("undecodable message")

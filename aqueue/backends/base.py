@@ -14,7 +14,7 @@ check the watched ids in one query per interval, never one per id.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
@@ -33,12 +33,20 @@ class ResultBackend(Protocol):
     async def close(self) -> None:
         """Release connections and end every watch. Idempotent."""
 
-    async def store(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
+    async def store(
+        self,
+        items: Sequence[tuple[str, bytes]],
+        expires: float | None,
+        reply_to: Mapping[str, str] | None = None,
+    ) -> None:
         """Store each ``(task_id, record)``, replacing what was there, and notify watchers.
 
         Args:
             items: task ids and their encoded records; stored in one round trip where possible.
             expires: seconds until the records may be deleted, or ``None`` to keep them.
+            reply_to: task id -> the sending client's reply channel (``Message.reply_to``),
+                for backends with reply channels (:mod:`aqueue.backends.inbox`); others
+                ignore it.
         """
 
     async def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:

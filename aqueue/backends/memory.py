@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -31,8 +31,13 @@ class MemoryBackend:
     async def close(self) -> None:
         """Nothing to release; records are kept for a later ``connect``."""
 
-    async def store(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
-        """Store records and put each on the queues watching its id."""
+    async def store(
+        self,
+        items: Sequence[tuple[str, bytes]],
+        expires: float | None,
+        reply_to: Mapping[str, str] | None = None,
+    ) -> None:
+        """Store records and put each on the queues watching its id (``reply_to`` is ignored)."""
         until = time.monotonic() + expires if expires is not None else None
         with self._lock:
             notify: list[tuple[_Watcher, bytes]] = []

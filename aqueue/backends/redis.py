@@ -11,7 +11,9 @@ Relies on these Redis semantics (key names in :mod:`aqueue.redis_keys`):
   ``SCARD`` of a member set: a retried ``MULTI`` (redis-py retries on connection errors) adds
   nothing twice, so the size it returns stays right.
 
-All watches share one pub/sub connection and one reader task per backend instance.
+All watches share one pub/sub connection and one reader task per backend instance, and so does
+this client's reply channel (:mod:`aqueue.backends.inbox`): records of tasks it sent arrive there,
+batched, with no per-task SUBSCRIBE.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import AsyncIterator, Sequence
+import secrets
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,6 +32,7 @@ from redis.asyncio.client import PubSub
 
 from aqueue import redis_keys as keys
 from aqueue._redis import as_bytes, open_client, redacted_url, redis_errors
+from aqueue.backends.inbox import Inbox, Mailbox, pack
 from aqueue.exceptions import BrokerConnectionError, BrokerError
 
 __all__ = ["RedisBackend"]
@@ -65,6 +69,10 @@ class RedisBackend:
         self._confirmations: dict[bytes, collections.deque[asyncio.Future[None]]] = {}
         self._messages_seen: dict[bytes, int] = {}  # channel -> messages dispatched so far
         self._refreshes: set[asyncio.Task[None]] = set()
+        # This client's reply channel: subscribed on first use, by one task all callers await.
+        self._reply = keys.reply_channel(secrets.token_hex(8)).encode()
+        self._reply_subscribed: asyncio.Task[None] | None = None
+        self._inbox = Inbox()
 
     def __repr__(self) -> str:
         return f"RedisBackend({redacted_url(self._url)!r})"
@@ -91,6 +99,11 @@ class RedisBackend:
             await asyncio.wait(tasks)
         self._reader = None
         self._refreshes.clear()
+        if self._reply_subscribed is not None:
+            self._reply_subscribed.cancel()
+            await asyncio.wait([self._reply_subscribed])
+            self._reply_subscribed = None
+        self._inbox.clear()
         for waiting in self._confirmations.values():
             for future in waiting:
                 future.cancel()
@@ -104,8 +117,17 @@ class RedisBackend:
         if client is not None:
             await client.aclose()
 
-    async def store(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
+    async def store(
+        self,
+        items: Sequence[tuple[str, bytes]],
+        expires: float | None,
+        reply_to: Mapping[str, str] | None = None,
+    ) -> None:
         """SET each record (PX ``expires`` seconds) and PUBLISH it to its channel, one trip.
+
+        Records of ids in ``reply_to`` are also published to that reply channel, one PUBLISH per
+        channel (:func:`~aqueue.backends.inbox.pack`); channels not named ``aqueue:reply:*`` are
+        ignored. A record of a task this client awaits reaches its mailbox here too.
 
         Raises:
             BrokerConnectionError: the server cannot be reached.
@@ -114,12 +136,21 @@ class RedisBackend:
             return
         client = await self._connection()
         px = None if expires is None else _milliseconds(expires)
+        replies: dict[str, list[tuple[str, bytes]]] = {}
         with redis_errors(self._url, "store"):
             async with client.pipeline(transaction=False) as pipe:
                 for task_id, record in items:
                     pipe.set(keys.result(task_id), record, px=px)
                     pipe.publish(keys.result_channel(task_id), record)
+                    channel = reply_to.get(task_id) if reply_to else None
+                    if channel and channel.startswith(keys.REPLY_PREFIX):
+                        replies.setdefault(channel, []).append((task_id, record))
+                for channel, batch in replies.items():
+                    pipe.publish(channel, pack(batch))
                 await pipe.execute()
+        if self._inbox:
+            for task_id, record in items:
+                self._inbox.put(task_id, record)
 
     async def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
         """MGET the records of ``task_ids``; ``None`` where nothing is stored.
@@ -178,6 +209,30 @@ class RedisBackend:
                 pipe.scard(name)
                 results = await pipe.execute()
         return int(results[-1])
+
+    async def reply_channel(self) -> str:
+        """This client's reply channel, subscribed (and confirmed) before this returns.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached, or did not confirm the
+                subscription within 10 seconds.
+        """
+        task = self._reply_subscribed
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            queue: asyncio.Queue[bytes] = asyncio.Queue()  # unused: _dispatch routes replies
+            task = self._reply_subscribed = asyncio.ensure_future(
+                self._subscribe(self._reply, queue)
+            )
+        await asyncio.shield(task)
+        return self._reply.decode()
+
+    def expect(self, task_id: str) -> Mailbox:
+        """The mailbox that records of ``task_id`` arriving on the reply channel go to.
+
+        Call it before the message naming :meth:`reply_channel` is published; hold the mailbox
+        while the result may be awaited (it is dropped with its last reference).
+        """
+        return self._inbox.expect(task_id, self)
 
     @asynccontextmanager
     async def watch(self, task_id: str) -> AsyncIterator[asyncio.Queue[bytes]]:
@@ -296,6 +351,12 @@ class RedisBackend:
                 self._dispatch(message["type"], message["channel"], message["data"])
 
     def _dispatch(self, kind: str, channel: bytes, data: Any) -> None:
+        if kind == "message" and channel == self._reply:
+            try:
+                self._inbox.deliver(data)
+            except ValueError as exc:
+                log.warning("%r: malformed message on the reply channel dropped: %s", self, exc)
+            return
         if kind == "message":
             self._messages_seen[channel] = self._messages_seen.get(channel, 0) + 1
             for queue in self._watchers.get(channel, ()):
@@ -319,8 +380,11 @@ class RedisBackend:
         """Put ``channel``'s current record on its watchers' queues (after a reconnect).
 
         Skipped if a message arrived meanwhile: it is at least as new as what GET returned, and
-        queues must not go back in time.
+        queues must not go back in time. For the reply channel: every expected task's record.
         """
+        if channel == self._reply:
+            await self._refresh_inbox()
+            return
         seen = self._messages_seen.get(channel, 0)
         task_id = channel.decode().removeprefix(keys.result_channel(""))
         try:
@@ -331,6 +395,24 @@ class RedisBackend:
         if record is not None and self._messages_seen.get(channel, 0) == seen:
             for queue in self._watchers.get(channel, ()):
                 queue.put_nowait(record)
+
+    async def _refresh_inbox(self) -> None:
+        """Read back the records of every expected task (replies sent while disconnected).
+
+        A record read here may be older than one that arrived meanwhile; readers skip what they
+        have seen (:class:`~aqueue.result.AsyncResult` compares state and date).
+        """
+        expected = self._inbox.expected()
+        for start in range(0, len(expected), 1000):
+            chunk = expected[start : start + 1000]
+            try:
+                records = await self.get_many(chunk)
+            except BrokerError as exc:
+                log.warning("%r: cannot re-read results after reconnect: %s", self, exc)
+                return
+            for task_id, record in zip(chunk, records, strict=True):
+                if record is not None:
+                    self._inbox.put(task_id, record)
 
     async def _connection_value(self, key: str) -> bytes | None:
         client = await self._connection()

@@ -28,7 +28,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aqueue._sqlite import CHUNK, SQLiteConnection, chunks, placeholders, transaction
@@ -161,13 +161,19 @@ class SQLiteBackend:
                     await poller
         await self._db.close()
 
-    async def store(self, items: Sequence[tuple[str, bytes]], expires: float | None) -> None:
+    async def store(
+        self,
+        items: Sequence[tuple[str, bytes]],
+        expires: float | None,
+        reply_to: Mapping[str, str] | None = None,
+    ) -> None:
         """Upsert each ``(task_id, record)`` in one transaction, then notify this instance's
         watchers.
 
         Args:
             items: task ids and their encoded records.
             expires: seconds until the records may be deleted, or ``None`` to keep them.
+            reply_to: ignored (watchers are notified per task id).
 
         Raises:
             BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.

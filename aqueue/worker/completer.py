@@ -19,7 +19,7 @@ from aqueue.brokers import Broker, Delivery
 if TYPE_CHECKING:
     from aqueue.backends import ResultBackend
 
-_Item = tuple[Sequence[tuple[str, bytes]], Sequence[Delivery]]
+_Item = tuple[Sequence[tuple[str, bytes]], Sequence[Delivery], str | None]
 
 
 class Completer:
@@ -44,20 +44,32 @@ class Completer:
         self.expires = expires
         self._batcher: Batcher[_Item] = Batcher(self._flush, max_batch)
 
-    async def finish(self, records: Sequence[tuple[str, bytes]], acks: Sequence[Delivery]) -> None:
+    async def finish(
+        self,
+        records: Sequence[tuple[str, bytes]],
+        acks: Sequence[Delivery],
+        reply_to: str | None = None,
+    ) -> None:
         """Store ``records`` then ack ``acks``, batched with other runners' calls.
+
+        ``records`` are ``(task id, encoded record)`` pairs; ``reply_to`` is the sender's reply
+        channel (the message's ``reply_to``), where the backend also publishes them.
 
         Raises:
             BrokerConnectionError (or any error of the backend or broker): the batch failed;
             every caller in it gets the error, and its messages stay leased, so they are
             delivered again after the visibility timeout (nothing is lost).
         """
-        await self._batcher.submit([(records, acks)])
+        await self._batcher.submit([(records, acks, reply_to)])
 
     async def _flush(self, items: list[_Item]) -> None:
-        records = [r for recs, _ in items for r in recs]
-        acks = [d for _, ds in items for d in ds]
+        records = [r for recs, _, _ in items for r in recs]
+        acks = [d for _, ds, _ in items for d in ds]
+        replies = {r[0]: reply for recs, _, reply in items if reply for r in recs}
         if records and self.backend is not None:
-            await self.backend.store(records, self.expires)
+            if replies:
+                await self.backend.store(records, self.expires, replies)
+            else:  # the plain call: backends written before reply channels take it too
+                await self.backend.store(records, self.expires)
         if acks:
             await self.broker.ack(acks)

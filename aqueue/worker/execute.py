@@ -33,6 +33,7 @@ from aqueue.message import Message
 from aqueue.outcome import ResultRecord, describe_exception
 from aqueue.revoke import Terminable, Terminated, revocation_record
 from aqueue.task import Request, Task
+from aqueue.worker.completer import Completer
 from aqueue.worker.invoke import invoke
 from aqueue.worker.workflow import Workflow
 
@@ -78,6 +79,8 @@ class Executor:
         self.on_event: Callable[[str, Message, dict[str, Any]], None] | None = None
         # Chains and chords: what follows a task, done after its outcome is stored, before the ack.
         self.workflow = Workflow(app, backend, self._apply_errback)
+        # Every store and ack goes through here: runners finishing together share round trips.
+        self.completer = Completer(broker, backend, app.conf.result_expires)
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -125,7 +128,8 @@ class Executor:
                 0,
                 env["task"],
             )
-            await self._store(failure)
+            reply = env.get("reply_to")
+            await self._store(failure, reply_to=reply if isinstance(reply, str) else None)
         await self.broker.dead_letter(delivery, reason)
 
     async def _admit(self, delivery: Delivery, msg: Message) -> Task[Any, Any] | None:
@@ -220,6 +224,7 @@ class Executor:
             time_limit=time_limit,
             is_eager=False,
             called_directly=False,
+            reply_to=msg.reply_to,
         )
 
     async def _run(self, delivery: Delivery, msg: Message, task: Task[Any, Any]) -> None:
@@ -228,7 +233,7 @@ class Executor:
         request = self._request(delivery, msg, time_limit)
         acks_late = task.acks_late if task.acks_late is not None else conf.task_acks_late
         if not acks_late:
-            await self.broker.ack([delivery])
+            await self.completer.finish((), (delivery,))
             self._acked_early.add(id(delivery))
         track = task.track_started if task.track_started is not None else conf.task_track_started
         if track:
@@ -283,11 +288,15 @@ class Executor:
             reason = f"result is not serialisable: {exc}"
             await self._dead_letter(delivery, msg, reason, EncodeError(reason))
             return
-        if not msg.ignore_result:
-            await self._store_raw(msg.id, data)
+        records = [] if msg.ignore_result or self.backend is None else [(msg.id, data)]
         logger.info("Task %s[%s] succeeded in %.4fs: %s", msg.task, msg.id, runtime, _short(value))
         if self.on_event is not None:
             self.on_event("task-succeeded", msg, {"result": _short(value), "runtime": runtime})
+        if not msg.link and not msg.options and _plain_success(task):
+            # Nothing runs between storing and acking: both in the runners' shared round trips.
+            await self.completer.finish(records, self._unacked(delivery), msg.reply_to)
+            return
+        await self.completer.finish(records, (), msg.reply_to)
         for link in msg.link:
             await self._apply_link(Signature.from_dict(link, self.app), (value,), msg)
         await self.workflow.succeeded(msg, value)
@@ -408,24 +417,38 @@ class Executor:
         except Exception:
             logger.exception("hook %s raised", getattr(hook, "__qualname__", hook))
 
-    async def _ack(self, delivery: Delivery) -> None:
+    def _unacked(self, delivery: Delivery) -> tuple[Delivery, ...]:
+        """``(delivery,)``, or ``()`` when it was acked before running (``acks_late=False``)."""
         if id(delivery) in self._acked_early:
             self._acked_early.discard(id(delivery))
-        else:
-            await self.broker.ack([delivery])
+            return ()
+        return (delivery,)
+
+    async def _ack(self, delivery: Delivery) -> None:
+        acks = self._unacked(delivery)
+        if acks:
+            await self.completer.finish((), acks)
 
     # -- storing -----------------------------------------------------------------------------
 
-    async def _store(self, record: ResultRecord, msg: Message | None = None) -> None:
+    async def _store(
+        self, record: ResultRecord, msg: Message | None = None, reply_to: str | None = None
+    ) -> None:
         if self.backend is None or (msg is not None and msg.ignore_result):
             return
         # Only outcome records (failure, retry, revoked, started) come here: their result is an
         # exception description or plain meta, always serialisable.
-        await self._store_raw(record.task_id, record.encode(self.app.conf.result_serializer))
+        data = record.encode(self.app.conf.result_serializer)
+        reply = msg.reply_to if msg is not None else reply_to
+        await self.completer.finish([(record.task_id, data)], (), reply)
 
-    async def _store_raw(self, task_id: str, data: bytes) -> None:
-        if self.backend is not None:
-            await self.backend.store([(task_id, data)], self.app.conf.result_expires)
+
+def _plain_success(task: Task[Any, Any]) -> bool:
+    """True if ``task`` keeps the base class's no-op ``on_success`` and ``after_return``."""
+    on_success = getattr(task.on_success, "__func__", None)
+    return on_success is Task.on_success and (
+        getattr(task.after_return, "__func__", None) is Task.after_return
+    )
 
 
 def _parent_of(request: Request) -> Message:

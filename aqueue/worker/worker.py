@@ -105,6 +105,7 @@ class Worker:
         self._force = asyncio.Event()
         self._stopped = asyncio.Event()
         self._ready = asyncio.Event()
+        self._progress = asyncio.Event()  # set each time a runner finishes a message
         self._runners: list[asyncio.Task[None]] = []
         self._helpers: list[asyncio.Task[None]] = []
         self._fetcher: asyncio.Task[None] | None = None
@@ -273,6 +274,15 @@ class Worker:
         """Messages handled since start (any outcome)."""
         return self.executor.done if self.executor else 0
 
+    async def wait_processed(self, count: int) -> None:
+        """Wait until :attr:`processed` reaches ``count`` (for tests: no polling, no sleeps).
+
+        A message counts once it is finished: outcome stored and acked, or dead-lettered.
+        """
+        while self.processed < count:
+            self._progress.clear()
+            await self._progress.wait()
+
     @property
     def active(self) -> dict[str, Any]:
         """Requests running now, by task id."""
@@ -430,6 +440,7 @@ class Worker:
                 raise
             self._held.pop(id(delivery), None)
             self._slot_free.set()
+            self._progress.set()
 
     async def _renew_leases(self) -> None:
         assert self.broker is not None

@@ -18,6 +18,20 @@ from aqueue import Aqueue, Task
 
 # (hook name, task id) pairs recorded by HookedTask, for the hooks test.
 EVENTS: list[tuple[str, str]] = []
+# Futures of `returned()` callers, resolved by HookedTask.after_return (the last hook called).
+_RETURNED: dict[str, list[asyncio.Future[None]]] = {}
+
+
+async def returned(task_id: str) -> list[str]:
+    """Wait until ``after_return`` ran for ``task_id``; the hooks recorded for it, in order.
+
+    Hooks run after the outcome is stored (as in Celery), so a client can see the result first.
+    """
+    if not any(name.startswith("after_return") and tid == task_id for name, tid in EVENTS):
+        waiter = asyncio.get_running_loop().create_future()
+        _RETURNED.setdefault(task_id, []).append(waiter)
+        await waiter
+    return [name for name, tid in EVENTS if tid == task_id]
 
 
 class QuotaError(Exception):
@@ -42,6 +56,9 @@ class HookedTask(Task[Any, Any]):
         self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         EVENTS.append((f"after_return:{status}", task_id))
+        for waiter in _RETURNED.pop(task_id, []):
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 @dataclass
