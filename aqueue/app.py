@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import difflib
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from aqueue.config import Settings
 from aqueue.control.client import Control
 from aqueue.exceptions import BrokerConnectionError, ConfigurationError
 from aqueue.group_result import GroupResult as _GroupResult
-from aqueue.message import Message
+from aqueue.message import Message, new_id
 from aqueue.outcome import ResultRecord
 from aqueue.result import AsyncResult as _AsyncResult
 from aqueue.task import TASK_OPTIONS, Task
@@ -437,9 +436,11 @@ class Aqueue:
             return await apply_eager(self, task, args_t, kwargs_d, options)
         # The reply channel (aqueue.backends.inbox): results come back batched on one
         # subscription. Subscribed, and the mailbox made, before the message is published.
-        reply_to = backend = None
-        if self.has_result_backend:
+        reply_to = None
+        backend = self._loop_connections().backend
+        if backend is None and self.has_result_backend:
             backend = await self.result_backend()
+        if backend is not None:
             reply_channel = getattr(backend, "reply_channel", None)
             if reply_channel is not None:
                 reply_to = await reply_channel()
@@ -470,8 +471,10 @@ class Aqueue:
         route = routing.lookup(conf.task_routes, name, args, kwargs, options)
         annotated = self.task_options(name)
 
+        sources = [s for s in (options, route, annotated) if s]
+
         def pick(key: str, default: Any = None) -> Any:
-            for source in (options, route, annotated):
+            for source in sources:
                 if source.get(key) is not None:
                     return source[key]
             value = getattr(task, key, None) if task is not None else None
@@ -502,7 +505,7 @@ class Aqueue:
                     extra[key] = source[key]
                     break
         return Message(
-            id=options.get("task_id") or str(uuid.uuid4()),
+            id=options.get("task_id") or new_id(),
             task=name,
             args=args,
             kwargs=kwargs,

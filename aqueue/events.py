@@ -76,6 +76,7 @@ class EventDispatcher:
         self._pending: list[bytes] = []
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._stopping = False
         self.dropped = 0
 
     def send(self, kind: str, **fields: Any) -> None:
@@ -102,6 +103,10 @@ class EventDispatcher:
         """Publish what is queued (best effort) and stop."""
         flusher, self._flusher = self._flusher, None
         if flusher is not None:
+            # The flag, not only the cancel: redis-py can swallow a cancellation that lands in
+            # the middle of a command (redis/redis-py#2028), and the loop must end even then.
+            self._stopping = True
+            self._wake.set()
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
@@ -120,12 +125,15 @@ class EventDispatcher:
     async def _flush_loop(self) -> None:
         while True:
             await self._wake.wait()
+            if self._stopping:
+                return  # stop() publishes what is left
             self._wake.clear()
             try:
                 await self._flush()
             except AqueueError as exc:
                 logger.warning("publishing events failed: %s; retrying in 1s", exc)
-                await asyncio.sleep(1.0)
+                if not self._stopping:
+                    await asyncio.sleep(1.0)
                 self._wake.set()
 
 

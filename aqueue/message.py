@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,15 @@ _ENVELOPE_KEYS = (
     "options",
     "reply_to",
 )
+
+
+def new_id() -> str:
+    """A fresh task id: a random (version 4) UUID as ``str(uuid.uuid4())`` gives, made faster."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.client import PubSub
+from redis.commands.core import AsyncScript
 
 from aqueue import redis_keys as keys
 from aqueue._redis import as_bytes, open_client, redacted_url, redis_errors
@@ -43,6 +44,32 @@ log = logging.getLogger(__name__)
 # be re-established meanwhile, which redis-py follows with a new SUBSCRIBE.
 _SUBSCRIBE_TIMEOUT = 10.0
 _RECONNECT_BACKOFF = (0.1, 2.0)  # first and longest pause between pub/sub reconnects (seconds)
+
+
+# Stores a batch of records in one command (a pipeline of SET + PUBLISH per record costs the
+# worker two replies to parse per task).
+# KEYS: the result key of each record.
+# ARGV[1]: PX milliseconds ('0': no expiry); ARGV[2]: length of the result keys' prefix;
+# ARGV[3]: the per-task channels' prefix; ARGV[4 .. #KEYS + 3]: the records, in KEYS order;
+# then (channel, payload) pairs of reply batches. Returns the number of records stored.
+_STORE_LUA = """
+local px, cut, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]) + 1, ARGV[3]
+for i = 1, #KEYS do
+  local record = ARGV[i + 3]
+  if px > 0 then
+    redis.call('SET', KEYS[i], record, 'PX', px)
+  else
+    redis.call('SET', KEYS[i], record)
+  end
+  redis.call('PUBLISH', prefix .. string.sub(KEYS[i], cut), record)
+end
+for i = #KEYS + 4, #ARGV, 2 do
+  redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+end
+return #KEYS
+"""
+_RESULT_PREFIX = keys.result("")
+_CHANNEL_PREFIX = keys.result_channel("")
 
 
 def _milliseconds(seconds: float) -> int:
@@ -60,6 +87,7 @@ class RedisBackend:
     def __init__(self, url: str) -> None:
         self._url = url
         self._client: aioredis.Redis | None = None
+        self._store_script: AsyncScript | None = None  # registered with the client
         self._connecting = asyncio.Lock()
         self._subscribing = asyncio.Lock()
         self._pubsub: PubSub | None = None
@@ -135,19 +163,27 @@ class RedisBackend:
         if not items:
             return
         client = await self._connection()
-        px = None if expires is None else _milliseconds(expires)
+        names: list[str] = []
+        args: list[Any] = [
+            0 if expires is None else _milliseconds(expires),
+            len(_RESULT_PREFIX),
+            _CHANNEL_PREFIX,
+        ]
         replies: dict[str, list[tuple[str, bytes]]] = {}
+        for task_id, record in items:
+            names.append(_RESULT_PREFIX + task_id)
+            args.append(record)
+            channel = reply_to.get(task_id) if reply_to else None
+            if channel and channel.startswith(keys.REPLY_PREFIX):
+                replies.setdefault(channel, []).append((task_id, record))
+        for channel, batch in replies.items():
+            args.append(channel)
+            args.append(pack(batch))
         with redis_errors(self._url, "store"):
-            async with client.pipeline(transaction=False) as pipe:
-                for task_id, record in items:
-                    pipe.set(keys.result(task_id), record, px=px)
-                    pipe.publish(keys.result_channel(task_id), record)
-                    channel = reply_to.get(task_id) if reply_to else None
-                    if channel and channel.startswith(keys.REPLY_PREFIX):
-                        replies.setdefault(channel, []).append((task_id, record))
-                for channel, batch in replies.items():
-                    pipe.publish(channel, pack(batch))
-                await pipe.execute()
+            script = self._store_script
+            if script is None or script.registered_client is not client:
+                script = self._store_script = client.register_script(_STORE_LUA)
+            await script(keys=names, args=args)
         if self._inbox:
             for task_id, record in items:
                 self._inbox.put(task_id, record)

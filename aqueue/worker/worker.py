@@ -103,6 +103,7 @@ class Worker:
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
         self._force = asyncio.Event()
+        self._helpers_done = asyncio.Event()  # set by stop() once no message is held
         self._stopped = asyncio.Event()
         self._ready = asyncio.Event()
         self._progress = asyncio.Event()  # set each time a runner finishes a message
@@ -250,6 +251,7 @@ class Worker:
         if leftover and self.broker is not None:
             with contextlib.suppress(AqueueError):
                 await self.broker.release(leftover)
+        self._helpers_done.set()
         for helper in self._helpers:
             helper.cancel()
         await asyncio.gather(*self._helpers, return_exceptions=True)
@@ -445,8 +447,13 @@ class Worker:
     async def _renew_leases(self) -> None:
         assert self.broker is not None
         interval = self.visibility_timeout / 3
-        while True:
-            await asyncio.sleep(interval)
+        # Ends on its flag too: a cancel landing inside a redis-py command can be swallowed.
+        # Leases are renewed until the runners are done (stop() sets the flag after them).
+        while not self._helpers_done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._helpers_done.wait(), interval)
+            if self._helpers_done.is_set():
+                return
             held = list(self._held.values())
             if held:
                 try:
