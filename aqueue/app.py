@@ -417,12 +417,7 @@ class Aqueue:
             EncodeError: the arguments cannot be serialised.
             BrokerConnectionError: the broker cannot be reached within the retry policy.
         """
-        unknown = set(options) - _SEND_OPTIONS
-        if unknown:
-            bad = sorted(unknown)[0]
-            close = difflib.get_close_matches(bad, _SEND_OPTIONS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigurationError(f"unknown apply_async option {bad!r}{hint}")
+        _check_send_options(options)
         task = _task or self.tasks.get(name)
         args_t = tuple(args or ())
         kwargs_d = dict(kwargs or {})
@@ -434,22 +429,77 @@ class Aqueue:
 
                 raise TaskNotRegistered(f"task {name!r} is not registered (task_always_eager)")
             return await apply_eager(self, task, args_t, kwargs_d, options)
-        # The reply channel (aqueue.backends.inbox): results come back batched on one
-        # subscription. Subscribed, and the mailbox made, before the message is published.
-        reply_to = None
-        backend = self._loop_connections().backend
-        if backend is None and self.has_result_backend:
-            backend = await self.result_backend()
-        if backend is not None:
-            reply_channel = getattr(backend, "reply_channel", None)
-            if reply_channel is not None:
-                reply_to = await reply_channel()
+        backend, reply_to = await self._reply_target()
         message = self.build_message(name, args_t, kwargs_d, task, options, reply_to)
         mailbox = backend.expect(message.id) if message.reply_to else None  # type: ignore[union-attr]
         await self.publish([message], options.get("retry", True), options.get("retry_policy"))
         result: _AsyncResult[Any] = _AsyncResult(message.id, self, name)
         result._mailbox = mailbox
         return result
+
+    async def send_many(
+        self,
+        name: str,
+        arguments: Iterable[Iterable[Any]],
+        *,
+        _task: Task[Any, Any] | None = None,
+        **options: Any,
+    ) -> list[_AsyncResult[Any]]:
+        """Publish one call of task ``name`` per item of ``arguments`` (its positional
+        arguments), all in one broker round trip: the bulk path.
+
+        ``await app.send_many("proj.add", [(1, 2), (3, 4)])`` is what
+        ``[await add.delay(1, 2), await add.delay(3, 4)]`` does, minus a round trip per call.
+        The options (those of :meth:`send_task` but ``task_id``) apply to every call. Unlike a
+        ``group``, nothing ties the calls together afterwards: each result is its own.
+
+        Returns:
+            One result handle per item, in order.
+
+        Raises:
+            ConfigurationError: an option is unknown or invalid, or ``task_id`` is given.
+            TypeError: an item does not fit the task's signature (nothing is sent).
+            EncodeError: an item cannot be serialised (nothing is sent).
+            BrokerConnectionError: the broker cannot be reached within the retry policy.
+        """
+        _check_send_options(options)
+        if options.get("task_id") is not None:
+            raise ConfigurationError("send_many() makes one task id per call: drop task_id=")
+        task = _task or self.tasks.get(name)
+        calls = [tuple(a) for a in arguments]
+        if task is not None:
+            for call in calls:
+                task.check_arguments(call, {})
+        if self.conf.task_always_eager:
+            return [await self.send_task(name, call, None, _task=task, **options) for call in calls]
+        backend, reply_to = await self._reply_target()
+        messages = [self.build_message(name, call, {}, task, options, reply_to) for call in calls]
+        outgoing = [self._outgoing(m) for m in messages]  # EncodeError before anything is sent
+        results: list[_AsyncResult[Any]] = []
+        for m in messages:
+            result: _AsyncResult[Any] = _AsyncResult(m.id, self, name)
+            if m.reply_to:
+                result._mailbox = backend.expect(m.id)  # type: ignore[union-attr]
+            results.append(result)
+        await self._publish_outgoing(
+            outgoing, options.get("retry", True), options.get("retry_policy")
+        )
+        return results
+
+    async def _reply_target(self) -> tuple[ResultBackend | None, str | None]:
+        """The result backend and this client's reply channel (``None`` where there is none).
+
+        The reply channel (:mod:`aqueue.backends.inbox`) brings results back batched on one
+        subscription; it is subscribed before this returns, so before any message naming it is
+        published.
+        """
+        backend = self._loop_connections().backend
+        if backend is None and self.has_result_backend:
+            backend = await self.result_backend()
+        if backend is None:
+            return None, None
+        reply_channel = getattr(backend, "reply_channel", None)
+        return backend, (await reply_channel() if reply_channel is not None else None)
 
     def build_message(
         self,
@@ -539,7 +589,11 @@ class Aqueue:
             EncodeError: a message's arguments cannot be serialised.
             BrokerConnectionError: still failing after ``retry_policy['max_retries']`` retries.
         """
-        outgoing = [self._outgoing(m) for m in messages]
+        await self._publish_outgoing([self._outgoing(m) for m in messages], retry, retry_policy)
+
+    async def _publish_outgoing(
+        self, outgoing: list[Outgoing], retry: bool, retry_policy: dict[str, Any] | None
+    ) -> None:
         if retry and retry_policy is None:
             # Concurrent sends with the default policy share one broker round trip.
             conns = self._loop_connections()
@@ -621,6 +675,15 @@ class Aqueue:
             self.conf.result_expires,
             {task_id: reply} if reply else None,
         )
+
+
+def _check_send_options(options: dict[str, Any]) -> None:
+    unknown = set(options) - _SEND_OPTIONS
+    if unknown:
+        bad = sorted(unknown)[0]
+        close = difflib.get_close_matches(bad, _SEND_OPTIONS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigurationError(f"unknown apply_async option {bad!r}{hint}")
 
 
 def _epoch(value: Any, option: str) -> float | None:

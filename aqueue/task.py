@@ -203,6 +203,15 @@ class Task(Generic[P, R]):
         """
         return await self.app.send_task(self.name, args, kwargs, _task=self, **options)
 
+    async def delay_many(
+        self, arguments: Iterable[Iterable[Any]], **options: Any
+    ) -> list[AsyncResult[R]]:
+        """Publish one call per item of ``arguments`` (positional arguments), in one broker
+        round trip: ``await add.delay_many([(1, 2), (3, 4)])``. See
+        :meth:`aqueue.app.Aqueue.send_many` for the options and errors.
+        """
+        return await self.app.send_many(self.name, arguments, _task=self, **options)
+
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature of this task with partial arguments (a parent's result is prepended)."""
         from aqueue.canvas import Signature

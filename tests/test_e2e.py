@@ -419,3 +419,39 @@ async def test_a_forgotten_result_reads_pending_from_any_handle(t: Tasks, worker
     assert await other.state() == "SUCCESS"
     await r.forget()
     assert await other.state() == "PENDING"
+
+
+# -- the bulk path and reply channels -------------------------------------------------------
+
+
+async def test_delay_many_sends_every_call_and_each_result_comes_back(
+    t: Tasks, worker: Worker
+) -> None:
+    results = await t.add.delay_many((i, i) for i in range(50))
+    assert len({r.id for r in results}) == 50
+    assert [await r.get(timeout=10) for r in results] == [2 * i for i in range(50)]
+    more = await t.app.send_many("e2e.add", [(1, 2), (3, 4)], priority=5)
+    assert [await r.get(timeout=10) for r in more] == [3, 7]
+
+
+async def test_send_many_sends_nothing_when_one_call_is_bad(t: Tasks) -> None:
+    with pytest.raises(TypeError):
+        await t.add.delay_many([(1, 2), (1, 2, 3)])
+    with pytest.raises(ConfigurationError, match="task_id"):
+        await t.add.delay_many([(1, 2)], task_id="fixed")
+    broker = await t.app.broker()
+    assert await broker.fetch([t.app.conf.task_default_queue], 10, 0.1) == []
+
+
+async def test_result_of_a_sent_task_is_seen_by_another_client(
+    t: Tasks, worker: Worker, transport_url: str
+) -> None:
+    if transport_url.startswith("memory"):
+        pytest.skip("a memory backend is one process's own")
+    r = await t.add.delay(20, 22)
+    other = e2e.build(transport_url, queue=t.app.conf.task_default_queue)
+    try:
+        assert await other.app.AsyncResult(r.id).get(timeout=10) == 42
+        assert await r.get(timeout=10) == 42
+    finally:
+        await other.app.close()

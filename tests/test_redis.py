@@ -283,3 +283,60 @@ async def test_watch_survives_a_dropped_pubsub_connection(url: str, client: aior
 
         assert await asyncio.wait_for(queue.get(), 10) == b"SUCCESS"
     await backend.close()
+
+
+# -- reply channels (aqueue.backends.inbox) -------------------------------------------------
+
+
+def test_reply_batches_round_trip_and_a_cut_batch_is_refused() -> None:
+    from aqueue.backends.inbox import pack, unpack
+
+    items = [("a-1", b'{"status":"SUCCESS"}'), ("b-2", b"\x00\xff:binary:"), ("c", b"")]
+    assert unpack(pack(items)) == items
+    with pytest.raises(ValueError):
+        unpack(pack(items)[:-3])
+    with pytest.raises(ValueError):
+        unpack(b"not a batch")
+
+
+async def test_records_reach_the_sender_on_its_reply_channel(url: str) -> None:
+    backend = RedisBackend(url)
+    channel = await backend.reply_channel()
+    assert channel.startswith(keys.REPLY_PREFIX)
+    mine, unrelated = backend.expect("t-1"), str(uuid.uuid4())
+    other = RedisBackend(url)  # a worker's backend: publishes to the channel named in messages
+    await other.store(
+        [("t-1", b"STARTED"), ("t-1", b"SUCCESS"), (unrelated, b"x")],
+        60,
+        {"t-1": channel, unrelated: "not-a-reply-channel"},
+    )
+    assert await asyncio.wait_for(mine.take(), 10) == [b"STARTED", b"SUCCESS"]
+    await other.close()
+    await backend.close()
+
+
+async def test_reply_channel_survives_a_dropped_pubsub_connection(
+    url: str, client: aioredis.Redis
+) -> None:
+    backend = RedisBackend(url)
+    channel = await backend.reply_channel()
+    task_id = str(uuid.uuid4())
+    mailbox = backend.expect(task_id)
+    await client.client_kill_filter(_type="pubsub")
+    # Published while the reply subscription may be down: re-read once it is back.
+    other = RedisBackend(url)
+    await other.store([(task_id, b"SUCCESS")], 60, {task_id: channel})
+    assert b"SUCCESS" in await asyncio.wait_for(mailbox.take(), 10)
+    await other.close()
+    await backend.close()
+
+
+async def test_a_mailbox_lives_only_as_long_as_its_handle(url: str) -> None:
+    import gc
+
+    backend = RedisBackend(url)
+    await backend.reply_channel()
+    backend.expect("gone")
+    gc.collect()
+    assert backend._inbox.expected() == []
+    await backend.close()

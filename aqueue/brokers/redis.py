@@ -53,6 +53,8 @@ _OPTIONS = frozenset({"visibility_timeout"})
 # Longest a blocking read waits before the fetch script runs again: delayed messages published
 # by other clients become due without waking us, so this bounds how late they can be.
 _MAX_BLOCK = 1.0
+# Messages added per publish script run (a larger batch takes several runs).
+_PUBLISH_CHUNK = 1000
 # Delayed messages moved per fetch script run; more are moved by the next run, right away.
 _MOVE_LIMIT = 1000
 
@@ -356,7 +358,18 @@ class RedisBroker:
                 streams.append(stream)
                 bodies.append(m.body)
         with redis_errors(self._url, "publish"):
-            await scripts.publish(keys=streams, args=bodies + delayed)
+            if len(bodies) + len(delayed) // 2 <= _PUBLISH_CHUNK:
+                await scripts.publish(keys=streams, args=bodies + delayed)
+            else:  # bound how long one script run holds the server
+                for at in range(0, len(bodies), _PUBLISH_CHUNK):
+                    chunk = streams[1 + at : 1 + at + _PUBLISH_CHUNK]
+                    await scripts.publish(
+                        keys=[streams[0], *chunk], args=bodies[at : at + _PUBLISH_CHUNK]
+                    )
+                for at in range(0, len(delayed), 2 * _PUBLISH_CHUNK):
+                    await scripts.publish(
+                        keys=streams[:1], args=delayed[at : at + 2 * _PUBLISH_CHUNK]
+                    )
         if earliest < math.inf:
             self._next_due = min(self._next_due, earliest) if self._next_due else earliest
 
