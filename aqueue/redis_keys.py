@@ -58,6 +58,11 @@ def result_channel(task_id: str) -> str:
     return f"{PREFIX}result-events:{task_id}"
 
 
+def watched() -> str:
+    """The sorted set of task ids watched on their own channel (score: until when, ms)."""
+    return f"{PREFIX}watched"
+
+
 def reply_channel(client: str) -> str:
     """The pub/sub channel of client ``client``'s replies (see :mod:`aqueue.backends.inbox`)."""
     return f"{REPLY_PREFIX}{client}"

@@ -455,3 +455,21 @@ async def test_result_of_a_sent_task_is_seen_by_another_client(
         assert await r.get(timeout=10) == 42
     finally:
         await other.app.close()
+
+
+async def test_a_watcher_in_another_client_gets_records_sent_to_a_reply_channel(
+    t: Tasks, worker: Worker, transport_url: str
+) -> None:
+    if transport_url.startswith("memory"):
+        pytest.skip("a memory backend is one process's own")
+    other = e2e.build(transport_url, queue=t.app.conf.task_default_queue)
+    task_id = str(uuid.uuid4())
+    try:
+        backend = await other.app.result_backend()
+        async with backend.watch(task_id) as updates:
+            r = await t.add.apply_async((20, 22), task_id=task_id)  # its sender awaits it too
+            raw = await asyncio.wait_for(updates.get(), 10)
+        assert orjson.loads(raw)["status"] == "SUCCESS"
+        assert await r.get(timeout=10) == 42
+    finally:
+        await other.app.close()

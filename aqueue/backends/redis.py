@@ -22,6 +22,7 @@ import asyncio
 import collections
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -47,29 +48,52 @@ _RECONNECT_BACKOFF = (0.1, 2.0)  # first and longest pause between pub/sub recon
 
 
 # Stores a batch of records in one command (a pipeline of SET + PUBLISH per record costs the
-# worker two replies to parse per task).
-# KEYS: the result key of each record.
+# worker two replies to parse per task). A record going to its sender's reply channel is
+# published on its own channel only when someone else watches it: a watcher registers the id in
+# the watched set (score: until when, ms) after subscribing and before reading the record, and
+# the script checks that set after storing - so either the watcher's read sees the record or
+# the script sees the watcher (both run atomically on one server).
+# KEYS[1]: the watched set; KEYS[2..]: the result key of each record.
 # ARGV[1]: PX milliseconds ('0': no expiry); ARGV[2]: length of the result keys' prefix;
-# ARGV[3]: the per-task channels' prefix; ARGV[4 .. #KEYS + 3]: the records, in KEYS order;
-# then (channel, payload) pairs of reply batches. Returns the number of records stored.
+# ARGV[3]: the per-task channels' prefix; ARGV[4]: now (ms); ARGV[5]: one '0'/'1' per record,
+# '1' where the record goes to a reply channel; ARGV[6 .. #KEYS + 4]: the records, in KEYS
+# order; then (channel, payload) pairs of reply batches. Returns the number of records stored.
 _STORE_LUA = """
 local px, cut, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]) + 1, ARGV[3]
-for i = 1, #KEYS do
-  local record = ARGV[i + 3]
+local now, replied = tonumber(ARGV[4]), ARGV[5]
+local check, ids = {}, {}
+for i = 2, #KEYS do
+  local record = ARGV[i + 4]
   if px > 0 then
     redis.call('SET', KEYS[i], record, 'PX', px)
   else
     redis.call('SET', KEYS[i], record)
   end
-  redis.call('PUBLISH', prefix .. string.sub(KEYS[i], cut), record)
+  local id = string.sub(KEYS[i], cut)
+  if string.byte(replied, i - 1) == 49 then
+    check[#check + 1], ids[#ids + 1] = i, id
+  else
+    redis.call('PUBLISH', prefix .. id, record)
+  end
 end
-for i = #KEYS + 4, #ARGV, 2 do
+if #ids > 0 then
+  local until_ms = redis.call('ZMSCORE', KEYS[1], unpack(ids))
+  for j = 1, #ids do
+    if until_ms[j] and tonumber(until_ms[j]) > now then
+      redis.call('PUBLISH', prefix .. ids[j], ARGV[check[j] + 4])
+    end
+  end
+end
+for i = #KEYS + 5, #ARGV, 2 do
   redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
 end
-return #KEYS
+return #KEYS - 1
 """
 _RESULT_PREFIX = keys.result("")
 _CHANNEL_PREFIX = keys.result_channel("")
+_WATCHED = keys.watched()
+# Seconds a watcher's entry in the watched set lasts; live watches renew it every third.
+_WATCH_TTL = 3600.0
 
 
 def _milliseconds(seconds: float) -> int:
@@ -97,6 +121,7 @@ class RedisBackend:
         self._confirmations: dict[bytes, collections.deque[asyncio.Future[None]]] = {}
         self._messages_seen: dict[bytes, int] = {}  # channel -> messages dispatched so far
         self._refreshes: set[asyncio.Task[None]] = set()
+        self._remarker: asyncio.Task[None] | None = None
         # This client's reply channel: subscribed on first use, by one task all callers await.
         self._reply = keys.reply_channel(secrets.token_hex(8)).encode()
         self._reply_subscribed: asyncio.Task[None] | None = None
@@ -118,14 +143,14 @@ class RedisBackend:
 
         Watches still entered get no more records; entering one later reconnects.
         """
-        tasks = [t for t in (self._reader, *self._refreshes) if t is not None]
+        tasks = [t for t in (self._reader, self._remarker, *self._refreshes) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:
             # wait() rather than awaiting each: it does not re-raise their CancelledError, so a
             # cancellation of close() itself is not swallowed.
             await asyncio.wait(tasks)
-        self._reader = None
+        self._reader = self._remarker = None
         self._refreshes.clear()
         if self._reply_subscribed is not None:
             self._reply_subscribed.cancel()
@@ -151,11 +176,13 @@ class RedisBackend:
         expires: float | None,
         reply_to: Mapping[str, str] | None = None,
     ) -> None:
-        """SET each record (PX ``expires`` seconds) and PUBLISH it to its channel, one trip.
+        """SET each record (PX ``expires`` seconds) and PUBLISH it, in one script run.
 
-        Records of ids in ``reply_to`` are also published to that reply channel, one PUBLISH per
-        channel (:func:`~aqueue.backends.inbox.pack`); channels not named ``aqueue:reply:*`` are
-        ignored. A record of a task this client awaits reaches its mailbox here too.
+        A record of an id in ``reply_to`` is published to that reply channel, one PUBLISH per
+        channel (:func:`~aqueue.backends.inbox.pack`), and to its own channel only if someone
+        watches it there (:meth:`watch`); other records are published to their own channel.
+        Reply channels not named ``aqueue:reply:*`` are ignored. A record of a task this client
+        awaits reaches its mailbox here too.
 
         Raises:
             BrokerConnectionError: the server cannot be reached.
@@ -163,19 +190,25 @@ class RedisBackend:
         if not items:
             return
         client = await self._connection()
-        names: list[str] = []
+        names: list[str] = [_WATCHED]
+        records: list[bytes] = []
+        replied = bytearray(b"0" * len(items))
+        replies: dict[str, list[tuple[str, bytes]]] = {}
+        for i, (task_id, record) in enumerate(items):
+            names.append(_RESULT_PREFIX + task_id)
+            records.append(record)
+            channel = reply_to.get(task_id) if reply_to else None
+            if channel and channel.startswith(keys.REPLY_PREFIX):
+                replies.setdefault(channel, []).append((task_id, record))
+                replied[i] = 0x31  # "1"
         args: list[Any] = [
             0 if expires is None else _milliseconds(expires),
             len(_RESULT_PREFIX),
             _CHANNEL_PREFIX,
+            int(time.time() * 1000),
+            bytes(replied),
+            *records,
         ]
-        replies: dict[str, list[tuple[str, bytes]]] = {}
-        for task_id, record in items:
-            names.append(_RESULT_PREFIX + task_id)
-            args.append(record)
-            channel = reply_to.get(task_id) if reply_to else None
-            if channel and channel.startswith(keys.REPLY_PREFIX):
-                replies.setdefault(channel, []).append((task_id, record))
         for channel, batch in replies.items():
             args.append(channel)
             args.append(pack(batch))
@@ -274,7 +307,9 @@ class RedisBackend:
     async def watch(self, task_id: str) -> AsyncIterator[asyncio.Queue[bytes]]:
         """Subscribe to ``task_id``'s channel; yield the queue its new records are put on.
 
-        Entering returns once the server confirmed the subscription. Several watchers of one id
+        Entering returns once the server confirmed the subscription and the id is in the
+        watched set (so a worker publishes its records here even when they also go to a sender's
+        reply channel; entries last an hour, renewed while watched). Several watchers of one id
         share the subscription and each get every record; the last one leaving unsubscribes.
 
         Raises:
@@ -285,11 +320,38 @@ class RedisBackend:
         queue: asyncio.Queue[bytes] = asyncio.Queue()
         try:
             await self._subscribe(channel, queue)
+            # After subscribing, before the caller reads the record (see _STORE_LUA).
+            await self._mark_watched([task_id])
+            if self._remarker is None or self._remarker.done():
+                self._remarker = asyncio.create_task(self._remark_loop())
             yield queue
         finally:
             await self._unsubscribe(channel, queue)
 
     # -- internals -------------------------------------------------------------------------
+
+    async def _mark_watched(self, task_ids: Sequence[str]) -> None:
+        """Put ``task_ids`` in the watched set for another hour; drop entries run out."""
+        client = await self._connection()
+        now_ms = int(time.time() * 1000)
+        until = now_ms + int(_WATCH_TTL * 1000)
+        with redis_errors(self._url, "watch"):
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.zadd(_WATCHED, dict.fromkeys(task_ids, until), gt=True)
+                pipe.zremrangebyscore(_WATCHED, "-inf", now_ms)
+                await pipe.execute()
+
+    async def _remark_loop(self) -> None:
+        """Renew the watched-set entries of this backend's live watches, until cancelled."""
+        prefix = _CHANNEL_PREFIX.encode()
+        while self._client is not None:
+            await asyncio.sleep(_WATCH_TTL / 3)
+            ids = [c[len(prefix) :].decode() for c in self._watchers if c.startswith(prefix)]
+            if ids:
+                try:
+                    await self._mark_watched(ids)
+                except BrokerError as exc:
+                    log.warning("%r: cannot renew watches: %s", self, exc)
 
     async def _connection(self) -> aioredis.Redis:
         """The connected client, connecting first if needed."""
