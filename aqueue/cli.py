@@ -7,7 +7,6 @@ instance in it is used, as Celery's ``-A`` does. The current directory is import
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 import os
@@ -18,6 +17,7 @@ import orjson
 import typer
 
 from aqueue import __version__
+from aqueue import loop as aqueue_loop
 from aqueue.app import Aqueue
 from aqueue.beat.cli import beat_cli
 from aqueue.exceptions import AqueueError, ConfigurationError
@@ -160,7 +160,7 @@ def worker(
             await the_app.close()
 
     try:
-        asyncio.run(main())
+        aqueue_loop.run(main())
     except AqueueError as exc:
         raise _fail(exc) from exc
 
@@ -225,7 +225,7 @@ def call(
             await the_app.close()
 
     try:
-        code = asyncio.run(main())
+        code = aqueue_loop.run(main())
     except AqueueError as exc:
         raise _fail(exc) from exc
     raise typer.Exit(code)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import orjson
 import typer
 
+from aqueue import loop as aqueue_loop
 from aqueue.app import Aqueue
 from aqueue.control.client import DEFAULT_TIMEOUT, by_worker
 from aqueue.control.protocol import Reply
@@ -110,7 +111,7 @@ def _run(spec: str, work: Callable[[Aqueue], Awaitable[T]]) -> T:
             await app.close()
 
     try:
-        return asyncio.run(main())
+        return aqueue_loop.run(main())
     except AqueueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -24,6 +23,7 @@ from zoneinfo import ZoneInfo
 import orjson
 import typer
 
+from aqueue import loop as aqueue_loop
 from aqueue.beat.schedules import Interval, Schedule, crontab
 from aqueue.exceptions import AqueueError, ConfigurationError
 
@@ -81,7 +81,7 @@ def _run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     from aqueue.cli import _fail
 
     try:
-        return asyncio.run(main())
+        return aqueue_loop.run(main())
     except AqueueError as exc:
         raise _fail(exc) from exc
 
