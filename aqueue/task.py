@@ -150,6 +150,7 @@ class Task(Generic[P, R]):
         self.__module__ = getattr(fn, "__module__", "")
         self.__wrapped__ = fn
         self._signature = inspect.signature(fn)
+        self._positional = _positional_range(self._signature)
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
@@ -164,6 +165,12 @@ class Task(Generic[P, R]):
 
     def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Raise ``TypeError`` when ``args``/``kwargs`` don't fit the function's signature."""
+        span = self._positional
+        if span is not None and not kwargs:
+            # Only plain positional parameters and a call without keywords: counting suffices.
+            given = len(args) + (1 if self.bind else 0)
+            if span[0] <= given <= span[1]:
+                return
         if self.bind:
             self._signature.bind(self, *args, **kwargs)
         else:
@@ -354,3 +361,16 @@ class Task(Generic[P, R]):
         einfo: str | None,
     ) -> Any:
         """Called by the worker after every run, whatever its outcome (``status``)."""
+
+
+def _positional_range(sig: inspect.Signature) -> tuple[int, int] | None:
+    """(required, total) positional parameters, or ``None`` unless every parameter is a plain
+    positional one (then a call with keywords or a count outside the range needs ``bind``)."""
+    required = total = 0
+    for param in sig.parameters.values():
+        if param.kind not in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            return None
+        total += 1
+        if param.default is param.empty:
+            required += 1
+    return required, total

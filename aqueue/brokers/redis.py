@@ -53,6 +53,8 @@ _OPTIONS = frozenset({"visibility_timeout"})
 # Longest a blocking read waits before the fetch script runs again: delayed messages published
 # by other clients become due without waking us, so this bounds how late they can be.
 _MAX_BLOCK = 1.0
+# Entry ids per XACK/XDEL in the ack script (Lua's unpack() is bounded by its C stack).
+_ACK_CHUNK = 1000
 # Messages added per publish script run (a larger batch takes several runs).
 _PUBLISH_CHUNK = 1000
 # Delayed messages moved per fetch script run; more are moved by the next run, right away.
@@ -153,6 +155,22 @@ end
 return ready
 """
 
+# Acks a batch in one command: XACK + XDEL of each stream's entries (atomic, as a script is).
+# KEYS: streams; ARGV[1]: the group; then, per stream in KEYS order, its number of entries
+#   followed by their ids.
+_ACK_LUA = """
+local at = 2
+for i = 1, #KEYS do
+  local n = tonumber(ARGV[at])
+  local ids = {}
+  for j = 1, n do ids[j] = ARGV[at + j] end
+  redis.call('XACK', KEYS[i], ARGV[1], unpack(ids))
+  redis.call('XDEL', KEYS[i], unpack(ids))
+  at = at + n + 1
+end
+return 0
+"""
+
 # Resets the idle time of entries this consumer still owns. Checking the owner first keeps a
 # slow worker from snatching back a message another consumer has already reclaimed.
 # KEYS: the stream of each entry; ARGV: group, consumer, entry ids. Returns 1/0 per entry.
@@ -233,6 +251,7 @@ class _Scripts:
 
     fetch: AsyncScript
     publish: AsyncScript
+    ack: AsyncScript
     renew: AsyncScript
     release: AsyncScript
     forget: AsyncScript
@@ -242,6 +261,7 @@ class _Scripts:
         return cls(
             fetch=client.register_script(_FETCH_LUA),
             publish=client.register_script(_PUBLISH_LUA),
+            ack=client.register_script(_ACK_LUA),
             renew=client.register_script(_RENEW_LUA),
             release=client.register_script(_RELEASE_LUA),
             forget=client.register_script(_FORGET_LUA),
@@ -418,20 +438,25 @@ class RedisBroker:
                     return []
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """XACK + XDEL the deliveries' entries in one MULTI. Acking twice is harmless.
+        """XACK + XDEL the deliveries' entries, one XACK and one XDEL per stream, in one script
+        run (atomic). Acking twice is harmless.
 
         Raises:
             BrokerConnectionError: the server cannot be reached.
         """
         if not deliveries:
             return
-        client, _ = await self._connection()
+        _, scripts = await self._connection()
+        streams: list[str] = []
+        args: list[Any] = [keys.GROUP]
+        for stream, ids in self._by_stream(deliveries).items():
+            for at in range(0, len(ids), _ACK_CHUNK):  # unpack() in Lua has a stack limit
+                chunk = ids[at : at + _ACK_CHUNK]
+                streams.append(stream)
+                args.append(len(chunk))
+                args.extend(chunk)
         with redis_errors(self._url, "ack"):
-            async with client.pipeline(transaction=True) as pipe:
-                for stream, ids in self._by_stream(deliveries).items():
-                    pipe.xack(stream, keys.GROUP, *ids)
-                    pipe.xdel(stream, *ids)
-                await pipe.execute()
+            await scripts.ack(keys=streams, args=args)
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Re-add the entries this consumer still holds, keeping their delivery count.

@@ -289,7 +289,10 @@ class Executor:
             await self._dead_letter(delivery, msg, reason, EncodeError(reason))
             return
         records = [] if msg.ignore_result or self.backend is None else [(msg.id, data)]
-        logger.info("Task %s[%s] succeeded in %.4fs: %s", msg.task, msg.id, runtime, _short(value))
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "Task %s[%s] succeeded in %.4fs: %s", msg.task, msg.id, runtime, _short(value)
+            )
         if self.on_event is not None:
             self.on_event("task-succeeded", msg, {"result": _short(value), "runtime": runtime})
         if not msg.link and not msg.options and _plain_success(task):
