@@ -204,6 +204,17 @@ class Adapter:
         """One no-op task, for the paced latency workload."""
         raise NotImplementedError
 
+    async def send_noop_bulk(self, n: int) -> list[Any]:
+        """``n`` no-op tasks through the system's bulk call, 1,000 per call (workload 5).
+
+        Systems without one keep this default and skip the workload.
+        """
+        raise NotImplementedError
+
+    @property
+    def has_bulk(self) -> bool:
+        return type(self).send_noop_bulk is not Adapter.send_noop_bulk
+
     async def wait(self, handles: list[Any], deadline: float) -> list[float]:
         raise NotImplementedError
 
@@ -302,6 +313,15 @@ class Bench:
         await self._wait(handles, deadline)
         return {"drain_per_s": n / (time.perf_counter() - t0)}
 
+    async def bulk(self, n: int) -> dict[str, Any]:
+        """Workload 5: n no-op tasks sent through the bulk call while the worker drains."""
+        deadline = self.deadline()
+        t0 = time.perf_counter()
+        handles = await self.a.send_noop_bulk(n)
+        sent = time.perf_counter() - t0
+        await self._wait(handles, deadline)
+        return {"enqueue_per_s": n / sent, "drain_per_s": n / (time.perf_counter() - t0)}
+
     async def latency(self, n: int, rate: float) -> dict[str, Any]:
         """Workload 4: n no-op tasks sent one by one at ``rate``/s; enqueue-to-start times."""
         deadline = self.deadline() + n / rate
@@ -350,6 +370,8 @@ class Bench:
                 if self.worker.proc is None:
                     self.worker.start()
             await self._step("noop", self.noop(args.n))
+            if self.a.has_bulk:
+                await self._step("bulk", self.bulk(args.n))
             await self._step("sleep", self.sleep(args.sleep_n))
             await self._step("latency", self.latency(args.latency_n, args.rate))
         finally:
@@ -385,7 +407,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=180.0, help="seconds per workload")
     p.add_argument("--log-dir", default="/tmp")
     p.add_argument(
-        "--workloads", default="prefilled,noop,sleep,latency", type=lambda s: s.split(",")
+        "--workloads", default="prefilled,noop,bulk,sleep,latency", type=lambda s: s.split(",")
     )
     args = p.parse_args(argv)
     args.backend = args.backend or args.broker

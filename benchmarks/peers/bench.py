@@ -48,7 +48,7 @@ VENVS = HERE / ".venvs"
 SYSTEMS = ("aqueue", "taskiq", "arq", "saq", "streaq", "dramatiq", "celery")
 PEERS = SYSTEMS[1:]
 AMQP_SYSTEMS = ("aqueue", "celery")
-WORKLOADS = ("prefilled", "noop", "sleep", "latency")
+WORKLOADS = ("prefilled", "noop", "bulk", "sleep", "latency")
 MARKER = "BENCH_PEERS_RUN"  # set in every child's environment, to find leftovers by pid
 
 sys.path.insert(0, str(HERE))
@@ -67,6 +67,7 @@ class Column:
 
 COLUMNS = (
     Column("enqueue/s", "noop", "enqueue_per_s", True),
+    Column("bulk enqueue/s", "bulk", "enqueue_per_s", True),
     Column("no-op drain/s", "noop", "drain_per_s", True),
     Column("pre-filled drain/s", "prefilled", "drain_per_s", True),
     Column("sleep(10 ms) drain/s", "sleep", "drain_per_s", True),
@@ -77,6 +78,7 @@ COLUMNS = (
 # The targets for aqueue: column title -> (kind, bound).
 TARGETS = {
     "enqueue/s": ("ratio", 3.0),
+    "bulk enqueue/s": ("ratio", 3.0),
     "no-op drain/s": ("ratio", 3.0),
     "pre-filled drain/s": ("ratio", 3.0),
     "sleep(10 ms) drain/s": ("ratio", 1.0),

@@ -1,7 +1,8 @@
 """aqueue's runner, in the system Python (or any env with the repo installed).
 
 Producer: ``delay()`` 1,000 at a time with ``asyncio.gather``, as ``benchmarks/throughput.py``
-does; results awaited 1,000 at a time (pushed over pub/sub, no polling). Worker: ``aqueue worker
+does (the bulk workload: ``delay_many`` of 1,000); results awaited 1,000 at a time (pushed over
+the client's reply channel, no polling). Worker: ``aqueue worker
 -A tasks_aqueue -c 100``.
 """
 
@@ -20,7 +21,7 @@ from _common import Adapter, gather_batched, main
 
 class AqueueAdapter(Adapter):
     name = "aqueue"
-    notes = "async tasks; delay() x1000 per gather; results awaited over pub/sub"
+    notes = "async tasks; delay() x1000 per gather (bulk: delay_many x1000); reply channel"
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
@@ -65,6 +66,12 @@ class AqueueAdapter(Adapter):
 
     async def send_one(self) -> Any:
         return await self.noop.delay()
+
+    async def send_noop_bulk(self, n: int) -> list[Any]:
+        out: list[Any] = []
+        for start in range(0, n, self.batch):
+            out += await self.noop.delay_many([()] * min(self.batch, n - start))
+        return out
 
     async def wait(self, handles: list[Any], deadline: float) -> list[float]:
         out: list[float] = []

@@ -63,6 +63,9 @@ class StreaqAdapter(Adapter):
     async def send_one(self) -> Any:
         return await self.t.noop.enqueue()
 
+    async def send_noop_bulk(self, n: int) -> list[Any]:
+        return await self._bulk(self.t.noop, n)
+
     async def wait(self, handles: list[Any], deadline: float) -> list[float]:
         from streaq.task import TaskStatus
 
