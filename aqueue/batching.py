@@ -32,8 +32,9 @@ class Batcher(Generic[T]):
         flush: called with the items of one batch, in submission order.
         max_batch: a batch with this many items is flushed at once.
 
-    A batch is flushed when the loop has run every callback queued in the turn it was opened
-    in (``loop.call_soon``), so callers woken together land in one flush.
+    A batch is flushed by a task started when it is opened, whose first step runs after every
+    callback already queued in that turn of the loop, so callers woken together land in one
+    flush, and a lone caller waits one loop turn at most.
     """
 
     def __init__(self, flush: Callable[[list[T]], Awaitable[None]], max_batch: int = 1000) -> None:
@@ -50,24 +51,21 @@ class Batcher(Generic[T]):
         """
         batch = self._batch
         if batch is None:
-            loop = asyncio.get_running_loop()
-            batch = self._batch = _Batch(loop)
-            loop.call_soon(self._start, batch)
+            batch = self._batch = _Batch(asyncio.get_running_loop())
+            # The flush task's first step runs after the callbacks already queued in this turn
+            # (the other callers woken with us): it closes the batch, then flushes it.
+            task = asyncio.ensure_future(self._run(batch))
+            self._running.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._running.discard)
+            task.add_done_callback(_consume)
         batch.items.extend(items)
         if len(batch.items) >= self.max_batch:
-            self._start(batch)
+            self._batch = None  # full: later callers open the next batch
         await asyncio.shield(batch.done)
 
-    def _start(self, batch: _Batch[T]) -> None:
-        if self._batch is not batch:
-            return  # already started because it was full
-        self._batch = None
-        task = asyncio.ensure_future(self._run(batch))
-        self._running.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(self._running.discard)
-        task.add_done_callback(_consume)
-
     async def _run(self, batch: _Batch[T]) -> None:
+        if self._batch is batch:
+            self._batch = None
         try:
             await self._flush_fn(batch.items)
         except BaseException as exc:
