@@ -3,7 +3,7 @@ PYTHON ?= python
 BROKER ?=
 DEMO_LIMIT ?= 2000
 
-.PHONY: install demo demo-wordcount test lint bench bench-peers
+.PHONY: install demo demo-wordcount test lint bench bench-peers bench-memory
 
 install:
 	$(PYTHON) -m pip install -e '.[dev]'
@@ -33,3 +33,7 @@ bench:
 # run). BENCH_ARGS passes options, e.g. make bench-peers BENCH_ARGS="--quick --only aqueue,saq".
 bench-peers:
 	$(PYTHON) benchmarks/peers/bench.py $(BENCH_ARGS)
+
+# Worker RSS with 100,000 tasks waiting (a throwaway redis-server; about a minute).
+bench-memory:
+	$(PYTHON) benchmarks/memory.py $(BENCH_ARGS)

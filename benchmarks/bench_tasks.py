@@ -6,6 +6,7 @@ which the benchmark sets for itself and for the worker it starts.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from aqueue import Aqueue
@@ -17,3 +18,9 @@ app = Aqueue("bench")
 async def noop() -> float:
     """Do nothing; return when it started (epoch seconds), for the enqueue-to-start latency."""
     return time.time()
+
+
+@app.task(name="bench.hold")
+async def hold(seconds: float) -> None:
+    """Keep a concurrency slot busy for ``seconds`` (the memory benchmark's backlog)."""
+    await asyncio.sleep(seconds)

@@ -161,8 +161,9 @@ async def _forward(stream: asyncio.StreamReader) -> None:
 @contextlib.asynccontextmanager
 async def worker_process(
     env: dict[str, str], concurrency: int, loglevel: str = "warning"
-) -> AsyncIterator[None]:
-    """``aqueue worker -A benchmarks.bench_tasks`` until the block exits; enters once ready."""
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``aqueue worker -A benchmarks.bench_tasks`` until the block exits; enters (yielding the
+    process) once it is ready."""
     exe = Path(sys.executable).with_name("aqueue")
     cmd = [str(exe) if exe.exists() else (shutil.which("aqueue") or "aqueue")]
     cmd += ["worker", "-A", WORKER_APP, "-c", str(concurrency), "-l", loglevel]
@@ -194,7 +195,7 @@ async def worker_process(
                 + "".join(seen[-20:])
             ) from None
         forwarder = asyncio.create_task(_forward(proc.stdout))
-        yield
+        yield proc
     finally:
         await _stop(proc, "the worker")
         if forwarder is not None:
