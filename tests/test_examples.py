@@ -31,3 +31,27 @@ def test_filehash_demo_on_the_embedded_default() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "files" in done.stdout and "tasks/s" in done.stdout, done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_filehash_demo_bulk_path() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "examples.filehash.producer",
+            "--spawn-worker",
+            "--limit",
+            "300",
+            "--bulk",
+            "--in-flight",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = dict(line.split(None, 1) for line in done.stdout.splitlines() if line.strip())
+    assert figures["files"].strip() == "300", done.stdout
+    assert figures["failed"].strip() == "0", done.stdout

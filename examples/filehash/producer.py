@@ -95,6 +95,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for each result (default 60)"
     )
+    parser.add_argument(
+        "--bulk",
+        action="store_true",
+        help="send every file in batches of --in-flight with hash_file.delay_many (the bulk "
+        "path: one broker round trip per batch), then await the results",
+    )
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
@@ -130,18 +136,32 @@ class Totals:
     errors: list[tuple[Path, BaseException]] = field(default_factory=list)
 
 
-async def hash_all(paths: list[Path], in_flight: int, timeout: float) -> Totals:
-    """Send one ``hash_file`` per path and await every result, ``in_flight`` at a time."""
+async def hash_all(
+    paths: list[Path], in_flight: int, timeout: float, bulk: bool = False
+) -> Totals:
+    """Send one ``hash_file`` per path and await every result, ``in_flight`` at a time.
+
+    ``bulk``: each batch of ``in_flight`` files goes out in one ``delay_many`` call.
+    """
     from examples.filehash.tasks import hash_file
 
-    slots = asyncio.Semaphore(in_flight)
+    outcomes: list[Any] = []
+    if bulk:
+        for start in range(0, len(paths), in_flight):
+            batch = paths[start : start + in_flight]
+            results = await hash_file.delay_many((str(p),) for p in batch)
+            outcomes += await asyncio.gather(
+                *(r.get(timeout=timeout) for r in results), return_exceptions=True
+            )
+    else:
+        slots = asyncio.Semaphore(in_flight)
 
-    async def one(path: Path) -> dict[str, Any]:
-        async with slots:
-            result = await hash_file.delay(str(path))
-            return await result.get(timeout=timeout)
+        async def one(path: Path) -> dict[str, Any]:
+            async with slots:
+                result = await hash_file.delay(str(path))
+                return await result.get(timeout=timeout)
 
-    outcomes = await asyncio.gather(*(one(p) for p in paths), return_exceptions=True)
+        outcomes = await asyncio.gather(*(one(p) for p in paths), return_exceptions=True)
     totals = Totals()
     for path, outcome in zip(paths, outcomes, strict=True):
         if isinstance(outcome, BaseException):
@@ -298,7 +318,7 @@ async def run(args: argparse.Namespace, env: dict[str, str]) -> int:
         await app.result_backend()
 
         started = time.perf_counter()
-        work = asyncio.ensure_future(hash_all(paths, args.in_flight, args.timeout))
+        work = asyncio.ensure_future(hash_all(paths, args.in_flight, args.timeout, args.bulk))
         if worker_exit is not None:
             await asyncio.wait([work, worker_exit], return_when=asyncio.FIRST_COMPLETED)
             if not work.done():
