@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import logging
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable
@@ -19,7 +20,7 @@ from aqueue.brokers import Binding, Broker, Outgoing, broker_from_url
 from aqueue.canvas import Signature
 from aqueue.config import Settings
 from aqueue.control.client import Control
-from aqueue.exceptions import BrokerConnectionError, ConfigurationError
+from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 from aqueue.group_result import GroupResult as _GroupResult
 from aqueue.message import Message, new_id
 from aqueue.outcome import ResultRecord
@@ -31,6 +32,10 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 # apply_async options that are not Message fields, with Celery's meaning.
+logger = logging.getLogger("aqueue.app")
+# Seconds sends go without a reply channel after the result backend could not be reached.
+_REPLY_RETRY = 5.0
+
 _SEND_OPTIONS = frozenset(
     {
         "countdown",
@@ -86,6 +91,8 @@ class _Connections:
     broker: Broker | None = None
     backend: ResultBackend | None = None
     publisher: Batcher[Outgoing] | None = None
+    # time.monotonic() before which sends skip the reply channel (the backend was unreachable).
+    replies_paused_until: float = 0.0
 
 
 class Aqueue:
@@ -493,13 +500,27 @@ class Aqueue:
         subscription; it is subscribed before this returns, so before any message naming it is
         published.
         """
-        backend = self._loop_connections().backend
-        if backend is None and self.has_result_backend:
-            backend = await self.result_backend()
-        if backend is None:
+        conns = self._loop_connections()
+        backend = conns.backend
+        if (backend is None and not self.has_result_backend) or (
+            conns.replies_paused_until and time.monotonic() < conns.replies_paused_until
+        ):
             return None, None
-        reply_channel = getattr(backend, "reply_channel", None)
-        return backend, (await reply_channel() if reply_channel is not None else None)
+        try:
+            if backend is None:
+                backend = await self.result_backend()
+            reply_channel = getattr(backend, "reply_channel", None)
+            return backend, (await reply_channel() if reply_channel is not None else None)
+        except BrokerError as exc:
+            # Sending needs only the broker: send without a reply channel (the handle then
+            # watches the task's own channel when awaited) and try again in a while.
+            conns.replies_paused_until = time.monotonic() + _REPLY_RETRY
+            logger.warning(
+                "result backend unreachable (%s): sending without a reply channel for %gs",
+                exc,
+                _REPLY_RETRY,
+            )
+            return None, None
 
     def build_message(
         self,

@@ -340,3 +340,27 @@ async def test_a_mailbox_lives_only_as_long_as_its_handle(url: str) -> None:
     gc.collect()
     assert backend._inbox.expected() == []
     await backend.close()
+
+
+async def test_sending_needs_only_the_broker_when_the_backend_is_down(url: str) -> None:
+    from aqueue import Aqueue
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{s.getsockname()[1]}/0"  # nothing listens there once closed
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    app = Aqueue("down", broker=url, backend=dead, task_default_queue=queue)
+
+    @app.task(name="down.add")
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    try:
+        first = await add.delay(1, 2)
+        second = await add.delay(3, 4)  # within the pause: no second connection attempt
+        assert first._mailbox is None and second._mailbox is None
+        delivered = await (await app.broker()).fetch([queue], 10, 1)
+        assert len(delivered) == 2
+        assert all(b'"reply_to":null' in d.body for d in delivered)
+    finally:
+        await app.close()
