@@ -29,7 +29,7 @@ lint:
 bench:
 	$(PYTHON) benchmarks/throughput.py $(if $(BROKER),--broker $(BROKER))
 
-# aqueue vs taskiq, arq, saq, streaq, dramatiq, Celery: one table (10-20 min; venvs made on first
+# aqueue vs taskiq, arq, saq, streaq, dramatiq, Celery: one table (~40 min; venvs made on first
 # run). BENCH_ARGS passes options, e.g. make bench-peers BENCH_ARGS="--quick --only aqueue,saq".
 bench-peers:
 	$(PYTHON) benchmarks/peers/bench.py $(BENCH_ARGS)

@@ -2,7 +2,7 @@
 
 Run from the repository root (``make bench-peers``)::
 
-    python benchmarks/peers/bench.py                     # 3 rounds, 20,000 tasks: 10-20 min
+    python benchmarks/peers/bench.py                     # 3 rounds, 20,000 tasks: ~40 min
     python benchmarks/peers/bench.py --quick             # a smoke run: small n, 1 round
     python benchmarks/peers/bench.py --only aqueue,saq --rounds 5
     python benchmarks/peers/bench.py --amqp              # also aqueue vs Celery on RabbitMQ
