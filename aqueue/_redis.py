@@ -64,6 +64,8 @@ class BoundedConnectionPool(aioredis.ConnectionPool):
     def __init__(
         self, *args: Any, limit: int = MAX_CONNECTIONS, timeout: float = POOL_TIMEOUT, **kwargs: Any
     ) -> None:
+        # redis-py's own cap (100 by default) must not fail before the semaphore makes us wait.
+        kwargs["max_connections"] = limit
         super().__init__(*args, **kwargs)
         self._slots = asyncio.Semaphore(limit)
         self._wait_timeout = timeout

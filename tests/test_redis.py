@@ -332,12 +332,12 @@ async def test_reply_channel_survives_a_dropped_pubsub_connection(
 
 
 async def test_a_mailbox_lives_only_as_long_as_its_handle(url: str) -> None:
-    import gc
-
     backend = RedisBackend(url)
     await backend.reply_channel()
-    backend.expect("gone")
-    gc.collect()
+    kept = backend.expect("kept")
+    backend.expect("gone")  # no reference kept: dropped at once (reference counting)
+    assert backend._inbox.expected() == ["kept"]
+    del kept
     assert backend._inbox.expected() == []
     await backend.close()
 
@@ -364,3 +364,16 @@ async def test_sending_needs_only_the_broker_when_the_backend_is_down(url: str) 
         assert all(b'"reply_to":null' in d.body for d in delivered)
     finally:
         await app.close()
+
+
+async def test_a_burst_beyond_the_pool_bound_waits_instead_of_failing(url: str) -> None:
+    from aqueue._redis import MAX_CONNECTIONS, open_client
+
+    client = open_client(url)
+    try:
+        answers = await asyncio.gather(*(client.ping() for _ in range(3 * MAX_CONNECTIONS)))
+        assert all(answers)
+        pool = client.connection_pool
+        assert len(pool._available_connections) + len(pool._in_use_connections) <= MAX_CONNECTIONS
+    finally:
+        await client.aclose()
