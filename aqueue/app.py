@@ -438,10 +438,8 @@ class Aqueue:
             return await apply_eager(self, task, args_t, kwargs_d, options)
         backend, reply_to = await self._reply_target()
         message = self.build_message(name, args_t, kwargs_d, task, options, reply_to)
-        mailbox = backend.expect(message.id) if message.reply_to else None  # type: ignore[union-attr]
+        result = self._handle(message, backend)  # its mailbox exists before the message is sent
         await self.publish([message], options.get("retry", True), options.get("retry_policy"))
-        result: _AsyncResult[Any] = _AsyncResult(message.id, self, name)
-        result._mailbox = mailbox
         return result
 
     async def send_many(
@@ -482,16 +480,18 @@ class Aqueue:
         backend, reply_to = await self._reply_target()
         messages = [self.build_message(name, call, {}, task, options, reply_to) for call in calls]
         outgoing = [self._outgoing(m) for m in messages]  # EncodeError before anything is sent
-        results: list[_AsyncResult[Any]] = []
-        for m in messages:
-            result: _AsyncResult[Any] = _AsyncResult(m.id, self, name)
-            if m.reply_to:
-                result._mailbox = backend.expect(m.id)  # type: ignore[union-attr]
-            results.append(result)
+        results = [self._handle(m, backend) for m in messages]
         await self._publish_outgoing(
             outgoing, options.get("retry", True), options.get("retry_policy")
         )
         return results
+
+    def _handle(self, message: Message, backend: ResultBackend | None) -> _AsyncResult[Any]:
+        """The result handle of ``message``, with its mailbox when it names a reply channel."""
+        result: _AsyncResult[Any] = _AsyncResult(message.id, self, message.task)
+        if message.reply_to and backend is not None:
+            result._mailbox = backend.expect(message.id)  # type: ignore[attr-defined]
+        return result
 
     async def _reply_target(self) -> tuple[ResultBackend | None, str | None]:
         """The result backend and this client's reply channel (``None`` where there is none).

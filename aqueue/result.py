@@ -133,55 +133,49 @@ class AsyncResult(Generic[R]):
     ) -> ResultRecord:
         backend = await self.app.result_backend()
         mailbox = self._mailbox
-        if mailbox is not None and mailbox.owner is backend:
-            return await self._wait_mailbox(mailbox, timeout, on_message)
-        seen: tuple[str, float] | None = None
         try:
-            async with asyncio.timeout(timeout), backend.watch(self.id) as updates:
-                rec = await self._read()
-                while True:
-                    if rec is not None and (rec.status, rec.date_done) != seen:
-                        seen = (rec.status, rec.date_done)
-                        if on_message is not None:
-                            await _call(on_message, _message(rec))
-                        if rec.ready:
-                            return rec
-                    raw = await updates.get()
-                    rec = self._record = ResultRecord.decode(raw, self.app.accept_results)
+            async with asyncio.timeout(timeout):
+                if mailbox is not None and mailbox.owner is backend:
+                    # The reply channel was live before the message was sent: every record of
+                    # the task is in the mailbox, no read needed first.
+                    rec = await self._follow([], mailbox.take, on_message)
+                    self._mailbox = None
+                    return rec
+                async with backend.watch(self.id) as updates:
+
+                    async def next_update() -> list[bytes]:
+                        return [await updates.get()]
+
+                    return await self._follow([await self._read()], next_update, on_message)
         except builtins.TimeoutError as exc:
             state = self._record.status if self._record else states.PENDING
             raise TimeoutError(
                 f"task {self.id} did not finish within {timeout:g}s (state {state})"
             ) from exc
 
-    async def _wait_mailbox(
+    async def _follow(
         self,
-        mailbox: Mailbox,
-        timeout: float | None,
+        records: list[ResultRecord | None],
+        more: Callable[[], Awaitable[list[bytes]]],
         on_message: Callable[[dict[str, Any]], Any] | None,
     ) -> ResultRecord:
-        """Like :meth:`_wait`, from the reply channel: the subscription was live before the
-        message was sent, so every record is in ``mailbox`` (no read needed first)."""
+        """Go through ``records``, then what ``more()`` returns, until one is ready.
+
+        A record equal in state and date to the one before (read back after a reconnect) is
+        skipped; ``on_message`` sees every other one.
+        """
         seen: tuple[str, float] | None = None
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    for raw in await mailbox.take():
-                        rec = ResultRecord.decode(raw, self.app.accept_results)
-                        if (rec.status, rec.date_done) == seen:
-                            continue  # read back after a reconnect, already seen
-                        seen = (rec.status, rec.date_done)
-                        self._record = rec
-                        if on_message is not None:
-                            await _call(on_message, _message(rec))
-                        if rec.ready:
-                            self._mailbox = None
-                            return rec
-        except builtins.TimeoutError as exc:
-            state = self._record.status if self._record else states.PENDING
-            raise TimeoutError(
-                f"task {self.id} did not finish within {timeout:g}s (state {state})"
-            ) from exc
+        while True:
+            for rec in records:
+                if rec is None or (rec.status, rec.date_done) == seen:
+                    continue
+                seen = (rec.status, rec.date_done)
+                self._record = rec
+                if on_message is not None:
+                    await _call(on_message, _message(rec))
+                if rec.ready:
+                    return rec
+            records = [ResultRecord.decode(raw, self.app.accept_results) for raw in await more()]
 
     async def state(self) -> str:
         """The task's current state name (``PENDING`` when nothing is stored yet)."""

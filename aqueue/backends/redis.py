@@ -484,7 +484,7 @@ class RedisBackend:
             await self._refresh_inbox()
             return
         seen = self._messages_seen.get(channel, 0)
-        task_id = channel.decode().removeprefix(keys.result_channel(""))
+        task_id = channel.decode().removeprefix(_CHANNEL_PREFIX)
         try:
             record = await self._connection_value(keys.result(task_id))
         except BrokerError as exc:
