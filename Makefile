@@ -1,39 +1,59 @@
 # Developer commands. `make demo BROKER=redis://127.0.0.1:6379/0` runs the demo on Redis.
-PYTHON ?= python
+# Each target first makes .venv and installs the package with its dev extras into it (again only
+# when pyproject.toml changes); PYTHON=python uses an environment of your own instead.
+VENV := .venv
+PYTHON ?= $(VENV)/bin/python
 BROKER ?=
 DEMO_LIMIT ?= 2000
+PYTEST_ARGS ?=
 
-.PHONY: install demo demo-wordcount test lint bench bench-peers bench-memory
+# The set-up step, when PYTHON is the venv's.
+SETUP := $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/.installed)
 
-install:
-	$(PYTHON) -m pip install -e '.[dev]'
+.PHONY: install demo demo-wordcount test test-servers lint bench bench-peers bench-memory
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/pip
+	$(VENV)/bin/pip install --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+# A half-made venv (no pip: python3-venv was missing) is made again.
+$(VENV)/bin/pip:
+	scripts/ensure-debs.sh python3-venv
+	rm -rf $(VENV)
+	python3 -m venv $(VENV)
 
 # Hash DEMO_LIMIT stdlib files through a worker process it starts and stops; no server needed.
-demo:
+demo: $(SETUP)
 	$(PYTHON) -m examples.filehash.producer --spawn-worker --limit $(DEMO_LIMIT) $(if $(BROKER),--broker $(BROKER))
 
 # Top 20 words of the stdlib's *.py files: a map-reduce chord through a worker process it
 # starts and stops; no server needed (BROKER=redis://... to run it on Redis).
-demo-wordcount:
+demo-wordcount: $(SETUP)
 	$(PYTHON) -m examples.wordcount.producer $(if $(BROKER),--broker $(BROKER))
 
-# The suite starts its own redis-server where it needs one.
-test:
-	$(PYTHON) -m pytest -q
+# The suite starts its own redis-server and rabbitmq-server on free ports; this installs them
+# with apt-get when missing (as root or with passwordless sudo). PYTEST_ARGS="-k config" selects.
+test: test-servers $(SETUP)
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
-lint:
+test-servers:
+	scripts/ensure-debs.sh redis-server rabbitmq-server
+
+lint: $(SETUP)
 	$(PYTHON) -m ruff check aqueue tests examples benchmarks
 	$(PYTHON) -m mypy --strict aqueue
 
 # Starts a throwaway redis-server unless BROKER names one (an empty database).
-bench:
+bench: $(SETUP)
 	$(PYTHON) benchmarks/throughput.py $(if $(BROKER),--broker $(BROKER))
 
 # aqueue vs taskiq, arq, saq, streaq, dramatiq, Celery: one table (~40 min; venvs made on first
 # run). BENCH_ARGS passes options, e.g. make bench-peers BENCH_ARGS="--quick --only aqueue,saq".
-bench-peers:
+bench-peers: $(SETUP)
 	$(PYTHON) benchmarks/peers/bench.py $(BENCH_ARGS)
 
 # Worker RSS with 100,000 tasks waiting (a throwaway redis-server; about a minute).
-bench-memory:
+bench-memory: $(SETUP)
 	$(PYTHON) benchmarks/memory.py $(BENCH_ARGS)
