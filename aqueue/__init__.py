@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from aqueue.app import Aqueue
 from aqueue.beat.schedules import crontab
-from aqueue.canvas import Signature, chain, chord, group, signature
-from aqueue.group_result import GroupResult
-from aqueue.result import AsyncResult, TaskInfo
+from aqueue.canvas.primitives import Signature, chain, chord, group, signature
+from aqueue.results.group import GroupResult
+from aqueue.results.result import AsyncResult, TaskInfo
 from aqueue.task import Request, Task
 from aqueue.worker import Worker
 

@@ -12,20 +12,32 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
 
-from aqueue import builtin_tasks, routing
-from aqueue.backends import ResultBackend, backend_from_url
 from aqueue.batching import Batcher
 from aqueue.beat.control import BeatControl
-from aqueue.brokers import Binding, Broker, Outgoing, broker_from_url
-from aqueue.canvas import Signature
+from aqueue.canvas import builtin as builtin_tasks
+from aqueue.canvas.primitives import Signature
 from aqueue.config import Settings
 from aqueue.control.client import Control
 from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
-from aqueue.group_result import GroupResult as _GroupResult
 from aqueue.message import Message, new_id
-from aqueue.outcome import ResultRecord
-from aqueue.result import AsyncResult as _AsyncResult
+from aqueue.results.group import GroupResult as _GroupResult
+from aqueue.results.mailbox import Mailbox
+from aqueue.results.record import ResultRecord
+from aqueue.results.result import AsyncResult as _AsyncResult
+from aqueue.sending import routing
 from aqueue.task import TASK_OPTIONS, Task
+from aqueue.transports import (
+    BeatStore,
+    Binding,
+    Broker,
+    ControlTransport,
+    Outgoing,
+    ReplyChannels,
+    ResultBackend,
+    Transport,
+    transport_for,
+    transport_type,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -87,9 +99,13 @@ class _BoundTaskDecorator(Protocol):
 
 @dataclass
 class _Connections:
+    """What an app holds open in one event loop."""
+
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    transports: dict[str, Transport] = field(default_factory=dict)  # by URL
     broker: Broker | None = None
     backend: ResultBackend | None = None
+    control: ControlTransport | None = None
     publisher: Batcher[Outgoing] | None = None
     # time.monotonic() before which sends skip the reply channel (the backend was unreachable).
     replies_paused_until: float = 0.0
@@ -100,9 +116,13 @@ class Aqueue:
 
     Args:
         main: the app's name (used in logs), e.g. ``"proj"``.
-        broker: broker URL; default ``$AQUEUE_BROKER_URL``, else ``sqlite:///aqueue.db``.
+        broker: broker URL; default ``$AQUEUE_BROKER_URL``, else ``sqlite:///aqueue.db``. Or a
+            :class:`~aqueue.transports.Broker` instance configured by the caller (as httpx
+            takes a transport), used as is in every event loop; its ``url`` then stands for
+            the broker URL (remote control goes over that server).
         backend: result backend URL; default ``$AQUEUE_RESULT_BACKEND``, else the broker's URL
-            when the broker can store results, else none (AMQP).
+            when the broker can store results, else none (AMQP). Or a
+            :class:`~aqueue.transports.ResultBackend` instance, likewise.
         **settings: any setting, by its lowercase name (see :class:`aqueue.config.Settings`).
 
     Raises:
@@ -116,22 +136,30 @@ class Aqueue:
         self,
         main: str | None = None,
         *,
-        broker: str | None = None,
-        backend: str | None = None,
+        broker: str | Broker | None = None,
+        backend: str | ResultBackend | None = None,
         **settings: Any,
     ) -> None:
         self.main = main or "aqueue"
         self.conf = Settings()
-        if broker is not None:
+        self._broker_instance: Broker | None = None
+        self._backend_instance: ResultBackend | None = None
+        if isinstance(broker, str):
             settings["broker_url"] = broker
-        if backend is not None:
+        elif broker is not None:
+            self._broker_instance = _instance(broker, Broker, "broker")
+            settings["broker_url"] = broker.url
+        if isinstance(backend, str):
             settings["result_backend"] = backend
+        elif backend is not None:
+            self._backend_instance = _instance(backend, ResultBackend, "backend")
+            settings["result_backend"] = backend.url
         self.conf.update(settings)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connections] = (
             weakref.WeakKeyDictionary()
         )
-        self._memory: dict[str, Any] = {}
+        self._memory: dict[str, Transport] = {}  # transports shared by every loop, by URL
         self._background: set[asyncio.Task[Any]] = set()
         builtin_tasks.register(self)  # aqueue.map, aqueue.starmap (task.map / task.starmap)
 
@@ -301,12 +329,22 @@ class Aqueue:
             conns = self._connections[loop] = _Connections()
         return conns
 
-    def _shared_memory(self, kind: str, url: str, make: Callable[[], T]) -> T:
-        # An in-process URL is one store per app whatever the loop: producer and worker share it.
-        key = f"{kind}:{url}"
-        found = self._memory.get(key)
+    def transport(self, url: str) -> Transport:
+        """The transport of ``url`` for the running event loop: one per app, loop and URL, so
+        every role on one server shares one client (``memory://``: one per app, every loop).
+
+        Raises:
+            ConfigurationError: no transport serves the URL's scheme.
+        """
+        if transport_type(url).one_per_process:
+            found = self._memory.get(url)
+            if found is None:
+                found = self._memory[url] = transport_for(url)
+            return found
+        transports = self._loop_connections().transports
+        found = transports.get(url)
         if found is None:
-            found = self._memory[key] = make()
+            found = transports[url] = transport_for(url)
         return found
 
     async def broker(self) -> Broker:
@@ -320,14 +358,9 @@ class Aqueue:
         if conns.broker is None:
             async with conns.lock:
                 if conns.broker is None:
-                    url = self.conf.resolved_broker_url()
-                    opts = self.conf.broker_transport_options
-                    if url.startswith("memory:"):
-                        broker = self._shared_memory(
-                            "broker", url, lambda: broker_from_url(url, opts)
-                        )
-                    else:
-                        broker = broker_from_url(url, opts)
+                    broker = self._broker_instance or self.transport(
+                        self.conf.resolved_broker_url()
+                    ).broker(self.conf.broker_transport_options)
                     await broker.connect()
                     conns.broker = broker
         return conns.broker
@@ -343,38 +376,93 @@ class Aqueue:
         if conns.backend is None:
             async with conns.lock:
                 if conns.backend is None:
-                    url = self.conf.resolved_backend_url()
-                    if url is None:
-                        raise ConfigurationError(
-                            "no result backend is configured: set result_backend (e.g. "
-                            "Aqueue(..., backend='redis://127.0.0.1:6379/1')) to await results"
-                        )
-                    if url.startswith("memory:"):
-                        backend = self._shared_memory("backend", url, lambda: backend_from_url(url))
-                    else:
-                        backend = backend_from_url(url)
+                    backend = (
+                        self._backend_instance
+                        or self.transport(self._backend_url("await results")).result_backend()
+                    )
                     await backend.connect()
                     conns.backend = backend
         return conns.backend
 
+    async def control_transport(self) -> ControlTransport:
+        """The connected control transport for the running event loop: the broker's server
+        where it carries control, else the result backend's (an AMQP broker uses its Redis or
+        SQLite result backend for remote control, revocations, rate limits and events).
+
+        Raises:
+            ConfigurationError: neither server can carry control traffic.
+            BrokerConnectionError: the server cannot be reached.
+        """
+        conns = self._loop_connections()
+        if conns.control is None:
+            control = self.transport(self.control_url()).control()
+            await control.connect()  # idempotent, and safe to race
+            conns.control = control
+        return conns.control
+
+    def control_url(self) -> str:
+        """The URL of the server that carries control traffic and shared state (see
+        :meth:`control_transport`).
+
+        Raises:
+            ConfigurationError: neither the broker nor the result backend can carry it.
+        """
+        broker = self.conf.resolved_broker_url()
+        if "control" in transport_type(broker).roles:
+            return broker
+        backend = self.conf.resolved_backend_url()
+        if backend is not None and "control" in transport_type(backend).roles:
+            return backend
+        raise ConfigurationError(
+            f"remote control, revocations, rate limits and events need a Redis, SQLite or "
+            f"memory broker or result backend; the broker {broker!r} has no control transport "
+            f"of its own and no result backend is configured: set result_backend (e.g. "
+            f"'redis://...')"
+        )
+
+    async def beat_store(self) -> BeatStore:
+        """Beat's store (entries, last ticks, tick claims) on the result backend's server, for
+        the running event loop, connected; namespaced by the app's name.
+
+        Raises:
+            ConfigurationError: no result backend is configured (e.g. an AMQP broker alone).
+            BrokerConnectionError: the server cannot be reached.
+        """
+        store = self.transport(self._backend_url("keep beat's claims and entries")).beat_store(
+            self.main
+        )
+        await store.connect()
+        return store
+
+    def _backend_url(self, purpose: str) -> str:
+        url = self.conf.resolved_backend_url()
+        if url is None:
+            raise ConfigurationError(
+                f"no result backend is configured: set result_backend (e.g. "
+                f"Aqueue(..., backend='redis://127.0.0.1:6379/1')) to {purpose}"
+            )
+        return url
+
     @property
     def has_result_backend(self) -> bool:
         """True when a result backend is configured."""
-        return self.conf.resolved_backend_url() is not None
+        return self._backend_instance is not None or self.conf.resolved_backend_url() is not None
 
     async def close(self) -> None:
-        """Close this loop's connections (other loops' close with their own ``close`` call)."""
-        from aqueue.control.transport import close_control
+        """Close this loop's connections (other loops' close with their own ``close`` call).
 
-        await close_control(self)  # remote control, revocations, events (aqueue.control)
+        Connections reopen on next use. Instances passed as ``broker=``/``backend=`` are closed
+        too (they are the app's for its lifetime).
+        """
         loop = asyncio.get_running_loop()
         conns = self._connections.pop(loop, None)
         if conns is None:
             return
-        if conns.broker is not None:
-            await conns.broker.close()
-        if conns.backend is not None:
-            await conns.backend.close()
+        for instance in (self._broker_instance, self._backend_instance):
+            if instance is not None:
+                await instance.close()
+        for transport in [*conns.transports.values(), *self._memory.values()]:
+            await transport.close()
 
     def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run ``coro`` as a task on the current loop, holding a reference until it is done."""
@@ -488,17 +576,17 @@ class Aqueue:
 
     def _handle(self, message: Message, backend: ResultBackend | None) -> _AsyncResult[Any]:
         """The result handle of ``message``, with its mailbox when it names a reply channel."""
-        result: _AsyncResult[Any] = _AsyncResult(message.id, self, message.task)
-        if message.reply_to and backend is not None:
-            result._mailbox = backend.expect(message.id)  # type: ignore[attr-defined]
-        return result
+        mailbox: Mailbox | None = None
+        if message.reply_to and backend is not None and isinstance(backend, ReplyChannels):
+            mailbox = backend.expect(message.id)
+        return _AsyncResult(message.id, self, message.task, mailbox)
 
     async def _reply_target(self) -> tuple[ResultBackend | None, str | None]:
         """The result backend and this client's reply channel (``None`` where there is none).
 
-        The reply channel (:mod:`aqueue.backends.inbox`) brings results back batched on one
-        subscription; it is subscribed before this returns, so before any message naming it is
-        published.
+        The reply channel (:class:`~aqueue.transports.ReplyChannels`) brings results back
+        batched on one subscription; it is subscribed before this returns, so before any
+        message naming it is published.
         """
         conns = self._loop_connections()
         backend = conns.backend
@@ -509,8 +597,9 @@ class Aqueue:
         try:
             if backend is None:
                 backend = await self.result_backend()
-            reply_channel = getattr(backend, "reply_channel", None)
-            return backend, (await reply_channel() if reply_channel is not None else None)
+            if not isinstance(backend, ReplyChannels):
+                return backend, None
+            return backend, await backend.reply_channel()
         except BrokerError as exc:
             # Sending needs only the broker: send without a reply channel (the handle then
             # watches the task's own channel when awaited) and try again in a while.
@@ -732,3 +821,11 @@ def _signatures(value: Any) -> list[dict[str, Any]]:
         else:
             raise ConfigurationError(f"link/link_error take signatures (task.s(...)), not {item!r}")
     return out
+
+
+def _instance(value: Any, protocol: type[Any], name: str) -> Any:
+    if not isinstance(value, protocol):
+        raise ConfigurationError(
+            f"{name}= takes a URL or a {protocol.__name__} instance, not {type(value).__name__}"
+        )
+    return value

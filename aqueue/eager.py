@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from aqueue import states
 from aqueue.exceptions import Retry
-from aqueue.outcome import ResultRecord, describe_exception
-from aqueue.result import AsyncResult
+from aqueue.results.record import ResultRecord, describe_exception
+from aqueue.results.result import AsyncResult
 from aqueue.task import Request, Task
 from aqueue.worker.invoke import invoke
 

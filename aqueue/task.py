@@ -2,8 +2,9 @@
 
 ``@app.task`` turns a function into a :class:`Task`. Calling the task runs the function here, as in
 Celery; ``await task.delay(...)`` publishes a message and returns an
-:class:`~aqueue.result.AsyncResult`. ``Task[P, R]`` keeps the function's parameters (``P``) and
-its result type (``R``, the awaited value for ``async def``), so a type checker checks ``delay``.
+:class:`~aqueue.results.result.AsyncResult`. ``Task[P, R]`` keeps the function's parameters
+(``P``) and its result type (``R``, the awaited value for ``async def``), so a type checker checks
+``delay``.
 
 Subclass :class:`Task` and pass ``base=`` to hook into outcomes: ``on_success``, ``on_failure``,
 ``on_retry`` and ``after_return`` may be plain or ``async`` methods.
@@ -23,8 +24,8 @@ from aqueue.exceptions import MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
-    from aqueue.canvas import Signature, group
-    from aqueue.result import AsyncResult
+    from aqueue.canvas.primitives import Signature, group
+    from aqueue.results.result import AsyncResult
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -221,37 +222,37 @@ class Task(Generic[P, R]):
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature of this task with partial arguments (a parent's result is prepended)."""
-        from aqueue.canvas import Signature
+        from aqueue.canvas.primitives import Signature
 
         return Signature(self.name, args, kwargs, app=self.app)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature: a parent's result is not passed to it."""
-        from aqueue.canvas import Signature
+        from aqueue.canvas.primitives import Signature
 
         return Signature(self.name, args, kwargs, immutable=True, app=self.app)
 
     def signature(self, args: Any = (), kwargs: Any = None, **options: Any) -> Signature:
         """A signature with options, e.g. ``add.signature((2, 2), countdown=10)``."""
-        from aqueue.canvas import Signature
+        from aqueue.canvas.primitives import Signature
 
         return Signature(self.name, tuple(args), dict(kwargs or {}), options, app=self.app)
 
     def map(self, it: Iterable[Any]) -> Signature:
         """One message calling this task for each item in turn: ``tsum.map([[1, 2], [3]])``."""
-        from aqueue.canvas import xmap
+        from aqueue.canvas.primitives import xmap
 
         return xmap(self, it)
 
     def starmap(self, it: Iterable[Iterable[Any]]) -> Signature:
         """One message calling this task with each item as its arguments, in turn."""
-        from aqueue.canvas import xstarmap
+        from aqueue.canvas.primitives import xstarmap
 
         return xstarmap(self, it)
 
     def chunks(self, it: Iterable[Iterable[Any]], n: int) -> group:
         """A group of starmaps over ``n`` items each; its value is a list of lists."""
-        from aqueue.canvas import chunks
+        from aqueue.canvas.primitives import chunks
 
         return chunks(self, it, n)
 

@@ -324,7 +324,7 @@ async def _declare_delay_chain(url: str) -> None:
     Declaring it takes a fresh broker ~0.2 s once (more on a loaded machine), which the first
     delayed publish of the session would otherwise pay inside a test that times its eta.
     """
-    from aqueue.brokers.amqp_delay import declare_levels
+    from aqueue.transports.amqp.delay import declare_levels
 
     connection = await aiormq.connect(url)
     try:

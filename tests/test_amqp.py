@@ -18,10 +18,10 @@ import aio_pika
 import pytest
 
 from aqueue import Aqueue, Worker
-from aqueue.brokers import Outgoing, broker_from_url
-from aqueue.brokers import amqp_delay as delay
-from aqueue.brokers.amqp import AMQPBroker
 from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
+from aqueue.transports import Outgoing, broker_from_url
+from aqueue.transports.amqp import delay
+from aqueue.transports.amqp.broker import AMQPBroker
 from tests.apps import tasks as e2e
 from tests.conftest import RabbitNode
 

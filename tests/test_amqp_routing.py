@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from aqueue import Aqueue, Task, Worker
-from aqueue.brokers.amqp import AMQPBroker
 from aqueue.exceptions import ConfigurationError
 from aqueue.message import decode
+from aqueue.transports.amqp.broker import AMQPBroker
 from tests.conftest import RabbitNode
 
 pytestmark = pytest.mark.timeout(60)

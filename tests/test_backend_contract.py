@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from aqueue.backends import ResultBackend, backend_from_url
+from aqueue.transports import ResultBackend, backend_from_url
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -16,10 +16,10 @@ from aqueue import Aqueue, crontab
 from aqueue.beat import Beat
 from aqueue.beat.entry import parse_entry, tick_task_id
 from aqueue.beat.schedules import Interval
-from aqueue.beat.store import BeatStore, Claim, store_for
-from aqueue.beat.store.memory import MemoryStore
 from aqueue.exceptions import ConfigurationError
 from aqueue.message import Message, decode
+from aqueue.transports.base import BeatStore, Claim
+from aqueue.transports.memory.beat import MemoryStore
 
 # A Saturday, 2024-03-09 00:00:03 UTC: three seconds past a 10-second tick.
 T0 = datetime(2024, 3, 9, 0, 0, 3, tzinfo=UTC).timestamp()
@@ -357,10 +357,9 @@ def test_beat_needs_a_result_backend() -> None:
 @pytest.fixture
 async def store(backend_url: str) -> AsyncIterator[BeatStore]:
     app = Aqueue(f"store-{uuid.uuid4().hex[:8]}", broker="memory://", backend=backend_url)
-    s = store_for(app)
-    await s.connect()
+    s = await app.beat_store()
     yield s
-    await s.close()
+    await app.close()
 
 
 async def test_store_keeps_entries(store: BeatStore) -> None:
@@ -411,17 +410,15 @@ async def test_store_pending_claim_runs_out_after_its_lease(store: BeatStore) ->
 async def test_store_is_per_app(backend_url: str) -> None:
     apps = [Aqueue(f"ns-{uuid.uuid4().hex[:8]}", broker="memory://", backend=backend_url)]
     apps.append(Aqueue(f"ns-{uuid.uuid4().hex[:8]}", broker="memory://", backend=backend_url))
-    stores = [store_for(a) for a in apps]
-    for s in stores:
-        await s.connect()
+    stores = [await a.beat_store() for a in apps]
     try:
         await stores[0].put("e", b"x")
         assert await stores[0].claim("e", 1, "A", 30) is Claim.OWN
         assert await stores[1].claim("e", 1, "B", 30) is Claim.OWN
         assert (await stores[1].load()).entries == {}
     finally:
-        for s in stores:
-            await s.close()
+        for a in apps:
+            await a.close()
 
 
 async def test_stored_entries_must_be_json_and_expire_in_seconds() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from aqueue.brokers import Broker, Delivery, Outgoing, broker_from_url
+from aqueue.transports import Broker, Delivery, Outgoing, broker_from_url
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -13,7 +13,7 @@ import pytest
 
 from aqueue import Aqueue, AsyncResult, GroupResult, Worker, chain, chord, group, signature
 from aqueue.canvas import Signature, from_dict
-from aqueue.dispatch import Plan, result_for
+from aqueue.canvas.dispatch import Plan, result_for
 from aqueue.exceptions import (
     ChordError,
     ConfigurationError,

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import pytest
 
-from aqueue.backends.memory import MemoryBackend
-from aqueue.brokers import Delivery, Outgoing
-from aqueue.brokers.memory import MemoryBroker
 from aqueue.exceptions import BrokerConnectionError
+from aqueue.transports import Delivery, Outgoing
+from aqueue.transports.memory.broker import MemoryBroker
+from aqueue.transports.memory.results import MemoryBackend
 from aqueue.worker.completer import Completer
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from aqueue.control.base import ControlTransport
-from aqueue.control.transport import transport_from_url
+from aqueue.transports import transport_for
+from aqueue.transports.base import ControlTransport
 from tests.apps.ops_tasks import OPS_TRANSPORTS, url_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -29,8 +29,8 @@ async def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 async def transports(url: str) -> AsyncIterator[tuple[ControlTransport, ControlTransport]]:
     """Two clients of one server (memory: one shared instance, as the app shares it)."""
-    first = transport_from_url(url)
-    second = first if url.startswith("memory:") else transport_from_url(url)
+    first = transport_for(url, shared=False).control()
+    second = first if url.startswith("memory:") else transport_for(url, shared=False).control()
     await first.connect()
     await second.connect()
     yield first, second

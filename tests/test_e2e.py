@@ -13,7 +13,6 @@ import orjson
 import pytest
 
 from aqueue import Worker
-from aqueue.brokers import Outgoing
 from aqueue.exceptions import (
     ConfigurationError,
     ContentDisallowed,
@@ -24,6 +23,7 @@ from aqueue.exceptions import (
     TimeLimitExceeded,
     TimeoutError,
 )
+from aqueue.transports import Outgoing
 from tests.apps import tasks as e2e
 from tests.apps.tasks import QuotaError, Tasks
 
@@ -332,7 +332,7 @@ async def test_priority_out_of_range_is_a_configuration_error(t: Tasks) -> None:
 
 
 async def test_unimportable_exception_becomes_task_error(t: Tasks, worker: Worker) -> None:
-    from aqueue.outcome import ResultRecord
+    from aqueue.results.record import ResultRecord
 
     backend = await t.app.result_backend()
     task_id = str(uuid.uuid4())
@@ -355,8 +355,12 @@ async def test_poison_message_goes_to_dlq_after_the_delivery_cap(transport_url: 
     if transport_url.startswith("amqp"):
         pytest.skip("AMQP has no lease timer; test_amqp.py kills the holder's connection instead")
     queue = f"q-{uuid.uuid4().hex[:12]}"
-    t = e2e.build(transport_url, queue=queue, task_max_deliveries=2,
-                  broker_transport_options={"visibility_timeout": 0.3})
+    t = e2e.build(
+        transport_url,
+        queue=queue,
+        task_max_deliveries=2,
+        broker_transport_options={"visibility_timeout": 0.3},
+    )
     r = await t.add.delay(1, 1)
     broker = await t.app.broker()
     for expected in (1, 2):  # a worker that dies holding it, twice

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-USER_APP = '''
+USER_APP = """
 from aqueue import Aqueue
 
 app = Aqueue("userproj", broker="redis://127.0.0.1:1/0", backend="redis://127.0.0.1:1/1")
@@ -16,9 +16,9 @@ async def add(x: int, y: int) -> int:
 @app.task(queue="io")
 def fetch(url: str) -> str:
     return url.upper()
-'''
+"""
 
-USER_TESTS = '''
+USER_TESTS = """
 from userproj import add, fetch
 
 async def test_add(aqueue_worker):
@@ -29,7 +29,7 @@ async def test_routed_queue(aqueue_worker):
 
 async def test_state_is_fresh_per_test(aqueue_worker):
     assert aqueue_worker.processed == 0
-'''
+"""
 
 
 def test_fixture_override(pytester: pytest.Pytester) -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from aqueue.brokers import Broker, Outgoing, broker_from_url
-from aqueue.brokers.admin import QueueAdmin, QueueDepth, queue_admin
 from aqueue.exceptions import ConfigurationError
+from aqueue.transports import Broker, Outgoing, broker_from_url
+from aqueue.transports.base import QueueAdmin, QueueDepth, queue_admin
 from tests.apps.ops_tasks import OPS_TRANSPORTS, url_for
 
 pytestmark = pytest.mark.timeout(30)

@@ -16,7 +16,7 @@ import pytest
 
 from aqueue import Worker
 from aqueue.exceptions import ConfigurationError
-from aqueue.ratelimit import parse_rate, refill
+from aqueue.worker.ratelimit import parse_rate, refill
 from tests.apps.ops_tasks import OPS_TRANSPORTS, OpsTasks, build, url_for
 
 pytestmark = pytest.mark.timeout(60)

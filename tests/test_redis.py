@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from aqueue import redis_keys as keys
-from aqueue._redis import redacted_url
-from aqueue.backends.redis import RedisBackend
-from aqueue.brokers.base import Outgoing
-from aqueue.brokers.redis import RedisBroker
 from aqueue.exceptions import BrokerConnectionError, ConfigurationError
+from aqueue.transports.base import Outgoing
+from aqueue.transports.redis import keys
+from aqueue.transports.redis.broker import RedisBroker
+from aqueue.transports.redis.client import redacted_url
+from aqueue.transports.redis.results import RedisBackend
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -285,11 +285,11 @@ async def test_watch_survives_a_dropped_pubsub_connection(url: str, client: aior
     await backend.close()
 
 
-# -- reply channels (aqueue.backends.inbox) -------------------------------------------------
+# -- reply channels (aqueue.results.mailbox) -------------------------------------------------
 
 
 def test_reply_batches_round_trip_and_a_cut_batch_is_refused() -> None:
-    from aqueue.backends.inbox import pack, unpack
+    from aqueue.results.mailbox import pack, unpack
 
     items = [("a-1", b'{"status":"SUCCESS"}'), ("b-2", b"\x00\xff:binary:"), ("c", b"")]
     assert unpack(pack(items)) == items
@@ -310,7 +310,7 @@ async def test_records_reach_the_sender_on_its_reply_channel(url: str) -> None:
         60,
         {"t-1": channel, unrelated: "not-a-reply-channel"},
     )
-    assert await asyncio.wait_for(mine.take(), 10) == [b"STARTED", b"SUCCESS"]
+    assert await asyncio.wait_for(mine.read_from(0), 10) == [b"STARTED", b"SUCCESS"]
     await other.close()
     await backend.close()
 
@@ -326,7 +326,7 @@ async def test_reply_channel_survives_a_dropped_pubsub_connection(
     # Published while the reply subscription may be down: re-read once it is back.
     other = RedisBackend(url)
     await other.store([(task_id, b"SUCCESS")], 60, {task_id: channel})
-    assert b"SUCCESS" in await asyncio.wait_for(mailbox.take(), 10)
+    assert b"SUCCESS" in await asyncio.wait_for(mailbox.read_from(0), 10)
     await other.close()
     await backend.close()
 
@@ -367,7 +367,7 @@ async def test_sending_needs_only_the_broker_when_the_backend_is_down(url: str) 
 
 
 async def test_a_burst_beyond_the_pool_bound_waits_instead_of_failing(url: str) -> None:
-    from aqueue._redis import MAX_CONNECTIONS, open_client
+    from aqueue.transports.redis.client import MAX_CONNECTIONS, open_client
 
     client = open_client(url)
     try:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from aqueue import Worker
-from aqueue.brokers.admin import QueueDepth
-from aqueue.ops import cluster_status, purge, replay_dead_letters
+from aqueue.control.queues import cluster_status, purge, replay_dead_letters
+from aqueue.transports.base import QueueDepth
 from tests.apps.ops_tasks import OPS_TRANSPORTS, EventLog, OpsTasks, build, url_for
 
 pytestmark = pytest.mark.timeout(60)

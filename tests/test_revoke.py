@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from aqueue import Worker
-from aqueue.brokers.admin import queue_admin
 from aqueue.exceptions import TaskRevokedError
+from aqueue.transports.base import queue_admin
 from tests.apps.ops_tasks import (
     OPS_TRANSPORTS,
     SHARED_TRANSPORTS,

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 import aqueue
-from aqueue.backends.sqlite import SQLiteBackend
-from aqueue.brokers.base import Outgoing
-from aqueue.brokers.sqlite import SQLiteBroker
 from aqueue.exceptions import BrokerConnectionError, ConfigurationError
+from aqueue.transports.base import Outgoing
+from aqueue.transports.sqlite.broker import SQLiteBroker
+from aqueue.transports.sqlite.results import SQLiteBackend
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,7 +32,7 @@ _REPO = str(Path(aqueue.__file__).resolve().parents[1])
 # It connects, says "ready" and waits for "go" so that both consumers start together.
 _CONSUMER = """
 import asyncio, json, sys
-from aqueue.brokers.sqlite import SQLiteBroker
+from aqueue.transports.sqlite.broker import SQLiteBroker
 
 async def main(url, queue):
     broker = SQLiteBroker(url, {"visibility_timeout": 300})
@@ -55,7 +55,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 # Leases one message and exits without acking it, as a crashed worker would.
 _ABANDON = """
 import asyncio, sys
-from aqueue.brokers.sqlite import SQLiteBroker
+from aqueue.transports.sqlite.broker import SQLiteBroker
 
 async def main(url, queue):
     broker = SQLiteBroker(url, {"visibility_timeout": 0.5})
@@ -68,7 +68,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 
 _STORE = """
 import asyncio, sys
-from aqueue.backends.sqlite import SQLiteBackend
+from aqueue.transports.sqlite.results import SQLiteBackend
 
 async def main(url, task_id, record):
     backend = SQLiteBackend(url)
@@ -80,7 +80,7 @@ asyncio.run(main(*sys.argv[1:]))
 
 _INCR = """
 import asyncio, json, sys
-from aqueue.backends.sqlite import SQLiteBackend
+from aqueue.transports.sqlite.results import SQLiteBackend
 
 async def main(url, key, times):
     backend = SQLiteBackend(url)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aqueue.supervisor import child_hostname
+from aqueue.worker.supervisor import child_hostname
 from tests.apps.ops_tasks import SHARED_TRANSPORTS, OpsTasks, build, url_for
 from tests.workerproc import WorkerProcess
 

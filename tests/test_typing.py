@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mypy import api
 
-SNIPPET = '''
+SNIPPET = """
 from aqueue import Aqueue, Task
 
 app = Aqueue("typed", broker="memory://")
@@ -26,17 +26,29 @@ async def main() -> None:
     reveal_type(await (await crunch.delay(3)))
     await add.delay("x", 2)
     await crunch.delay(n="3")
-'''
+"""
 
 
 @pytest.mark.timeout(120)
 def test_delay_is_checked_and_the_result_typed(tmp_path: Path) -> None:
     path = tmp_path / "snippet.py"
     path.write_text(SNIPPET)
-    out, _, _ = api.run([str(path), "--strict", "--no-incremental", "--cache-dir", str(tmp_path),
-                         "--disable-error-code", "type-arg"])
-    revealed = [line.split("Revealed type is ")[1] for line in out.splitlines()
-                if "Revealed type is" in line]
+    out, _, _ = api.run(
+        [
+            str(path),
+            "--strict",
+            "--no-incremental",
+            "--cache-dir",
+            str(tmp_path),
+            "--disable-error-code",
+            "type-arg",
+        ]
+    )
+    revealed = [
+        line.split("Revealed type is ")[1]
+        for line in out.splitlines()
+        if "Revealed type is" in line
+    ]
     assert [t.strip('"').removeprefix("builtins.") for t in revealed] == ["int", "str"], out
     assert 'Argument 1 to "delay" of "Task" has incompatible type "str"; expected "int"' in out, out
     expected = 'Argument "n" to "delay" of "Task" has incompatible type "str"; expected "int"'

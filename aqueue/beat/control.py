@@ -1,7 +1,7 @@
 """``app.beat``: add, change, remove and list periodic entries at runtime, without a restart.
 
 What Celery needs django-celery-beat for. Entries are kept in the beat store next to the results
-(:mod:`aqueue.beat.store`), so every beat process sharing the result backend picks a change up
+(:mod:`aqueue.transports.base`), so every beat process sharing the result backend picks a change up
 on its next read of the store (within ``max_interval``, one second). A stored entry with the
 name of a ``beat_schedule`` entry replaces it until the stored one is removed.
 """
@@ -15,9 +15,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from aqueue.beat.entry import Entry, decode_entry, parse_entry, static_entries
-from aqueue.beat.store import BeatStore, store_for
 from aqueue.exceptions import ConfigurationError
 from aqueue.task import Task
+from aqueue.transports.base import BeatStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -30,8 +30,8 @@ __all__ = ["BeatControl"]
 class BeatControl:
     """Manage the stored periodic entries of ``app`` (``app.beat``).
 
-    Each call opens the store, does its work and closes it again: these are rare, administrative
-    calls, and nothing is left open in the caller's loop.
+    Each call uses the app's beat store for the running event loop (on the result backend's
+    server, over the app's one client there); ``await app.close()`` closes it.
     """
 
     def __init__(self, app: Aqueue) -> None:
@@ -39,12 +39,7 @@ class BeatControl:
 
     @asynccontextmanager
     async def _store(self) -> AsyncIterator[BeatStore]:
-        store = store_for(self.app)
-        await store.connect()
-        try:
-            yield store
-        finally:
-            await store.close()
+        yield await self.app.beat_store()
 
     async def add(
         self,

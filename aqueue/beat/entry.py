@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from aqueue.beat.schedules import Schedule, schedule_from_dict, to_schedule
-from aqueue.canvas import Signature
+from aqueue.canvas.primitives import Signature
 from aqueue.exceptions import ConfigurationError
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 Every beat process does the same work: it reads the entries (``beat_schedule`` and the stored
 ones) and the entries' last ticks from the store, finds the ticks that are due, and for each one
-*claims* it in the store (:mod:`aqueue.beat.store`). The beat that wins the claim publishes the
+*claims* it in the store (:mod:`aqueue.transports.base`). The beat that wins the claim publishes the
 task - with a task id derived from (entry, tick), the same in every process - then confirms the
 claim; the others see the claim and move on. There is no leader: if one beat dies, the others
 were already doing the same work, so no tick is skipped.
@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from aqueue.beat.entry import ON_TIME, Entry, decode_entry, static_entries, tick_ms, tick_task_id
-from aqueue.beat.store import BeatStore, Claim, store_for
 from aqueue.exceptions import AqueueError, BrokerError, ConfigurationError
+from aqueue.transports.base import BeatStore, Claim
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -82,7 +82,7 @@ class Beat:
             soon an entry added, changed or removed at runtime takes effect.
         clock: the time in epoch seconds (default :func:`time.time`); injectable for tests.
         store: where claims, last ticks and stored entries live (default: by the result backend
-            URL, see :func:`~aqueue.beat.store.store_for`).
+            URL, see :meth:`aqueue.Aqueue.beat_store`).
         lease: seconds a claim of a beat that has not confirmed it blocks the others.
 
     Raises:
@@ -107,7 +107,10 @@ class Beat:
         self.clock = clock
         self.lease = lease
         self.static = static_entries(app)
-        self.store = store if store is not None else store_for(app)
+        if store is None:
+            app._backend_url("keep beat's claims and entries")  # fail now, not at start
+        self._given_store = store
+        self._store: BeatStore | None = None
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         #: Ticks this beat has sent, per entry name.
         self.sent: collections.Counter[str] = collections.Counter()
@@ -127,7 +130,7 @@ class Beat:
         Raises:
             BrokerConnectionError: the store or the broker cannot be reached.
         """
-        await self.store.connect()
+        await self._connect_store()
         await self.app.broker()
         self._loop_task = asyncio.create_task(self._loop())
         names = ", ".join(sorted(self.static)) or "none in beat_schedule"
@@ -187,6 +190,21 @@ class Beat:
             await self.store.close()
             logger.info("beat stopped (%d ticks sent)", self.sent.total())
 
+    @property
+    def store(self) -> BeatStore:
+        """Where claims, last ticks and stored entries live (connected by :meth:`start`)."""
+        if self._store is None:
+            if self._given_store is None:
+                raise RuntimeError("the beat store is connected by Beat.start()")
+            return self._given_store
+        return self._store
+
+    async def _connect_store(self) -> BeatStore:
+        store = self._given_store or await self.app.beat_store()
+        await store.connect()
+        self._store = store
+        return store
+
     async def next_pass(self) -> None:
         """Wait until a pass that starts after this call has finished."""
         async with self._pass_done:
@@ -209,7 +227,8 @@ class Beat:
         self._passes_started += 1
         number = self._passes_started
         try:
-            snapshot = await self.store.load()
+            store = self._store or await self._connect_store()
+            snapshot = await store.load()
             now = self.clock()
             entries = self._entries(snapshot.entries)
             for name in list(self._states):

@@ -22,9 +22,8 @@ from aqueue.control.protocol import (
     Command,
     Reply,
 )
-from aqueue.control.transport import control_transport
 from aqueue.exceptions import DecodeError
-from aqueue.ratelimit import parse_rate
+from aqueue.worker.ratelimit import parse_rate
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -79,7 +78,7 @@ class Control:
         Returns:
             The replies that arrived, in arrival order.
         """
-        transport = await control_transport(self.app)
+        transport = await self.app.control_transport()
         dest = tuple(destination) if destination is not None else None
         command_id = uuid.uuid4().hex
         cmd = Command(command_id, command, dict(arguments or {}), dest, None)
@@ -114,7 +113,7 @@ class Control:
 
     async def _live_nodes(self, destination: tuple[str, ...] | None) -> set[str]:
         """Node ids of the workers whose heartbeat is current (narrowed by ``destination``)."""
-        transport = await control_transport(self.app)
+        transport = await self.app.control_transport()
         _, entries = await transport.read(WORKERS_TABLE)
         nodes: set[str] = set()
         for node, raw in entries.items():
@@ -146,8 +145,8 @@ class Control:
         reply: bool = False,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> list[Reply]:
-        """Revoke tasks everywhere, for good; see :func:`aqueue.revoke.revoke`."""
-        from aqueue.revoke import revoke
+        """Revoke tasks everywhere, for good; see :func:`aqueue.worker.revoke.revoke`."""
+        from aqueue.worker.revoke import revoke
 
         return await revoke(self.app, task_ids, terminate, reply=reply, timeout=timeout)
 
@@ -171,7 +170,7 @@ class Control:
         parsed = parse_rate(rate)
         text = None if parsed is None else str(rate)
         if destination is None:
-            transport = await control_transport(self.app)
+            transport = await self.app.control_transport()
             value = None if text is None else text.encode()
             await transport.put(RATE_LIMITS_TABLE, task_name, value, None)
         return await self.broadcast(

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from aqueue.batching import Batcher
-from aqueue.brokers import Broker, Delivery
+from aqueue.transports import Broker, Delivery
 
 if TYPE_CHECKING:
-    from aqueue.backends import ResultBackend
+    from aqueue.transports import ResultBackend
 
 _Item = tuple[Sequence[tuple[str, bytes]], Sequence[Delivery], str | None]
 

@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aqueue import message as wire
 from aqueue import states
-from aqueue.brokers import Broker, Delivery
-from aqueue.canvas import Signature
+from aqueue.canvas.primitives import Signature
 from aqueue.exceptions import (
     AqueueError,
     EncodeError,
@@ -30,16 +29,17 @@ from aqueue.exceptions import (
     TaskRevokedError,
 )
 from aqueue.message import Message
-from aqueue.outcome import ResultRecord, describe_exception
-from aqueue.revoke import Terminable, Terminated, revocation_record
+from aqueue.results.record import ResultRecord, describe_exception
 from aqueue.task import Request, Task
+from aqueue.transports import Broker, Delivery
 from aqueue.worker.completer import Completer
 from aqueue.worker.invoke import invoke
+from aqueue.worker.revoke import Terminable, Terminated, revocation_record
 from aqueue.worker.workflow import Workflow
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
-    from aqueue.backends import ResultBackend
+    from aqueue.transports import ResultBackend
 
 logger = logging.getLogger("aqueue.worker")
 
@@ -72,8 +72,9 @@ class Executor:
         self.active: dict[str, Request] = {}
         self.done = 0
         self._acked_early: set[int] = set()
-        # Operations (aqueue.revoke, aqueue.events): ids not to run, bodies revoke can cancel,
-        # and the event hook - None unless the worker sends events, so no event is ever built.
+        # Operations (aqueue.worker.revoke, aqueue.control.events): ids not to run, bodies revoke
+        # can cancel, and the event hook - None unless the worker sends events, so no event is
+        # ever built.
         self.revoked: Container[str] = frozenset()
         self.terminable = Terminable()
         self.on_event: Callable[[str, Message, dict[str, Any]], None] | None = None
@@ -464,7 +465,7 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def _received(msg: Message) -> dict[str, Any]:
-    """The fields of a ``task-received`` event (see :mod:`aqueue.events`)."""
+    """The fields of a ``task-received`` event (see :mod:`aqueue.control.events`)."""
     return {
         "args": _short(msg.args, 200),
         "kwargs": _short(msg.kwargs, 200),

@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aqueue.control.base import ControlTransport
 from aqueue.control.protocol import (
     CONTROL_CHANNEL,
     RATE_LIMITS_TABLE,
@@ -35,6 +34,7 @@ from aqueue.control.protocol import (
 )
 from aqueue.exceptions import AqueueError, ConfigurationError, DecodeError
 from aqueue.message import decode_envelope
+from aqueue.transports.base import ControlTransport
 
 if TYPE_CHECKING:
     from aqueue.worker.worker import Worker

@@ -9,12 +9,12 @@ Three kinds of coroutine cooperate, with no per-message ``asyncio.Task``:
 - the *renewer* extends the leases of every held message every third of the visibility timeout,
   so a long task is not delivered again to another worker while this one is alive.
 
-Operations ride along (see :mod:`aqueue.worker.remote`, :mod:`aqueue.ratelimit`,
-:mod:`aqueue.revoke`, :mod:`aqueue.events`): a fetched message of a rate-limited task waits in
-the :class:`~aqueue.ratelimit.RateGate` for a token instead of going to the runners; the
-executor skips revoked messages (one lookup in a local set) and can terminate a running one;
+Operations ride along (see :mod:`aqueue.worker.remote`, :mod:`aqueue.worker.ratelimit`,
+:mod:`aqueue.worker.revoke`, :mod:`aqueue.control.events`): a fetched message of a rate-limited task
+waits in the :class:`~aqueue.worker.ratelimit.RateGate` for a token instead of going to the runners;
+the executor skips revoked messages (one lookup in a local set) and can terminate a running one;
 :class:`~aqueue.worker.remote.Remote` answers control commands and beats; with events on, an
-:class:`~aqueue.events.EventDispatcher` publishes task events. None of these costs anything
+:class:`~aqueue.control.events.EventDispatcher` publishes task events. None of these costs anything
 while unused: no rate limit means no message is even looked at before a runner takes it.
 
 Shutdown (SIGTERM/SIGINT or :meth:`Worker.stop`) is graceful: fetching stops, messages not yet
@@ -39,14 +39,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from aqueue.brokers import Broker, Delivery, Outgoing
-from aqueue.control.transport import control_transport
-from aqueue.events import EventDispatcher
+from aqueue.control.events import EventDispatcher
 from aqueue.exceptions import AqueueError, ConfigurationError
-from aqueue.ratelimit import Bucket, LocalBucket, RateGate, SharedBucket, parse_rate
-from aqueue.revoke import Revocations
+from aqueue.transports import Broker, Delivery, Outgoing
 from aqueue.worker.execute import Executor
+from aqueue.worker.ratelimit import Bucket, LocalBucket, RateGate, SharedBucket, parse_rate
 from aqueue.worker.remote import HEARTBEAT_INTERVAL, Remote
+from aqueue.worker.revoke import Revocations
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -163,7 +162,7 @@ class Worker:
         """Rate limits, remote control, revocations and events (see the module docstring)."""
         assert self.executor is not None
         try:
-            transport = await control_transport(self.app)
+            transport = await self.app.control_transport()
         except ConfigurationError as exc:
             logger.warning("remote control, revocations and global rate limits are off: %s", exc)
             transport = None

@@ -5,7 +5,7 @@ stored and before its message is acked, so a worker that dies in between gets th
 delivered again and this step is done again (at-least-once, like everything else):
 
 - success with ``Message.options["chain"]``: send the next step, the result prepended to its
-  arguments (:mod:`aqueue.dispatch`);
+  arguments (:mod:`aqueue.canvas.dispatch`);
 - success with ``Message.options["chord"]``: count the task as a completed header member; the
   worker that completes the header sends the body with the list of header results;
 - failure (also a dead-lettered or expired message): the rest of the chain will not run, so its
@@ -44,17 +44,17 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aqueue import states
-from aqueue.canvas import Canvas, Signature, chain, chord, from_dict
-from aqueue.dispatch import Plan, final_tasks
+from aqueue.canvas.dispatch import Plan, final_tasks
+from aqueue.canvas.primitives import Canvas, Signature, chain, chord, from_dict
 from aqueue.exceptions import AqueueError, BrokerConnectionError, ChordError, DecodeError
-from aqueue.group_result import load_ids
-from aqueue.outcome import ResultRecord, describe_exception
+from aqueue.results.group import load_ids
+from aqueue.results.record import ResultRecord, describe_exception
 from aqueue.task import Request
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
-    from aqueue.backends import ResultBackend
     from aqueue.message import Message
+    from aqueue.transports import ResultBackend
 
 logger = logging.getLogger("aqueue.worker")
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from aqueue import Aqueue, Task
-from aqueue.events import events
+from aqueue.control.events import events
 
 OPS_TRANSPORTS = ["memory", "sqlite", "redis"]
 SHARED_TRANSPORTS = ["sqlite", "redis"]

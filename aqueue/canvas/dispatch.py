@@ -1,0 +1,309 @@
+"""Sending a canvas: assign ids, plan the messages, store group records, publish in batches.
+
+Used by ``apply_async`` on a chain, group or chord in a client, and by a worker continuing a
+workflow (:mod:`aqueue.worker.workflow`). Planning does no I/O: :class:`Plan` collects the
+messages that start a signature and the group records to store; :meth:`Plan.run` then stores
+the records (before any member can finish) and publishes the messages, 1,000 per broker call.
+
+Every task id is assigned before anything is sent (:meth:`~aqueue.canvas.Canvas.assign_ids`),
+so the result handle exists at once and a chain's result is its last task's id.
+
+How each shape starts (``rest`` is what follows it in a chain, as signature dicts):
+
+- a task: one message; ``Message.options["chain"]`` carries ``rest``. The worker sends the next
+  step when the task succeeds.
+- a chain: its first step, with the other steps put in front of ``rest``.
+- a group: each member; the member ids are stored under ``group:<group id>``. With ``rest`` it
+  is a chord whose body is ``chain(*rest)`` (an implicit chord).
+- a chord: like a group, and each member's *final* task (a chain member's last task) carries
+  ``Message.options["chord"] = {"id": group id, "size": members, "body": body dict}``. With
+  ``rest``, the body is ``chain(body, *rest)``. An empty header runs the body with ``[]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from aqueue.canvas.primitives import Canvas, Signature, _as_list, chain, chord, from_dict, group
+from aqueue.exceptions import ConfigurationError
+from aqueue.results.group import GroupResult, encode_meta, meta_key
+from aqueue.results.result import AsyncResult
+
+if TYPE_CHECKING:
+    from aqueue.app import Aqueue
+    from aqueue.message import Message
+
+__all__ = ["BATCH_SIZE", "Plan", "apply", "final_task", "result_for"]
+
+#: Messages per broker call when a canvas starts many tasks at once.
+BATCH_SIZE = 1000
+
+# Option keys that are not passed down from a chain, group or chord to its parts as they are.
+_OWN = ("task_id", "link", "link_error")
+
+
+async def apply(
+    sig: Canvas, args: tuple[Any, ...], kwargs: dict[str, Any] | None, options: dict[str, Any]
+) -> AsyncResult[Any] | GroupResult:
+    """Send ``sig`` with partial ``args``/``kwargs`` and ``options``; return its result handle.
+
+    Raises:
+        ConfigurationError: no app, an unknown option, an unsupported shape, or a chord with
+            no result backend.
+        BrokerConnectionError: the broker or result backend cannot be reached.
+    """
+    app = sig.require_app()
+    retry = bool(options.pop("retry", True))
+    policy = options.pop("retry_policy", None)
+    work = sig.clone(tuple(args), kwargs, **options)
+    work.assign_ids()
+    _check_options(work)  # later chain steps are sent by a worker: refuse a bad one now
+    if app.conf.task_always_eager:
+        from aqueue.canvas.eager import run_eager
+
+        return await run_eager(app, work)
+    result = result_for(app, work)
+    plan = Plan(app)
+    plan.add(work)
+    await plan.run(retry, policy)
+    return result
+
+
+def result_for(
+    app: Aqueue, sig: Canvas, parent: AsyncResult[Any] | GroupResult | None = None
+) -> AsyncResult[Any] | GroupResult:
+    """The result handle of a signature whose ids are assigned, with ``.parent`` links.
+
+    Raises:
+        ConfigurationError: an empty chain, or a group member that ends in a group.
+    """
+    if isinstance(sig, Signature):
+        result: AsyncResult[Any] = AsyncResult(_id(sig), app, sig.task)
+        result.parent = parent
+        return result
+    if isinstance(sig, chain):
+        if not sig.tasks:
+            raise ConfigurationError("an empty chain has nothing to run")
+        handle = parent
+        for step in sig.tasks:
+            handle = result_for(app, step, handle)
+        assert handle is not None
+        return handle
+    if isinstance(sig, chord):
+        header = result_for(app, sig.header, parent)
+        return header if sig.body is None else result_for(app, sig.body, header)
+    if isinstance(sig, group):
+        members = [_member_result(app, m) for m in sig.tasks]
+        return GroupResult(_id(sig), members, app, parent)
+    raise ConfigurationError(f"not a signature: {sig!r}")
+
+
+def _member_result(app: Aqueue, member: Canvas) -> AsyncResult[Any]:
+    final_task(member, "a group member")  # raises for a member ending in a group
+    result = result_for(app, member)
+    assert isinstance(result, AsyncResult)
+    return result
+
+
+def final_task(sig: Canvas, role: str) -> Signature:
+    """The task whose result stands for ``sig``'s: a chain's last, a chord's body's.
+
+    Raises:
+        ConfigurationError: ``sig`` ends in a group (``role`` says where it was found).
+    """
+    if isinstance(sig, Signature):
+        return sig
+    if isinstance(sig, chain) and sig.tasks:
+        return final_task(sig.tasks[-1], role)
+    if isinstance(sig, chord) and sig.body is not None:
+        return final_task(sig.body, role)
+    raise ConfigurationError(
+        f"{role} must end in a task, not in a group: {sig!r} (make the group a chord with a body "
+        f"that collects its results)"
+    )
+
+
+def final_tasks(sig: Canvas) -> list[Signature]:
+    """Every task whose result is part of ``sig``'s (one, or each member of a final group)."""
+    if isinstance(sig, group):
+        return [t for member in sig.tasks for t in final_tasks(member)]
+    if isinstance(sig, chain) and sig.tasks:
+        return final_tasks(sig.tasks[-1])
+    if isinstance(sig, chord):
+        return final_tasks(sig.body if sig.body is not None else sig.header)
+    return [sig] if isinstance(sig, Signature) else []
+
+
+class Plan:
+    """The messages that start one or more signatures, and the group records to store first."""
+
+    def __init__(self, app: Aqueue) -> None:
+        self.app = app
+        self.messages: list[Message] = []
+        self.groups: list[tuple[str, list[str]]] = []
+
+    def add(
+        self,
+        sig: Canvas,
+        rest: Sequence[dict[str, Any]] = (),
+        context: dict[str, Any] | None = None,
+    ) -> None:
+        """Plan the start of ``sig`` (ids assigned), followed by the chain steps ``rest``.
+
+        Args:
+            sig: what to start; its parts may be changed (options added): pass a copy.
+            rest: the signature dicts that follow ``sig`` in a chain.
+            context: options for every message that does not set them (``parent_id``...).
+
+        Raises:
+            ConfigurationError: an unknown option, or an unsupported shape (see
+                :func:`final_task`), or a chord with no body or no result backend.
+        """
+        context = context or {}
+        if isinstance(sig, chain):
+            steps = _spread_chain(sig)
+            if not steps:
+                raise ConfigurationError("an empty chain has nothing to run")
+            self.add(steps[0], [s.to_dict() for s in steps[1:]] + list(rest), context)
+        elif isinstance(sig, chord):
+            self._chord(sig, rest, context)
+        elif isinstance(sig, group):
+            if rest:
+                self._chord(chord(sig, _chain_of(rest, self.app)), (), context)
+            else:
+                members = _spread(sig.tasks, sig.options)
+                for member in members:
+                    final_task(member, "a group member").options.setdefault("group_id", _id(sig))
+                self._members(_id(sig), members, context)
+        elif isinstance(sig, Signature):
+            self.messages.append(self._message(sig, rest, context))
+        else:
+            raise ConfigurationError(f"not a signature: {sig!r}")
+
+    def _chord(self, c: chord, rest: Sequence[dict[str, Any]], context: dict[str, Any]) -> None:
+        if c.body is None:
+            raise ConfigurationError(
+                f"chord {c!r} has no body: use chord(header, body) or chord(header)(body)"
+            )
+        body: Canvas = c.body
+        _merge(body, {k: v for k, v in c.options.items() if k in ("link", "link_error")})
+        if rest:
+            body = chain(body, _chain_of(rest, self.app))
+        header_options = {k: v for k, v in c.options.items() if k not in _OWN}
+        members = [_merge(m, header_options) for m in _spread(c.header.tasks, c.header.options)]
+        if not members:  # as in Celery: the body runs at once with no results
+            self.add(body.clone(([],)), (), context)
+            return
+        if not self.app.has_result_backend:
+            raise ConfigurationError(
+                "a chord needs a result backend to collect its header's results: set "
+                "result_backend (e.g. 'redis://127.0.0.1:6379/1')"
+            )
+        group_id = _id(c.header)
+        info = {"id": group_id, "size": len(members), "body": body.to_dict()}
+        for member in members:
+            task = final_task(member, "a chord header member")
+            task.options["chord"] = info
+            task.options.setdefault("group_id", group_id)
+        self._members(group_id, members, context)
+
+    def _members(self, group_id: str, members: list[Canvas], context: dict[str, Any]) -> None:
+        ids: list[str] = []
+        for member in members:
+            self.add(member, (), context)
+            ids.append(_id(final_task(member, "a group member")))
+        self.groups.append((group_id, ids))
+
+    def _message(
+        self, sig: Signature, rest: Sequence[dict[str, Any]], context: dict[str, Any]
+    ) -> Message:
+        from aqueue.app import _SEND_OPTIONS
+
+        options = dict(sig.options)
+        chord_info = options.pop("chord", None)
+        unknown = set(options) - _SEND_OPTIONS
+        if unknown:
+            raise ConfigurationError(f"unknown option {sorted(unknown)[0]!r} on {sig!r}")
+        extra = dict(options.pop("options", None) or {})
+        if rest:
+            extra["chain"] = list(rest)
+        if chord_info is not None:
+            extra["chord"] = chord_info
+            options["ignore_result"] = False  # the body is given the header's stored results
+        options["options"] = extra
+        for key, value in context.items():
+            options.setdefault(key, value)
+        task = self.app.tasks.get(sig.task)
+        return self.app.build_message(sig.task, sig.args, sig.kwargs, task, options)
+
+    async def run(self, retry: bool = True, retry_policy: dict[str, Any] | None = None) -> None:
+        """Store the group records, then publish the messages in batches of :data:`BATCH_SIZE`.
+
+        Raises:
+            BrokerConnectionError: the broker (after ``retry_policy``) or the result backend
+                cannot be reached; batches already published stay published.
+        """
+        if self.groups and self.app.has_result_backend:
+            backend = await self.app.result_backend()
+            records = [(meta_key(gid), encode_meta(gid, ids)) for gid, ids in self.groups]
+            await backend.store(records, self.app.conf.result_expires)
+        for start in range(0, len(self.messages), BATCH_SIZE):
+            await self.app.publish(self.messages[start : start + BATCH_SIZE], retry, retry_policy)
+
+
+def _check_options(sig: Canvas) -> None:
+    """Raise ConfigurationError for an unknown send option anywhere in ``sig``."""
+    from aqueue.app import _SEND_OPTIONS
+
+    parts: list[Canvas] = [sig]
+    while parts:
+        part = parts.pop()
+        if isinstance(part, Signature):
+            unknown = set(part.options) - _SEND_OPTIONS - {"chord"}
+            if unknown:
+                raise ConfigurationError(f"unknown option {sorted(unknown)[0]!r} on {part!r}")
+        elif isinstance(part, chain | group):
+            parts.extend(part.tasks)
+        elif isinstance(part, chord):
+            parts.append(part.header)
+            if part.body is not None:
+                parts.append(part.body)
+
+
+def _id(sig: Canvas) -> str:
+    if sig.id is None:
+        raise ConfigurationError(f"{sig!r} has no id: assign_ids() first")
+    return sig.id
+
+
+def _chain_of(steps: Sequence[dict[str, Any]], app: Aqueue) -> Canvas:
+    sigs = [from_dict(step, app) for step in steps]
+    return sigs[0] if len(sigs) == 1 else chain(sigs, app=app)
+
+
+def _merge(sig: Canvas, options: dict[str, Any]) -> Canvas:
+    """Give ``sig`` the ``options`` it does not set itself; callbacks are added to its own."""
+    for key, value in options.items():
+        if key in ("link", "link_error"):
+            if value:
+                sig.options[key] = [*_as_list(sig.options.get(key)), *_as_list(value)]
+        elif key != "task_id":
+            sig.options.setdefault(key, value)
+    return sig
+
+
+def _spread(members: Sequence[Canvas], options: dict[str, Any]) -> list[Canvas]:
+    """A group's members, each given the group's options (Celery: each member gets them)."""
+    return [_merge(m, options) for m in members]
+
+
+def _spread_chain(c: chain) -> list[Canvas]:
+    """A chain's steps: its options to the first, ``link`` to the last, ``link_error`` to all."""
+    steps = list(c.tasks)
+    if steps:
+        _merge(steps[0], {k: v for k, v in c.options.items() if k not in _OWN})
+        _merge(steps[-1], {"link": c.options.get("link")})
+        for step in steps:
+            _merge(step, {"link_error": c.options.get("link_error")})
+    return steps

@@ -1,0 +1,211 @@
+"""Cluster operations behind ``aqueue status``, ``aqueue purge`` and ``aqueue dlq``.
+
+Library functions, so that a dashboard or a script can do what the commands do:
+:func:`cluster_status` (queue depths and live workers), :func:`purge`,
+:func:`replay_dead_letters`. Queue depths come from the broker
+(:class:`~aqueue.transports.base.QueueAdmin`); live workers from their heartbeats in the control
+transport's ``workers`` table (see :mod:`aqueue.worker.remote`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from aqueue.control.protocol import WORKERS_TABLE
+from aqueue.exceptions import SerializationError
+from aqueue.message import decode_envelope
+from aqueue.transports import Outgoing
+from aqueue.transports.base import QueueDepth, queue_admin
+
+if TYPE_CHECKING:
+    from aqueue.app import Aqueue
+
+__all__ = [
+    "ClusterStatus",
+    "WorkerStatus",
+    "app_queues",
+    "cluster_status",
+    "live_workers",
+    "purge",
+    "replay_dead_letters",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """A live worker, from its last heartbeat.
+
+    Attributes:
+        hostname, pid, node: who it is (``node`` is unique per run).
+        concurrency: its concurrency.
+        active: tasks running at the last heartbeat.
+        processed: messages handled since it started.
+        uptime: seconds since it started (at the last heartbeat).
+        queues: the queues it consumes.
+        last_seen: seconds since its last heartbeat.
+    """
+
+    hostname: str
+    pid: int
+    node: str
+    concurrency: int
+    active: int
+    processed: int
+    uptime: float
+    queues: list[str] = field(default_factory=list)
+    last_seen: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "hostname": self.hostname,
+            "pid": self.pid,
+            "node": self.node,
+            "concurrency": self.concurrency,
+            "active": self.active,
+            "processed": self.processed,
+            "uptime": round(self.uptime, 3),
+            "queues": self.queues,
+            "last_seen": round(self.last_seen, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    """What ``aqueue status`` shows: queue depths and live workers."""
+
+    queues: list[QueueDepth]
+    workers: list[WorkerStatus]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "queues": [
+                {
+                    "queue": d.queue,
+                    "ready": d.ready,
+                    "delayed": d.delayed,
+                    "unacked": d.unacked,
+                    "dead": d.dead,
+                }
+                for d in self.queues
+            ],
+            "workers": [w.as_dict() for w in self.workers],
+        }
+
+
+def app_queues(app: Aqueue) -> list[str]:
+    """The queues ``app`` names: the default queue, ``task_queues``, task ``queue`` options and
+    queue names in ``task_routes`` dicts (a routing function cannot be read)."""
+    named: list[str] = [app.conf.task_default_queue, *(app.conf.task_queues or {})]
+    named += [t.queue for t in app.tasks.values() if t.queue]
+    routes = app.conf.task_routes
+    for table in routes if isinstance(routes, list | tuple) else [routes]:
+        if isinstance(table, dict):
+            for value in table.values():
+                queue = value if isinstance(value, str) else dict(value).get("queue")
+                if isinstance(queue, str):
+                    named.append(queue)
+    return list(dict.fromkeys(named))
+
+
+async def live_workers(app: Aqueue) -> list[WorkerStatus]:
+    """Workers whose heartbeat is current, sorted by hostname and pid.
+
+    Raises:
+        BrokerConnectionError: the control transport cannot be reached.
+    """
+    transport = await app.control_transport()
+    _, entries = await transport.read(WORKERS_TABLE)
+    now = time.time()
+    workers = []
+    for node, raw in entries.items():
+        try:
+            beat = orjson.loads(raw)
+            workers.append(
+                WorkerStatus(
+                    hostname=str(beat["hostname"]),
+                    pid=int(beat["pid"]),
+                    node=node,
+                    concurrency=int(beat.get("concurrency", 0)),
+                    active=int(beat.get("active", 0)),
+                    processed=int(beat.get("processed", 0)),
+                    uptime=float(beat.get("uptime", 0.0)),
+                    queues=[str(q) for q in beat.get("queues", [])],
+                    last_seen=max(0.0, now - float(beat.get("timestamp", now))),
+                )
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    return sorted(workers, key=lambda w: (w.hostname, w.pid))
+
+
+async def cluster_status(app: Aqueue, queues: Sequence[str] | None = None) -> ClusterStatus:
+    """Queue depths and live workers.
+
+    Args:
+        queues: the queues to show; default every queue the broker holds messages for, the
+            app's own queues and those its live workers consume.
+
+    Raises:
+        BrokerConnectionError: the broker or the control transport cannot be reached.
+        ConfigurationError: the broker cannot report queue depths.
+    """
+    admin = queue_admin(await app.broker())
+    workers = await live_workers(app)
+    if queues is None:
+        known = [d.queue for d in await admin.queue_depths(None)]
+        consumed = [q for w in workers for q in w.queues]
+        queues = sorted(set(known) | set(app_queues(app)) | set(consumed))
+    return ClusterStatus(await admin.queue_depths(list(queues)), workers)
+
+
+async def purge(app: Aqueue, queues: Sequence[str]) -> int:
+    """Delete the waiting (ready and delayed) messages of ``queues``; return how many.
+
+    Raises:
+        BrokerConnectionError: the broker cannot be reached.
+        ConfigurationError: the broker cannot purge.
+    """
+    return await queue_admin(await app.broker()).purge(queues)
+
+
+async def replay_dead_letters(app: Aqueue, queue: str, limit: int | None = None) -> int:
+    """Send the oldest ``limit`` (default all) dead letters of ``queue`` back to it; return how
+    many. Each is published again as it was (a fresh delivery count), its stored ``FAILURE``
+    is forgotten (the state reads ``PENDING`` until it runs again), then it leaves the
+    dead-letter queue. Publish comes first: a crash in between leaves it in both, never lost.
+
+    Raises:
+        BrokerConnectionError: the broker or result backend cannot be reached.
+        ConfigurationError: the broker cannot purge dead letters.
+    """
+    broker = await app.broker()
+    admin = queue_admin(broker)
+    letters = await broker.dead_letters(queue, limit if limit is not None else 1_000_000)
+    if not letters:
+        return 0
+    outgoing: list[Outgoing] = []
+    ids: list[str] = []
+    for letter in letters:
+        try:
+            env = decode_envelope(letter.body)
+        except SerializationError:
+            # Not even an envelope: sent back as it is, in case the worker's code changed.
+            outgoing.append(Outgoing(letter.queue, letter.body, f"raw-{time.time_ns()}"))
+            continue
+        ids.append(env["id"])
+        priority = env.get("priority")
+        outgoing.append(
+            Outgoing(
+                letter.queue, letter.body, env["id"], priority if isinstance(priority, int) else 0
+            )
+        )
+    await broker.publish(outgoing)
+    if ids and app.has_result_backend:
+        await (await app.result_backend()).delete(ids)
+    await admin.purge_dead_letters(queue, len(letters))
+    return len(letters)

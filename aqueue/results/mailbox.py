@@ -1,0 +1,145 @@
+"""Reply channels: one subscription per client for the results of the tasks it sent.
+
+Waiting on a result through its own channel costs a client three commands per task (SUBSCRIBE,
+a read, UNSUBSCRIBE) and most of its CPU under load. Instead, a client that can (the Redis result
+backend) subscribes once to a channel of its own and names it in every message it sends
+(``Message.reply_to``, as AMQP's ``reply_to`` property and Celery's ``rpc://`` backend do). A
+worker storing records of such messages also publishes them there, many in one ``PUBLISH``
+(:func:`pack`). The client puts each arriving record in the :class:`Mailbox` of its task id,
+where the task's :class:`~aqueue.results.result.AsyncResult` reads it.
+
+Nothing changes for anyone else: every record is still stored and published on its task's own
+channel, so ``AsyncResult(id)`` awaited in another process works as before.
+
+Why no record is missed: the reply subscription is confirmed before the first message naming it
+is published, and the mailbox exists before its message is published. A mailbox lives as long as
+its handle (the inbox holds it weakly), so records of tasks nobody can await any more are dropped.
+After a reconnect, records published while disconnected are read back (see the Redis backend).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Sequence
+
+
+class Mailbox:
+    """Every record that arrived for one task id, in order, for any number of readers.
+
+    Records are kept (a task has a handful) so that each reader - several ``get()`` calls, a
+    ``then()`` and an ``on_message`` stream on one handle, in any number of asyncio tasks - sees
+    all of them from its own position (:meth:`read_from`); none takes them from another.
+
+    Attributes:
+        owner: the backend instance whose inbox holds this mailbox; a handle awaited on another
+            event loop (another backend instance) falls back to watching its task's channel.
+    """
+
+    __slots__ = ("__weakref__", "_records", "_waiters", "owner")
+
+    def __init__(self, owner: object) -> None:
+        self.owner = owner
+        self._records: list[bytes] = []
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def put(self, record: bytes) -> None:
+        """Add ``record`` (an encoded result record) and wake every reader."""
+        self._records.append(record)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def read_from(self, position: int) -> list[bytes]:
+        """The records from index ``position`` on, waiting until there is at least one.
+
+        A reader keeps its position (``position + len(returned)``) between calls.
+        """
+        while len(self._records) <= position:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:  # cancelled or timed out before a put
+                    self._waiters.remove(waiter)
+        return self._records[position:]
+
+
+class Inbox:
+    """The mailboxes of one client, by task id (held weakly: see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._boxes: weakref.WeakValueDictionary[str, Mailbox] = weakref.WeakValueDictionary()
+
+    def expect(self, task_id: str, owner: object) -> Mailbox:
+        """The mailbox for ``task_id``, created if needed; keep it alive while waiting."""
+        box = self._boxes.get(task_id)
+        if box is None:
+            box = self._boxes[task_id] = Mailbox(owner)
+        return box
+
+    def put(self, task_id: str, record: bytes) -> bool:
+        """Give ``record`` to ``task_id``'s mailbox; False if nobody expects that id."""
+        box = self._boxes.get(task_id)
+        if box is None:
+            return False
+        box.put(record)
+        return True
+
+    def deliver(self, payload: bytes) -> None:
+        """Dispatch a reply-channel message (see :func:`pack`).
+
+        Raises:
+            ValueError: ``payload`` is not a packed batch (records before the fault are kept).
+        """
+        for task_id, record in unpack(payload):
+            self.put(task_id, record)
+
+    def __len__(self) -> int:
+        return len(self._boxes)
+
+    def expected(self) -> list[str]:
+        """Task ids whose mailbox is alive."""
+        return list(self._boxes.keys())
+
+    def clear(self) -> None:
+        """Forget every mailbox (the backend closed)."""
+        self._boxes.clear()
+
+
+def pack(items: Sequence[tuple[str, bytes]]) -> bytes:
+    """Frame ``(task id, record)`` pairs as ``<len>:<id><len>:<record>`` repeated.
+
+    Length-prefixed rather than JSON, so a record in any result serializer travels as is.
+    """
+    parts: list[bytes] = []
+    for task_id, record in items:
+        tid = task_id.encode()
+        parts.append(b"%d:%s%d:" % (len(tid), tid, len(record)))
+        parts.append(record)
+    return b"".join(parts)
+
+
+def unpack(payload: bytes) -> list[tuple[str, bytes]]:
+    """The pairs :func:`pack` framed, in order.
+
+    Raises:
+        ValueError: a frame is malformed or cut short.
+    """
+    out: list[tuple[str, bytes]] = []
+    pos, end = 0, len(payload)
+    while pos < end:
+        colon = payload.index(b":", pos)
+        size = int(payload[pos:colon])
+        tid_end = colon + 1 + size
+        task_id = payload[colon + 1 : tid_end].decode()
+        colon = payload.index(b":", tid_end)
+        size = int(payload[tid_end:colon])
+        rec_end = colon + 1 + size
+        if rec_end > end or size < 0:
+            raise ValueError("reply batch cut short")
+        out.append((task_id, payload[colon + 1 : rec_end]))
+        pos = rec_end
+    return out

@@ -1,0 +1,166 @@
+"""The options of sending a task and of declaring one, as typed declarations.
+
+:class:`SendOptions` is what ``apply_async``, ``send_task``, ``delay_many`` and signatures take
+(Celery's ``apply_async`` options); :class:`TaskOptions` is what ``@app.task(...)`` and
+``task_annotations`` take. Both are ``TypedDict`` s used with ``typing.Unpack``, so a type
+checker rejects ``apply_async(countdwn=1)`` and ``@app.task(max_retries="3")``; the runtime
+check (:func:`check_send_options`, :func:`check_task_options`) reads the same declarations, so
+the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from aqueue.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from aqueue.canvas.primitives import Signature
+
+__all__ = [
+    "SEND_OPTIONS",
+    "TASK_OPTIONS",
+    "RetryPolicy",
+    "SendOptions",
+    "TaskOptions",
+    "check_send_options",
+    "check_task_options",
+]
+
+
+class RetryPolicy(TypedDict, total=False):
+    """How publishing retries on a connection error (Celery's ``retry_policy``), in seconds.
+
+    The n-th retry (from 0) waits ``min(interval_start + n * interval_step, interval_max)``.
+    """
+
+    max_retries: int
+    interval_start: float
+    interval_step: float
+    interval_max: float
+
+
+class SendOptions(TypedDict, total=False):
+    """Celery's ``apply_async`` options. Durations are seconds.
+
+    Attributes:
+        countdown: run no earlier than this many seconds from now.
+        eta: run no earlier than this time (a naive datetime is UTC; a number is epoch seconds).
+        expires: seconds from now, or a datetime, after which the message is not run (its state
+            becomes REVOKED).
+        task_id: the id to use instead of a new one.
+        queue: the queue to send to (default: routes, the task's own, ``task_default_queue``).
+        priority: 0..9, 9 runs first.
+        headers: extra message headers, read by the task as ``self.request.headers``.
+        link, link_error: signatures (or lists of them) called with the result / on failure.
+        serializer: ``"json"``, ``"msgpack"`` or ``"pickle"``.
+        compression: ``"zlib"`` or ``None``.
+        shadow: another name for the task in logs.
+        ignore_result: store no result.
+        time_limit: seconds the run may take.
+        retry: retry publishing on a connection error (default True).
+        retry_policy: how to retry publishing (:class:`RetryPolicy`).
+        exchange, routing_key: AMQP routing (see docs/amqp.md).
+        parent_id, root_id, group_id: workflow links (set by canvas; rarely by hand).
+        options: extra message options carried to the worker as is.
+    """
+
+    countdown: float
+    eta: datetime | float
+    expires: float | datetime
+    task_id: str
+    queue: str
+    priority: int
+    headers: dict[str, Any]
+    link: Signature | dict[str, Any] | list[Any] | tuple[Any, ...] | None
+    link_error: Signature | dict[str, Any] | list[Any] | tuple[Any, ...] | None
+    serializer: str
+    compression: str | None
+    shadow: str
+    ignore_result: bool
+    time_limit: float | None
+    retry: bool
+    retry_policy: RetryPolicy
+    exchange: str
+    routing_key: str
+    parent_id: str | None
+    root_id: str | None
+    group_id: str | None
+    options: dict[str, Any]
+
+
+class TaskOptions(TypedDict, total=False):
+    """The options of ``@app.task(...)``, as in Celery; durations are seconds.
+
+    Attributes:
+        max_retries: retries allowed before ``self.retry`` gives up (``None``: no limit).
+        default_retry_delay: seconds before a retry without ``countdown``.
+        retry_backoff: with ``autoretry_for``: ``True`` or a base in seconds for exponential
+            backoff.
+        retry_backoff_max: the longest backoff, seconds.
+        retry_jitter: randomise each backoff in ``[0, delay]``.
+        autoretry_for: exception types that retry the task automatically.
+        retry_kwargs: options of automatic retries, e.g. ``{"max_retries": 5}``.
+        time_limit: seconds a run may take before ``TimeLimitExceeded``.
+        rate_limit: e.g. ``"10/m"``.
+        queue, priority: where and how urgently it is sent by default.
+        ignore_result: store no result.
+        acks_late: ack after the outcome is stored (default ``task_acks_late``).
+        serializer, compression: how its arguments are encoded by default.
+        track_started: store a STARTED state when a run starts.
+        expires: default ``expires`` of its messages (seconds or a datetime).
+    """
+
+    max_retries: int | None
+    default_retry_delay: float
+    retry_backoff: bool | float
+    retry_backoff_max: float
+    retry_jitter: bool
+    autoretry_for: tuple[type[BaseException], ...] | list[type[BaseException]]
+    retry_kwargs: dict[str, Any]
+    time_limit: float | None
+    rate_limit: str | None
+    queue: str | None
+    priority: int | None
+    ignore_result: bool
+    acks_late: bool | None
+    serializer: str | None
+    compression: str | None
+    track_started: bool
+    expires: float | datetime | None
+
+
+#: The names :class:`SendOptions` declares.
+SEND_OPTIONS: frozenset[str] = frozenset(SendOptions.__annotations__)
+#: The names :class:`TaskOptions` declares, in declaration order.
+TASK_OPTIONS: tuple[str, ...] = tuple(TaskOptions.__annotations__)
+
+
+def _check(options: Mapping[str, Any], known: frozenset[str] | tuple[str, ...], what: str) -> None:
+    unknown = set(options).difference(known)
+    if unknown:
+        bad = sorted(unknown)[0]
+        close = difflib.get_close_matches(bad, list(known), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigurationError(f"unknown {what} option {bad!r}{hint}")
+
+
+def check_send_options(options: Mapping[str, Any]) -> None:
+    """Check that every key of ``options`` is a :class:`SendOptions` name.
+
+    Raises:
+        ConfigurationError: an unknown option, with the closest valid name.
+    """
+    _check(options, SEND_OPTIONS, "apply_async")
+
+
+def check_task_options(options: Mapping[str, Any]) -> None:
+    """Check that every key of ``options`` is a :class:`TaskOptions` name.
+
+    Raises:
+        ConfigurationError: an unknown option, with the closest valid name.
+    """
+    _check(options, TASK_OPTIONS, "task")

@@ -1,0 +1,151 @@
+"""Transports: one folder per kind of server, each serving its roles over one client.
+
+==========  ======  =======  =======  ====  =============================================
+scheme      broker  results  control  beat  folder
+==========  ======  =======  =======  ====  =============================================
+memory      yes     yes      yes      yes   :mod:`aqueue.transports.memory` (one process)
+sqlite      yes     yes      yes      yes   :mod:`aqueue.transports.sqlite` (one host)
+redis(s)    yes     yes      yes      yes   :mod:`aqueue.transports.redis`
+amqp(s)     yes     no       no       no    :mod:`aqueue.transports.amqp` (RabbitMQ)
+==========  ======  =======  =======  ====  =============================================
+
+Each folder's ``__init__`` defines ``Transport``, a :class:`~aqueue.transports.base.Transport`:
+one instance per app, event loop and URL (the app keeps them), whose roles share one client -
+one Redis connection pool, one SQLite connection and thread, one AMQP connection. Adding a
+transport is one folder plus a line in :data:`SCHEMES`. The role Protocols are in
+:mod:`aqueue.transports.base`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from aqueue.exceptions import ConfigurationError
+from aqueue.transports.base import (
+    BeatStore,
+    Binding,
+    Broker,
+    Claim,
+    ControlTransport,
+    DeadLetter,
+    Delivery,
+    Outgoing,
+    QueueAdmin,
+    QueueDepth,
+    ReplyChannels,
+    ResultBackend,
+    Snapshot,
+    Transport,
+    dead_letter_queue,
+    queue_admin,
+)
+
+__all__ = [
+    "SCHEMES",
+    "BeatStore",
+    "Binding",
+    "Broker",
+    "Claim",
+    "ControlTransport",
+    "DeadLetter",
+    "Delivery",
+    "Outgoing",
+    "QueueAdmin",
+    "QueueDepth",
+    "ReplyChannels",
+    "ResultBackend",
+    "Snapshot",
+    "Transport",
+    "backend_from_url",
+    "broker_from_url",
+    "dead_letter_queue",
+    "queue_admin",
+    "scheme",
+    "transport_for",
+    "transport_type",
+    "visibility_timeout",
+]
+
+#: URL scheme -> the transport folder under ``aqueue/transports/`` that serves it.
+SCHEMES: dict[str, str] = {
+    "memory": "memory",
+    "sqlite": "sqlite",
+    "redis": "redis",
+    "rediss": "redis",
+    "amqp": "amqp",
+    "amqps": "amqp",
+}
+
+
+def scheme(url: str) -> str:
+    """The lower-cased scheme of ``url`` (``""`` when it has none)."""
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def transport_type(url: str) -> type[Transport]:
+    """The transport class for ``url``'s scheme (its folder is imported on first use, so an app
+    on SQLite never imports aio-pika).
+
+    Raises:
+        ConfigurationError: no transport serves the scheme.
+    """
+    name = SCHEMES.get(scheme(url))
+    if name is None:
+        raise ConfigurationError(
+            f"{url!r} has no supported scheme: use memory://, sqlite:///path.db, "
+            f"redis://host:port/db, rediss://host:port/db, amqp://host:port/vhost or amqps://..."
+        )
+    cls: type[Transport] = importlib.import_module(f"aqueue.transports.{name}").Transport
+    return cls
+
+
+def transport_for(url: str, *, shared: bool = True) -> Transport:
+    """A new transport for ``url`` (nothing connected yet); see :class:`Transport`.
+
+    Raises:
+        ConfigurationError: no transport serves the scheme, or the URL is invalid.
+    """
+    return transport_type(url)(url, shared=shared)
+
+
+def broker_from_url(url: str, transport_options: Mapping[str, Any] | None = None) -> Broker:
+    """A broker for ``url`` with a client of its own, closed with it (not yet connected).
+
+    Args:
+        url: ``memory://``, ``sqlite:///path.db``, ``redis://host:port/db``, ``rediss://...``,
+            ``amqp://user:password@host:port/vhost`` or ``amqps://...`` (RabbitMQ).
+        transport_options: the ``broker_transport_options`` setting, e.g.
+            ``{"visibility_timeout": 30.0}`` (seconds).
+
+    Raises:
+        ConfigurationError: the scheme is not supported, or an option is unknown or invalid.
+    """
+    return transport_for(url, shared=False).broker(dict(transport_options or {}))
+
+
+def backend_from_url(url: str) -> ResultBackend:
+    """A result backend for ``url`` with a client of its own, closed with it (not yet
+    connected).
+
+    Raises:
+        ConfigurationError: the scheme stores no results (``amqp://`` is a broker only: pair it
+            with a Redis or SQLite result backend).
+    """
+    return transport_for(url, shared=False).result_backend()
+
+
+def visibility_timeout(options: Mapping[str, Any], default: float = 30.0) -> float:
+    """Read and check ``visibility_timeout`` (seconds > 0) from transport options.
+
+    Raises:
+        ConfigurationError: not a number of seconds > 0.
+    """
+    value = options.get("visibility_timeout", default)
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise ConfigurationError(
+            f"broker_transport_options['visibility_timeout'] must be a number of seconds > 0, "
+            f"not {value!r}"
+        )
+    return float(value)

@@ -1,0 +1,140 @@
+"""What RabbitMQ has pushed to an AMQP consumer and ``fetch`` has not handed out yet.
+
+Deliveries wait here, already leased to this connection (unacked), until a fetch takes them:
+per queue a heap, priority 9 first, then in arrival order. A consumer that has just started is
+*settling* while the messages RabbitMQ said were ready are still on their way, so that a fetch
+does not hand out the first to arrive when a better one is coming.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiormq.abc
+from aiormq import spec
+
+__all__ = ["Arrival", "Buffer"]
+
+
+@dataclass(slots=True)
+class Arrival:
+    """A delivery pushed by RabbitMQ, waiting in the buffer or handed out (a Delivery's token).
+
+    Attributes:
+        message: the delivery as aiormq parsed it.
+        queue: the queue it came from.
+        count: its delivery count (see :mod:`aqueue.transports.amqp.broker`).
+        seq: its arrival number in this buffer: older first among equal priorities.
+        done: acked, or handed back.
+    """
+
+    message: aiormq.abc.DeliveredMessage
+    queue: str
+    count: int
+    seq: int
+    done: bool = False
+
+    @property
+    def channel(self) -> aiormq.abc.AbstractChannel:
+        """The channel it came on: only there can it be acked."""
+        return self.message.channel
+
+    @property
+    def properties(self) -> spec.Basic.Properties:
+        return self.message.header.properties
+
+    @property
+    def priority(self) -> int:
+        return self.properties.priority or 0
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        """A copy of its AMQP headers."""
+        return dict(self.properties.headers or {})
+
+    async def ack(self) -> None:
+        """``basic.ack`` on the channel it came on, once.
+
+        Raises:
+            aiormq.exceptions.ChannelInvalidStateError: that channel has closed.
+        """
+        if not self.done:
+            assert self.message.delivery_tag is not None
+            # No wait for the socket to drain: an ack has no reply, and order is kept anyway.
+            await self.channel.basic_ack(self.message.delivery_tag, wait=False)
+            self.done = True
+
+
+class Buffer:
+    """Arrivals by queue, best first, and the settling of freshly started consumers.
+
+    :attr:`arrived` is set whenever something changes that a waiting fetch should look at.
+    """
+
+    def __init__(self) -> None:
+        self.arrived = asyncio.Event()
+        self._heaps: dict[str, list[tuple[int, int, Arrival]]] = {}
+        self._seq = itertools.count()
+        self._expected: dict[str, int] = {}  # queue -> arrivals still expected since its start
+        self._settle_until = 0.0  # loop time
+
+    def arrival(self, message: aiormq.abc.DeliveredMessage, queue: str) -> Arrival:
+        """A new arrival (count 0) for ``message``; counts towards ``queue``'s settling."""
+        expected = self._expected.get(queue)
+        if expected is not None:
+            if expected > 1:
+                self._expected[queue] = expected - 1
+            else:
+                del self._expected[queue]
+        return Arrival(message, queue, 0, next(self._seq))
+
+    def push(self, arrival: Arrival) -> None:
+        heapq.heappush(
+            self._heaps.setdefault(arrival.queue, []), (-arrival.priority, arrival.seq, arrival)
+        )
+        self.arrived.set()
+
+    def expect(self, queue: str, count: int, until: float) -> None:
+        """A consumer of ``queue`` started with ``count`` messages to come, by loop time
+        ``until`` at the latest."""
+        if count > 0:
+            self._expected[queue] = count
+            self._settle_until = until
+
+    def stop_settling(self) -> None:
+        self._expected.clear()
+
+    def settling_until(self, queues: Iterable[str]) -> float:
+        """Loop time until which a fetch of ``queues`` should wait for expected arrivals
+        (in the past when none are expected)."""
+        if any(self._expected.get(q) for q in queues):
+            return self._settle_until
+        return 0.0
+
+    def take(self, rank: Mapping[str, int], limit: int) -> list[Arrival]:
+        """Remove and return up to ``limit`` arrivals of the ranked queues: priority 9 first,
+        then the lower rank, then the oldest.
+
+        Arrivals of a closed channel are dropped: RabbitMQ has put them back in their queue.
+        """
+        heaps = [(r, self._heaps[q]) for q, r in rank.items() if self._heaps.get(q)]
+        taken: list[Arrival] = []
+        while heaps and len(taken) < limit:
+            _, heap = min(heaps, key=lambda rh: (rh[1][0][0], rh[0], rh[1][0][1]))
+            arrival = heapq.heappop(heap)[2]
+            if not heap:
+                heaps = [rh for rh in heaps if rh[1]]
+            if not arrival.channel.is_closed:
+                taken.append(arrival)
+        return taken
+
+    def drain(self) -> list[Arrival]:
+        """Empty the buffer; return what it held."""
+        held = [arrival for heap in self._heaps.values() for _, _, arrival in heap]
+        self._heaps = {}
+        return held

@@ -1,0 +1,268 @@
+"""The in-process broker: the reference implementation of the Broker Protocol.
+
+Everything lives in this process's memory, so a producer and a worker must share one app object
+(the pytest plugin's fixtures do). Nothing survives the process. It keeps the full contract -
+leases with a visibility timeout, priorities, delayed messages, dead-lettering - so code tested on
+it behaves the same on Redis or SQLite.
+
+The state is guarded by a thread lock and waiters are woken on their own event loop, so one
+instance may be used from several loops (e.g. a test's loop and a thread's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aqueue.transports import visibility_timeout as _visibility_timeout
+from aqueue.transports.base import DeadLetter, Delivery, Outgoing, QueueDepth, dead_letter_queue
+
+
+@dataclass(slots=True)
+class _Stored:
+    body: bytes
+    priority: int
+    delivery_count: int = 0
+    lease: str | None = None
+    lease_until: float = 0.0
+    seq: int = 0
+
+
+@dataclass(slots=True)
+class _Queue:
+    # Ready messages: a heap of (-priority, seq) -> _Stored, so 9 before 0 and FIFO within one.
+    ready: list[tuple[int, int, _Stored]] = field(default_factory=list)
+    leased: dict[int, _Stored] = field(default_factory=dict)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+class MemoryBroker:
+    """In-process broker for ``memory://`` URLs; state is per instance.
+
+    Args:
+        url: ``memory://`` (anything after the scheme is ignored).
+        options: broker transport options; ``visibility_timeout`` (seconds, default 30).
+    """
+
+    def __init__(self, url: str = "memory://", options: Mapping[str, Any] | None = None) -> None:
+        self.url = url
+        self.visibility_timeout = _visibility_timeout(options or {})
+        self._lock = threading.Lock()
+        self._queues: dict[str, _Queue] = {}
+        self._delayed: list[tuple[float, int, str, _Stored]] = []
+        self._seq = itertools.count()
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    async def connect(self) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Wake fetchers; the state is kept (a later ``connect`` sees the same messages)."""
+        self._wake_all()
+
+    def _queue(self, name: str) -> _Queue:
+        q = self._queues.get(name)
+        if q is None:
+            q = self._queues[name] = _Queue()
+        return q
+
+    def _push_ready(self, queue: str, stored: _Stored) -> None:
+        stored.seq = next(self._seq)
+        heapq.heappush(self._queue(queue).ready, (-stored.priority, stored.seq, stored))
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Store messages; delayed ones go to a heap ordered by eta."""
+        now = time.time()
+        with self._lock:
+            for m in messages:
+                stored = _Stored(m.body, m.priority)
+                if m.eta is not None and m.eta > now:
+                    heapq.heappush(self._delayed, (m.eta, next(self._seq), m.queue, stored))
+                else:
+                    self._push_ready(m.queue, stored)
+        self._wake_all()
+
+    def _move_due(self, now: float) -> None:
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, queue, stored = heapq.heappop(self._delayed)
+            self._push_ready(queue, stored)
+        for name, q in self._queues.items():
+            expired = [k for k, s in q.leased.items() if s.lease_until <= now]
+            for key in expired:
+                self._push_ready(name, q.leased.pop(key))
+
+    def _next_due(self) -> float | None:
+        times = [self._delayed[0][0]] if self._delayed else []
+        times.extend(s.lease_until for q in self._queues.values() for s in q.leased.values())
+        return min(times) if times else None
+
+    def _take(self, queues: Sequence[str], limit: int, now: float) -> list[Delivery]:
+        out: list[Delivery] = []
+        while len(out) < limit:
+            best: tuple[int, int, str] | None = None
+            for position, name in enumerate(queues):
+                q = self._queues.get(name)
+                if q and q.ready:
+                    prio, seq, _ = q.ready[0]
+                    key = (prio, position, name)
+                    if best is None or key[:2] < best[:2]:
+                        best = key
+            if best is None:
+                break
+            q = self._queues[best[2]]
+            _, seq, stored = heapq.heappop(q.ready)
+            stored.delivery_count += 1
+            stored.lease = uuid.uuid4().hex
+            stored.lease_until = now + self.visibility_timeout
+            q.leased[seq] = stored
+            out.append(Delivery(best[2], stored.body, stored.delivery_count, (seq, stored.lease)))
+        return out
+
+    async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        """Lease up to ``limit`` messages, waiting up to ``timeout`` seconds for the first."""
+        deadline = time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
+        while True:
+            now = time.time()
+            waiter: asyncio.Future[None] = loop.create_future()
+            with self._lock:
+                self._move_due(now)
+                got = self._take(queues, limit, now)
+                if got:
+                    return got
+                next_due = self._next_due()
+                self._waiters.add(waiter)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._waiters.discard(waiter)
+                return []
+            if next_due is not None:
+                remaining = min(remaining, max(next_due - now, 0.001))
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                pass
+            finally:
+                with self._lock:
+                    self._waiters.discard(waiter)
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            waiters, self._waiters = self._waiters, set()
+        for fut in waiters:
+            fut.get_loop().call_soon_threadsafe(_set_result, fut)
+
+    def _leased(self, delivery: Delivery) -> _Stored | None:
+        seq, lease = delivery.token
+        q = self._queues.get(delivery.queue)
+        stored = q.leased.get(seq) if q else None
+        return stored if stored is not None and stored.lease == lease else None
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Drop the messages; a stale lease (already redelivered elsewhere) is ignored."""
+        with self._lock:
+            for d in deliveries:
+                if self._leased(d) is not None:
+                    del self._queues[d.queue].leased[d.token[0]]
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Make leased messages ready again at once, keeping their delivery count."""
+        with self._lock:
+            for d in deliveries:
+                stored = self._leased(d)
+                if stored is not None:
+                    del self._queues[d.queue].leased[d.token[0]]
+                    stored.lease = None
+                    stored.delivery_count -= 1  # a release is not a delivery
+                    self._push_ready(d.queue, stored)
+        self._wake_all()
+
+    async def renew(self, deliveries: Sequence[Delivery]) -> None:
+        """Push the lease of each message ``visibility_timeout`` seconds into the future."""
+        until = time.time() + self.visibility_timeout
+        with self._lock:
+            for d in deliveries:
+                stored = self._leased(d)
+                if stored is not None:
+                    stored.lease_until = until
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move the message to ``<queue>.dlq`` with ``reason``."""
+        with self._lock:
+            if self._leased(delivery) is None:
+                return  # the lease ran out and the message went back: not ours to move
+            del self._queues[delivery.queue].leased[delivery.token[0]]
+            dlq = self._queue(dead_letter_queue(delivery.queue))
+            dlq.dead.append(DeadLetter(delivery.queue, delivery.body, reason, time.time()))
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """The oldest ``limit`` dead letters of ``queue``."""
+        with self._lock:
+            q = self._queues.get(dead_letter_queue(queue))
+            return list(q.dead[:limit]) if q else []
+
+    # -- administration (aqueue.transports.base.QueueAdmin) -----------------------------------
+
+    async def queue_depths(self, queues: Sequence[str] | None = None) -> list[QueueDepth]:
+        """Count each queue's messages; a lease that ran out counts as ready."""
+        now = time.time()
+        with self._lock:
+            delayed = Counter(queue for _, _, queue, _ in self._delayed)
+            if queues is None:
+                found = {n for n, q in self._queues.items() if q.ready or q.leased} | set(delayed)
+                found |= {q.dead[0].queue for q in self._queues.values() if q.dead}
+                queues = sorted(found)
+            out = []
+            for name in queues:
+                q = self._queues.get(name) or _Queue()
+                unacked = sum(1 for s in q.leased.values() if s.lease_until > now)
+                dlq = self._queues.get(dead_letter_queue(name))
+                out.append(
+                    QueueDepth(
+                        name,
+                        ready=len(q.ready) + len(q.leased) - unacked,
+                        delayed=delayed[name],
+                        unacked=unacked,
+                        dead=len(dlq.dead) if dlq else 0,
+                    )
+                )
+            return out
+
+    async def purge(self, queues: Sequence[str]) -> int:
+        """Drop the ready and delayed messages of ``queues``; leased ones are kept."""
+        names = set(queues)
+        with self._lock:
+            removed = 0
+            for name in names:
+                q = self._queues.get(name)
+                if q is not None:
+                    removed += len(q.ready)
+                    q.ready.clear()
+            kept = [entry for entry in self._delayed if entry[2] not in names]
+            removed += len(self._delayed) - len(kept)
+            heapq.heapify(kept)
+            self._delayed = kept
+            return removed
+
+    async def purge_dead_letters(self, queue: str, limit: int | None = None) -> int:
+        """Drop the oldest ``limit`` (default all) dead letters of ``queue``."""
+        with self._lock:
+            q = self._queues.get(dead_letter_queue(queue))
+            if q is None:
+                return 0
+            count = len(q.dead) if limit is None else min(max(limit, 0), len(q.dead))
+            del q.dead[:count]
+            return count
+
+
+def _set_result(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -1,0 +1,112 @@
+"""The in-process control transport for ``memory://`` brokers: the reference implementation.
+
+Everything lives in this object; the app shares one instance per URL between every loop that
+uses it (a producer's loop and a worker's), as it does the memory broker. State is guarded by a
+thread lock and subscribers are woken on their own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from aqueue.worker.ratelimit import refill
+
+__all__ = ["MemoryControl"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Subscriber:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[bytes]
+
+    def put(self, data: bytes) -> None:
+        try:
+            same_loop = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            same_loop = False
+        if same_loop:
+            self.queue.put_nowait(data)
+        elif not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, data)
+
+
+class MemoryControl:
+    """Control transport kept in this process (``memory://``)."""
+
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self._subscribers: dict[str, list[_Subscriber]] = {}
+        self._tables: dict[str, dict[str, tuple[bytes, float | None]]] = {}
+        self._versions: dict[str, int] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    async def connect(self) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Nothing to release: the state is shared by every user of the URL."""
+
+    async def publish(self, channel: str, messages: Sequence[bytes]) -> None:
+        """Put ``messages`` on every current subscriber's queue."""
+        with self._lock:
+            subscribers = list(self._subscribers.get(channel, ()))
+        for sub in subscribers:
+            for data in messages:
+                sub.put(data)
+
+    @asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[asyncio.Queue[bytes]]:
+        """Yield a queue receiving what is published on ``channel`` from now on."""
+        sub = _Subscriber(asyncio.get_running_loop(), asyncio.Queue())
+        with self._lock:
+            self._subscribers.setdefault(channel, []).append(sub)
+        try:
+            yield sub.queue
+        finally:
+            with self._lock:
+                subs = self._subscribers.get(channel, [])
+                if sub in subs:
+                    subs.remove(sub)
+                if not subs:
+                    self._subscribers.pop(channel, None)
+
+    async def put(self, table: str, key: str, value: bytes | None, ttl: float | None) -> None:
+        """Set or delete an entry and bump the table's version."""
+        with self._lock:
+            entries = self._tables.setdefault(table, {})
+            if value is None:
+                entries.pop(key, None)
+            else:
+                entries[key] = (value, None if ttl is None else time.monotonic() + ttl)
+            self._versions[table] = self._versions.get(table, 0) + 1
+
+    async def read(self, table: str) -> tuple[int, dict[str, bytes]]:
+        """The version and the unexpired entries; expired ones are dropped."""
+        now = time.monotonic()
+        with self._lock:
+            entries = self._tables.get(table, {})
+            for key in [
+                k for k, (_, until) in entries.items() if until is not None and until <= now
+            ]:
+                del entries[key]
+            return self._versions.get(table, 0), {k: v for k, (v, _) in entries.items()}
+
+    async def version(self, table: str) -> int:
+        """The table's version."""
+        with self._lock:
+            return self._versions.get(table, 0)
+
+    async def acquire(self, bucket: str, rate: float, capacity: float) -> float:
+        """Take a token under the lock (see :func:`aqueue.worker.ratelimit.refill`)."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, updated = self._buckets.get(bucket, (capacity, now))
+            tokens, wait = refill(tokens, updated, now, rate, capacity)
+            self._buckets[bucket] = (tokens, now)
+        return wait

@@ -1,0 +1,219 @@
+"""Queue administration on the Redis broker's layout: depths, purge, dead-letter clean-up.
+
+:class:`~aqueue.transports.redis.broker.RedisBroker` delegates its
+:class:`~aqueue.transports.base.QueueAdmin` methods here; the key layout is the broker's (see
+:mod:`aqueue.transports.redis.keys`):
+
+- a queue's ready and leased messages are the entries of its ten priority streams; an entry
+  in the consumer group's pending entries list is *unacked* (leased), any other is *ready*;
+- delayed messages are members of the one delayed sorted set, each naming its target stream;
+  they are counted and removed by Lua scripts that read member prefixes on the server, in
+  batches of :data:`BATCH`, so bodies never cross the network and no call blocks Redis long;
+- dead letters are the entries of ``aqueue:dlq:<queue>``.
+
+Purging skips pending entries, so a worker holding a message still acks it normally.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from aqueue.transports.base import QueueDepth
+from aqueue.transports.redis import keys
+from aqueue.transports.redis.client import as_bytes, redis_errors
+
+__all__ = ["purge", "purge_dead_letters", "queue_depths"]
+
+#: Entries or members handled per script call.
+BATCH = 1000
+
+_STREAM_PREFIX = keys.stream("", 0).rsplit(":", 2)[0] + ":"  # "aqueue:stream:"
+_DLQ_PREFIX = keys.dlq("")  # "aqueue:dlq:"
+
+# Counts delayed members by target stream, reading only the members' "<len>:<stream>" prefix.
+# KEYS[1]: the delayed set; ARGV: first and last index. Returns {members read, {stream, n, ...}}.
+_COUNT_DELAYED_LUA = """
+local members = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])
+local counts = {}
+for _, m in ipairs(members) do
+  local colon = string.find(m, ':', 1, true)
+  local stream = string.sub(m, colon + 1, colon + tonumber(string.sub(m, 1, colon - 1)))
+  counts[stream] = (counts[stream] or 0) + 1
+end
+local out = {}
+for stream, n in pairs(counts) do
+  out[#out + 1] = stream
+  out[#out + 1] = n
+end
+return {#members, out}
+"""
+
+# Removes delayed members whose target stream is one of ARGV[3..].
+# KEYS[1]: the delayed set; ARGV: first and last index, then streams. Returns {read, removed}.
+_PURGE_DELAYED_LUA = """
+local targets = {}
+for i = 3, #ARGV do targets[ARGV[i]] = true end
+local members = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])
+local removed = 0
+for _, m in ipairs(members) do
+  local colon = string.find(m, ':', 1, true)
+  local stream = string.sub(m, colon + 1, colon + tonumber(string.sub(m, 1, colon - 1)))
+  if targets[stream] then
+    redis.call('ZREM', KEYS[1], m)
+    removed = removed + 1
+  end
+end
+return {#members, removed}
+"""
+
+# Deletes up to ARGV[3] entries of a stream from id ARGV[2] on, except those pending in group
+# ARGV[1]. KEYS[1]: the stream. Returns {entries read, removed, last id read}.
+_PURGE_STREAM_LUA = """
+local entries = redis.call('XRANGE', KEYS[1], ARGV[2], '+', 'COUNT', ARGV[3])
+if #entries == 0 then return {0, 0, ''} end
+local first, last = entries[1][1], entries[#entries][1]
+local pending = {}
+local ok, found = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], first, last, #entries)
+if ok then
+  for _, p in ipairs(found) do pending[p[1]] = true end
+end
+local removed = 0
+for _, e in ipairs(entries) do
+  if not pending[e[1]] then
+    redis.call('XDEL', KEYS[1], e[1])
+    removed = removed + 1
+  end
+end
+return {#entries, removed, last}
+"""
+
+# Deletes the oldest ARGV[1] entries of a dead-letter stream. KEYS[1]: it. Returns how many.
+_TRIM_DLQ_LUA = """
+local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[1])
+for _, e in ipairs(entries) do redis.call('XDEL', KEYS[1], e[1]) end
+return #entries
+"""
+
+
+def _queue_of_stream(stream: str) -> str:
+    return stream.removeprefix(_STREAM_PREFIX).rsplit(":", 1)[0]
+
+
+async def _delayed_counts(client: aioredis.Redis) -> Counter[str]:
+    """Delayed messages per target stream."""
+    script = client.register_script(_COUNT_DELAYED_LUA)
+    counts: Counter[str] = Counter()
+    start = 0
+    while True:
+        read, flat = await script(keys=[keys.delayed()], args=[start, start + BATCH - 1])
+        for i in range(0, len(flat), 2):
+            counts[as_bytes(flat[i]).decode()] += int(flat[i + 1])
+        if int(read) < BATCH:
+            return counts
+        start += BATCH
+
+
+async def _known_queues(client: aioredis.Redis, delayed: Counter[str]) -> list[str]:
+    found = {_queue_of_stream(s) for s in delayed}
+    async for key in client.scan_iter(match=f"{_STREAM_PREFIX}*", count=BATCH):
+        found.add(_queue_of_stream(as_bytes(key).decode()))
+    async for key in client.scan_iter(match=f"{_DLQ_PREFIX}*", count=BATCH):
+        found.add(as_bytes(key).decode().removeprefix(_DLQ_PREFIX))
+    return sorted(found)
+
+
+async def queue_depths(
+    client: aioredis.Redis, url: str, queues: Sequence[str] | None
+) -> list[QueueDepth]:
+    """See :meth:`aqueue.transports.base.QueueAdmin.queue_depths`.
+
+    Ready is a stream's length minus its pending entries; a lease that ran out but was not
+    reclaimed yet still counts as unacked.
+
+    Raises:
+        BrokerConnectionError: the server cannot be reached.
+    """
+    with redis_errors(url, "queue_depths"):
+        delayed = await _delayed_counts(client)
+        names = list(dict.fromkeys(queues)) if queues is not None else None
+        if names is None:
+            names = await _known_queues(client, delayed)
+        async with client.pipeline(transaction=False) as pipe:
+            for name in names:
+                for priority in keys.PRIORITIES:
+                    pipe.xlen(keys.stream(name, priority))
+                    pipe.xpending(keys.stream(name, priority), keys.GROUP)
+                pipe.xlen(keys.dlq(name))
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+    out = []
+    per_queue = 2 * len(keys.PRIORITIES) + 1
+    for index, name in enumerate(names):
+        chunk = results[index * per_queue : (index + 1) * per_queue]
+        length = sum(int(v) for v in chunk[0:-1:2] if isinstance(v, int))
+        # XPENDING fails with NOGROUP on a stream nobody consumed yet: nothing is leased there.
+        unacked = sum(int(v["pending"]) for v in chunk[1:-1:2] if isinstance(v, dict))
+        waiting = sum(delayed[keys.stream(name, p)] for p in keys.PRIORITIES)
+        dead = chunk[-1] if isinstance(chunk[-1], int) else 0
+        out.append(QueueDepth(name, length - unacked, waiting, unacked, int(dead)))
+    return out
+
+
+async def purge(client: aioredis.Redis, url: str, queues: Sequence[str]) -> int:
+    """See :meth:`aqueue.transports.base.QueueAdmin.purge`.
+
+    Raises:
+        BrokerConnectionError: the server cannot be reached.
+    """
+    streams = [keys.stream(q, p) for q in dict.fromkeys(queues) for p in keys.PRIORITIES]
+    if not streams:
+        return 0
+    removed = 0
+    with redis_errors(url, "purge"):
+        purge_stream = client.register_script(_PURGE_STREAM_LUA)
+        for stream in streams:
+            start = "-"
+            while True:
+                read, gone, last = await purge_stream(
+                    keys=[stream], args=[keys.GROUP, start, BATCH]
+                )
+                removed += int(gone)
+                if int(read) < BATCH:
+                    break
+                start = "(" + as_bytes(last).decode()  # exclusive: after the last entry read
+        purge_delayed = client.register_script(_PURGE_DELAYED_LUA)
+        index = 0
+        while True:
+            read, gone = await purge_delayed(
+                keys=[keys.delayed()], args=[index, index + BATCH - 1, *streams]
+            )
+            removed += int(gone)
+            if int(read) < BATCH:
+                break
+            index += int(read) - int(gone)  # removed members no longer take an index
+    return removed
+
+
+async def purge_dead_letters(
+    client: aioredis.Redis, url: str, queue: str, limit: int | None
+) -> int:
+    """See :meth:`aqueue.transports.base.QueueAdmin.purge_dead_letters`.
+
+    Raises:
+        BrokerConnectionError: the server cannot be reached.
+    """
+    key = keys.dlq(queue)
+    with redis_errors(url, "purge_dead_letters"):
+        if limit is None:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.xlen(key)
+                pipe.delete(key)
+                count, _ = await pipe.execute()
+            return int(count)
+        if limit <= 0:
+            return 0
+        trim = client.register_script(_TRIM_DLQ_LUA)
+        return int(await trim(keys=[key], args=[limit]))

@@ -1,0 +1,719 @@
+"""The Redis broker: one stream per (queue, priority), read through a consumer group.
+
+Relies on these Redis (>= 6.2) semantics; key names are in :mod:`aqueue.transports.redis.keys`:
+
+- **Leases are the pending entries list.** ``XREADGROUP ... >`` hands an entry to one consumer
+  of the group and records it as pending with an idle time; nobody else gets it from ``>``.
+  Acking is ``XACK`` + ``XDEL``, so streams only hold unfinished messages.
+- **Visibility timeout is idle time.** An entry pending for longer than the visibility timeout
+  (its consumer died, or stopped renewing) is taken over with ``XAUTOCLAIM``, which also counts
+  the delivery. Renewing is ``XCLAIM <id> JUSTID`` by the owner, which resets the idle time
+  without counting a delivery.
+- **Priorities are separate streams.** Levels 0..9 of a queue are ten streams; the fetch script
+  reads them best first with exact counts, so nothing is leased that is not handed out.
+- **Delayed messages** wait in one sorted set scored by eta (ms); the fetch script moves the due
+  ones to their streams, atomically with the read.
+- **Delivery count.** An entry carries its delivery count so far in field ``n`` only when it was
+  re-added by :meth:`RedisBroker.release`; the count handed out is ``n`` (default 1) plus the
+  redeliveries the pending entries list counted since.
+
+The Lua scripts touch stream keys named inside the delayed set's members, so this broker needs
+a single Redis server (or a primary with replicas), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.commands.core import AsyncScript
+
+from aqueue.exceptions import BrokerError, ConfigurationError
+from aqueue.transports import visibility_timeout
+from aqueue.transports.base import DeadLetter, Delivery, Outgoing, QueueDepth
+from aqueue.transports.redis import admin as redis_admin
+from aqueue.transports.redis import keys
+from aqueue.transports.redis.client import SharedClient, redacted_url, redis_errors
+
+__all__ = ["RedisBroker"]
+
+log = logging.getLogger(__name__)
+
+_OPTIONS = frozenset({"visibility_timeout"})
+# Longest a blocking read waits before the fetch script runs again: delayed messages published
+# by other clients become due without waking us, so this bounds how late they can be.
+_MAX_BLOCK = 1.0
+# Entry ids per XACK/XDEL in the ack script (Lua's unpack() is bounded by its C stack).
+_ACK_CHUNK = 1000
+# Messages added per publish script run (a larger batch takes several runs).
+_PUBLISH_CHUNK = 1000
+# Delayed messages moved per fetch script run; more are moved by the next run, right away.
+_MOVE_LIMIT = 1000
+
+# Moves due delayed messages, optionally reclaims expired leases, then leases up to `limit`
+# entries best stream first. Reclaimed entries come first: their lease ran out, so they waited
+# longest.
+# KEYS[1]: the delayed set; KEYS[2..]: streams, best first.
+# ARGV: group, consumer, limit, now (ms), move limit, reclaim min-idle (ms, 0: don't), then one
+#   XAUTOCLAIM cursor per stream when reclaiming.
+# Returns {entries, cursors, reclaim_incomplete, next_due}; entries is flat, five per entry:
+#   stream index (1 = KEYS[2]), entry id, body, base delivery count, times delivered.
+_FETCH_LUA = """
+local group, consumer = ARGV[1], ARGV[2]
+local limit = tonumber(ARGV[3])
+local reclaim_idle = tonumber(ARGV[6])
+
+local function part(member, pos)
+  local colon = string.find(member, ':', pos, true)
+  local len = tonumber(string.sub(member, pos, colon - 1))
+  return string.sub(member, colon + 1, colon + len), colon + len + 1
+end
+
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4], 'LIMIT', 0, ARGV[5])
+for _, member in ipairs(due) do
+  local target, pos = part(member, 1)
+  local _, body_at = part(member, pos)
+  redis.call('XADD', target, '*', 'b', string.sub(member, body_at))
+  redis.call('ZREM', KEYS[1], member)
+end
+local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local next_due = head[2] or ''
+
+local out, n = {}, 0
+local function take(index, entry, times)
+  local fields, body, base = entry[2], '', 1
+  for j = 1, #fields, 2 do
+    if fields[j] == 'b' then
+      body = fields[j + 1]
+    elseif fields[j] == 'n' then
+      base = tonumber(fields[j + 1])
+    end
+  end
+  local at = #out
+  out[at + 1], out[at + 2], out[at + 3], out[at + 4], out[at + 5] =
+    index, entry[1], body, base, times
+  n = n + 1
+end
+
+local cursors, incomplete = {}, 0
+if reclaim_idle > 0 then
+  for i = 2, #KEYS do
+    local cursor = ARGV[5 + i]
+    if n < limit then
+      local claimed = redis.call(
+        'XAUTOCLAIM', KEYS[i], group, consumer, reclaim_idle, cursor, 'COUNT', limit - n)
+      cursor = claimed[1]
+      for _, entry in ipairs(claimed[2]) do
+        -- Redis 6.2 lists entries deleted meanwhile as nil (Redis 7 leaves them out).
+        if type(entry) == 'table' and entry[2] then
+          local pending = redis.call('XPENDING', KEYS[i], group, entry[1], entry[1], 1)
+          take(i - 1, entry, pending[1] and pending[1][4] or 2)
+        end
+      end
+    else
+      incomplete = 1
+    end
+    if cursor ~= '0-0' then incomplete = 1 end
+    cursors[i - 1] = cursor
+  end
+end
+
+for i = 2, #KEYS do
+  if n >= limit then break end
+  local read = redis.call(
+    'XREADGROUP', 'GROUP', group, consumer, 'COUNT', limit - n, 'STREAMS', KEYS[i], '>')
+  if read then
+    for _, entry in ipairs(read[1][2]) do take(i - 1, entry, 1) end
+  end
+end
+return {out, cursors, incomplete, next_due}
+"""
+
+# Publishes a batch in one command: a pipeline of N XADDs costs the client N replies to parse,
+# which is most of its CPU when sending (benchmarks/throughput.py measures it).
+# KEYS[1]: the delayed set; KEYS[2..]: the stream of each ready message.
+# ARGV: the ready messages' bodies (one per stream key, same order), then (score, member) pairs
+#   of the delayed ones. Returns the number of ready messages added.
+_PUBLISH_LUA = """
+local ready = #KEYS - 1
+for i = 1, ready do
+  redis.call('XADD', KEYS[i + 1], '*', 'b', ARGV[i])
+end
+for i = ready + 1, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+return ready
+"""
+
+# Acks a batch in one command: XACK + XDEL of each stream's entries (atomic, as a script is).
+# KEYS: streams; ARGV[1]: the group; then, per stream in KEYS order, its number of entries
+#   followed by their ids.
+_ACK_LUA = """
+local at = 2
+for i = 1, #KEYS do
+  local n = tonumber(ARGV[at])
+  local ids = {}
+  for j = 1, n do ids[j] = ARGV[at + j] end
+  redis.call('XACK', KEYS[i], ARGV[1], unpack(ids))
+  redis.call('XDEL', KEYS[i], unpack(ids))
+  at = at + n + 1
+end
+return 0
+"""
+
+# Resets the idle time of entries this consumer still owns. Checking the owner first keeps a
+# slow worker from snatching back a message another consumer has already reclaimed.
+# KEYS: the stream of each entry; ARGV: group, consumer, entry ids. Returns 1/0 per entry.
+_RENEW_LUA = """
+local out = {}
+for i = 1, #KEYS do
+  local id = ARGV[i + 2]
+  local pending = redis.call('XPENDING', KEYS[i], ARGV[1], id, id, 1)
+  if pending[1] and pending[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[i], ARGV[1], ARGV[2], 0, id, 'JUSTID')
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+# Re-adds entries this consumer still owns at the end of their stream, carrying the delivery
+# count in field n, and removes the old entries: a pending entry cannot be made deliverable again
+# to '>' readers any other way.
+# KEYS: the stream of each entry; ARGV: group, consumer, then (entry id, delivery count) pairs.
+_RELEASE_LUA = """
+for i = 1, #KEYS do
+  local id, count = ARGV[2 * i + 1], ARGV[2 * i + 2]
+  local pending = redis.call('XPENDING', KEYS[i], ARGV[1], id, id, 1)
+  if pending[1] and pending[1][2] == ARGV[2] then
+    local entry = redis.call('XRANGE', KEYS[i], id, id)[1]
+    if entry then
+      local fields = entry[2]
+      for j = 1, #fields, 2 do
+        if fields[j] == 'b' then
+          redis.call('XADD', KEYS[i], '*', 'b', fields[j + 1], 'n', count)
+        end
+      end
+    end
+    redis.call('XACK', KEYS[i], ARGV[1], id)
+    redis.call('XDEL', KEYS[i], id)
+  end
+end
+return 0
+"""
+
+# Removes this consumer from the groups it read, unless it still holds messages (deleting a
+# consumer drops its pending entries, which would then never be redelivered).
+# KEYS: streams; ARGV: group, consumer.
+_FORGET_LUA = """
+for i = 1, #KEYS do
+  local ok, pending = pcall(redis.call, 'XPENDING', KEYS[i], ARGV[1], '-', '+', 1, ARGV[2])
+  if ok and #pending == 0 then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[i], ARGV[1], ARGV[2])
+  end
+end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Lease:
+    """A delivery's token: where the entry lives, and when this consumer got it."""
+
+    stream: str
+    entry_id: bytes
+    received: float  # time.monotonic() when the lease began or was last renewed
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The streams one ``queues`` sequence reads, best first, and what each one is."""
+
+    streams: tuple[str, ...]
+    origin: Mapping[str, tuple[str, int, int]]  # stream -> (queue, priority, rank in streams)
+
+
+@dataclass(frozen=True, slots=True)
+class _Scripts:
+    """The Lua scripts, registered once per client; calls are EVALSHA (loaded on NOSCRIPT)."""
+
+    fetch: AsyncScript
+    publish: AsyncScript
+    ack: AsyncScript
+    renew: AsyncScript
+    release: AsyncScript
+    forget: AsyncScript
+
+    @classmethod
+    def register(cls, client: aioredis.Redis) -> _Scripts:
+        return cls(
+            fetch=client.register_script(_FETCH_LUA),
+            publish=client.register_script(_PUBLISH_LUA),
+            ack=client.register_script(_ACK_LUA),
+            renew=client.register_script(_RENEW_LUA),
+            release=client.register_script(_RELEASE_LUA),
+            forget=client.register_script(_FORGET_LUA),
+        )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _delayed_member(stream: str, message_id: str, body: bytes) -> bytes:
+    """Encode a delayed message as ``<len>:<stream><len>:<message id><body>``.
+
+    The message id makes members unique per message, so equal bodies are kept apart.
+    """
+    target, mid = stream.encode(), message_id.encode()
+    return b"%d:%s%d:%s%s" % (len(target), target, len(mid), mid, body)
+
+
+class RedisBroker:
+    """A :class:`~aqueue.transports.base.Broker` on Redis Streams (``redis://``, ``rediss://``).
+
+    Args:
+        url: ``redis://[[user]:password@]host:port/db`` or ``rediss://...`` for TLS.
+        options: broker transport options; ``visibility_timeout`` (seconds, default 30) is how
+            long a fetched message stays leased without :meth:`renew`.
+
+    Raises:
+        ConfigurationError: an option is unknown or invalid.
+    """
+
+    def __init__(
+        self, url: str, options: Mapping[str, Any], client: SharedClient | None = None
+    ) -> None:
+        unknown = set(options) - _OPTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"unknown broker_transport_options for Redis: {sorted(unknown)}; "
+                f"supported: {sorted(_OPTIONS)}"
+            )
+        self.url = self._url = url
+        self._visibility = visibility_timeout(options)
+        # Unique per instance: the group's pending list tells leases apart by consumer name.
+        self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        self._shared = client or SharedClient(url)
+        self._owns_client = client is None
+        self._client: aioredis.Redis | None = None
+        self._scripts: _Scripts | None = None
+        self._groups: set[str] = set()  # streams whose consumer group exists
+        self._plans: dict[tuple[str, ...], _Plan] = {}
+        # Leased deliveries a blocking read returned beyond `limit`, handed out by later fetches.
+        self._buffer: list[Delivery] = []
+        self._next_due = 0.0  # epoch seconds of the earliest delayed message known (0: unknown)
+        self._next_reclaim = 0.0  # time.monotonic() of the next XAUTOCLAIM pass
+        self._cursors: dict[str, bytes] = {}  # XAUTOCLAIM cursor per stream
+
+    def __repr__(self) -> str:
+        return f"RedisBroker({redacted_url(self._url)!r}, consumer={self._consumer!r})"
+
+    async def connect(self) -> None:
+        """Connect and check the server answers PING. Idempotent.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        await self._connection()
+
+    async def close(self) -> None:
+        """Release buffered deliveries and close the client. Idempotent.
+
+        Messages handed out and not acked stay leased to this consumer until the visibility
+        timeout, then are delivered again. Errors while releasing are logged, not raised.
+        """
+        client, scripts = self._client, self._scripts
+        if client is None or scripts is None:
+            return
+        buffered, self._buffer = self._buffer, []
+        try:
+            with redis_errors(self._url, "close"):
+                if buffered:
+                    await self._release(scripts, buffered)
+                if self._groups:
+                    await scripts.forget(
+                        keys=sorted(self._groups), args=[keys.GROUP, self._consumer]
+                    )
+        except BrokerError as exc:
+            log.warning("closing %r: %s", self, exc)
+        finally:
+            self._client = self._scripts = None
+            self._groups.clear()
+            if self._owns_client:
+                await self._shared.aclose()
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Add ready messages to their streams and delayed ones to the delayed set.
+
+        One publish script run (EVALSHA) per call, whatever the number of messages. A priority
+        outside 0..9 is clamped to the nearest level.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached; nothing may be assumed stored.
+        """
+        if not messages:
+            return
+        _, scripts = await self._connection()
+        now = time.time()
+        earliest = math.inf
+        streams: list[str] = [keys.delayed()]
+        bodies: list[Any] = []
+        delayed: list[Any] = []
+        for m in messages:
+            stream = keys.stream(m.queue, min(max(m.priority, 0), 9))
+            if m.eta is not None and m.eta > now:
+                delayed.append(m.eta * 1000)
+                delayed.append(_delayed_member(stream, m.message_id, m.body))
+                earliest = min(earliest, m.eta)
+            else:
+                streams.append(stream)
+                bodies.append(m.body)
+        with redis_errors(self._url, "publish"):
+            if len(bodies) + len(delayed) // 2 <= _PUBLISH_CHUNK:
+                await scripts.publish(keys=streams, args=bodies + delayed)
+            else:  # bound how long one script run holds the server
+                for at in range(0, len(bodies), _PUBLISH_CHUNK):
+                    chunk = streams[1 + at : 1 + at + _PUBLISH_CHUNK]
+                    await scripts.publish(
+                        keys=[streams[0], *chunk], args=bodies[at : at + _PUBLISH_CHUNK]
+                    )
+                for at in range(0, len(delayed), 2 * _PUBLISH_CHUNK):
+                    await scripts.publish(
+                        keys=streams[:1], args=delayed[at : at + 2 * _PUBLISH_CHUNK]
+                    )
+        if earliest < math.inf:
+            self._next_due = min(self._next_due, earliest) if self._next_due else earliest
+
+    async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        """Lease up to ``limit`` messages from ``queues``, waiting up to ``timeout`` seconds.
+
+        One fetch script run (EVALSHA) moves due delayed messages, reclaims expired leases when a
+        check is due (every visibility_timeout/4 seconds) and leases ready entries best first.
+        When nothing is ready it blocks in ``XREADGROUP`` for at most ~1 s at a time, less when a
+        known delayed message or a reclaim check is due sooner, then runs the script again.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        if limit <= 0 or not queues:
+            return []
+        client, scripts = await self._connection()
+        plan = self._plan(queues)
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with redis_errors(self._url, "fetch"):
+            if self._buffer:
+                held = await self._take_buffered(scripts, plan, limit)
+                if held:
+                    return held
+            await self._ensure_groups(client, plan.streams)
+            recreated = False
+            while True:
+                try:
+                    found = await self._read_ready(scripts, plan, limit)
+                    if found:
+                        return found
+                    wait = min(deadline - time.monotonic(), self._until_next_check())
+                    if wait > 0:
+                        found = await self._read_blocking(client, plan, limit, wait)
+                        if found:
+                            return found
+                except redis.exceptions.ResponseError as exc:
+                    # The group vanished (FLUSHDB, key deleted): create it again, once.
+                    if "NOGROUP" not in str(exc) or recreated:
+                        raise
+                    recreated = True
+                    self._groups.difference_update(plan.streams)
+                    await self._ensure_groups(client, plan.streams)
+                    continue
+                if time.monotonic() >= deadline:
+                    return []
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """XACK + XDEL the deliveries' entries, one XACK and one XDEL per stream, in one script
+        run (atomic). Acking twice is harmless.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        if not deliveries:
+            return
+        _, scripts = await self._connection()
+        streams: list[str] = []
+        args: list[Any] = [keys.GROUP]
+        for stream, ids in self._by_stream(deliveries).items():
+            for at in range(0, len(ids), _ACK_CHUNK):  # unpack() in Lua has a stack limit
+                chunk = ids[at : at + _ACK_CHUNK]
+                streams.append(stream)
+                args.append(len(chunk))
+                args.extend(chunk)
+        with redis_errors(self._url, "ack"):
+            await scripts.ack(keys=streams, args=args)
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Re-add the entries this consumer still holds, keeping their delivery count.
+
+        They are delivered again at once, behind the messages already waiting in their stream.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        if not deliveries:
+            return
+        _, scripts = await self._connection()
+        with redis_errors(self._url, "release"):
+            await self._release(scripts, deliveries)
+
+    async def renew(self, deliveries: Sequence[Delivery]) -> None:
+        """Reset the idle time of the entries this consumer still holds (one script run).
+
+        A delivery whose lease was already taken over by another consumer is left alone.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        if not deliveries:
+            return
+        _, scripts = await self._connection()
+        with redis_errors(self._url, "renew"):
+            await self._renew(scripts, deliveries)
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """XADD the body and ``reason`` to the queue's dead-letter stream and ack, in one MULTI.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        lease: _Lease = delivery.token
+        client, _ = await self._connection()
+        with redis_errors(self._url, "dead_letter"):
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.xadd(
+                    keys.dlq(delivery.queue),
+                    {"b": delivery.body, "r": reason, "t": repr(time.time())},
+                )
+                pipe.xack(lease.stream, keys.GROUP, lease.entry_id)
+                pipe.xdel(lease.stream, lease.entry_id)
+                await pipe.execute()
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """Read up to ``limit`` of ``queue``'s dead letters, oldest first (XRANGE).
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        if limit <= 0:
+            return []
+        client, _ = await self._connection()
+        with redis_errors(self._url, "dead_letters"):
+            entries: Any = await client.xrange(keys.dlq(queue), count=limit)
+        return [
+            DeadLetter(
+                queue=queue,
+                body=bytes(fields.get(b"b", b"")),
+                reason=_text(fields.get(b"r", b"")),
+                time=float(fields.get(b"t", 0.0)),
+            )
+            for _, fields in entries or []
+        ]
+
+    # -- administration (QueueAdmin; done in aqueue.transports.redis.admin) -------------------
+
+    async def queue_depths(self, queues: Sequence[str] | None = None) -> list[QueueDepth]:
+        """Count each queue's ready, delayed, unacked and dead messages (see redis_admin)."""
+        client, _ = await self._connection()
+        return await redis_admin.queue_depths(client, self._url, queues)
+
+    async def purge(self, queues: Sequence[str]) -> int:
+        """Delete the ready and delayed messages of ``queues``; return how many."""
+        client, _ = await self._connection()
+        return await redis_admin.purge(client, self._url, queues)
+
+    async def purge_dead_letters(self, queue: str, limit: int | None = None) -> int:
+        """Delete the oldest ``limit`` (default all) dead letters of ``queue``."""
+        client, _ = await self._connection()
+        return await redis_admin.purge_dead_letters(client, self._url, queue, limit)
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _connection(self) -> tuple[aioredis.Redis, _Scripts]:
+        """The connected client (the transport's shared one) and its scripts."""
+        if self._client is None or self._scripts is None:
+            client = await self._shared.get()
+            self._client, self._scripts = client, _Scripts.register(client)
+        return self._client, self._scripts
+
+    def _plan(self, queues: Sequence[str]) -> _Plan:
+        """The streams of ``queues``: priority 9 to 0, and queues in the given order per level."""
+        key = tuple(queues)
+        plan = self._plans.get(key)
+        if plan is None:
+            origin: dict[str, tuple[str, int, int]] = {}
+            for priority in reversed(keys.PRIORITIES):
+                for queue in dict.fromkeys(queues):
+                    origin[keys.stream(queue, priority)] = (queue, priority, len(origin))
+            plan = self._plans[key] = _Plan(tuple(origin), origin)
+        return plan
+
+    async def _ensure_groups(self, client: aioredis.Redis, streams: Sequence[str]) -> None:
+        """Create the consumer group of each stream not known to have one (one pipeline).
+
+        The group starts at id 0, so entries added before it existed (by publishers or the
+        delayed-message mover) are still delivered.
+        """
+        missing = [s for s in streams if s not in self._groups]
+        if not missing:
+            return
+        async with client.pipeline(transaction=False) as pipe:
+            for stream in missing:
+                pipe.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
+            results = await pipe.execute(raise_on_error=False)
+        for stream, result in zip(missing, results, strict=True):
+            if isinstance(result, Exception) and "BUSYGROUP" not in str(result):
+                raise result
+            self._groups.add(stream)
+
+    async def _read_ready(self, scripts: _Scripts, plan: _Plan, limit: int) -> list[Delivery]:
+        """Run the fetch script once: move due delayed messages, reclaim if due, lease."""
+        reclaim = time.monotonic() >= self._next_reclaim
+        args: list[bytes | str | int] = [
+            keys.GROUP,
+            self._consumer,
+            limit,
+            int(time.time() * 1000),
+            _MOVE_LIMIT,
+            max(1, int(self._visibility * 1000)) if reclaim else 0,
+        ]
+        if reclaim:
+            args += [self._cursors.get(s, b"0-0") for s in plan.streams]
+        entries, cursors, incomplete, next_due = await scripts.fetch(
+            keys=[keys.delayed(), *plan.streams], args=args
+        )
+        if reclaim:
+            self._cursors.update(zip(plan.streams, cursors, strict=True))
+            # A pass cut short by `limit` continues on the next fetch, not a quarter-timeout on.
+            pause = 0.0 if incomplete else self._visibility / 4
+            self._next_reclaim = time.monotonic() + pause
+        self._next_due = float(next_due) / 1000 if next_due else 0.0
+        now = time.monotonic()
+        found = []
+        for i in range(0, len(entries), 5):
+            index, entry_id, body, base, times = entries[i : i + 5]
+            stream = plan.streams[index - 1]
+            found.append(
+                Delivery(
+                    queue=plan.origin[stream][0],
+                    body=bytes(body),
+                    delivery_count=int(base) + int(times) - 1,
+                    token=_Lease(stream, bytes(entry_id), now),
+                )
+            )
+        # Stable: within a stream, reclaimed (older) entries stay ahead of fresh ones.
+        found.sort(key=lambda d: plan.origin[d.token.stream][2])
+        return found
+
+    def _until_next_check(self) -> float:
+        """Seconds the blocking read may wait before the fetch script must run again."""
+        wait = min(_MAX_BLOCK, self._next_reclaim - time.monotonic())
+        if self._next_due:
+            wait = min(wait, self._next_due - time.time())
+        return wait
+
+    async def _read_blocking(
+        self, client: aioredis.Redis, plan: _Plan, limit: int, wait: float
+    ) -> list[Delivery]:
+        """Block in XREADGROUP over all the plan's streams for up to ``wait`` seconds.
+
+        Woken by a new entry, Redis serves only that stream; but entries that arrived just
+        before the call come from every stream with data, up to ``limit`` each, so the surplus
+        (already leased to us) goes to the buffer for the next fetch.
+        """
+        response: Any = await client.xreadgroup(
+            keys.GROUP,
+            self._consumer,
+            dict.fromkeys(plan.streams, ">"),
+            count=limit,
+            block=max(1, int(wait * 1000)),
+        )
+        if not response:
+            return []
+        now = time.monotonic()
+        found = []
+        items = response.items() if isinstance(response, dict) else response
+        for raw_stream, entries in items:
+            stream = _text(raw_stream)
+            for entry_id, fields in entries:
+                if fields is None:  # deleted after being added; nothing to deliver
+                    continue
+                found.append(
+                    Delivery(
+                        queue=plan.origin[stream][0],
+                        body=bytes(fields.get(b"b", b"")),
+                        delivery_count=int(fields.get(b"n", 1)),
+                        token=_Lease(stream, bytes(entry_id), now),
+                    )
+                )
+        found.sort(key=lambda d: plan.origin[d.token.stream][2])
+        self._buffer.extend(found[limit:])
+        return found[:limit]
+
+    async def _take_buffered(self, scripts: _Scripts, plan: _Plan, limit: int) -> list[Delivery]:
+        """Hand out buffered deliveries of the plan's streams, best first.
+
+        Those held for over a quarter of the visibility timeout are renewed first, and dropped
+        if another consumer took them over meanwhile.
+        """
+        mine = [d for d in self._buffer if d.token.stream in plan.origin]
+        if not mine:
+            return []
+        mine.sort(key=lambda d: plan.origin[d.token.stream][2])
+        taken = mine[:limit]
+        taken_ids = {id(d) for d in taken}
+        self._buffer = [d for d in self._buffer if id(d) not in taken_ids]
+        cutoff = time.monotonic() - self._visibility / 4
+        stale = [d for d in taken if d.token.received < cutoff]
+        if not stale:
+            return taken
+        kept = await self._renew(scripts, stale)
+        lost = {id(d) for d in stale} - {id(d) for d in kept}
+        return [d for d in taken if id(d) not in lost]
+
+    async def _renew(self, scripts: _Scripts, deliveries: Sequence[Delivery]) -> list[Delivery]:
+        """Renew the leases this consumer still holds; return those deliveries."""
+        leases: list[_Lease] = [d.token for d in deliveries]
+        flags = await scripts.renew(
+            keys=[lease.stream for lease in leases],
+            args=[keys.GROUP, self._consumer, *(lease.entry_id for lease in leases)],
+        )
+        now = time.monotonic()
+        kept = []
+        for delivery, lease, flag in zip(deliveries, leases, flags, strict=True):
+            if flag:
+                delivery.token = _Lease(lease.stream, lease.entry_id, now)
+                kept.append(delivery)
+        return kept
+
+    async def _release(self, scripts: _Scripts, deliveries: Sequence[Delivery]) -> None:
+        args: list[bytes | str | int] = [keys.GROUP, self._consumer]
+        for d in deliveries:
+            args += [d.token.entry_id, d.delivery_count]
+        await scripts.release(keys=[d.token.stream for d in deliveries], args=args)
+
+    @staticmethod
+    def _by_stream(deliveries: Sequence[Delivery]) -> dict[str, list[bytes]]:
+        grouped: dict[str, list[bytes]] = {}
+        for d in deliveries:
+            lease: _Lease = d.token
+            grouped.setdefault(lease.stream, []).append(lease.entry_id)
+        return grouped

@@ -1,0 +1,269 @@
+"""The Redis control transport: pub/sub channels, hash tables, a Lua token bucket.
+
+Relies on these Redis semantics (key names in :mod:`aqueue.transports.redis.keys`):
+
+- **Channels are pub/sub.** ``PUBLISH`` reaches the connections subscribed at that moment; the
+  ``SUBSCRIBE`` confirmation arrives after the server registered the subscription, so entering
+  :meth:`RedisControl.subscribe` waits for it (subscribe first, then send the command: no reply
+  can be missed). Each subscription has its own connection: there are few (a worker's control
+  channel, one per pending command, ``aqueue events``).
+- **Tables are hashes** (``aqueue:table:<name>``), each value prefixed with its expiry in epoch
+  milliseconds (``0``: none); a read drops expired fields. ``MULTI`` makes a change and its
+  version bump (``INCR aqueue:table-version:<name>``) atomic, and a read of the version and the
+  hash one snapshot.
+- **Token buckets** are one Lua script each call, timed by the server's ``TIME``: every worker on
+  every host shares one clock, so host clock skew cannot raise the rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.client import PubSub
+from redis.commands.core import AsyncScript
+
+from aqueue.exceptions import BrokerConnectionError
+from aqueue.transports.redis import keys
+from aqueue.transports.redis.client import (
+    SharedClient,
+    as_bytes,
+    redacted_url,
+    redis_errors,
+)
+
+__all__ = ["RedisControl"]
+
+log = logging.getLogger("aqueue.transports.redis.control")
+
+_SUBSCRIBE_TIMEOUT = 10.0  # seconds to wait for a SUBSCRIBE confirmation
+_RECONNECT_BACKOFF = (0.1, 2.0)  # first and longest pause between pub/sub reconnects (seconds)
+
+# KEYS[1]: the bucket hash. ARGV: rate (tokens/s), capacity, idle expiry (ms).
+# Returns the wait in seconds as a string (a Lua number would be truncated to an integer).
+# The same arithmetic as aqueue.worker.ratelimit.refill.
+_ACQUIRE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate, capacity = tonumber(ARGV[1]), tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
+local tokens, updated = tonumber(state[1]), tonumber(state[2])
+if tokens == nil or updated == nil then
+  tokens, updated = capacity, now
+end
+local elapsed = now - updated
+if elapsed < 0 then elapsed = 0 end
+tokens = math.min(capacity, tokens + elapsed * rate)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
+  'updated', string.format('%.17g', now))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return string.format('%.17g', wait)
+"""
+
+
+class RedisControl:
+    """Control transport on Redis (``redis://``, ``rediss://``).
+
+    Args:
+        url: ``redis://[[user]:password@]host:port/db`` or ``rediss://...``.
+    """
+
+    def __init__(self, url: str, client: SharedClient | None = None) -> None:
+        self._url = url
+        self._shared = client or SharedClient(url)
+        self._owns_client = client is None
+        self._client: aioredis.Redis | None = None
+        self._acquire: AsyncScript | None = None
+        self._readers: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"RedisControl({redacted_url(self._url)!r})"
+
+    async def connect(self) -> None:
+        """Connect and check the server answers PING. Idempotent.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        await self._connection()
+
+    async def close(self) -> None:
+        """Stop every subscription's reader and close the client. Idempotent."""
+        readers = list(self._readers)
+        for reader in readers:
+            reader.cancel()
+        if readers:
+            await asyncio.wait(readers)
+        self._client = self._acquire = None
+        if self._owns_client:
+            await self._shared.aclose()
+
+    async def _connection(self) -> aioredis.Redis:
+        """The connected client (the transport's shared one), connecting first if needed."""
+        if self._client is None:
+            client = await self._shared.get()
+            self._acquire = client.register_script(_ACQUIRE_LUA)
+            self._client = client
+        return self._client
+
+    # -- channels ----------------------------------------------------------------------------
+
+    async def publish(self, channel: str, messages: Sequence[bytes]) -> None:
+        """PUBLISH each message on the channel (one pipeline).
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        if not messages:
+            return
+        client = await self._connection()
+        name = keys.control_channel(channel)
+        with redis_errors(self._url, "publish"):
+            async with client.pipeline(transaction=False) as pipe:
+                for data in messages:
+                    pipe.publish(name, data)
+                await pipe.execute()
+
+    @asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[asyncio.Queue[bytes]]:
+        """SUBSCRIBE on a connection of its own; yield once the server confirmed it.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached or did not confirm in 10 s.
+        """
+        client = await self._connection()
+        name = keys.control_channel(channel)
+        pubsub = client.pubsub()
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        reader: asyncio.Task[None] | None = None
+        try:
+            with redis_errors(self._url, "subscribe"):
+                await pubsub.subscribe(name)
+                await self._confirmed(pubsub, name)
+            reader = asyncio.create_task(self._read(pubsub, queue))
+            self._readers.add(reader)
+            reader.add_done_callback(self._readers.discard)
+            yield queue
+        finally:
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+            with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                # Untyped before redis-py 8.2.
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
+
+    async def _confirmed(self, pubsub: PubSub, name: str) -> None:
+        deadline = time.monotonic() + _SUBSCRIBE_TIMEOUT
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerConnectionError(
+                    f"Redis at {redacted_url(self._url)} did not confirm SUBSCRIBE {name} "
+                    f"within {_SUBSCRIBE_TIMEOUT:g}s"
+                )
+            message = await pubsub.get_message(timeout=remaining)
+            if message is not None and message["type"] == "subscribe":
+                return
+
+    async def _read(self, pubsub: PubSub, queue: asyncio.Queue[bytes]) -> None:
+        """Put every message on ``queue`` until cancelled; redis-py re-subscribes after a
+        reconnect, and this retries with a growing pause while the server is away."""
+        pause = _RECONNECT_BACKOFF[0]
+        while True:
+            try:
+                message: Any = await pubsub.get_message(timeout=None)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                log.warning("%r: pub/sub connection lost, retrying in %gs", self, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _RECONNECT_BACKOFF[1])
+                continue
+            pause = _RECONNECT_BACKOFF[0]
+            if message is not None and message["type"] == "message":
+                queue.put_nowait(as_bytes(message["data"]))
+
+    # -- tables ------------------------------------------------------------------------------
+
+    async def put(self, table: str, key: str, value: bytes | None, ttl: float | None) -> None:
+        """HSET (or HDEL) the field and INCR the version, in one MULTI.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        client = await self._connection()
+        with redis_errors(self._url, "put"):
+            async with client.pipeline(transaction=True) as pipe:
+                if value is None:
+                    pipe.hdel(keys.control_table(table), key)
+                else:
+                    until = 0 if ttl is None else int((time.time() + ttl) * 1000)
+                    pipe.hset(keys.control_table(table), key, b"%d:%s" % (until, value))
+                pipe.incr(keys.control_version(table))
+                await pipe.execute()
+
+    async def read(self, table: str) -> tuple[int, dict[str, bytes]]:
+        """GET the version and HGETALL the hash in one MULTI; HDEL expired fields found.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        client = await self._connection()
+        with redis_errors(self._url, "read"):
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.get(keys.control_version(table))
+                pipe.hgetall(keys.control_table(table))
+                version, raw = await pipe.execute()
+            now_ms = time.time() * 1000
+            entries: dict[str, bytes] = {}
+            expired: list[bytes] = []
+            for field, stored in (raw or {}).items():
+                until, _, data = as_bytes(stored).partition(b":")
+                if until.isdigit() and 0 < int(until) <= now_ms:
+                    expired.append(as_bytes(field))
+                else:
+                    entries[as_bytes(field).decode()] = data
+            if expired:
+                # No version bump: an expired entry already reads as missing everywhere.
+                await client.hdel(keys.control_table(table), *expired)
+        return int(version or 0), entries
+
+    async def version(self, table: str) -> int:
+        """GET the table's version.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        client = await self._connection()
+        with redis_errors(self._url, "version"):
+            value = await client.get(keys.control_version(table))
+        return int(value or 0)
+
+    # -- token buckets -----------------------------------------------------------------------
+
+    async def acquire(self, bucket: str, rate: float, capacity: float) -> float:
+        """Run the bucket script once (EVALSHA); an idle bucket expires once it would be full.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        await self._connection()
+        assert self._acquire is not None
+        idle_ms = max(1000, int(capacity / rate * 1000) + 1000)
+        with redis_errors(self._url, "acquire"):
+            wait = await self._acquire(
+                keys=[keys.rate_bucket(bucket)], args=[repr(rate), repr(capacity), idle_ms]
+            )
+        return float(as_bytes(wait))

@@ -1,0 +1,113 @@
+"""Every Redis key and channel name aqueue uses, in one place.
+
+All names start with ``aqueue:`` so an aqueue deployment can share a Redis database with other
+applications and ``SCAN aqueue:*`` finds everything it stored::
+
+    aqueue:stream:<queue>:<priority>   stream of ready messages, one per queue and level 0..9
+    aqueue:delayed                     sorted set of messages waiting for their eta (score: ms)
+    aqueue:dlq:<queue>                 stream of dead-lettered messages of <queue>
+    aqueue:result:<task_id>            string: the task's result record
+    aqueue:result-events:<task_id>     pub/sub channel: each new result record of the task
+    aqueue:control:<channel>           pub/sub channel of remote control (.control)
+    aqueue:table:<table>               hash: a control table (revoked, rate_limits, workers)
+    aqueue:table-version:<table>       integer: bumped by every change of that table
+    aqueue:bucket:<name>               hash: a global rate-limit token bucket (tokens, updated)
+    aqueue:counter:<key>               integer: a counter (ResultBackend.incr)
+    aqueue:members:<key>               set: distinct members (ResultBackend.add_member, chords)
+    aqueue:beat:<app>:entries          hash: beat entries stored at runtime, name -> JSON
+    aqueue:beat:<app>:last             hash: each beat entry's last tick sent (epoch ms)
+    aqueue:beat:<app>:claim:<entry>:<tick>  string: which beat sends that tick
+
+The consumer group of every queue stream is named :data:`GROUP`. The priority is the last part
+of a stream name and a single digit, so ``<queue>`` may itself contain colons without two
+(queue, priority) pairs sharing a key.
+"""
+
+from __future__ import annotations
+
+PREFIX = "aqueue:"
+GROUP = "aqueue"  # the consumer group of every queue stream
+PRIORITIES = range(10)  # stream levels of a queue; 9 is read first
+
+
+def stream(queue: str, priority: int) -> str:
+    """The stream holding ``queue``'s ready messages of ``priority`` (0..9)."""
+    return f"{PREFIX}stream:{queue}:{priority}"
+
+
+def delayed() -> str:
+    """The sorted set of delayed messages of every queue, scored by eta in milliseconds."""
+    return f"{PREFIX}delayed"
+
+
+REPLY_PREFIX = f"{PREFIX}reply:"
+
+
+def dlq(queue: str) -> str:
+    """The stream of ``queue``'s dead-lettered messages."""
+    return f"{PREFIX}dlq:{queue}"
+
+
+def result(task_id: str) -> str:
+    """The string key holding ``task_id``'s result record."""
+    return f"{PREFIX}result:{task_id}"
+
+
+def result_channel(task_id: str) -> str:
+    """The pub/sub channel on which each new record of ``task_id`` is published."""
+    return f"{PREFIX}result-events:{task_id}"
+
+
+def watched() -> str:
+    """The sorted set of task ids watched on their own channel (score: until when, ms)."""
+    return f"{PREFIX}watched"
+
+
+def reply_channel(client: str) -> str:
+    """The pub/sub channel of client ``client``'s replies (see :mod:`aqueue.results.mailbox`)."""
+    return f"{REPLY_PREFIX}{client}"
+
+
+def control_channel(channel: str) -> str:
+    """The pub/sub channel of control channel ``channel`` (commands, replies, events)."""
+    return f"{PREFIX}control:{channel}"
+
+
+def control_table(table: str) -> str:
+    """The hash holding control table ``table`` (field: key, value: ``<expiry ms>:<data>``)."""
+    return f"{PREFIX}table:{table}"
+
+
+def control_version(table: str) -> str:
+    """The version counter of control table ``table``."""
+    return f"{PREFIX}table-version:{table}"
+
+
+def rate_bucket(name: str) -> str:
+    """The hash of the global rate-limit token bucket ``name``."""
+    return f"{PREFIX}bucket:{name}"
+
+
+def counter(key: str) -> str:
+    """The integer key of the counter ``key``."""
+    return f"{PREFIX}counter:{key}"
+
+
+def members(key: str) -> str:
+    """The set key of ``key`` (chord header members that have completed)."""
+    return f"{PREFIX}members:{key}"
+
+
+def beat_entries(app: str) -> str:
+    """The hash of app ``app``'s beat entries stored at runtime (name -> JSON)."""
+    return f"{PREFIX}beat:{app}:entries"
+
+
+def beat_last(app: str) -> str:
+    """The hash of app ``app``'s last tick sent per beat entry (epoch milliseconds)."""
+    return f"{PREFIX}beat:{app}:last"
+
+
+def beat_claim(app: str, entry: str, tick: int) -> str:
+    """The claim of beat entry ``entry``'s ``tick`` (epoch milliseconds) in app ``app``."""
+    return f"{PREFIX}beat:{app}:claim:{entry}:{tick}"

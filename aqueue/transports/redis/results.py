@@ -1,0 +1,516 @@
+"""The Redis result backend: a string per task id, and pub/sub to tell waiters it changed.
+
+Relies on these Redis semantics (key names in :mod:`aqueue.transports.redis.keys`):
+
+- ``SET ... PX`` replaces a record and its expiry in one command; ``PUBLISH`` on the task's
+  channel right after reaches every connection subscribed at that moment, and nobody else.
+- A connection's ``SUBSCRIBE`` confirmation arrives after the server registered the
+  subscription, so a record stored after :meth:`RedisBackend.watch` is entered is published to
+  us; one stored before is read with ``MGET`` (subscribe first, then read: no gap).
+- ``MULTI`` makes ``INCRBY`` + ``PEXPIRE`` of a counter atomic, and ``SADD`` + ``PEXPIRE`` +
+  ``SCARD`` of a member set: a retried ``MULTI`` (redis-py retries on connection errors) adds
+  nothing twice, so the size it returns stays right.
+
+All watches share one pub/sub connection and one reader task per backend instance, and so does
+this client's reply channel (:mod:`aqueue.results.mailbox`): records of tasks it sent arrive there,
+batched, with no per-task SUBSCRIBE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.client import PubSub
+from redis.commands.core import AsyncScript
+
+from aqueue.exceptions import BrokerConnectionError, BrokerError
+from aqueue.results.mailbox import Inbox, Mailbox, pack
+from aqueue.transports.redis import keys
+from aqueue.transports.redis.client import (
+    SharedClient,
+    as_bytes,
+    redacted_url,
+    redis_errors,
+)
+
+__all__ = ["RedisBackend"]
+
+log = logging.getLogger(__name__)
+
+# How long entering a watch waits for the SUBSCRIBE confirmation (seconds); the connection may
+# be re-established meanwhile, which redis-py follows with a new SUBSCRIBE.
+_SUBSCRIBE_TIMEOUT = 10.0
+_RECONNECT_BACKOFF = (0.1, 2.0)  # first and longest pause between pub/sub reconnects (seconds)
+
+
+# Stores a batch of records in one command (a pipeline of SET + PUBLISH per record costs the
+# worker two replies to parse per task). A record going to its sender's reply channel is
+# published on its own channel only when someone else watches it: a watcher registers the id in
+# the watched set (score: until when, ms) after subscribing and before reading the record, and
+# the script checks that set after storing - so either the watcher's read sees the record or
+# the script sees the watcher (both run atomically on one server).
+# KEYS[1]: the watched set; KEYS[2..]: the result key of each record.
+# ARGV[1]: PX milliseconds ('0': no expiry); ARGV[2]: length of the result keys' prefix;
+# ARGV[3]: the per-task channels' prefix; ARGV[4]: now (ms); ARGV[5]: one '0'/'1' per record,
+# '1' where the record goes to a reply channel; ARGV[6 .. #KEYS + 4]: the records, in KEYS
+# order; then (channel, payload) pairs of reply batches. Returns the number of records stored.
+_STORE_LUA = """
+local px, cut, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]) + 1, ARGV[3]
+local now, replied = tonumber(ARGV[4]), ARGV[5]
+local check, ids = {}, {}
+for i = 2, #KEYS do
+  local record = ARGV[i + 4]
+  if px > 0 then
+    redis.call('SET', KEYS[i], record, 'PX', px)
+  else
+    redis.call('SET', KEYS[i], record)
+  end
+  local id = string.sub(KEYS[i], cut)
+  if string.byte(replied, i - 1) == 49 then
+    check[#check + 1], ids[#ids + 1] = i, id
+  else
+    redis.call('PUBLISH', prefix .. id, record)
+  end
+end
+if #ids > 0 then
+  local until_ms = redis.call('ZMSCORE', KEYS[1], unpack(ids))
+  for j = 1, #ids do
+    if until_ms[j] and tonumber(until_ms[j]) > now then
+      redis.call('PUBLISH', prefix .. ids[j], ARGV[check[j] + 4])
+    end
+  end
+end
+for i = #KEYS + 5, #ARGV, 2 do
+  redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+end
+return #KEYS - 1
+"""
+_RESULT_PREFIX = keys.result("")
+_CHANNEL_PREFIX = keys.result_channel("")
+_WATCHED = keys.watched()
+# Seconds a watcher's entry in the watched set lasts; live watches renew it every third.
+_WATCH_TTL = 3600.0
+
+
+def _milliseconds(seconds: float) -> int:
+    # Redis rejects an expiry of 0 ms; a record that expires at once still exists for 1 ms.
+    return max(1, int(seconds * 1000))
+
+
+class RedisBackend:
+    """A :class:`~aqueue.transports.base.ResultBackend` on Redis (``redis://``, ``rediss://``).
+
+    Args:
+        url: ``redis://[[user]:password@]host:port/db`` or ``rediss://...`` for TLS.
+    """
+
+    def __init__(self, url: str, client: SharedClient | None = None) -> None:
+        self.url = self._url = url
+        self._shared = client or SharedClient(url)
+        self._owns_client = client is None
+        self._client: aioredis.Redis | None = None
+        self._store_script: AsyncScript | None = None  # registered with the client
+        self._subscribing = asyncio.Lock()
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._watchers: dict[bytes, list[asyncio.Queue[bytes]]] = {}  # channel -> queues
+        # One future per SUBSCRIBE sent, resolved in order by the server's confirmations.
+        self._confirmations: dict[bytes, collections.deque[asyncio.Future[None]]] = {}
+        self._messages_seen: dict[bytes, int] = {}  # channel -> messages dispatched so far
+        self._refreshes: set[asyncio.Task[None]] = set()
+        self._remarker: asyncio.Task[None] | None = None
+        # This client's reply channel: subscribed on first use, by one task all callers await.
+        self._reply = keys.reply_channel(secrets.token_hex(8)).encode()
+        self._reply_subscribed: asyncio.Task[None] | None = None
+        self._inbox = Inbox()
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({redacted_url(self._url)!r})"
+
+    async def connect(self) -> None:
+        """Connect and check the server answers PING. Idempotent.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        await self._connection()
+
+    async def close(self) -> None:
+        """Stop the pub/sub reader and close all connections. Idempotent.
+
+        Watches still entered get no more records; entering one later reconnects.
+        """
+        tasks = [t for t in (self._reader, self._remarker, *self._refreshes) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # wait() rather than awaiting each: it does not re-raise their CancelledError, so a
+            # cancellation of close() itself is not swallowed.
+            await asyncio.wait(tasks)
+        self._reader = self._remarker = None
+        self._refreshes.clear()
+        if self._reply_subscribed is not None:
+            self._reply_subscribed.cancel()
+            await asyncio.wait([self._reply_subscribed])
+            self._reply_subscribed = None
+        self._inbox.clear()
+        for waiting in self._confirmations.values():
+            for future in waiting:
+                future.cancel()
+        self._confirmations.clear()
+        self._watchers.clear()
+        self._messages_seen.clear()
+        pubsub = self._pubsub
+        self._pubsub = self._client = None
+        if pubsub is not None:
+            # Untyped before redis-py 8.2.
+            await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
+        if self._owns_client:
+            await self._shared.aclose()
+
+    async def store(
+        self,
+        items: Sequence[tuple[str, bytes]],
+        expires: float | None,
+        reply_to: Mapping[str, str] | None = None,
+    ) -> None:
+        """SET each record (PX ``expires`` seconds) and PUBLISH it, in one script run.
+
+        A record of an id in ``reply_to`` is published to that reply channel, one PUBLISH per
+        channel (:func:`~aqueue.results.mailbox.pack`), and to its own channel only if someone
+        watches it there (:meth:`watch`); other records are published to their own channel.
+        Reply channels not named ``aqueue:reply:*`` are ignored. A record of a task this client
+        awaits reaches its mailbox here too.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        if not items:
+            return
+        client = await self._connection()
+        names: list[str] = [_WATCHED]
+        records: list[bytes] = []
+        replied = bytearray(b"0" * len(items))
+        replies: dict[str, list[tuple[str, bytes]]] = {}
+        for i, (task_id, record) in enumerate(items):
+            names.append(_RESULT_PREFIX + task_id)
+            records.append(record)
+            channel = reply_to.get(task_id) if reply_to else None
+            if channel and channel.startswith(keys.REPLY_PREFIX):
+                replies.setdefault(channel, []).append((task_id, record))
+                replied[i] = 0x31  # "1"
+        args: list[Any] = [
+            0 if expires is None else _milliseconds(expires),
+            len(_RESULT_PREFIX),
+            _CHANNEL_PREFIX,
+            int(time.time() * 1000),
+            bytes(replied),
+            *records,
+        ]
+        for channel, batch in replies.items():
+            args.append(channel)
+            args.append(pack(batch))
+        with redis_errors(self._url, "store"):
+            script = self._store_script
+            if script is None or script.registered_client is not client:
+                script = self._store_script = client.register_script(_STORE_LUA)
+            await script(keys=names, args=args)
+        if self._inbox:
+            for task_id, record in items:
+                self._inbox.put(task_id, record)
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
+        """MGET the records of ``task_ids``; ``None`` where nothing is stored.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        if not task_ids:
+            return []
+        client = await self._connection()
+        with redis_errors(self._url, "get_many"):
+            values = await client.mget([keys.result(t) for t in task_ids])
+        return [None if v is None else as_bytes(v) for v in values]
+
+    async def delete(self, task_ids: Sequence[str]) -> None:
+        """DEL the records of ``task_ids``.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        if not task_ids:
+            return
+        client = await self._connection()
+        with redis_errors(self._url, "delete"):
+            await client.delete(*(keys.result(t) for t in task_ids))
+
+    async def incr(self, key: str, amount: int, expires: float | None) -> int:
+        """INCRBY the counter and (re)set its expiry, atomically in one MULTI.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        client = await self._connection()
+        name = keys.counter(key)
+        with redis_errors(self._url, "incr"):
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.incrby(name, amount)
+                if expires is not None:
+                    pipe.pexpire(name, _milliseconds(expires))
+                results = await pipe.execute()
+        return int(results[0])
+
+    async def add_member(self, key: str, member: str, expires: float | None) -> int:
+        """SADD ``member`` to the set, (re)set its expiry and SCARD it, atomically in one MULTI.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        client = await self._connection()
+        name = keys.members(key)
+        with redis_errors(self._url, "add_member"):
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.sadd(name, member)
+                if expires is not None:
+                    pipe.pexpire(name, _milliseconds(expires))
+                pipe.scard(name)
+                results = await pipe.execute()
+        return int(results[-1])
+
+    async def reply_channel(self) -> str:
+        """This client's reply channel, subscribed (and confirmed) before this returns.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached, or did not confirm the
+                subscription within 10 seconds.
+        """
+        task = self._reply_subscribed
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            queue: asyncio.Queue[bytes] = asyncio.Queue()  # unused: _dispatch routes replies
+            task = self._reply_subscribed = asyncio.ensure_future(
+                self._subscribe(self._reply, queue)
+            )
+        await asyncio.shield(task)
+        return self._reply.decode()
+
+    def expect(self, task_id: str) -> Mailbox:
+        """The mailbox that records of ``task_id`` arriving on the reply channel go to.
+
+        Call it before the message naming :meth:`reply_channel` is published; hold the mailbox
+        while the result may be awaited (it is dropped with its last reference).
+        """
+        return self._inbox.expect(task_id, self)
+
+    @asynccontextmanager
+    async def watch(self, task_id: str) -> AsyncIterator[asyncio.Queue[bytes]]:
+        """Subscribe to ``task_id``'s channel; yield the queue its new records are put on.
+
+        Entering returns once the server confirmed the subscription and the id is in the
+        watched set (so a worker publishes its records here even when they also go to a sender's
+        reply channel; entries last an hour, renewed while watched). Several watchers of one id
+        share the subscription and each get every record; the last one leaving unsubscribes.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached, or did not confirm the
+                subscription within 10 seconds.
+        """
+        channel = keys.result_channel(task_id).encode()
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        try:
+            await self._subscribe(channel, queue)
+            # After subscribing, before the caller reads the record (see _STORE_LUA).
+            await self._mark_watched([task_id])
+            if self._remarker is None or self._remarker.done():
+                self._remarker = asyncio.create_task(self._remark_loop())
+            yield queue
+        finally:
+            await self._unsubscribe(channel, queue)
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _mark_watched(self, task_ids: Sequence[str]) -> None:
+        """Put ``task_ids`` in the watched set for another hour; drop entries run out."""
+        client = await self._connection()
+        now_ms = int(time.time() * 1000)
+        until = now_ms + int(_WATCH_TTL * 1000)
+        with redis_errors(self._url, "watch"):
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.zadd(_WATCHED, dict.fromkeys(task_ids, until), gt=True)
+                pipe.zremrangebyscore(_WATCHED, "-inf", now_ms)
+                await pipe.execute()
+
+    async def _remark_loop(self) -> None:
+        """Renew the watched-set entries of this backend's live watches, until cancelled."""
+        prefix = _CHANNEL_PREFIX.encode()
+        while self._client is not None:
+            await asyncio.sleep(_WATCH_TTL / 3)
+            ids = [c[len(prefix) :].decode() for c in self._watchers if c.startswith(prefix)]
+            if ids:
+                try:
+                    await self._mark_watched(ids)
+                except BrokerError as exc:
+                    log.warning("%r: cannot renew watches: %s", self, exc)
+
+    async def _connection(self) -> aioredis.Redis:
+        """The connected client (the transport's shared one), connecting first if needed."""
+        if self._client is None:
+            self._client = await self._shared.get()
+        return self._client
+
+    async def _subscribe(self, channel: bytes, queue: asyncio.Queue[bytes]) -> None:
+        """Add ``queue`` as a watcher of ``channel``; return once the subscription is live."""
+        client = await self._connection()
+        # Serialised with _unsubscribe so SUBSCRIBE and UNSUBSCRIBE of one channel reach the
+        # server in the order the watcher counts changed.
+        async with self._subscribing:
+            watchers = self._watchers.setdefault(channel, [])
+            watchers.append(queue)
+            if len(watchers) == 1:
+                confirmed = asyncio.get_running_loop().create_future()
+                waiting = self._confirmations.setdefault(channel, collections.deque())
+                waiting.append(confirmed)
+                if self._pubsub is None:
+                    self._pubsub = client.pubsub()
+                try:
+                    with redis_errors(self._url, "subscribe"):
+                        await self._pubsub.subscribe(channel)
+                except BaseException:
+                    waiting.remove(confirmed)
+                    if not waiting:
+                        del self._confirmations[channel]
+                    raise
+                if self._reader is None or self._reader.done():
+                    self._reader = asyncio.create_task(self._read(self._pubsub))
+            else:
+                # Another watcher's SUBSCRIBE may still be on its way: live once it is confirmed.
+                pending = self._confirmations.get(channel)
+                if not pending:
+                    return
+                confirmed = pending[-1]
+        try:
+            # Shielded: one watcher giving up must not cancel the confirmation others await.
+            await asyncio.wait_for(asyncio.shield(confirmed), _SUBSCRIBE_TIMEOUT)
+        except TimeoutError:
+            raise BrokerConnectionError(
+                f"Redis at {redacted_url(self._url)} did not confirm SUBSCRIBE "
+                f"{channel.decode()} within {_SUBSCRIBE_TIMEOUT:g}s"
+            ) from None
+
+    async def _unsubscribe(self, channel: bytes, queue: asyncio.Queue[bytes]) -> None:
+        """Remove ``queue``; the last watcher of ``channel`` leaving sends UNSUBSCRIBE."""
+        async with self._subscribing:
+            watchers = self._watchers.get(channel)
+            if watchers is None or queue not in watchers:  # close() ended every watch
+                return
+            watchers.remove(queue)
+            if watchers:
+                return
+            del self._watchers[channel]
+            self._messages_seen.pop(channel, None)
+            if self._pubsub is None:
+                return
+            try:
+                with redis_errors(self._url, "unsubscribe"):
+                    await self._pubsub.unsubscribe(channel)
+            except BrokerError as exc:
+                # Not raised: leaving a watch should not fail. A subscription left behind only
+                # brings messages nobody waits for, which the reader drops.
+                log.warning("%r: %s", self, exc)
+
+    async def _read(self, pubsub: PubSub) -> None:
+        """Dispatch every pub/sub message to its watchers, until cancelled.
+
+        redis-py reconnects and re-subscribes by itself when the connection drops; while the
+        server stays unreachable this keeps retrying with a growing pause.
+        """
+        pause = _RECONNECT_BACKOFF[0]
+        while True:
+            try:
+                message = await pubsub.get_message(timeout=None)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                log.warning("%r: pub/sub connection lost, retrying in %gs", self, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _RECONNECT_BACKOFF[1])
+                continue
+            pause = _RECONNECT_BACKOFF[0]
+            if message is not None:
+                self._dispatch(message["type"], message["channel"], message["data"])
+
+    def _dispatch(self, kind: str, channel: bytes, data: Any) -> None:
+        if kind == "message" and channel == self._reply:
+            try:
+                self._inbox.deliver(data)
+            except ValueError as exc:
+                log.warning("%r: malformed message on the reply channel dropped: %s", self, exc)
+            return
+        if kind == "message":
+            self._messages_seen[channel] = self._messages_seen.get(channel, 0) + 1
+            for queue in self._watchers.get(channel, ()):
+                queue.put_nowait(data)
+        elif kind == "subscribe":
+            waiting = self._confirmations.get(channel)
+            if waiting:
+                future = waiting.popleft()
+                if not waiting:
+                    del self._confirmations[channel]
+                if not future.done():
+                    future.set_result(None)
+            elif channel in self._watchers:
+                # redis-py re-subscribed after a reconnect: a record stored while we were
+                # disconnected was published to nobody, so read it now.
+                task = asyncio.create_task(self._refresh(channel))
+                self._refreshes.add(task)
+                task.add_done_callback(self._refreshes.discard)
+
+    async def _refresh(self, channel: bytes) -> None:
+        """Put ``channel``'s current record on its watchers' queues (after a reconnect).
+
+        Skipped if a message arrived meanwhile: it is at least as new as what GET returned, and
+        queues must not go back in time. For the reply channel: every expected task's record.
+        """
+        if channel == self._reply:
+            await self._refresh_inbox()
+            return
+        seen = self._messages_seen.get(channel, 0)
+        task_id = channel.decode().removeprefix(_CHANNEL_PREFIX)
+        try:
+            record = await self._connection_value(keys.result(task_id))
+        except BrokerError as exc:
+            log.warning("%r: cannot re-read %s after reconnect: %s", self, task_id, exc)
+            return
+        if record is not None and self._messages_seen.get(channel, 0) == seen:
+            for queue in self._watchers.get(channel, ()):
+                queue.put_nowait(record)
+
+    async def _refresh_inbox(self) -> None:
+        """Read back the records of every expected task (replies sent while disconnected).
+
+        A record read here may be older than one that arrived meanwhile; readers skip what they
+        have seen (:class:`~aqueue.results.result.AsyncResult` compares state and date).
+        """
+        expected = self._inbox.expected()
+        for start in range(0, len(expected), 1000):
+            chunk = expected[start : start + 1000]
+            try:
+                records = await self.get_many(chunk)
+            except BrokerError as exc:
+                log.warning("%r: cannot re-read results after reconnect: %s", self, exc)
+                return
+            for task_id, record in zip(chunk, records, strict=True):
+                if record is not None:
+                    self._inbox.put(task_id, record)
+
+    async def _connection_value(self, key: str) -> bytes | None:
+        client = await self._connection()
+        with redis_errors(self._url, "get"):
+            value = await client.get(key)
+        return None if value is None else as_bytes(value)

@@ -1,0 +1,448 @@
+"""The SQLite broker: aqueue's embedded default, for a worker and its producers on one host.
+
+URL: ``sqlite:///aqueue.db`` (relative to the current directory) or ``sqlite:////abs/path.db``.
+Several processes share the file with no server; ``sqlite://:memory:`` is refused, since no
+other process could see it (use ``memory://``).
+
+Storage: one ``messages`` table. A message is *ready* when ``visible_at`` (epoch seconds) has
+passed: ``publish`` sets it to the eta (or now); ``fetch`` leases a message by pushing it
+``visibility_timeout`` seconds ahead, adding one to ``delivery_count`` and writing a fresh random
+``lease``. A lease that runs out needs no sweeper: the row is simply ready again. Dead letters go
+to a ``dead_letters`` table.
+
+Locking: every write is one ``BEGIN IMMEDIATE`` transaction, so two processes never lease the
+same row - the second waits (up to ``busy_timeout``) for the first to commit and then no longer
+sees the rows as ready. Idle polling takes no write lock: a read of the earliest ``visible_at``
+decides whether a claim is worth trying.
+
+Leases: a :class:`Delivery` token is ``(rowid, lease)``. ``ack``, ``release``, ``renew`` and
+``dead_letter`` only touch a row whose lease still matches, so a worker whose lease ran out and
+whose message was leased again elsewhere cannot delete, hand back or extend the new holder's
+message (its late ack is a no-op; at-least-once holds either way).
+
+Wake-ups: SQLite cannot notify other processes. A waiting ``fetch`` wakes at once for ``publish``
+and ``release`` on the same instance; otherwise it polls, from 5 ms backing off to 100 ms, and
+never sleeps past the next known ``visible_at`` (a delayed message or a lease running out).
+
+Order: higher priority first, then the earlier queue in ``queues``, then the oldest (lowest
+rowid). A released or expired message keeps its rowid, so it goes back to the front of its
+priority.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aqueue.transports import visibility_timeout as _visibility_timeout
+from aqueue.transports.base import DeadLetter, Delivery, Outgoing, QueueDepth
+from aqueue.transports.sqlite.connection import SQLiteConnection, chunks, placeholders, transaction
+from aqueue.transports.sqlite.schema import SCHEMA
+
+__all__ = ["SQLiteBroker"]
+
+
+_SELECT_READY = (
+    "SELECT id, priority FROM messages INDEXED BY messages_order"
+    " WHERE queue = ? AND visible_at <= ? ORDER BY priority DESC, id LIMIT ?"
+)
+_SELECT_DUE = "SELECT min(visible_at) FROM messages WHERE queue = ?"
+
+#: Poll intervals (seconds) of a waiting fetch when no same-process publish wakes it.
+_MIN_POLL = 0.005
+_MAX_POLL = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    deliveries: list[Delivery]
+    next_due: float | None  # earliest visible_at among the queues when nothing was ready
+
+
+class SQLiteBroker:
+    """Broker for ``sqlite://`` URLs: one file shared by the processes of one host.
+
+    All sqlite3 calls run in one thread per instance, with one connection; the event loop never
+    waits on the disk.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        options: Mapping[str, Any] | None = None,
+        db: SQLiteConnection | None = None,
+    ) -> None:
+        """Check the URL and options; nothing is opened until :meth:`connect` or first use.
+
+        Args:
+            url: ``sqlite:///relative.db`` or ``sqlite:////absolute/path.db``.
+            options: broker transport options; ``visibility_timeout`` (seconds, default 30).
+
+        Raises:
+            ConfigurationError: the URL is not a SQLite file URL, or an option is invalid.
+        """
+        self.url = url
+        self.visibility_timeout = _visibility_timeout(options or {})
+        # Shared with the transport's other roles, or this role's own when made alone.
+        self._db = db or SQLiteConnection(url, "broker", SCHEMA)
+        self._owns_db = db is None
+        # Same-process wake-ups; a thread lock because the instance may serve several loops.
+        self._lock = threading.Lock()
+        self._version = 0  # bumped by publish/release/close: "look again"
+        self._closes = 0
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    @property
+    def path(self) -> str:
+        """The absolute path of the database file."""
+        return self._db.path
+
+    async def connect(self) -> None:
+        """Open the file, switch it to WAL mode and create the tables if needed. Idempotent.
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened (e.g. its directory is missing);
+                the message names the path and SQLite's reason.
+        """
+        await self._db.open()
+
+    async def close(self) -> None:
+        """Close the connection and wake waiting fetches (they return ``[]``). Idempotent.
+
+        A later operation opens the file again.
+        """
+        with self._lock:
+            self._closes += 1
+        self._wake()
+        if self._owns_db:
+            await self._db.close()
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Insert ``messages`` in one transaction; an ``eta`` becomes their ``visible_at``.
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
+        """
+        if not messages:
+            return
+        now = time.time()
+        rows = [
+            (m.queue, m.priority, bytes(m.body), m.eta if m.eta is not None else now, m.message_id)
+            for m in messages
+        ]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.executemany(
+                    "INSERT INTO messages (queue, priority, body, visible_at, message_id)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+
+        await self._db.call(insert)
+        self._wake()
+
+    async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
+        """Lease up to ``limit`` ready messages from ``queues``, waiting up to ``timeout`` seconds.
+
+        If the caller is cancelled while a claim is running, the leases it took are handed back
+        (delivery count restored) rather than left to run out.
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
+        """
+        names = list(dict.fromkeys(queues))  # a repeated name must not yield a row twice
+        if limit <= 0 or not names:
+            return []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0)
+        interval = _MIN_POLL
+        closes = self._closes
+        while True:
+            version = self._version
+            claim = await self._db.call_undoable(
+                lambda conn: _claim(conn, names, limit, self.visibility_timeout), _unclaim
+            )
+            if claim.deliveries:
+                return claim.deliveries
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return []
+            wait = min(interval, remaining)
+            if claim.next_due is not None:
+                # A clock step could make this negative; 1 ms keeps it from spinning.
+                wait = min(wait, max(claim.next_due - time.time(), 0.001))
+            if await self._wait(version, wait):
+                interval = _MIN_POLL
+            else:
+                interval = min(interval * 2, _MAX_POLL)
+            if self._closes != closes:
+                return []
+
+    async def _wait(self, version: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a same-process wake-up; True if one came."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            if self._version != version:  # woken between our claim and now
+                return True
+            self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            with self._lock:
+                self._waiters.discard(waiter)
+        return True
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._version += 1
+            waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            waiter.get_loop().call_soon_threadsafe(_set_result, waiter)
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Delete the messages in one transaction; a lease that is no longer ours is skipped.
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
+        """
+        if not deliveries:
+            return
+        tokens = [_token(d) for d in deliveries]
+
+        def delete(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                conn.executemany("DELETE FROM messages WHERE id = ? AND lease = ?", tokens)
+
+        await self._db.call(delete)
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Make leased messages ready at once; their next delivery has the same delivery count.
+
+        A release is not a delivery (a worker shutting down gives back what it did not run), so
+        it does not count towards a retry or poison-message limit.
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
+        """
+        if not deliveries:
+            return
+        tokens = [_token(d) for d in deliveries]
+        await self._db.call(lambda conn: _release(conn, tokens))
+        self._wake()
+
+    async def renew(self, deliveries: Sequence[Delivery]) -> None:
+        """Push each lease still ours ``visibility_timeout`` seconds past now.
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
+        """
+        if not deliveries:
+            return
+        tokens = [_token(d) for d in deliveries]
+
+        def extend(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                until = time.time() + self.visibility_timeout
+                conn.executemany(
+                    "UPDATE messages SET visible_at = ? WHERE id = ? AND lease = ?",
+                    [(until, *token) for token in tokens],
+                )
+
+        await self._db.call(extend)
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move the message to the dead letters of its queue with ``reason``, in one transaction.
+
+        Nothing happens if the lease is no longer ours (the message was leased again elsewhere).
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
+        """
+        rowid, lease = _token(delivery)
+
+        def move(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                row = conn.execute(
+                    "SELECT queue, body, message_id FROM messages WHERE id = ? AND lease = ?",
+                    (rowid, lease),
+                ).fetchone()
+                if row is None:
+                    return
+                conn.execute("DELETE FROM messages WHERE id = ?", (rowid,))
+                conn.execute(
+                    "INSERT INTO dead_letters (queue, body, reason, time, message_id)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (row[0], row[1], reason, time.time(), row[2]),
+                )
+
+        await self._db.call(move)
+
+    async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
+        """Read the oldest ``limit`` dead letters of ``queue`` (the queue they came from).
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened.
+        """
+
+        def read(conn: sqlite3.Connection) -> list[DeadLetter]:
+            rows = conn.execute(
+                "SELECT queue, body, reason, time FROM dead_letters WHERE queue = ?"
+                " ORDER BY id LIMIT ?",
+                (queue, max(limit, 0)),
+            )
+            return [DeadLetter(q, bytes(body), reason, t) for q, body, reason, t in rows]
+
+        return await self._db.call(read)
+
+    # -- administration (aqueue.transports.base.QueueAdmin) -----------------------------------
+
+    async def queue_depths(self, queues: Sequence[str] | None = None) -> list[QueueDepth]:
+        """Count messages by condition in one read transaction: ready (``visible_at`` passed),
+        delayed (in the future, no lease) and unacked (in the future, leased).
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened.
+        """
+        names = list(dict.fromkeys(queues)) if queues is not None else None
+        return await self._db.call(lambda conn: _depths(conn, names, time.time()))
+
+    async def purge(self, queues: Sequence[str]) -> int:
+        """Delete the ready and delayed messages of ``queues`` in one transaction.
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
+        """
+        names = list(dict.fromkeys(queues))
+        if not names:
+            return 0
+
+        def delete(conn: sqlite3.Connection) -> int:
+            with transaction(conn):
+                cursor = conn.execute(
+                    f"DELETE FROM messages WHERE queue IN ({placeholders(len(names))})"
+                    " AND NOT (lease IS NOT NULL AND visible_at > ?)",
+                    (*names, time.time()),
+                )
+            return int(cursor.rowcount)
+
+        return await self._db.call(delete)
+
+    async def purge_dead_letters(self, queue: str, limit: int | None = None) -> int:
+        """Delete the oldest ``limit`` (default all) dead letters of ``queue``.
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
+        """
+        count = -1 if limit is None else max(limit, 0)  # LIMIT -1: no limit
+
+        def delete(conn: sqlite3.Connection) -> int:
+            with transaction(conn):
+                cursor = conn.execute(
+                    "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters"
+                    " WHERE queue = ? ORDER BY id LIMIT ?)",
+                    (queue, count),
+                )
+            return int(cursor.rowcount)
+
+        return await self._db.call(delete)
+
+
+def _depths(conn: sqlite3.Connection, names: list[str] | None, now: float) -> list[QueueDepth]:
+    """Queue depths in one snapshot (runs in the database thread)."""
+    where = ""
+    params: tuple[str, ...] = ()
+    if names is not None:
+        if not names:
+            return []
+        where, params = f" WHERE queue IN ({placeholders(len(names))})", tuple(names)
+    with transaction(conn, "DEFERRED"):
+        counts = {
+            queue: (int(ready), int(delayed), int(unacked))
+            for queue, ready, delayed, unacked in conn.execute(
+                "SELECT queue, total(visible_at <= ?), total(visible_at > ? AND lease IS NULL),"
+                f" total(visible_at > ? AND lease IS NOT NULL) FROM messages{where}"
+                " GROUP BY queue",
+                (now, now, now, *params),
+            )
+        }
+        dead = dict(
+            conn.execute(f"SELECT queue, count(*) FROM dead_letters{where} GROUP BY queue", params)
+        )
+    order = names if names is not None else sorted(set(counts) | set(dead))
+    return [QueueDepth(q, *counts.get(q, (0, 0, 0)), dead=int(dead.get(q, 0))) for q in order]
+
+
+def _token(delivery: Delivery) -> tuple[int, int]:
+    rowid, lease = delivery.token
+    return int(rowid), int(lease)
+
+
+def _claim(conn: sqlite3.Connection, queues: list[str], limit: int, vt: float) -> _Claim:
+    """Lease up to ``limit`` ready rows of ``queues`` (runs in the database thread)."""
+    now = time.time()
+    dues = [conn.execute(_SELECT_DUE, (q,)).fetchone()[0] for q in queues]
+    next_due = min((d for d in dues if d is not None), default=None)
+    if next_due is None or next_due > now:
+        return _Claim([], next_due)  # nothing ready: no write lock taken
+    with transaction(conn):
+        now = time.time()  # after waiting for the write lock
+        # The best `limit` overall are among the best `limit` of each queue.
+        candidates: list[tuple[int, int, int]] = []
+        for position, queue in enumerate(queues):
+            for rowid, priority in conn.execute(_SELECT_READY, (queue, now, limit)):
+                candidates.append((-priority, position, rowid))
+        candidates.sort()
+        chosen = [rowid for _, _, rowid in candidates[:limit]]
+        if not chosen:
+            return _Claim([], None)  # another consumer took them first
+        lease = secrets.randbits(62)
+        found: dict[int, tuple[str, bytes, int]] = {}
+        for part in chunks(chosen):
+            marks = placeholders(len(part))
+            conn.execute(
+                "UPDATE messages SET visible_at = ?, delivery_count = delivery_count + 1,"
+                f" lease = ? WHERE id IN ({marks})",
+                (now + vt, lease, *part),
+            )
+            rows = conn.execute(
+                f"SELECT id, queue, body, delivery_count FROM messages WHERE id IN ({marks})",
+                part,
+            )
+            found.update((rowid, (q, bytes(body), count)) for rowid, q, body, count in rows)
+    deliveries = [
+        Delivery(found[rowid][0], found[rowid][1], found[rowid][2], (rowid, lease))
+        for rowid in chosen
+    ]
+    return _Claim(deliveries, None)
+
+
+def _unclaim(conn: sqlite3.Connection, claim: _Claim) -> None:
+    """Give back the leases of a claim nobody received (its fetch was cancelled)."""
+    _release(conn, [_token(d) for d in claim.deliveries])
+
+
+def _release(conn: sqlite3.Connection, tokens: list[tuple[int, int]]) -> None:
+    """Make leased rows ready now and take back the delivery their fetch counted."""
+    if not tokens:
+        return
+    with transaction(conn):
+        now = time.time()
+        conn.executemany(
+            "UPDATE messages SET visible_at = ?, lease = NULL, delivery_count = delivery_count - 1"
+            " WHERE id = ? AND lease = ?",
+            [(now, *token) for token in tokens],
+        )
+
+
+def _set_result(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -1,0 +1,259 @@
+"""``aqueue worker --processes N``: N single-loop worker processes under one supervisor.
+
+A worker is one process with one event loop, so it uses one core. The supervisor starts N of
+them - each an ordinary ``aqueue worker`` with the same options, named ``<name>-<i>@<host>`` -
+and then only watches:
+
+- **A child that dies** (killed, crashed, non-zero exit) is started again, at once the first
+  time and with a growing pause (up to 30 s) while it keeps dying within seconds of starting.
+  Its unfinished messages are delivered again after the visibility timeout, as for any worker
+  that died. A child that exits cleanly by itself (``aqueue control shutdown``) is not
+  restarted; when every child has, the supervisor exits too.
+- **SIGTERM or SIGINT** is passed to every child as SIGTERM: each does its warm shutdown
+  (``worker_shutdown_timeout``), and the supervisor exits once all have; a second signal is
+  passed on as well (children then stop at once, handing running tasks back). Children still
+  running ``worker_shutdown_timeout + 10`` seconds after the first signal are killed.
+- **Its own death**: children run in their own session, so a terminal's Ctrl-C reaches only
+  the supervisor (which forwards it once); on Linux each child asks the kernel for SIGTERM when
+  the supervisor dies (``PR_SET_PDEATHSIG``), so none is left behind even after a SIGKILL.
+
+The children's log lines pass through the supervisor's stderr. It logs one line containing
+``ready`` once all N children are ready, as a single worker does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Supervisor", "child_hostname"]
+
+logger = logging.getLogger("aqueue.worker.supervisor")
+
+_PARENT_ENV = "AQUEUE_SUPERVISOR_PID"
+#: A child that dies sooner than this (seconds) after starting counts as failing to start.
+_QUICK_DEATH = 5.0
+_MAX_BACKOFF = 30.0
+_KILL_GRACE = 10.0  # seconds past the shutdown timeout before children are killed
+
+
+def child_hostname(hostname: str | None, index: int) -> str:
+    """The name of child ``index`` (1-based): ``aqueue-2@host`` from ``aqueue@host``."""
+    import socket
+
+    base = hostname or f"aqueue@{socket.gethostname()}"
+    name, at, host = base.partition("@")
+    return f"{name}-{index}{at}{host}"
+
+
+@dataclass(slots=True)
+class _Child:
+    index: int
+    proc: asyncio.subprocess.Process | None = None
+    started: float = 0.0
+    failures: int = 0  # quick deaths in a row
+    restarts: int = 0  # starts so far
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    done: bool = False  # exited cleanly by itself: not restarted
+
+
+class Supervisor:
+    """Runs ``processes`` worker processes and keeps them running.
+
+    Args:
+        app: the ``-A`` value, passed to every child.
+        processes: how many children (>= 1).
+        worker_args: other ``aqueue worker`` options for every child (``-c``, ``-Q``, ``-l``...).
+        hostname: the ``-n`` base name; child ``i`` is named by :func:`child_hostname`.
+        first_args: options for child 1 only (``-B``: one beat, not N).
+        shutdown_timeout: the children's ``worker_shutdown_timeout`` (seconds).
+    """
+
+    def __init__(
+        self,
+        app: str,
+        processes: int,
+        worker_args: Sequence[str] = (),
+        hostname: str | None = None,
+        first_args: Sequence[str] = (),
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        if processes < 1:
+            raise ValueError("processes must be at least 1")
+        self.app = app
+        self.worker_args = list(worker_args)
+        self.hostname = hostname
+        self.first_args = list(first_args)
+        self.shutdown_timeout = shutdown_timeout
+        self.children = [_Child(i + 1) for i in range(processes)]
+        self._stopping = asyncio.Event()
+        self._signals = 0
+
+    def run(self) -> int:
+        """Run until every child has stopped; return the exit code (0: clean)."""
+        return asyncio.run(self.main())
+
+    async def main(self) -> int:
+        """The supervisor itself, in the running loop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        logger.info(
+            "supervisor pid %d: starting %d worker processes", os.getpid(), len(self.children)
+        )
+        watchers = [asyncio.create_task(self._watch(child)) for child in self.children]
+        announce = asyncio.create_task(self._announce_ready())
+        killer: asyncio.Task[None] | None = None
+        try:
+            done_watching: asyncio.Future[Any] = asyncio.gather(*watchers)
+            stop: asyncio.Future[Any] = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait([done_watching, stop], return_when=asyncio.FIRST_COMPLETED)
+            if self._stopping.is_set():
+                killer = asyncio.create_task(self._kill_late())
+            await done_watching
+            stop.cancel()
+        finally:
+            announce.cancel()
+            if killer is not None:
+                killer.cancel()
+        logger.info("all worker processes stopped")
+        return 0
+
+    def _command(self, child: _Child) -> list[str]:
+        args = [sys.executable, "-m", "aqueue.worker.supervisor", "worker", "-A", self.app]
+        args += self.worker_args
+        args += ["-n", child_hostname(self.hostname, child.index)]
+        if child.index == 1:
+            args += self.first_args
+        return args
+
+    async def _watch(self, child: _Child) -> None:
+        """Start ``child``, relay its log, start it again when it dies, until stopping."""
+        while not self._stopping.is_set():
+            child.ready.clear()
+            child.started = time.monotonic()
+            child.proc = await asyncio.create_subprocess_exec(
+                *self._command(child),
+                stdin=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, _PARENT_ENV: str(os.getpid())},
+                start_new_session=True,
+            )
+            if child.restarts:
+                logger.info(
+                    "worker process %d started again (pid %d, restart %d)",
+                    child.index,
+                    child.proc.pid,
+                    child.restarts,
+                )
+            else:
+                logger.info("worker process %d started (pid %d)", child.index, child.proc.pid)
+            child.restarts += 1
+            if self._stopping.is_set():  # a signal came while it was starting
+                _send(child.proc, signal.SIGTERM)
+            await self._relay(child)
+            code = await child.proc.wait()
+            if self._stopping.is_set():
+                return
+            if code == 0:
+                logger.info("worker process %d (pid %d) exited", child.index, child.proc.pid)
+                child.done = True
+                return
+            lived = time.monotonic() - child.started
+            child.failures = child.failures + 1 if lived < _QUICK_DEATH else 0
+            # Once at once; a child that keeps dying young waits 0.5 s, 1 s, 2 s... up to 30 s.
+            pause = min(_MAX_BACKOFF, 0.25 * 2**child.failures) if child.failures > 1 else 0.0
+            logger.error(
+                "worker process %d (pid %d) died (%s); starting another in %gs",
+                child.index,
+                child.proc.pid,
+                _describe(code),
+                pause,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), pause)
+
+    async def _relay(self, child: _Child) -> None:
+        """Copy the child's stderr to ours, line by line, noting its ``ready`` line."""
+        assert child.proc is not None and child.proc.stderr is not None
+        out = sys.stderr.buffer
+        async for line in child.proc.stderr:
+            out.write(line)
+            out.flush()
+            if not child.ready.is_set() and b" ready: consuming " in line:
+                child.ready.set()
+
+    async def _announce_ready(self) -> None:
+        await asyncio.gather(*(child.ready.wait() for child in self.children))
+        pids = ", ".join(str(c.proc.pid) for c in self.children if c.proc is not None)
+        # Scripts wait for a line with "ready", as with a single worker.
+        logger.log(
+            max(logging.INFO, logger.getEffectiveLevel()),
+            "supervisor ready: all %d worker processes are ready (pids %s)",
+            len(self.children),
+            pids,
+        )
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        live = [c.proc for c in self.children if c.proc is not None and c.proc.returncode is None]
+        if self._signals == 1:
+            logger.info("%s received: warm shutdown of %d worker processes", sig.name, len(live))
+        else:
+            logger.warning("second %s: stopping worker processes now", sig.name)
+        self._stopping.set()
+        for proc in live:
+            _send(proc, signal.SIGTERM)
+
+    async def _kill_late(self) -> None:
+        await asyncio.sleep(self.shutdown_timeout + _KILL_GRACE)
+        for child in self.children:
+            if child.proc is not None and child.proc.returncode is None:
+                logger.error(
+                    "worker process %d (pid %d) did not stop: killing it",
+                    child.index,
+                    child.proc.pid,
+                )
+                _send(child.proc, signal.SIGKILL)
+
+
+def _send(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {-code}: {signal.Signals(-code).name}"
+        return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def _die_with_parent() -> None:
+    """In a child: get SIGTERM when the supervisor dies (Linux), or stop now if it has."""
+    parent = os.environ.pop(_PARENT_ENV, None)
+    if parent is None:
+        return
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):  # it died before the request above took effect
+        sys.exit(0)
+
+
+if __name__ == "__main__":  # a child: ``python -m aqueue.worker.supervisor worker -A ...``
+    _die_with_parent()
+    from aqueue.cli import main
+
+    main()
