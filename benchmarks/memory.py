@@ -54,7 +54,7 @@ def _status(pid: int) -> dict[str, int]:
 async def run(args: argparse.Namespace) -> None:
     import redis.asyncio as aioredis
 
-    from aqueue import redis_keys as keys
+    from aqueue.transports.redis import keys
     from benchmarks.bench_tasks import app, hold
 
     async with contextlib.AsyncExitStack() as stack:

@@ -581,7 +581,7 @@ def amqp_unavailable() -> str | None:
     ):
         return "rabbitmq-server is not installed (apt-get install rabbitmq-server)"
     probe = subprocess.run(
-        [sys.executable, "-c", "import aqueue.brokers.amqp"],
+        [sys.executable, "-c", "import aqueue.transports.amqp.broker"],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,

@@ -136,9 +136,7 @@ class Totals:
     errors: list[tuple[Path, BaseException]] = field(default_factory=list)
 
 
-async def hash_all(
-    paths: list[Path], in_flight: int, timeout: float, bulk: bool = False
-) -> Totals:
+async def hash_all(paths: list[Path], in_flight: int, timeout: float, bulk: bool = False) -> Totals:
     """Send one ``hash_file`` per path and await every result, ``in_flight`` at a time.
 
     ``bulk``: each batch of ``in_flight`` files goes out in one ``delay_many`` call.
@@ -400,6 +398,7 @@ def run_main(
                 if proc.returncode is None:  # a second Ctrl-C cut the orderly stop short
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(proc.pid, signal.SIGKILL)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -146,5 +146,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     return run_main(args, args.broker, not args.no_spawn, "aqueue-wordcount-", run)
 
+
 if __name__ == "__main__":
     sys.exit(main())
