@@ -23,7 +23,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from aqueue.transports.base import QueueDepth
-from aqueue.transports.redis import keys
+from aqueue.transports.redis import keys, lua
 from aqueue.transports.redis.client import as_bytes, redis_errors
 
 __all__ = ["purge", "purge_dead_letters", "queue_depths"]
@@ -34,70 +34,6 @@ BATCH = 1000
 _STREAM_PREFIX = keys.stream("", 0).rsplit(":", 2)[0] + ":"  # "aqueue:stream:"
 _DLQ_PREFIX = keys.dlq("")  # "aqueue:dlq:"
 
-# Counts delayed members by target stream, reading only the members' "<len>:<stream>" prefix.
-# KEYS[1]: the delayed set; ARGV: first and last index. Returns {members read, {stream, n, ...}}.
-_COUNT_DELAYED_LUA = """
-local members = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])
-local counts = {}
-for _, m in ipairs(members) do
-  local colon = string.find(m, ':', 1, true)
-  local stream = string.sub(m, colon + 1, colon + tonumber(string.sub(m, 1, colon - 1)))
-  counts[stream] = (counts[stream] or 0) + 1
-end
-local out = {}
-for stream, n in pairs(counts) do
-  out[#out + 1] = stream
-  out[#out + 1] = n
-end
-return {#members, out}
-"""
-
-# Removes delayed members whose target stream is one of ARGV[3..].
-# KEYS[1]: the delayed set; ARGV: first and last index, then streams. Returns {read, removed}.
-_PURGE_DELAYED_LUA = """
-local targets = {}
-for i = 3, #ARGV do targets[ARGV[i]] = true end
-local members = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])
-local removed = 0
-for _, m in ipairs(members) do
-  local colon = string.find(m, ':', 1, true)
-  local stream = string.sub(m, colon + 1, colon + tonumber(string.sub(m, 1, colon - 1)))
-  if targets[stream] then
-    redis.call('ZREM', KEYS[1], m)
-    removed = removed + 1
-  end
-end
-return {#members, removed}
-"""
-
-# Deletes up to ARGV[3] entries of a stream from id ARGV[2] on, except those pending in group
-# ARGV[1]. KEYS[1]: the stream. Returns {entries read, removed, last id read}.
-_PURGE_STREAM_LUA = """
-local entries = redis.call('XRANGE', KEYS[1], ARGV[2], '+', 'COUNT', ARGV[3])
-if #entries == 0 then return {0, 0, ''} end
-local first, last = entries[1][1], entries[#entries][1]
-local pending = {}
-local ok, found = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], first, last, #entries)
-if ok then
-  for _, p in ipairs(found) do pending[p[1]] = true end
-end
-local removed = 0
-for _, e in ipairs(entries) do
-  if not pending[e[1]] then
-    redis.call('XDEL', KEYS[1], e[1])
-    removed = removed + 1
-  end
-end
-return {#entries, removed, last}
-"""
-
-# Deletes the oldest ARGV[1] entries of a dead-letter stream. KEYS[1]: it. Returns how many.
-_TRIM_DLQ_LUA = """
-local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', ARGV[1])
-for _, e in ipairs(entries) do redis.call('XDEL', KEYS[1], e[1]) end
-return #entries
-"""
-
 
 def _queue_of_stream(stream: str) -> str:
     return stream.removeprefix(_STREAM_PREFIX).rsplit(":", 1)[0]
@@ -105,7 +41,7 @@ def _queue_of_stream(stream: str) -> str:
 
 async def _delayed_counts(client: aioredis.Redis) -> Counter[str]:
     """Delayed messages per target stream."""
-    script = client.register_script(_COUNT_DELAYED_LUA)
+    script = lua.register(client, "count_delayed")
     counts: Counter[str] = Counter()
     start = 0
     while True:
@@ -173,7 +109,7 @@ async def purge(client: aioredis.Redis, url: str, queues: Sequence[str]) -> int:
         return 0
     removed = 0
     with redis_errors(url, "purge"):
-        purge_stream = client.register_script(_PURGE_STREAM_LUA)
+        purge_stream = lua.register(client, "purge_stream")
         for stream in streams:
             start = "-"
             while True:
@@ -184,7 +120,7 @@ async def purge(client: aioredis.Redis, url: str, queues: Sequence[str]) -> int:
                 if int(read) < BATCH:
                     break
                 start = "(" + as_bytes(last).decode()  # exclusive: after the last entry read
-        purge_delayed = client.register_script(_PURGE_DELAYED_LUA)
+        purge_delayed = lua.register(client, "purge_delayed")
         index = 0
         while True:
             read, gone = await purge_delayed(
@@ -215,5 +151,5 @@ async def purge_dead_letters(
             return int(count)
         if limit <= 0:
             return 0
-        trim = client.register_script(_TRIM_DLQ_LUA)
+        trim = lua.register(client, "trim_dlq")
         return int(await trim(keys=[key], args=[limit]))

@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 
 from aqueue.transports.base import Claim, Snapshot
-from aqueue.transports.redis import keys
+from aqueue.transports.redis import keys, lua
 from aqueue.transports.redis.client import SharedClient, as_bytes, redis_errors
 
 __all__ = ["RedisStore"]
 
-# KEYS: claim key. ARGV: token, lease (ms). The value is "p" or "d" (pending, done) + token.
-# A script is atomic, and running it again with the same token answers the same: safe to retry.
-_CLAIM_SCRIPT = """
-local cur = redis.call('GET', KEYS[1])
-if not cur then
-  redis.call('SET', KEYS[1], 'p' .. ARGV[1], 'PX', ARGV[2])
-  return 0
-end
-if string.sub(cur, 2) == ARGV[1] then return 0 end
-if string.sub(cur, 1, 1) == 'd' then return 1 end
-return 2
-"""
-
-# KEYS: claim key, last-tick hash. ARGV: token, keep (ms), entry name, tick (ms).
-_CONFIRM_SCRIPT = """
-redis.call('SET', KEYS[1], 'd' .. ARGV[1], 'PX', ARGV[2])
-local last = tonumber(redis.call('HGET', KEYS[2], ARGV[3]))
-if not last or last < tonumber(ARGV[4]) then
-  redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-end
-return 1
-"""
-
+# The claim and confirm scripts are lua/beat_claim.lua and lua/beat_confirm.lua.
 _CLAIMS = (Claim.OWN, Claim.DONE, Claim.PENDING)
 
 
@@ -50,6 +29,8 @@ class RedisStore:
         self._shared = client or SharedClient(url)
         self._owns_client = client is None
         self._client: aioredis.Redis | None = None
+        self._claim: AsyncScript | None = None
+        self._confirm: AsyncScript | None = None
 
     async def connect(self) -> None:
         """Connect and PING.
@@ -61,14 +42,17 @@ class RedisStore:
 
     async def close(self) -> None:
         """Close the client."""
-        self._client = None
+        self._client = self._claim = self._confirm = None
         if self._owns_client:
             await self._shared.aclose()
 
     async def _connection(self) -> aioredis.Redis:
         """The connected client (the transport's shared one), connecting first if needed."""
         if self._client is None:
-            self._client = await self._shared.get()
+            client = await self._shared.get()
+            self._claim = lua.register(client, "beat_claim")
+            self._confirm = lua.register(client, "beat_confirm")
+            self._client = client
         return self._client
 
     async def load(self) -> Snapshot:
@@ -101,26 +85,21 @@ class RedisStore:
         return bool(removed)
 
     async def claim(self, name: str, tick: int, token: str, lease: float) -> Claim:
-        """Run the claim script."""
-        client = await self._connection()
+        """Run the claim script (EVALSHA)."""
+        await self._connection()
+        assert self._claim is not None
         with redis_errors(self._url, "beat claim"):
-            answer = await client.eval(
-                _CLAIM_SCRIPT, 1, keys.beat_claim(self._ns, name, tick), token, _ms(lease)
+            answer = await self._claim(
+                keys=[keys.beat_claim(self._ns, name, tick)], args=[token, _ms(lease)]
             )
         return _CLAIMS[int(answer)]
 
     async def confirm(self, name: str, tick: int, token: str, keep: float) -> None:
-        """Run the confirm script."""
-        client = await self._connection()
+        """Run the confirm script (EVALSHA)."""
+        await self._connection()
+        assert self._confirm is not None
         claim_key = keys.beat_claim(self._ns, name, tick)
         with redis_errors(self._url, "beat confirm"):
-            await client.eval(
-                _CONFIRM_SCRIPT,
-                2,
-                claim_key,
-                keys.beat_last(self._ns),
-                token,
-                _ms(keep),
-                name,
-                tick,
+            await self._confirm(
+                keys=[claim_key, keys.beat_last(self._ns)], args=[token, _ms(keep), name, tick]
             )

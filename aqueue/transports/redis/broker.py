@@ -31,6 +31,7 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -41,7 +42,7 @@ from aqueue.exceptions import BrokerError, ConfigurationError
 from aqueue.transports import visibility_timeout
 from aqueue.transports.base import DeadLetter, Delivery, Outgoing, QueueDepth
 from aqueue.transports.redis import admin as redis_admin
-from aqueue.transports.redis import keys
+from aqueue.transports.redis import keys, lua
 from aqueue.transports.redis.client import SharedClient, redacted_url, redis_errors
 
 __all__ = ["RedisBroker"]
@@ -59,172 +60,7 @@ _PUBLISH_CHUNK = 1000
 # Delayed messages moved per fetch script run; more are moved by the next run, right away.
 _MOVE_LIMIT = 1000
 
-# Moves due delayed messages, optionally reclaims expired leases, then leases up to `limit`
-# entries best stream first. Reclaimed entries come first: their lease ran out, so they waited
-# longest.
-# KEYS[1]: the delayed set; KEYS[2..]: streams, best first.
-# ARGV: group, consumer, limit, now (ms), move limit, reclaim min-idle (ms, 0: don't), then one
-#   XAUTOCLAIM cursor per stream when reclaiming.
-# Returns {entries, cursors, reclaim_incomplete, next_due}; entries is flat, five per entry:
-#   stream index (1 = KEYS[2]), entry id, body, base delivery count, times delivered.
-_FETCH_LUA = """
-local group, consumer = ARGV[1], ARGV[2]
-local limit = tonumber(ARGV[3])
-local reclaim_idle = tonumber(ARGV[6])
-
-local function part(member, pos)
-  local colon = string.find(member, ':', pos, true)
-  local len = tonumber(string.sub(member, pos, colon - 1))
-  return string.sub(member, colon + 1, colon + len), colon + len + 1
-end
-
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[4], 'LIMIT', 0, ARGV[5])
-for _, member in ipairs(due) do
-  local target, pos = part(member, 1)
-  local _, body_at = part(member, pos)
-  redis.call('XADD', target, '*', 'b', string.sub(member, body_at))
-  redis.call('ZREM', KEYS[1], member)
-end
-local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local next_due = head[2] or ''
-
-local out, n = {}, 0
-local function take(index, entry, times)
-  local fields, body, base = entry[2], '', 1
-  for j = 1, #fields, 2 do
-    if fields[j] == 'b' then
-      body = fields[j + 1]
-    elseif fields[j] == 'n' then
-      base = tonumber(fields[j + 1])
-    end
-  end
-  local at = #out
-  out[at + 1], out[at + 2], out[at + 3], out[at + 4], out[at + 5] =
-    index, entry[1], body, base, times
-  n = n + 1
-end
-
-local cursors, incomplete = {}, 0
-if reclaim_idle > 0 then
-  for i = 2, #KEYS do
-    local cursor = ARGV[5 + i]
-    if n < limit then
-      local claimed = redis.call(
-        'XAUTOCLAIM', KEYS[i], group, consumer, reclaim_idle, cursor, 'COUNT', limit - n)
-      cursor = claimed[1]
-      for _, entry in ipairs(claimed[2]) do
-        -- Redis 6.2 lists entries deleted meanwhile as nil (Redis 7 leaves them out).
-        if type(entry) == 'table' and entry[2] then
-          local pending = redis.call('XPENDING', KEYS[i], group, entry[1], entry[1], 1)
-          take(i - 1, entry, pending[1] and pending[1][4] or 2)
-        end
-      end
-    else
-      incomplete = 1
-    end
-    if cursor ~= '0-0' then incomplete = 1 end
-    cursors[i - 1] = cursor
-  end
-end
-
-for i = 2, #KEYS do
-  if n >= limit then break end
-  local read = redis.call(
-    'XREADGROUP', 'GROUP', group, consumer, 'COUNT', limit - n, 'STREAMS', KEYS[i], '>')
-  if read then
-    for _, entry in ipairs(read[1][2]) do take(i - 1, entry, 1) end
-  end
-end
-return {out, cursors, incomplete, next_due}
-"""
-
-# Publishes a batch in one command: a pipeline of N XADDs costs the client N replies to parse,
-# which is most of its CPU when sending (benchmarks/throughput.py measures it).
-# KEYS[1]: the delayed set; KEYS[2..]: the stream of each ready message.
-# ARGV: the ready messages' bodies (one per stream key, same order), then (score, member) pairs
-#   of the delayed ones. Returns the number of ready messages added.
-_PUBLISH_LUA = """
-local ready = #KEYS - 1
-for i = 1, ready do
-  redis.call('XADD', KEYS[i + 1], '*', 'b', ARGV[i])
-end
-for i = ready + 1, #ARGV, 2 do
-  redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
-end
-return ready
-"""
-
-# Acks a batch in one command: XACK + XDEL of each stream's entries (atomic, as a script is).
-# KEYS: streams; ARGV[1]: the group; then, per stream in KEYS order, its number of entries
-#   followed by their ids.
-_ACK_LUA = """
-local at = 2
-for i = 1, #KEYS do
-  local n = tonumber(ARGV[at])
-  local ids = {}
-  for j = 1, n do ids[j] = ARGV[at + j] end
-  redis.call('XACK', KEYS[i], ARGV[1], unpack(ids))
-  redis.call('XDEL', KEYS[i], unpack(ids))
-  at = at + n + 1
-end
-return 0
-"""
-
-# Resets the idle time of entries this consumer still owns. Checking the owner first keeps a
-# slow worker from snatching back a message another consumer has already reclaimed.
-# KEYS: the stream of each entry; ARGV: group, consumer, entry ids. Returns 1/0 per entry.
-_RENEW_LUA = """
-local out = {}
-for i = 1, #KEYS do
-  local id = ARGV[i + 2]
-  local pending = redis.call('XPENDING', KEYS[i], ARGV[1], id, id, 1)
-  if pending[1] and pending[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[i], ARGV[1], ARGV[2], 0, id, 'JUSTID')
-    out[i] = 1
-  else
-    out[i] = 0
-  end
-end
-return out
-"""
-
-# Re-adds entries this consumer still owns at the end of their stream, carrying the delivery
-# count in field n, and removes the old entries: a pending entry cannot be made deliverable again
-# to '>' readers any other way.
-# KEYS: the stream of each entry; ARGV: group, consumer, then (entry id, delivery count) pairs.
-_RELEASE_LUA = """
-for i = 1, #KEYS do
-  local id, count = ARGV[2 * i + 1], ARGV[2 * i + 2]
-  local pending = redis.call('XPENDING', KEYS[i], ARGV[1], id, id, 1)
-  if pending[1] and pending[1][2] == ARGV[2] then
-    local entry = redis.call('XRANGE', KEYS[i], id, id)[1]
-    if entry then
-      local fields = entry[2]
-      for j = 1, #fields, 2 do
-        if fields[j] == 'b' then
-          redis.call('XADD', KEYS[i], '*', 'b', fields[j + 1], 'n', count)
-        end
-      end
-    end
-    redis.call('XACK', KEYS[i], ARGV[1], id)
-    redis.call('XDEL', KEYS[i], id)
-  end
-end
-return 0
-"""
-
-# Removes this consumer from the groups it read, unless it still holds messages (deleting a
-# consumer drops its pending entries, which would then never be redelivered).
-# KEYS: streams; ARGV: group, consumer.
-_FORGET_LUA = """
-for i = 1, #KEYS do
-  local ok, pending = pcall(redis.call, 'XPENDING', KEYS[i], ARGV[1], '-', '+', 1, ARGV[2])
-  if ok and #pending == 0 then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[i], ARGV[1], ARGV[2])
-  end
-end
-return 0
-"""
+# The Lua scripts are in lua/<name>.lua, each with its KEYS and ARGV.
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,14 +93,7 @@ class _Scripts:
 
     @classmethod
     def register(cls, client: aioredis.Redis) -> _Scripts:
-        return cls(
-            fetch=client.register_script(_FETCH_LUA),
-            publish=client.register_script(_PUBLISH_LUA),
-            ack=client.register_script(_ACK_LUA),
-            renew=client.register_script(_RENEW_LUA),
-            release=client.register_script(_RELEASE_LUA),
-            forget=client.register_script(_FORGET_LUA),
-        )
+        return cls(**{f.name: lua.register(client, f.name) for f in dataclass_fields(cls)})
 
 
 def _text(value: bytes | str) -> str:

@@ -31,7 +31,7 @@ from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
 
 from aqueue.exceptions import BrokerConnectionError
-from aqueue.transports.redis import keys
+from aqueue.transports.redis import keys, lua
 from aqueue.transports.redis.client import (
     SharedClient,
     as_bytes,
@@ -45,33 +45,6 @@ log = logging.getLogger("aqueue.transports.redis.control")
 
 _SUBSCRIBE_TIMEOUT = 10.0  # seconds to wait for a SUBSCRIBE confirmation
 _RECONNECT_BACKOFF = (0.1, 2.0)  # first and longest pause between pub/sub reconnects (seconds)
-
-# KEYS[1]: the bucket hash. ARGV: rate (tokens/s), capacity, idle expiry (ms).
-# Returns the wait in seconds as a string (a Lua number would be truncated to an integer).
-# The same arithmetic as aqueue.worker.ratelimit.refill.
-_ACQUIRE_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local rate, capacity = tonumber(ARGV[1]), tonumber(ARGV[2])
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'updated')
-local tokens, updated = tonumber(state[1]), tonumber(state[2])
-if tokens == nil or updated == nil then
-  tokens, updated = capacity, now
-end
-local elapsed = now - updated
-if elapsed < 0 then elapsed = 0 end
-tokens = math.min(capacity, tokens + elapsed * rate)
-local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-else
-  wait = (1 - tokens) / rate
-end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
-  'updated', string.format('%.17g', now))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return string.format('%.17g', wait)
-"""
 
 
 class RedisControl:
@@ -115,7 +88,7 @@ class RedisControl:
         """The connected client (the transport's shared one), connecting first if needed."""
         if self._client is None:
             client = await self._shared.get()
-            self._acquire = client.register_script(_ACQUIRE_LUA)
+            self._acquire = lua.register(client, "acquire")
             self._client = client
         return self._client
 
