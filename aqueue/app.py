@@ -3,36 +3,38 @@
 from __future__ import annotations
 
 import asyncio
-import difflib
 import logging
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, Unpack, overload
 
-from aqueue.batching import Batcher
+from aqueue.beat import entry as beat_entry
 from aqueue.beat.control import BeatControl
 from aqueue.canvas import builtin as builtin_tasks
 from aqueue.canvas.primitives import Signature
 from aqueue.config import Settings
 from aqueue.control.client import Control
-from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
-from aqueue.message import Message, new_id
+from aqueue.exceptions import ConfigurationError
+from aqueue.message import Message
 from aqueue.results.group import GroupResult as _GroupResult
-from aqueue.results.mailbox import Mailbox
 from aqueue.results.record import ResultRecord
 from aqueue.results.result import AsyncResult as _AsyncResult
 from aqueue.sending import routing
-from aqueue.task import TASK_OPTIONS, Task
+from aqueue.sending.options import (
+    TASK_OPTIONS,
+    RetryPolicy,
+    SendOptions,
+    TaskOptions,
+    check_task_options,
+)
+from aqueue.sending.sender import Sender
+from aqueue.task import Task, current_request
 from aqueue.transports import (
     BeatStore,
-    Binding,
     Broker,
     ControlTransport,
-    Outgoing,
-    ReplyChannels,
     ResultBackend,
     Transport,
     transport_for,
@@ -43,44 +45,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
-# apply_async options that are not Message fields, with Celery's meaning.
 logger = logging.getLogger("aqueue.app")
-# Seconds sends go without a reply channel after the result backend could not be reached.
-_REPLY_RETRY = 5.0
-
-_SEND_OPTIONS = frozenset(
-    {
-        "countdown",
-        "eta",
-        "expires",
-        "task_id",
-        "queue",
-        "priority",
-        "headers",
-        "link",
-        "link_error",
-        "serializer",
-        "compression",
-        "shadow",
-        "ignore_result",
-        "time_limit",
-        "retry",
-        "retry_policy",
-        "parent_id",
-        "root_id",
-        "group_id",
-        "routing_key",
-        "exchange",
-        "options",
-    }
-)
-
-_DEFAULT_RETRY_POLICY = {
-    "max_retries": 3,
-    "interval_start": 0.0,
-    "interval_step": 0.2,
-    "interval_max": 0.2,
-}
 
 
 class _TaskDecorator(Protocol):
@@ -106,9 +71,6 @@ class _Connections:
     broker: Broker | None = None
     backend: ResultBackend | None = None
     control: ControlTransport | None = None
-    publisher: Batcher[Outgoing] | None = None
-    # time.monotonic() before which sends skip the reply channel (the backend was unreachable).
-    replies_paused_until: float = 0.0
 
 
 class Aqueue:
@@ -156,6 +118,8 @@ class Aqueue:
             settings["result_backend"] = backend.url
         self.conf.update(settings)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        #: Builds and publishes this app's messages (:class:`aqueue.sending.Sender`).
+        self.sender = Sender(self)
         self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connections] = (
             weakref.WeakKeyDictionary()
         )
@@ -195,7 +159,7 @@ class Aqueue:
         bind: Literal[True],
         name: str | None = ...,
         base: type[Task[Any, Any]] = ...,
-        **options: Any,
+        **options: Unpack[TaskOptions],
     ) -> _BoundTaskDecorator: ...
     @overload
     def task(
@@ -205,7 +169,7 @@ class Aqueue:
         bind: Literal[False] = ...,
         name: str | None = ...,
         base: type[Task[Any, Any]] = ...,
-        **options: Any,
+        **options: Unpack[TaskOptions],
     ) -> _TaskDecorator: ...
 
     def task(
@@ -216,7 +180,7 @@ class Aqueue:
         bind: bool = False,
         name: str | None = None,
         base: type[Task[Any, Any]] = Task,
-        **options: Any,
+        **options: Unpack[TaskOptions],
     ) -> Any:
         """Register a function as a task; use bare (``@app.task``) or with options.
 
@@ -230,12 +194,7 @@ class Aqueue:
         Raises:
             ConfigurationError: an unknown option, or ``base`` is not a Task subclass.
         """
-        unknown = set(options) - set(TASK_OPTIONS)
-        if unknown:
-            bad = sorted(unknown)[0]
-            close = difflib.get_close_matches(bad, TASK_OPTIONS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigurationError(f"unknown task option {bad!r}{hint}")
+        check_task_options(options)
         if not (isinstance(base, type) and issubclass(base, Task)):
             raise ConfigurationError(f"base={base!r} must be a subclass of aqueue.Task")
         if "autoretry_for" in options:
@@ -286,9 +245,7 @@ class Aqueue:
         Raises:
             ConfigurationError: the entry is invalid.
         """
-        from aqueue.beat.entry import add_periodic_task
-
-        return add_periodic_task(
+        return beat_entry.add_periodic_task(
             self, schedule, sig, name=name, args=args, kwargs=kwargs, **options
         )
 
@@ -490,45 +447,29 @@ class Aqueue:
         kwargs: dict[str, Any] | None = None,
         *,
         _task: Task[Any, Any] | None = None,
-        **options: Any,
+        **options: Unpack[SendOptions],
     ) -> _AsyncResult[Any]:
         """Publish a call of task ``name``, with no need to import the task.
 
         Args:
             name: the registered task name.
             args, kwargs: the call's arguments.
-            **options: Celery's ``apply_async`` options: ``countdown`` (seconds), ``eta``
-                (datetime; naive means UTC), ``expires`` (seconds from now or a datetime; an
-                expired message is not run and its state becomes REVOKED), ``task_id``,
-                ``queue``, ``priority`` (0..9, 9 first), ``headers`` (dict), ``link`` and
-                ``link_error`` (signatures or lists of them), ``serializer``, ``compression``
-                (``"zlib"``), ``shadow`` (a name for logs), ``ignore_result``, ``time_limit``
-                (seconds), ``retry`` (retry publishing on a connection error, default True) and
-                ``retry_policy`` (``max_retries``, ``interval_start``, ``interval_step``,
-                ``interval_max``, seconds).
+            **options: Celery's ``apply_async`` options (:class:`~aqueue.sending.SendOptions`):
+                ``countdown`` (seconds), ``eta`` (datetime; naive means UTC), ``expires``
+                (seconds from now or a datetime; an expired message is not run and its state
+                becomes REVOKED), ``task_id``, ``queue``, ``priority`` (0..9, 9 first),
+                ``headers`` (dict), ``link`` and ``link_error`` (signatures or lists of them),
+                ``serializer``, ``compression`` (``"zlib"``), ``shadow`` (a name for logs),
+                ``ignore_result``, ``time_limit`` (seconds), ``retry`` (retry publishing on a
+                connection error, default True) and ``retry_policy`` (``max_retries``,
+                ``interval_start``, ``interval_step``, ``interval_max``, seconds).
 
         Raises:
             ConfigurationError: an option is unknown or invalid.
             EncodeError: the arguments cannot be serialised.
             BrokerConnectionError: the broker cannot be reached within the retry policy.
         """
-        _check_send_options(options)
-        task = _task or self.tasks.get(name)
-        args_t = tuple(args or ())
-        kwargs_d = dict(kwargs or {})
-        if self.conf.task_always_eager:
-            from aqueue.eager import apply_eager
-
-            if task is None:
-                from aqueue.exceptions import TaskNotRegistered
-
-                raise TaskNotRegistered(f"task {name!r} is not registered (task_always_eager)")
-            return await apply_eager(self, task, args_t, kwargs_d, options)
-        backend, reply_to = await self._reply_target()
-        message = self.build_message(name, args_t, kwargs_d, task, options, reply_to)
-        result = self._handle(message, backend)  # its mailbox exists before the message is sent
-        await self.publish([message], options.get("retry", True), options.get("retry_policy"))
-        return result
+        return await self.sender.send(name, args, kwargs, _task, options)
 
     async def send_many(
         self,
@@ -536,7 +477,7 @@ class Aqueue:
         arguments: Iterable[Iterable[Any]],
         *,
         _task: Task[Any, Any] | None = None,
-        **options: Any,
+        **options: Unpack[SendOptions],
     ) -> list[_AsyncResult[Any]]:
         """Publish one call of task ``name`` per item of ``arguments`` (its positional
         arguments), all in one broker round trip: the bulk path.
@@ -555,61 +496,7 @@ class Aqueue:
             EncodeError: an item cannot be serialised (nothing is sent).
             BrokerConnectionError: the broker cannot be reached within the retry policy.
         """
-        _check_send_options(options)
-        if options.get("task_id") is not None:
-            raise ConfigurationError("send_many() makes one task id per call: drop task_id=")
-        task = _task or self.tasks.get(name)
-        calls = [tuple(a) for a in arguments]
-        if task is not None:
-            for call in calls:
-                task.check_arguments(call, {})
-        if self.conf.task_always_eager:
-            return [await self.send_task(name, call, None, _task=task, **options) for call in calls]
-        backend, reply_to = await self._reply_target()
-        messages = [self.build_message(name, call, {}, task, options, reply_to) for call in calls]
-        outgoing = [self._outgoing(m) for m in messages]  # EncodeError before anything is sent
-        results = [self._handle(m, backend) for m in messages]
-        await self._publish_outgoing(
-            outgoing, options.get("retry", True), options.get("retry_policy")
-        )
-        return results
-
-    def _handle(self, message: Message, backend: ResultBackend | None) -> _AsyncResult[Any]:
-        """The result handle of ``message``, with its mailbox when it names a reply channel."""
-        mailbox: Mailbox | None = None
-        if message.reply_to and backend is not None and isinstance(backend, ReplyChannels):
-            mailbox = backend.expect(message.id)
-        return _AsyncResult(message.id, self, message.task, mailbox)
-
-    async def _reply_target(self) -> tuple[ResultBackend | None, str | None]:
-        """The result backend and this client's reply channel (``None`` where there is none).
-
-        The reply channel (:class:`~aqueue.transports.ReplyChannels`) brings results back
-        batched on one subscription; it is subscribed before this returns, so before any
-        message naming it is published.
-        """
-        conns = self._loop_connections()
-        backend = conns.backend
-        if (backend is None and not self.has_result_backend) or (
-            conns.replies_paused_until and time.monotonic() < conns.replies_paused_until
-        ):
-            return None, None
-        try:
-            if backend is None:
-                backend = await self.result_backend()
-            if not isinstance(backend, ReplyChannels):
-                return backend, None
-            return backend, await backend.reply_channel()
-        except BrokerError as exc:
-            # Sending needs only the broker: send without a reply channel (the handle then
-            # watches the task's own channel when awaited) and try again in a while.
-            conns.replies_paused_until = time.monotonic() + _REPLY_RETRY
-            logger.warning(
-                "result backend unreachable (%s): sending without a reply channel for %gs",
-                exc,
-                _REPLY_RETRY,
-            )
-            return None, None
+        return await self.sender.send_many(name, arguments, _task, options)
 
     def build_message(
         self,
@@ -617,81 +504,18 @@ class Aqueue:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         task: Task[Any, Any] | None,
-        options: dict[str, Any],
+        options: Mapping[str, Any],
         reply_to: str | None = None,
     ) -> Message:
-        """Resolve routing and defaults into the :class:`Message` to publish.
-
-        ``reply_to`` (this client's reply channel) is kept unless the result is ignored.
-
-        Precedence for each option: the call's own > ``task_routes`` > ``task_annotations`` >
-        the task's decorator options > the app's settings.
-        """
-        conf = self.conf
-        route = routing.lookup(conf.task_routes, name, args, kwargs, options)
-        annotated = self.task_options(name)
-
-        sources = [s for s in (options, route, annotated) if s]
-
-        def pick(key: str, default: Any = None) -> Any:
-            for source in sources:
-                if source.get(key) is not None:
-                    return source[key]
-            value = getattr(task, key, None) if task is not None else None
-            return default if value is None else value
-
-        priority = pick("priority", conf.task_default_priority)
-        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
-            raise ConfigurationError(f"priority must be a whole number 0..9, not {priority!r}")
-        now = time.time()
-        eta = _epoch(options.get("eta"), "eta")
-        if options.get("countdown") is not None:
-            eta = now + float(options["countdown"])
-        expires = pick("expires")
-        if isinstance(expires, int | float):
-            expires = now + float(expires)
-        else:
-            expires = _epoch(expires, "expires")
-        ignore_result = pick("ignore_result", conf.task_ignore_result)
-        queue = pick("queue", conf.task_default_queue)
-        extra: dict[str, Any] = dict(options.get("options") or {})
-        if options.get("shadow") is not None:
-            extra["shadow"] = options["shadow"]
-        # Celery's routing: a queue listed in task_queues is reached through its exchange.
-        declared = (conf.task_queues or {}).get(queue, {})
-        for key in ("exchange", "routing_key"):
-            for source in (options, route, declared):
-                if source.get(key) is not None:
-                    extra[key] = source[key]
-                    break
-        return Message(
-            id=options.get("task_id") or new_id(),
-            task=name,
-            args=args,
-            kwargs=kwargs,
-            queue=queue,
-            priority=priority,
-            eta=eta,
-            expires=expires,
-            headers=dict(options.get("headers") or {}),
-            link=_signatures(options.get("link")),
-            link_error=_signatures(options.get("link_error")),
-            time_limit=options.get("time_limit"),
-            ignore_result=bool(ignore_result),
-            parent_id=options.get("parent_id"),
-            root_id=options.get("root_id"),
-            group_id=options.get("group_id"),
-            options=extra,
-            reply_to=None if ignore_result else reply_to,
-            content_type=pick("serializer", conf.task_serializer),
-            compression=pick("compression", conf.task_compression),
-        )
+        """The :class:`Message` a call would publish; see :meth:`Sender.build_message
+        <aqueue.sending.Sender.build_message>`."""
+        return self.sender.build_message(name, args, kwargs, task, options, reply_to)
 
     async def publish(
         self,
         messages: list[Message],
         retry: bool = True,
-        retry_policy: dict[str, Any] | None = None,
+        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
     ) -> None:
         """Encode and publish messages in one broker call, retrying per ``retry_policy``.
 
@@ -699,66 +523,7 @@ class Aqueue:
             EncodeError: a message's arguments cannot be serialised.
             BrokerConnectionError: still failing after ``retry_policy['max_retries']`` retries.
         """
-        await self._publish_outgoing([self._outgoing(m) for m in messages], retry, retry_policy)
-
-    async def _publish_outgoing(
-        self, outgoing: list[Outgoing], retry: bool, retry_policy: dict[str, Any] | None
-    ) -> None:
-        if retry and retry_policy is None:
-            # Concurrent sends with the default policy share one broker round trip.
-            conns = self._loop_connections()
-            if conns.publisher is None:
-                conns.publisher = Batcher(self._publish_now)
-            await conns.publisher.submit(outgoing)
-        else:
-            await self._publish_now(outgoing, retry, retry_policy)
-
-    async def _publish_now(
-        self,
-        outgoing: list[Outgoing],
-        retry: bool = True,
-        retry_policy: dict[str, Any] | None = None,
-    ) -> None:
-        policy = {**_DEFAULT_RETRY_POLICY, **(retry_policy or {})}
-        attempt = 0
-        while True:
-            try:
-                broker = await self.broker()
-                await broker.publish(outgoing)
-                return
-            except BrokerConnectionError:
-                if not retry or attempt >= policy["max_retries"]:
-                    raise
-                delay = min(
-                    policy["interval_start"] + attempt * policy["interval_step"],
-                    policy["interval_max"],
-                )
-                attempt += 1
-                await asyncio.sleep(delay)
-
-    def _outgoing(self, m: Message) -> Outgoing:
-        """``m`` encoded, with its AMQP exchange routing when it has an ``exchange``.
-
-        The bindings to declare are the ``task_queues`` entries on that exchange, else ``m``'s
-        own queue bound with the routing key, so that the message reaches at least its queue.
-        """
-        exchange = m.options.get("exchange")
-        if not exchange:
-            return Outgoing(m.queue, m.encode(), m.id, m.priority, m.eta)
-        routing_key = str(m.options.get("routing_key") or m.queue)
-        bindings = tuple(
-            Binding(
-                queue,
-                exchange,
-                entry.get("exchange_type", "direct"),
-                entry.get("routing_key", queue),
-            )
-            for queue, entry in (self.conf.task_queues or {}).items()
-            if entry.get("exchange") == exchange
-        ) or (Binding(m.queue, exchange, None, routing_key),)
-        return Outgoing(
-            m.queue, m.encode(), m.id, m.priority, m.eta, exchange, routing_key, bindings
-        )
+        await self.sender.publish(messages, retry, retry_policy)
 
     async def store_state(
         self, task_id: str | None, state: str, meta: Any = None, name: str | None = None
@@ -772,8 +537,6 @@ class Aqueue:
             raise ConfigurationError(
                 "update_state() needs a task id: call it inside a running task or pass task_id="
             )
-        from aqueue.task import current_request
-
         request = current_request.get()
         record = ResultRecord(
             task_id, state, meta, None, time.time(), request.retries if request else 0, name
@@ -785,42 +548,6 @@ class Aqueue:
             self.conf.result_expires,
             {task_id: reply} if reply else None,
         )
-
-
-def _check_send_options(options: dict[str, Any]) -> None:
-    unknown = set(options) - _SEND_OPTIONS
-    if unknown:
-        bad = sorted(unknown)[0]
-        close = difflib.get_close_matches(bad, _SEND_OPTIONS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigurationError(f"unknown apply_async option {bad!r}{hint}")
-
-
-def _epoch(value: Any, option: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return float(value.timestamp())
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    raise ConfigurationError(f"{option} must be a datetime, not {type(value).__name__}")
-
-
-def _signatures(value: Any) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    items = value if isinstance(value, list | tuple) else [value]
-    out: list[dict[str, Any]] = []
-    for item in items:
-        if isinstance(item, Signature):
-            out.append(item.to_dict())
-        elif isinstance(item, dict) and "task" in item:
-            out.append(item)
-        else:
-            raise ConfigurationError(f"link/link_error take signatures (task.s(...)), not {item!r}")
-    return out
 
 
 def _instance(value: Any, protocol: type[Any], name: str) -> Any:

@@ -18,13 +18,15 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
 
+from aqueue.canvas.primitives import Signature, group, xmap, xstarmap
+from aqueue.canvas.primitives import chunks as canvas_chunks
 from aqueue.exceptions import MaxRetriesExceededError, Retry
+from aqueue.sending.options import SendOptions
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
-    from aqueue.canvas.primitives import Signature, group
     from aqueue.results.result import AsyncResult
 
 P = ParamSpec("P")
@@ -67,25 +69,6 @@ class Request:
 current_request: ContextVar[Request | None] = ContextVar("aqueue_request", default=None)
 
 # Options a task takes from the decorator, a base class attribute or task_annotations.
-TASK_OPTIONS = (
-    "max_retries",
-    "default_retry_delay",
-    "retry_backoff",
-    "retry_backoff_max",
-    "retry_jitter",
-    "autoretry_for",
-    "retry_kwargs",
-    "time_limit",
-    "rate_limit",
-    "queue",
-    "priority",
-    "ignore_result",
-    "acks_late",
-    "serializer",
-    "compression",
-    "track_started",
-    "expires",
-)
 
 
 class Task(Generic[P, R]):
@@ -197,9 +180,10 @@ class Task(Generic[P, R]):
         self,
         args: tuple[Any, ...] | list[Any] | None = None,
         kwargs: dict[str, Any] | None = None,
-        **options: Any,
+        **options: Unpack[SendOptions],
     ) -> AsyncResult[R]:
-        """Publish a call with options; see :meth:`aqueue.app.Aqueue.send_task` for them all.
+        """Publish a call with options (:class:`~aqueue.sending.SendOptions`); see
+        :meth:`aqueue.app.Aqueue.send_task` for them all.
 
         Returns:
             The result handle; ``await`` it for the return value.
@@ -212,7 +196,7 @@ class Task(Generic[P, R]):
         return await self.app.send_task(self.name, args, kwargs, _task=self, **options)
 
     async def delay_many(
-        self, arguments: Iterable[Iterable[Any]], **options: Any
+        self, arguments: Iterable[Iterable[Any]], **options: Unpack[SendOptions]
     ) -> list[AsyncResult[R]]:
         """Publish one call per item of ``arguments`` (positional arguments), in one broker
         round trip: ``await add.delay_many([(1, 2), (3, 4)])``. See
@@ -222,39 +206,29 @@ class Task(Generic[P, R]):
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature of this task with partial arguments (a parent's result is prepended)."""
-        from aqueue.canvas.primitives import Signature
-
         return Signature(self.name, args, kwargs, app=self.app)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature: a parent's result is not passed to it."""
-        from aqueue.canvas.primitives import Signature
-
         return Signature(self.name, args, kwargs, immutable=True, app=self.app)
 
-    def signature(self, args: Any = (), kwargs: Any = None, **options: Any) -> Signature:
+    def signature(
+        self, args: Any = (), kwargs: Any = None, **options: Unpack[SendOptions]
+    ) -> Signature:
         """A signature with options, e.g. ``add.signature((2, 2), countdown=10)``."""
-        from aqueue.canvas.primitives import Signature
-
-        return Signature(self.name, tuple(args), dict(kwargs or {}), options, app=self.app)
+        return Signature(self.name, tuple(args), dict(kwargs or {}), dict(options), app=self.app)
 
     def map(self, it: Iterable[Any]) -> Signature:
         """One message calling this task for each item in turn: ``tsum.map([[1, 2], [3]])``."""
-        from aqueue.canvas.primitives import xmap
-
         return xmap(self, it)
 
     def starmap(self, it: Iterable[Iterable[Any]]) -> Signature:
         """One message calling this task with each item as its arguments, in turn."""
-        from aqueue.canvas.primitives import xstarmap
-
         return xstarmap(self, it)
 
     def chunks(self, it: Iterable[Iterable[Any]], n: int) -> group:
         """A group of starmaps over ``n`` items each; its value is a list of lists."""
-        from aqueue.canvas.primitives import chunks
-
-        return chunks(self, it, n)
+        return canvas_chunks(self, it, n)
 
     # -- inside a running task ---------------------------------------------------------------
 

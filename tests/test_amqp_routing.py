@@ -213,14 +213,14 @@ def test_exchange_and_routing_key_come_from_the_call_then_routes_then_task_queue
     assert options("t.any", queue="video") == {"exchange": "media", "routing_key": "media.video.*"}
     assert options("t.routed", routing_key="media.image.gif")["routing_key"] == "media.image.gif"
 
-    outgoing = app._outgoing(app.build_message("t.routed", (), {}, None, {}))
+    outgoing = app.sender.outgoing(app.build_message("t.routed", (), {}, None, {}))
     assert outgoing.exchange == "media" and outgoing.routing_key == "media.image.png"
     assert {(b.queue, b.exchange_type, b.routing_key) for b in outgoing.bindings} == {
         ("video", "topic", "media.video.*"),
         ("image", "topic", "media.image.*"),
     }
     # An exchange no task_queues entry names: the message's own queue is bound to it.
-    loose = app._outgoing(
+    loose = app.sender.outgoing(
         app.build_message("t.x", (), {}, None, {"exchange": "web", "routing_key": "web.add"})
     )
     assert [(b.queue, b.exchange, b.exchange_type, b.routing_key) for b in loose.bindings] == [

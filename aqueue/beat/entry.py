@@ -33,6 +33,7 @@ import orjson
 from aqueue.beat.schedules import Schedule, schedule_from_dict, to_schedule
 from aqueue.canvas.primitives import Signature
 from aqueue.exceptions import ConfigurationError
+from aqueue.sending.options import SEND_OPTIONS
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -212,11 +213,10 @@ def _options(
     kwargs: dict[str, Any],
     options: Any,
 ) -> dict[str, Any]:
-    from aqueue.app import _SEND_OPTIONS
 
     if not isinstance(options, Mapping):
         raise ConfigurationError(f"{where}: 'options' must be a dict, not {options!r}")
-    allowed = _SEND_OPTIONS - _OWN_OPTIONS
+    allowed = SEND_OPTIONS - _OWN_OPTIONS
     for key in options:
         if key in _OWN_OPTIONS:
             raise ConfigurationError(f"{where}: option {key!r} is set by beat for each tick")

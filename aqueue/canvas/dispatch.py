@@ -29,6 +29,7 @@ from aqueue.canvas.primitives import Canvas, Signature, _as_list, chain, chord, 
 from aqueue.exceptions import ConfigurationError
 from aqueue.results.group import GroupResult, encode_meta, meta_key
 from aqueue.results.result import AsyncResult
+from aqueue.sending.options import SEND_OPTIONS
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -218,11 +219,10 @@ class Plan:
     def _message(
         self, sig: Signature, rest: Sequence[dict[str, Any]], context: dict[str, Any]
     ) -> Message:
-        from aqueue.app import _SEND_OPTIONS
 
         options = dict(sig.options)
         chord_info = options.pop("chord", None)
-        unknown = set(options) - _SEND_OPTIONS
+        unknown = set(options) - SEND_OPTIONS
         if unknown:
             raise ConfigurationError(f"unknown option {sorted(unknown)[0]!r} on {sig!r}")
         extra = dict(options.pop("options", None) or {})
@@ -254,13 +254,12 @@ class Plan:
 
 def _check_options(sig: Canvas) -> None:
     """Raise ConfigurationError for an unknown send option anywhere in ``sig``."""
-    from aqueue.app import _SEND_OPTIONS
 
     parts: list[Canvas] = [sig]
     while parts:
         part = parts.pop()
         if isinstance(part, Signature):
-            unknown = set(part.options) - _SEND_OPTIONS - {"chord"}
+            unknown = set(part.options) - SEND_OPTIONS - {"chord"}
             if unknown:
                 raise ConfigurationError(f"unknown option {sorted(unknown)[0]!r} on {part!r}")
         elif isinstance(part, chain | group):

@@ -9,6 +9,7 @@ trip rather than in the full timeout.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,12 +19,16 @@ import orjson
 from aqueue.control.protocol import (
     CONTROL_CHANNEL,
     RATE_LIMITS_TABLE,
+    REVOKED_TABLE,
     WORKERS_TABLE,
     Command,
     Reply,
+    dumps,
 )
 from aqueue.exceptions import DecodeError
+from aqueue.results.record import ResultRecord
 from aqueue.worker.ratelimit import parse_rate
+from aqueue.worker.revoke import WAITING, revocation_record
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -145,10 +150,60 @@ class Control:
         reply: bool = False,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> list[Reply]:
-        """Revoke tasks everywhere, for good; see :func:`aqueue.worker.revoke.revoke`."""
-        from aqueue.worker.revoke import revoke
+        """Revoke tasks on every worker, now and later (the steps are in
+        :mod:`aqueue.worker.revoke`): store each id in the ``revoked`` table, store ``REVOKED``
+        for those still waiting, then broadcast.
 
-        return await revoke(self.app, task_ids, terminate, reply=reply, timeout=timeout)
+        Args:
+            task_ids: one id or several.
+            terminate: also cancel the task where it is running now.
+            reply: wait up to ``timeout`` seconds for the workers' acknowledgements.
+            timeout: seconds to wait for replies.
+
+        Returns:
+            The workers' replies (empty unless ``reply``).
+
+        Raises:
+            BrokerConnectionError: the control transport or result backend cannot be reached.
+            ConfigurationError: the app has no server for control (see :mod:`aqueue.control`).
+        """
+        app = self.app
+        ids = [task_ids] if isinstance(task_ids, str) else list(dict.fromkeys(task_ids))
+        if not ids:
+            return []
+        transport = await app.control_transport()
+        ttl = app.conf.result_expires
+        now = time.time()
+        entry = dumps(
+            {"terminate": terminate, "time": now, "expires": None if ttl is None else now + ttl}
+        )
+        for task_id in ids:
+            await transport.put(REVOKED_TABLE, task_id, entry, ttl)
+        if app.has_result_backend:
+            # Before the broadcast, so that a worker's own record (terminated) comes last.
+            await self._mark_waiting(ids)
+        arguments = {"task_ids": ids, "terminate": terminate}
+        if reply:
+            return await self.broadcast("revoke", arguments, timeout=timeout)
+        command = Command(uuid.uuid4().hex, "revoke", arguments)
+        await transport.publish(CONTROL_CHANNEL, [command.encode()])
+        return []
+
+    async def _mark_waiting(self, ids: Sequence[str]) -> None:
+        """Store ``REVOKED`` for the ids still waiting to run, so that waiters learn it now."""
+        app = self.app
+        backend = await app.result_backend()
+        found = await backend.get_many(ids)
+        items: list[tuple[str, bytes]] = []
+        for task_id, raw in zip(ids, found, strict=True):
+            record = ResultRecord.decode(raw, app.accept_results) if raw is not None else None
+            if record is None or record.status in WAITING:
+                name = record.name if record is not None else None
+                retries = record.retries if record is not None else 0
+                revoked = revocation_record(task_id, "revoked", retries, name)
+                items.append((task_id, revoked.encode("json")))
+        if items:
+            await backend.store(items, app.conf.result_expires)
 
     async def rate_limit(
         self,

@@ -222,10 +222,8 @@ class GroupResult:
         Raises:
             BrokerConnectionError: the control transport cannot be reached.
         """
-        from aqueue.worker.revoke import revoke
-
         members = await self._members()
-        await revoke(self.app, [r.id for r in members], terminate)
+        await self.app.control.revoke([r.id for r in members], terminate)
         for r in members:
             r._record = None
 

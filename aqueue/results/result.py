@@ -246,9 +246,7 @@ class AsyncResult(Generic[R]):
         Raises:
             BrokerConnectionError: the control transport cannot be reached.
         """
-        from aqueue.worker.revoke import revoke
-
-        await revoke(self.app, [self.id], terminate)
+        await self.app.control.revoke(self.id, terminate)
         self._record = None
 
     def then(

@@ -3,10 +3,11 @@
 Celery keeps revocations in each worker's memory: a worker started later, or restarted, has
 forgotten them, and an ETA task revoked before its time can still run. Here:
 
-1. :func:`revoke` stores each id in the control transport's ``revoked`` table (expiring after
-   ``result_expires`` seconds, or never when that is ``None``), *then* stores state ``REVOKED``
-   for a task still waiting (``PENDING`` or ``RETRY``), so ``await r`` raises
-   :class:`~aqueue.exceptions.TaskRevokedError` at once, *then* broadcasts a ``revoke`` command.
+1. ``app.control.revoke`` (:meth:`aqueue.control.Control.revoke`) stores each id in the control
+   transport's ``revoked`` table (expiring after ``result_expires`` seconds, or never when that is
+   ``None``), *then* stores state ``REVOKED`` for a task still waiting (``PENDING`` or ``RETRY``),
+   so ``await r`` raises :class:`~aqueue.exceptions.TaskRevokedError` at once, *then* broadcasts a
+   ``revoke`` command.
 2. A worker subscribes to commands first and reads the table second (nothing falls in between),
    keeps the ids in a local :class:`Revocations` set, adds each broadcast to it, and on every
    heartbeat compares the table's version with the one it read - a broadcast lost to a dropped
@@ -28,25 +29,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from aqueue import states
-from aqueue.control.protocol import CONTROL_CHANNEL, REVOKED_TABLE, Command, Reply, dumps
 from aqueue.exceptions import TaskRevokedError
 from aqueue.results.record import ResultRecord
 
 if TYPE_CHECKING:
-    from aqueue.app import Aqueue
+    pass
 
-__all__ = ["Revocations", "Terminable", "Terminated", "revocation_record", "revoke"]
+__all__ = ["WAITING", "Revocations", "Terminable", "Terminated", "revocation_record"]
 
 T = TypeVar("T")
 
-_WAITING = frozenset({states.PENDING, states.RETRY})
+#: States of a task still waiting to run: revoking it stores REVOKED at once.
+WAITING = frozenset({states.PENDING, states.RETRY})
 
 
 class Terminated(TaskRevokedError):
@@ -71,69 +71,6 @@ def revocation_record(
         retries,
         name,
     )
-
-
-async def revoke(
-    app: Aqueue,
-    task_ids: str | Iterable[str],
-    terminate: bool = False,
-    *,
-    reply: bool = False,
-    timeout: float = 1.0,
-) -> list[Reply]:
-    """Revoke tasks on every worker, now and later (see the module docstring for the steps).
-
-    Args:
-        app: the app whose workers should honour it.
-        task_ids: one id or several.
-        terminate: also cancel the task where it is running now.
-        reply: wait up to ``timeout`` seconds for the workers' acknowledgements.
-
-    Returns:
-        The workers' replies (empty unless ``reply``).
-
-    Raises:
-        BrokerConnectionError: the control transport or result backend cannot be reached.
-        ConfigurationError: the app has no server for control (see :mod:`aqueue.control`).
-    """
-    from aqueue.control.client import Control
-
-    ids = [task_ids] if isinstance(task_ids, str) else list(dict.fromkeys(task_ids))
-    if not ids:
-        return []
-    transport = await app.control_transport()
-    ttl = app.conf.result_expires
-    now = time.time()
-    entry = dumps(
-        {"terminate": terminate, "time": now, "expires": None if ttl is None else now + ttl}
-    )
-    for task_id in ids:
-        await transport.put(REVOKED_TABLE, task_id, entry, ttl)
-    if app.has_result_backend:
-        # Before the broadcast, so that a worker's own record (terminated) comes last.
-        await _mark_waiting(app, ids)
-    arguments = {"task_ids": ids, "terminate": terminate}
-    if reply:
-        return await Control(app).broadcast("revoke", arguments, timeout=timeout)
-    command = Command(uuid.uuid4().hex, "revoke", arguments)
-    await transport.publish(CONTROL_CHANNEL, [command.encode()])
-    return []
-
-
-async def _mark_waiting(app: Aqueue, ids: Sequence[str]) -> None:
-    """Store ``REVOKED`` for the ids still waiting to run, so that waiters learn it now."""
-    backend = await app.result_backend()
-    found = await backend.get_many(ids)
-    items: list[tuple[str, bytes]] = []
-    for task_id, raw in zip(ids, found, strict=True):
-        record = ResultRecord.decode(raw, app.accept_results) if raw is not None else None
-        if record is None or record.status in _WAITING:
-            name = record.name if record is not None else None
-            retries = record.retries if record is not None else 0
-            revoked = revocation_record(task_id, "revoked", retries, name)
-            items.append((task_id, revoked.encode("json")))
-    if items:
-        await backend.store(items, app.conf.result_expires)
 
 
 class Revocations:

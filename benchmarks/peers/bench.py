@@ -587,7 +587,7 @@ def amqp_unavailable() -> str | None:
         cwd=REPO_ROOT,
     )
     if probe.returncode != 0:
-        return "aqueue's AMQP broker (aqueue/brokers/amqp.py) is not importable yet"
+        return "aqueue's AMQP broker (aqueue/transports/amqp/) is not importable yet"
     return None
 
 
