@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The set-up step, when PYTHON is the venv's.
 SETUP := $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/.installed)
 
-.PHONY: install demo demo-wordcount test test-servers lint bench bench-peers bench-memory
+.PHONY: install demo demo-wordcount test test-servers lint bench bench-peers bench-memory bench-connections
 
 install: $(VENV)/.installed
 
@@ -57,3 +57,7 @@ bench-peers: $(SETUP)
 # Worker RSS with 100,000 tasks waiting (a throwaway redis-server; about a minute).
 bench-memory: $(SETUP)
 	$(PYTHON) benchmarks/memory.py $(BENCH_ARGS)
+
+# Redis connections of one worker (-c 100 -B -E) and one producer, traced per process.
+bench-connections: $(SETUP)
+	$(PYTHON) benchmarks/connections.py $(BENCH_ARGS)

@@ -160,13 +160,16 @@ async def _forward(stream: asyncio.StreamReader) -> None:
 
 @contextlib.asynccontextmanager
 async def worker_process(
-    env: dict[str, str], concurrency: int, loglevel: str = "warning"
+    env: dict[str, str],
+    concurrency: int,
+    loglevel: str = "warning",
+    extra: Sequence[str] = (),
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """``aqueue worker -A benchmarks.bench_tasks`` until the block exits; enters (yielding the
     process) once it is ready."""
     exe = Path(sys.executable).with_name("aqueue")
     cmd = [str(exe) if exe.exists() else (shutil.which("aqueue") or "aqueue")]
-    cmd += ["worker", "-A", WORKER_APP, "-c", str(concurrency), "-l", loglevel]
+    cmd += ["worker", "-A", WORKER_APP, "-c", str(concurrency), "-l", loglevel, *extra]
     proc = await asyncio.create_subprocess_exec(
         *cmd,
         env=env,
