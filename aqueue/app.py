@@ -220,34 +220,9 @@ class Aqueue:
 
     # -- periodic tasks (aqueue.beat) --------------------------------------------------------
 
-    def add_periodic_task(
-        self,
-        schedule: Any,
-        sig: Signature,
-        *,
-        name: str | None = None,
-        args: tuple[Any, ...] | list[Any] = (),
-        kwargs: dict[str, Any] | None = None,
-        **options: Any,
-    ) -> str:
-        """Add ``sig`` to ``beat_schedule``, sent every ``schedule`` (Celery's method).
-
-        Args:
-            schedule: a ``timedelta``, a number of seconds or a ``crontab``.
-            sig: the task call, e.g. ``add.s(1, 1)``.
-            name: the entry's name (default ``repr(sig)``, as in Celery).
-            args, kwargs: prepended to / merged into the signature's own.
-            **options: ``apply_async`` options, merged over the signature's.
-
-        Returns:
-            The entry's name.
-
-        Raises:
-            ConfigurationError: the entry is invalid.
-        """
-        return beat_entry.add_periodic_task(
-            self, schedule, sig, name=name, args=args, kwargs=kwargs, **options
-        )
+    #: Add ``sig`` to ``beat_schedule``, sent every ``schedule`` (Celery's method); see
+    #: :func:`aqueue.beat.entry.add_periodic_task`.
+    add_periodic_task = beat_entry.add_periodic_task
 
     @property
     def beat(self) -> BeatControl:
@@ -498,31 +473,13 @@ class Aqueue:
         """
         return await self.sender.send_many(name, arguments, _task, options)
 
-    def build_message(
-        self,
-        name: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        task: Task[Any, Any] | None,
-        options: Mapping[str, Any],
-        reply_to: str | None = None,
-    ) -> Message:
-        """The :class:`Message` a call would publish; see :meth:`Sender.build_message
-        <aqueue.sending.Sender.build_message>`."""
-        return self.sender.build_message(name, args, kwargs, task, options, reply_to)
-
     async def publish(
         self,
         messages: list[Message],
         retry: bool = True,
         retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
     ) -> None:
-        """Encode and publish messages in one broker call, retrying per ``retry_policy``.
-
-        Raises:
-            EncodeError: a message's arguments cannot be serialised.
-            BrokerConnectionError: still failing after ``retry_policy['max_retries']`` retries.
-        """
+        """Publish built messages; see :meth:`aqueue.sending.Sender.publish`."""
         await self.sender.publish(messages, retry, retry_policy)
 
     async def store_state(

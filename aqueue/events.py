@@ -1,4 +1,5 @@
-"""Kept for the documented import path ``aqueue.events``; the code is :mod:`aqueue.control.events`."""
+"""Kept for the documented import path ``aqueue.events``; the code is in
+:mod:`aqueue.control.events`."""
 
 from aqueue.control.events import EventDispatcher, events
 

@@ -206,14 +206,14 @@ def test_exchange_and_routing_key_come_from_the_call_then_routes_then_task_queue
     app = Aqueue("t", broker="memory://", task_queues=task_queues, task_routes=routes)
 
     def options(name: str, **call: Any) -> dict[str, Any]:
-        return app.build_message(name, (), {}, None, call).options
+        return app.sender.build_message(name, (), {}, None, call).options
 
     assert options("t.plain") == {}  # no exchange: straight to its queue
     assert options("t.routed") == {"exchange": "media", "routing_key": "media.image.png"}
     assert options("t.any", queue="video") == {"exchange": "media", "routing_key": "media.video.*"}
     assert options("t.routed", routing_key="media.image.gif")["routing_key"] == "media.image.gif"
 
-    outgoing = app.sender.outgoing(app.build_message("t.routed", (), {}, None, {}))
+    outgoing = app.sender.outgoing(app.sender.build_message("t.routed", (), {}, None, {}))
     assert outgoing.exchange == "media" and outgoing.routing_key == "media.image.png"
     assert {(b.queue, b.exchange_type, b.routing_key) for b in outgoing.bindings} == {
         ("video", "topic", "media.video.*"),
@@ -221,7 +221,7 @@ def test_exchange_and_routing_key_come_from_the_call_then_routes_then_task_queue
     }
     # An exchange no task_queues entry names: the message's own queue is bound to it.
     loose = app.sender.outgoing(
-        app.build_message("t.x", (), {}, None, {"exchange": "web", "routing_key": "web.add"})
+        app.sender.build_message("t.x", (), {}, None, {"exchange": "web", "routing_key": "web.add"})
     )
     assert [(b.queue, b.exchange, b.exchange_type, b.routing_key) for b in loose.bindings] == [
         ("default", "web", None, "web.add")

@@ -83,23 +83,6 @@ async def test_records_expire(backend: ResultBackend) -> None:
     assert await backend.get_many([kept]) == [b"kept"]
 
 
-async def test_incr_counts_from_zero(backend: ResultBackend) -> None:
-    key = new_id()
-    assert await backend.incr(key, 1, expires=None) == 1
-    assert await backend.incr(key, 5, expires=60) == 6
-    assert await backend.incr(new_id(), 3, expires=60) == 3
-
-
-async def test_incr_is_atomic(backend: ResultBackend) -> None:
-    key = new_id()
-
-    values = await asyncio.gather(*(backend.incr(key, 1, expires=60) for _ in range(50)))
-
-    # Each increment saw a distinct value: exactly one of them reached 50 (a chord's trigger).
-    assert sorted(values) == list(range(1, 51))
-    assert await backend.incr(key, 0, expires=60) == 50
-
-
 async def test_add_member_counts_distinct_members(backend: ResultBackend) -> None:
     key = new_id()
     assert await backend.add_member(key, "a", expires=60) == 1

@@ -106,7 +106,7 @@ async def test_every_key_is_prefixed(
     got = await broker.fetch([queue_name], 10, 5)
     await broker.dead_letter(got[0], "test")
     await backend.store([(queue_name, b"r")], expires=60)
-    await backend.incr(queue_name, 1, expires=60)
+    await backend.add_member(queue_name, "m", expires=60)
     await backend.close()
 
     found = [k async for k in client.scan_iter(match=f"*{queue_name}*")]
@@ -117,7 +117,7 @@ async def test_every_key_is_prefixed(
         keys.stream(queue_name, 3),
         keys.dlq(queue_name),
         keys.result(queue_name),
-        keys.counter(queue_name),
+        keys.members(queue_name),
     }
 
 

@@ -26,14 +26,14 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 import orjson
 
 from aqueue.beat.schedules import Schedule, schedule_from_dict, to_schedule
 from aqueue.canvas.primitives import Signature
 from aqueue.exceptions import ConfigurationError
-from aqueue.sending.options import SEND_OPTIONS
+from aqueue.sending.options import SEND_OPTIONS, SendOptions
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -229,7 +229,7 @@ def _options(
         out["expires"] = out["expires"].total_seconds()
     # The same checks send_task makes (priority range, expires type...), now rather than at 3 am.
     try:
-        app.build_message(task, args, kwargs, app.tasks.get(task), out)
+        app.sender.build_message(task, args, kwargs, app.tasks.get(task), out)
     except ConfigurationError as exc:
         raise ConfigurationError(f"{where}: {exc}") from None
     return out
@@ -254,15 +254,23 @@ def add_periodic_task(
     name: str | None = None,
     args: tuple[Any, ...] | list[Any] = (),
     kwargs: dict[str, Any] | None = None,
-    **options: Any,
+    **options: Unpack[SendOptions],
 ) -> str:
-    """Add an entry for ``sig`` to ``app.conf.beat_schedule``; see ``Aqueue.add_periodic_task``.
+    """Add ``sig`` to ``beat_schedule``, sent every ``schedule`` (Celery's method).
+
+    Args:
+        app: the app whose ``beat_schedule`` gets the entry (``app.add_periodic_task`` binds it).
+        schedule: a ``timedelta``, a number of seconds or a ``crontab``.
+        sig: the task call, e.g. ``add.s(1, 1)``.
+        name: the entry's name (default ``repr(sig)``, as in Celery).
+        args, kwargs: prepended to / merged into the signature's own.
+        **options: ``apply_async`` options, merged over the signature's.
 
     Returns:
-        The entry's name: ``name``, or ``repr(sig)`` as in Celery.
+        The entry's name.
 
     Raises:
-        ConfigurationError: ``sig`` is not a signature, or the entry is invalid.
+        ConfigurationError: the entry is invalid.
     """
     if not isinstance(sig, Signature):
         raise ConfigurationError(

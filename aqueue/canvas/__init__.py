@@ -9,28 +9,7 @@
 What a worker does when a step finishes is in :mod:`aqueue.worker.workflow`.
 """
 
-from aqueue.canvas.primitives import (
-    Canvas,
-    Signature,
-    chain,
-    chord,
-    chunks,
-    from_dict,
-    group,
-    signature,
-    xmap,
-    xstarmap,
-)
+from aqueue.canvas import primitives
+from aqueue.canvas.primitives import *  # noqa: F403  (the public canvas names)
 
-__all__ = [
-    "Canvas",
-    "Signature",
-    "chain",
-    "chord",
-    "chunks",
-    "from_dict",
-    "group",
-    "signature",
-    "xmap",
-    "xstarmap",
-]
+__all__ = primitives.__all__

@@ -235,7 +235,7 @@ class Plan:
         for key, value in context.items():
             options.setdefault(key, value)
         task = self.app.tasks.get(sig.task)
-        return self.app.build_message(sig.task, sig.args, sig.kwargs, task, options)
+        return self.app.sender.build_message(sig.task, sig.args, sig.kwargs, task, options)
 
     async def run(self, retry: bool = True, retry_policy: dict[str, Any] | None = None) -> None:
         """Store the group records, then publish the messages in batches of :data:`BATCH_SIZE`.

@@ -23,45 +23,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from aqueue.exceptions import ConfigurationError
-from aqueue.transports.base import (
-    BeatStore,
-    Binding,
-    Broker,
-    Claim,
-    ControlTransport,
-    DeadLetter,
-    Delivery,
-    Outgoing,
-    QueueAdmin,
-    QueueDepth,
-    ReplyChannels,
-    ResultBackend,
-    Snapshot,
-    Transport,
-    dead_letter_queue,
-    queue_admin,
-)
+from aqueue.transports import base
+from aqueue.transports.base import *  # noqa: F403  (the role Protocols, re-exported)
+from aqueue.transports.base import Broker, ResultBackend, Transport
 
 __all__ = [
+    *base.__all__,
     "SCHEMES",
-    "BeatStore",
-    "Binding",
-    "Broker",
-    "Claim",
-    "ControlTransport",
-    "DeadLetter",
-    "Delivery",
-    "Outgoing",
-    "QueueAdmin",
-    "QueueDepth",
-    "ReplyChannels",
-    "ResultBackend",
-    "Snapshot",
-    "Transport",
     "backend_from_url",
     "broker_from_url",
-    "dead_letter_queue",
-    "queue_admin",
     "scheme",
     "transport_for",
     "transport_type",

@@ -12,27 +12,11 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
+from aqueue.transports.fanout import LoopQueue, Subscriptions
 from aqueue.worker.ratelimit import refill
 
 __all__ = ["MemoryControl"]
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class _Subscriber:
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[bytes]
-
-    def put(self, data: bytes) -> None:
-        try:
-            same_loop = asyncio.get_running_loop() is self.loop
-        except RuntimeError:
-            same_loop = False
-        if same_loop:
-            self.queue.put_nowait(data)
-        elif not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, data)
 
 
 class MemoryControl:
@@ -41,7 +25,7 @@ class MemoryControl:
     def __init__(self, url: str = "memory://") -> None:
         self.url = url
         self._lock = threading.Lock()
-        self._subscribers: dict[str, list[_Subscriber]] = {}
+        self._subscribers: Subscriptions[LoopQueue] = Subscriptions(self._lock)
         self._tables: dict[str, dict[str, tuple[bytes, float | None]]] = {}
         self._versions: dict[str, int] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
@@ -55,7 +39,7 @@ class MemoryControl:
     async def publish(self, channel: str, messages: Sequence[bytes]) -> None:
         """Put ``messages`` on every current subscriber's queue."""
         with self._lock:
-            subscribers = list(self._subscribers.get(channel, ()))
+            subscribers = self._subscribers.of(channel)
         for sub in subscribers:
             for data in messages:
                 sub.put(data)
@@ -63,18 +47,8 @@ class MemoryControl:
     @asynccontextmanager
     async def subscribe(self, channel: str) -> AsyncIterator[asyncio.Queue[bytes]]:
         """Yield a queue receiving what is published on ``channel`` from now on."""
-        sub = _Subscriber(asyncio.get_running_loop(), asyncio.Queue())
-        with self._lock:
-            self._subscribers.setdefault(channel, []).append(sub)
-        try:
+        with self._subscribers.holding(channel, LoopQueue(asyncio.get_running_loop())) as sub:
             yield sub.queue
-        finally:
-            with self._lock:
-                subs = self._subscribers.get(channel, [])
-                if sub in subs:
-                    subs.remove(sub)
-                if not subs:
-                    self._subscribers.pop(channel, None)
 
     async def put(self, table: str, key: str, value: bytes | None, ttl: float | None) -> None:
         """Set or delete an entry and bump the table's version."""

@@ -11,7 +11,8 @@ import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+
+from aqueue.transports.fanout import LoopQueue, Subscriptions
 
 
 class MemoryBackend:
@@ -21,9 +22,8 @@ class MemoryBackend:
         self.url = url
         self._lock = threading.Lock()
         self._data: dict[str, tuple[bytes, float | None]] = {}
-        self._counters: dict[str, int] = {}
         self._sets: dict[str, tuple[set[str], float | None]] = {}  # key -> (members, deadline)
-        self._watchers: dict[str, list[_Watcher]] = {}
+        self._watchers: Subscriptions[LoopQueue] = Subscriptions(self._lock)
 
     async def connect(self) -> None:
         """Nothing to open."""
@@ -40,10 +40,10 @@ class MemoryBackend:
         """Store records and put each on the queues watching its id (``reply_to`` is ignored)."""
         until = time.monotonic() + expires if expires is not None else None
         with self._lock:
-            notify: list[tuple[_Watcher, bytes]] = []
+            notify: list[tuple[LoopQueue, bytes]] = []
             for task_id, data in items:
                 self._data[task_id] = (data, until)
-                notify.extend((w, data) for w in self._watchers.get(task_id, ()))
+                notify.extend((w, data) for w in self._watchers.of(task_id))
         for w, data in notify:
             w.put(data)
 
@@ -66,12 +66,6 @@ class MemoryBackend:
             for task_id in task_ids:
                 self._data.pop(task_id, None)
 
-    async def incr(self, key: str, amount: int, expires: float | None) -> int:
-        """Add ``amount`` to counter ``key`` under the lock and return the new value."""
-        with self._lock:
-            value = self._counters[key] = self._counters.get(key, 0) + amount
-            return value
-
     async def add_member(self, key: str, member: str, expires: float | None) -> int:
         """Add ``member`` to set ``key`` under the lock; return its size (expired: starts empty)."""
         now = time.monotonic()
@@ -88,32 +82,5 @@ class MemoryBackend:
     @asynccontextmanager
     async def watch(self, task_id: str) -> AsyncIterator[asyncio.Queue[bytes]]:
         """Yield a queue that receives every record stored for ``task_id`` from now on."""
-        w = _Watcher(asyncio.get_running_loop(), asyncio.Queue())
-        with self._lock:
-            self._watchers.setdefault(task_id, []).append(w)
-        try:
+        with self._watchers.holding(task_id, LoopQueue(asyncio.get_running_loop())) as w:
             yield w.queue
-        finally:
-            with self._lock:
-                watchers = self._watchers.get(task_id, [])
-                if w in watchers:
-                    watchers.remove(w)
-                if not watchers:
-                    self._watchers.pop(task_id, None)
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class _Watcher:
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[bytes]
-
-    def put(self, data: bytes) -> None:
-        """Put ``data`` on the queue from any thread or loop."""
-        try:
-            same_loop = asyncio.get_running_loop() is self.loop
-        except RuntimeError:
-            same_loop = False
-        if same_loop:
-            self.queue.put_nowait(data)
-        else:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, data)

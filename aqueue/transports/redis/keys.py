@@ -12,7 +12,6 @@ applications and ``SCAN aqueue:*`` finds everything it stored::
     aqueue:table:<table>               hash: a control table (revoked, rate_limits, workers)
     aqueue:table-version:<table>       integer: bumped by every change of that table
     aqueue:bucket:<name>               hash: a global rate-limit token bucket (tokens, updated)
-    aqueue:counter:<key>               integer: a counter (ResultBackend.incr)
     aqueue:members:<key>               set: distinct members (ResultBackend.add_member, chords)
     aqueue:beat:<app>:entries          hash: beat entries stored at runtime, name -> JSON
     aqueue:beat:<app>:last             hash: each beat entry's last tick sent (epoch ms)
@@ -86,11 +85,6 @@ def control_version(table: str) -> str:
 def rate_bucket(name: str) -> str:
     """The hash of the global rate-limit token bucket ``name``."""
     return f"{PREFIX}bucket:{name}"
-
-
-def counter(key: str) -> str:
-    """The integer key of the counter ``key``."""
-    return f"{PREFIX}counter:{key}"
 
 
 def members(key: str) -> str:

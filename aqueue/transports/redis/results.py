@@ -211,22 +211,6 @@ class RedisBackend:
         with redis_errors(self._url, "delete"):
             await client.delete(*(keys.result(t) for t in task_ids))
 
-    async def incr(self, key: str, amount: int, expires: float | None) -> int:
-        """INCRBY the counter and (re)set its expiry, atomically in one MULTI.
-
-        Raises:
-            BrokerConnectionError: the server cannot be reached.
-        """
-        client = await self._connection()
-        name = keys.counter(key)
-        with redis_errors(self._url, "incr"):
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.incrby(name, amount)
-                if expires is not None:
-                    pipe.pexpire(name, _milliseconds(expires))
-                results = await pipe.execute()
-        return int(results[0])
-
     async def add_member(self, key: str, member: str, expires: float | None) -> int:
         """SADD ``member`` to the set, (re)set its expiry and SCARD it, atomically in one MULTI.
 

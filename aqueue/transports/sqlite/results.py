@@ -2,9 +2,9 @@
 
 URL: ``sqlite:///aqueue.db`` (relative to the current directory) or ``sqlite:////abs/path.db``;
 ``sqlite://:memory:`` is refused (no other process could read it). Tables: ``results`` (one
-record per task id), ``counters`` (:meth:`SQLiteBackend.incr`) and ``member_sets`` / ``members``
-(:meth:`SQLiteBackend.add_member`, chord completions), each with an optional ``expires_at`` (epoch
-seconds); expired rows read as missing and are deleted now and then by :meth:`store`.
+record per task id) and ``member_sets`` / ``members`` (:meth:`SQLiteBackend.add_member`, chord
+completions), each with an optional ``expires_at`` (epoch seconds); expired rows read as missing
+and are deleted now and then by :meth:`store`.
 
 Watching: a store made through *this instance* is put on its watchers' queues at once, every
 record in order. Stores made by other processes (or other instances) cannot notify, so one
@@ -29,9 +29,10 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aqueue.exceptions import BrokerError
+from aqueue.transports.fanout import LoopQueue, Subscriptions
 from aqueue.transports.sqlite.connection import (
     CHUNK,
     SQLiteConnection,
@@ -51,17 +52,6 @@ _UPSERT = (
     " ON CONFLICT (task_id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at"
 )
 
-# An expired counter restarts from 0; a call without `expires` keeps the deadline it had.
-_INCR = """
-INSERT INTO counters (key, value, expires_at) VALUES (:key, :amount, :expires_at)
-ON CONFLICT (key) DO UPDATE SET
-    value = CASE WHEN counters.expires_at <= :now THEN excluded.value
-                 ELSE counters.value + excluded.value END,
-    expires_at = CASE WHEN excluded.expires_at IS NOT NULL THEN excluded.expires_at
-                      WHEN counters.expires_at <= :now THEN NULL
-                      ELSE counters.expires_at END
-"""
-
 _UNEXPIRED = "(expires_at IS NULL OR expires_at > ?)"
 
 #: Seconds between two polls for other processes' stores while anything is watched.
@@ -71,24 +61,11 @@ _POLL_INTERVAL = 0.02
 _PURGE_INTERVAL = 60.0
 
 
-@dataclass(slots=True, eq=False)
-class _Watcher:
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+@dataclass(eq=False)
+class _Watcher(LoopQueue):
     last: bytes | None = None  # the last record delivered or seen at subscribe time
     seq: int = 0  # the database job (see SQLiteBackend._seq) that `last` comes from
     ready: bool = False  # the subscribe-time read is done; until then the poller skips it
-
-    def put(self, data: bytes) -> None:
-        """Put ``data`` on the queue from any thread or loop."""
-        try:
-            same_loop = asyncio.get_running_loop() is self.loop
-        except RuntimeError:
-            same_loop = False
-        if same_loop:
-            self.queue.put_nowait(data)
-        else:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +92,7 @@ class SQLiteBackend:
         self._db = db or SQLiteConnection(url, "result backend", SCHEMA)
         self._owns_db = db is None
         self._lock = threading.Lock()  # guards the watcher state below
-        self._watchers: dict[str, list[_Watcher]] = {}
+        self._watchers: Subscriptions[_Watcher] = Subscriptions(self._lock)
         self._subscribed = 0  # bumped when a watcher becomes ready: the poller must query
         self._poller: asyncio.Task[None] | None = None
         # Touched only in the database thread: a number for each store, subscribe read and poll,
@@ -187,7 +164,7 @@ class SQLiteBackend:
                         " (SELECT key FROM member_sets WHERE expires_at <= ?)",
                         (now,),
                     )
-                    for table in ("results", "counters", "member_sets"):
+                    for table in ("results", "member_sets"):
                         conn.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (now,))
             self._seq += 1
             return self._seq
@@ -199,7 +176,7 @@ class SQLiteBackend:
         puts: list[tuple[_Watcher, bytes]] = []
         with self._lock:
             for task_id, data in rows:
-                for watcher in self._watchers.get(task_id, ()):
+                for watcher in self._watchers.of(task_id):
                     # Every record of a local store is delivered (>=: one id twice in a batch).
                     if seq >= watcher.seq:
                         watcher.last, watcher.seq = data, seq
@@ -237,32 +214,6 @@ class SQLiteBackend:
                     )
 
         await self._db.call(remove)
-
-    async def incr(self, key: str, amount: int, expires: float | None) -> int:
-        """Atomically add ``amount`` to counter ``key`` (created at 0) and return the new value.
-
-        The upsert and the read run in one ``BEGIN IMMEDIATE`` transaction, so concurrent
-        increments from any number of processes each see a distinct value.
-
-        Args:
-            key: the counter's name.
-            amount: what to add (may be negative).
-            expires: seconds until the counter may be deleted, or ``None`` to keep its deadline.
-
-        Raises:
-            BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
-        """
-
-        def add(conn: sqlite3.Connection) -> int:
-            with transaction(conn):
-                now = time.time()
-                until = now + expires if expires is not None else None
-                params = {"key": key, "amount": amount, "expires_at": until, "now": now}
-                conn.execute(_INCR, params)
-                row = conn.execute("SELECT value FROM counters WHERE key = ?", (key,)).fetchone()
-            return int(row[0])
-
-        return await self._db.call(add)
 
     async def add_member(self, key: str, member: str, expires: float | None) -> int:
         """Add ``member`` to set ``key`` and return the set's size, in one ``BEGIN IMMEDIATE``
@@ -315,10 +266,7 @@ class SQLiteBackend:
         Raises:
             BrokerConnectionError: the file cannot be opened.
         """
-        watcher = _Watcher(asyncio.get_running_loop())
-        with self._lock:
-            self._watchers.setdefault(task_id, []).append(watcher)
-        try:
+        with self._watchers.holding(task_id, _Watcher(asyncio.get_running_loop())) as watcher:
             seq, current = await self._db.call(lambda conn: self._read_one(conn, task_id))
             with self._lock:
                 if seq > watcher.seq:  # no newer local store was delivered meanwhile
@@ -328,13 +276,6 @@ class SQLiteBackend:
                 if self._poller is None or self._poller.done():
                     self._poller = asyncio.create_task(self._poll_loop())
             yield watcher.queue
-        finally:
-            with self._lock:
-                watchers = self._watchers.get(task_id, [])
-                if watcher in watchers:
-                    watchers.remove(watcher)
-                if not watchers:
-                    self._watchers.pop(task_id, None)
 
     def _read_one(self, conn: sqlite3.Connection, task_id: str) -> tuple[int, bytes | None]:
         self._seq += 1
@@ -379,7 +320,7 @@ class SQLiteBackend:
         puts: list[tuple[_Watcher, bytes]] = []
         with self._lock:
             for task_id, data in poll.found.items():
-                for watcher in self._watchers.get(task_id, ()):
+                for watcher in self._watchers.of(task_id):
                     if watcher.ready and poll.seq > watcher.seq and data != watcher.last:
                         watcher.last, watcher.seq = data, poll.seq
                         puts.append((watcher, data))

@@ -35,10 +35,6 @@ SCHEMA: tuple[str, ...] = (
     " task_id TEXT PRIMARY KEY, data BLOB NOT NULL, expires_at REAL)",
     "CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at)"
     " WHERE expires_at IS NOT NULL",
-    "CREATE TABLE IF NOT EXISTS counters ("
-    " key TEXT PRIMARY KEY, value INTEGER NOT NULL, expires_at REAL)",
-    "CREATE INDEX IF NOT EXISTS counters_expiry ON counters (expires_at)"
-    " WHERE expires_at IS NOT NULL",
     # add_member: a set's size and deadline, and its members (sizes are kept, not counted).
     "CREATE TABLE IF NOT EXISTS member_sets ("
     " key TEXT PRIMARY KEY, size INTEGER NOT NULL, expires_at REAL)",
