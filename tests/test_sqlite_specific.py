@@ -78,8 +78,8 @@ async def main(url, task_id, record):
 asyncio.run(main(*sys.argv[1:]))
 """
 
-_INCR = """
-import asyncio, json, sys
+_ADD_MEMBERS = """
+import asyncio, json, os, sys
 from aqueue.transports.sqlite.results import SQLiteBackend
 
 async def main(url, key, times):
@@ -87,7 +87,7 @@ async def main(url, key, times):
     await backend.connect()
     print("ready", flush=True)
     sys.stdin.readline()
-    values = [await backend.incr(key, 1, 60) for _ in range(int(times))]
+    values = [await backend.add_member(key, f"{os.getpid()}-{i}", 60) for i in range(int(times))]
     await backend.close()
     print(json.dumps(values), flush=True)
 
@@ -190,8 +190,10 @@ async def test_watch_sees_a_store_from_another_process(url: str) -> None:
 
 
 @pytest.mark.slow
-async def test_incr_is_atomic_across_processes(url: str) -> None:
-    procs = await _start_together(_INCR, 2, url, "chord", "300")
+async def test_add_member_is_atomic_across_processes(url: str) -> None:
+    # Two processes add 300 distinct members each (a chord's header completions): every
+    # addition sees a distinct size, so exactly one of them sees the whole header.
+    procs = await _start_together(_ADD_MEMBERS, 2, url, "chord", "300")
     values = [v for proc in procs for v in json.loads(await _finish(proc))]
     assert sorted(values) == list(range(1, 601))
 

@@ -43,6 +43,8 @@ __all__ = [
     "Outgoing",
     "QueueAdmin",
     "QueueDepth",
+    "Records",
+    "ReplyTo",
     "ReplyChannels",
     "ResultBackend",
     "Snapshot",
@@ -50,6 +52,12 @@ __all__ = [
     "dead_letter_queue",
     "queue_admin",
 ]
+
+
+#: ``(task id, encoded result record)`` pairs, as :meth:`ResultBackend.store` takes them.
+Records = Sequence[tuple[str, bytes]]
+#: Task id -> the sending client's reply channel (``Message.reply_to``).
+ReplyTo = Mapping[str, str]
 
 
 # -- the transport ----------------------------------------------------------------------------
@@ -303,10 +311,7 @@ class ResultBackend(Protocol):
         """Release connections and end every watch. Idempotent."""
 
     async def store(
-        self,
-        items: Sequence[tuple[str, bytes]],
-        expires: float | None,
-        reply_to: Mapping[str, str] | None = None,
+        self, items: Records, expires: float | None, reply_to: ReplyTo | None = None
     ) -> None:
         """Store each ``(task_id, record)``, replacing what was there, and notify watchers.
 

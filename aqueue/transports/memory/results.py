@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+from aqueue.transports.base import Records, ReplyTo
 from aqueue.transports.fanout import LoopQueue, Subscriptions
 
 
@@ -32,10 +33,7 @@ class MemoryBackend:
         """Nothing to release; records are kept for a later ``connect``."""
 
     async def store(
-        self,
-        items: Sequence[tuple[str, bytes]],
-        expires: float | None,
-        reply_to: Mapping[str, str] | None = None,
+        self, items: Records, expires: float | None, reply_to: ReplyTo | None = None
     ) -> None:
         """Store records and put each on the queues watching its id (``reply_to`` is ignored)."""
         until = time.monotonic() + expires if expires is not None else None

@@ -23,7 +23,7 @@ import collections
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -34,6 +34,7 @@ from redis.commands.core import AsyncScript
 
 from aqueue.exceptions import BrokerConnectionError, BrokerError
 from aqueue.results.mailbox import Inbox, Mailbox, pack
+from aqueue.transports.base import Records, ReplyTo
 from aqueue.transports.redis import keys, lua
 from aqueue.transports.redis.client import (
     SharedClient,
@@ -136,10 +137,7 @@ class RedisBackend:
             await self._shared.aclose()
 
     async def store(
-        self,
-        items: Sequence[tuple[str, bytes]],
-        expires: float | None,
-        reply_to: Mapping[str, str] | None = None,
+        self, items: Records, expires: float | None, reply_to: ReplyTo | None = None
     ) -> None:
         """SET each record (PX ``expires`` seconds) and PUBLISH it, in one script run.
 

@@ -7,7 +7,7 @@ import time
 
 from aqueue.transports.base import Claim, Snapshot
 from aqueue.transports.sqlite.connection import SQLiteConnection, transaction
-from aqueue.transports.sqlite.schema import SCHEMA
+from aqueue.transports.sqlite.role import SQLiteRole
 
 __all__ = ["SQLiteStore"]
 
@@ -19,10 +19,10 @@ _CLAIM_UPSERT = (
 )
 
 
-class SQLiteStore:
-    """The store of ``sqlite://`` backends: three tables in the results file, one connection
-    (and thread) of its own. Every claim is one ``BEGIN IMMEDIATE`` transaction, so processes
-    sharing the file claim one at a time."""
+class SQLiteStore(SQLiteRole):
+    """The store of ``sqlite://`` backends: three tables in the results file, over the
+    transport's connection (and thread). Every claim is one ``BEGIN IMMEDIATE`` transaction,
+    so processes sharing the file claim one at a time."""
 
     _PURGE_EVERY = 60.0  # seconds between deletions of expired claims
 
@@ -32,24 +32,13 @@ class SQLiteStore:
         Raises:
             ConfigurationError: not a usable SQLite file URL.
         """
-        # Shared with the transport's other roles, or this role's own when made alone.
-        self._db = db or SQLiteConnection(url, "beat store", SCHEMA)
-        self._owns_db = db is None
+        super().__init__(url, "beat store", db)
         self._ns = namespace
         self._purged = 0.0  # touched only in the database thread
 
-    async def connect(self) -> None:
-        """Open the file and create the tables if needed.
-
-        Raises:
-            BrokerConnectionError: the file cannot be opened.
-        """
-        await self._db.open()
-
     async def close(self) -> None:
         """Close the connection."""
-        if self._owns_db:
-            await self._db.close()
+        await self._close_db()
 
     async def load(self) -> Snapshot:
         """Read the entries and last ticks in one snapshot."""

@@ -43,7 +43,7 @@ from typing import Any
 from aqueue.transports import visibility_timeout as _visibility_timeout
 from aqueue.transports.base import DeadLetter, Delivery, Outgoing, QueueDepth
 from aqueue.transports.sqlite.connection import SQLiteConnection, chunks, placeholders, transaction
-from aqueue.transports.sqlite.schema import SCHEMA
+from aqueue.transports.sqlite.role import SQLiteRole
 
 __all__ = ["SQLiteBroker"]
 
@@ -65,7 +65,7 @@ class _Claim:
     next_due: float | None  # earliest visible_at among the queues when nothing was ready
 
 
-class SQLiteBroker:
+class SQLiteBroker(SQLiteRole):
     """Broker for ``sqlite://`` URLs: one file shared by the processes of one host.
 
     All sqlite3 calls run in one thread per instance, with one connection; the event loop never
@@ -87,30 +87,13 @@ class SQLiteBroker:
         Raises:
             ConfigurationError: the URL is not a SQLite file URL, or an option is invalid.
         """
-        self.url = url
         self.visibility_timeout = _visibility_timeout(options or {})
-        # Shared with the transport's other roles, or this role's own when made alone.
-        self._db = db or SQLiteConnection(url, "broker", SCHEMA)
-        self._owns_db = db is None
+        super().__init__(url, "broker", db)
         # Same-process wake-ups; a thread lock because the instance may serve several loops.
         self._lock = threading.Lock()
         self._version = 0  # bumped by publish/release/close: "look again"
         self._closes = 0
         self._waiters: set[asyncio.Future[None]] = set()
-
-    @property
-    def path(self) -> str:
-        """The absolute path of the database file."""
-        return self._db.path
-
-    async def connect(self) -> None:
-        """Open the file, switch it to WAL mode and create the tables if needed. Idempotent.
-
-        Raises:
-            BrokerConnectionError: the file cannot be opened (e.g. its directory is missing);
-                the message names the path and SQLite's reason.
-        """
-        await self._db.open()
 
     async def close(self) -> None:
         """Close the connection and wake waiting fetches (they return ``[]``). Idempotent.
@@ -120,8 +103,7 @@ class SQLiteBroker:
         with self._lock:
             self._closes += 1
         self._wake()
-        if self._owns_db:
-            await self._db.close()
+        await self._close_db()
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Insert ``messages`` in one transaction; an ``eta`` becomes their ``visible_at``.

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from aqueue.exceptions import BrokerError
 from aqueue.transports.sqlite.connection import SQLiteConnection, transaction
-from aqueue.transports.sqlite.schema import SCHEMA
+from aqueue.transports.sqlite.role import SQLiteRole
 from aqueue.worker.ratelimit import refill
 
 __all__ = ["SQLiteControl"]
@@ -62,7 +62,7 @@ class _Subscriber:
     ready: bool = False  # `last` is set: the poller may deliver
 
 
-class SQLiteControl:
+class SQLiteControl(SQLiteRole):
     """Control transport for ``sqlite://`` URLs, one file shared by the processes of a host.
 
     Args:
@@ -73,22 +73,11 @@ class SQLiteControl:
     """
 
     def __init__(self, url: str, db: SQLiteConnection | None = None) -> None:
-        self.url = url
-        # Shared with the transport's other roles, or this role's own when made alone.
-        self._db = db or SQLiteConnection(url, "control", SCHEMA)
-        self._owns_db = db is None
+        super().__init__(url, "control", db)
         self._subscribers: list[_Subscriber] = []
         self._poller: asyncio.Task[None] | None = None
         self._dirty = asyncio.Event()  # set by a publish through this instance
         self._cleaned_at = 0.0  # touched only in the database thread
-
-    async def connect(self) -> None:
-        """Open the file and create the control tables. Idempotent.
-
-        Raises:
-            BrokerConnectionError: the file cannot be opened.
-        """
-        await self._db.open()
 
     async def close(self) -> None:
         """Stop the poller, end subscriptions and close the connection. Idempotent."""
@@ -98,8 +87,7 @@ class SQLiteControl:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
-        if self._owns_db:
-            await self._db.close()
+        await self._close_db()
 
     # -- channels ----------------------------------------------------------------------------
 

@@ -28,10 +28,11 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from aqueue.exceptions import BrokerError
+from aqueue.transports.base import Records, ReplyTo
 from aqueue.transports.fanout import LoopQueue, Subscriptions
 from aqueue.transports.sqlite.connection import (
     CHUNK,
@@ -40,7 +41,7 @@ from aqueue.transports.sqlite.connection import (
     placeholders,
     transaction,
 )
-from aqueue.transports.sqlite.schema import SCHEMA
+from aqueue.transports.sqlite.role import SQLiteRole
 
 __all__ = ["SQLiteBackend"]
 
@@ -75,7 +76,7 @@ class _Poll:
     found: dict[str, bytes]
 
 
-class SQLiteBackend:
+class SQLiteBackend(SQLiteRole):
     """Result backend for ``sqlite://`` URLs: one file shared by the processes of one host.
 
     All sqlite3 calls run in one thread per instance, with one connection.
@@ -87,10 +88,7 @@ class SQLiteBackend:
         Raises:
             ConfigurationError: the URL is not a SQLite file URL (or is ``:memory:``).
         """
-        self.url = url
-        # Shared with the transport's other roles, or this role's own when made alone.
-        self._db = db or SQLiteConnection(url, "result backend", SCHEMA)
-        self._owns_db = db is None
+        super().__init__(url, "result backend", db)
         self._lock = threading.Lock()  # guards the watcher state below
         self._watchers: Subscriptions[_Watcher] = Subscriptions(self._lock)
         self._subscribed = 0  # bumped when a watcher becomes ready: the poller must query
@@ -100,20 +98,6 @@ class SQLiteBackend:
         # keeps the number of what it saw last and ignores anything older.
         self._seq = 0
         self._purged_at = 0.0
-
-    @property
-    def path(self) -> str:
-        """The absolute path of the database file."""
-        return self._db.path
-
-    async def connect(self) -> None:
-        """Open the file, switch it to WAL mode and create the tables if needed. Idempotent.
-
-        Raises:
-            BrokerConnectionError: the file cannot be opened (e.g. its directory is missing);
-                the message names the path and SQLite's reason.
-        """
-        await self._db.open()
 
     async def close(self) -> None:
         """End every watch, stop the poller and close the connection. Idempotent.
@@ -128,14 +112,10 @@ class SQLiteBackend:
             if poller.get_loop() is asyncio.get_running_loop():
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
-        if self._owns_db:
-            await self._db.close()
+        await self._close_db()
 
     async def store(
-        self,
-        items: Sequence[tuple[str, bytes]],
-        expires: float | None,
-        reply_to: Mapping[str, str] | None = None,
+        self, items: Records, expires: float | None, reply_to: ReplyTo | None = None
     ) -> None:
         """Upsert each ``(task_id, record)`` in one transaction, then notify this instance's
         watchers.
