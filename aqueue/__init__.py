@@ -12,6 +12,7 @@ from aqueue.beat.schedules import crontab
 from aqueue.canvas.primitives import Signature, chain, chord, group, signature
 from aqueue.results.group import GroupResult
 from aqueue.results.result import AsyncResult, TaskInfo
+from aqueue.serialization import register_serializer, register_type
 from aqueue.task import Request, Task
 from aqueue.worker import Worker
 
@@ -31,5 +32,7 @@ __all__ = [
     "chord",
     "crontab",
     "group",
+    "register_serializer",
+    "register_type",
     "signature",
 ]

@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 from aqueue.exceptions import ConfigurationError
-from aqueue.serialization import COMPRESSIONS, CONTENT_TYPES
+from aqueue.serialization import COMPRESSIONS, is_content_type, serializer_names
 
 DEFAULT_URL = "sqlite:///aqueue.db"
 BROKER_ENV = "AQUEUE_BROKER_URL"
@@ -166,10 +166,19 @@ def _task_queues(name: str, value: Any) -> None:
 
 
 def _accept(name: str, value: Any) -> None:
-    if isinstance(value, str) or not all(v in CONTENT_TYPES for v in value):
+    if isinstance(value, str) or not all(is_content_type(v) for v in value):
         raise ConfigurationError(
-            f"{name} must be a list of content types from {', '.join(CONTENT_TYPES)}, "
-            f"e.g. ['json'], not {value!r}"
+            f"{name} must be a list of content types from {', '.join(serializer_names())} "
+            f"(names or MIME types), e.g. ['json'], not {value!r}"
+        )
+
+
+def _serializer(name: str, value: Any) -> None:
+    """A serializer's name: built in, or added with ``aqueue.register_serializer``."""
+    if value not in serializer_names():
+        raise ConfigurationError(
+            f"{name} must be one of {', '.join(serializer_names())} (or a name given to "
+            f"aqueue.register_serializer first), not {value!r}"
         )
 
 
@@ -190,8 +199,8 @@ def _timezone(name: str, value: Any) -> None:
 _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "broker_url": _url(BROKER_SCHEMES),
     "result_backend": _url(BACKEND_SCHEMES),
-    "task_serializer": _one_of(CONTENT_TYPES),
-    "result_serializer": _one_of(CONTENT_TYPES),
+    "task_serializer": _serializer,
+    "result_serializer": _serializer,
     "accept_content": _accept,
     "task_compression": _one_of(COMPRESSIONS, allow_none=True),
     "result_expires": _seconds(allow_none=True),
@@ -207,6 +216,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "task_max_deliveries": _positive_int,
     "task_always_eager": _boolean,
     "task_eager_propagates": _boolean,
+    "task_eager_serializes": _boolean,
     "task_track_started": _boolean,
     "task_ignore_result": _boolean,
     "worker_concurrency": _positive_int,
@@ -248,6 +258,8 @@ class Settings:
     task_max_deliveries: int = 5
     task_always_eager: bool = False
     task_eager_propagates: bool = True
+    # Eager calls encode and decode arguments and results as a broker would (False: skip it).
+    task_eager_serializes: bool = True
     task_track_started: bool = False
     task_ignore_result: bool = False
     worker_concurrency: int = 100

@@ -3,6 +3,13 @@
 As in Celery, the call runs at once in the caller's loop and the returned result is already
 finished; nothing touches the broker or the result backend. Retries (``self.retry`` and
 ``autoretry_for``) run again immediately, up to the task's ``max_retries``.
+
+Unlike Celery, the arguments and the result go through the serializer on the way, as they would
+through a broker (``task_eager_serializes``, default True): the message is built, encoded and
+decoded (routing, options, ``serializer=``, ``accept_content`` and all), and the task gets what a
+worker would get. So a value that a broker could not carry (an unregistered type, pickle not in
+``accept_content``) fails the test that sends it, and a tuple arrives as the list JSON makes of
+it. Set ``task_eager_serializes=False`` to pass the objects through untouched.
 """
 
 from __future__ import annotations
@@ -12,8 +19,8 @@ import traceback
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from aqueue import states
-from aqueue.exceptions import Retry
+from aqueue import message, states
+from aqueue.exceptions import EncodeError, Retry
 from aqueue.results.record import ResultRecord, describe_exception
 from aqueue.results.result import AsyncResult
 from aqueue.task import Request, Task
@@ -48,9 +55,14 @@ async def apply_eager(
 
     Raises:
         The task's exception when ``task_eager_propagates`` is True (the default); otherwise the
-        failure is kept in the returned result.
+        failure is kept in the returned result. An :class:`EncodeError` for a result that
+        cannot be serialised likewise.
+        EncodeError, DecodeError, ContentDisallowed: with ``task_eager_serializes``, the
+            arguments cannot travel as the message would carry them (raised before running).
     """
     task_id = options.get("task_id") or str(uuid.uuid4())
+    if app.conf.task_eager_serializes:
+        args, kwargs = _over_the_wire(app, task, args, kwargs, options)
     time_limit = options.get("time_limit") or task.time_limit or app.conf.task_time_limit
     retries = 0
     while True:
@@ -91,4 +103,44 @@ async def apply_eager(
             )
             return EagerResult(task_id, app, record)
         record = ResultRecord(task_id, states.SUCCESS, value, None, time.time(), retries, task.name)
+        if app.conf.task_eager_serializes:
+            try:
+                record = _stored(app, record)
+            except EncodeError as exc:
+                if app.conf.task_eager_propagates:
+                    raise
+                return EagerResult(task_id, app, _failure(task_id, exc, retries, task.name))
         return EagerResult(task_id, app, record)
+
+
+def _over_the_wire(
+    app: Aqueue,
+    task: Task[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    options: dict[str, Any],
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments as a worker would decode them from the message this call would send.
+
+    Raises:
+        EncodeError, DecodeError, ContentDisallowed: as sending and receiving would.
+        ConfigurationError: an option is invalid.
+    """
+    sent = app.sender.build_message(task.name, args, kwargs, task, options).encode()
+    received = message.decode(sent, frozenset(app.conf.accept_content))
+    return received.args, received.kwargs
+
+
+def _stored(app: Aqueue, record: ResultRecord) -> ResultRecord:
+    """``record`` as a client would read it back from the result backend.
+
+    Raises:
+        EncodeError: the result cannot be serialised with ``result_serializer``.
+    """
+    return ResultRecord.decode(record.encode(app.conf.result_serializer), app.accept_results)
+
+
+def _failure(task_id: str, exc: BaseException, retries: int, name: str) -> ResultRecord:
+    return ResultRecord(
+        task_id, states.FAILURE, describe_exception(exc), None, time.time(), retries, name
+    )

@@ -120,18 +120,15 @@ class Message:
         if self.content_type == "json" and self.compression is None:
             env["args"] = self.args
             env["kwargs"] = self.kwargs
-            try:
-                return orjson.dumps(env, option=orjson.OPT_NON_STR_KEYS)
-            except TypeError as exc:
-                # Re-encode the arguments alone to name what was not serialisable.
-                serialization.dumps([self.args, self.kwargs], "json")
-                raise EncodeError(f"message {self.id} options are not serialisable: {exc}") from exc
-        body = serialization.dumps([self.args, self.kwargs], self.content_type, self.compression)
-        env["body"] = base64.b64encode(body).decode("ascii")
-        if self.compression:
-            env["enc"] = self.compression
+        else:
+            body = serialization.dumps_call(
+                self.args, self.kwargs, self.content_type, self.compression, task=self.task
+            )
+            env["body"] = base64.b64encode(body).decode("ascii")
+            if self.compression:
+                env["enc"] = self.compression
         try:
-            return orjson.dumps(env, option=orjson.OPT_NON_STR_KEYS)
+            return serialization.dumps_message(env)  # typed values kept (datetime, UUID...)
         except TypeError as exc:
             raise EncodeError(f"message {self.id} options are not serialisable: {exc}") from exc
 
@@ -143,7 +140,7 @@ def decode_envelope(raw: bytes) -> dict[str, Any]:
         DecodeError: ``raw`` is not a JSON object with an ``id`` and a ``task``.
     """
     try:
-        env = orjson.loads(raw)
+        env = serialization.loads_document(raw)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"message is not valid JSON: {exc}") from exc
     if not isinstance(env, dict) or not isinstance(env.get("id"), str):

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
 
+from aqueue import serialization
 from aqueue.canvas.primitives import Signature, group, xmap, xstarmap
 from aqueue.canvas.primitives import chunks as canvas_chunks
 from aqueue.exceptions import MaxRetriesExceededError, Retry
@@ -135,6 +136,8 @@ class Task(Generic[P, R]):
         self.__wrapped__ = fn
         self._signature = inspect.signature(fn)
         self._positional = _positional_range(self._signature)
+        # Lists back to the tuples (NamedTuples, sets, Enum members) the parameters annotate.
+        self._coerce = serialization.argument_coercer(fn, skip_first=bind)
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
@@ -142,7 +145,14 @@ class Task(Generic[P, R]):
     # -- calling -----------------------------------------------------------------------------
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
-        """Run the function here and now (a coroutine for ``async def``), as Celery does."""
+        """Run the function here and now (a coroutine for ``async def``), as Celery does.
+
+        Arguments whose JSON form differs from their annotation get it back first: a list for a
+        ``tuple[...]`` parameter becomes a tuple, a value for an ``Enum`` one its member (see
+        :func:`aqueue.serialization.argument_coercer`).
+        """
+        if self._coerce is not None:
+            args, kwargs = self._coerce(args, kwargs)  # type: ignore[assignment]
         if self.bind:
             return self.fn(self, *args, **kwargs)
         return self.fn(*args, **kwargs)

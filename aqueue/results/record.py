@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from aqueue import serialization, states
-from aqueue.exceptions import DecodeError, EncodeError, TaskError
+from aqueue.exceptions import DecodeError, TaskError
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,14 +70,11 @@ class ResultRecord:
         }
         if serializer == "json" or self.status in states.EXCEPTION_STATES:
             rec["result"] = self.result
-            try:
-                return orjson.dumps(rec, option=orjson.OPT_NON_STR_KEYS)
-            except TypeError as exc:
-                raise EncodeError(
-                    f"result of type {type(self.result).__name__} is not JSON serialisable: {exc}"
-                ) from exc
+            return serialization.dumps_record(rec)  # typed values kept (datetime, UUID...)
         rec["ct"] = serializer
-        rec["body"] = base64.b64encode(serialization.dumps(self.result, serializer)).decode()
+        what = f"the result of {self.name}" if self.name else "the result"
+        body = serialization.dumps(self.result, serializer, what=what)
+        rec["body"] = base64.b64encode(body).decode()
         return orjson.dumps(rec)
 
     @classmethod
@@ -91,7 +88,7 @@ class ResultRecord:
             ContentDisallowed: its content type is not in ``accept``.
         """
         try:
-            rec = orjson.loads(raw)
+            rec = serialization.loads_document(raw)
             if "body" in rec:
                 serialization.check_accepted(rec["ct"], accept)
                 result = serialization.loads(base64.b64decode(rec["body"]), rec["ct"])
