@@ -1,0 +1,260 @@
+"""aqueue.sync: the blocking client, from many threads and from a forked child, against a real
+worker process on Redis and on SQLite; file descriptors counted in /proc/self/fd."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aqueue import sync
+from aqueue.exceptions import TimeoutError
+from tests.apps import tasks as e2e
+from tests.apps.tasks import Tasks
+
+THREADS = 8
+CALLS = 500  # per thread: a send and a get each, so 8,000 blocking calls
+READY_TIMEOUT = 30.0  # seconds for the worker process to log its ready line
+
+
+def open_fds() -> int:
+    """How many file descriptors this process has open (``/proc/self/fd``)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+class WorkerThreadless:
+    """``python -m aqueue worker`` for a sync test: started, waited for, killed; no event loop."""
+
+    def __init__(self, app: str, env: dict[str, str]) -> None:
+        cmd = [sys.executable, "-m", "aqueue", "worker", "-A", app, "-l", "info", "-c", "100"]
+        self.proc = subprocess.Popen(
+            cmd,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        if not self.ready.wait(READY_TIMEOUT):
+            self.stop()
+            raise AssertionError("worker not ready:\n" + "\n".join(self.lines[-20:]))
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip())
+            if "ready" in line:
+                self.ready.set()
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.reader.join(timeout=10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+@pytest.fixture(params=["redis", "sqlite"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "redis":
+        return f"{request.getfixturevalue('redis_server')}/0"
+    return f"sqlite:///{tmp_path}/sync.db"
+
+
+@pytest.fixture
+def t(url: str) -> Iterator[Tasks]:
+    """The test tasks on a fresh queue, and a worker process running them."""
+    queue = f"q-{uuid.uuid4().hex[:12]}"
+    worker = WorkerThreadless(
+        "tests.apps.tasks", {"AQUEUE_BROKER_URL": url, "AQUEUE_E2E_QUEUE": queue}
+    )
+    try:
+        yield e2e.build(url, queue=queue)
+    finally:
+        sync.shutdown()  # closes the app's connections on the background loop
+        worker.stop()
+
+
+async def _commands_at_once(t: Tasks, n: int) -> None:
+    await asyncio.gather(*(t.app.AsyncResult(str(uuid.uuid4())).state() for _ in range(n)))
+
+
+def in_threads(t: Tasks, threads: int, calls: int) -> list[str]:
+    """``calls`` sends and gets in each of ``threads`` threads; the wrong answers, if any."""
+
+    def one_thread(n: int) -> list[str]:
+        wrong = []
+        for i in range(calls):
+            got = sync.delay(t.add, n, i).get(timeout=30)
+            if got != n + i:
+                wrong.append(f"add({n}, {i}) = {got}")
+        return wrong
+
+    with ThreadPoolExecutor(threads) as pool:
+        return [w for ws in pool.map(one_thread, range(threads)) for w in ws]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_threads_share_one_loop_and_fds_stay_flat(
+    t: Tasks, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sync.shutdown()
+    before = open_fds()
+    assert in_threads(t, THREADS, CALLS // 4) == []  # warm-up: 2,000 calls
+    # A Redis pool opens connections up to the most commands ever in flight at once (here at
+    # most one per thread): open that many now, so that growth later could only be a leak.
+    sync.call(_commands_at_once, t, 2 * THREADS)
+    warm = open_fds()
+    assert in_threads(t, THREADS, CALLS) == []  # 8 threads x 500: 8,000 calls
+    steady = open_fds()
+    sync.shutdown()
+    after = open_fds()
+    with capsys.disabled():
+        print(f"\nfds: before {before}, warmed up {warm}, after 10,000 calls {steady}, "
+              f"after shutdown {after}")  # fmt: skip
+    assert steady == warm, "file descriptors grew with calls"
+    assert after == before, "shutdown left file descriptors open"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_forked_child_gets_its_own_loop_and_connections(
+    url: str, t: Tasks, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert sync.delay(t.add, 1, 1).get(timeout=30) == 2  # the parent's loop is running
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report as JSON on the pipe, never return into pytest
+        code = 1
+        try:
+            os.close(read_end)
+            report = _child(t)
+            os.write(write_end, json.dumps(report).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    report = json.loads(_read_all(read_end, timeout=240))
+    assert _wait(pid, timeout=30) == 0
+    with capsys.disabled():
+        print(f"\nchild fds: {report['fds']}")
+    assert report["wrong"] == []
+    assert report["own_loop"], "the child used its parent's event loop"
+    before, after_first, after_second = report["fds"]
+    # SQLite keeps one descriptor of a file that another connection in the process has open
+    # (the parent's, inherited and never touched), rather than drop that connection's POSIX
+    # locks: it is the one it reuses next time, so the count is flat from then on.
+    shared_file = 1 if url.startswith("sqlite") else 0
+    assert after_first == before + shared_file, "the child's shutdown left descriptors open"
+    assert after_second == after_first, "file descriptors grew with the child's calls"
+    # The parent's connections were not disturbed by the child's.
+    assert in_threads(t, 4, 25) == []
+
+
+def _child(t: Tasks) -> dict[str, Any]:
+    """In the forked child: two rounds of calls, each closed with shutdown()."""
+    parent_loop = sync._inherited[-1].loop if sync._inherited else None
+    before = open_fds()
+    wrong = in_threads(t, 4, CALLS // 4)
+    own_loop = sync._portal is not None and sync._portal.loop is not parent_loop
+    sync.shutdown()
+    after_first = open_fds()
+    wrong += in_threads(t, 4, CALLS // 4)
+    sync.shutdown()
+    return {"wrong": wrong, "own_loop": own_loop, "fds": [before, after_first, open_fds()]}
+
+
+def _read_all(fd: int, timeout: float) -> str:
+    chunks: list[bytes] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert done.wait(timeout), "the child did not report in time"
+    os.close(fd)
+    return b"".join(chunks).decode()
+
+
+def _wait(pid: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    raise AssertionError("the child did not exit")
+
+
+def test_celery_names_on_the_blocking_handle(t: Tasks) -> None:
+    r = sync.apply_async(t.add, (2, 3), countdown=0)
+    assert r.get(timeout=30) == 5
+    assert r.state == r.status == "SUCCESS"
+    assert r.ready() and r.successful() and not r.failed()
+    assert r.result == 5 and r.info().retries == 0
+    again = sync.AsyncResult(t.app, r.id)
+    assert again.get(timeout=30) == 5 and again.task_id == r.id
+    by_name = sync.send_task(t.app, "e2e.add", (1, 2))
+    assert by_name.get(timeout=30) == 3
+    with pytest.raises(ValueError, match="broken"):
+        sync.delay(t.always_fails, "broken").get(timeout=30)
+    failed = sync.delay(t.always_fails, "again")
+    assert isinstance(failed.get(timeout=30, propagate=False), ValueError)
+    assert failed.failed() and "ValueError" in (failed.traceback or "")
+    with pytest.raises(TimeoutError):
+        sync.delay(t.sleep_then_mark, 5, "/nonexistent", "never").get(timeout=0.2)
+    handle = sync.call(t.app.send_task, "e2e.add", (4, 4))  # any coroutine function
+    assert sync.call(handle.get, timeout=30) == 8
+
+
+async def test_calling_from_a_running_loop_is_refused() -> None:
+    t = e2e.build("memory://")
+    with pytest.raises(RuntimeError, match="await the async API"):
+        sync.delay(t.add, 1, 2)
+    await t.app.close()
+
+
+def test_the_loop_is_closed_at_exit(tmp_path: Path) -> None:
+    """A script that never calls shutdown() exits at once, its connections closed (no
+    ResourceWarning under -X dev)."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from aqueue import Aqueue, Worker, sync\n"
+        f"app = Aqueue('s', broker='sqlite:///{tmp_path}/s.db')\n"
+        "@app.task(name='s.add')\n"
+        "async def add(x: int, y: int) -> int:\n"
+        "    return x + y\n"
+        "worker = Worker(app)\n"
+        "sync.call(worker.start)\n"
+        "print(sync.delay(add, 2, 2).get(timeout=10))\n"
+        "sync.call(worker.stop)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "4"
+    assert "unclosed" not in done.stderr.lower() and "Error" not in done.stderr, done.stderr
