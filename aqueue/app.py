@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import weakref
@@ -10,6 +11,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, Unpack, overload
 
+from aqueue import discovery
 from aqueue.beat import entry as beat_entry
 from aqueue.beat.control import BeatControl
 from aqueue.canvas import builtin as builtin_tasks
@@ -85,6 +87,9 @@ class Aqueue:
         backend: result backend URL; default ``$AQUEUE_RESULT_BACKEND``, else the broker's URL
             when the broker can store results, else none (AMQP). Or a
             :class:`~aqueue.transports.ResultBackend` instance, likewise.
+        include: modules that define tasks for this app (Celery's ``include=``), imported at
+            the first read of :attr:`tasks` (a worker reads it when it starts), so they may
+            import this app's module.
         **settings: any setting, by its lowercase name (see :class:`aqueue.config.Settings`).
 
     Raises:
@@ -100,6 +105,7 @@ class Aqueue:
         *,
         broker: str | Broker | None = None,
         backend: str | ResultBackend | None = None,
+        include: Iterable[str] = (),
         **settings: Any,
     ) -> None:
         self.main = main or "aqueue"
@@ -117,7 +123,12 @@ class Aqueue:
             self._backend_instance = _instance(backend, ResultBackend, "backend")
             settings["result_backend"] = backend.url
         self.conf.update(settings)
-        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._tasks: dict[str, Task[Any, Any]] = {}
+        # Imports of include= and autodiscover_tasks(), done at the first read of `tasks`.
+        self._pending: list[Callable[[], None]] = []
+        self._importing = False
+        if include:
+            self._pending.append(functools.partial(discovery.import_modules, tuple(include)))
         #: Builds and publishes this app's messages (:class:`aqueue.sending.Sender`).
         self.sender = Sender(self)
         self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connections] = (
@@ -146,6 +157,46 @@ class Aqueue:
         return frozenset((*self.conf.accept_content, self.conf.result_serializer))
 
     # -- tasks -------------------------------------------------------------------------------
+
+    @property
+    def tasks(self) -> dict[str, Task[Any, Any]]:
+        """The registry, task name -> task. Its first read imports the modules of ``include=``
+        and :meth:`autodiscover_tasks` (as Celery's app finalization does).
+
+        Raises:
+            ConfigurationError: such a module is not found, or its import failed.
+        """
+        if self._pending and not self._importing:
+            self._importing = True  # a module being imported may read the registry too
+            try:
+                while self._pending:
+                    self._pending[0]()  # a failed import stays pending: the next read retries
+                    self._pending.pop(0)
+            finally:
+                self._importing = False
+        return self._tasks
+
+    def autodiscover_tasks(
+        self,
+        packages: Iterable[str] | Callable[[], Iterable[str]] | None = None,
+        related_name: str = "tasks",
+        force: bool = False,
+    ) -> None:
+        """Import ``<package>.tasks`` of each package, as Celery's ``autodiscover_tasks``.
+
+        Args:
+            packages: package names, a function returning them, or ``None`` for a configured
+                Django project's ``INSTALLED_APPS``.
+            related_name: the module looked for in each package.
+            force: import now rather than at the first read of :attr:`tasks`.
+
+        Raises:
+            ConfigurationError: (now with ``force``, else at that read) a package is not found,
+                or its tasks module was found but its import failed.
+        """
+        self._pending.append(functools.partial(discovery.autodiscover, packages, related_name))
+        if force:
+            _ = self.tasks
 
     @overload
     def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
@@ -203,7 +254,7 @@ class Aqueue:
         def register(func: Callable[..., Any]) -> Task[Any, Any]:
             task_name = name or f"{func.__module__}.{func.__qualname__}"
             task = base(self, func, task_name, bind=bind, **options)
-            self.tasks[task_name] = task
+            self._tasks[task_name] = task
             return task
 
         if fn is not None:
@@ -395,6 +446,14 @@ class Aqueue:
                 await instance.close()
         for transport in [*conns.transports.values(), *self._memory.values()]:
             await transport.close()
+
+    async def __aenter__(self) -> Aqueue:
+        """``async with app:`` closes this loop's connections on the way out (FastAPI's
+        ``lifespan``, a script's ``main``)."""
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run ``coro`` as a task on the current loop, holding a reference until it is done."""
