@@ -8,49 +8,34 @@ Two differences from the tutorial:
 
 - ``conf.update`` refuses unknown names, and Flask's config holds Flask's own (``DEBUG``,
   ``SECRET_KEY``...), so aqueue's settings live in one section, ``AQUEUE``, passed on whole.
-- Flask views are synchronous, and aqueue's client is asyncio. One event loop in a background
-  thread (``Portal`` below) serves every request: a view hands it a coroutine and waits for the
-  answer, so connections are opened once and shared. (An async framework such as Quart or
-  FastAPI awaits ``hello_world.delay()`` directly.)
+- Flask views are synchronous, and aqueue's client is asyncio. :mod:`aqueue.sync` runs it on one
+  background event loop per process and blocks the view until the answer comes:
+  ``sync.delay(hello_world)`` where the tutorial has ``hello_world.delay()``, and a result handle
+  with Celery's ``get``/``state``/``ready``. Every request shares its connections, from any
+  server thread, and a gunicorn ``--preload`` worker (a forked child) gets its own. (An async
+  framework such as Quart or FastAPI awaits ``hello_world.delay()`` directly.)
 
-Needs Flask (``pip install flask``). The demo below runs Flask's test client and, in the same
-portal loop, a worker on ``memory://``. In production the worker is its own process
-(``aqueue worker -A examples.seeds.flask_app``) and the broker a server, e.g. ``redis://``.
+Needs Flask (``pip install flask``). The demo below runs Flask's test client and, on the sync
+client's loop, a worker on ``memory://``. In production the worker is its own process
+(``aqueue worker -A examples.seeds.flask_app``) and the broker a server: set
+``AQUEUE_BROKER_URL`` (e.g. ``redis://127.0.0.1:6379/0``) for both.
 
 Run: ``python -m examples.seeds.flask_app``
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+import os
+from typing import Any
 
 from flask import Flask
 
-from aqueue import Aqueue, Worker
-
-T = TypeVar("T")
+from aqueue import Aqueue, Worker, sync
 
 CONFIG = {
     "DEBUG": False,
-    "AQUEUE": {"broker_url": "memory://", "result_backend": "memory://"},
+    "AQUEUE": {"broker_url": os.environ.get("AQUEUE_BROKER_URL", "memory://")},
 }
-
-
-class Portal:
-    """One event loop in a daemon thread; ``call`` runs a coroutine there from sync code."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, name="aqueue-portal", daemon=True).start()
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 10) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 def create_app(config: dict[str, Any]) -> Flask:
@@ -62,7 +47,6 @@ def create_app(config: dict[str, Any]) -> Flask:
 app = create_app(CONFIG)
 celery = Aqueue(app.name)
 celery.conf.update(app.config["AQUEUE"])
-portal = Portal()
 
 
 @celery.task
@@ -72,32 +56,28 @@ async def hello_world() -> str:
 
 @app.post("/hello")
 def hello() -> dict[str, Any]:
-    r = portal.call(hello_world.delay())
+    r = sync.delay(hello_world)
     return {"task_id": r.id}
 
 
 @app.get("/result/<task_id>")
 def result(task_id: str) -> dict[str, Any]:
-    r = celery.AsyncResult(task_id)
-    return {
-        "ready": portal.call(r.ready()),
-        "state": portal.call(r.state()),
-        "result": portal.call(r.get(timeout=1)),
-    }
+    r = sync.AsyncResult(celery, task_id)
+    value = r.get(timeout=10)  # waits for the worker, as Celery's get does
+    return {"ready": r.ready(), "state": r.state, "result": value}
 
 
 def main() -> None:
     worker = Worker(celery)
-    portal.call(worker.start())
+    sync.call(worker.start)  # a worker in this process, for the demo only
     try:
         client = app.test_client()
         task_id = client.post("/hello").get_json()["task_id"]
         print("POST /hello ->", task_id)
         print(f"GET /result/{task_id[:8]}... ->", client.get(f"/result/{task_id}").get_json())
     finally:
-        portal.call(worker.stop())
-        portal.call(celery.close())
-        portal.close()
+        sync.call(worker.stop)
+        sync.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,18 @@
+"""Django's command-line utility for this example: ``python -m examples.django_app.manage
+runserver`` (from the repository root)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_app.proj.settings")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(sys.argv)
+
+
+if __name__ == "__main__":
+    main()

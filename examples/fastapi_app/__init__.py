@@ -1,0 +1,1 @@
+"""A FastAPI app that sends aqueue tasks from async endpoints (see ``main.py``)."""
