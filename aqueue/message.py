@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,77 +135,247 @@ class Message:
 
 
 def decode_envelope(raw: bytes) -> dict[str, Any]:
-    """Parse the JSON envelope of a message without decoding its arguments.
+    """Parse the JSON envelope of a message without checking more than its id and task name.
 
     Raises:
-        DecodeError: ``raw`` is not a JSON object with an ``id`` and a ``task``.
+        DecodeError: ``raw`` is not a JSON object with a string ``id`` and ``task``.
     """
     try:
         env = serialization.loads_document(raw)
+    except DecodeError:
+        raise
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"message is not valid JSON: {exc}") from exc
-    if not isinstance(env, dict) or not isinstance(env.get("id"), str):
-        raise DecodeError("message is not an aqueue envelope (no 'id')")
-    if not isinstance(env.get("task"), str):
-        raise DecodeError(f"message {env['id']} has no task name")
+    except Exception as exc:  # a malformed typed value: whatever its decoder raised
+        raise DecodeError(f"message holds a malformed typed value: {exc!r:.200}") from exc
+    if not isinstance(env, dict) or type(env.get("id")) is not str:
+        raise DecodeError("message is not an aqueue envelope (field 'id' is not a string)")
+    if type(env.get("task")) is not str:
+        raise DecodeError(f"message {env['id']}: field 'task' is not a string")
     return env
 
 
 def decode(raw: bytes, accept: frozenset[str] | tuple[str, ...] = ("json",)) -> Message:
-    """Decode a wire envelope into a :class:`Message`.
+    """Decode a wire envelope into a :class:`Message`, every field checked (the worker's wall).
 
     Args:
         raw: the bytes as published.
         accept: content types this process accepts (the ``accept_content`` setting).
 
     Raises:
-        DecodeError: the envelope or body is malformed.
+        DecodeError: the envelope or body is malformed; the message names the field.
         ContentDisallowed: the content type is not in ``accept``.
     """
     return from_envelope(decode_envelope(raw), accept)
 
 
 def from_envelope(env: dict[str, Any], accept: frozenset[str] | tuple[str, ...]) -> Message:
-    """Build a :class:`Message` from a parsed envelope (see :func:`decode`)."""
-    ct = env.get("ct", "json")
+    """Build a :class:`Message` from a parsed envelope (see :func:`decode`).
+
+    Each field is checked for its type (and range) once, here: a message that passes cannot
+    make the worker fail later on a field of the wrong kind.
+
+    Raises:
+        DecodeError: a field has the wrong type or value; the message names it.
+        ContentDisallowed: the content type is not in ``accept``.
+    """
+    f = _Fields(env)
+    f.integer("v", 1, 1, 2**31)  # checked, not used: every version so far reads alike
+    ct = f.text("ct") or "json"
     serialization.check_accepted(ct, accept)
-    compression = env.get("enc")
+    compression = f.text("enc")
+    args, kwargs = _arguments(f, ct, compression)
+    return Message(
+        id=f.id,
+        task=env["task"],
+        args=args,
+        kwargs=kwargs,
+        queue=f.text("queue") or "default",
+        priority=f.integer("priority", 0, 0, 255),
+        eta=f.seconds("eta"),
+        expires=f.seconds("expires"),
+        retries=f.integer("retries", 0, 0, 2**31),
+        headers=f.mapping("headers"),
+        link=f.signatures("link"),
+        link_error=f.signatures("link_error"),
+        time_limit=f.positive("time_limit"),
+        ignore_result=f.flag("ignore_result"),
+        parent_id=f.text("parent_id"),
+        root_id=f.text("root_id"),
+        group_id=f.text("group_id"),
+        options=f.options(),
+        reply_to=f.text("reply_to"),
+        content_type=ct,
+        compression=compression,
+    )
+
+
+def _arguments(
+    f: _Fields, ct: str, compression: str | None
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The call's ``(args, kwargs)``: from the envelope, or decoded from its ``body``."""
+    env = f.env
     if "body" in env:
+        body = env["body"]
+        if type(body) is not str:
+            raise f.bad("body", "a base64 string", body)
         try:
-            body = base64.b64decode(env["body"], validate=True)
-        except (ValueError, TypeError) as exc:
-            raise DecodeError(f"message {env['id']} has a body that is not base64") from exc
-        decoded = serialization.loads(body, ct, compression)
+            data = base64.b64decode(body, validate=True)
+        except ValueError as exc:
+            raise f.bad("body", "a base64 string", body) from exc
+        try:
+            decoded = serialization.loads(data, ct, compression)
+        except DecodeError as exc:
+            raise DecodeError(f"message {f.id}: field 'body' cannot be decoded: {exc}") from exc
         if not (isinstance(decoded, list | tuple) and len(decoded) == 2):
-            raise DecodeError(f"message {env['id']} body is not [args, kwargs]")
+            raise f.bad("body", "a serialised [args, kwargs] pair", decoded)
         args, kwargs = decoded
     else:
         args, kwargs = env.get("args", ()), env.get("kwargs", {})
-    if not isinstance(args, list | tuple) or not isinstance(kwargs, dict):
-        raise DecodeError(f"message {env['id']}: args must be a list and kwargs an object")
-    try:
-        return Message(
-            id=env["id"],
-            task=env["task"],
-            args=tuple(args),
-            kwargs=kwargs,
-            queue=env.get("queue") or "default",
-            priority=int(env.get("priority") or 0),
-            eta=env.get("eta"),
-            expires=env.get("expires"),
-            retries=int(env.get("retries") or 0),
-            headers=env.get("headers") or {},
-            link=env.get("link") or [],
-            link_error=env.get("link_error") or [],
-            time_limit=env.get("time_limit"),
-            ignore_result=bool(env.get("ignore_result")),
-            parent_id=env.get("parent_id"),
-            root_id=env.get("root_id"),
-            group_id=env.get("group_id"),
-            options=env.get("options") or {},
-            reply_to=env.get("reply_to"),
-            content_type=ct,
-            compression=compression,
-        )
-    except (TypeError, ValueError) as exc:
-        raise DecodeError(f"message {env['id']} has a malformed field: {exc}") from exc
+    if not isinstance(args, list | tuple):
+        raise f.bad("args", "a list", args)
+    if not isinstance(kwargs, dict) or not all(type(k) is str for k in kwargs):
+        raise f.bad("kwargs", "an object with string keys", kwargs)
+    return tuple(args), kwargs
+
+
+# How deep a canvas (chains of chords of groups...) carried in a message may nest.
+_MAX_CANVAS_DEPTH = 64
+
+
+class _Fields:
+    """Typed reads of an envelope's fields; each raises :class:`DecodeError` naming the field.
+
+    A missing field and an explicit ``null`` both give the field's default.
+    """
+
+    __slots__ = ("env", "id")
+
+    def __init__(self, env: dict[str, Any]) -> None:
+        self.env = env
+        self.id: str = env["id"]
+
+    def bad(self, key: str, expected: str, value: Any) -> DecodeError:
+        """The error for field ``key`` holding ``value`` instead of ``expected``."""
+        shown = repr(value)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        return DecodeError(f"message {self.id}: field {key!r} must be {expected}, not {shown}")
+
+    def text(self, key: str) -> str | None:
+        value = self.env.get(key)
+        if value is None or type(value) is str:
+            return value
+        raise self.bad(key, "a string or null", value)
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value = self.env.get(key)
+        if value is None:
+            return default
+        if type(value) is int and low <= value <= high:
+            return value
+        raise self.bad(key, f"a whole number from {low} to {high}", value)
+
+    def seconds(self, key: str) -> float | None:
+        """An epoch time in seconds, or ``None``."""
+        value = self.env.get(key)
+        if value is None:
+            return None
+        if type(value) in (int, float) and math.isfinite(value):
+            return float(value)
+        raise self.bad(key, "a number of epoch seconds or null", value)
+
+    def positive(self, key: str) -> float | None:
+        """A duration in seconds, greater than 0, or ``None``."""
+        value = self.env.get(key)
+        if value is None:
+            return None
+        if type(value) in (int, float) and math.isfinite(value) and value > 0:
+            return float(value)
+        raise self.bad(key, "a number of seconds > 0 or null", value)
+
+    def flag(self, key: str) -> bool:
+        value = self.env.get(key)
+        if value is None or type(value) is bool:
+            return bool(value)
+        raise self.bad(key, "true, false or null", value)
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        value = self.env.get(key)
+        if value is None:
+            return {}
+        if type(value) is dict:
+            return value
+        raise self.bad(key, "an object or null", value)
+
+    def signatures(self, key: str) -> list[dict[str, Any]]:
+        """A list of signature dicts (``link``, ``link_error``)."""
+        value = self.env.get(key)
+        if value is None:
+            return []
+        if type(value) is not list:
+            raise self.bad(key, "a list of signatures or null", value)
+        for item in value:
+            self._signature(key, item, 0, plain=True)
+        return value
+
+    def options(self) -> dict[str, Any]:
+        """The canvas options: ``chain`` (the steps still to run) and ``chord`` checked."""
+        options = self.mapping("options")
+        chain = options.get("chain")
+        if chain is not None:
+            if type(chain) is not list:
+                raise self.bad("options.chain", "a list of signatures", chain)
+            for step in chain:
+                self._signature("options.chain", step, 0)
+        chord = options.get("chord")
+        if chord is not None:
+            self._chord_info(chord, 0)
+        return options
+
+    def _chord_info(self, info: Any, depth: int) -> None:
+        key = "options.chord"
+        if type(info) is not dict:
+            raise self.bad(key, "an object", info)
+        if type(info.get("id")) is not str:
+            raise self.bad(key + ".id", "a string", info.get("id"))
+        size = info.get("size")
+        if type(size) is not int or size < 0:
+            raise self.bad(key + ".size", "a whole number >= 0", size)
+        self._signature(key + ".body", info.get("body"), depth + 1)
+
+    def _signature(self, key: str, value: Any, depth: int, *, plain: bool = False) -> None:
+        """Check a canvas dict (a signature, or with ``plain=False`` a chain, group or chord)."""
+        if depth > _MAX_CANVAS_DEPTH:
+            raise self.bad(key, f"a canvas nested at most {_MAX_CANVAS_DEPTH} deep", "...")
+        if type(value) is not dict:
+            raise self.bad(key, "a signature object", value)
+        kind = value.get("subtask_type")
+        if kind is None or plain:
+            self._task_signature(key, value, depth)
+        elif kind in ("chain", "group"):
+            tasks = value.get("tasks")
+            if type(tasks) is not list:
+                raise self.bad(key + ".tasks", "a list of signatures", tasks)
+            for task in tasks:
+                self._signature(key + ".tasks", task, depth + 1)
+        elif kind == "chord":
+            self._signature(key + ".header", value.get("header"), depth + 1)
+            if value.get("body") is not None:
+                self._signature(key + ".body", value.get("body"), depth + 1)
+        else:
+            raise self.bad(key + ".subtask_type", "chain, group, chord or null", kind)
+        sig_options = value.get("options")
+        if sig_options is not None and type(sig_options) is not dict:
+            raise self.bad(key + ".options", "an object or null", sig_options)
+        if sig_options and sig_options.get("chord") is not None:
+            self._chord_info(sig_options["chord"], depth + 1)
+
+    def _task_signature(self, key: str, value: dict[str, Any], depth: int) -> None:
+        if type(value.get("task")) is not str:
+            raise self.bad(key + ".task", "a task name", value.get("task"))
+        if type(value.get("args", [])) is not list:
+            raise self.bad(key + ".args", "a list", value.get("args"))
+        kwargs = value.get("kwargs")
+        if kwargs is not None and type(kwargs) is not dict:
+            raise self.bad(key + ".kwargs", "an object or null", kwargs)

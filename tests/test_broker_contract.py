@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from aqueue.transports import Broker, Delivery, Outgoing, broker_from_url
+from aqueue.transports import Broker, Delivery, Outgoing, RunTracking, broker_from_url
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -60,6 +60,22 @@ async def second_consumer(first: Broker, make_broker: Make, **options: Any) -> B
     if type(first).__name__ == "MemoryBroker":
         return first
     return await make_broker(**options)
+
+
+async def run(broker: Broker, deliveries: list[Delivery], isolated: bool = False) -> None:
+    """Mark ``deliveries`` as running, as a worker does just before their tasks run, so that a
+    lease running out counts against them (RunTracking; AMQP counts every return anyway)."""
+    if isinstance(broker, RunTracking):
+        assert await broker.start([(d, isolated) for d in deliveries]) == [True] * len(deliveries)
+
+
+async def tracking_pair(make_broker: Make, broker_url: str) -> tuple[Any, Any]:
+    """Two consumers of one server with short leases, on brokers that track runs (else skip)."""
+    skip_without_lease_timer(broker_url)
+    first = await make_broker(visibility_timeout=SHORT_LEASE)
+    if not isinstance(first, RunTracking):
+        pytest.skip(f"{type(first).__name__} counts every redelivery")
+    return first, await second_consumer(first, make_broker, visibility_timeout=SHORT_LEASE)
 
 
 def out(queue: str, body: bytes, priority: int = 0, eta: float | None = None) -> Outgoing:
@@ -235,15 +251,61 @@ async def test_expired_lease_is_delivered_again(
     await first.publish([out(queue_name, b"again")])
     got = await first.fetch([queue_name], 10, 5)
     assert [d.delivery_count for d in got] == [1]
+    await run(first, got)
     leased_at = time.monotonic()
 
-    # The first consumer "dies": it never acks. The message comes back once the lease runs out.
+    # The first consumer "dies" running it: it never acks. It comes back once the lease runs out.
     again = await second.fetch([queue_name], 10, 5)
 
     assert time.monotonic() - leased_at >= SHORT_LEASE - 0.1
     assert [(d.body, d.delivery_count) for d in again] == [(b"again", 2)]
     await second.ack(again)
     assert await second.fetch([queue_name], 10, SHORT_LEASE + 0.3) == []
+
+
+async def test_a_lease_that_runs_out_unstarted_is_not_counted(
+    make_broker: Make, queue_name: str, broker_url: str
+) -> None:
+    """Prefetched but never started: its worker's death is not the message's fault."""
+    first, second = await tracking_pair(make_broker, broker_url)
+    await first.publish([out(queue_name, b"prefetched"), out(queue_name, b"running")])
+    held = await fetch_all(first, [queue_name], 2)
+    await run(first, [d for d in held if d.body == b"running"])
+
+    again = await fetch_all(second, [queue_name], 2)  # after the leases ran out
+
+    counts = {d.body: (d.delivery_count, d.strikes) for d in again}
+    assert counts == {b"prefetched": (1, 0), b"running": (2, 0)}
+    await second.ack(again)
+
+
+async def test_an_isolated_run_that_dies_is_a_strike(
+    make_broker: Make, queue_name: str, broker_url: str
+) -> None:
+    first, second = await tracking_pair(make_broker, broker_url)
+    await first.publish([out(queue_name, b"suspect")])
+    got = await first.fetch([queue_name], 1, 5)
+    await run(first, got, isolated=True)
+
+    again = await second.fetch([queue_name], 1, 5)  # after the lease ran out
+    assert [(d.delivery_count, d.strikes) for d in again] == [(2, 1)]
+    await second.release(again)  # a hand-back keeps the counts
+    kept = await first.fetch([queue_name], 1, 5)
+    assert [(d.delivery_count, d.strikes) for d in kept] == [(2, 1)]
+    await first.ack(kept)
+
+
+async def test_start_refuses_a_lease_taken_over(
+    make_broker: Make, queue_name: str, broker_url: str
+) -> None:
+    slow, other = await tracking_pair(make_broker, broker_url)
+    await slow.publish([out(queue_name, b"contested")])
+    stale = await slow.fetch([queue_name], 1, 5)
+    taken = await other.fetch([queue_name], 1, 5)  # after the lease ran out
+
+    assert await slow.start([(stale[0], False)]) == [False]
+    assert await other.start([(taken[0], False)]) == [True]
+    await other.ack(taken)
 
 
 async def test_renew_keeps_the_lease(make_broker: Make, queue_name: str) -> None:
@@ -269,7 +331,7 @@ async def test_release_makes_it_ready_at_once_keeping_the_count(
     first = await make_broker(visibility_timeout=SHORT_LEASE)
     second = await second_consumer(first, make_broker, visibility_timeout=SHORT_LEASE)
     await first.publish([out(queue_name, b"back")])
-    await first.fetch([queue_name], 10, 5)
+    await run(first, await first.fetch([queue_name], 10, 5))
     redelivered = await second.fetch([queue_name], 10, 5)  # after the lease ran out
     assert [d.delivery_count for d in redelivered] == [2]
 
@@ -412,7 +474,9 @@ async def test_unacked_message_of_a_closed_consumer_comes_back(
     first = await make_broker(visibility_timeout=SHORT_LEASE)
     second = await make_broker(visibility_timeout=SHORT_LEASE)
     await first.publish([out(queue_name, b"orphan")])
-    assert bodies(await first.fetch([queue_name], 10, 5)) == [b"orphan"]
+    got = await first.fetch([queue_name], 10, 5)
+    assert bodies(got) == [b"orphan"]
+    await run(first, got)
 
     await first.close()
     again = await second.fetch([queue_name], 10, 5)

@@ -203,15 +203,19 @@ async def test_delivery_count_after_release_and_expiry(
     counts = []
     got = await broker.fetch([queue_name], 1, 5)
     counts.append(got[0].delivery_count)
+    await broker.start([(got[0], False)])  # running when the lease ran out: counted
     got = await broker.fetch([queue_name], 1, 5)  # lease ran out
     counts.append(got[0].delivery_count)
     await broker.release(got)
     got = await broker.fetch([queue_name], 1, 5)
     counts.append(got[0].delivery_count)
-    got = await broker.fetch([queue_name], 1, 5)  # lease ran out again
+    got = await broker.fetch([queue_name], 1, 5)  # lease ran out again, never started
+    counts.append(got[0].delivery_count)
+    await broker.start([(got[0], False)])
+    got = await broker.fetch([queue_name], 1, 5)  # lease ran out again, running
     counts.append(got[0].delivery_count)
 
-    assert counts == [1, 2, 2, 3]
+    assert counts == [1, 2, 2, 2, 3]
     await broker.ack(got)
 
 
@@ -222,6 +226,7 @@ async def test_renew_does_not_take_back_a_reclaimed_message(
     other = await new_broker(brokers, url, visibility_timeout=0.3)
     await slow.publish([out(queue_name, b"x")])
     stale = await slow.fetch([queue_name], 1, 5)
+    assert await slow.start([(stale[0], False)]) == [True]
     taken = await other.fetch([queue_name], 1, 5)  # after the lease ran out
     assert taken[0].delivery_count == 2
 

@@ -52,7 +52,7 @@ async def main(url, queue):
 asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
-# Leases one message and exits without acking it, as a crashed worker would.
+# Leases one message, marks it running, and exits without acking it, as a crashed worker would.
 _ABANDON = """
 import asyncio, sys
 from aqueue.transports.sqlite.broker import SQLiteBroker
@@ -61,6 +61,7 @@ async def main(url, queue):
     broker = SQLiteBroker(url, {"visibility_timeout": 0.5})
     got = await broker.fetch([queue], 1, 10)
     assert len(got) == 1 and got[0].delivery_count == 1, got
+    assert await broker.start([(got[0], False)]) == [True]  # it was running when it "died"
     await broker.close()
 
 asyncio.run(main(sys.argv[1], sys.argv[2]))

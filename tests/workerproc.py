@@ -14,11 +14,18 @@ class WorkerProcess:
     """``python -m aqueue worker -A <app> ...`` with its log lines collected as they come.
 
     Use as an async context manager; on exit the process is killed if still running, so no test
-    leaves a worker behind.
+    leaves a worker behind. Entering waits for the ``ready`` line unless ``ready=False``.
     """
 
-    def __init__(self, app: str, args: Sequence[str] = (), env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        app: str,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        ready: bool = True,
+    ):
         self.cmd = [sys.executable, "-m", "aqueue", "worker", "-A", app, "-l", "info", *args]
+        self.ready = ready
         self.env = {**os.environ, **(env or {})}
         self.lines: list[str] = []
         self.proc: asyncio.subprocess.Process | None = None
@@ -34,7 +41,8 @@ class WorkerProcess:
             cwd=os.getcwd(),
         )
         self._reader = asyncio.create_task(self._read())
-        await self.wait_for("ready", timeout=20)
+        if self.ready:
+            await self.wait_for("ready", timeout=20)
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "ReplyTo",
     "ReplyChannels",
     "ResultBackend",
+    "RunTracking",
     "Snapshot",
     "Transport",
     "dead_letter_queue",
@@ -203,14 +204,23 @@ class Delivery:
     Attributes:
         queue: the queue it came from.
         body: the message bytes exactly as published.
-        delivery_count: 1 on the first delivery, +1 on each redelivery.
+        delivery_count: 1 on the first delivery, +1 each time it comes back counted: with
+            :class:`RunTracking`, only when a worker died (its lease ran out) while *running*
+            it; otherwise on every redelivery.
         token: the broker's own handle for ack/release (stream entry id, row id, AMQP message...).
+        strikes: how many workers died while running it alone as their one suspect (see
+            :class:`RunTracking`); ``delivery_count - 1`` on brokers without it.
+        defect: why the broker's own record of this message is malformed (a stream entry
+            field, a header), naming the field; ``None`` when it is sound. The worker
+            dead-letters a delivery with a defect without running it.
     """
 
     queue: str
     body: bytes
     delivery_count: int
     token: Any
+    strikes: int = 0
+    defect: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +285,31 @@ class Broker(Protocol):
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Read (without removing) up to ``limit`` dead-lettered messages of ``queue``."""
+
+
+@runtime_checkable
+class RunTracking(Protocol):
+    """Optional, beside :class:`Broker`: poison accounting that blames only what was running.
+
+    A worker calls :meth:`start` (batched) just before it runs a delivery; the broker records
+    it durably in the lease. When the lease runs out (the worker died), the broker looks at that
+    record: a delivery that was never started comes back unchanged (prefetched messages carry
+    no blame); one that was running comes back with ``delivery_count`` one higher (a
+    *suspect*); one that was running as its worker's isolated suspect also gets a strike. A
+    worker runs at most one suspect at a time, so a strike points at one message.
+    """
+
+    async def start(self, runs: Sequence[tuple[Delivery, bool]]) -> list[bool]:
+        """Record that each ``(delivery, isolated)`` is running now (also renewing its lease).
+
+        Returns:
+            Per run, True if the lease is still this consumer's; False if it ran out and
+            another consumer took the message over (it must not run here).
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        ...
 
 
 # -- result backend ---------------------------------------------------------------------------

@@ -2,9 +2,18 @@
 
 The order is the at-least-once guarantee: a message is acked only after its outcome (result,
 retry message, dead letter) is safely stored, so a worker dying at any point means the message
-is delivered again, never lost. Bad input never escapes :meth:`Executor.handle`: an undecodable
-message, an unknown task name, arguments that don't fit, an unserialisable result and a message
-delivered too many times each get one log line and go to the dead-letter queue with the reason.
+is delivered again, never lost. Bad input never escapes :meth:`Executor.handle`: a malformed
+broker record (:attr:`Delivery.defect`), an undecodable message or a field of the wrong type
+(:func:`aqueue.message.decode` checks every one), an unknown task name, arguments that don't fit,
+an unserialisable result and a poison message each get one log line and go to the dead-letter
+queue with the reason. Anything else that goes wrong while handling one message (a bug) is
+logged with its traceback and dead-letters that message too: no message can stop a runner.
+
+Poison accounting (see :class:`~aqueue.transports.base.RunTracking`): on a broker that tracks
+runs, a message is marked as running (batched, one round trip for the runners starting
+together) just before its task runs, so that only a worker's death *while running it* counts
+against it; :attr:`Delivery.strikes` are the deaths while it ran as its worker's isolated
+suspect, and ``task_max_deliveries`` caps them.
 """
 
 from __future__ import annotations
@@ -19,9 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 from aqueue import message as wire
 from aqueue import states
+from aqueue.batching import Batcher
 from aqueue.canvas.primitives import Signature
 from aqueue.exceptions import (
     AqueueError,
+    BrokerError,
+    ConfigurationError,
+    DecodeError,
     EncodeError,
     Retry,
     SerializationError,
@@ -31,7 +44,7 @@ from aqueue.exceptions import (
 from aqueue.message import Message
 from aqueue.results.record import ResultRecord, describe_exception
 from aqueue.task import Request, Task
-from aqueue.transports import Broker, Delivery
+from aqueue.transports import Broker, Delivery, RunTracking
 from aqueue.worker.completer import Completer
 from aqueue.worker.invoke import invoke
 from aqueue.worker.revoke import Terminable, Terminated, revocation_record
@@ -82,15 +95,37 @@ class Executor:
         self.workflow = Workflow(app, backend, self._apply_errback)
         # Every store and ack goes through here: runners finishing together share round trips.
         self.completer = Completer(broker, backend, app.conf.result_expires)
+        # Marks of runs starting, on brokers that blame only what was running (RunTracking):
+        # runners starting together share one round trip; ids of leases found lost go here.
+        self._tracker = broker if isinstance(broker, RunTracking) else None
+        self._starts: Batcher[tuple[Delivery, bool]] = Batcher(self._mark_started, 1000)
+        self._lost: set[int] = set()
+
+    @property
+    def tracks_runs(self) -> bool:
+        """True when the broker blames only running messages (suspects then run isolated)."""
+        return self._tracker is not None
 
     # -- entry point -------------------------------------------------------------------------
 
-    async def handle(self, delivery: Delivery) -> None:
-        """Process one delivery to the end: run it, store the outcome, ack or dead-letter it."""
+    async def handle(self, delivery: Delivery, isolated: bool = False) -> None:
+        """Process one delivery to the end: run it, store the outcome, ack or dead-letter it.
+
+        Args:
+            delivery: what the broker handed out.
+            isolated: it runs as this worker's one suspect (see :class:`RunTracking`): a death
+                of the worker while it runs is a strike against it.
+
+        Raises:
+            asyncio.CancelledError: only that (the worker is stopping); nothing else escapes.
+        """
         try:
             try:
+                if delivery.defect is not None:
+                    raise DecodeError(delivery.defect)
                 msg = wire.decode(delivery.body, self.accept)
-            except SerializationError as exc:
+            except (SerializationError, ConfigurationError) as exc:
+                # ConfigurationError: a content type this process cannot read (msgpack missing).
                 await self._reject_undecodable(delivery, exc)
                 return
             logger.info("Task %s[%s] received", msg.task, msg.id)
@@ -99,19 +134,35 @@ class Executor:
             task = await self._admit(delivery, msg)
             if task is None:
                 return
-            await self._run(delivery, msg, task)
-        except AqueueError as exc:
+            await self._run(delivery, msg, task, isolated)
+        except BrokerError as exc:
             # The broker or backend failed while storing an outcome: leave the message leased,
             # so it is delivered again after the visibility timeout (nothing is lost).
             logger.error("could not finish message from %s: %s", delivery.queue, exc)
+        except Exception as exc:
+            await self._give_up(delivery, exc)
         finally:
             self.done += 1
             self._acked_early.discard(id(delivery))
 
+    async def _give_up(self, delivery: Delivery, exc: Exception) -> None:
+        """An unexpected error while handling ``delivery`` (a bug, not bad input): log it with
+        its traceback and dead-letter the message, so that it cannot stall the worker."""
+        reason = f"the worker failed while handling it: {type(exc).__name__}: {exc}"
+        logger.exception(
+            "message from queue %s sent to its dead-letter queue: %s", delivery.queue, reason
+        )
+        try:
+            await self.broker.dead_letter(delivery, reason)
+        except Exception as again:
+            # Left leased: delivered again after the visibility timeout.
+            logger.error("could not dead-letter it either: %s", again)
+
     # -- before running ----------------------------------------------------------------------
 
-    async def _reject_undecodable(self, delivery: Delivery, exc: SerializationError) -> None:
-        reason = f"undecodable message: {exc}"
+    async def _reject_undecodable(self, delivery: Delivery, exc: AqueueError) -> None:
+        what = "malformed broker record" if delivery.defect is not None else "undecodable message"
+        reason = f"{what}: {exc}"
         logger.error(
             "discarded a message from queue %s to its dead-letter queue: %s", delivery.queue, reason
         )
@@ -136,10 +187,11 @@ class Executor:
     async def _admit(self, delivery: Delivery, msg: Message) -> Task[Any, Any] | None:
         """Return the task to run, or ``None`` after dealing with a message that must not run."""
         cap = self.app.conf.task_max_deliveries
-        if delivery.delivery_count > cap:
+        if delivery.strikes + 1 > cap:
             reason = (
-                f"delivered {delivery.delivery_count} times, more than "
-                f"task_max_deliveries={cap}: a poison message"
+                f"delivered {delivery.strikes + 1} times counted against it, more than "
+                f"task_max_deliveries={cap}: a poison message ({delivery.strikes} worker(s) "
+                f"died while running it)"
             )
             await self._dead_letter(delivery, msg, reason, AqueueError(reason))
             return None
@@ -228,7 +280,9 @@ class Executor:
             reply_to=msg.reply_to,
         )
 
-    async def _run(self, delivery: Delivery, msg: Message, task: Task[Any, Any]) -> None:
+    async def _run(
+        self, delivery: Delivery, msg: Message, task: Task[Any, Any], isolated: bool
+    ) -> None:
         conf = self.app.conf
         time_limit = msg.time_limit or task.time_limit or conf.task_time_limit
         request = self._request(delivery, msg, time_limit)
@@ -236,6 +290,13 @@ class Executor:
         if not acks_late:
             await self.completer.finish((), (delivery,))
             self._acked_early.add(id(delivery))
+        elif not await self._start(delivery, isolated):
+            logger.warning(
+                "Task %s[%s] not started: its lease ran out and another worker has it",
+                msg.task,
+                msg.id,
+            )
+            return
         track = task.track_started if task.track_started is not None else conf.task_track_started
         if track:
             await self._store(
@@ -420,6 +481,21 @@ class Executor:
                 await value
         except Exception:
             logger.exception("hook %s raised", getattr(hook, "__qualname__", hook))
+
+    async def _start(self, delivery: Delivery, isolated: bool) -> bool:
+        """Mark ``delivery`` as running on the broker (batched); False if its lease is lost."""
+        if self._tracker is None:
+            return True
+        await self._starts.submit([(delivery, isolated)])
+        if id(delivery) in self._lost:
+            self._lost.discard(id(delivery))
+            return False
+        return True
+
+    async def _mark_started(self, runs: list[tuple[Delivery, bool]]) -> None:
+        assert self._tracker is not None
+        kept = await self._tracker.start(runs)
+        self._lost.update(id(d) for (d, _), ok in zip(runs, kept, strict=True) if not ok)
 
     def _unacked(self, delivery: Delivery) -> tuple[Delivery, ...]:
         """``(delivery,)``, or ``()`` when it was acked before running (``acks_late=False``)."""

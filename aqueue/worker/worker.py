@@ -17,6 +17,18 @@ the executor skips revoked messages (one lookup in a local set) and can terminat
 :class:`~aqueue.control.events.EventDispatcher` publishes task events. None of these costs anything
 while unused: no rate limit means no message is even looked at before a runner takes it.
 
+Each of these loops runs under a supervisor (:meth:`Worker._supervise`): one that crashes (a
+bug; no message can make one crash, see :mod:`aqueue.worker.execute`) is logged with its
+traceback and started again, so the worker never silently loses a loop.
+
+Suspects (see :class:`~aqueue.transports.base.RunTracking`): on a broker that tracks runs, a
+message that was running when its last worker died comes back with ``delivery_count > 1``. A
+worker runs at most one suspect at a time (the others wait, best-struck first), alongside its
+ordinary work, so that when a suspect kills its worker the strike lands on that one message.
+
+Starting waits for the broker: while it (or the result backend) cannot be reached, the worker
+retries with a capped backoff (one log line per outage) and starts consuming once it answers.
+
 Shutdown (SIGTERM/SIGINT or :meth:`Worker.stop`) is graceful: fetching stops, messages not yet
 started are released to the broker at once, running tasks get ``worker_shutdown_timeout``
 seconds to finish, and any still running then are cancelled and released (not acked), so they
@@ -27,21 +39,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import secrets
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from aqueue.control.events import EventDispatcher
-from aqueue.exceptions import AqueueError, ConfigurationError
-from aqueue.transports import Broker, Delivery, Outgoing
+from aqueue.exceptions import AqueueError, BrokerConnectionError, ConfigurationError
+from aqueue.transports import Broker, Delivery, Outgoing, ResultBackend
 from aqueue.worker.execute import Executor
 from aqueue.worker.ratelimit import Bucket, LocalBucket, RateGate, SharedBucket, parse_rate
 from aqueue.worker.remote import HEARTBEAT_INTERVAL, Remote
@@ -54,6 +68,12 @@ logger = logging.getLogger("aqueue.worker")
 
 FETCH_TIMEOUT = 1.0  # seconds a fetch blocks; bounds how long a stop waits for the fetcher
 RECONNECT_DELAY = 1.0  # seconds between attempts while the broker is unreachable
+# Seconds between attempts to reach the broker at start: the first pause, doubled up to the
+# last (so a worker starts at most this long after its broker appears).
+CONNECT_BACKOFF = (0.1, 2.0)
+# Seconds before a crashed internal loop is started again: the first pause, doubled up to the
+# last while it keeps crashing; a loop that ran longer than the last starts from the first.
+RESTART_BACKOFF = (0.1, 5.0)
 
 
 class Worker:
@@ -107,6 +127,11 @@ class Worker:
         self._ready = asyncio.Event()
         self._progress = asyncio.Event()  # set each time a runner finishes a message
         self._runners: list[asyncio.Task[None]] = []
+        # Suspects (see the module docstring): the one running or waiting for a runner, and
+        # the others, parked in a heap: most strikes first, then in arrival order.
+        self._suspect: Delivery | None = None
+        self._parked: list[tuple[int, int, Delivery]] = []
+        self._arrivals = itertools.count()
         self._helpers: list[asyncio.Task[None]] = []
         self._fetcher: asyncio.Task[None] | None = None
         self._main: asyncio.Task[None] | None = None
@@ -128,24 +153,31 @@ class Worker:
     async def start(self) -> None:
         """Connect and begin consuming; returns once the worker is ready.
 
+        While the broker, result backend or control transport cannot be reached this waits,
+        trying again with a capped backoff (:data:`CONNECT_BACKOFF`) and logging once per
+        outage; a :meth:`stop` meanwhile ends the wait and the worker never starts.
+
         Raises:
-            BrokerConnectionError: the broker, result backend or control transport cannot be
-                reached.
-            ConfigurationError: a task's ``rate_limit`` is not a rate.
+            ConfigurationError: a task's ``rate_limit`` is not a rate, or a URL is invalid.
         """
         self.app.apply_annotations()
         rates = {name: parse_rate(task.rate_limit) for name, task in self.app.tasks.items()}
-        self.broker = await self.app.broker()
-        backend = await self.app.result_backend() if self.app.has_result_backend else None
+        connected = await self._connect()
+        if connected is None:
+            return  # stopped while waiting for the broker
+        self.broker, backend = connected
         if backend is None:
             logger.warning("no result backend configured: task results will not be stored")
         self.executor = Executor(self.app, self.broker, backend, self.hostname, self._threads)
         self.executor.revoked = self.revocations
         self.started_at = time.time()
         await self._start_operations(rates)
-        self._runners = [asyncio.create_task(self._run_one()) for _ in range(self.concurrency)]
-        self._helpers = [asyncio.create_task(self._renew_leases())]
-        self._fetcher = asyncio.create_task(self._fetch_loop())
+        self._runners = [
+            asyncio.create_task(self._supervise(f"runner {i}", self._run_one))
+            for i in range(self.concurrency)
+        ]
+        self._helpers = [asyncio.create_task(self._supervise("lease renewer", self._renew_leases))]
+        self._fetcher = asyncio.create_task(self._supervise("fetcher", self._fetch_loop))
         self._ready.set()
         # Scripts and supervisors wait for this line, so it shows at any -l level, as Celery's.
         logger.log(
@@ -157,6 +189,63 @@ class Worker:
             self.prefetch,
             os.getpid(),
         )
+
+    async def _connect(self) -> tuple[Broker, ResultBackend | None] | None:
+        """The connected broker and result backend (and control transport, when there is
+        one), waiting while any cannot be reached; ``None`` if stopped while waiting."""
+        pause, outage = CONNECT_BACKOFF[0], False
+        while True:
+            try:
+                broker = await self.app.broker()
+                backend = await self.app.result_backend() if self.app.has_result_backend else None
+                with contextlib.suppress(ConfigurationError):  # none: _start_operations says so
+                    await self.app.control_transport()
+            except BrokerConnectionError as exc:
+                if not outage:
+                    logger.error(
+                        "%s cannot start yet: %s; waiting for it (retrying every %gs at most)",
+                        self.hostname,
+                        exc,
+                        CONNECT_BACKOFF[1],
+                    )
+                else:  # one line per outage; each further attempt only at debug level
+                    logger.debug("%s: still unreachable, trying again in %gs", self.hostname, pause)
+                outage = True
+            else:
+                if outage:
+                    logger.warning("%s: the servers answer again, starting", self.hostname)
+                return broker, backend
+            if await self._stopping_within(pause):
+                return None
+            pause = min(pause * 2, CONNECT_BACKOFF[1])
+
+    async def _stopping_within(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a stop; True if the worker is stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
+
+    async def _supervise(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run ``loop`` until it returns; when it raises, log it and run it again.
+
+        Pauses between restarts back off (:data:`RESTART_BACKOFF`) while the loop keeps
+        crashing, and end early when the worker stops (the loop then sees the stop and
+        returns). Cancellation is not caught.
+        """
+        pause = RESTART_BACKOFF[0]
+        while True:
+            began = time.monotonic()
+            try:
+                await loop()
+                return
+            except Exception:
+                logger.exception(
+                    "%s: internal task %s crashed; restarting it in %gs", self.hostname, name, pause
+                )
+            if time.monotonic() - began > RESTART_BACKOFF[1]:
+                pause = RESTART_BACKOFF[0]  # it had been running fine: a new incident
+            await self._stopping_within(pause)
+            pause = min(pause * 2, RESTART_BACKOFF[1])
 
     async def _start_operations(self, rates: dict[str, float | None]) -> None:
         """Rate limits, remote control, revocations and events (see the module docstring)."""
@@ -170,7 +259,7 @@ class Worker:
         if transport is not None and self.app.conf.rate_limit_scope == "global":
             bucket = SharedBucket(transport)
         self.gate = RateGate(
-            bucket, self._buffer.put_nowait, self._defer, self.revocations, self.prefetch // 2
+            bucket, self._ungated, self._defer, self.revocations, self.prefetch // 2
         )
         for name, rate in rates.items():
             if rate is not None:
@@ -217,9 +306,10 @@ class Worker:
         self._slot_free.set()
         grace = self.shutdown_timeout if timeout is None else timeout
         if self._fetcher is not None:
-            await self._fetcher
+            await asyncio.gather(self._fetcher, return_exceptions=True)  # supervised: ends
         if self.gate is not None:
-            await self.gate.close()  # what it parked is still held: released below
+            with _logged("closing the rate gate"):
+                await self.gate.close()  # what it parked is still held: released below
         unstarted = []
         while not self._buffer.empty():
             d = self._buffer.get_nowait()
@@ -255,10 +345,12 @@ class Worker:
             helper.cancel()
         await asyncio.gather(*self._helpers, return_exceptions=True)
         if self.events is not None:
-            self.events.send("worker-offline", **self.event_info())
-            await self.events.stop()
+            with _logged("stopping events"):
+                self.events.send("worker-offline", **self.event_info())
+                await self.events.stop()
         if self.remote is not None:
-            await self.remote.stop()
+            with _logged("stopping remote control"):
+                await self.remote.stop()
         self._threads.shutdown(wait=False, cancel_futures=True)
         logger.info("%s stopped (%d tasks processed)", self.hostname, self.processed)
         self._stopped.set()
@@ -358,8 +450,10 @@ class Worker:
 
     async def _fetch_loop(self) -> None:
         assert self.broker is not None
+        outage = False
         while not self._stopping.is_set():
-            free = self.prefetch - len(self._held)
+            # Parked suspects wait for their turn, not for a runner: they leave room to fetch.
+            free = self.prefetch - len(self._held) + len(self._parked)
             if free <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
@@ -371,17 +465,64 @@ class Worker:
             try:
                 batch = await self._fetch_or_stop(free)
             except AqueueError as exc:
-                logger.error(
-                    "fetching from the broker failed: %s; retrying in %gs", exc, RECONNECT_DELAY
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), RECONNECT_DELAY)
+                if not outage:  # one line per outage, not one per attempt
+                    logger.error(
+                        "fetching from the broker failed: %s; retrying every %gs",
+                        exc,
+                        RECONNECT_DELAY,
+                    )
+                outage = True
+                await self._stopping_within(RECONNECT_DELAY)
                 continue
+            if outage:
+                logger.warning("fetching from the broker works again")
+                outage = False
             gate = self.gate if self.gate is not None and self.gate.active else None
             for delivery in batch:
                 self._held[id(delivery)] = delivery
                 if gate is None or not self._park(gate, delivery):
-                    self._buffer.put_nowait(delivery)
+                    self._enqueue(delivery)
+            self._next_suspect()
+            await self._release_surplus()
+
+    def _enqueue(self, delivery: Delivery) -> None:
+        """Hand ``delivery`` to the runners; a suspect is parked for the suspect slot instead
+        (given out by :meth:`_next_suspect`, once the whole batch is parked)."""
+        assert self.executor is not None
+        if delivery.delivery_count > 1 and self.executor.tracks_runs:
+            entry = (-delivery.strikes, next(self._arrivals), delivery)
+            heapq.heappush(self._parked, entry)
+        else:
+            self._buffer.put_nowait(delivery)
+
+    def _ungated(self, delivery: Delivery) -> None:
+        """The rate gate lets ``delivery`` through."""
+        self._enqueue(delivery)
+        self._next_suspect()
+
+    def _next_suspect(self) -> None:
+        """Give the slot to the best parked suspect if it is free (one suspect at a time)."""
+        if self._suspect is None and self._parked and not self._stopping.is_set():
+            self._suspect = heapq.heappop(self._parked)[2]
+            self._buffer.put_nowait(self._suspect)
+
+    async def _release_surplus(self) -> None:
+        """Hand back the parked suspects beyond ``prefetch`` (worst struck last), so that a
+        flood of suspects cannot hold more than twice the prefetch bound; then wait for the
+        slot to move before fetching again, rather than fetch them straight back."""
+        if len(self._parked) <= self.prefetch:
+            return
+        assert self.broker is not None
+        self._parked.sort()
+        surplus = [d for _, _, d in self._parked[self.prefetch :]]
+        del self._parked[self.prefetch :]
+        heapq.heapify(self._parked)
+        for delivery in surplus:
+            self._held.pop(id(delivery), None)
+        with _logged("handing back surplus suspects"):
+            await self.broker.release(surplus)
+        self._slot_free.clear()
+        await _first(self._slot_free.wait(), self._stopping.wait())
 
     def _park(self, gate: RateGate, delivery: Delivery) -> bool:
         """Give ``delivery`` to the rate gate if its task is rate-limited; False otherwise."""
@@ -399,9 +540,10 @@ class Worker:
         env = _envelope(delivery.body)
         if env is None:
             return False
-        again = Outgoing(
-            delivery.queue, delivery.body, env["id"], int(env.get("priority") or 0), eta
-        )
+        priority = env.get("priority")
+        if type(priority) is not int:  # checked when it runs; here only the broker's level
+            priority = 0
+        again = Outgoing(delivery.queue, delivery.body, env["id"], priority, eta)
         try:
             await self.broker.publish([again])
             await self.broker.ack([delivery])
@@ -435,13 +577,25 @@ class Worker:
             if delivery is _STOP:
                 return
             try:
-                await self.executor.handle(delivery)
+                await self.executor.handle(delivery, isolated=delivery is self._suspect)
             except asyncio.CancelledError:
                 # Cancelled at shutdown mid-task: stays in _held, released by stop().
                 raise
-            self._held.pop(id(delivery), None)
-            self._slot_free.set()
-            self._progress.set()
+            except Exception:
+                # handle() lets nothing through; should a bug, its message is still let go
+                # (its lease runs out), and the supervisor restarts this runner.
+                self._finished(delivery)
+                raise
+            self._finished(delivery)
+
+    def _finished(self, delivery: Delivery) -> None:
+        """``delivery`` is done with (acked, dead-lettered, or left to its lease)."""
+        self._held.pop(id(delivery), None)
+        if delivery is self._suspect:
+            self._suspect = None
+            self._next_suspect()
+        self._slot_free.set()
+        self._progress.set()
 
     async def _renew_leases(self) -> None:
         assert self.broker is not None
@@ -470,6 +624,16 @@ def _envelope(body: bytes) -> dict[str, Any] | None:
     if not isinstance(env, dict) or not isinstance(env.get("id"), str):
         return None
     return env if isinstance(env.get("task"), str) else None
+
+
+@contextlib.contextmanager
+def _logged(action: str) -> Iterator[None]:
+    """Log (with its traceback) an error of a shutdown step instead of raising it, so that
+    stopping always reaches its end."""
+    try:
+        yield
+    except Exception:
+        logger.exception("error while %s", action)
 
 
 async def _first(*aws: Any) -> None:

@@ -26,6 +26,15 @@ How the Broker Protocol maps onto AMQP 0-9-1 as RabbitMQ implements it:
   ``aqueue-deliveries`` one higher and the original acked, and the copy is what the worker gets
   (``aqueue-deliveries + 1``). :meth:`AMQPBroker.release` publishes a copy the same way with the
   count kept, and acks the original.
+- **Blame.** RabbitMQ gives a consumer no way to mark a delivery it holds as started, and
+  returns every unacked delivery of a closed channel alike (``redelivered``; quorum queues
+  count each return in ``x-delivery-count``). So this broker is not a
+  :class:`~aqueue.transports.base.RunTracking` one: a message prefetched by a worker that died
+  is counted like the one it was running, and ``strikes`` are ``delivery_count - 1``.
+  ``worker_prefetch_multiplier=1`` keeps what a worker holds close to what it runs.
+- **Headers are checked** as a delivery arrives: a count or eta header that is not a whole
+  number is the delivery's :attr:`~aqueue.transports.base.Delivery.defect` (the worker
+  dead-letters it) instead of being read as 0.
 - **Delayed messages** go through :mod:`aqueue.transports.amqp.delay` (TTL queues, no plugin).
   What is declared, and when, is :mod:`aqueue.transports.amqp.topology`; the local buffer is
   :mod:`aqueue.transports.amqp.buffer`.
@@ -315,7 +324,7 @@ class AMQPBroker:
             if settle <= now:
                 taken = self._buffer.take(rank, limit)
                 if taken:
-                    return [Delivery(a.queue, a.message.body, a.count, a) for a in taken]
+                    return [self._delivery(a) for a in taken]
             if self._closes != closes:
                 return []
             wait = (settle if settle > now else deadline) - now
@@ -326,6 +335,11 @@ class AMQPBroker:
             arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(arrived.wait(), wait)
+
+    def _delivery(self, arrival: Arrival) -> Delivery:
+        defect = _header_defect(arrival.headers, self._queue_type == "quorum")
+        count = 1 if defect else arrival.count
+        return Delivery(arrival.queue, arrival.message.body, count, arrival, count - 1, defect)
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         """``basic.ack`` each delivery on its channel. Acking twice is harmless.
@@ -663,6 +677,11 @@ class AMQPBroker:
         """Buffer a pushed delivery, or first re-publish it when it is early or uncounted."""
         arrival = self._buffer.arrival(message, queue)
         headers = arrival.headers
+        if _header_defect(headers, self._queue_type == "quorum") is not None:
+            # Neither re-delayed nor re-counted: handed out as it is, the worker dead-letters it.
+            if not message.channel.is_closed:
+                self._buffer.push(arrival)
+            return
         eta = _int(headers.get(delay.ETA_HEADER)) / 1000
         if eta and eta - time.time() > _EARLY:
             await self._handoff(self._redelay(arrival, eta))
@@ -737,6 +756,19 @@ def _properties(
         correlation_id=correlation_id,
         headers=dict(headers) or None,
     )
+
+
+def _header_defect(headers: Mapping[str, Any], quorum: bool) -> str | None:
+    """Why a delivery's headers cannot be read (naming the header), or ``None``."""
+    names = (COUNT_HEADER, delay.ETA_HEADER, "x-delivery-count") if quorum else _CHECKED
+    for name in names:
+        value = headers.get(name)
+        if value is not None and (type(value) is not int or value < 0):
+            return f"AMQP header {name!r} must be a whole number >= 0, not {value!r:.40}"
+    return None
+
+
+_CHECKED = (COUNT_HEADER, delay.ETA_HEADER)  # headers read on a classic queue
 
 
 def _int(value: Any) -> int:

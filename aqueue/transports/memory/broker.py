@@ -2,8 +2,9 @@
 
 Everything lives in this process's memory, so a producer and a worker must share one app object
 (the pytest plugin's fixtures do). Nothing survives the process. It keeps the full contract -
-leases with a visibility timeout, priorities, delayed messages, dead-lettering - so code tested on
-it behaves the same on Redis or SQLite.
+leases with a visibility timeout, priorities, delayed messages, dead-lettering, and blame for
+what was running when a lease ran out (:class:`~aqueue.transports.base.RunTracking`) - so code
+tested on it behaves the same on Redis or SQLite.
 
 The state is guarded by a thread lock and waiters are woken on their own event loop, so one
 instance may be used from several loops (e.g. a test's loop and a thread's).
@@ -30,10 +31,19 @@ from aqueue.transports.base import DeadLetter, Delivery, Outgoing, QueueDepth, d
 class _Stored:
     body: bytes
     priority: int
-    delivery_count: int = 0
+    delivery_count: int = 1  # 1, plus one per lease that ran out while it was running
+    strikes: int = 0  # leases that ran out while it ran as an isolated suspect
+    running: int = 0  # 0: the current lease did not start it; 2: running; 3: running isolated
     lease: str | None = None
     lease_until: float = 0.0
     seq: int = 0
+
+    def blame(self) -> None:
+        """Its lease ran out: count it against the message if it was running."""
+        if self.running:
+            self.delivery_count += 1
+            self.strikes += self.running == 3
+            self.running = 0
 
 
 @dataclass(slots=True)
@@ -97,7 +107,9 @@ class MemoryBroker:
         for name, q in self._queues.items():
             expired = [k for k, s in q.leased.items() if s.lease_until <= now]
             for key in expired:
-                self._push_ready(name, q.leased.pop(key))
+                stored = q.leased.pop(key)
+                stored.blame()
+                self._push_ready(name, stored)
 
     def _next_due(self) -> float | None:
         times = [self._delayed[0][0]] if self._delayed else []
@@ -119,11 +131,11 @@ class MemoryBroker:
                 break
             q = self._queues[best[2]]
             _, seq, stored = heapq.heappop(q.ready)
-            stored.delivery_count += 1
             stored.lease = uuid.uuid4().hex
             stored.lease_until = now + self.visibility_timeout
             q.leased[seq] = stored
-            out.append(Delivery(best[2], stored.body, stored.delivery_count, (seq, stored.lease)))
+            token = (seq, stored.lease)
+            out.append(Delivery(best[2], stored.body, stored.delivery_count, token, stored.strikes))
         return out
 
     async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
@@ -174,16 +186,30 @@ class MemoryBroker:
                     del self._queues[d.queue].leased[d.token[0]]
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
-        """Make leased messages ready again at once, keeping their delivery count."""
+        """Make leased messages ready again at once, keeping their counts (not a death)."""
         with self._lock:
             for d in deliveries:
                 stored = self._leased(d)
                 if stored is not None:
                     del self._queues[d.queue].leased[d.token[0]]
                     stored.lease = None
-                    stored.delivery_count -= 1  # a release is not a delivery
+                    stored.running = 0
                     self._push_ready(d.queue, stored)
         self._wake_all()
+
+    async def start(self, runs: Sequence[tuple[Delivery, bool]]) -> list[bool]:
+        """Mark leased messages as running (isolated: as the worker's one suspect) and renew
+        their leases; False for a lease that is no longer ours."""
+        until = time.time() + self.visibility_timeout
+        kept = []
+        with self._lock:
+            for delivery, isolated in runs:
+                stored = self._leased(delivery)
+                if stored is not None:
+                    stored.running = 3 if isolated else 2
+                    stored.lease_until = until
+                kept.append(stored is not None)
+        return kept
 
     async def renew(self, deliveries: Sequence[Delivery]) -> None:
         """Push the lease of each message ``visibility_timeout`` seconds into the future."""

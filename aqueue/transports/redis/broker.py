@@ -6,16 +6,25 @@ Relies on these Redis (>= 6.2) semantics; key names are in :mod:`aqueue.transpor
   of the group and records it as pending with an idle time; nobody else gets it from ``>``.
   Acking is ``XACK`` + ``XDEL``, so streams only hold unfinished messages.
 - **Visibility timeout is idle time.** An entry pending for longer than the visibility timeout
-  (its consumer died, or stopped renewing) is taken over with ``XAUTOCLAIM``, which also counts
-  the delivery. Renewing is ``XCLAIM <id> JUSTID`` by the owner, which resets the idle time
-  without counting a delivery.
+  (its consumer died, or stopped renewing) is taken over with ``XAUTOCLAIM ... JUSTID``.
+  Renewing is ``XCLAIM <id> JUSTID`` by the owner, which resets the idle time.
 - **Priorities are separate streams.** Levels 0..9 of a queue are ten streams; the fetch script
   reads them best first with exact counts, so nothing is leased that is not handed out.
 - **Delayed messages** wait in one sorted set scored by eta (ms); the fetch script moves the due
   ones to their streams, atomically with the read.
-- **Delivery count.** An entry carries its delivery count so far in field ``n`` only when it was
-  re-added by :meth:`RedisBroker.release`; the count handed out is ``n`` (default 1) plus the
-  redeliveries the pending entries list counted since.
+- **Blame (RunTracking).** An entry carries its counts in fields ``n`` (the delivery count,
+  default 1) and ``k`` (strikes, default 0). :meth:`RedisBroker.start` sets the lease's
+  delivery counter in the pending entries list to 2 (running) or 3 (running as an isolated
+  suspect) with ``XCLAIM ... RETRYCOUNT``. When a lease runs out, the fetch script looks at the
+  counter: still 1 (never started, e.g. prefetched) - the entry is handed out unchanged; 2 or 3
+  - it is added again with ``n`` one higher (and ``k`` for 3) and the old entry removed.
+  :meth:`RedisBroker.release` (a graceful hand-back) copies the counts unchanged.
+- **Nothing trusted.** Fields ``n`` and ``k`` are checked here (a malformed one becomes the
+  delivery's :attr:`~aqueue.transports.base.Delivery.defect`, which the worker dead-letters);
+  a malformed delayed member is moved to ``aqueue:delayed-rejected`` with the reason and logged,
+  and the others keep flowing.
+- **Dead consumers** (killed workers) stay in a group's consumer list; the fetch script's
+  reclaim pass removes those that hold nothing and have been idle for a visibility timeout.
 
 The Lua scripts touch stream keys named inside the delayed set's members, so this broker needs
 a single Redis server (or a primary with replicas), not Redis Cluster.
@@ -26,6 +35,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import secrets
 import socket
 import time
@@ -98,6 +108,29 @@ class _Scripts:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+_COUNT = re.compile(rb"[1-9][0-9]{0,8}")  # field n: a delivery count, 1 .. 999,999,999
+_STRIKES = re.compile(rb"0|[1-9][0-9]{0,8}")  # field k: strikes, 0 .. 999,999,999
+
+
+def _counts(n: bytes | None, k: bytes | None) -> tuple[int, int, str | None]:
+    """An entry's ``(delivery count, strikes, defect)`` from its raw fields ``n`` and ``k``
+    (``None`` or empty: absent). A malformed field gives the defaults and a defect naming it."""
+    count = strikes = None
+    if not n:
+        count = 1
+    elif _COUNT.fullmatch(n):
+        count = int(n)
+    if not k:
+        strikes = 0
+    elif _STRIKES.fullmatch(k):
+        strikes = int(k)
+    if count is not None and strikes is not None:
+        return count, strikes, None
+    if count is None:
+        return 1, 0, f"stream entry field 'n' must be a delivery count (1 or more), not {n!r:.40}"
+    return 1, 0, f"stream entry field 'k' must be a count of strikes (0 or more), not {k!r:.40}"
 
 
 def _delayed_member(stream: str, message_id: str, body: bytes) -> bytes:
@@ -318,6 +351,20 @@ class RedisBroker:
         with redis_errors(self._url, "renew"):
             await self._renew(scripts, deliveries)
 
+    async def start(self, runs: Sequence[tuple[Delivery, bool]]) -> list[bool]:
+        """Mark leases as running (see :class:`~aqueue.transports.base.RunTracking`), one
+        script run: the lease's delivery counter becomes 2, or 3 for an isolated suspect.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        if not runs:
+            return []
+        _, scripts = await self._connection()
+        deliveries = [delivery for delivery, _ in runs]
+        with redis_errors(self._url, "start"):
+            return await self._claim_own(scripts, deliveries, [3 if i else 2 for _, i in runs])
+
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """XADD the body and ``reason`` to the queue's dead-letter stream and ack, in one MULTI.
 
@@ -423,12 +470,24 @@ class RedisBroker:
             int(time.time() * 1000),
             _MOVE_LIMIT,
             max(1, int(self._visibility * 1000)) if reclaim else 0,
+            keys.STREAM_PREFIX,
+            max(1, int(self._visibility * 1000)),  # a consumer idle this long holding nothing
         ]
         if reclaim:
             args += [self._cursors.get(s, b"0-0") for s in plan.streams]
-        entries, cursors, incomplete, next_due = await scripts.fetch(
-            keys=[keys.delayed(), *plan.streams], args=args
+        entries, cursors, incomplete, next_due, set_aside, removed = await scripts.fetch(
+            keys=[keys.delayed(), keys.delayed_rejected(), *plan.streams], args=args
         )
+        for i in range(0, len(set_aside), 2):
+            log.error(
+                "malformed delayed message set aside in %s: %s (member starts %r)",
+                keys.delayed_rejected(),
+                _text(set_aside[i + 1]),
+                bytes(set_aside[i]),
+            )
+        if removed:
+            gone = sorted({_text(removed[i + 1]) for i in range(0, len(removed), 2)})
+            log.info("removed dead consumer(s) holding nothing: %s", ", ".join(gone))
         if reclaim:
             self._cursors.update(zip(plan.streams, cursors, strict=True))
             # A pass cut short by `limit` continues on the next fetch, not a quarter-timeout on.
@@ -438,16 +497,9 @@ class RedisBroker:
         now = time.monotonic()
         found = []
         for i in range(0, len(entries), 5):
-            index, entry_id, body, base, times = entries[i : i + 5]
+            index, entry_id, body, n, k = entries[i : i + 5]
             stream = plan.streams[index - 1]
-            found.append(
-                Delivery(
-                    queue=plan.origin[stream][0],
-                    body=bytes(body),
-                    delivery_count=int(base) + int(times) - 1,
-                    token=_Lease(stream, bytes(entry_id), now),
-                )
-            )
+            found.append(_delivery(plan, stream, entry_id, body, n, k, now))
         # Stable: within a stream, reclaimed (older) entries stay ahead of fresh ones.
         found.sort(key=lambda d: plan.origin[d.token.stream][2])
         return found
@@ -485,14 +537,8 @@ class RedisBroker:
             for entry_id, fields in entries:
                 if fields is None:  # deleted after being added; nothing to deliver
                     continue
-                found.append(
-                    Delivery(
-                        queue=plan.origin[stream][0],
-                        body=bytes(fields.get(b"b", b"")),
-                        delivery_count=int(fields.get(b"n", 1)),
-                        token=_Lease(stream, bytes(entry_id), now),
-                    )
-                )
+                body, n, k = fields.get(b"b", b""), fields.get(b"n"), fields.get(b"k")
+                found.append(_delivery(plan, stream, entry_id, body, n, k, now))
         found.sort(key=lambda d: plan.origin[d.token.stream][2])
         self._buffer.extend(found[limit:])
         return found[:limit]
@@ -520,23 +566,28 @@ class RedisBroker:
 
     async def _renew(self, scripts: _Scripts, deliveries: Sequence[Delivery]) -> list[Delivery]:
         """Renew the leases this consumer still holds; return those deliveries."""
+        flags = await self._claim_own(scripts, deliveries, [0] * len(deliveries))
+        return [d for d, ours in zip(deliveries, flags, strict=True) if ours]
+
+    async def _claim_own(
+        self, scripts: _Scripts, deliveries: Sequence[Delivery], marks: Sequence[int]
+    ) -> list[bool]:
+        """Renew each lease still ours, setting its run mark (0: unchanged, 2: running, 3:
+        running isolated; see lua/renew.lua); per delivery, whether it is still ours."""
         leases: list[_Lease] = [d.token for d in deliveries]
-        flags = await scripts.renew(
-            keys=[lease.stream for lease in leases],
-            args=[keys.GROUP, self._consumer, *(lease.entry_id for lease in leases)],
-        )
+        args: list[bytes | str | int] = [keys.GROUP, self._consumer]
+        for lease, mark in zip(leases, marks, strict=True):
+            args += [lease.entry_id, mark]
+        flags = await scripts.renew(keys=[lease.stream for lease in leases], args=args)
         now = time.monotonic()
-        kept = []
         for delivery, lease, flag in zip(deliveries, leases, flags, strict=True):
             if flag:
                 delivery.token = _Lease(lease.stream, lease.entry_id, now)
-                kept.append(delivery)
-        return kept
+        return [bool(flag) for flag in flags]
 
     async def _release(self, scripts: _Scripts, deliveries: Sequence[Delivery]) -> None:
-        args: list[bytes | str | int] = [keys.GROUP, self._consumer]
-        for d in deliveries:
-            args += [d.token.entry_id, d.delivery_count]
+        args: list[bytes | str] = [keys.GROUP, self._consumer]
+        args += [d.token.entry_id for d in deliveries]
         await scripts.release(keys=[d.token.stream for d in deliveries], args=args)
 
     @staticmethod
@@ -546,3 +597,24 @@ class RedisBroker:
             lease: _Lease = d.token
             grouped.setdefault(lease.stream, []).append(lease.entry_id)
         return grouped
+
+
+def _delivery(
+    plan: _Plan,
+    stream: str,
+    entry_id: bytes,
+    body: bytes,
+    n: bytes | None,
+    k: bytes | None,
+    now: float,
+) -> Delivery:
+    """A delivery of one stream entry, its counts checked (see :func:`_counts`)."""
+    count, strikes, defect = _counts(n, k)
+    return Delivery(
+        queue=plan.origin[stream][0],
+        body=bytes(body),
+        delivery_count=count,
+        token=_Lease(stream, bytes(entry_id), now),
+        strikes=strikes,
+        defect=defect,
+    )

@@ -5,6 +5,7 @@ applications and ``SCAN aqueue:*`` finds everything it stored::
 
     aqueue:stream:<queue>:<priority>   stream of ready messages, one per queue and level 0..9
     aqueue:delayed                     sorted set of messages waiting for their eta (score: ms)
+    aqueue:delayed-rejected            stream of malformed delayed members set aside (m, r, t)
     aqueue:dlq:<queue>                 stream of dead-lettered messages of <queue>
     aqueue:result:<task_id>            string: the task's result record
     aqueue:result-events:<task_id>     pub/sub channel: each new result record of the task
@@ -27,16 +28,23 @@ from __future__ import annotations
 PREFIX = "aqueue:"
 GROUP = "aqueue"  # the consumer group of every queue stream
 PRIORITIES = range(10)  # stream levels of a queue; 9 is read first
+STREAM_PREFIX = f"{PREFIX}stream:"  # every queue stream's name starts with this
 
 
 def stream(queue: str, priority: int) -> str:
     """The stream holding ``queue``'s ready messages of ``priority`` (0..9)."""
-    return f"{PREFIX}stream:{queue}:{priority}"
+    return f"{STREAM_PREFIX}{queue}:{priority}"
 
 
 def delayed() -> str:
     """The sorted set of delayed messages of every queue, scored by eta in milliseconds."""
     return f"{PREFIX}delayed"
+
+
+def delayed_rejected() -> str:
+    """The stream where the fetch script sets aside malformed members of :func:`delayed`
+    (fields ``m``: the member, ``r``: why, ``t``: when, epoch ms); capped near 10,000."""
+    return f"{PREFIX}delayed-rejected"
 
 
 REPLY_PREFIX = f"{PREFIX}reply:"

@@ -6,9 +6,16 @@ other process could see it (use ``memory://``).
 
 Storage: one ``messages`` table. A message is *ready* when ``visible_at`` (epoch seconds) has
 passed: ``publish`` sets it to the eta (or now); ``fetch`` leases a message by pushing it
-``visibility_timeout`` seconds ahead, adding one to ``delivery_count`` and writing a fresh random
-``lease``. A lease that runs out needs no sweeper: the row is simply ready again. Dead letters go
-to a ``dead_letters`` table.
+``visibility_timeout`` seconds ahead and writing a fresh random ``lease``. A lease that runs out
+needs no sweeper: the row is simply ready again. Dead letters go to a ``dead_letters`` table.
+
+Blame (:class:`~aqueue.transports.base.RunTracking`): :meth:`SQLiteBroker.start` sets ``running``
+to 2 (or 3 for an isolated suspect) just before the worker runs the message. A claim that
+finds a row whose lease ran out while it was running adds one to ``delivery_count`` (deaths
+while running; the count handed out is one more) and, for 3, to ``strikes``; a row that was
+only prefetched comes back unchanged. Rows are checked as they are read: a ``body`` that is not
+bytes (text is taken as UTF-8) or a count that is not a whole number becomes the delivery's
+``defect``, which the worker dead-letters.
 
 Locking: every write is one ``BEGIN IMMEDIATE`` transaction, so two processes never lease the
 same row - the second waits (up to ``busy_timeout``) for the first to commit and then no longer
@@ -94,6 +101,7 @@ class SQLiteBroker(SQLiteRole):
         self._version = 0  # bumped by publish/release/close: "look again"
         self._closes = 0
         self._waiters: set[asyncio.Future[None]] = set()
+        self._has_blame_columns = False  # running and strikes exist (a file from before: added)
 
     async def close(self) -> None:
         """Close the connection and wake waiting fetches (they return ``[]``). Idempotent.
@@ -142,6 +150,7 @@ class SQLiteBroker(SQLiteRole):
         names = list(dict.fromkeys(queues))  # a repeated name must not yield a row twice
         if limit <= 0 or not names:
             return []
+        await self._blame_columns()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(timeout, 0.0)
         interval = _MIN_POLL
@@ -207,19 +216,53 @@ class SQLiteBroker(SQLiteRole):
         await self._db.call(delete)
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
-        """Make leased messages ready at once; their next delivery has the same delivery count.
+        """Make leased messages ready at once, their counts unchanged.
 
-        A release is not a delivery (a worker shutting down gives back what it did not run), so
-        it does not count towards a retry or poison-message limit.
+        A release is not a death (a worker shutting down gives back what it did not run or
+        could not finish), so it does not count towards the poison-message limit.
 
         Raises:
             BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
         """
         if not deliveries:
             return
+        await self._blame_columns()
         tokens = [_token(d) for d in deliveries]
         await self._db.call(lambda conn: _release(conn, tokens))
         self._wake()
+
+    async def start(self, runs: Sequence[tuple[Delivery, bool]]) -> list[bool]:
+        """Mark leased rows as running (3 for an isolated suspect, else 2) and push their
+        leases ``visibility_timeout`` seconds past now, in one transaction (see
+        :class:`~aqueue.transports.base.RunTracking`).
+
+        Returns:
+            Per run, False when the lease is no longer ours.
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
+        """
+        if not runs:
+            return []
+        await self._blame_columns()
+        rows = [(3 if isolated else 2, *_token(d)) for d, isolated in runs]
+
+        def mark(conn: sqlite3.Connection) -> list[bool]:
+            with transaction(conn):
+                until = time.time() + self.visibility_timeout
+                sql = "UPDATE messages SET running = ?, visible_at = ? WHERE id = ? AND lease = ?"
+                return [
+                    conn.execute(sql, (running, until, rowid, lease)).rowcount == 1
+                    for running, rowid, lease in rows
+                ]
+
+        return await self._db.call(mark)
+
+    async def _blame_columns(self) -> None:
+        """Add columns ``running`` and ``strikes`` to a database file made before them."""
+        if not self._has_blame_columns:
+            await self._db.call(_add_blame_columns)
+            self._has_blame_columns = True
 
     async def renew(self, deliveries: Sequence[Delivery]) -> None:
         """Push each lease still ours ``visibility_timeout`` seconds past now.
@@ -263,7 +306,7 @@ class SQLiteBroker(SQLiteRole):
                 conn.execute(
                     "INSERT INTO dead_letters (queue, body, reason, time, message_id)"
                     " VALUES (?, ?, ?, ?, ?)",
-                    (row[0], row[1], reason, time.time(), row[2]),
+                    (row[0], _blob(row[1]) or b"", reason, time.time(), str(row[2])),
                 )
 
         await self._db.call(move)
@@ -387,24 +430,62 @@ def _claim(conn: sqlite3.Connection, queues: list[str], limit: int, vt: float) -
         if not chosen:
             return _Claim([], None)  # another consumer took them first
         lease = secrets.randbits(62)
-        found: dict[int, tuple[str, bytes, int]] = {}
+        found: dict[int, Delivery] = {}
         for part in chunks(chosen):
             marks = placeholders(len(part))
+            # A lease that ran out while its run was marked is blamed (see the module doc).
+            # Counts change only then: arithmetic would turn a malformed one into a number.
             conn.execute(
-                "UPDATE messages SET visible_at = ?, delivery_count = delivery_count + 1,"
-                f" lease = ? WHERE id IN ({marks})",
+                "UPDATE messages SET visible_at = ?, lease = ?,"
+                " delivery_count = CASE WHEN running > 0 THEN delivery_count + 1"
+                " ELSE delivery_count END,"
+                " strikes = CASE WHEN running = 3 THEN strikes + 1 ELSE strikes END,"
+                f" running = 0 WHERE id IN ({marks})",
                 (now + vt, lease, *part),
             )
             rows = conn.execute(
-                f"SELECT id, queue, body, delivery_count FROM messages WHERE id IN ({marks})",
+                "SELECT id, queue, body, delivery_count, strikes FROM messages"
+                f" WHERE id IN ({marks})",
                 part,
             )
-            found.update((rowid, (q, bytes(body), count)) for rowid, q, body, count in rows)
-    deliveries = [
-        Delivery(found[rowid][0], found[rowid][1], found[rowid][2], (rowid, lease))
-        for rowid in chosen
-    ]
-    return _Claim(deliveries, None)
+            found.update((row[0], _delivery(row, lease)) for row in rows)
+    return _Claim([found[rowid] for rowid in chosen], None)
+
+
+def _delivery(row: tuple[Any, ...], lease: int) -> Delivery:
+    """The delivery of a claimed row ``(id, queue, body, delivery_count, strikes)``, each
+    column checked: a wrong one becomes the delivery's defect, naming the column."""
+    rowid, queue, raw, deaths, strikes = row
+    body = _blob(raw)
+    defect = None
+    if body is None:
+        defect = f"messages.body must be bytes, not {type(raw).__name__}"
+    elif type(deaths) is not int or deaths < 0:
+        defect = f"messages.delivery_count must be a whole number >= 0, not {deaths!r:.40}"
+    elif type(strikes) is not int or strikes < 0:
+        defect = f"messages.strikes must be a whole number >= 0, not {strikes!r:.40}"
+    if body is None or defect is not None:
+        return Delivery(str(queue), body or b"", 1, (rowid, lease), 0, defect)
+    return Delivery(str(queue), body, deaths + 1, (rowid, lease), strikes)
+
+
+def _blob(value: Any) -> bytes | None:
+    """A body column as bytes (text as UTF-8, as sqlite3's shell stores it); None otherwise."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    return None
+
+
+def _add_blame_columns(conn: sqlite3.Connection) -> None:
+    """Add ``running`` and ``strikes`` to ``messages`` if missing (a file made by an older
+    aqueue); under the write lock, so that two processes upgrading at once add them once."""
+    with transaction(conn):
+        have = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+        for column in ("running", "strikes"):
+            if column not in have:
+                conn.execute(f"ALTER TABLE messages ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
 
 
 def _unclaim(conn: sqlite3.Connection, claim: _Claim) -> None:
@@ -413,13 +494,13 @@ def _unclaim(conn: sqlite3.Connection, claim: _Claim) -> None:
 
 
 def _release(conn: sqlite3.Connection, tokens: list[tuple[int, int]]) -> None:
-    """Make leased rows ready now and take back the delivery their fetch counted."""
+    """Make leased rows ready now, counts unchanged (a hand-back is not a death)."""
     if not tokens:
         return
     with transaction(conn):
         now = time.time()
         conn.executemany(
-            "UPDATE messages SET visible_at = ?, lease = NULL, delivery_count = delivery_count - 1"
+            "UPDATE messages SET visible_at = ?, lease = NULL, running = 0"
             " WHERE id = ? AND lease = ?",
             [(now, *token) for token in tokens],
         )

@@ -5,7 +5,8 @@ beat's state; the roles of one app share one connection (:class:`.connection.SQL
 """
 
 SCHEMA: tuple[str, ...] = (
-    # -- broker
+    # -- broker (delivery_count: workers that died while running it; running: 2 or 3 while
+    # the current lease runs it, 3 as an isolated suspect; strikes: deaths while isolated)
     """CREATE TABLE IF NOT EXISTS messages (
         id INTEGER PRIMARY KEY,
         queue TEXT NOT NULL,
@@ -14,7 +15,9 @@ SCHEMA: tuple[str, ...] = (
         visible_at REAL NOT NULL,
         delivery_count INTEGER NOT NULL DEFAULT 0,
         lease INTEGER,
-        message_id TEXT NOT NULL
+        message_id TEXT NOT NULL,
+        running INTEGER NOT NULL DEFAULT 0,
+        strikes INTEGER NOT NULL DEFAULT 0
     )""",
     # The claim walks this index in delivery order and filters on visible_at without touching
     # the table, stopping after `limit` ready rows.
