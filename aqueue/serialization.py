@@ -375,9 +375,14 @@ def _json_dumps(value: Any) -> bytes:
         raw = orjson.dumps(value, option=_STRICT)
     except TypeError:  # typed values, keys that are not strings, integers beyond 64 bits
         return _json_dumps_tagged(value)
-    if _TAG in raw or _UUID_TAIL.search(raw) is not None:
+    if _TAG in raw or _has_uuid(raw):
         return _json_dumps_tagged(value)  # a UUID, or a dict that has a "__type__" key
     return raw
+
+
+def _has_uuid(raw: bytes) -> bool:
+    """True when orjson's output may hold a UUID (a string shaped like one, at least)."""
+    return b"-" in raw and _UUID_TAIL.search(raw) is not None
 
 
 def _json_dumps_tagged(value: Any) -> bytes:
@@ -666,6 +671,8 @@ def loads(data: bytes, serializer: str, compression: str | None = None) -> Any:
 
 # The keys of a message envelope or a result record that hold the user's values.
 _DATA_KEYS = ("args", "kwargs", "result", "headers", "link", "link_error", "options")
+# The document key listing the data keys whose values were tagged (absent: none were).
+TAGGED_KEY = "tx"
 
 
 def dumps_message(env: dict[str, Any]) -> bytes:
@@ -673,22 +680,28 @@ def dumps_message(env: dict[str, Any]) -> bytes:
 
     Its user values (``args``, ``kwargs``, ``headers``, ``link``, ``link_error``, ``options``)
     are encoded as by the ``json`` serializer. A call with scalar arguments and nothing else of
-    the user's, such as ``add(2, 2)``, costs one type check and one ``orjson.dumps``. ``env``
-    may be changed.
+    the user's, such as ``add(2, 2)``, costs one type check and one ``orjson.dumps``; other
+    plain values add one byte search. The keys whose values hold typed values are listed under
+    ``"tx"``, so a reader walks those alone (:func:`loads_document`). ``env`` may be changed.
 
     Raises:
         EncodeError: a value is not serialisable; the message names it and the task.
     """
-    args, kwargs = env.get("args"), env.get("kwargs")
+    kwargs = env.get("kwargs")
     if (
-        (args and not _SCALARS.issuperset(map(type, args)))
-        or (kwargs and not _flat(kwargs))
-        or env["headers"]
+        env["headers"]
         or env["link"]
         or env["link_error"]
         or env["options"]
+        or (kwargs and not _flat(kwargs))
     ):
         return _dumps_fields(env)
+    args = env.get("args")
+    if args and not _SCALARS.issuperset(map(type, args)):  # the common other case: args alone
+        raw, walked = _dumps_field(args, "args", env)
+        env["args"] = orjson.Fragment(raw)
+        if walked:
+            env[TAGGED_KEY] = ["args"]
     try:
         return orjson.dumps(env)
     except TypeError:  # an integer beyond 64 bits
@@ -704,35 +717,54 @@ def dumps_record(rec: dict[str, Any]) -> bytes:
     if _flat(rec["result"]):
         try:
             return orjson.dumps(rec)
-        except TypeError:  # an integer beyond 64 bits, keys that are not strings
+        except TypeError:  # an integer beyond 64 bits
             pass
     return _dumps_fields(rec)
 
 
 def _flat(value: Any) -> bool:
-    """True for a scalar, or a list, tuple or string-keyed dict of scalars (no "__type__")."""
+    """True for a scalar, or a list, tuple or string-keyed dict of scalars."""
     cls = type(value)
     if cls in _SCALARS:
         return True
     if cls is tuple or cls is list:
         return _SCALARS.issuperset(map(type, value))
     if cls is dict:
-        return TYPE_KEY not in value and _SCALARS.issuperset(map(type, value.values()))
+        return _SCALARS.issuperset(map(type, value.values()))
     return False
 
 
 def _dumps_fields(doc: dict[str, Any]) -> bytes:
-    """``doc`` with each user value encoded by the ``json`` serializer (the careful path)."""
+    """``doc`` with each user value that is not flat encoded on its own (the careful path)."""
+    tagged: list[str] = doc.get(TAGGED_KEY) or []
     for key in _DATA_KEYS:
         value = doc.get(key)
-        if value is not None:
-            doc[key] = orjson.Fragment(_dumps_field(value, key, doc))
+        if not value or type(value) is orjson.Fragment or (_flat(value) and _plain_keys(value)):
+            continue  # absent, empty, a falsy scalar, done, or flat: orjson writes it inline
+        raw, walked = _dumps_field(value, key, doc)
+        doc[key] = orjson.Fragment(raw)
+        if walked:
+            tagged.append(key)
+    if tagged:
+        doc[TAGGED_KEY] = tagged
     return orjson.dumps(doc)
 
 
-def _dumps_field(value: Any, key: str, doc: dict[str, Any]) -> bytes:
+def _plain_keys(value: Any) -> bool:
+    """False for a dict with a key that is not a string (orjson would refuse it)."""
+    return type(value) is not dict or all(type(k) is str for k in value)
+
+
+def _dumps_field(value: Any, key: str, doc: dict[str, Any]) -> tuple[bytes, bool]:
+    """``value`` as JSON, and whether it was walked (so holds tags and escaped dicts)."""
     try:
-        return _json_dumps(value)
+        try:
+            raw = orjson.dumps(value, option=_STRICT)
+        except TypeError:  # typed values, keys that are not strings, integers beyond 64 bits
+            return _json_dumps_tagged(value), True
+        if b"-" in raw and _UUID_TAIL.search(raw) is not None:  # a UUID, or a look-alike
+            return _json_dumps_tagged(value), True
+        return raw, False
     except _Refused as exc:
         name = doc.get("task") or doc.get("name")
         where = ("the result" if key == "result" else key) + "".join(exc.path[::-1])
@@ -741,18 +773,20 @@ def _dumps_field(value: Any, key: str, doc: dict[str, Any]) -> bytes:
 
 
 def loads_document(raw: bytes) -> Any:
-    """Parse a message envelope or result record (:func:`dumps_message`, :func:`dumps_record`).
+    """Parse a message envelope or result record (:func:`dumps_message`, :func:`dumps_record`):
+    the values of the keys listed under ``"tx"`` get their types back.
 
     Raises:
         orjson.JSONDecodeError: ``raw`` is not JSON.
         DecodeError: it holds a typed value whose type is not registered in this process.
     """
-    if type(raw) is not bytes:  # a memoryview or bytearray from a transport
-        raw = bytes(raw)
-    value = orjson.loads(raw)
-    if _TAG in raw:
-        return _from_json(value)
-    return value
+    doc = orjson.loads(raw)
+    if type(doc) is dict and TAGGED_KEY in doc:
+        tagged = doc.pop(TAGGED_KEY)
+        for key in tagged if type(tagged) is list else ():
+            if key in _DATA_KEYS and key in doc:
+                doc[key] = _from_json(doc[key])
+    return doc
 
 
 # -- giving JSON shapes back their annotated types -----------------------------------------------

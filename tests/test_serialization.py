@@ -277,7 +277,7 @@ def test_plain_arguments_are_inline_json_as_before() -> None:
     raw = msg.encode()
     env = orjson.loads(raw)
     assert env["args"] == [2, "x", None, [1.5, True]] and env["kwargs"] == {"k": {"a": 1}}
-    assert b"__type__" not in raw
+    assert b"__type__" not in raw and "tx" not in env
 
 
 def test_a_typed_value_is_tagged_as_kombu_tags_it() -> None:
@@ -287,12 +287,22 @@ def test_a_typed_value_is_tagged_as_kombu_tags_it() -> None:
         {"__type__": "datetime", "__value__": "2024-05-01T00:00:00+00:00"},
         {"__type__": "uuid", "__value__": "00000000-0000-0000-0000-000000000001"},
     ]
+    assert env["tx"] == ["args"]  # the fields a reader walks for typed values
+
+
+def test_a_dict_shaped_like_a_typed_value_stays_a_dict() -> None:
+    """Only the fields listed under "tx" are read for typed values; those were escaped."""
+    lookalike = {"__type__": "uuid", "__value__": "12345678-1234-5678-1234-567812345678"}
+    plain = Message(id="m", task="t", args=(lookalike,), headers={"h": lookalike})
+    assert decode(plain.encode()).args == (lookalike,)
+    mixed = Message(id="m", task="t", args=(lookalike, uuid.UUID(int=3)), headers={"h": lookalike})
+    got = decode(mixed.encode())
+    assert got.args == (lookalike, uuid.UUID(int=3)) and got.headers == {"h": lookalike}
 
 
 def test_a_type_unknown_to_the_reader_is_a_decode_error_naming_it() -> None:
-    raw = orjson.dumps(
-        {"v": 1, "id": "m", "task": "t", "args": [{"__type__": "nowhere.Thing", "__value__": 1}]}
-    )
+    typed = {"__type__": "nowhere.Thing", "__value__": 1}
+    raw = orjson.dumps({"v": 1, "id": "m", "task": "t", "args": [typed], "tx": ["args"]})
     with pytest.raises(DecodeError, match=r"'nowhere\.Thing' is not registered in this process"):
         decode(raw)
 
