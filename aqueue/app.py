@@ -327,8 +327,17 @@ class Aqueue:
         transports = self._loop_connections().transports
         found = transports.get(url)
         if found is None:
-            found = transports[url] = transport_for(url)
+            connection = self.conf.connection_options(url)
+            found = transports[url] = transport_for(url, connection=connection)
         return found
+
+    def connected(self) -> bool:
+        """True when the running loop's broker, and its result backend if there is one, are
+        connected already (no I/O): a send then need not connect first."""
+        conns = self._loop_connections()
+        return conns.broker is not None and (
+            conns.backend is not None or not self.has_result_backend
+        )
 
     async def broker(self) -> Broker:
         """The connected broker for the running event loop (connecting on first use).

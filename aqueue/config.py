@@ -22,6 +22,7 @@ from typing import Any
 
 from aqueue.exceptions import ConfigurationError
 from aqueue.serialization import COMPRESSIONS, is_content_type, serializer_names
+from aqueue.transports.base import MIN_SOCKET_TIMEOUT, ConnectionOptions
 
 DEFAULT_URL = "sqlite:///aqueue.db"
 BROKER_ENV = "AQUEUE_BROKER_URL"
@@ -96,6 +97,50 @@ def _seconds(allow_none: bool) -> Callable[[str, Any], None]:
             )
 
     return check
+
+
+def _timeout(allow_none: bool, minimum: float = 0.0) -> Callable[[str, Any], None]:
+    """Seconds > 0 (and >= ``minimum``), or ``None`` where allowed."""
+
+    def check(name: str, value: Any) -> None:
+        if value is None and allow_none:
+            return
+        if isinstance(value, timedelta):
+            value = value.total_seconds()
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or value <= 0
+            or value < minimum
+        ):
+            least = f">= {minimum:g}" if minimum else "> 0"
+            raise ConfigurationError(
+                f"{name} must be a number of seconds {least}{' or None' if allow_none else ''}, "
+                f"not {value!r}"
+            )
+
+    return check
+
+
+def _optional(check: Callable[[str, Any], None]) -> Callable[[str, Any], None]:
+    """``check``, or ``None``."""
+
+    def check_optional(name: str, value: Any) -> None:
+        if value is not None:
+            check(name, value)
+
+    return check_optional
+
+
+def _pool_size(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_POOL:
+        raise ConfigurationError(
+            f"{name} must be a whole number >= {MIN_POOL} or None (the default, "
+            f"{DEFAULT_POOL}), not {value!r}: a worker holds a few connections for its "
+            f"subscriptions and its blocking fetch"
+        )
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -228,7 +273,23 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "enable_utc": _boolean,
     "beat_schedule": _mapping,
     "broker_transport_options": _mapping,
+    "broker_connection_timeout": _timeout(allow_none=False),
+    "broker_connection_retry": _boolean,
+    "broker_connection_max_retries": _optional(_non_negative_int),
+    "broker_connection_retry_on_startup": _optional(_boolean),
+    "broker_pool_limit": _pool_size,
+    "redis_socket_timeout": _timeout(allow_none=True, minimum=MIN_SOCKET_TIMEOUT),
+    "redis_socket_connect_timeout": _timeout(allow_none=True),
+    "redis_retry_on_timeout": _boolean,
+    "redis_max_connections": _pool_size,
 }
+
+
+#: Connections in a Redis pool when neither broker_pool_limit nor redis_max_connections is set.
+DEFAULT_POOL = 128
+#: The smallest pool allowed: a worker holds up to 4 connections (pub/sub subscriptions and the
+#: blocking fetch) for as long as it runs, and needs more for its commands.
+MIN_POOL = 10
 
 
 @dataclass(slots=True)
@@ -272,6 +333,16 @@ class Settings:
     enable_utc: bool = True
     beat_schedule: dict[str, Any] = field(default_factory=dict)
     broker_transport_options: dict[str, Any] = field(default_factory=dict)
+    # When a server is down (README "When a server is down"):
+    broker_connection_timeout: float = 4.0
+    broker_connection_retry: bool = True
+    broker_connection_max_retries: int | None = None  # None or 0: forever
+    broker_connection_retry_on_startup: bool | None = None  # None: broker_connection_retry
+    broker_pool_limit: int | None = None  # None: DEFAULT_POOL
+    redis_socket_timeout: float | None = None  # Celery: 120; see the README
+    redis_socket_connect_timeout: float | None = None  # None: broker_connection_timeout
+    redis_retry_on_timeout: bool = False
+    redis_max_connections: int | None = None  # None: DEFAULT_POOL
 
     def __setattr__(self, name: str, value: Any) -> None:
         check = _CHECKS.get(name)
@@ -353,6 +424,34 @@ class Settings:
         if broker.split("://", 1)[0].lower() in BACKEND_SCHEMES:
             return broker
         return None
+
+    def connection_options(self, url: str) -> ConnectionOptions:
+        """How the app's client for the server at ``url`` connects: the broker's settings where
+        ``url`` is the broker's, the result backend's where it is the backend's, both where one
+        server is both (the shorter connect timeout, the larger pool).
+
+        The connect timeout is ``broker_connection_timeout`` for the broker and
+        ``redis_socket_connect_timeout`` (else ``broker_connection_timeout``) for the result
+        backend; the pool is ``broker_pool_limit`` / ``redis_max_connections``. Every Redis
+        connection reads ``redis_socket_timeout`` and ``redis_retry_on_timeout``.
+        """
+        is_broker = url == self.resolved_broker_url()
+        is_backend = not is_broker or url == self.resolved_backend_url()  # or control, beat
+        timeouts: list[float] = []
+        pools: list[int | None] = []
+        if is_broker:
+            timeouts.append(self.broker_connection_timeout)
+            pools.append(self.broker_pool_limit)
+        if is_backend:
+            timeouts.append(self.redis_socket_connect_timeout or self.broker_connection_timeout)
+            pools.append(self.redis_max_connections)
+        sizes = [size for size in pools if size is not None]
+        return ConnectionOptions(
+            connect_timeout=min(timeouts),
+            socket_timeout=self.redis_socket_timeout,
+            retry_on_timeout=self.redis_retry_on_timeout,
+            max_connections=max(sizes) if sizes else DEFAULT_POOL,
+        )
 
 
 def _unknown(name: str) -> str:

@@ -147,3 +147,96 @@ def test_config_module_with_future_import_is_accepted(
     app.config_from_object("future_conf")
     assert app.conf.result_expires == 60
     sys.modules.pop("future_conf", None)
+
+
+# -- connecting: timeouts, retries, pool sizes (README "When a server is down") ---------------
+
+
+def test_connection_settings_default_to_bounded_waits() -> None:
+    conf = Aqueue("proj", broker="memory://").conf
+    assert conf.broker_connection_timeout == 4.0  # Celery's; the issue asks for <= 5 s
+    assert conf.broker_connection_retry is True
+    assert conf.broker_connection_max_retries is None  # forever, with a capped pause
+    assert conf.broker_connection_retry_on_startup is None  # as broker_connection_retry
+    assert conf.redis_socket_timeout is None  # Celery: 120 s, which costs a timer per command
+    assert conf.redis_socket_connect_timeout is None
+    assert conf.redis_retry_on_timeout is False
+    assert conf.broker_pool_limit is None and conf.redis_max_connections is None
+
+
+def test_connection_settings_are_accepted_in_celery_forms() -> None:
+    app = Aqueue("proj", broker="memory://")
+    app.conf.update(
+        broker_connection_timeout=timedelta(seconds=2),
+        broker_connection_retry=False,
+        broker_connection_max_retries=0,
+        broker_connection_retry_on_startup=True,
+        broker_pool_limit=10,
+        redis_socket_timeout=None,
+        redis_socket_connect_timeout=1.5,
+        redis_retry_on_timeout=True,
+        redis_max_connections=50,
+    )
+    assert app.conf.broker_connection_timeout == 2.0  # a timedelta is seconds
+    assert app.conf.broker_connection_max_retries == 0  # Celery's "forever", as None
+    assert (app.conf.broker_pool_limit, app.conf.redis_max_connections) == (10, 50)
+    assert app.conf.redis_socket_timeout is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("broker_connection_timeout", 0, r"seconds > 0, not 0"),
+        ("broker_connection_timeout", None, r"seconds > 0, not None"),
+        ("broker_connection_timeout", "4", r"seconds > 0"),
+        ("broker_connection_retry", 1, "True or False"),
+        ("broker_connection_max_retries", -1, "whole number >= 0"),
+        ("broker_connection_retry_on_startup", "yes", "True or False"),
+        ("broker_pool_limit", 2, r"whole number >= 10 or None"),
+        ("redis_max_connections", 0, r"whole number >= 10 or None"),
+        ("redis_socket_timeout", 1, r"seconds >= 2 or None"),
+        ("redis_socket_connect_timeout", -1, r"seconds > 0 or None"),
+        ("redis_retry_on_timeout", None, "True or False"),
+    ],
+)
+def test_bad_connection_settings_name_the_setting(name: str, value: object, message: str) -> None:
+    app = Aqueue("proj", broker="memory://")
+    with pytest.raises(ConfigurationError, match=f"{name} must be .*{message}"):
+        app.conf.update({name: value})
+
+
+def test_connection_options_follow_the_broker_and_backend_settings() -> None:
+    conf = Aqueue(
+        "proj",
+        broker="redis://h:1/0",
+        backend="redis://h:2/0",
+        broker_connection_timeout=3,
+        broker_pool_limit=20,
+        redis_socket_connect_timeout=1,
+        redis_max_connections=40,
+        redis_socket_timeout=60,
+        redis_retry_on_timeout=True,
+    ).conf
+    broker, backend = (
+        conf.connection_options("redis://h:1/0"),
+        conf.connection_options("redis://h:2/0"),
+    )
+    assert (broker.connect_timeout, broker.max_connections) == (3, 20)
+    assert (backend.connect_timeout, backend.max_connections) == (1, 40)
+    for options in (broker, backend):
+        assert (options.socket_timeout, options.retry_on_timeout) == (60, True)
+
+
+def test_one_server_for_broker_and_backend_takes_the_shorter_wait_and_larger_pool() -> None:
+    conf = Aqueue(
+        "proj",
+        broker="redis://h:1/0",
+        broker_connection_timeout=3,
+        redis_socket_connect_timeout=5,
+        broker_pool_limit=20,
+        redis_max_connections=40,
+    ).conf
+    shared = conf.connection_options("redis://h:1/0")
+    assert (shared.connect_timeout, shared.max_connections) == (3, 40)
+    defaults = Aqueue("proj", broker="redis://h:1/0").conf.connection_options("redis://h:1/0")
+    assert (defaults.connect_timeout, defaults.max_connections) == (4.0, 128)

@@ -4,6 +4,10 @@
 ``delay_many`` and canvas all end here. Concurrent sends with the default retry policy share one
 broker round trip (:class:`~aqueue.batching.Batcher`); a client's results come back on its reply
 channel (:class:`~aqueue.transports.ReplyChannels`) when the result backend has one.
+
+A send is bounded: it tries at most as often as its retry policy says, and gives up with
+:class:`~aqueue.exceptions.BrokerConnectionError` once ``broker_connection_timeout`` seconds have
+passed in all (README: "When a server is down").
 """
 
 from __future__ import annotations
@@ -12,10 +16,10 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aqueue.batching import Batcher
 from aqueue.canvas.primitives import Signature
@@ -31,7 +35,7 @@ from aqueue.results.mailbox import Mailbox
 from aqueue.results.result import AsyncResult
 from aqueue.sending import routing
 from aqueue.sending.options import RetryPolicy, check_send_options
-from aqueue.transports import Binding, Outgoing, ReplyChannels, ResultBackend
+from aqueue.transports import Binding, Outgoing, ReplyChannels, ResultBackend, tls_hint
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -40,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_RETRY_POLICY", "Sender"]
 
 logger = logging.getLogger("aqueue.app")
+
+T = TypeVar("T")
 
 #: Celery's default publish retry policy (seconds).
 DEFAULT_RETRY_POLICY: RetryPolicy = {
@@ -50,6 +56,9 @@ DEFAULT_RETRY_POLICY: RetryPolicy = {
 }
 # Seconds sends go without a reply channel after the result backend could not be reached.
 _REPLY_RETRY = 5.0
+# Messages a bulk send may publish per broker_connection_timeout (the Redis broker sends up to
+# this many per round trip; RabbitMQ confirms them in well under a second).
+_ROUND = 1000
 
 
 @dataclass
@@ -99,10 +108,11 @@ class Sender:
             if task is None:
                 raise TaskNotRegistered(f"task {name!r} is not registered (task_always_eager)")
             return await apply_eager(self.app, task, args_t, kwargs_d, dict(options))
-        backend, reply_to = await self._reply_target()
+        retry, policy = options.get("retry", True), options.get("retry_policy")
+        backend, reply_to, left = await self._prepare(1, retry, policy)
         message = self.build_message(name, args_t, kwargs_d, task, options, reply_to)
         result = self._handle(message, backend)  # its mailbox exists before the message is sent
-        await self.publish([message], options.get("retry", True), options.get("retry_policy"))
+        await self._publish_outgoing([self.outgoing(message)], retry, policy, left)
         return result
 
     async def send_many(
@@ -123,13 +133,12 @@ class Sender:
                 task.check_arguments(call, {})
         if self.app.conf.task_always_eager:
             return [await self.send(name, call, None, task, options) for call in calls]
-        backend, reply_to = await self._reply_target()
+        retry, policy = options.get("retry", True), options.get("retry_policy")
+        backend, reply_to, left = await self._prepare(len(calls), retry, policy)
         messages = [self.build_message(name, call, {}, task, options, reply_to) for call in calls]
         outgoing = [self.outgoing(m) for m in messages]  # EncodeError before anything is sent
         results = [self._handle(m, backend) for m in messages]
-        await self._publish_outgoing(
-            outgoing, options.get("retry", True), options.get("retry_policy")
-        )
+        await self._publish_outgoing(outgoing, retry, policy, left)
         return results
 
     def _handle(self, message: Message, backend: ResultBackend | None) -> AsyncResult[Any]:
@@ -139,12 +148,37 @@ class Sender:
             mailbox = backend.expect(message.id)
         return AsyncResult(message.id, self.app, message.task, mailbox)
 
-    async def _reply_target(self) -> tuple[ResultBackend | None, str | None]:
+    async def _prepare(
+        self, messages: int, retry: bool, retry_policy: RetryPolicy | Mapping[str, Any] | None
+    ) -> tuple[ResultBackend | None, str | None, float | None]:
+        """The result backend and reply channel for a send of ``messages`` (see
+        :meth:`_reply_target`), and the seconds its publish has left (``None``: all of them).
+
+        When this loop is not connected yet, the broker is connected first, per the retry
+        policy, so that a broker that is down is reported as such and not as an unreachable
+        result backend; the result backend then gets half of the time left.
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached in time (see :meth:`_deadline`).
+        """
+        if self.app.connected():  # no I/O to wait for: no timer
+            return (*await self._reply_target(), None)
+        loop = asyncio.get_running_loop()
+        deadline = self._deadline(messages, retry, retry_policy)
+        await self._retrying(self.app.broker, retry, retry_policy, deadline, 1)
+        backend, reply_to = await self._reply_target((loop.time() + deadline) / 2)
+        return backend, reply_to, deadline - loop.time()
+
+    async def _reply_target(
+        self, until: float | None = None
+    ) -> tuple[ResultBackend | None, str | None]:
         """The result backend and this client's reply channel (``None`` where there is none).
 
         The reply channel (:class:`~aqueue.transports.ReplyChannels`) brings results back
         batched on one subscription; it is subscribed before this returns, so before any
-        message naming it is published.
+        message naming it is published. A result backend that cannot be reached (by ``until``,
+        event-loop time, when given) is logged, and sends go without a reply channel for a
+        while: sending needs only the broker.
         """
         conns = self._loop_state()
         if not self.app.has_result_backend or (
@@ -152,20 +186,33 @@ class Sender:
         ):
             return None, None
         try:
-            backend = await self.app.result_backend()
-            if not isinstance(backend, ReplyChannels):
-                return backend, None
-            return backend, await backend.reply_channel()
-        except BrokerError as exc:
-            # Sending needs only the broker: send without a reply channel (the handle then
-            # watches the task's own channel when awaited) and try again in a while.
+            if until is None:
+                return await self._reply_channel()
+            async with asyncio.timeout_at(until):
+                return await self._reply_channel()
+        except (BrokerError, TimeoutError) as exc:
+            # The handle then watches the task's own channel when awaited.
             conns.replies_paused_until = time.monotonic() + _REPLY_RETRY
+            url = _where(self.app.conf.resolved_backend_url() or "")
             logger.warning(
-                "result backend unreachable (%s): sending without a reply channel for %gs",
-                exc,
+                "result backend %s unreachable (%s); the broker is not affected: sending "
+                "without a reply channel for %gs",
+                url,
+                exc if isinstance(exc, BrokerError) else "no answer in time",
                 _REPLY_RETRY,
             )
             return None, None
+
+    async def _reply_channel(self) -> tuple[ResultBackend, str | None]:
+        """The connected result backend and its reply channel, if it has reply channels.
+
+        Raises:
+            BrokerError: the result backend cannot be reached.
+        """
+        backend = await self.app.result_backend()
+        if not isinstance(backend, ReplyChannels):
+            return backend, None
+        return backend, await backend.reply_channel()
 
     def build_message(
         self,
@@ -262,38 +309,126 @@ class Sender:
         outgoing: list[Outgoing],
         retry: bool,
         retry_policy: RetryPolicy | Mapping[str, Any] | None,
+        left: float | None = None,
     ) -> None:
+        """Publish ``outgoing`` within ``left`` seconds when the send has spent part of its
+        time already (connecting), else within a deadline of its own (:meth:`_deadline`).
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached within the retry policy and
+                the time.
+        """
+        deadline = None if left is None else asyncio.get_running_loop().time() + left
         if retry and retry_policy is None:
-            # Concurrent sends with the default policy share one broker round trip.
+            # Concurrent sends with the default policy share one broker round trip, which is
+            # bounded by its own deadline, opened now.
             conns = self._loop_state()
             if conns.publisher is None:
                 conns.publisher = Batcher(self._publish_now)
-            await conns.publisher.submit(outgoing)
+            if deadline is None:
+                await conns.publisher.submit(outgoing)
+            else:
+                await self._within(deadline, conns.publisher.submit(outgoing), None)
         else:
-            await self._publish_now(outgoing, retry, retry_policy)
+            await self._publish_now(outgoing, retry, retry_policy, deadline)
 
     async def _publish_now(
         self,
         outgoing: list[Outgoing],
         retry: bool = True,
         retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+        deadline: float | None = None,
     ) -> None:
-        policy: dict[str, Any] = {**DEFAULT_RETRY_POLICY, **(retry_policy or {})}
-        attempt = 0
-        while True:
+        """Publish ``outgoing`` in one broker call, connecting first if needed, retried per
+        ``retry_policy``, all by ``deadline`` (event-loop time; default: see
+        :meth:`_deadline`).
+
+        Raises:
+            BrokerConnectionError: the last try failed, or the deadline passed.
+        """
+        if deadline is None:
+            deadline = self._deadline(len(outgoing), retry, retry_policy)
+
+        async def publish_once() -> None:
+            broker = await self.app.broker()
+            await broker.publish(outgoing)
+
+        await self._retrying(publish_once, retry, retry_policy, deadline, len(outgoing))
+
+    async def _retrying(
+        self,
+        action: Callable[[], Awaitable[T]],
+        retry: bool,
+        retry_policy: RetryPolicy | Mapping[str, Any] | None,
+        deadline: float,
+        messages: int,
+    ) -> T:
+        """``action()``, tried again after a :class:`BrokerConnectionError` as ``retry_policy``
+        says (at most ``1 + max_retries`` tries; one when ``retry`` is False); each try gets
+        :meth:`_try_time` seconds at most, and all of them end by ``deadline`` (event-loop
+        time).
+
+        Raises:
+            BrokerConnectionError: the last try's error, or no answer in time.
+        """
+        policy = _policy(retry_policy)
+        tries = 1 + (policy["max_retries"] if retry else 0)
+        loop = asyncio.get_running_loop()
+        failed: BrokerConnectionError | None = None
+        for attempt in range(tries):
+            until = min(loop.time() + self._try_time(messages), deadline)
             try:
-                broker = await self.app.broker()
-                await broker.publish(outgoing)
-                return
-            except BrokerConnectionError:
-                if not retry or attempt >= policy["max_retries"]:
+                return await self._within(until, action(), failed)
+            except BrokerConnectionError as exc:
+                failed = exc
+                pause = _pause(policy, attempt)
+                if attempt + 1 >= tries or loop.time() + pause >= deadline:
                     raise
-                delay = min(
-                    policy["interval_start"] + attempt * policy["interval_step"],
-                    policy["interval_max"],
-                )
-                attempt += 1
-                await asyncio.sleep(delay)
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable: the last try returns or raises")
+
+    async def _within(
+        self, deadline: float, awaitable: Awaitable[T], failed: BrokerConnectionError | None
+    ) -> T:
+        """``await awaitable``, cancelled at ``deadline`` (event-loop time).
+
+        Raises:
+            BrokerConnectionError: the deadline passed: names the broker's URL (without its
+                password) and the timeout, and ``failed``, an earlier try's error, if any.
+        """
+        bound = asyncio.timeout_at(deadline)
+        try:
+            async with bound:
+                return await awaitable
+        except TimeoutError as exc:
+            if not bound.expired():
+                raise
+            raise BrokerConnectionError(self._no_answer(failed)) from exc
+
+    def _no_answer(self, failed: BrokerConnectionError | None) -> str:
+        """Why a send gave up: its broker did not answer in time."""
+        url = self.app.conf.resolved_broker_url()
+        text = (
+            f"broker {_where(url)} did not answer within "
+            f"{self.app.conf.broker_connection_timeout:g}s (broker_connection_timeout)"
+            f"{tls_hint(url)}"
+        )
+        return f"{text}; the try before: {failed}" if failed is not None else text
+
+    def _try_time(self, messages: int) -> float:
+        """Seconds one try of a send of ``messages`` may take: ``broker_connection_timeout``
+        for each round of up to 1000 messages (one round trip; a delay() makes one)."""
+        rounds = max(1, -(-messages // _ROUND))
+        return float(self.app.conf.broker_connection_timeout * rounds)
+
+    def _deadline(
+        self, messages: int, retry: bool, retry_policy: RetryPolicy | Mapping[str, Any] | None
+    ) -> float:
+        """The event-loop time by which a send of ``messages`` ends: one try's time from now
+        (:meth:`_try_time`), or the retry policy's pauses added up, if that is longer (a
+        patient policy outlasts a broker restart)."""
+        pauses = _pauses(_policy(retry_policy)) if retry else 0.0
+        return asyncio.get_running_loop().time() + max(self._try_time(messages), pauses)
 
     def outgoing(self, m: Message) -> Outgoing:
         """``m`` encoded, with its AMQP exchange routing when it has an ``exchange``.
@@ -318,6 +453,35 @@ class Sender:
         return Outgoing(
             m.queue, m.encode(), m.id, m.priority, m.eta, exchange, routing_key, bindings
         )
+
+
+def _where(url: str) -> str:
+    """``url`` for a message: without its user, password and query."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2].partition('?')[0]}"
+
+
+def _policy(retry_policy: RetryPolicy | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``retry_policy`` over :data:`DEFAULT_RETRY_POLICY`."""
+    return {**DEFAULT_RETRY_POLICY, **(retry_policy or {})}
+
+
+def _pause(policy: Mapping[str, Any], attempt: int) -> float:
+    """Seconds to wait after try ``attempt`` (from 0) failed."""
+    pause = policy["interval_start"] + attempt * policy["interval_step"]
+    return float(min(pause, policy["interval_max"]))
+
+
+def _pauses(policy: Mapping[str, Any]) -> float:
+    """The seconds ``policy`` waits between tries, added up."""
+    retries = int(policy["max_retries"])
+    total = 0.0
+    for attempt in range(retries):
+        pause = _pause(policy, attempt)
+        if pause >= policy["interval_max"] or policy["interval_step"] <= 0:
+            return total + pause * (retries - attempt)  # the same from here on
+        total += pause
+    return total
 
 
 def _epoch(value: Any, option: str) -> float | None:

@@ -25,7 +25,7 @@ from typing import Any
 from aqueue.exceptions import ConfigurationError
 from aqueue.transports import base
 from aqueue.transports.base import *  # noqa: F403  (the role Protocols, re-exported)
-from aqueue.transports.base import Broker, ResultBackend, Transport
+from aqueue.transports.base import Broker, ConnectionOptions, ResultBackend, Transport
 
 __all__ = [
     *base.__all__,
@@ -33,6 +33,7 @@ __all__ = [
     "backend_from_url",
     "broker_from_url",
     "scheme",
+    "tls_hint",
     "transport_for",
     "transport_type",
     "visibility_timeout",
@@ -54,6 +55,15 @@ def scheme(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else ""
 
 
+def tls_hint(url: str) -> str:
+    """What to check when a TLS URL (``rediss://``, ``amqps://``) got no answer: ``""`` for a
+    plain URL, else a parenthesised hint, with a leading space."""
+    name = scheme(url)
+    if name not in ("rediss", "amqps"):
+        return ""
+    return f" ({name}:// speaks TLS: is the server listening for TLS on that port?)"
+
+
 def transport_type(url: str) -> type[Transport]:
     """The transport class for ``url``'s scheme (its folder is imported on first use, so an app
     on SQLite never imports aio-pika).
@@ -71,13 +81,19 @@ def transport_type(url: str) -> type[Transport]:
     return cls
 
 
-def transport_for(url: str, *, shared: bool = True) -> Transport:
+def transport_for(
+    url: str, *, shared: bool = True, connection: ConnectionOptions | None = None
+) -> Transport:
     """A new transport for ``url`` (nothing connected yet); see :class:`Transport`.
+
+    Args:
+        connection: timeouts and pool size for its client (the app passes its settings';
+            default: :class:`ConnectionOptions`'s defaults).
 
     Raises:
         ConfigurationError: no transport serves the scheme, or the URL is invalid.
     """
-    return transport_type(url)(url, shared=shared)
+    return transport_type(url)(url, shared=shared, connection=connection)
 
 
 def broker_from_url(url: str, transport_options: Mapping[str, Any] | None = None) -> Broker:

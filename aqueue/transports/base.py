@@ -37,6 +37,7 @@ __all__ = [
     "Binding",
     "Broker",
     "Claim",
+    "ConnectionOptions",
     "ControlTransport",
     "DeadLetter",
     "Delivery",
@@ -44,8 +45,8 @@ __all__ = [
     "QueueAdmin",
     "QueueDepth",
     "Records",
-    "ReplyTo",
     "ReplyChannels",
+    "ReplyTo",
     "ResultBackend",
     "RunTracking",
     "Snapshot",
@@ -62,6 +63,35 @@ ReplyTo = Mapping[str, str]
 
 
 # -- the transport ----------------------------------------------------------------------------
+
+
+#: Shortest read timeout a Redis connection may have: the broker's blocking fetch (``XREADGROUP
+#: BLOCK``) waits up to 1 s for a reply, which a shorter socket timeout would cut off.
+MIN_SOCKET_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionOptions:
+    """How a transport's client connects to its server; the app makes one per URL from its
+    settings (:meth:`aqueue.config.Settings.connection_options`). Seconds throughout.
+
+    Attributes:
+        connect_timeout: the longest opening one connection may take, all of it (TCP, TLS,
+            login, the first PING): then it fails with
+            :class:`~aqueue.exceptions.BrokerConnectionError`.
+        socket_timeout: Redis: the longest wait for a reply to a command (``None``: no limit,
+            and no timer per command); subscriptions' blocking reads are exempt. At least
+            :data:`MIN_SOCKET_TIMEOUT`.
+        retry_on_timeout: Redis: a command that timed out is retried once on a fresh connection,
+            as one that met a dropped connection is.
+        max_connections: Redis: connections in the pool at most (``None``: the transport's own
+            default); callers past it wait for a free one.
+    """
+
+    connect_timeout: float = 4.0
+    socket_timeout: float | None = None
+    retry_on_timeout: bool = False
+    max_connections: int | None = None
 
 
 class Transport(Protocol):
@@ -83,7 +113,9 @@ class Transport(Protocol):
     one_per_process: ClassVar[bool]
     url: str
 
-    def __init__(self, url: str, *, shared: bool = True) -> None:
+    def __init__(
+        self, url: str, *, shared: bool = True, connection: ConnectionOptions | None = None
+    ) -> None:
         """Remember ``url``; nothing is opened until a role is used.
 
         Args:
@@ -91,6 +123,8 @@ class Transport(Protocol):
             shared: the roles share one client, which :meth:`close` closes after them
                 (``False``: each role opens and closes a client of its own, for a role used
                 alone, as :func:`aqueue.transports.broker_from_url` makes).
+            connection: timeouts and pool size of the shared client (default:
+                :class:`ConnectionOptions`'s defaults).
 
         Raises:
             ConfigurationError: the URL is invalid for this transport.
@@ -677,9 +711,12 @@ class BaseTransport:
     #: Said after "X has no <role>: " when a role is missing; how to get it instead.
     missing_hint: ClassVar[str] = ""
 
-    def __init__(self, url: str, *, shared: bool = True) -> None:
+    def __init__(
+        self, url: str, *, shared: bool = True, connection: ConnectionOptions | None = None
+    ) -> None:
         self.url = url
         self.shared = shared
+        self.connection = connection or ConnectionOptions()
         self._made: dict[str, Any] = {}
 
     def __repr__(self) -> str:

@@ -23,4 +23,5 @@ class Transport(BaseTransport):
     )
 
     def _make_broker(self, options: Mapping[str, Any]) -> Broker:
-        return AMQPBroker(self.url, options)
+        # broker_connection_timeout, unless broker_transport_options names its own.
+        return AMQPBroker(self.url, {"connect_timeout": self.connection.connect_timeout, **options})

@@ -6,6 +6,7 @@ tree so that callers catch :class:`~aqueue.exceptions.BrokerConnectionError` as 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
@@ -13,8 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import aio_pika.abc
 import aiormq.exceptions
+from aio_pika.connection import make_url
 
 from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
+from aqueue.transports import tls_hint
 
 __all__ = ["amqp_errors", "open_connection", "redacted_url"]
 
@@ -88,27 +91,61 @@ async def open_connection(
         url: ``amqp://user:password@host:port/vhost`` or ``amqps://...``; aio-pika's query
             parameters (``?heartbeat=10``, TLS files) are passed through.
         reconnect_interval: seconds between reconnection attempts after the connection drops.
-        timeout: seconds allowed for the first connection.
+        timeout: seconds the first connection may take in all (TCP, TLS, the AMQP handshake).
 
     Raises:
         ConfigurationError: ``url`` is not a valid AMQP URL.
-        BrokerConnectionError: the server cannot be reached or refused the login.
+        BrokerConnectionError: the server cannot be reached, refused the login, or did not
+            answer within ``timeout`` (names the URL without its password).
     """
     try:
         parts = urlsplit(url)
         _ = parts.port
     except ValueError as exc:
         raise ConfigurationError(f"invalid AMQP URL {redacted_url(url)!r}: {exc}") from exc
-    with amqp_errors(url, "connect"):
-        try:
-            return await aio_pika.connect_robust(
-                url,
-                reconnect_interval=reconnect_interval,
-                timeout=timeout,
-                client_properties={"connection_name": "aqueue"},
-            )
-        except aiormq.exceptions.ProbableAuthenticationError as exc:
-            raise BrokerConnectionError(
-                f"RabbitMQ at {redacted_url(url)} refused the login (check the user, password "
-                f"and vhost in the URL; the guest user may only connect from localhost): {exc}"
-            ) from exc
+    # What aio_pika.connect_robust does, keeping the connection to close if it never opens.
+    connection = aio_pika.RobustConnection(
+        make_url(url, reconnect_interval=reconnect_interval),
+        client_properties={"connection_name": "aqueue"},
+        reconnect_interval=reconnect_interval,
+    )
+    try:
+        async with asyncio.timeout(timeout):  # aio-pika's own covers the handshake only
+            await _first_connect(url, connection, timeout)
+    except BaseException as exc:
+        # Given up (or cancelled): without close() its reconnection loop would run on.
+        await connection.close()
+        if isinstance(exc, TimeoutError):
+            raise BrokerConnectionError(_no_answer(url, timeout)) from exc
+        raise
+    return connection
+
+
+async def _first_connect(
+    url: str, connection: aio_pika.abc.AbstractRobustConnection, timeout: float
+) -> None:
+    """Open ``connection`` the first time, its errors translated but a timeout left as is.
+
+    Raises:
+        BrokerConnectionError: the server cannot be reached or refused the login.
+        TimeoutError: no answer within ``timeout``.
+    """
+    try:
+        await connection.connect(timeout=timeout)
+    except TimeoutError:
+        raise
+    except aiormq.exceptions.ProbableAuthenticationError as exc:
+        raise BrokerConnectionError(
+            f"RabbitMQ at {redacted_url(url)} refused the login (check the user, password "
+            f"and vhost in the URL; the guest user may only connect from localhost): {exc}"
+        ) from exc
+    except Exception:
+        with amqp_errors(url, "connect"):
+            raise
+
+
+def _no_answer(url: str, seconds: float) -> str:
+    """The message for a server that did not answer a connection within ``seconds``."""
+    return (
+        f"RabbitMQ at {redacted_url(url)} did not answer connect within {seconds:g}s{tls_hint(url)}"
+    )

@@ -8,7 +8,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from aqueue.transports.base import BaseTransport, BeatStore, Broker, ControlTransport, ResultBackend
+from aqueue.transports.base import (
+    BaseTransport,
+    BeatStore,
+    Broker,
+    ConnectionOptions,
+    ControlTransport,
+    ResultBackend,
+)
 from aqueue.transports.redis.beat import RedisStore
 from aqueue.transports.redis.broker import RedisBroker
 from aqueue.transports.redis.client import SharedClient
@@ -23,9 +30,11 @@ class Transport(BaseTransport):
 
     roles: ClassVar[frozenset[str]] = frozenset({"broker", "results", "control", "beat"})
 
-    def __init__(self, url: str, *, shared: bool = True) -> None:
-        super().__init__(url, shared=shared)
-        self.client: SharedClient | None = SharedClient(url) if shared else None
+    def __init__(
+        self, url: str, *, shared: bool = True, connection: ConnectionOptions | None = None
+    ) -> None:
+        super().__init__(url, shared=shared, connection=connection)
+        self.client: SharedClient | None = SharedClient(url, self.connection) if shared else None
 
     def _make_broker(self, options: Mapping[str, Any]) -> Broker:
         return RedisBroker(self.url, options, self.client)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -11,13 +12,15 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import NoBackoff
 
 from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
+from aqueue.transports import tls_hint
+from aqueue.transports.base import MIN_SOCKET_TIMEOUT, ConnectionOptions
 
 __all__ = ["SharedClient", "as_bytes", "open_client", "redacted_url", "redis_errors"]
 
-MAX_CONNECTIONS = 128  # per client; enough for a worker's 100 concurrent runners
+MAX_CONNECTIONS = 128  # per client by default; enough for a worker's 100 concurrent runners
 POOL_TIMEOUT = 20.0  # seconds to wait for a free pooled connection before failing
 
 
@@ -99,25 +102,65 @@ class BoundedConnectionPool(aioredis.ConnectionPool):
                 self._slots.release()
 
 
-def open_client(url: str) -> aioredis.Redis:
+def open_client(url: str, connection: ConnectionOptions | None = None) -> aioredis.Redis:
     """A redis-py asyncio client for ``url`` (not yet connected; bytes responses).
 
-    A command failing with a connection error or timeout is retried up to 3 times on a fresh
-    connection (about a second in all): ``from_url`` clients otherwise fail on the first stale
-    pooled connection after a server restart or a killed connection. A retried command may
-    have run already when only its reply was lost, which at-least-once delivery tolerates.
+    Timeouts and the pool size come from ``connection``; the URL's own query parameters
+    (``?socket_timeout=2&socket_connect_timeout=2``) take precedence, as in redis-py.
+
+    redis-py retries a command once, at once, on a fresh connection when the pooled one it
+    used turns out dropped (a server restart, a killed connection) - and, with
+    ``retry_on_timeout``, when it timed out. It does not retry opening a connection: the
+    caller's own policy decides that (one retry policy, not two stacked). A retried command
+    may have run already when only its reply was lost, which at-least-once delivery tolerates.
 
     Raises:
-        ConfigurationError: ``url`` is not a valid ``redis://`` or ``rediss://`` URL.
+        ConfigurationError: ``url`` is not a valid ``redis://`` or ``rediss://`` URL, or its
+            socket timeout is shorter than :data:`~aqueue.transports.base.MIN_SOCKET_TIMEOUT`.
     """
-    retry = Retry(ExponentialWithJitterBackoff(base=0.1, cap=1.0), retries=3)
+    options = connection or ConnectionOptions()
     try:
         # A bounded pool makes a burst of concurrent calls wait for a connection instead of
         # failing with MaxConnectionsError once the pool is full.
-        pool = BoundedConnectionPool.from_url(url, retry=retry)
-        return aioredis.Redis.from_pool(pool)
+        pool = BoundedConnectionPool.from_url(
+            url,
+            retry=_dropped_connection_retry(options.retry_on_timeout),
+            limit=options.max_connections or MAX_CONNECTIONS,
+            socket_timeout=options.socket_timeout,
+            socket_connect_timeout=options.connect_timeout,
+        )
     except ValueError as exc:
         raise ConfigurationError(f"invalid Redis URL {redacted_url(url)!r}: {exc}") from exc
+    read_timeout = pool.connection_kwargs.get("socket_timeout")
+    if read_timeout is not None and read_timeout < MIN_SOCKET_TIMEOUT:
+        raise ConfigurationError(
+            f"Redis at {redacted_url(url)}: socket_timeout {read_timeout:g}s is shorter than a "
+            f"worker's blocking fetch may wait for its reply; use at least "
+            f"{MIN_SOCKET_TIMEOUT:g}s, or None"
+        )
+    return aioredis.Redis.from_pool(pool)
+
+
+def _dropped_connection_retry(retry_on_timeout: bool) -> Retry:
+    """redis-py's retry: once, at once, for a command on a connection that turned out dropped."""
+    errors: tuple[type[Exception], ...] = (redis.exceptions.ConnectionError,)
+    if retry_on_timeout:
+        errors += (redis.exceptions.TimeoutError,)
+    return Retry(NoBackoff(), retries=1, supported_errors=errors, is_retryable=_not_connecting)
+
+
+def _not_connecting(error: Exception) -> bool:
+    """False for a failure to open a connection (refused, unknown host, connect timeout)."""
+    if isinstance(error.__cause__, ConnectionRefusedError | socket.gaierror):
+        return False
+    return not str(error).startswith("Timeout connecting")
+
+
+def _connect_bound(client: aioredis.Redis) -> float | None:
+    """Seconds opening ``client``'s first connection may take in all (TCP, TLS, handshake,
+    PING): its ``socket_connect_timeout`` (``None``: no bound)."""
+    bound = client.connection_pool.connection_kwargs.get("socket_connect_timeout")
+    return None if bound is None else float(bound)
 
 
 class SharedClient:
@@ -129,8 +172,9 @@ class SharedClient:
     the transport closes after them.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, connection: ConnectionOptions | None = None) -> None:
         self.url = url
+        self.connection = connection or ConnectionOptions()
         self._client: aioredis.Redis | None = None
         self._connecting: asyncio.Lock | None = None
 
@@ -140,10 +184,12 @@ class SharedClient:
         return self._client
 
     async def get(self) -> aioredis.Redis:
-        """The connected client, opening it and checking PING on first use.
+        """The connected client, opening it and checking PING on first use; opening takes at
+        most the connect timeout in all.
 
         Raises:
-            BrokerConnectionError: the server cannot be reached.
+            BrokerConnectionError: the server cannot be reached, or did not answer within the
+                connect timeout (names the URL without its password).
             ConfigurationError: the URL is invalid.
         """
         if self._client is not None:
@@ -152,10 +198,9 @@ class SharedClient:
             self._connecting = asyncio.Lock()
         async with self._connecting:
             if self._client is None:
-                client = open_client(self.url)
+                client = open_client(self.url, self.connection)
                 try:
-                    with redis_errors(self.url, "connect"):
-                        await client.ping()
+                    await _first_ping(self.url, client)
                 except BaseException:
                     await client.aclose()
                     raise
@@ -167,6 +212,29 @@ class SharedClient:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+
+
+async def _first_ping(url: str, client: aioredis.Redis) -> None:
+    """PING through a new client, within its connect bound.
+
+    Raises:
+        BrokerConnectionError: no answer in time, or the server cannot be reached.
+    """
+    bound = _connect_bound(client)
+    try:
+        async with asyncio.timeout(bound):
+            with redis_errors(url, "connect"):
+                await client.ping()
+    except TimeoutError as exc:
+        raise BrokerConnectionError(_no_answer(url, bound or 0.0, "connect")) from exc
+
+
+def _no_answer(url: str, seconds: float, action: str) -> str:
+    """The message for a server that did not answer ``action`` within ``seconds`` (names the
+    URL without its password; for a TLS URL, the likely cause)."""
+    return (
+        f"Redis at {redacted_url(url)} did not answer {action} within {seconds:g}s{tls_hint(url)}"
+    )
 
 
 def as_bytes(value: bytes | str) -> bytes:

@@ -8,7 +8,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from aqueue.transports.base import BaseTransport, BeatStore, Broker, ControlTransport, ResultBackend
+from aqueue.transports.base import (
+    BaseTransport,
+    BeatStore,
+    Broker,
+    ConnectionOptions,
+    ControlTransport,
+    ResultBackend,
+)
 from aqueue.transports.sqlite.beat import SQLiteStore
 from aqueue.transports.sqlite.broker import SQLiteBroker
 from aqueue.transports.sqlite.connection import SQLiteConnection
@@ -29,8 +36,10 @@ class Transport(BaseTransport):
 
     roles: ClassVar[frozenset[str]] = frozenset({"broker", "results", "control", "beat"})
 
-    def __init__(self, url: str, *, shared: bool = True) -> None:
-        super().__init__(url, shared=shared)
+    def __init__(
+        self, url: str, *, shared: bool = True, connection: ConnectionOptions | None = None
+    ) -> None:
+        super().__init__(url, shared=shared, connection=connection)  # a file: no timeouts
         self.db: SQLiteConnection | None = (
             SQLiteConnection(url, "database", SCHEMA) if shared else None
         )
