@@ -679,29 +679,23 @@ def dumps_message(env: dict[str, Any]) -> bytes:
     """Encode a message envelope as JSON, the values it carries faithful.
 
     Its user values (``args``, ``kwargs``, ``headers``, ``link``, ``link_error``, ``options``)
-    are encoded as by the ``json`` serializer. A call with scalar arguments and nothing else of
-    the user's, such as ``add(2, 2)``, costs one type check and one ``orjson.dumps``; other
-    plain values add one byte search. The keys whose values hold typed values are listed under
-    ``"tx"``, so a reader walks those alone (:func:`loads_document`). ``env`` may be changed.
+    are encoded as by the ``json`` serializer. A call with scalar positional arguments and
+    nothing else of the user's, such as ``add(2, 2)``, costs one type check and one
+    ``orjson.dumps``; other plain values add one byte search. The keys whose values hold typed
+    values are listed under ``"tx"``, so a reader walks those alone (:func:`loads_document`).
+    ``env`` may be changed.
 
     Raises:
         EncodeError: a value is not serialisable; the message names it and the task.
     """
-    kwargs = env.get("kwargs")
-    if (
-        env["headers"]
-        or env["link"]
-        or env["link_error"]
-        or env["options"]
-        or (kwargs and not _flat(kwargs))
-    ):
+    if env["headers"] or env["link"] or env["link_error"] or env["options"]:
         return _dumps_fields(env)
-    args = env.get("args")
+    args, kwargs = env.get("args"), env.get("kwargs")
+    flat_kwargs = not kwargs or _SCALARS.issuperset(map(type, kwargs.values()))
     if args and not _SCALARS.issuperset(map(type, args)):  # the common other case: args alone
-        raw, walked = _dumps_field(args, "args", env)
-        env["args"] = orjson.Fragment(raw)
-        if walked:
-            env[TAGGED_KEY] = ["args"]
+        return _dumps_one(env, "args", args) if flat_kwargs else _dumps_fields(env)
+    if not flat_kwargs:
+        return _dumps_one(env, "kwargs", kwargs)
     try:
         return orjson.dumps(env)
     except TypeError:  # an integer beyond 64 bits
@@ -714,12 +708,25 @@ def dumps_record(rec: dict[str, Any]) -> bytes:
     Raises:
         EncodeError: the result is not serialisable; the message names what and the task.
     """
-    if _flat(rec["result"]):
-        try:
-            return orjson.dumps(rec)
-        except TypeError:  # an integer beyond 64 bits
-            pass
-    return _dumps_fields(rec)
+    result = rec["result"]
+    if type(result) not in _SCALARS:
+        return _dumps_one(rec, "result", result)
+    try:
+        return orjson.dumps(rec)
+    except TypeError:  # an integer beyond 64 bits
+        return _dumps_fields(rec)
+
+
+def _dumps_one(doc: dict[str, Any], key: str, value: Any) -> bytes:
+    """``doc`` whose only user value that is not a scalar is ``doc[key]``."""
+    raw, walked = _dumps_field(value, key, doc)
+    doc[key] = orjson.Fragment(raw)
+    if walked:
+        doc[TAGGED_KEY] = [key]
+    try:
+        return orjson.dumps(doc)
+    except TypeError:  # an integer beyond 64 bits elsewhere
+        return _dumps_fields(doc)
 
 
 def _flat(value: Any) -> bool:
