@@ -42,6 +42,7 @@ from aqueue.transports import (
     transport_for,
     transport_type,
 )
+from aqueue.transports.rpc import is_rpc, rpc_cannot, rpc_server
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -403,6 +404,8 @@ class Aqueue:
         if "control" in transport_type(broker).roles:
             return broker
         backend = self.conf.resolved_backend_url()
+        if is_rpc(backend):
+            raise rpc_cannot("carry remote control, revocations, rate limits and events")
         if backend is not None and "control" in transport_type(backend).roles:
             return backend
         raise ConfigurationError(
@@ -420,19 +423,24 @@ class Aqueue:
             ConfigurationError: no result backend is configured (e.g. an AMQP broker alone).
             BrokerConnectionError: the server cannot be reached.
         """
-        store = self.transport(self._backend_url("keep beat's claims and entries")).beat_store(
-            self.main
-        )
+        needs = "keep beat's claims and entries"
+        store = self.transport(self._backend_url(needs, needs)).beat_store(self.main)
         await store.connect()
         return store
 
-    def _backend_url(self, purpose: str) -> str:
+    def _backend_url(self, purpose: str, needs: str | None = None) -> str:
+        """The URL of the result backend's server: ``rpc://`` is the AMQP broker's (which can
+        only send results back to their caller: ``needs`` names anything more, refused)."""
         url = self.conf.resolved_backend_url()
         if url is None:
             raise ConfigurationError(
                 f"no result backend is configured: set result_backend (e.g. "
                 f"Aqueue(..., backend='redis://127.0.0.1:6379/1')) to {purpose}"
             )
+        if is_rpc(url):
+            if needs is not None:
+                raise rpc_cannot(needs)
+            return rpc_server(self.conf.resolved_broker_url())
         return url
 
     @property

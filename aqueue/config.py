@@ -27,8 +27,9 @@ from aqueue.transports.base import MIN_SOCKET_TIMEOUT, ConnectionOptions
 DEFAULT_URL = "sqlite:///aqueue.db"
 BROKER_ENV = "AQUEUE_BROKER_URL"
 BACKEND_ENV = "AQUEUE_RESULT_BACKEND"
-BROKER_SCHEMES = ("memory", "sqlite", "redis", "rediss", "amqp", "amqps")
-BACKEND_SCHEMES = ("memory", "sqlite", "redis", "rediss")
+BROKER_SCHEMES = ("memory", "sqlite", "redis", "rediss", "amqp", "amqps", "pyamqp")
+# rpc:// (or "rpc"): results sent back over the AMQP broker to their caller (docs/amqp.md).
+BACKEND_SCHEMES = ("memory", "sqlite", "redis", "rediss", "rpc")
 
 # Celery 3's names, still common in tutorials, and the setting that replaced each.
 _OLD_NAMES = {
@@ -58,7 +59,7 @@ _OLD_NAMES = {
 
 def _url(schemes: tuple[str, ...]) -> Callable[[str, Any], None]:
     def check(name: str, value: Any) -> None:
-        if value is None:
+        if value is None or ("rpc" in schemes and value == "rpc"):  # Celery's backend='rpc'
             return
         if not isinstance(value, str) or "://" not in value:
             raise ConfigurationError(
@@ -415,7 +416,8 @@ class Settings:
 
         ``result_backend``, else ``$AQUEUE_RESULT_BACKEND``, else the broker's own URL when the
         broker can also store results (memory, SQLite, Redis). An AMQP broker with no result
-        backend set has none: results cannot be awaited until one is configured.
+        backend set has none: results cannot be awaited until one is configured. ``rpc://`` is
+        returned as given (the app resolves it to the AMQP broker's transport).
         """
         url = self.result_backend or os.environ.get(BACKEND_ENV)
         if url:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
+
+from tests.conftest import RabbitNode
 
 
 @pytest.mark.timeout(120)
@@ -19,6 +22,23 @@ def test_seed_examples_that_work_today() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     ran = [line for line in done.stdout.splitlines() if line.startswith("ok ")]
     assert len(ran) >= 17, done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_rpc_seed_examples_on_rabbitmq_alone(rabbitmq_server: RabbitNode) -> None:
+    """``backend='rpc://'`` / ``'rpc'`` as the tutorials write it: RabbitMQ and nothing else."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AQUEUE_")}
+    env["AQUEUE_BROKER_URL"] = rabbitmq_server.url  # no result backend but rpc://, no Redis
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.seeds.run_all", "--amqp"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    ran = sorted(line.split()[1] for line in done.stdout.splitlines() if line.startswith("ok "))
+    assert ran == ["rpc_results", "rpc_then"], done.stdout
 
 
 @pytest.mark.timeout(120)

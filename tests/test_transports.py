@@ -20,7 +20,7 @@ def test_every_scheme_has_a_transport_with_its_roles() -> None:
         cls = transport_type(f"{scheme}://x")
         assert cls.__module__ == f"aqueue.transports.{folder}"
         assert "broker" in cls.roles
-    assert transport_type("amqp://x").roles == {"broker"}
+    assert transport_type("amqp://x").roles == {"broker", "results"}  # results: rpc://
 
 
 def test_an_unknown_scheme_is_refused_with_the_choices() -> None:
@@ -29,8 +29,8 @@ def test_an_unknown_scheme_is_refused_with_the_choices() -> None:
 
 
 def test_a_missing_role_says_what_to_use_instead() -> None:
-    with pytest.raises(ConfigurationError, match="amqp:// has no result backend: pair it"):
-        transport_for("amqp://guest@127.0.0.1//").result_backend()
+    with pytest.raises(ConfigurationError, match="amqp:// has no beat store: RabbitMQ carries"):
+        transport_for("amqp://guest@127.0.0.1//").beat_store("app")
 
 
 async def test_redis_roles_share_one_connection_pool(redis_server: str) -> None:

@@ -18,6 +18,11 @@ How each shape starts (``rest`` is what follows it in a chain, as signature dict
 - a chord: like a group, and each member's *final* task (a chain member's last task) carries
   ``Message.options["chord"] = {"id": group id, "size": members, "body": body dict}``. With
   ``rest``, the body is ``chain(body, *rest)``. An empty header runs the body with ``[]``.
+
+With the ``rpc://`` result backend a result reaches only the reply queue its message names, so
+every message of a canvas names the sending client's (the worker passes it on to the next steps
+of a chain), and every result handle gets its mailbox before anything is sent. Chords are
+refused: counting a header needs a result store.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from aqueue.exceptions import ConfigurationError
 from aqueue.results.group import GroupResult, encode_meta, meta_key
 from aqueue.results.result import AsyncResult
 from aqueue.sending.options import SEND_OPTIONS
+from aqueue.transports import ReplyChannels
+from aqueue.transports.rpc import COUNT_A_CHORD, is_rpc, rpc_cannot
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -64,23 +71,42 @@ async def apply(
         from aqueue.canvas.eager import run_eager
 
         return await run_eager(app, work)
-    result = result_for(app, work)
+    context: dict[str, Any] = {}
+    replies: ReplyChannels | None = None
+    if is_rpc(app.conf.resolved_backend_url()):
+        if _makes_chord(work):
+            raise rpc_cannot(COUNT_A_CHORD)
+        backend = await app.result_backend()
+        if isinstance(backend, ReplyChannels):
+            replies = backend
+            context["reply_to"] = await backend.reply_channel()
+    result = result_for(app, work, replies=replies)
     plan = Plan(app)
-    plan.add(work)
+    plan.add(work, (), context)
     await plan.run(retry, policy)
     return result
 
 
 def result_for(
-    app: Aqueue, sig: Canvas, parent: AsyncResult[Any] | GroupResult | None = None
+    app: Aqueue,
+    sig: Canvas,
+    parent: AsyncResult[Any] | GroupResult | None = None,
+    *,
+    replies: ReplyChannels | None = None,
 ) -> AsyncResult[Any] | GroupResult:
     """The result handle of a signature whose ids are assigned, with ``.parent`` links.
+
+    Args:
+        replies: the result backend whose reply channel the messages name: every task's
+            handle gets its mailbox there (``rpc://``); ``None``: handles watch their task.
 
     Raises:
         ConfigurationError: an empty chain, or a group member that ends in a group.
     """
     if isinstance(sig, Signature):
-        result: AsyncResult[Any] = AsyncResult(_id(sig), app, sig.task)
+        task_id = _id(sig)
+        mailbox = replies.expect(task_id) if replies is not None else None
+        result: AsyncResult[Any] = AsyncResult(task_id, app, sig.task, mailbox)
         result.parent = parent
         return result
     if isinstance(sig, chain):
@@ -88,21 +114,21 @@ def result_for(
             raise ConfigurationError("an empty chain has nothing to run")
         handle = parent
         for step in sig.tasks:
-            handle = result_for(app, step, handle)
+            handle = result_for(app, step, handle, replies=replies)
         assert handle is not None
         return handle
     if isinstance(sig, chord):
-        header = result_for(app, sig.header, parent)
-        return header if sig.body is None else result_for(app, sig.body, header)
+        header = result_for(app, sig.header, parent, replies=replies)
+        return header if sig.body is None else result_for(app, sig.body, header, replies=replies)
     if isinstance(sig, group):
-        members = [_member_result(app, m) for m in sig.tasks]
+        members = [_member_result(app, m, replies) for m in sig.tasks]
         return GroupResult(_id(sig), members, app, parent)
     raise ConfigurationError(f"not a signature: {sig!r}")
 
 
-def _member_result(app: Aqueue, member: Canvas) -> AsyncResult[Any]:
+def _member_result(app: Aqueue, member: Canvas, replies: ReplyChannels | None) -> AsyncResult[Any]:
     final_task(member, "a group member")  # raises for a member ending in a group
-    result = result_for(app, member)
+    result = result_for(app, member, replies=replies)
     assert isinstance(result, AsyncResult)
     return result
 
@@ -201,6 +227,8 @@ class Plan:
                 "a chord needs a result backend to collect its header's results: set "
                 "result_backend (e.g. 'redis://127.0.0.1:6379/1')"
             )
+        if is_rpc(self.app.conf.resolved_backend_url()):  # a chain's group, met by a worker
+            raise rpc_cannot(COUNT_A_CHORD)
         group_id = _id(c.header)
         info = {"id": group_id, "size": len(members), "body": body.to_dict()}
         for member in members:
@@ -234,8 +262,11 @@ class Plan:
         options["options"] = extra
         for key, value in context.items():
             options.setdefault(key, value)
+        reply_to = options.pop("reply_to", None)  # from the context: the caller's reply queue
         task = self.app.tasks.get(sig.task)
-        return self.app.sender.build_message(sig.task, sig.args, sig.kwargs, task, options)
+        return self.app.sender.build_message(
+            sig.task, sig.args, sig.kwargs, task, options, reply_to
+        )
 
     async def run(self, retry: bool = True, retry_policy: dict[str, Any] | None = None) -> None:
         """Store the group records, then publish the messages in batches of :data:`BATCH_SIZE`.
@@ -250,6 +281,27 @@ class Plan:
             await backend.store(records, self.app.conf.result_expires)
         for start in range(0, len(self.messages), BATCH_SIZE):
             await self.app.publish(self.messages[start : start + BATCH_SIZE], retry, retry_policy)
+
+
+def _makes_chord(sig: Canvas) -> bool:
+    """True if sending ``sig`` makes a chord somewhere: one with a header, or a group followed
+    by more steps in a chain (an implicit chord)."""
+    if isinstance(sig, chord):
+        return bool(sig.header.tasks) or (sig.body is not None and _makes_chord(sig.body))
+    if isinstance(sig, group):
+        return any(_makes_chord(member) for member in sig.tasks)
+    if isinstance(sig, chain):
+        steps = _flat_steps(sig)
+        return any(
+            _makes_chord(step) or (isinstance(step, group) and i < len(steps) - 1)
+            for i, step in enumerate(steps)
+        )
+    return False
+
+
+def _flat_steps(c: chain) -> list[Canvas]:
+    """A chain's steps with the steps of the chains nested in it spliced in."""
+    return [s for t in c.tasks for s in (_flat_steps(t) if isinstance(t, chain) else [t])]
 
 
 def _check_options(sig: Canvas) -> None:

@@ -43,6 +43,14 @@ class Mailbox:
         self._records: list[bytes] = []
         self._waiters: list[asyncio.Future[None]] = []
 
+    def size(self) -> int:
+        """How many records have arrived (a reader starting here sees only later ones)."""
+        return len(self._records)
+
+    def latest(self) -> bytes | None:
+        """The last record that arrived, or ``None`` before the first."""
+        return self._records[-1] if self._records else None
+
     def put(self, record: bytes) -> None:
         """Add ``record`` (an encoded result record) and wake every reader."""
         self._records.append(record)
@@ -79,6 +87,10 @@ class Inbox:
         if box is None:
             box = self._boxes[task_id] = Mailbox(owner)
         return box
+
+    def get(self, task_id: str) -> Mailbox | None:
+        """``task_id``'s mailbox if a handle still holds it, else ``None`` (nothing created)."""
+        return self._boxes.get(task_id)
 
     def put(self, task_id: str, record: bytes) -> bool:
         """Give ``record`` to ``task_id``'s mailbox; False if nobody expects that id."""

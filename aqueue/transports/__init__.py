@@ -6,8 +6,12 @@ scheme      broker  results  control  beat  folder
 memory      yes     yes      yes      yes   :mod:`aqueue.transports.memory` (one process)
 sqlite      yes     yes      yes      yes   :mod:`aqueue.transports.sqlite` (one host)
 redis(s)    yes     yes      yes      yes   :mod:`aqueue.transports.redis`
-amqp(s)     yes     no       no       no    :mod:`aqueue.transports.amqp` (RabbitMQ)
+amqp(s)     yes     rpc      no       no    :mod:`aqueue.transports.amqp` (RabbitMQ)
 ==========  ======  =======  =======  ====  =============================================
+
+``pyamqp`` is Celery's name for ``amqp``. The result backend ``rpc://`` is not a server of its
+own: the app resolves it to the AMQP broker's transport, whose results role sends each task's
+states back to the client that sent it (:mod:`aqueue.transports.amqp.results`).
 
 Each folder's ``__init__`` defines ``Transport``, a :class:`~aqueue.transports.base.Transport`:
 one instance per app, event loop and URL (the app keeps them), whose roles share one client -
@@ -47,6 +51,7 @@ SCHEMES: dict[str, str] = {
     "rediss": "redis",
     "amqp": "amqp",
     "amqps": "amqp",
+    "pyamqp": "amqp",
 }
 
 
@@ -116,8 +121,8 @@ def backend_from_url(url: str) -> ResultBackend:
     connected).
 
     Raises:
-        ConfigurationError: the scheme stores no results (``amqp://`` is a broker only: pair it
-            with a Redis or SQLite result backend).
+        ConfigurationError: the scheme has no result backend. (``amqp://`` gives the ``rpc://``
+            backend, which sends results back to their caller and stores none.)
     """
     return transport_for(url, shared=False).result_backend()
 

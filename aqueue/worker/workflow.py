@@ -108,7 +108,7 @@ class Workflow:
             except AqueueError as exc:
                 # Not transient (a bad option, an unencodable argument): retrying cannot help.
                 logger.error("chain after %s[%s] cannot continue: %s", msg.task, msg.id, exc)
-                await self._abandon(rest, exc, None)
+                await self._abandon(rest, exc, None, msg.reply_to)
         chord_info = msg.options.get("chord")
         if chord_info:
             await self._member_succeeded(msg, chord_info)
@@ -117,7 +117,7 @@ class Workflow:
         """``msg``'s task failed for good (or was dead-lettered or expired): end its workflow."""
         rest = msg.options.get("chain")
         if rest:
-            await self._abandon(rest, exc, tb)
+            await self._abandon(rest, exc, tb, msg.reply_to)
         chord_info = msg.options.get("chord")
         if chord_info:
             await self._chord_failed(chord_info, msg.id, msg.task, exc, tb)
@@ -206,15 +206,20 @@ class Workflow:
     # -- chains --------------------------------------------------------------------------------
 
     async def _abandon(
-        self, rest: list[dict[str, Any]], exc: BaseException, tb: str | None
+        self,
+        rest: list[dict[str, Any]],
+        exc: BaseException,
+        tb: str | None,
+        reply_to: str | None = None,
     ) -> None:
-        """The chain steps ``rest`` will never run: fail what stands for their result."""
+        """The chain steps ``rest`` will never run: fail what stands for their result (also on
+        ``reply_to``, the caller's reply channel, which ``rpc://`` results need)."""
         final = from_dict(rest[-1], self.app)
-        finals = await self._store_failure(final, exc, tb)
+        finals = await self._store_failure(final, exc, tb, reply_to)
         await self._report_upwards(finals, exc, tb)
 
     async def _store_failure(
-        self, sig: Canvas, exc: BaseException, tb: str | None
+        self, sig: Canvas, exc: BaseException, tb: str | None, reply_to: str | None = None
     ) -> list[Signature]:
         finals = [t for t in final_tasks(sig) if t.id is not None]
         if self.backend is not None and finals:
@@ -231,6 +236,7 @@ class Workflow:
             await self.backend.store(
                 [(task_id, rec.encode(serializer)) for task_id, rec in records],
                 self.app.conf.result_expires,
+                {task_id: reply_to for task_id, _ in records} if reply_to else None,
             )
         return finals
 
@@ -250,7 +256,10 @@ class Workflow:
 
 
 def _context(msg: Message) -> dict[str, Any]:
-    return {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
+    context = {"parent_id": msg.id, "root_id": msg.root_id or msg.id}
+    if msg.reply_to:  # the next steps' states go to the caller too (rpc:// needs it)
+        context["reply_to"] = msg.reply_to
+    return context
 
 
 def _errbacks(sig: Canvas) -> list[Signature]:

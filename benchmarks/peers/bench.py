@@ -6,6 +6,7 @@ Run from the repository root (``make bench-peers``)::
     python benchmarks/peers/bench.py --quick             # a smoke run: small n, 1 round
     python benchmarks/peers/bench.py --only aqueue,saq --rounds 5
     python benchmarks/peers/bench.py --amqp              # also aqueue vs Celery on RabbitMQ
+                                                         # (results in Redis, then rpc://)
 
 It creates each peer's virtualenv under ``benchmarks/peers/.venvs/<peer>`` from
 ``requirements/<peer>.txt`` when missing or out of date, starts a throwaway ``redis-server`` on a
@@ -48,6 +49,8 @@ VENVS = HERE / ".venvs"
 SYSTEMS = ("aqueue", "taskiq", "arq", "saq", "streaq", "dramatiq", "celery")
 PEERS = SYSTEMS[1:]
 AMQP_SYSTEMS = ("aqueue", "celery")
+#: The result backend of the second AMQP table: results sent back as messages on RabbitMQ.
+RPC_BACKEND = "rpc://"
 WORKLOADS = ("prefilled", "noop", "bulk", "sleep", "latency")
 MARKER = "BENCH_PEERS_RUN"  # set in every child's environment, to find leftovers by pid
 
@@ -574,6 +577,10 @@ def machine(redis_url: str | None) -> str:
     return ", ".join(parts)
 
 
+def _backend_name(url: str) -> str:
+    return "rpc://" if url == RPC_BACKEND else "in Redis"
+
+
 def amqp_unavailable() -> str | None:
     """Why the AMQP part cannot run here, or ``None``."""
     if not (
@@ -649,7 +656,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--amqp",
         action="store_true",
-        help="also aqueue vs Celery with RabbitMQ as the broker (Redis for results)",
+        help="also aqueue vs Celery with RabbitMQ as the broker: results in Redis, then rpc://",
     )
     p.add_argument("--json", metavar="PATH", help="also write every run's figures to PATH")
     args = p.parse_args(argv)
@@ -772,30 +779,38 @@ def _amqp(
     except RuntimeError as exc:
         print(f"AMQP part skipped: {exc}")
         return
-    print(f"AMQP: RabbitMQ {_rabbitmq_version()} at {amqp_url} (results in Redis)", flush=True)
-    results["amqp"] = {s: [] for s in systems}
-    for rnd, system in rounds(systems, args.rounds):
-        redis_call(redis_url, "FLUSHALL")
-        t0 = time.monotonic()
-        # Queues left by the previous system stay on the node: each system uses its own names.
-        run = run_system(system, rnd, args, amqp_url, redis_url, redis_url, token, logdir)
-        results["amqp"][system].append(run)
-        print(f"  round {rnd}: {system} on AMQP done in {time.monotonic() - t0:.0f}s", flush=True)
-    columns = [c for c in COLUMNS if c.key != "cmds_per_task"] + [
-        Column("Redis cmds/task (results only)", "noop", "cmds_per_task", False)
-    ]
-    print()
     print(
-        "\n".join(
-            render(
-                f"RabbitMQ broker, Redis result backend, median of {args.rounds} round(s)",
-                systems,
-                results["amqp"],
-                columns,
-            )
-        )
+        f"AMQP: RabbitMQ {_rabbitmq_version()} at {amqp_url}; results in Redis, then rpc://",
+        flush=True,
     )
-    _print_notes(systems, results["amqp"])
+    # Results in Redis, then over rpc:// (RabbitMQ alone): the same rounds, in the same run.
+    for key, backend in (("amqp", redis_url), ("amqp_rpc", RPC_BACKEND)):
+        results[key] = {s: [] for s in systems}
+        stats = redis_url if backend == redis_url else None  # rpc:// uses no Redis: no count
+        for rnd, system in rounds(systems, args.rounds):
+            redis_call(redis_url, "FLUSHALL")
+            t0 = time.monotonic()
+            # Queues left by the previous system stay on the node: each uses its own names.
+            run = run_system(system, rnd, args, amqp_url, backend, stats, token, logdir)
+            results[key][system].append(run)
+            print(
+                f"  round {rnd}: {system} on AMQP, results {_backend_name(backend)}, done in "
+                f"{time.monotonic() - t0:.0f}s",
+                flush=True,
+            )
+    plain = [c for c in COLUMNS if c.key != "cmds_per_task"]
+    for key, title, columns in (
+        (
+            "amqp",
+            "RabbitMQ broker, Redis result backend",
+            [*plain, Column("Redis cmds/task (results only)", "noop", "cmds_per_task", False)],
+        ),
+        ("amqp_rpc", "RabbitMQ broker, rpc:// results (no Redis)", plain),
+    ):
+        print()
+        title = f"{title}, median of {args.rounds} round(s)"
+        print("\n".join(render(title, systems, results[key], columns)))
+        _print_notes(systems, results[key])
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ Names are Celery's lowercase ones. Running the module checks every value, as the
 # No `from __future__ import annotations` here: it would be read as a setting named "annotations".
 
 # memory:// so that configuration.py runs in one process; a deployment names its server here,
-# e.g. "redis://127.0.0.1:6379/0" (Celery's 'pyamqp://' and 'rpc://': AMQP is coming).
+# e.g. "redis://127.0.0.1:6379/0"; Celery's 'pyamqp://' + 'rpc://' as written: rpc_celeryconfig.py.
 broker_url = "memory://"
 result_backend = "memory://"
 
