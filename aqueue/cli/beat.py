@@ -1,123 +1,95 @@
-"""``aqueue beat``: run beat, or add, remove and list stored entries; and ``worker -B``'s glue.
+"""``aqueue beat``: run beat, or add, remove and list stored entries.
 
 ::
 
-    aqueue beat -A proj.tasks                       # run beat until SIGTERM/SIGINT
+    aqueue beat -A proj.tasks [--logfile PATH] [--pidfile PATH]   # run beat until SIGTERM/SIGINT
     aqueue beat add -A proj.tasks NAME --task proj.tasks.add --every 30 --args '[16, 16]'
     aqueue beat add -A proj.tasks NAME --task proj.tasks.report --cron '30 7 * * 1'
     aqueue beat remove -A proj.tasks NAME
     aqueue beat list -A proj.tasks
 
-``-A`` may also come before the subcommand (``aqueue beat -A proj.tasks list``).
+``-A`` may also come before the subcommand (``aqueue beat -A proj.tasks list``) or before
+``beat`` (``aqueue -A proj.tasks beat list``). ``aqueue worker -B`` runs beat inside a worker
+(:mod:`aqueue.cli.worker`).
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import orjson
 import typer
 
+from aqueue.app import Aqueue
+from aqueue.beat.entry import Entry
+from aqueue.beat.scheduler import Beat
 from aqueue.beat.schedules import Interval, Schedule, crontab
-from aqueue.cli import loop as aqueue_loop
+from aqueue.cli._common import (
+    AppOption,
+    LogfileOption,
+    LoglevelOption,
+    PidfileOption,
+    app_spec,
+    fail,
+    load,
+    remember_app,
+    run,
+    run_with_app,
+    setup_logging,
+)
+from aqueue.cli.pidfile import hold_pidfile
 from aqueue.exceptions import AqueueError, ConfigurationError
 
-if TYPE_CHECKING:
-    from aqueue.app import Aqueue
-    from aqueue.beat.entry import Entry
-    from aqueue.beat.scheduler import Beat
-    from aqueue.worker import Worker
+__all__ = ["beat", "commands", "describe", "run_beat"]
 
-__all__ = ["beat_cli", "run_worker_with_beat"]
-
-T = TypeVar("T")
-
-beat_cli = typer.Typer(
+commands = typer.Typer(
     help="Run beat (periodic tasks); or add, remove and list entries stored at runtime.",
     invoke_without_command=True,
     no_args_is_help=False,
 )
 
-OptionalApp = Annotated[
-    str | None, typer.Option("-A", "--app", help="The app: 'module' or 'module:attribute'.")
-]
 
-
-async def run_worker_with_beat(worker: Worker, beat: Beat) -> None:
-    """Run ``beat`` in the worker's event loop (``aqueue worker -B``) until the worker stops.
-
-    Beat starts first, so a store it cannot reach fails the command before any task is taken;
-    the worker's SIGTERM/SIGINT handling then stops both.
-
-    Raises:
-        BrokerConnectionError: the store or the broker cannot be reached at start.
-    """
-    await beat.start()
-    try:
-        await worker.run(install_signal_handlers=True)
-    finally:
-        await beat.stop()
-
-
-def _load(spec: str | None, ctx: typer.Context) -> Aqueue:
-    from aqueue.cli import _fail, load_app
-
-    spec = spec or (ctx.obj if isinstance(ctx.obj, str) else None)
-    if not spec:
-        typer.echo("error: -A/--app is required, e.g. aqueue beat -A proj.tasks", err=True)
-        raise typer.Exit(2)
-    try:
-        return load_app(spec)
-    except AqueueError as exc:
-        raise _fail(exc) from exc
-
-
-def _run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    from aqueue.cli import _fail
-
-    try:
-        return aqueue_loop.run(main())
-    except AqueueError as exc:
-        raise _fail(exc) from exc
-
-
-@beat_cli.callback()
+@commands.callback()
 def beat(
     ctx: typer.Context,
-    app: OptionalApp = None,
-    loglevel: Annotated[str, typer.Option("-l", "--loglevel", help="debug|info|warning|error")] = (
-        "info"
-    ),
+    app: AppOption = None,
+    loglevel: LoglevelOption = "info",
     max_interval: Annotated[
         float, typer.Option("--max-interval", help="Seconds between reads of stored entries.")
     ] = 1.0,
+    logfile: LogfileOption = None,
+    pidfile: PidfileOption = None,
 ) -> None:
     """Run beat: send the periodic tasks until SIGTERM or SIGINT (any number may run at once)."""
     if ctx.invoked_subcommand is not None:
-        ctx.obj = app
+        remember_app(ctx, app)
         return
-    from aqueue.beat.scheduler import Beat
-    from aqueue.cli import LOG_FORMAT, _fail
+    setup_logging(loglevel, logfile)
+    with hold_pidfile(pidfile):
+        run_beat(load(ctx, app), max_interval)
 
-    logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT)
-    the_app = _load(app, ctx)
+
+def run_beat(app: Aqueue, max_interval: float) -> None:
+    """Run beat for ``app`` until SIGTERM or SIGINT, then close the app.
+
+    Raises:
+        typer.Exit: (code 2) beat's schedule does not fit, or its store cannot be reached.
+    """
     try:
-        b = Beat(the_app, max_interval=max_interval)
+        b = Beat(app, max_interval=max_interval)
     except AqueueError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
 
     async def main() -> None:
         try:
             await b.run(install_signal_handlers=True)
         finally:
-            await the_app.close()
+            await app.close()
 
-    _run(main)
+    run(main())
 
 
 def _json(text: str, what: str, kind: type) -> Any:
@@ -132,12 +104,12 @@ def _json(text: str, what: str, kind: type) -> Any:
     return value
 
 
-@beat_cli.command()
+@commands.command()
 def add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The entry's name.")],
     task: Annotated[str, typer.Option("--task", "-t", help="The task's registered name.")],
-    app: OptionalApp = None,
+    app: AppOption = None,
     every: Annotated[
         float | None, typer.Option("--every", help="Interval schedule, in seconds.")
     ] = None,
@@ -166,63 +138,51 @@ def add(
     call_args = _json(args, "--args", list)
     call_kwargs = _json(kwargs, "--kwargs", dict)
     call_options = _json(options, "--options", dict)
-    the_app = _load(app, ctx)
 
-    async def main() -> None:
-        try:
-            schedule: Schedule = (
-                Interval(every) if every is not None else crontab.from_string(cron or "")
-            )
-            entry = await the_app.beat.add(
-                name,
-                task=task,
-                schedule=schedule,
-                args=call_args,
-                kwargs=call_kwargs,
-                options=call_options,
-                catch_up=catch_up,
-            )
-        finally:
-            await the_app.close()
-        typer.echo(f"added {entry.name}: {entry.task} {describe(entry.schedule)}")
+    async def work(the_app: Aqueue) -> Entry:
+        schedule: Schedule = (
+            Interval(every) if every is not None else crontab.from_string(cron or "")
+        )
+        return await the_app.beat.add(
+            name,
+            task=task,
+            schedule=schedule,
+            args=call_args,
+            kwargs=call_kwargs,
+            options=call_options,
+            catch_up=catch_up,
+        )
 
-    _run(main)
+    entry = run_with_app(app_spec(ctx, app), work)
+    typer.echo(f"added {entry.name}: {entry.task} {describe(entry.schedule)}")
 
 
-@beat_cli.command()
+@commands.command()
 def remove(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The stored entry's name.")],
-    app: OptionalApp = None,
+    app: AppOption = None,
 ) -> None:
     """Remove a stored entry; running beats stop sending it within a second."""
-    the_app = _load(app, ctx)
 
-    async def main() -> bool:
-        try:
-            return await the_app.beat.remove(name)
-        finally:
-            await the_app.close()
+    async def work(the_app: Aqueue) -> bool:
+        return await the_app.beat.remove(name)
 
-    if not _run(main):
+    if not run_with_app(app_spec(ctx, app), work):
         typer.echo(f"error: no stored entry named {name!r}", err=True)
         raise typer.Exit(1)
     typer.echo(f"removed {name}")
 
 
-@beat_cli.command("list")
-def list_entries(ctx: typer.Context, app: OptionalApp = None) -> None:
+@commands.command("list")
+def list_entries(ctx: typer.Context, app: AppOption = None) -> None:
     """List every entry: name, task, schedule, where it is defined, last and next run."""
-    the_app = _load(app, ctx)
 
-    async def main() -> list[Entry]:
-        try:
-            return await the_app.beat.list()
-        finally:
-            await the_app.close()
+    async def work(the_app: Aqueue) -> tuple[list[Entry], str]:
+        return await the_app.beat.list(), the_app.conf.timezone
 
-    entries = _run(main)
-    tz = ZoneInfo(the_app.conf.timezone)
+    entries, timezone = run_with_app(app_spec(ctx, app), work)
+    tz = ZoneInfo(timezone)
     now = time.time()
     for e in entries:
         last = "never" if e.last_run is None else _iso(e.last_run, tz)

@@ -1,8 +1,8 @@
 """The operations commands: ``inspect``, ``control``, ``status``, ``purge``, ``dlq``, ``events``.
 
-Registered on the ``aqueue`` command by :func:`register`. Each prints a table by default and
-JSON with ``--json`` (``events`` always prints JSON lines), and exits with 0 on success, 1 when
-no worker replied in time, 2 on a usage or configuration error (as ``worker`` and ``call`` do).
+The functions in :data:`COMMANDS` are the commands. Each prints a table by default and JSON
+with ``--json`` (``events`` always prints JSON lines), and exits with 0 on success, 1 when no
+worker replied in time, 2 on a usage or configuration error (as ``worker`` and ``call`` do).
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import contextlib
 import enum
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
 
 from aqueue.app import Aqueue
-from aqueue.cli import loop as aqueue_loop
+from aqueue.cli._common import AppOption, app_spec, run_with_app, split
 from aqueue.control.client import DEFAULT_TIMEOUT, by_worker
 from aqueue.control.protocol import Reply
 from aqueue.exceptions import AqueueError, ConfigurationError
@@ -27,13 +27,8 @@ from aqueue.exceptions import AqueueError, ConfigurationError
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["ProgressPrinter", "register"]
+__all__ = ["COMMANDS", "control", "dlq", "events", "inspect", "purge", "status"]
 
-T = TypeVar("T")
-
-AppOption = Annotated[
-    str, typer.Option("-A", "--app", help="The app: 'module' or 'module:attribute'.")
-]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 TimeoutOption = Annotated[
     float, typer.Option("--timeout", "-t", help="Seconds to wait for replies.")
@@ -88,33 +83,6 @@ def _console() -> Console:
     # Pipes get a wide, plain table: scripts grep it, and ids must not be folded.
     # Replies are data, not rich markup: "[rate_limit=10/m]" must print as it is.
     return Console(width=None if sys.stdout.isatty() else 200, highlight=False, markup=False)
-
-
-def _split(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
-
-
-def _run(spec: str, work: Callable[[Aqueue], Awaitable[T]]) -> T:
-    """Load the app, run ``work`` in a fresh loop, close the app; errors exit with code 2."""
-    from aqueue.cli import load_app
-
-    try:
-        app = load_app(spec)
-    except AqueueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-
-    async def main() -> T:
-        try:
-            return await work(app)
-        finally:
-            await app.close()
-
-    try:
-        return aqueue_loop.run(main())
-    except AqueueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
 
 
 def _print_json(value: Any) -> None:
@@ -226,70 +194,13 @@ def _print_replies(command: str, replies: list[Reply], as_json: bool, timeout: f
     _print_table(f"{command}: {len(replies)} {noun} replied", columns, rows)
 
 
-# -- progress of `aqueue call --wait` ------------------------------------------------------------
-
-
-class ProgressPrinter:
-    """Shows a task's progress while ``aqueue call --wait`` waits: a rich progress bar on a
-    terminal, plain ``progress: 30/100 (30%)`` lines on stderr otherwise.
-
-    Fed by ``AsyncResult.get(on_message=...)``: a custom state whose meta holds ``current`` and
-    ``total`` (e.g. ``update_state(state="PROGRESS", meta={"current": 30, "total": 100})``)
-    moves the bar; other states are shown by name. Use as a context manager.
-    """
-
-    def __init__(self, task_id: str, interactive: bool | None = None) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        self.task_id = task_id
-        self.interactive = sys.stderr.isatty() if interactive is None else interactive
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self._bar = self._progress.add_task(task_id[:8], total=None)
-        self._last: tuple[Any, Any] | None = None
-
-    def __enter__(self) -> ProgressPrinter:
-        if self.interactive:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.interactive:
-            self._progress.stop()
-
-    def __call__(self, message: dict[str, Any]) -> None:
-        status, meta = message.get("status"), message.get("result")
-        if (status, meta) == self._last:
-            return
-        self._last = (status, meta)
-        current = meta.get("current") if isinstance(meta, dict) else None
-        total = meta.get("total") if isinstance(meta, dict) else None
-        if isinstance(current, int | float) and isinstance(total, int | float) and total > 0:
-            if self.interactive:
-                self._progress.update(
-                    self._bar, completed=current, total=total, description=str(status)
-                )
-            else:
-                percent = 100 * current / total
-                typer.echo(f"progress: {current:g}/{total:g} ({percent:.0f}%)", err=True)
-        elif self.interactive:
-            self._progress.update(self._bar, description=str(status))
-        else:
-            typer.echo(f"state: {status}", err=True)
-
-
 # -- the commands --------------------------------------------------------------------------------
 
 
 def inspect(
+    ctx: typer.Context,
     command: Annotated[InspectCommand, typer.Argument(help="What to ask the workers.")],
-    app: AppOption,
+    app: AppOption = None,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
     destination: DestinationOption = None,
     as_json: JsonOption = False,
@@ -298,15 +209,16 @@ def inspect(
 
     async def work(a: Aqueue) -> list[Reply]:
         return await a.control.broadcast(
-            command.value, timeout=timeout, destination=_split(destination)
+            command.value, timeout=timeout, destination=split(destination)
         )
 
-    _print_replies(command.value, _run(app, work), as_json, timeout)
+    _print_replies(command.value, run_with_app(app_spec(ctx, app), work), as_json, timeout)
 
 
 def control(
+    ctx: typer.Context,
     command: Annotated[ControlCommand, typer.Argument(help="What to tell the workers.")],
-    app: AppOption,
+    app: AppOption = None,
     arguments: Annotated[
         list[str] | None,
         typer.Argument(help="revoke: task ids; rate_limit: TASK RATE; *_consumer: QUEUE."),
@@ -331,7 +243,7 @@ def control(
         }.get(command.value, command.value)
         typer.echo(f"error: usage: aqueue control -A APP {usage}", err=True)
         raise typer.Exit(2)
-    dest = _split(destination)
+    dest = split(destination)
 
     async def work(a: Aqueue) -> list[Reply]:
         c = a.control
@@ -349,7 +261,7 @@ def control(
             return await c.cancel_consumer(args[0], dest, timeout)
         return await c.ping(timeout, dest)
 
-    replies = _run(app, work)
+    replies = run_with_app(app_spec(ctx, app), work)
     if command is ControlCommand.revoke and not replies:
         # Stored all the same: workers that are down now honour it when they start.
         typer.echo(f"revoked {len(args)} task(s); no worker is running to acknowledge it now")
@@ -358,14 +270,15 @@ def control(
 
 
 def status(
-    app: AppOption,
+    ctx: typer.Context,
+    app: AppOption = None,
     queues: QueuesOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Queues with their depths (ready, delayed, unacked, dead-lettered) and live workers."""
     from aqueue.control.queues import cluster_status
 
-    result = _run(app, lambda a: cluster_status(a, _split(queues)))
+    result = run_with_app(app_spec(ctx, app), lambda a: cluster_status(a, split(queues)))
     if as_json:
         _print_json(result.as_dict())
         return
@@ -398,33 +311,41 @@ def status(
 def _queues_or_default(a: Aqueue, queues: str | None) -> list[str]:
     from aqueue.control.queues import app_queues
 
-    return _split(queues) or app_queues(a)
+    return split(queues) or app_queues(a)
 
 
-def purge(app: AppOption, queues: QueuesOption = None, force: ForceOption = False) -> None:
+def purge(
+    ctx: typer.Context,
+    app: AppOption = None,
+    queues: QueuesOption = None,
+    force: ForceOption = False,
+) -> None:
     """Delete the messages waiting in queues (default: the app's queues); asks first."""
     from aqueue.control.queues import purge as purge_queues
     from aqueue.transports.base import queue_admin
+
+    spec = app_spec(ctx, app)
 
     async def count(a: Aqueue) -> tuple[list[str], int]:
         names = _queues_or_default(a, queues)
         depths = await queue_admin(await a.broker()).queue_depths(names)
         return names, sum(d.waiting for d in depths)
 
-    names, waiting = _run(app, count)
+    names, waiting = run_with_app(spec, count)
     listed = ", ".join(names)
     if waiting == 0:
         typer.echo(f"No messages to purge in {listed}.")
         return
     if not force and not typer.confirm(f"Purge {waiting} message(s) from {listed}?"):
         raise typer.Exit(1)
-    removed = _run(app, lambda a: purge_queues(a, names))
+    removed = run_with_app(spec, lambda a: purge_queues(a, names))
     typer.echo(f"Purged {removed} message(s) from {len(names)} queue(s) ({listed}).")
 
 
 def dlq(
+    ctx: typer.Context,
     command: Annotated[DlqCommand, typer.Argument(help="list | replay | purge")],
-    app: AppOption,
+    app: AppOption = None,
     queues: QueuesOption = None,
     limit: Annotated[
         int | None, typer.Option("--limit", "-n", help="At most this many, oldest first.")
@@ -436,6 +357,7 @@ def dlq(
     from aqueue.control.queues import replay_dead_letters
     from aqueue.transports.base import queue_admin
 
+    spec = app_spec(ctx, app)
     if command is DlqCommand.list:
 
         async def read(a: Aqueue) -> list[dict[str, Any]]:
@@ -446,7 +368,7 @@ def dlq(
                     out.append(_letter(letter.queue, letter.body, letter.reason, letter.time))
             return out
 
-        letters = _run(app, read)
+        letters = run_with_app(spec, read)
         if as_json:
             _print_json(letters)
         else:
@@ -472,7 +394,7 @@ def dlq(
         total = sum(d.dead for d in depths)
         return names, total if limit is None else min(total, limit * len(names))
 
-    names, total = _run(app, count)
+    names, total = run_with_app(spec, count)
     listed = ", ".join(names)
     if total == 0:
         typer.echo(f"No dead letters in {listed}.")
@@ -490,7 +412,7 @@ def dlq(
                 done += await queue_admin(await a.broker()).purge_dead_letters(name, limit)
         return done
 
-    done = _run(app, act)
+    done = run_with_app(spec, act)
     past = "Replayed" if command is DlqCommand.replay else "Deleted"
     typer.echo(f"{past} {done} dead letter(s) of {listed}.")
 
@@ -507,7 +429,8 @@ def _letter(queue: str, body: bytes, reason: str, when: float) -> dict[str, Any]
 
 
 def events(
-    app: AppOption,
+    ctx: typer.Context,
+    app: AppOption = None,
     limit: Annotated[
         int | None, typer.Option("--limit", "-n", help="Stop after this many events.")
     ] = None,
@@ -536,50 +459,8 @@ def events(
         return seen
 
     with contextlib.suppress(KeyboardInterrupt):
-        _run(app, listen)
+        run_with_app(app_spec(ctx, app), listen)
 
 
-def supervise(
-    app: str,
-    processes: int,
-    concurrency: int | None,
-    queues: str | None,
-    loglevel: str,
-    hostname: str | None,
-    prefetch_multiplier: int | None,
-    beat: bool,
-    events: bool,
-) -> NoReturn:
-    """``aqueue worker --processes N``: run N workers with these options under a
-    :class:`~aqueue.worker.supervisor.Supervisor` (beat, with ``-B``, in the first only); exit
-    with its code."""
-    from aqueue.cli import load_app
-    from aqueue.worker.supervisor import Supervisor
-
-    try:
-        shutdown_timeout = load_app(app).conf.worker_shutdown_timeout  # fail here, not N times
-    except AqueueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    args = ["-l", loglevel]
-    if concurrency is not None:
-        args += ["-c", str(concurrency)]
-    if queues:
-        args += ["-Q", queues]
-    if prefetch_multiplier is not None:
-        args += ["--prefetch-multiplier", str(prefetch_multiplier)]
-    if events:
-        args.append("-E")
-    first = ["-B"] if beat else []
-    supervisor = Supervisor(app, processes, args, hostname, first, shutdown_timeout)
-    raise typer.Exit(supervisor.run())
-
-
-def register(cli: typer.Typer) -> None:
-    """Add the operations commands to the ``aqueue`` command."""
-    cli.command()(inspect)
-    cli.command()(control)
-    cli.command()(status)
-    cli.command()(purge)
-    cli.command()(dlq)
-    cli.command()(events)
+#: The operations commands, in the order ``aqueue --help`` lists them.
+COMMANDS = (inspect, control, status, purge, dlq, events)

@@ -56,6 +56,7 @@ import orjson
 from aqueue.control.events import EventDispatcher
 from aqueue.exceptions import AqueueError, BrokerConnectionError, ConfigurationError
 from aqueue.transports import Broker, Delivery, Outgoing, ResultBackend
+from aqueue.transports.urls import redacted_url
 from aqueue.worker.execute import Executor
 from aqueue.worker.ratelimit import Bucket, LocalBucket, RateGate, SharedBucket, parse_rate
 from aqueue.worker.remote import HEARTBEAT_INTERVAL, Remote
@@ -179,15 +180,21 @@ class Worker:
         self._helpers = [asyncio.create_task(self._supervise("lease renewer", self._renew_leases))]
         self._fetcher = asyncio.create_task(self._supervise("fetcher", self._fetch_loop))
         self._ready.set()
-        # Scripts and supervisors wait for this line, so it shows at any -l level, as Celery's.
+        # Scripts and supervisors wait for this line, so it shows at any -l level, as Celery's;
+        # like Celery's banner it names the servers (passwords masked) and counts the tasks.
+        backend_url = self.app.conf.resolved_backend_url()
         logger.log(
             max(logging.INFO, logger.getEffectiveLevel()),
-            "%s ready: consuming %s with concurrency %d (prefetch %d), pid %d",
+            "%s ready: consuming %s with concurrency %d (prefetch %d), pid %d; "
+            "broker %s, results %s, %d task(s) registered",
             self.hostname,
             ",".join(self.queues),
             self.concurrency,
             self.prefetch,
             os.getpid(),
+            redacted_url(self.app.conf.resolved_broker_url()),
+            redacted_url(backend_url) if backend_url else "disabled",
+            sum(not name.startswith("aqueue.") for name in self.app.tasks),  # not the builtins
         )
 
     async def _connect(self) -> tuple[Broker, ResultBackend | None] | None:

@@ -1,0 +1,266 @@
+"""What every ``aqueue`` command shares: the ``-A`` app (given before or after the command),
+loading it, logging (``-l``, ``--logfile``), printing errors, and running the event loop.
+
+``-A`` takes ``module`` or ``module:attribute``; with a module alone, the one :class:`Aqueue`
+instance in it is used, as Celery's ``-A`` does. The current directory is importable. As with
+Celery, ``aqueue -A proj worker`` and ``aqueue worker -A proj`` are the same; an ``-A`` nearer the
+command wins.
+
+Exit codes, for every command: 0 on success, 1 when the work itself failed (a task, no worker
+replying), 2 on a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from types import ModuleType
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from aqueue.app import Aqueue
+from aqueue.cli import loop as aqueue_loop
+from aqueue.exceptions import AqueueError, ConfigurationError
+
+__all__ = [
+    "LOG_FORMAT",
+    "LOG_LEVELS",
+    "AppOption",
+    "LogfileOption",
+    "LoglevelOption",
+    "PidfileOption",
+    "app_spec",
+    "check_loglevel",
+    "fail",
+    "load",
+    "load_app",
+    "remember_app",
+    "run",
+    "run_with_app",
+    "setup_logging",
+    "split",
+]
+
+T = TypeVar("T")
+
+LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+#: Celery's ``-l`` names (``celery.bin.base.LogLevel``), accepted in any case.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL")
+#: Where the ``-A`` given before the command waits for the command (``ctx.meta`` is shared by
+#: a context and all of its sub-contexts).
+_APP_KEY = "aqueue.app"
+
+
+def check_loglevel(value: str) -> str:
+    """The ``-l`` value upper-cased, if it is one of :data:`LOG_LEVELS` in any case.
+
+    Raises:
+        typer.BadParameter: another name (``-l verbose``); typer prints it with the usage and
+            exits with code 2.
+    """
+    level = value.strip().upper()
+    if level not in LOG_LEVELS:
+        names = ", ".join(name.lower() for name in LOG_LEVELS[:-1])
+        raise typer.BadParameter(f"{value!r} is not a log level; use one of {names} (any case)")
+    return level
+
+
+AppOption = Annotated[
+    str | None,
+    typer.Option(
+        "-A",
+        "--app",
+        help="The app: 'module' or 'module:attribute' (may come before the command too).",
+    ),
+]
+LoglevelOption = Annotated[
+    str,
+    typer.Option(
+        "-l",
+        "--loglevel",
+        callback=check_loglevel,
+        help="debug|info|warning|error|critical (any case).",
+    ),
+]
+LogfileOption = Annotated[
+    Path | None,
+    typer.Option("--logfile", help="Append the log to this file instead of stderr."),
+]
+PidfileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--pidfile",
+        help="Write the process id here while running; refuse to start if it names a live one.",
+    ),
+]
+
+
+# -- the app -------------------------------------------------------------------------------------
+
+
+def remember_app(ctx: typer.Context, spec: str | None) -> None:
+    """Keep an ``-A`` given before a command (``aqueue -A proj worker``) for that command."""
+    if spec:
+        ctx.meta[_APP_KEY] = spec
+
+
+def app_spec(ctx: typer.Context, spec: str | None) -> str:
+    """The ``-A`` value: the command's own, else one given before the command.
+
+    Raises:
+        typer.Exit: (code 2) neither was given; the message shows both forms.
+    """
+    found = spec or ctx.meta.get(_APP_KEY)
+    if not isinstance(found, str) or not found:
+        command = ctx.command_path.partition(" ")[2] or "worker"
+        typer.echo(
+            f"error: -A/--app is required, e.g. aqueue {command} -A proj.tasks "
+            f"(or aqueue -A proj.tasks {command})",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return found
+
+
+def load_app(spec: str) -> Aqueue:
+    """Import the app named by ``spec`` (``module`` or ``module:attribute``).
+
+    Raises:
+        ConfigurationError: the module is not found, or was found but its import failed (the
+            error and where it was raised; a syntax error with its file, line and caret), the
+            attribute is missing or is not an Aqueue, or a module alone holds no Aqueue or
+            several; the message says what was tried.
+    """
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module_name, _, attr = spec.partition(":")
+    module = _import(spec, module_name)
+    if attr:
+        return _attribute(spec, module, attr)
+    return _only_app(spec, module)
+
+
+def load(ctx: typer.Context, spec: str | None) -> Aqueue:
+    """The app of this command's ``-A`` (see :func:`app_spec`); an error exits with code 2."""
+    try:
+        return load_app(app_spec(ctx, spec))
+    except AqueueError as exc:
+        raise fail(exc) from exc
+
+
+def _import(spec: str, module_name: str) -> ModuleType:
+    if not module_name or module_name.startswith("."):
+        raise ConfigurationError(f"-A {spec}: give a module name, e.g. -A proj.tasks")
+    try:
+        return importlib.import_module(module_name)
+    except Exception as exc:  # whatever the module's own code raised while it was imported
+        raise ConfigurationError(_import_error(spec, module_name, exc)) from exc
+
+
+def _import_error(spec: str, module_name: str, exc: Exception) -> str:
+    """Why importing ``module_name`` failed: not found, or found and failed (and where)."""
+    missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+    if missing and f"{module_name}.".startswith(f"{missing}."):  # it, or a package above it
+        return (
+            f"-A {spec}: module {module_name!r} not found (run from the directory that "
+            f"contains it, or set PYTHONPATH)"
+        )
+    head = f"-A {spec}: module {module_name!r} was found but its import failed: "
+    if isinstance(exc, SyntaxError):  # file, line and caret, as Python prints them
+        *where, last = traceback.format_exception_only(exc)
+        return head + last.rstrip() + "\n" + "".join(where).rstrip()
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+    where = traceback.format_list(frames[-1:])  # the line that raised it
+    return head + f"{type(exc).__name__}: {exc}" + ("\n" + "".join(where).rstrip() if where else "")
+
+
+def _attribute(spec: str, module: ModuleType, attr: str) -> Aqueue:
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+    if not isinstance(obj, Aqueue):
+        raise ConfigurationError(
+            f"-A {spec}: {module.__name__}.{attr} is "
+            f"{'missing' if obj is None else type(obj)}, not an Aqueue app"
+        )
+    return obj
+
+
+def _only_app(spec: str, module: ModuleType) -> Aqueue:
+    apps = {id(v): (k, v) for k, v in vars(module).items() if isinstance(v, Aqueue)}
+    if len(apps) == 1:
+        return next(iter(apps.values()))[1]
+    name = module.__name__
+    if not apps:
+        raise ConfigurationError(
+            f"-A {spec}: module {name!r} has no Aqueue app; define one "
+            f"(app = Aqueue(...)) or name it as -A {name}:attribute"
+        )
+    names = ", ".join(sorted(k for k, _ in apps.values()))
+    raise ConfigurationError(
+        f"-A {spec}: module {name!r} has several Aqueue apps ({names}); "
+        f"choose one with -A {name}:NAME"
+    )
+
+
+# -- errors, logging, the loop -------------------------------------------------------------------
+
+
+def fail(exc: AqueueError) -> typer.Exit:
+    """Print ``error: <exc>`` on stderr; return the exit (code 2) for the caller to raise."""
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(2)
+
+
+def setup_logging(loglevel: str, logfile: Path | None = None) -> None:
+    """Log at ``loglevel`` (checked by :func:`check_loglevel`) to stderr, or append to
+    ``logfile``.
+
+    Raises:
+        typer.Exit: (code 2) ``logfile`` cannot be opened for appending.
+    """
+    handlers: list[logging.Handler] = []
+    if logfile is not None:
+        try:
+            handlers.append(logging.FileHandler(logfile, encoding="utf-8"))
+        except OSError as exc:
+            typer.echo(f"error: --logfile {logfile}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(2) from exc
+    logging.basicConfig(level=loglevel, format=LOG_FORMAT, handlers=handlers or None)
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on the CLI's event loop (:mod:`aqueue.cli.loop`); an aqueue error exits with
+    code 2."""
+    try:
+        return aqueue_loop.run(main)
+    except AqueueError as exc:
+        raise fail(exc) from exc
+
+
+def run_with_app(spec: str, work: Callable[[Aqueue], Awaitable[T]]) -> T:
+    """Load the app, run ``work`` in a fresh loop, close the app; errors exit with code 2."""
+    try:
+        app = load_app(spec)
+    except AqueueError as exc:
+        raise fail(exc) from exc
+
+    async def main() -> T:
+        try:
+            return await work(app)
+        finally:
+            await app.close()
+
+    return run(main())
+
+
+def split(value: str | None) -> list[str] | None:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``; ``None`` or nothing listed -> ``None``."""
+    names = [v.strip() for v in value.split(",") if v.strip()] if value else []
+    return names or None
