@@ -173,49 +173,92 @@ def from_envelope(env: dict[str, Any], accept: frozenset[str] | tuple[str, ...])
     """Build a :class:`Message` from a parsed envelope (see :func:`decode`).
 
     Each field is checked for its type (and range) once, here: a message that passes cannot
-    make the worker fail later on a field of the wrong kind.
+    make the worker fail later on a field of the wrong kind. On the hot path this is one pass
+    over :data:`_TYPES`, the few ranges, and nested data only where there is some.
 
     Raises:
         DecodeError: a field has the wrong type or value; the message names it.
         ContentDisallowed: the content type is not in ``accept``.
     """
-    f = _Fields(env)
-    f.integer("v", 1, 1, 2**31)  # checked, not used: every version so far reads alike
-    ct = f.text("ct") or "json"
+    get = env.get
+    for key, allowed in _TYPES:
+        value = get(key)
+        if value is not None and type(value) not in allowed:
+            raise _Fields(env).bad(key, _FIELDS[key][1], value)
+    ct = get("ct") or "json"
     serialization.check_accepted(ct, accept)
-    compression = f.text("enc")
-    args, kwargs = _arguments(f, ct, compression)
+    compression = get("enc")
+    args, kwargs = _arguments(env, ct, compression)
+    priority, retries, version = get("priority") or 0, get("retries") or 0, get("v")
+    eta, expires, time_limit = get("eta"), get("expires"), get("time_limit")
+    link, link_error, options = get("link") or [], get("link_error") or [], get("options") or {}
+    if not (
+        0 <= priority <= 255
+        and 0 <= retries <= 2**31
+        and (version is None or 1 <= version <= 2**31)
+        and (eta is None or math.isfinite(eta))
+        and (expires is None or math.isfinite(expires))
+        and (time_limit is None or 0 < time_limit < math.inf)
+    ) or (link or link_error or options):
+        _Fields(env).nested()  # finds what is wrong (naming it), or checks the nested data
     return Message(
-        id=f.id,
+        id=env["id"],
         task=env["task"],
         args=args,
         kwargs=kwargs,
-        queue=f.text("queue") or "default",
-        priority=f.integer("priority", 0, 0, 255),
-        eta=f.seconds("eta"),
-        expires=f.seconds("expires"),
-        retries=f.integer("retries", 0, 0, 2**31),
-        headers=f.mapping("headers"),
-        link=f.signatures("link"),
-        link_error=f.signatures("link_error"),
-        time_limit=f.positive("time_limit"),
-        ignore_result=f.flag("ignore_result"),
-        parent_id=f.text("parent_id"),
-        root_id=f.text("root_id"),
-        group_id=f.text("group_id"),
-        options=f.options(),
-        reply_to=f.text("reply_to"),
+        queue=get("queue") or "default",
+        priority=priority,
+        eta=None if eta is None else float(eta),
+        expires=None if expires is None else float(expires),
+        retries=retries,
+        headers=get("headers") or {},
+        link=link,
+        link_error=link_error,
+        time_limit=None if time_limit is None else float(time_limit),
+        ignore_result=bool(get("ignore_result")),
+        parent_id=get("parent_id"),
+        root_id=get("root_id"),
+        group_id=get("group_id"),
+        options=options,
+        reply_to=get("reply_to"),
         content_type=ct,
         compression=compression,
     )
 
 
+_TEXT = (str,)
+_NUMBER = (int, float)
+# Every optional envelope field: the types it may have (null: absent, its default), and what
+# an error says it must be. "v" is the protocol version: checked, not used yet.
+_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "v": ((int,), "a whole number from 1 to 2147483648"),
+    "ct": (_TEXT, "a string or null"),
+    "enc": (_TEXT, "a string or null"),
+    "queue": (_TEXT, "a string or null"),
+    "priority": ((int,), "a whole number from 0 to 255"),
+    "eta": (_NUMBER, "a number of epoch seconds or null"),
+    "expires": (_NUMBER, "a number of epoch seconds or null"),
+    "retries": ((int,), "a whole number from 0 to 2147483648"),
+    "headers": ((dict,), "an object or null"),
+    "link": ((list,), "a list of signatures or null"),
+    "link_error": ((list,), "a list of signatures or null"),
+    "time_limit": (_NUMBER, "a number of seconds > 0 or null"),
+    "ignore_result": ((bool,), "true, false or null"),
+    "parent_id": (_TEXT, "a string or null"),
+    "root_id": (_TEXT, "a string or null"),
+    "group_id": (_TEXT, "a string or null"),
+    "options": ((dict,), "an object or null"),
+    "reply_to": (_TEXT, "a string or null"),
+}
+_TYPES = tuple((key, types) for key, (types, _) in _FIELDS.items())
+
+
 def _arguments(
-    f: _Fields, ct: str, compression: str | None
+    env: dict[str, Any], ct: str, compression: str | None
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The call's ``(args, kwargs)``: from the envelope, or decoded from its ``body``."""
-    env = f.env
     if "body" in env:
+        f = _Fields(env)
         body = env["body"]
         if type(body) is not str:
             raise f.bad("body", "a base64 string", body)
@@ -233,9 +276,9 @@ def _arguments(
     else:
         args, kwargs = env.get("args", ()), env.get("kwargs", {})
     if not isinstance(args, list | tuple):
-        raise f.bad("args", "a list", args)
-    if not isinstance(kwargs, dict) or not all(type(k) is str for k in kwargs):
-        raise f.bad("kwargs", "an object with string keys", kwargs)
+        raise _Fields(env).bad("args", "a list", args)
+    if not isinstance(kwargs, dict) or (kwargs and not all(type(k) is str for k in kwargs)):
+        raise _Fields(env).bad("kwargs", "an object with string keys", kwargs)
     return tuple(args), kwargs
 
 
@@ -262,66 +305,34 @@ class _Fields:
             shown = shown[:57] + "..."
         return DecodeError(f"message {self.id}: field {key!r} must be {expected}, not {shown}")
 
-    def text(self, key: str) -> str | None:
-        value = self.env.get(key)
-        if value is None or type(value) is str:
-            return value
-        raise self.bad(key, "a string or null", value)
+    def nested(self) -> None:
+        """The checks beyond types: ranges and finiteness, then ``link``, ``link_error`` and
+        the canvas in ``options``. Raises the :class:`DecodeError` of the first one failing."""
+        get = self.env.get
+        for key, low, high in (("priority", 0, 255), ("retries", 0, 2**31), ("v", 1, 2**31)):
+            value = get(key)
+            if value is not None and not low <= value <= high:
+                raise self.bad(key, _FIELDS[key][1], value)
+        for key in ("eta", "expires", "time_limit"):
+            value = get(key)
+            if value is not None and not (
+                math.isfinite(value) and (value > 0 or key != "time_limit")
+            ):
+                raise self.bad(key, _FIELDS[key][1], value)
+        for key in ("link", "link_error"):
+            if get(key):
+                self.signatures(key)
+        if get("options"):
+            self.options()
 
-    def integer(self, key: str, default: int, low: int, high: int) -> int:
-        value = self.env.get(key)
-        if value is None:
-            return default
-        if type(value) is int and low <= value <= high:
-            return value
-        raise self.bad(key, f"a whole number from {low} to {high}", value)
-
-    def seconds(self, key: str) -> float | None:
-        """An epoch time in seconds, or ``None``."""
-        value = self.env.get(key)
-        if value is None:
-            return None
-        if type(value) in (int, float) and math.isfinite(value):
-            return float(value)
-        raise self.bad(key, "a number of epoch seconds or null", value)
-
-    def positive(self, key: str) -> float | None:
-        """A duration in seconds, greater than 0, or ``None``."""
-        value = self.env.get(key)
-        if value is None:
-            return None
-        if type(value) in (int, float) and math.isfinite(value) and value > 0:
-            return float(value)
-        raise self.bad(key, "a number of seconds > 0 or null", value)
-
-    def flag(self, key: str) -> bool:
-        value = self.env.get(key)
-        if value is None or type(value) is bool:
-            return bool(value)
-        raise self.bad(key, "true, false or null", value)
-
-    def mapping(self, key: str) -> dict[str, Any]:
-        value = self.env.get(key)
-        if value is None:
-            return {}
-        if type(value) is dict:
-            return value
-        raise self.bad(key, "an object or null", value)
-
-    def signatures(self, key: str) -> list[dict[str, Any]]:
-        """A list of signature dicts (``link``, ``link_error``)."""
-        value = self.env.get(key)
-        if value is None:
-            return []
-        if type(value) is not list:
-            raise self.bad(key, "a list of signatures or null", value)
-        for item in value:
+    def signatures(self, key: str) -> None:
+        """Check a list of signature dicts (``link``, ``link_error``; the list type is)."""
+        for item in self.env[key]:
             self._signature(key, item, 0, plain=True)
-        return value
 
-    def options(self) -> dict[str, Any]:
-        """The canvas options: ``chain`` (the steps still to run) and ``chord`` checked."""
-        options = self.mapping("options")
+    def options(self) -> None:
+        """Check the canvas options: ``chain`` (the steps still to run) and ``chord``."""
+        options: dict[str, Any] = self.env["options"]
         chain = options.get("chain")
         if chain is not None:
             if type(chain) is not list:
@@ -331,7 +342,6 @@ class _Fields:
         chord = options.get("chord")
         if chord is not None:
             self._chord_info(chord, 0)
-        return options
 
     def _chord_info(self, info: Any, depth: int) -> None:
         key = "options.chord"

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from conftest import _free_port, _start_redis
 
 from aqueue import Aqueue, Worker
+from aqueue.exceptions import BrokerConnectionError
 from aqueue.transports import Outgoing
 from aqueue.transports.redis import RedisBroker, keys
 from tests.workerproc import WorkerProcess
@@ -159,7 +160,7 @@ async def test_worker_waits_for_a_broker_that_is_not_up_yet(tmp_path: Path) -> N
     assert len(outage_lines) == 1  # ...with one line for the outage, not one per attempt
 
 
-async def test_stop_while_waiting_for_the_broker(caplog: pytest.LogCaptureFixture) -> None:
+async def test_stop_while_waiting_for_the_broker() -> None:
     url = f"redis://127.0.0.1:{_free_port()}/0"
     app = Aqueue("w", broker=url, backend=url)
     worker = Worker(app, concurrency=1)
@@ -168,5 +169,17 @@ async def test_stop_while_waiting_for_the_broker(caplog: pytest.LogCaptureFixtur
         await worker.stop()
         await asyncio.wait_for(starting, 10)  # the wait ends; the worker never started
         assert worker.executor is None
+    finally:
+        await app.close()
+
+
+async def test_no_retry_on_startup_fails_at_once() -> None:
+    """``broker_connection_retry_on_startup=False``: as before, a start fails at once."""
+    url = f"redis://127.0.0.1:{_free_port()}/0"
+    app = Aqueue("w", broker=url, backend=url)
+    app.conf.broker_connection_retry_on_startup = False
+    try:
+        with pytest.raises(BrokerConnectionError, match="unreachable"):
+            await asyncio.wait_for(Worker(app, concurrency=1).start(), 10)
     finally:
         await app.close()

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
 
 from aqueue import Aqueue, Worker
-from aqueue.transports import RunTracking
+from aqueue.transports import Delivery, Outgoing, RunTracking, broker_from_url
+from aqueue.transports.memory.broker import MemoryBroker
+from aqueue.worker.completer import Completer
 from tests.apps import poison_tasks
 from tests.workerproc import WorkerProcess
 
@@ -159,14 +161,49 @@ async def test_a_task_lost_to_another_worker_is_not_started(suspects: Aqueue) ->
     assert ORDER == ["once"]
 
 
+class CountingBroker(MemoryBroker):
+    """The memory broker, counting its calls: ``(runs, acks)`` per start, deliveries per ack."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starts: list[tuple[int, int]] = []
+        self.acks: list[int] = []
+
+    async def start(
+        self, runs: Sequence[tuple[Delivery, bool]], acks: Sequence[Delivery] = ()
+    ) -> list[bool]:
+        self.starts.append((len(runs), len(acks)))
+        return await super().start(runs, acks)
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        self.acks.append(len(deliveries))
+        await super().ack(deliveries)
+
+
+async def test_marks_ride_with_the_acks() -> None:
+    """Runners finishing together hand in their next runs with their acks: one broker call."""
+    broker = CountingBroker()
+    await broker.publish([Outgoing("q", b"%d" % i, str(i)) for i in range(200)])
+    held = await broker.fetch(["q"], 200, 1)
+    done, following = held[:100], held[100:]
+    completer = Completer(broker, None, None)
+
+    kept = await asyncio.gather(
+        *(completer.finish((), [d], None, (n, False)) for d, n in zip(done, following, strict=True))
+    )
+
+    assert kept == [True] * 100
+    assert broker.starts == [(100, 100)]
+    assert broker.acks == [100]  # inside that start call, not a call of its own
+    assert await broker.fetch(["q"], 200, 0) == []  # the other 100 still leased (running)
+
+
 # -- RabbitMQ: what it allows ------------------------------------------------------------------
 
 
 async def test_amqp_counts_every_return(rabbitmq_server: Any) -> None:
     """RabbitMQ cannot mark a held delivery as started: the AMQP broker is not RunTracking, and
     its strikes are its redeliveries (README, "Poison messages", says so)."""
-    from aqueue.transports import Outgoing, broker_from_url
-
     queue = f"q-{uuid.uuid4().hex[:12]}"
     holder = broker_from_url(rabbitmq_server.url, {})
     other = broker_from_url(rabbitmq_server.url, {})

@@ -333,8 +333,12 @@ class RunTracking(Protocol):
     worker runs at most one suspect at a time, so a strike points at one message.
     """
 
-    async def start(self, runs: Sequence[tuple[Delivery, bool]]) -> list[bool]:
-        """Record that each ``(delivery, isolated)`` is running now (also renewing its lease).
+    async def start(
+        self, runs: Sequence[tuple[Delivery, bool]], acks: Sequence[Delivery] = ()
+    ) -> list[bool]:
+        """Record that each ``(delivery, isolated)`` is running now (also renewing its lease),
+        after acking ``acks`` as :meth:`Broker.ack` does - in one round trip, so that a worker
+        marks its next run with the ack of the previous one.
 
         Returns:
             Per run, True if the lease is still this consumer's; False if it ran out and

@@ -6,6 +6,11 @@ again rather than its result lost (at-least-once). Done one task at a time that 
 trips per task, and the worker's CPU goes into client overhead. The completer coalesces: runners
 that finish in the same turn of the event loop share one ``backend.store`` call and then one
 ``broker.ack`` call, and each runner still returns only after its own message is acked.
+
+On a broker that tracks runs (:class:`~aqueue.transports.base.RunTracking`) the marks of runs
+about to start travel here too, in the same broker call as the acks: a runner that finishes
+one message hands in the start of its next one with the ack, so marking costs neither a round
+trip nor a wait of its own.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from aqueue.batching import Batcher
-from aqueue.transports import Broker, Delivery
+from aqueue.transports import Broker, Delivery, RunTracking
 
 if TYPE_CHECKING:
     from aqueue.transports import ResultBackend
 
-_Item = tuple[Sequence[tuple[str, bytes]], Sequence[Delivery], str | None]
+Run = tuple[Delivery, bool]  # a delivery about to run, and whether as an isolated suspect
+_Item = tuple[Sequence[tuple[str, bytes]], Sequence[Delivery], str | None, Run | None]
 
 
 class Completer:
@@ -42,34 +48,50 @@ class Completer:
         self.broker = broker
         self.backend = backend
         self.expires = expires
+        self.tracker = broker if isinstance(broker, RunTracking) else None
         self._batcher: Batcher[_Item] = Batcher(self._flush, max_batch)
+        self._lost: set[int] = set()  # ids of runs whose lease was found lost when marked
 
     async def finish(
         self,
         records: Sequence[tuple[str, bytes]],
         acks: Sequence[Delivery],
         reply_to: str | None = None,
-    ) -> None:
+        start: Run | None = None,
+    ) -> bool:
         """Store ``records`` then ack ``acks``, batched with other runners' calls.
 
         ``records`` are ``(task id, encoded record)`` pairs; ``reply_to`` is the sender's reply
-        channel (the message's ``reply_to``), where the backend also publishes them.
+        channel (the message's ``reply_to``), where the backend also publishes them. ``start``
+        is a run to mark as started along with the acks (only on a RunTracking broker).
+
+        Returns:
+            False if the lease of ``start`` was found lost (another consumer has the message:
+            it must not run here); True otherwise.
 
         Raises:
             BrokerConnectionError (or any error of the backend or broker): the batch failed;
             every caller in it gets the error, and its messages stay leased, so they are
             delivered again after the visibility timeout (nothing is lost).
         """
-        await self._batcher.submit([(records, acks, reply_to)])
+        await self._batcher.submit([(records, acks, reply_to, start)])
+        if start is None or id(start[0]) not in self._lost:
+            return True
+        self._lost.discard(id(start[0]))
+        return False
 
     async def _flush(self, items: list[_Item]) -> None:
-        records = [r for recs, _, _ in items for r in recs]
-        acks = [d for _, ds, _ in items for d in ds]
-        replies = {r[0]: reply for recs, _, reply in items if reply for r in recs}
+        records = [r for recs, _, _, _ in items for r in recs]
+        acks = [d for _, ds, _, _ in items for d in ds]
+        replies = {r[0]: reply for recs, _, reply, _ in items if reply for r in recs}
+        starts = [run for *_, run in items if run is not None]
         if records and self.backend is not None:
             if replies:
                 await self.backend.store(records, self.expires, replies)
             else:  # the plain call: backends written before reply channels take it too
                 await self.backend.store(records, self.expires)
-        if acks:
+        if starts and self.tracker is not None:
+            kept = await self.tracker.start(starts, acks)
+            self._lost.update(id(d) for (d, _), ours in zip(starts, kept, strict=True) if not ours)
+        elif acks:
             await self.broker.ack(acks)

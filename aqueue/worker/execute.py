@@ -10,10 +10,11 @@ queue with the reason. Anything else that goes wrong while handling one message 
 logged with its traceback and dead-letters that message too: no message can stop a runner.
 
 Poison accounting (see :class:`~aqueue.transports.base.RunTracking`): on a broker that tracks
-runs, a message is marked as running (batched, one round trip for the runners starting
-together) just before its task runs, so that only a worker's death *while running it* counts
-against it; :attr:`Delivery.strikes` are the deaths while it ran as its worker's isolated
-suspect, and ``task_max_deliveries`` caps them.
+runs, a message is marked as running just before its task runs, so that only a worker's death
+*while running it* counts against it; :attr:`Delivery.strikes` are the deaths while it ran as
+its worker's isolated suspect, and ``task_max_deliveries`` caps them. The mark costs no round
+trip of its own in the common case: a runner finishing one message takes its next one
+(:class:`NextRun`) and the :class:`~aqueue.worker.completer.Completer` marks it with the ack.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ import time
 import traceback
 from collections.abc import Callable, Container
 from concurrent.futures import Executor as ThreadExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aqueue import message as wire
 from aqueue import states
-from aqueue.batching import Batcher
 from aqueue.canvas.primitives import Signature
 from aqueue.exceptions import (
     AqueueError,
@@ -44,7 +45,7 @@ from aqueue.exceptions import (
 from aqueue.message import Message
 from aqueue.results.record import ResultRecord, describe_exception
 from aqueue.task import Request, Task
-from aqueue.transports import Broker, Delivery, RunTracking
+from aqueue.transports import Broker, Delivery
 from aqueue.worker.completer import Completer
 from aqueue.worker.invoke import invoke
 from aqueue.worker.revoke import Terminable, Terminated, revocation_record
@@ -95,26 +96,27 @@ class Executor:
         self.workflow = Workflow(app, backend, self._apply_errback)
         # Every store and ack goes through here: runners finishing together share round trips.
         self.completer = Completer(broker, backend, app.conf.result_expires)
-        # Marks of runs starting, on brokers that blame only what was running (RunTracking):
-        # runners starting together share one round trip; ids of leases found lost go here.
-        self._tracker = broker if isinstance(broker, RunTracking) else None
-        self._starts: Batcher[tuple[Delivery, bool]] = Batcher(self._mark_started, 1000)
-        self._lost: set[int] = set()
-
-    @property
-    def tracks_runs(self) -> bool:
-        """True when the broker blames only running messages (suspects then run isolated)."""
-        return self._tracker is not None
+        # On a broker that blames only what was running (RunTracking), runs are marked.
+        self.tracks_runs = self.completer.tracker is not None
 
     # -- entry point -------------------------------------------------------------------------
 
-    async def handle(self, delivery: Delivery, isolated: bool = False) -> None:
+    async def handle(
+        self,
+        delivery: Delivery,
+        isolated: bool = False,
+        premarked: bool = False,
+        after: NextRun | None = None,
+    ) -> None:
         """Process one delivery to the end: run it, store the outcome, ack or dead-letter it.
 
         Args:
             delivery: what the broker handed out.
             isolated: it runs as this worker's one suspect (see :class:`RunTracking`): a death
                 of the worker while it runs is a strike against it.
+            premarked: its run was marked already (with the ack of the runner's last one).
+            after: where the runner's next delivery is taken from when this one ends in a
+                plain success, to be marked with its ack (``after.taken`` then holds it).
 
         Raises:
             asyncio.CancelledError: only that (the worker is stopping); nothing else escapes.
@@ -134,7 +136,7 @@ class Executor:
             task = await self._admit(delivery, msg)
             if task is None:
                 return
-            await self._run(delivery, msg, task, isolated)
+            await self._run(delivery, msg, task, isolated, premarked, after)
         except BrokerError as exc:
             # The broker or backend failed while storing an outcome: leave the message leased,
             # so it is delivered again after the visibility timeout (nothing is lost).
@@ -281,7 +283,13 @@ class Executor:
         )
 
     async def _run(
-        self, delivery: Delivery, msg: Message, task: Task[Any, Any], isolated: bool
+        self,
+        delivery: Delivery,
+        msg: Message,
+        task: Task[Any, Any],
+        isolated: bool,
+        premarked: bool,
+        after: NextRun | None,
     ) -> None:
         conf = self.app.conf
         time_limit = msg.time_limit or task.time_limit or conf.task_time_limit
@@ -290,7 +298,7 @@ class Executor:
         if not acks_late:
             await self.completer.finish((), (delivery,))
             self._acked_early.add(id(delivery))
-        elif not await self._start(delivery, isolated):
+        elif self.tracks_runs and not premarked and not await self._start(delivery, isolated):
             logger.warning(
                 "Task %s[%s] not started: its lease ran out and another worker has it",
                 msg.task,
@@ -334,12 +342,18 @@ class Executor:
                     return
             await self._failure(delivery, msg, task, request, exc, tb, time.monotonic() - started)
         else:
-            await self._success(delivery, msg, task, value, time.monotonic() - started)
+            await self._success(delivery, msg, task, value, time.monotonic() - started, after)
         finally:
             self.active.pop(msg.id, None)
 
     async def _success(
-        self, delivery: Delivery, msg: Message, task: Task[Any, Any], value: Any, runtime: float
+        self,
+        delivery: Delivery,
+        msg: Message,
+        task: Task[Any, Any],
+        value: Any,
+        runtime: float,
+        after: NextRun | None = None,
     ) -> None:
         record = ResultRecord(
             msg.id, states.SUCCESS, value, None, time.time(), msg.retries, msg.task
@@ -358,8 +372,15 @@ class Executor:
         if self.on_event is not None:
             self.on_event("task-succeeded", msg, {"result": _short(value), "runtime": runtime})
         if not msg.link and not msg.options and _plain_success(task):
-            # Nothing runs between storing and acking: both in the runners' shared round trips.
-            await self.completer.finish(records, self._unacked(delivery), msg.reply_to)
+            # Nothing runs between storing and acking: both in the runners' shared round trips,
+            # with the start of this runner's next run when one is waiting.
+            nxt = after.take() if after is not None else None
+            start = (nxt.delivery, nxt.isolated) if nxt is not None else None
+            ours = await self.completer.finish(
+                records, self._unacked(delivery), msg.reply_to, start
+            )
+            if nxt is not None:
+                nxt.marked = ours
             return
         await self.completer.finish(records, (), msg.reply_to)
         for link in msg.link:
@@ -483,19 +504,9 @@ class Executor:
             logger.exception("hook %s raised", getattr(hook, "__qualname__", hook))
 
     async def _start(self, delivery: Delivery, isolated: bool) -> bool:
-        """Mark ``delivery`` as running on the broker (batched); False if its lease is lost."""
-        if self._tracker is None:
-            return True
-        await self._starts.submit([(delivery, isolated)])
-        if id(delivery) in self._lost:
-            self._lost.discard(id(delivery))
-            return False
-        return True
-
-    async def _mark_started(self, runs: list[tuple[Delivery, bool]]) -> None:
-        assert self._tracker is not None
-        kept = await self._tracker.start(runs)
-        self._lost.update(id(d) for (d, _), ok in zip(runs, kept, strict=True) if not ok)
+        """Mark ``delivery`` as running (batched with other runners' marks and acks); False if
+        its lease is lost."""
+        return await self.completer.finish((), (), None, (delivery, isolated))
 
     def _unacked(self, delivery: Delivery) -> tuple[Delivery, ...]:
         """``(delivery,)``, or ``()`` when it was acked before running (``acks_late=False``)."""
@@ -521,6 +532,40 @@ class Executor:
         data = record.encode(self.app.conf.result_serializer)
         reply = msg.reply_to if msg is not None else reply_to
         await self.completer.finish([(record.task_id, data)], (), reply)
+
+
+@dataclass(slots=True)
+class Handoff:
+    """A runner's next delivery, taken while its current one finished.
+
+    Attributes:
+        delivery, isolated: the run (``isolated``: as the worker's one suspect).
+        marked: True once marked as running with the current one's ack; False if its lease
+            was found lost (it must not run here); ``None`` if not marked (the ack failed).
+    """
+
+    delivery: Delivery
+    isolated: bool
+    marked: bool | None = None
+
+
+class NextRun:
+    """How a runner hands the executor its next delivery, to be marked with the current ack.
+
+    Args:
+        take: returns the next ready ``(delivery, isolated)`` without waiting, or ``None``.
+    """
+
+    __slots__ = ("_take", "taken")
+
+    def __init__(self, take: Callable[[], tuple[Delivery, bool] | None]) -> None:
+        self._take = take
+        self.taken: Handoff | None = None  # what take() took during the last handle()
+
+    def take(self) -> Handoff | None:
+        found = self._take()
+        self.taken = None if found is None else Handoff(*found)
+        return self.taken
 
 
 def _plain_success(task: Task[Any, Any]) -> bool:

@@ -57,13 +57,14 @@ from aqueue.control.events import EventDispatcher
 from aqueue.exceptions import AqueueError, BrokerConnectionError, ConfigurationError
 from aqueue.transports import Broker, Delivery, Outgoing, ResultBackend
 from aqueue.transports.urls import redacted_url
-from aqueue.worker.execute import Executor
+from aqueue.worker.execute import Executor, NextRun
 from aqueue.worker.ratelimit import Bucket, LocalBucket, RateGate, SharedBucket, parse_rate
 from aqueue.worker.remote import HEARTBEAT_INTERVAL, Remote
 from aqueue.worker.revoke import Revocations
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
+    from aqueue.config import Settings
 
 logger = logging.getLogger("aqueue.worker")
 
@@ -200,7 +201,8 @@ class Worker:
     async def _connect(self) -> tuple[Broker, ResultBackend | None] | None:
         """The connected broker and result backend (and control transport, when there is
         one), waiting while any cannot be reached; ``None`` if stopped while waiting."""
-        pause, outage = CONNECT_BACKOFF[0], False
+        retry, limit = _retry_policy(self.app.conf, startup=True)
+        pause, failures = CONNECT_BACKOFF[0], 0
         while True:
             try:
                 broker = await self.app.broker()
@@ -208,7 +210,10 @@ class Worker:
                 with contextlib.suppress(ConfigurationError):  # none: _start_operations says so
                     await self.app.control_transport()
             except BrokerConnectionError as exc:
-                if not outage:
+                failures += 1
+                if not retry or (limit is not None and failures > limit):
+                    raise  # broker_connection_retry(_on_startup) off, or out of retries
+                if failures == 1:
                     logger.error(
                         "%s cannot start yet: %s; waiting for it (retrying every %gs at most)",
                         self.hostname,
@@ -217,9 +222,8 @@ class Worker:
                     )
                 else:  # one line per outage; each further attempt only at debug level
                     logger.debug("%s: still unreachable, trying again in %gs", self.hostname, pause)
-                outage = True
             else:
-                if outage:
+                if failures:
                     logger.warning("%s: the servers answer again, starting", self.hostname)
                 return broker, backend
             if await self._stopping_within(pause):
@@ -457,7 +461,8 @@ class Worker:
 
     async def _fetch_loop(self) -> None:
         assert self.broker is not None
-        outage = False
+        retry, limit = _retry_policy(self.app.conf, startup=False)
+        failures = 0
         while not self._stopping.is_set():
             # Parked suspects wait for their turn, not for a runner: they leave room to fetch.
             free = self.prefetch - len(self._held) + len(self._parked)
@@ -472,18 +477,27 @@ class Worker:
             try:
                 batch = await self._fetch_or_stop(free)
             except AqueueError as exc:
-                if not outage:  # one line per outage, not one per attempt
+                failures += 1
+                if not retry or (limit is not None and failures > limit):
+                    logger.critical(
+                        "fetching from the broker failed: %s; stopping (broker_connection_retry "
+                        "is off, or broker_connection_max_retries=%s were used up)",
+                        exc,
+                        limit,
+                    )
+                    self.app.spawn(self.stop())
+                    return
+                if failures == 1:  # one line per outage, not one per attempt
                     logger.error(
                         "fetching from the broker failed: %s; retrying every %gs",
                         exc,
                         RECONNECT_DELAY,
                     )
-                outage = True
                 await self._stopping_within(RECONNECT_DELAY)
                 continue
-            if outage:
+            if failures:
                 logger.warning("fetching from the broker works again")
-                outage = False
+                failures = 0
             gate = self.gate if self.gate is not None and self.gate.active else None
             for delivery in batch:
                 self._held[id(delivery)] = delivery
@@ -579,12 +593,20 @@ class Worker:
 
     async def _run_one(self) -> None:
         assert self.executor is not None
+        # On a RunTracking broker the runner takes its next delivery as this one finishes, so
+        # that its start is marked with this one's ack (aqueue.worker.execute.NextRun).
+        after = NextRun(self._take_ready) if self.executor.tracks_runs else None
+        delivery: Delivery | None = None
+        premarked = False
         while True:
-            delivery = await self._buffer.get()
-            if delivery is _STOP:
-                return
+            if delivery is None:
+                delivery, premarked = await self._buffer.get(), False
+                if delivery is _STOP:
+                    return
+            if after is not None:
+                after.taken = None
             try:
-                await self.executor.handle(delivery, isolated=delivery is self._suspect)
+                await self.executor.handle(delivery, delivery is self._suspect, premarked, after)
             except asyncio.CancelledError:
                 # Cancelled at shutdown mid-task: stays in _held, released by stop().
                 raise
@@ -594,6 +616,30 @@ class Worker:
                 self._finished(delivery)
                 raise
             self._finished(delivery)
+            delivery, premarked = self._next_of(after)
+
+    def _take_ready(self) -> tuple[Delivery, bool] | None:
+        """The next delivery waiting for a runner, without waiting; ``None`` if there is none
+        (a stop sentinel is left for a runner's own get)."""
+        if self._buffer.empty():
+            return None
+        delivery = self._buffer.get_nowait()
+        if delivery is _STOP:
+            self._buffer.put_nowait(delivery)
+            return None
+        return delivery, delivery is self._suspect
+
+    def _next_of(self, after: NextRun | None) -> tuple[Delivery | None, bool]:
+        """What the runner handles next: the delivery it took while finishing, if any, and
+        whether its run is marked already. One whose lease was found lost is let go."""
+        taken = after.taken if after is not None else None
+        if taken is None:
+            return None, False
+        if taken.marked is False:
+            logger.warning("a message was not started: its lease ran out and another worker has it")
+            self._finished(taken.delivery)
+            return None, False
+        return taken.delivery, bool(taken.marked)
 
     def _finished(self, delivery: Delivery) -> None:
         """``delivery`` is done with (acked, dead-lettered, or left to its lease)."""
@@ -631,6 +677,17 @@ def _envelope(body: bytes) -> dict[str, Any] | None:
     if not isinstance(env, dict) or not isinstance(env.get("id"), str):
         return None
     return env if isinstance(env.get("task"), str) else None
+
+
+def _retry_policy(conf: Settings, startup: bool) -> tuple[bool, int | None]:
+    """Whether to retry reaching the broker, and at most how many times in a row (``None``: no
+    limit), at start or after losing it: ``broker_connection_retry``,
+    ``broker_connection_retry_on_startup`` (``None``: as the former) and
+    ``broker_connection_max_retries`` (``None`` or 0: no limit), as in Celery."""
+    retry = conf.broker_connection_retry
+    if startup and conf.broker_connection_retry_on_startup is not None:
+        retry = conf.broker_connection_retry_on_startup
+    return retry, conf.broker_connection_max_retries or None
 
 
 @contextlib.contextmanager

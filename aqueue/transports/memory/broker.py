@@ -197,9 +197,12 @@ class MemoryBroker:
                     self._push_ready(d.queue, stored)
         self._wake_all()
 
-    async def start(self, runs: Sequence[tuple[Delivery, bool]]) -> list[bool]:
-        """Mark leased messages as running (isolated: as the worker's one suspect) and renew
-        their leases; False for a lease that is no longer ours."""
+    async def start(
+        self, runs: Sequence[tuple[Delivery, bool]], acks: Sequence[Delivery] = ()
+    ) -> list[bool]:
+        """Ack ``acks``, then mark leased messages as running (isolated: as the worker's one
+        suspect) and renew their leases; False for a lease that is no longer ours."""
+        await self.ack(acks)
         until = time.time() + self.visibility_timeout
         kept = []
         with self._lock:

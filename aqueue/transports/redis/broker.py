@@ -63,7 +63,7 @@ _OPTIONS = frozenset({"visibility_timeout"})
 # Longest a blocking read waits before the fetch script runs again: delayed messages published
 # by other clients become due without waking us, so this bounds how late they can be.
 _MAX_BLOCK = 1.0
-# Entry ids per XACK/XDEL in the ack script (Lua's unpack() is bounded by its C stack).
+# Entry ids per XACK, XDEL or XCLAIM in the ack script: Lua's unpack() is bounded.
 _ACK_CHUNK = 1000
 # Messages added per publish script run (a larger batch takes several runs).
 _PUBLISH_CHUNK = 1000
@@ -312,16 +312,8 @@ class RedisBroker:
         if not deliveries:
             return
         _, scripts = await self._connection()
-        streams: list[str] = []
-        args: list[Any] = [keys.GROUP]
-        for stream, ids in self._by_stream(deliveries).items():
-            for at in range(0, len(ids), _ACK_CHUNK):  # unpack() in Lua has a stack limit
-                chunk = ids[at : at + _ACK_CHUNK]
-                streams.append(stream)
-                args.append(len(chunk))
-                args.extend(chunk)
         with redis_errors(self._url, "ack"):
-            await scripts.ack(keys=streams, args=args)
+            await self._ack_and_mark(scripts, deliveries, ())
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Re-add the entries this consumer still holds, keeping their delivery count.
@@ -351,7 +343,9 @@ class RedisBroker:
         with redis_errors(self._url, "renew"):
             await self._renew(scripts, deliveries)
 
-    async def start(self, runs: Sequence[tuple[Delivery, bool]]) -> list[bool]:
+    async def start(
+        self, runs: Sequence[tuple[Delivery, bool]], acks: Sequence[Delivery] = ()
+    ) -> list[bool]:
         """Mark leases as running (see :class:`~aqueue.transports.base.RunTracking`), one
         script run: the lease's delivery counter becomes 2, or 3 for an isolated suspect.
 
@@ -359,11 +353,50 @@ class RedisBroker:
             BrokerConnectionError: the server cannot be reached.
         """
         if not runs:
+            await self.ack(acks)
             return []
         _, scripts = await self._connection()
-        deliveries = [delivery for delivery, _ in runs]
+        # A lease taken or renewed less than half a timeout ago is still ours (reclaiming
+        # needs a whole timeout of idleness, and leases are renewed every third): those are
+        # marked with the acks, in one XCLAIM per stream; the others only after an owner check
+        # (lua/ack.lua, lua/renew.lua).
+        fresh_since = time.monotonic() - self._visibility / 2
+        fresh = [(d, i) for d, i in runs if d.token.received >= fresh_since]
+        stale = [(d, i) for d, i in runs if d.token.received < fresh_since]
         with redis_errors(self._url, "start"):
-            return await self._claim_own(scripts, deliveries, [3 if i else 2 for _, i in runs])
+            await self._ack_and_mark(scripts, acks, fresh)
+            if not stale:
+                return [True] * len(runs)
+            marks = [3 if isolated else 2 for _, isolated in stale]
+            kept = await self._claim_own(scripts, [d for d, _ in stale], marks)
+        lost = {id(d) for (d, _), ours in zip(stale, kept, strict=True) if not ours}
+        return [id(d) not in lost for d, _ in runs]
+
+    async def _ack_and_mark(
+        self,
+        scripts: _Scripts,
+        acks: Sequence[Delivery],
+        runs: Sequence[tuple[Delivery, bool]],
+    ) -> None:
+        """Run the ack script: XACK + XDEL ``acks``, then mark ``runs`` (leases known to be
+        ours) as running; one XACK/XDEL or XCLAIM per stream and kind (see lua/ack.lua)."""
+        groups: dict[tuple[int, str], list[bytes]] = {}  # (mark, stream): 0 marks the acks
+        for delivery in acks:
+            groups.setdefault((0, delivery.token.stream), []).append(delivery.token.entry_id)
+        for delivery, isolated in runs:
+            lease: _Lease = delivery.token
+            groups.setdefault((3 if isolated else 2, lease.stream), []).append(lease.entry_id)
+        streams: list[str] = []
+        acked = 0
+        args: list[bytes | str | int] = []
+        for (mark, stream), ids in sorted(groups.items(), key=lambda g: g[0][0]):  # acks first
+            for at in range(0, len(ids), _ACK_CHUNK):  # unpack() in Lua has a stack limit
+                chunk = ids[at : at + _ACK_CHUNK]
+                streams.append(stream)
+                args += [mark, len(chunk), *chunk] if mark else [len(chunk), *chunk]
+                acked += not mark
+        if streams:
+            await scripts.ack(keys=streams, args=[keys.GROUP, self._consumer, acked, *args])
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """XADD the body and ``reason`` to the queue's dead-letter stream and ack, in one MULTI.
@@ -590,14 +623,6 @@ class RedisBroker:
         args += [d.token.entry_id for d in deliveries]
         await scripts.release(keys=[d.token.stream for d in deliveries], args=args)
 
-    @staticmethod
-    def _by_stream(deliveries: Sequence[Delivery]) -> dict[str, list[bytes]]:
-        grouped: dict[str, list[bytes]] = {}
-        for d in deliveries:
-            lease: _Lease = d.token
-            grouped.setdefault(lease.stream, []).append(lease.entry_id)
-        return grouped
-
 
 def _delivery(
     plan: _Plan,
@@ -609,6 +634,10 @@ def _delivery(
     now: float,
 ) -> Delivery:
     """A delivery of one stream entry, its counts checked (see :func:`_counts`)."""
+    if not n and not k:  # a first delivery: nothing to check
+        return Delivery(
+            plan.origin[stream][0], bytes(body), 1, _Lease(stream, bytes(entry_id), now)
+        )
     count, strikes, defect = _counts(n, k)
     return Delivery(
         queue=plan.origin[stream][0],

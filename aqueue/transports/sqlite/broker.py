@@ -231,10 +231,12 @@ class SQLiteBroker(SQLiteRole):
         await self._db.call(lambda conn: _release(conn, tokens))
         self._wake()
 
-    async def start(self, runs: Sequence[tuple[Delivery, bool]]) -> list[bool]:
-        """Mark leased rows as running (3 for an isolated suspect, else 2) and push their
-        leases ``visibility_timeout`` seconds past now, in one transaction (see
-        :class:`~aqueue.transports.base.RunTracking`).
+    async def start(
+        self, runs: Sequence[tuple[Delivery, bool]], acks: Sequence[Delivery] = ()
+    ) -> list[bool]:
+        """Delete the acked rows, then mark leased rows as running (3 for an isolated suspect,
+        else 2) and push their leases ``visibility_timeout`` seconds past now, in one
+        transaction (see :class:`~aqueue.transports.base.RunTracking`).
 
         Returns:
             Per run, False when the lease is no longer ours.
@@ -243,12 +245,15 @@ class SQLiteBroker(SQLiteRole):
             BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
         """
         if not runs:
+            await self.ack(acks)
             return []
         await self._blame_columns()
         rows = [(3 if isolated else 2, *_token(d)) for d, isolated in runs]
+        acked = [_token(d) for d in acks]
 
         def mark(conn: sqlite3.Connection) -> list[bool]:
             with transaction(conn):
+                conn.executemany("DELETE FROM messages WHERE id = ? AND lease = ?", acked)
                 until = time.time() + self.visibility_timeout
                 sql = "UPDATE messages SET running = ?, visible_at = ? WHERE id = ? AND lease = ?"
                 return [
