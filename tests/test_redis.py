@@ -141,7 +141,7 @@ async def test_fetch_with_ready_messages_is_one_round_trip(
     await broker.publish([out(queue_name, b"warm-up")])
     await broker.ack(await broker.fetch([queue_name, "other"], 10, 5))  # groups, script loaded
     await broker.publish([out(queue_name, b"%d" % i, i % 10) for i in range(30)])
-    client, _ = await broker._connection()
+    client, _ = await broker._session()
     sent: list[Any] = []
     original: Any = client.execute_command
 
@@ -164,10 +164,10 @@ async def test_surplus_of_a_blocking_read_is_buffered_then_released_on_close(
     second = await new_broker(brokers, url)
     await first.publish([out(queue_name, b"low", 0), out(queue_name, b"high", 9)])
     plan = first._plan([queue_name])
-    await first._ensure_groups((await first._connection())[0], plan.streams)
+    await first._ensure_groups((await first._session())[0], plan.streams)
 
     # Entries already waiting when XREADGROUP BLOCK is called come from every stream.
-    got = await first._read_blocking((await first._connection())[0], plan, 1, 0.1)
+    got = await first._read_blocking((await first._session())[0], plan, 1, 0.1)
     assert [d.body for d in got] == [b"high"]
     assert [d.body for d in first._buffer] == [b"low"]
 
@@ -183,7 +183,7 @@ async def test_buffered_delivery_is_handed_out_by_the_next_fetch(
     broker = await new_broker(brokers, url, visibility_timeout=0.4)
     await broker.publish([out(queue_name, b"a", 1), out(queue_name, b"b", 2)])
     plan = broker._plan([queue_name])
-    client, _ = await broker._connection()
+    client, _ = await broker._session()
     await broker._ensure_groups(client, plan.streams)
     first = await broker._read_blocking(client, plan, 1, 0.1)
     await asyncio.sleep(0.15)  # older than a quarter lease: renewed before it is handed out

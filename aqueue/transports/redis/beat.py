@@ -8,6 +8,7 @@ from redis.commands.core import AsyncScript
 from aqueue.transports.base import Claim, Snapshot
 from aqueue.transports.redis import keys, lua
 from aqueue.transports.redis.client import SharedClient, as_bytes, redis_errors
+from aqueue.transports.redis.role import RedisRole
 
 __all__ = ["RedisStore"]
 
@@ -19,41 +20,24 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-class RedisStore:
+class RedisStore(RedisRole):
     """The store of ``redis://`` backends: two hashes and a string per claim, all named in
     :mod:`aqueue.transports.redis.keys` (``aqueue:beat:<app>:...``); claims are Lua scripts."""
 
     def __init__(self, url: str, namespace: str, client: SharedClient | None = None) -> None:
-        self._url = url
+        super().__init__(url, client)
         self._ns = namespace
-        self._shared = client or SharedClient(url)
-        self._owns_client = client is None
-        self._client: aioredis.Redis | None = None
         self._claim: AsyncScript | None = None
         self._confirm: AsyncScript | None = None
 
-    async def connect(self) -> None:
-        """Connect and PING.
-
-        Raises:
-            BrokerConnectionError: the server cannot be reached.
-        """
-        await self._connection()
-
     async def close(self) -> None:
         """Close the client."""
-        self._client = self._claim = self._confirm = None
-        if self._owns_client:
-            await self._shared.aclose()
+        self._claim = self._confirm = None
+        await self._release_client()
 
-    async def _connection(self) -> aioredis.Redis:
-        """The connected client (the transport's shared one), connecting first if needed."""
-        if self._client is None:
-            client = await self._shared.get()
-            self._claim = lua.register(client, "beat_claim")
-            self._confirm = lua.register(client, "beat_confirm")
-            self._client = client
-        return self._client
+    def _connected(self, client: aioredis.Redis) -> None:
+        self._claim = lua.register(client, "beat_claim")
+        self._confirm = lua.register(client, "beat_confirm")
 
     async def load(self) -> Snapshot:
         """HGETALL both hashes in one pipeline."""

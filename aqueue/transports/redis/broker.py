@@ -54,6 +54,7 @@ from aqueue.transports.base import DeadLetter, Delivery, Outgoing, QueueDepth
 from aqueue.transports.redis import admin as redis_admin
 from aqueue.transports.redis import keys, lua
 from aqueue.transports.redis.client import SharedClient, redacted_url, redis_errors
+from aqueue.transports.redis.role import RedisRole
 
 __all__ = ["RedisBroker"]
 
@@ -142,7 +143,7 @@ def _delayed_member(stream: str, message_id: str, body: bytes) -> bytes:
     return b"%d:%s%d:%s%s" % (len(target), target, len(mid), mid, body)
 
 
-class RedisBroker:
+class RedisBroker(RedisRole):
     """A :class:`~aqueue.transports.base.Broker` on Redis Streams (``redis://``, ``rediss://``).
 
     Args:
@@ -163,13 +164,10 @@ class RedisBroker:
                 f"unknown broker_transport_options for Redis: {sorted(unknown)}; "
                 f"supported: {sorted(_OPTIONS)}"
             )
-        self.url = self._url = url
+        super().__init__(url, client)
         self._visibility = visibility_timeout(options)
         # Unique per instance: the group's pending list tells leases apart by consumer name.
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
-        self._shared = client or SharedClient(url)
-        self._owns_client = client is None
-        self._client: aioredis.Redis | None = None
         self._scripts: _Scripts | None = None
         self._groups: set[str] = set()  # streams whose consumer group exists
         self._plans: dict[tuple[str, ...], _Plan] = {}
@@ -181,14 +179,6 @@ class RedisBroker:
 
     def __repr__(self) -> str:
         return f"RedisBroker({redacted_url(self._url)!r}, consumer={self._consumer!r})"
-
-    async def connect(self) -> None:
-        """Connect and check the server answers PING. Idempotent.
-
-        Raises:
-            BrokerConnectionError: the server cannot be reached.
-        """
-        await self._connection()
 
     async def close(self) -> None:
         """Release buffered deliveries and close the client. Idempotent.
@@ -211,10 +201,9 @@ class RedisBroker:
         except BrokerError as exc:
             log.warning("closing %r: %s", self, exc)
         finally:
-            self._client = self._scripts = None
+            self._scripts = None
             self._groups.clear()
-            if self._owns_client:
-                await self._shared.aclose()
+            await self._release_client()
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Add ready messages to their streams and delayed ones to the delayed set.
@@ -227,7 +216,7 @@ class RedisBroker:
         """
         if not messages:
             return
-        _, scripts = await self._connection()
+        _, scripts = await self._session()
         now = time.time()
         earliest = math.inf
         streams: list[str] = [keys.delayed()]
@@ -271,7 +260,7 @@ class RedisBroker:
         """
         if limit <= 0 or not queues:
             return []
-        client, scripts = await self._connection()
+        client, scripts = await self._session()
         plan = self._plan(queues)
         deadline = time.monotonic() + max(timeout, 0.0)
         with redis_errors(self._url, "fetch"):
@@ -311,7 +300,7 @@ class RedisBroker:
         """
         if not deliveries:
             return
-        _, scripts = await self._connection()
+        _, scripts = await self._session()
         with redis_errors(self._url, "ack"):
             await self._ack_and_mark(scripts, deliveries, ())
 
@@ -325,7 +314,7 @@ class RedisBroker:
         """
         if not deliveries:
             return
-        _, scripts = await self._connection()
+        _, scripts = await self._session()
         with redis_errors(self._url, "release"):
             await self._release(scripts, deliveries)
 
@@ -339,7 +328,7 @@ class RedisBroker:
         """
         if not deliveries:
             return
-        _, scripts = await self._connection()
+        _, scripts = await self._session()
         with redis_errors(self._url, "renew"):
             await self._renew(scripts, deliveries)
 
@@ -355,7 +344,7 @@ class RedisBroker:
         if not runs:
             await self.ack(acks)
             return []
-        _, scripts = await self._connection()
+        _, scripts = await self._session()
         # A lease taken or renewed less than half a timeout ago is still ours (reclaiming
         # needs a whole timeout of idleness, and leases are renewed every third): those are
         # marked with the acks, in one XCLAIM per stream; the others only after an owner check
@@ -405,7 +394,7 @@ class RedisBroker:
             BrokerConnectionError: the server cannot be reached.
         """
         lease: _Lease = delivery.token
-        client, _ = await self._connection()
+        client, _ = await self._session()
         with redis_errors(self._url, "dead_letter"):
             async with client.pipeline(transaction=True) as pipe:
                 pipe.xadd(
@@ -424,7 +413,7 @@ class RedisBroker:
         """
         if limit <= 0:
             return []
-        client, _ = await self._connection()
+        client, _ = await self._session()
         with redis_errors(self._url, "dead_letters"):
             entries: Any = await client.xrange(keys.dlq(queue), count=limit)
         return [
@@ -441,27 +430,29 @@ class RedisBroker:
 
     async def queue_depths(self, queues: Sequence[str] | None = None) -> list[QueueDepth]:
         """Count each queue's ready, delayed, unacked and dead messages (see redis_admin)."""
-        client, _ = await self._connection()
+        client, _ = await self._session()
         return await redis_admin.queue_depths(client, self._url, queues)
 
     async def purge(self, queues: Sequence[str]) -> int:
         """Delete the ready and delayed messages of ``queues``; return how many."""
-        client, _ = await self._connection()
+        client, _ = await self._session()
         return await redis_admin.purge(client, self._url, queues)
 
     async def purge_dead_letters(self, queue: str, limit: int | None = None) -> int:
         """Delete the oldest ``limit`` (default all) dead letters of ``queue``."""
-        client, _ = await self._connection()
+        client, _ = await self._session()
         return await redis_admin.purge_dead_letters(client, self._url, queue, limit)
 
     # -- internals -------------------------------------------------------------------------
 
-    async def _connection(self) -> tuple[aioredis.Redis, _Scripts]:
-        """The connected client (the transport's shared one) and its scripts."""
-        if self._client is None or self._scripts is None:
-            client = await self._shared.get()
-            self._client, self._scripts = client, _Scripts.register(client)
-        return self._client, self._scripts
+    def _connected(self, client: aioredis.Redis) -> None:
+        self._scripts = _Scripts.register(client)
+
+    async def _session(self) -> tuple[aioredis.Redis, _Scripts]:
+        """The connected client and its scripts, connecting first if needed."""
+        client = await self._connection()
+        assert self._scripts is not None  # registered by _connected
+        return client, self._scripts
 
     def _plan(self, queues: Sequence[str]) -> _Plan:
         """The streams of ``queues``: priority 9 to 0, and queues in the given order per level."""

@@ -38,6 +38,7 @@ from aqueue.transports.redis.client import (
     redacted_url,
     redis_errors,
 )
+from aqueue.transports.redis.role import RedisRole
 
 __all__ = ["RedisControl"]
 
@@ -47,7 +48,7 @@ _SUBSCRIBE_TIMEOUT = 10.0  # seconds to wait for a SUBSCRIBE confirmation
 _RECONNECT_BACKOFF = (0.1, 2.0)  # first and longest pause between pub/sub reconnects (seconds)
 
 
-class RedisControl:
+class RedisControl(RedisRole):
     """Control transport on Redis (``redis://``, ``rediss://``).
 
     Args:
@@ -55,23 +56,9 @@ class RedisControl:
     """
 
     def __init__(self, url: str, client: SharedClient | None = None) -> None:
-        self._url = url
-        self._shared = client or SharedClient(url)
-        self._owns_client = client is None
-        self._client: aioredis.Redis | None = None
+        super().__init__(url, client)
         self._acquire: AsyncScript | None = None
         self._readers: set[asyncio.Task[None]] = set()
-
-    def __repr__(self) -> str:
-        return f"RedisControl({redacted_url(self._url)!r})"
-
-    async def connect(self) -> None:
-        """Connect and check the server answers PING. Idempotent.
-
-        Raises:
-            BrokerConnectionError: the server cannot be reached.
-        """
-        await self._connection()
 
     async def close(self) -> None:
         """Stop every subscription's reader and close the client. Idempotent."""
@@ -80,17 +67,11 @@ class RedisControl:
             reader.cancel()
         if readers:
             await asyncio.wait(readers)
-        self._client = self._acquire = None
-        if self._owns_client:
-            await self._shared.aclose()
+        self._acquire = None
+        await self._release_client()
 
-    async def _connection(self) -> aioredis.Redis:
-        """The connected client (the transport's shared one), connecting first if needed."""
-        if self._client is None:
-            client = await self._shared.get()
-            self._acquire = lua.register(client, "acquire")
-            self._client = client
-        return self._client
+    def _connected(self, client: aioredis.Redis) -> None:
+        self._acquire = lua.register(client, "acquire")
 
     # -- channels ----------------------------------------------------------------------------
 

@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
@@ -42,6 +41,7 @@ from aqueue.transports.redis.client import (
     redacted_url,
     redis_errors,
 )
+from aqueue.transports.redis.role import RedisRole
 
 __all__ = ["RedisBackend"]
 
@@ -65,7 +65,7 @@ def _milliseconds(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
-class RedisBackend:
+class RedisBackend(RedisRole):
     """A :class:`~aqueue.transports.base.ResultBackend` on Redis (``redis://``, ``rediss://``).
 
     Args:
@@ -73,10 +73,7 @@ class RedisBackend:
     """
 
     def __init__(self, url: str, client: SharedClient | None = None) -> None:
-        self.url = self._url = url
-        self._shared = client or SharedClient(url)
-        self._owns_client = client is None
-        self._client: aioredis.Redis | None = None
+        super().__init__(url, client)
         self._store_script: AsyncScript | None = None  # registered with the client
         self._subscribing = asyncio.Lock()
         self._pubsub: PubSub | None = None
@@ -91,17 +88,6 @@ class RedisBackend:
         self._reply = keys.reply_channel(secrets.token_hex(8)).encode()
         self._reply_subscribed: asyncio.Task[None] | None = None
         self._inbox = Inbox()
-
-    def __repr__(self) -> str:
-        return f"RedisBackend({redacted_url(self._url)!r})"
-
-    async def connect(self) -> None:
-        """Connect and check the server answers PING. Idempotent.
-
-        Raises:
-            BrokerConnectionError: the server cannot be reached.
-        """
-        await self._connection()
 
     async def close(self) -> None:
         """Stop the pub/sub reader and close all connections. Idempotent.
@@ -129,12 +115,11 @@ class RedisBackend:
         self._watchers.clear()
         self._messages_seen.clear()
         pubsub = self._pubsub
-        self._pubsub = self._client = None
+        self._pubsub = None
         if pubsub is not None:
             # Untyped before redis-py 8.2.
             await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
-        if self._owns_client:
-            await self._shared.aclose()
+        await self._release_client()
 
     async def store(
         self, items: Records, expires: float | None, reply_to: ReplyTo | None = None
@@ -299,12 +284,6 @@ class RedisBackend:
                     await self._mark_watched(ids)
                 except BrokerError as exc:
                     log.warning("%r: cannot renew watches: %s", self, exc)
-
-    async def _connection(self) -> aioredis.Redis:
-        """The connected client (the transport's shared one), connecting first if needed."""
-        if self._client is None:
-            self._client = await self._shared.get()
-        return self._client
 
     async def _subscribe(self, channel: bytes, queue: asyncio.Queue[bytes]) -> None:
         """Add ``queue`` as a watcher of ``channel``; return once the subscription is live."""
