@@ -104,7 +104,7 @@ async def test_unreachable_server_says_which_and_why() -> None:
     with pytest.raises(BrokerConnectionError) as info:
         await broker.connect()
     message = str(info.value)
-    assert "RabbitMQ at amqp://guest@127.0.0.1:" in message
+    assert "RabbitMQ at amqp://guest:**@127.0.0.1:" in message
     assert "unreachable during connect" in message
     assert "s3cret" not in message
 

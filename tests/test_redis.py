@@ -66,9 +66,9 @@ def closed_port_url(password: str = "") -> str:
     return f"redis://{auth}127.0.0.1:{port}/0"
 
 
-def test_redacted_url_drops_password_and_query() -> None:
-    assert redacted_url("redis://:s3cret@host:6379/2") == "redis://host:6379/2"
-    assert redacted_url("rediss://user:s3cret@host/0?password=x") == "rediss://user@host/0"
+def test_redacted_url_masks_password_and_drops_query() -> None:
+    assert redacted_url("redis://:s3cret@host:6379/2") == "redis://:**@host:6379/2"
+    assert redacted_url("rediss://user:s3cret@host/0?password=x") == "rediss://user:**@host/0"
     assert redacted_url("redis://localhost") == "redis://localhost"
 
 

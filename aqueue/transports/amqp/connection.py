@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aio_pika
 import aio_pika.abc
@@ -18,20 +18,9 @@ from aio_pika.connection import make_url
 
 from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 from aqueue.transports import tls_hint
+from aqueue.transports.urls import redacted_url
 
 __all__ = ["amqp_errors", "open_connection", "redacted_url"]
-
-
-def redacted_url(url: str) -> str:
-    """``url`` without its password or query string, fit for error messages and logs."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc.rpartition("@")[2]
-        if parts.username:
-            netloc = f"{parts.username}@{netloc}"
-    except ValueError:
-        return url.partition("://")[0] + "://…"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 # A channel-level refusal: the connection is fine, the request was wrong (arguments differ from

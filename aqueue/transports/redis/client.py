@@ -7,7 +7,6 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -17,23 +16,12 @@ from redis.backoff import NoBackoff
 from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 from aqueue.transports import tls_hint
 from aqueue.transports.base import MIN_SOCKET_TIMEOUT, ConnectionOptions
+from aqueue.transports.urls import redacted_url
 
 __all__ = ["SharedClient", "as_bytes", "open_client", "redacted_url", "redis_errors"]
 
 MAX_CONNECTIONS = 128  # per client by default; enough for a worker's 100 concurrent runners
 POOL_TIMEOUT = 20.0  # seconds to wait for a free pooled connection before failing
-
-
-def redacted_url(url: str) -> str:
-    """``url`` without its password or query string, fit for error messages and logs."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc.rpartition("@")[2]
-        if parts.username:
-            netloc = f"{parts.username}@{netloc}"
-    except ValueError:
-        return url.partition("://")[0] + "://…"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 @contextmanager
