@@ -25,4 +25,3 @@ def redacted_url(url: str) -> str:
         userinfo = f"{userinfo.partition(':')[0]}:{MASK}"
     netloc = f"{userinfo}{at}{host}"
     return f"{scheme}{sep}{netloc}{slash}{path}"
-
