@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -18,7 +20,16 @@ from aqueue.transports import tls_hint
 from aqueue.transports.base import MIN_SOCKET_TIMEOUT, ConnectionOptions
 from aqueue.transports.urls import redacted_url
 
-__all__ = ["SharedClient", "as_bytes", "open_client", "redacted_url", "redis_errors"]
+__all__ = [
+    "SharedClient",
+    "as_bytes",
+    "open_client",
+    "pubsub_messages",
+    "redacted_url",
+    "redis_errors",
+]
+
+log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 128  # per client by default; enough for a worker's 100 concurrent runners
 POOL_TIMEOUT = 20.0  # seconds to wait for a free pooled connection before failing
@@ -228,3 +239,28 @@ def _no_answer(url: str, seconds: float, action: str) -> str:
 def as_bytes(value: bytes | str) -> bytes:
     """A reply value as bytes (replies are bytes unless the URL asks to decode responses)."""
     return value.encode() if isinstance(value, str) else bytes(value)
+
+
+#: First and longest pause between pub/sub reconnects (seconds).
+PUBSUB_BACKOFF = (0.1, 2.0)
+
+
+async def pubsub_messages(pubsub: PubSub, owner: object) -> AsyncIterator[dict[str, Any]]:
+    """Every message ``pubsub`` receives, until the caller stops iterating (or is cancelled).
+
+    redis-py reconnects and re-subscribes by itself when the connection drops; while the server
+    stays unreachable this retries with a pause doubling from 0.1 s to 2 s, logging each retry
+    against ``owner`` (its repr names the role and the redacted URL).
+    """
+    pause = PUBSUB_BACKOFF[0]
+    while True:
+        try:
+            message = await pubsub.get_message(timeout=None)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            log.warning("%r: pub/sub connection lost, retrying in %gs", owner, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, PUBSUB_BACKOFF[1])
+            continue
+        pause = PUBSUB_BACKOFF[0]
+        if message is not None:
+            yield message

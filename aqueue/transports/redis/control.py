@@ -23,7 +23,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -35,6 +34,7 @@ from aqueue.transports.redis import keys, lua
 from aqueue.transports.redis.client import (
     SharedClient,
     as_bytes,
+    pubsub_messages,
     redacted_url,
     redis_errors,
 )
@@ -45,7 +45,6 @@ __all__ = ["RedisControl"]
 log = logging.getLogger("aqueue.transports.redis.control")
 
 _SUBSCRIBE_TIMEOUT = 10.0  # seconds to wait for a SUBSCRIBE confirmation
-_RECONNECT_BACKOFF = (0.1, 2.0)  # first and longest pause between pub/sub reconnects (seconds)
 
 
 class RedisControl(RedisRole):
@@ -136,17 +135,8 @@ class RedisControl(RedisRole):
     async def _read(self, pubsub: PubSub, queue: asyncio.Queue[bytes]) -> None:
         """Put every message on ``queue`` until cancelled; redis-py re-subscribes after a
         reconnect, and this retries with a growing pause while the server is away."""
-        pause = _RECONNECT_BACKOFF[0]
-        while True:
-            try:
-                message: Any = await pubsub.get_message(timeout=None)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-                log.warning("%r: pub/sub connection lost, retrying in %gs", self, pause)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, _RECONNECT_BACKOFF[1])
-                continue
-            pause = _RECONNECT_BACKOFF[0]
-            if message is not None and message["type"] == "message":
+        async for message in pubsub_messages(pubsub, self):
+            if message["type"] == "message":
                 queue.put_nowait(as_bytes(message["data"]))
 
     # -- tables ------------------------------------------------------------------------------

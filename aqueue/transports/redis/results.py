@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import redis.exceptions
 from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
 
@@ -38,6 +37,7 @@ from aqueue.transports.redis import keys, lua
 from aqueue.transports.redis.client import (
     SharedClient,
     as_bytes,
+    pubsub_messages,
     redacted_url,
     redis_errors,
 )
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 # How long entering a watch waits for the SUBSCRIBE confirmation (seconds); the connection may
 # be re-established meanwhile, which redis-py follows with a new SUBSCRIBE.
 _SUBSCRIBE_TIMEOUT = 10.0
-_RECONNECT_BACKOFF = (0.1, 2.0)  # first and longest pause between pub/sub reconnects (seconds)
 
 
 _RESULT_PREFIX = keys.result("")
@@ -351,18 +350,8 @@ class RedisBackend(RedisRole):
         redis-py reconnects and re-subscribes by itself when the connection drops; while the
         server stays unreachable this keeps retrying with a growing pause.
         """
-        pause = _RECONNECT_BACKOFF[0]
-        while True:
-            try:
-                message = await pubsub.get_message(timeout=None)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-                log.warning("%r: pub/sub connection lost, retrying in %gs", self, pause)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, _RECONNECT_BACKOFF[1])
-                continue
-            pause = _RECONNECT_BACKOFF[0]
-            if message is not None:
-                self._dispatch(message["type"], message["channel"], message["data"])
+        async for message in pubsub_messages(pubsub, self):
+            self._dispatch(message["type"], message["channel"], message["data"])
 
     def _dispatch(self, kind: str, channel: bytes, data: Any) -> None:
         if kind == "message" and channel == self._reply:
