@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The set-up step, when PYTHON is the venv's.
 SETUP := $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/.installed)
 
-.PHONY: install demo demo-wordcount test test-servers lint bench bench-peers bench-memory bench-connections
+.PHONY: install demo demo-wordcount test test-servers chaos lint bench bench-peers bench-memory bench-connections
 
 install: $(VENV)/.installed
 
@@ -36,10 +36,23 @@ demo-wordcount: $(SETUP)
 # The suite starts its own redis-server and rabbitmq-server on free ports; this installs them
 # with apt-get when missing (as root or with passwordless sudo). PYTEST_ARGS="-k config" selects.
 test: test-servers $(SETUP)
-	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q --ignore=tests/chaos $(PYTEST_ARGS)
 
 test-servers:
 	scripts/ensure-debs.sh redis-server rabbitmq-server
+
+# The fault-injection suite (tests/chaos, not in `make test`): worker SIGKILLs, broker restarts,
+# a faulty network proxy, garbage input, long ETAs, a backlog; prints lost / duplicated /
+# recovery / peak RSS per scenario. Full sizes here (about 15-25 min); .ci/run uses small ones.
+CHAOS_N ?= 100000
+CHAOS_BACKLOG ?= 1000000
+CHAOS_RESTART_N ?= 10000
+CHAOS_PROXY_N ?= 5000
+CHAOS_GARBAGE_N ?= 20000
+chaos: test-servers $(SETUP)
+	CHAOS_N=$(CHAOS_N) CHAOS_BACKLOG=$(CHAOS_BACKLOG) CHAOS_RESTART_N=$(CHAOS_RESTART_N) \
+	CHAOS_PROXY_N=$(CHAOS_PROXY_N) CHAOS_GARBAGE_N=$(CHAOS_GARBAGE_N) \
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/chaos $(PYTEST_ARGS)
 
 lint: $(SETUP)
 	$(PYTHON) -m ruff check aqueue tests examples benchmarks
