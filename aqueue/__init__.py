@@ -15,6 +15,7 @@ from aqueue.results.result import AsyncResult, TaskInfo
 from aqueue.serialization import register_serializer, register_type
 from aqueue.task import Request, Task
 from aqueue.worker import Worker
+from aqueue.worker.lifespan import worker_state
 
 __version__ = "0.1.0"
 
@@ -35,4 +36,5 @@ __all__ = [
     "register_serializer",
     "register_type",
     "signature",
+    "worker_state",
 ]

@@ -9,7 +9,17 @@ import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Concatenate, Literal, ParamSpec, Protocol, TypeVar, Unpack, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Literal,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    Unpack,
+    overload,
+)
 
 from aqueue import discovery
 from aqueue.beat import entry as beat_entry
@@ -47,6 +57,10 @@ from aqueue.transports.rpc import is_rpc, rpc_cannot, rpc_server
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+L = TypeVar("L", bound="LifespanFunction")
+
+if TYPE_CHECKING:
+    from aqueue.worker.lifespan import Lifespan, LifespanFunction
 
 logger = logging.getLogger("aqueue.app")
 
@@ -137,6 +151,7 @@ class Aqueue:
         )
         self._memory: dict[str, Transport] = {}  # transports shared by every loop, by URL
         self._background: set[asyncio.Task[Any]] = set()
+        self._worker_lifespan: Lifespan | None = None  # @app.worker_lifespan
         builtin_tasks.register(self)  # aqueue.map, aqueue.starmap (task.map / task.starmap)
 
     def __repr__(self) -> str:
@@ -198,6 +213,34 @@ class Aqueue:
         self._pending.append(functools.partial(discovery.autodiscover, packages, related_name))
         if force:
             _ = self.tasks
+
+    def worker_lifespan(self, fn: L, /) -> L:
+        """Register the worker lifespan: resources each worker process opens once at start,
+        closes at its graceful stop, and hands its tasks (README "Worker lifespan").
+
+        ``fn(worker)`` is an async generator function that yields once (or an
+        ``@asynccontextmanager`` function); tasks read what it yields with
+        :func:`aqueue.worker_state`. Returns ``fn`` unchanged (use it as a decorator).
+
+        Raises:
+            ConfigurationError: a lifespan is registered already (one per app, as FastAPI's;
+                combine several resources in one, e.g. with ``contextlib.AsyncExitStack``).
+            TypeError: ``fn`` is not an async generator or context manager function.
+        """
+        from aqueue.worker.lifespan import as_lifespan  # the worker package imports this one
+
+        if self._worker_lifespan is not None:
+            raise ConfigurationError(
+                f"{self.main}: a worker lifespan is registered already; an app has one "
+                f"(open several resources in it, e.g. with contextlib.AsyncExitStack)"
+            )
+        self._worker_lifespan = as_lifespan(fn)
+        return fn
+
+    @property
+    def worker_lifespan_function(self) -> Lifespan | None:
+        """The registered worker lifespan, normalised to an async context manager function."""
+        return self._worker_lifespan
 
     @overload
     def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...

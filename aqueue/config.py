@@ -283,6 +283,12 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "redis_socket_connect_timeout": _timeout(allow_none=True),
     "redis_retry_on_timeout": _boolean,
     "redis_max_connections": _pool_size,
+    # Worker side of issue 12 (README "Worker lifespan and limits"):
+    "task_soft_time_limit": _seconds(allow_none=True),
+    "task_reject_on_worker_lost": _boolean,
+    "worker_max_tasks_per_child": _optional(_non_negative_int),
+    "worker_max_memory_per_child": _optional(_non_negative_int),
+    "result_extended": _boolean,
 }
 
 
@@ -344,6 +350,12 @@ class Settings:
     redis_socket_connect_timeout: float | None = None  # None: broker_connection_timeout
     redis_retry_on_timeout: bool = False
     redis_max_connections: int | None = None  # None: DEFAULT_POOL
+    # Worker side (README "Worker lifespan and limits"):
+    task_soft_time_limit: float | None = None  # seconds: SoftTimeLimitExceeded in the task
+    task_reject_on_worker_lost: bool = True  # False: a task whose worker died -> WorkerLostError
+    worker_max_tasks_per_child: int | None = None  # with --processes; None or 0: no limit
+    worker_max_memory_per_child: int | None = None  # KiB resident, with --processes; None/0: none
+    result_extended: bool = False  # store name, args, kwargs, worker, queue with the result
 
     def __setattr__(self, name: str, value: Any) -> None:
         check = _CHECKS.get(name)

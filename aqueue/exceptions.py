@@ -16,6 +16,8 @@ reaches user code as :class:`BrokerConnectionError`)::
     ├── TaskNotRegistered           no task of that name in the worker's app
     ├── TaskRevokedError            the task was revoked or its message expired
     ├── TimeLimitExceeded           the task ran past its ``time_limit`` and was cancelled
+    ├── SoftTimeLimitExceeded       raised inside a coroutine task at its ``soft_time_limit``
+    ├── WorkerLostError             the worker died while running the task (not run again)
     ├── MaxRetriesExceededError     ``self.retry()`` called with no retries left
     ├── ChordError                  a member of a chord's header failed
     └── Retry                       ``raise self.retry(...)``: the worker re-queues the task
@@ -100,6 +102,22 @@ class TaskRevokedError(AqueueError):
 
 class TimeLimitExceeded(AqueueError):
     """The task ran longer than its ``time_limit`` (seconds) and was cancelled."""
+
+
+class SoftTimeLimitExceeded(AqueueError):
+    """Raised inside a running ``async def`` task when it reaches its ``soft_time_limit``
+    (seconds; the ``task_soft_time_limit`` setting or the task option), as in Celery.
+
+    The task may catch it to clean up (close files, store partial work) and return or raise;
+    its hard ``time_limit``, if any, still applies. Not caught, the task fails with it. A plain
+    function running in a thread cannot be interrupted: it never sees this exception (the
+    worker logs a warning at the soft limit).
+    """
+
+
+class WorkerLostError(AqueueError):
+    """The worker died while running the task, and ``task_reject_on_worker_lost=False`` said
+    not to run it again: the task's result is this ``FAILURE``, as in Celery."""
 
 
 class MaxRetriesExceededError(AqueueError):

@@ -136,6 +136,10 @@ def run_worker(spec: str, options: WorkerOptions) -> None:
             await the_app.close()
 
     run(main())
+    if w.recycle_reason is not None:  # a per-child limit: the supervisor starts another
+        from aqueue.worker.supervisor import RECYCLE_EXIT
+
+        raise typer.Exit(RECYCLE_EXIT)
 
 
 async def run_worker_with_beat(worker: Worker, beat: Beat) -> None:

@@ -10,6 +10,10 @@ For a ``FAILURE`` or ``RETRY``, ``result`` describes the exception:
 For a custom state (``update_state(state="PROGRESS", meta={...})``) ``result`` is the meta, as in
 Celery. With a ``result_serializer`` other than json, ``result`` is replaced by ``"body"``: base64
 of the serialised value, and ``"ct"`` names the content type.
+
+With ``result_extended`` (Celery's setting) a record also has ``"args"``, ``"kwargs"`` (faithful
+JSON, as a message's), ``"worker"`` (the hostname that ran it) and ``"queue"``; arguments the
+JSON form cannot hold (a ``msgpack``/``pickle`` only value) are left out, the rest is kept.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 import orjson
 
 from aqueue import serialization, states
-from aqueue.exceptions import DecodeError, TaskError
+from aqueue.exceptions import DecodeError, EncodeError, TaskError
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,9 @@ class ResultRecord:
         date_done: when this record was written, epoch seconds.
         retries: how many retries the task had used.
         name: the task name, when known.
+        args, kwargs: the task's arguments (``result_extended``), else ``None``.
+        worker: the hostname of the worker that wrote it (``result_extended``), else ``None``.
+        queue: the queue its message came from (``result_extended``), else ``None``.
     """
 
     task_id: str
@@ -48,6 +55,10 @@ class ResultRecord:
     date_done: float = 0.0
     retries: int = 0
     name: str | None = None
+    args: tuple[Any, ...] | None = None
+    kwargs: dict[str, Any] | None = None
+    worker: str | None = None
+    queue: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -68,6 +79,8 @@ class ResultRecord:
             "retries": self.retries,
             "name": self.name,
         }
+        if self.worker is not None:  # result_extended
+            return self._encode_extended(rec, serializer)
         if serializer == "json" or self.status in states.EXCEPTION_STATES:
             rec["result"] = self.result
             return serialization.dumps_record(rec)  # typed values kept (datetime, UUID...)
@@ -76,6 +89,23 @@ class ResultRecord:
         body = serialization.dumps(self.result, serializer, what=what)
         rec["body"] = base64.b64encode(body).decode()
         return orjson.dumps(rec)
+
+    def _encode_extended(self, rec: dict[str, Any], serializer: str) -> bytes:
+        """``rec`` with the ``result_extended`` fields, every data value faithful JSON."""
+        rec["worker"], rec["queue"] = self.worker, self.queue
+        if serializer == "json" or self.status in states.EXCEPTION_STATES:
+            rec["result"] = self.result
+        else:
+            rec["ct"] = serializer
+            what = f"the result of {self.name}" if self.name else "the result"
+            body = serialization.dumps(self.result, serializer, what=what)
+            rec["body"] = base64.b64encode(body).decode()
+        try:
+            with_args = {**rec, "args": list(self.args or ()), "kwargs": self.kwargs or {}}
+            return serialization._dumps_fields(with_args)
+        except EncodeError:
+            # Arguments JSON cannot hold are left out; a result that fails raises as before.
+            return serialization._dumps_fields(rec)
 
     @classmethod
     def decode(
@@ -102,6 +132,10 @@ class ResultRecord:
                 date_done=float(rec.get("date_done") or 0.0),
                 retries=int(rec.get("retries") or 0),
                 name=rec.get("name"),
+                args=tuple(rec["args"]) if isinstance(rec.get("args"), list) else None,
+                kwargs=rec["kwargs"] if isinstance(rec.get("kwargs"), dict) else None,
+                worker=rec["worker"] if isinstance(rec.get("worker"), str) else None,
+                queue=rec["queue"] if isinstance(rec.get("queue"), str) else None,
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise DecodeError(f"malformed result record: {exc}") from exc

@@ -106,6 +106,35 @@ class AsyncResult(Generic[R]):
     def traceback(self) -> str | None:
         return self._record.traceback if self._record is not None else None
 
+    # -- result_extended (Celery's): read from the last record seen, no I/O -----------------
+
+    @property
+    def name(self) -> str | None:
+        """The task's name: from the last record seen, else the one the handle was made with."""
+        rec = self._record
+        return rec.name if rec is not None and rec.name else self.task_name
+
+    @property
+    def args(self) -> tuple[Any, ...] | None:
+        """The task's positional arguments, with ``result_extended`` on, from the last record
+        seen (after ``await r``, ``await r.state()`` or ``await r.info()``); else ``None``."""
+        return self._record.args if self._record is not None else None
+
+    @property
+    def kwargs(self) -> dict[str, Any] | None:
+        """The task's keyword arguments (``result_extended``; see :attr:`args`)."""
+        return self._record.kwargs if self._record is not None else None
+
+    @property
+    def worker(self) -> str | None:
+        """The hostname of the worker that ran it (``result_extended``; see :attr:`args`)."""
+        return self._record.worker if self._record is not None else None
+
+    @property
+    def queue(self) -> str | None:
+        """The queue its message was taken from (``result_extended``; see :attr:`args`)."""
+        return self._record.queue if self._record is not None else None
+
     async def _read(self) -> ResultRecord | None:
         backend = await self.app.result_backend()
         [raw] = await backend.get_many([self.id])

@@ -105,6 +105,10 @@ class TaskOptions(TypedDict, total=False):
         autoretry_for: exception types that retry the task automatically.
         retry_kwargs: options of automatic retries, e.g. ``{"max_retries": 5}``.
         time_limit: seconds a run may take before ``TimeLimitExceeded``.
+        soft_time_limit: seconds after which ``SoftTimeLimitExceeded`` is raised inside an
+            ``async def`` task, which may clean up before ``time_limit``.
+        reject_on_worker_lost: False: a run whose worker died is a ``WorkerLostError``
+            failure instead of being run again (default ``task_reject_on_worker_lost``).
         rate_limit: e.g. ``"10/m"``.
         queue, priority: where and how urgently it is sent by default.
         ignore_result: store no result.
@@ -122,6 +126,8 @@ class TaskOptions(TypedDict, total=False):
     autoretry_for: tuple[type[BaseException], ...] | list[type[BaseException]]
     retry_kwargs: dict[str, Any]
     time_limit: float | None
+    soft_time_limit: float | None
+    reject_on_worker_lost: bool | None
     rate_limit: str | None
     queue: str | None
     priority: int | None

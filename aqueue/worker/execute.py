@@ -19,6 +19,7 @@ trip of its own in the common case: a runner finishing one message takes its nex
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import time
@@ -41,6 +42,7 @@ from aqueue.exceptions import (
     SerializationError,
     TaskNotRegistered,
     TaskRevokedError,
+    WorkerLostError,
 )
 from aqueue.message import Message
 from aqueue.results.record import ResultRecord, describe_exception
@@ -83,6 +85,8 @@ class Executor:
         self.hostname = hostname
         self.threads = threads
         self.accept = frozenset(app.conf.accept_content)
+        # result_extended: records carry the task's name, args, kwargs, worker and queue.
+        self.extended = app.conf.result_extended
         self.active: dict[str, Request] = {}
         self.done = 0
         self._acked_early: set[int] = set()
@@ -218,7 +222,41 @@ class Executor:
             reason = f"arguments do not fit {msg.task}: {exc}"
             await self._dead_letter(delivery, msg, reason, TypeError(reason))
             return None
+        if (
+            delivery.delivery_count > 1
+            and self.tracks_runs
+            and not _rejects_on_lost(task, self.app)
+        ):
+            await self._worker_lost(delivery, msg)
+            return None
         return task
+
+    async def _worker_lost(self, delivery: Delivery, msg: Message) -> None:
+        """``task_reject_on_worker_lost=False`` (Celery's meaning): a message that was running
+        when its worker died is not run again; its result is a ``WorkerLostError`` FAILURE,
+        and it is acked. Only on a broker that marks runs (RunTracking), where
+        ``delivery_count > 1`` means exactly that (docs/poison.md)."""
+        deaths = delivery.delivery_count - 1
+        reason = (
+            f"Worker exited prematurely: {deaths} worker(s) died while running "
+            f"{msg.task}[{msg.id}], and task_reject_on_worker_lost is False"
+        )
+        logger.error("Task %s[%s] not run again: %s", msg.task, msg.id, reason)
+        exc = WorkerLostError(reason)
+        await self._store(
+            ResultRecord(
+                msg.id,
+                states.FAILURE,
+                describe_exception(exc),
+                None,
+                time.time(),
+                msg.retries,
+                msg.task,
+            ),
+            msg,
+        )
+        await self.workflow.failed(msg, exc, None)
+        await self._ack(delivery)
 
     async def _revoke(
         self,
@@ -293,6 +331,7 @@ class Executor:
     ) -> None:
         conf = self.app.conf
         time_limit = msg.time_limit or task.time_limit or conf.task_time_limit
+        soft_limit = getattr(task, "soft_time_limit", None) or conf.task_soft_time_limit
         request = self._request(delivery, msg, time_limit)
         acks_late = task.acks_late if task.acks_late is not None else conf.task_acks_late
         if not acks_late:
@@ -326,7 +365,7 @@ class Executor:
         started = time.monotonic()
         try:
             # terminable.run: revoke(terminate=True) cancels the body and raises Terminated here.
-            body = invoke(task, request, time_limit, self.threads)
+            body = invoke(task, request, time_limit, self.threads, soft_limit)
             value = await self.terminable.run(msg.id, body)
         except Terminated:
             await self._revoke(delivery, msg, "terminated", terminated=True)
@@ -358,6 +397,8 @@ class Executor:
         record = ResultRecord(
             msg.id, states.SUCCESS, value, None, time.time(), msg.retries, msg.task
         )
+        if self.extended:
+            record = self._extend(record, msg)
         try:
             data = record.encode(self.app.conf.result_serializer)
         except EncodeError as exc:
@@ -527,11 +568,20 @@ class Executor:
     ) -> None:
         if self.backend is None or (msg is not None and msg.ignore_result):
             return
+        if self.extended and msg is not None:
+            record = self._extend(record, msg)
         # Only outcome records (failure, retry, revoked, started) come here: their result is an
         # exception description or plain meta, always serialisable.
         data = record.encode(self.app.conf.result_serializer)
         reply = msg.reply_to if msg is not None else reply_to
         await self.completer.finish([(record.task_id, data)], (), reply)
+
+    def _extend(self, record: ResultRecord, msg: Message) -> ResultRecord:
+        """``record`` with ``result_extended``'s fields (Celery's): args, kwargs, the worker
+        that ran it and its queue (the name is in every record)."""
+        return dataclasses.replace(
+            record, args=msg.args, kwargs=msg.kwargs, worker=self.hostname, queue=msg.queue
+        )
 
 
 @dataclass(slots=True)
@@ -566,6 +616,12 @@ class NextRun:
         found = self._take()
         self.taken = None if found is None else Handoff(*found)
         return self.taken
+
+
+def _rejects_on_lost(task: Task[Any, Any], app: Aqueue) -> bool:
+    """The task's ``reject_on_worker_lost`` option, else ``task_reject_on_worker_lost``."""
+    own = getattr(task, "reject_on_worker_lost", None)
+    return bool(app.conf.task_reject_on_worker_lost if own is None else own)
 
 
 def _plain_success(task: Task[Any, Any]) -> bool:

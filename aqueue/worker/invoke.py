@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
+from collections.abc import Coroutine, Generator
 from concurrent.futures import Executor
 from typing import Any
 
-from aqueue.exceptions import TimeLimitExceeded
+from aqueue.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from aqueue.task import Request, Task, current_request
+
+logger = logging.getLogger("aqueue.worker")
 
 
 async def invoke(
@@ -16,6 +20,7 @@ async def invoke(
     request: Request,
     time_limit: float | None,
     threads: Executor | None = None,
+    soft_time_limit: float | None = None,
 ) -> Any:
     """Run ``task`` with ``request.args``/``request.kwargs`` and return its value.
 
@@ -23,20 +28,44 @@ async def invoke(
     past ``time_limit`` seconds is cancelled; a plain function cannot be stopped from outside its
     thread, so the worker stops waiting for it and the thread finishes on its own.
 
+    At ``soft_time_limit`` seconds (when shorter than ``time_limit``), a coroutine gets
+    :class:`~aqueue.exceptions.SoftTimeLimitExceeded` raised at the ``await`` it is waiting
+    in, and may clean up until ``time_limit``; a plain function in a thread cannot be
+    interrupted, so only a warning is logged.
+
     Raises:
         TimeLimitExceeded: the run took longer than ``time_limit`` seconds.
+        SoftTimeLimitExceeded: the coroutine reached ``soft_time_limit`` and did not catch it.
         Whatever the task raises (including :class:`~aqueue.exceptions.Retry`).
     """
     token = current_request.set(request)
+    soft = soft_time_limit
+    if soft is not None and time_limit is not None and soft >= time_limit:
+        soft = None  # the hard limit comes first (or together): it decides
+    warning: asyncio.TimerHandle | None = None
     try:
+        call: Any
         if task.is_async:
             call = task(*request.args, **request.kwargs)
+            if soft is not None:
+                call = _soft_limited(call, soft, f"{task.name}[{request.id}]")
         else:
             loop = asyncio.get_running_loop()
             ctx = contextvars.copy_context()
             call = loop.run_in_executor(
                 threads, lambda: ctx.run(task, *request.args, **request.kwargs)
             )
+            if soft is not None:
+                warning = loop.call_later(
+                    soft,
+                    logger.warning,
+                    "%s[%s] passed its soft time limit of %gs: a plain function in a thread "
+                    "cannot be interrupted, it runs on (make it async def to get "
+                    "SoftTimeLimitExceeded)",
+                    task.name,
+                    request.id,
+                    soft,
+                )
         if time_limit is None:
             return await call
         timeout = asyncio.timeout(time_limit)
@@ -50,4 +79,76 @@ async def invoke(
                 ) from None
             raise
     finally:
+        if warning is not None:
+            warning.cancel()
         current_request.reset(token)
+
+
+async def _soft_limited(coro: Coroutine[Any, Any, Any], seconds: float, what: str) -> Any:
+    """Await ``coro``; after ``seconds``, raise SoftTimeLimitExceeded inside it.
+
+    As :class:`~aqueue.worker.revoke.Terminable` does, no ``asyncio.Task`` is made: the running
+    task is cancelled at the soft limit, and :class:`_Interruptible` turns exactly that
+    cancellation (``Task.uncancel``) into the exception thrown into ``coro``; any other
+    cancellation (shutdown, the hard limit, terminate) passes through unchanged.
+    """
+    current = asyncio.current_task()
+    if current is None:  # not in a task: nothing to interrupt
+        return await coro
+    driver = _Interruptible(coro, current, what, seconds)
+    handle = asyncio.get_running_loop().call_later(seconds, driver.fire)
+    try:
+        return await driver
+    finally:
+        handle.cancel()
+
+
+class _Interruptible:
+    """Drives a coroutine step by step, throwing SoftTimeLimitExceeded into it once fired."""
+
+    __slots__ = ("_coro", "_delivered", "_fired", "_seconds", "_task", "_what")
+
+    def __init__(
+        self, coro: Coroutine[Any, Any, Any], task: asyncio.Task[Any], what: str, seconds: float
+    ) -> None:
+        self._coro = coro
+        self._task = task
+        self._what = what
+        self._seconds = seconds
+        self._fired = False
+        self._delivered = False
+
+    def fire(self) -> None:
+        """The soft limit: wake the task with a cancellation this driver will convert."""
+        self._fired = True
+        self._task.cancel()
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro = self._coro
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            try:
+                if thrown is not None:
+                    exc, thrown = thrown, None
+                    yielded = coro.throw(exc)
+                else:
+                    yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+            sent = None
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except asyncio.CancelledError as exc:
+                thrown = exc
+                if self._fired and not self._delivered:
+                    self._delivered = True
+                    if self._task.uncancel() == 0:  # ours alone: not a shutdown as well
+                        thrown = SoftTimeLimitExceeded(
+                            f"{self._what} exceeded its soft time limit of {self._seconds:g}s"
+                        )
+            except BaseException as exc:
+                thrown = exc

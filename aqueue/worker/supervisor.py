@@ -9,6 +9,10 @@ and then only watches:
   Its unfinished messages are delivered again after the visibility timeout, as for any worker
   that died. A child that exits cleanly by itself (``aqueue control shutdown``) is not
   restarted; when every child has, the supervisor exits too.
+- **A child that reached its limit** (``worker_max_tasks_per_child`` messages, or more than
+  ``worker_max_memory_per_child`` KiB resident after a task) stops taking messages, hands back
+  the ones it had not started, lets its running tasks finish (``worker_shutdown_timeout``),
+  runs its lifespan's shutdown and exits with :data:`RECYCLE_EXIT`; it is replaced at once.
 - **SIGTERM or SIGINT** is passed to every child as SIGTERM: each does its warm shutdown
   (``worker_shutdown_timeout``), and the supervisor exits once all have; a second signal is
   passed on as well (children then stop at once, handing running tasks back). Children still
@@ -35,7 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Supervisor", "child_hostname"]
+__all__ = ["RECYCLE_EXIT", "Supervisor", "child_hostname"]
 
 logger = logging.getLogger("aqueue.worker.supervisor")
 
@@ -44,6 +48,8 @@ _PARENT_ENV = "AQUEUE_SUPERVISOR_PID"
 _QUICK_DEATH = 5.0
 _MAX_BACKOFF = 30.0
 _KILL_GRACE = 10.0  # seconds past the shutdown timeout before children are killed
+#: The exit code of a child that stopped to be replaced (a per-child limit): EX_TEMPFAIL.
+RECYCLE_EXIT = 75
 
 
 def child_hostname(hostname: str | None, index: int) -> str:
@@ -62,6 +68,7 @@ class _Child:
     started: float = 0.0
     failures: int = 0  # quick deaths in a row
     restarts: int = 0  # starts so far
+    recycled: int = 0  # replaced after reaching a per-child limit
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     done: bool = False  # exited cleanly by itself: not restarted
 
@@ -164,6 +171,15 @@ class Supervisor:
             code = await child.proc.wait()
             if self._stopping.is_set():
                 return
+            if code == RECYCLE_EXIT:
+                child.recycled += 1
+                child.failures = 0
+                logger.info(
+                    "worker process %d (pid %d) reached its per-child limit; replacing it",
+                    child.index,
+                    child.proc.pid,
+                )
+                continue
             if code == 0:
                 logger.info("worker process %d (pid %d) exited", child.index, child.proc.pid)
                 child.done = True
@@ -244,6 +260,9 @@ def _die_with_parent() -> None:
     parent = os.environ.pop(_PARENT_ENV, None)
     if parent is None:
         return
+    from aqueue.worker.worker import mark_supervised
+
+    mark_supervised()  # worker_max_*_per_child apply here
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)

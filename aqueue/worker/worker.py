@@ -39,13 +39,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import heapq
 import itertools
 import logging
 import os
+import resource
 import secrets
 import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +61,7 @@ from aqueue.exceptions import AqueueError, BrokerConnectionError, ConfigurationE
 from aqueue.transports import Broker, Delivery, Outgoing, ResultBackend
 from aqueue.transports.urls import redacted_url
 from aqueue.worker.execute import Executor, NextRun
+from aqueue.worker.lifespan import current_state
 from aqueue.worker.ratelimit import Bucket, LocalBucket, RateGate, SharedBucket, parse_rate
 from aqueue.worker.remote import HEARTBEAT_INTERVAL, Remote
 from aqueue.worker.revoke import Revocations
@@ -91,6 +95,13 @@ class Worker:
         shutdown_timeout: seconds running tasks get to finish on stop (default
             ``worker_shutdown_timeout``, 30).
         send_events: publish task and worker events (default ``worker_send_task_events``).
+        max_tasks_per_child: stop (to be replaced) after this many messages; default
+            ``worker_max_tasks_per_child`` in a ``--processes`` child, else none.
+        max_memory_per_child: stop (to be replaced) once resident memory exceeds this many KiB
+            after a task; default ``worker_max_memory_per_child`` in a ``--processes`` child.
+
+    The app's ``worker_lifespan`` is entered at start and left at stop (see
+    :mod:`aqueue.worker.lifespan`); :attr:`state` holds what it yielded.
 
     Use as ``await worker.run()`` (until stopped), or ``async with Worker(app):`` to run it in
     the background of the current loop.
@@ -105,6 +116,8 @@ class Worker:
         hostname: str | None = None,
         shutdown_timeout: float | None = None,
         send_events: bool | None = None,
+        max_tasks_per_child: int | None = None,
+        max_memory_per_child: int | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -149,6 +162,20 @@ class Worker:
         self.remote: Remote | None = None
         self.events: EventDispatcher | None = None
         self._queues_changed = asyncio.Event()
+        # Worker lifespan: the entered context manager, and what it yielded.
+        self.state: Any = None
+        self._lifespan: contextlib.AbstractAsyncContextManager[Any] | None = None
+        self._context = contextvars.copy_context()  # the runners'; holds the state
+        # Recycling (--processes children): limits, and why this worker stopped itself.
+        supervised = _SUPERVISED[0]
+        if max_tasks_per_child is None and supervised:
+            max_tasks_per_child = conf.worker_max_tasks_per_child
+        if max_memory_per_child is None and supervised:
+            max_memory_per_child = conf.worker_max_memory_per_child
+        self.max_tasks_per_child = max_tasks_per_child or None
+        self.max_memory_per_child = max_memory_per_child or None
+        self.recycle_reason: str | None = None
+        self._taken = 0  # deliveries given to runners (max_tasks_per_child counts them)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -168,6 +195,11 @@ class Worker:
         if connected is None:
             return  # stopped while waiting for the broker
         self.broker, backend = connected
+        await self._enter_lifespan()
+        if self._stopping.is_set():  # stopped while the lifespan started: undo it, never run
+            await self._exit_lifespan()
+            self._stopped.set()
+            return
         if backend is None:
             logger.warning("no result backend configured: task results will not be stored")
         self.executor = Executor(self.app, self.broker, backend, self.hostname, self._threads)
@@ -175,7 +207,9 @@ class Worker:
         self.started_at = time.time()
         await self._start_operations(rates)
         self._runners = [
-            asyncio.create_task(self._supervise(f"runner {i}", self._run_one))
+            asyncio.create_task(
+                self._supervise(f"runner {i}", self._run_one), context=self._context.copy()
+            )
             for i in range(self.concurrency)
         ]
         self._helpers = [asyncio.create_task(self._supervise("lease renewer", self._renew_leases))]
@@ -197,6 +231,47 @@ class Worker:
             redacted_url(backend_url) if backend_url else "disabled",
             sum(not name.startswith("aqueue.") for name in self.app.tasks),  # not the builtins
         )
+
+    async def _enter_lifespan(self) -> None:
+        """Run the app's worker lifespan up to its ``yield`` (see :mod:`.lifespan`).
+
+        Raises:
+            Exception: whatever the lifespan's startup raises; the worker does not start.
+        """
+        conf = self.app.conf
+        unsupervised = [
+            name
+            for name in ("worker_max_tasks_per_child", "worker_max_memory_per_child")
+            if getattr(conf, name) and not _SUPERVISED[0]
+        ]
+        if unsupervised and not (self.max_tasks_per_child or self.max_memory_per_child):
+            logger.warning(
+                "%s is set but applies only to the worker processes of `aqueue worker "
+                "--processes N` (as Celery's applies only to prefork children): this single "
+                "worker process is never replaced",
+                " and ".join(unsupervised),
+            )
+        make = self.app.worker_lifespan_function
+        if make is None:
+            return
+        lifespan = make(self)
+        try:
+            self.state = await lifespan.__aenter__()
+        except Exception:
+            logger.exception("%s: the worker lifespan's startup failed", self.hostname)
+            raise
+        self._lifespan = lifespan
+        self._context.run(current_state.set, self.state)
+        logger.info("%s: worker lifespan started", self.hostname)
+
+    async def _exit_lifespan(self) -> None:
+        """Run the rest of the worker lifespan (its shutdown); an error is logged."""
+        lifespan, self._lifespan = self._lifespan, None
+        if lifespan is None:
+            return
+        with _logged("running the worker lifespan's shutdown"):
+            await lifespan.__aexit__(None, None, None)
+            logger.info("%s: worker lifespan stopped", self.hostname)
 
     async def _connect(self) -> tuple[Broker, ResultBackend | None] | None:
         """The connected broker and result backend (and control transport, when there is
@@ -351,6 +426,7 @@ class Worker:
         if leftover and self.broker is not None:
             with contextlib.suppress(AqueueError):
                 await self.broker.release(leftover)
+        await self._exit_lifespan()  # no task of this worker runs any more
         self._helpers_done.set()
         for helper in self._helpers:
             helper.cancel()
@@ -463,7 +539,7 @@ class Worker:
         assert self.broker is not None
         retry, limit = _retry_policy(self.app.conf, startup=False)
         failures = 0
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and self.recycle_reason is None:
             # Parked suspects wait for their turn, not for a runner: they leave room to fetch.
             free = self.prefetch - len(self._held) + len(self._parked)
             if free <= 0:
@@ -600,9 +676,12 @@ class Worker:
         premarked = False
         while True:
             if delivery is None:
+                if not self._may_take():
+                    return  # this worker is being recycled: stop() follows
                 delivery, premarked = await self._buffer.get(), False
                 if delivery is _STOP:
                     return
+                self._taken += 1
             if after is not None:
                 after.taken = None
             try:
@@ -621,13 +700,20 @@ class Worker:
     def _take_ready(self) -> tuple[Delivery, bool] | None:
         """The next delivery waiting for a runner, without waiting; ``None`` if there is none
         (a stop sentinel is left for a runner's own get)."""
-        if self._buffer.empty():
+        if self._buffer.empty() or not self._may_take():
             return None
         delivery = self._buffer.get_nowait()
         if delivery is _STOP:
             self._buffer.put_nowait(delivery)
             return None
+        self._taken += 1
         return delivery, delivery is self._suspect
+
+    def _may_take(self) -> bool:
+        """False once a per-child limit is reached: no further message starts here."""
+        if self.recycle_reason is not None:
+            return False
+        return not self.max_tasks_per_child or self._taken < self.max_tasks_per_child
 
     def _next_of(self, after: NextRun | None) -> tuple[Delivery | None, bool]:
         """What the runner handles next: the delivery it took while finishing, if any, and
@@ -649,6 +735,41 @@ class Worker:
             self._next_suspect()
         self._slot_free.set()
         self._progress.set()
+        if (self.max_tasks_per_child or self.max_memory_per_child) and self.recycle_reason is None:
+            self._check_limits()
+
+    def _check_limits(self) -> None:
+        """Stop gracefully, to be replaced, once a per-child limit is reached."""
+        reason = None
+        if self.max_tasks_per_child and self.processed >= self.max_tasks_per_child:
+            reason = f"worker_max_tasks_per_child={self.max_tasks_per_child} reached"
+        elif self.max_memory_per_child:
+            rss = resident_kib()
+            if rss > self.max_memory_per_child:
+                reason = (
+                    f"worker_max_memory_per_child={self.max_memory_per_child} KiB exceeded "
+                    f"({rss} KiB resident)"
+                )
+        if reason is None or self._stopping.is_set():
+            return
+        self.recycle_reason = reason
+        logger.warning(
+            "%s: %s after %d task(s): finishing running tasks, then exiting to be replaced",
+            self.hostname,
+            reason,
+            self.processed,
+        )
+        self.app.spawn(self._recycle())
+
+    async def _recycle(self) -> None:
+        """Stop after the fetcher's fetch in flight has returned (at most ``FETCH_TIMEOUT``):
+        cancelling it could leave a batch the server handed out unseen, delivered again only
+        after the visibility timeout; returned, it is handed back at once by :meth:`stop`."""
+        self._slot_free.set()
+        self._queues_changed.set()
+        if self._fetcher is not None:
+            await asyncio.wait({self._fetcher}, timeout=FETCH_TIMEOUT + RECONNECT_DELAY)
+        await self.stop()
 
     async def _renew_leases(self) -> None:
         assert self.broker is not None
@@ -666,6 +787,28 @@ class Worker:
                     await self.broker.renew(held)
                 except AqueueError as exc:
                     logger.error("renewing leases failed: %s", exc)
+
+
+#: Set (``[True]``) in a worker process run by the ``--processes`` supervisor: only there do
+#: ``worker_max_tasks_per_child`` and ``worker_max_memory_per_child`` apply by default.
+_SUPERVISED = [False]
+
+
+def mark_supervised() -> None:
+    """Note that this process is a ``--processes`` child (called by the supervisor's child)."""
+    _SUPERVISED[0] = True
+
+
+def resident_kib() -> int:
+    """This process's resident memory now, in KiB (Linux: ``/proc/self/statm``; elsewhere the
+    peak, ``ru_maxrss``)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            pages = int(statm.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak // 1024 if sys.platform == "darwin" else peak  # macOS: bytes
 
 
 def _envelope(body: bytes) -> dict[str, Any] | None:
