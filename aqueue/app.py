@@ -26,7 +26,7 @@ from aqueue.beat import entry as beat_entry
 from aqueue.beat.control import BeatControl
 from aqueue.canvas import builtin as builtin_tasks
 from aqueue.canvas.primitives import Signature
-from aqueue.config import Settings
+from aqueue.config import Settings, caller_directory
 from aqueue.control.client import Control
 from aqueue.exceptions import ConfigurationError
 from aqueue.message import Message
@@ -95,7 +95,8 @@ class Aqueue:
 
     Args:
         main: the app's name (used in logs), e.g. ``"proj"``.
-        broker: broker URL; default ``$AQUEUE_BROKER_URL``, else ``sqlite:///aqueue.db``. Or a
+        broker: broker URL; default ``$AQUEUE_BROKER_URL``, else ``aqueue.db`` in the directory
+            of the module that makes the app (the working directory's where it has no file). Or a
             :class:`~aqueue.transports.Broker` instance configured by the caller (as httpx
             takes a transport), used as is in every event loop; its ``url`` then stands for
             the broker URL (remote control goes over that server).
@@ -125,6 +126,9 @@ class Aqueue:
     ) -> None:
         self.main = main or "aqueue"
         self.conf = Settings()
+        # The embedded default database sits beside the module that made this app, the same
+        # file for every process that imports it, whatever its working directory.
+        self.conf.locate_default(caller_directory())
         self._broker_instance: Broker | None = None
         self._backend_instance: ResultBackend | None = None
         if isinstance(broker, str):
@@ -559,6 +563,9 @@ class Aqueue:
                 ``interval_start``, ``interval_step``, ``interval_max``, seconds).
 
         Raises:
+            ArgumentsError: ``name`` is registered here and the arguments do not fit its
+                signature (a ``TypeError``, as Celery's ``typing=True`` raises; nothing is sent;
+                ``@app.task(typing=False)`` skips the check).
             ConfigurationError: an option is unknown or invalid.
             EncodeError: the arguments cannot be serialised.
             BrokerConnectionError: the broker cannot be reached within the retry policy.
@@ -586,7 +593,8 @@ class Aqueue:
 
         Raises:
             ConfigurationError: an option is unknown or invalid, or ``task_id`` is given.
-            TypeError: an item does not fit the task's signature (nothing is sent).
+            ArgumentsError: an item does not fit the task's signature (a ``TypeError``;
+                nothing is sent; ``typing=False`` skips the check).
             EncodeError: an item cannot be serialised (nothing is sent).
             BrokerConnectionError: the broker cannot be reached within the retry policy.
         """

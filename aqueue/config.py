@@ -1,9 +1,16 @@
 """App settings: Celery's lowercase names, checked when they are set.
 
 ``app.conf`` is a :class:`Settings`. Every setting reads and writes as an attribute
-(``app.conf.timezone = "UTC"``) and through :meth:`Settings.update`; an unknown name or a bad
-value raises :class:`~aqueue.exceptions.ConfigurationError` at once, naming the setting and the fix.
-Celery's old upper-case names (``CELERY_RESULT_BACKEND``...) are refused with the new name.
+(``app.conf.timezone = "UTC"``), as a mapping item (``app.conf["timezone"]``,
+``app.conf.get("timezone")``, ``"timezone" in app.conf``) and through :meth:`Settings.update`;
+an unknown name or a bad value raises :class:`~aqueue.exceptions.ConfigurationError` at once,
+naming the setting and the fix. A Celery setting aqueue does not have is answered with what to
+use instead (:mod:`aqueue.celery_settings`), any other unknown name with the closest aqueue
+name; Celery 3's upper-case names (``CELERY_RESULT_BACKEND``...) with the name to use.
+
+With no broker URL anywhere, the embedded default is ``aqueue.db`` beside the module that made
+the app (:func:`caller_directory`), so every process that imports that module - a worker, a
+client started in another directory - uses the same file.
 """
 
 from __future__ import annotations
@@ -14,47 +21,29 @@ import difflib
 import importlib
 import inspect
 import os
+import sys
 import zoneinfo
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from types import FrameType
 from typing import Any
 
-from aqueue.exceptions import ConfigurationError
+from aqueue.celery_settings import CELERY_3_NAMES, CELERY_ONLY
+from aqueue.exceptions import ConfigurationError, UnknownSetting
 from aqueue.serialization import COMPRESSIONS, is_content_type, serializer_names
 from aqueue.transports.base import MIN_SOCKET_TIMEOUT, ConnectionOptions
 
+#: The embedded default, when no directory is known (the app was made in a REPL or
+#: ``python -c``): ``aqueue.db`` in the working directory.
 DEFAULT_URL = "sqlite:///aqueue.db"
+#: The embedded default's file name, in the directory of the module that made the app.
+DEFAULT_FILE = "aqueue.db"
 BROKER_ENV = "AQUEUE_BROKER_URL"
 BACKEND_ENV = "AQUEUE_RESULT_BACKEND"
 BROKER_SCHEMES = ("memory", "sqlite", "redis", "rediss", "amqp", "amqps", "pyamqp")
 # rpc:// (or "rpc"): results sent back over the AMQP broker to their caller (docs/amqp.md).
 BACKEND_SCHEMES = ("memory", "sqlite", "redis", "rediss", "rpc")
-
-# Celery 3's names, still common in tutorials, and the setting that replaced each.
-_OLD_NAMES = {
-    "BROKER_URL": "broker_url",
-    "CELERY_BROKER_URL": "broker_url",
-    "CELERY_RESULT_BACKEND": "result_backend",
-    "CELERY_TASK_SERIALIZER": "task_serializer",
-    "CELERY_RESULT_SERIALIZER": "result_serializer",
-    "CELERY_ACCEPT_CONTENT": "accept_content",
-    "CELERY_TASK_RESULT_EXPIRES": "result_expires",
-    "CELERY_ACKS_LATE": "task_acks_late",
-    "CELERY_MESSAGE_COMPRESSION": "task_compression",
-    "CELERYD_TASK_TIME_LIMIT": "task_time_limit",
-    "CELERYD_CONCURRENCY": "worker_concurrency",
-    "CELERYD_PREFETCH_MULTIPLIER": "worker_prefetch_multiplier",
-    "CELERY_DEFAULT_QUEUE": "task_default_queue",
-    "CELERY_ROUTES": "task_routes",
-    "CELERY_QUEUES": "task_queues",
-    "CELERY_ANNOTATIONS": "task_annotations",
-    "CELERY_TIMEZONE": "timezone",
-    "CELERY_ENABLE_UTC": "enable_utc",
-    "CELERYBEAT_SCHEDULE": "beat_schedule",
-    "CELERY_ALWAYS_EAGER": "task_always_eager",
-    "BROKER_TRANSPORT_OPTIONS": "broker_transport_options",
-}
 
 
 def _url(schemes: tuple[str, ...]) -> Callable[[str, Any], None]:
@@ -291,7 +280,6 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "result_extended": _boolean,
 }
 
-
 #: Connections in a Redis pool when neither broker_pool_limit nor redis_max_connections is set.
 DEFAULT_POOL = 128
 #: The smallest pool allowed: a worker holds up to 4 connections (pub/sub subscriptions and the
@@ -300,11 +288,16 @@ MIN_POOL = 10
 
 
 @dataclass(slots=True)
-class Settings:
+class Settings(Mapping[str, Any]):
     """The app's settings; see the README's Configuration section for each one's meaning.
 
     Durations are seconds. Defaults follow Celery's, except ``task_acks_late`` (True: a message
     is acked only after its result is stored) and ``worker_concurrency`` (100 coroutines).
+
+    Also a mapping from setting name to value, as Celery's ``app.conf`` is: ``conf["timezone"]``
+    (an unknown name raises :class:`~aqueue.exceptions.UnknownSetting`, a ``KeyError``),
+    ``conf.get(name, default)``, ``name in conf``, ``conf[name] = value`` (checked as attribute
+    assignment is), ``dict(conf)``.
     """
 
     broker_url: str | None = None
@@ -356,15 +349,60 @@ class Settings:
     worker_max_tasks_per_child: int | None = None  # with --processes; None or 0: no limit
     worker_max_memory_per_child: int | None = None  # KiB resident, with --processes; None/0: none
     result_extended: bool = False  # store name, args, kwargs, worker, queue with the result
+    # Not a setting: the embedded default URL for this app (see locate_default).
+    _default_url: str = field(default=DEFAULT_URL, init=False, repr=False, compare=False)
 
     def __setattr__(self, name: str, value: Any) -> None:
         check = _CHECKS.get(name)
         if check is None:
-            raise ConfigurationError(_unknown(name))
+            if name == "_default_url":
+                object.__setattr__(self, name, value)
+                return
+            raise UnknownSetting(_unknown(name))
         check(name, value)
         if isinstance(value, timedelta):
             value = value.total_seconds()
         object.__setattr__(self, name, value)
+
+    # -- the mapping view (Celery's app.conf is a mapping) -----------------------------------
+
+    def __getitem__(self, name: str) -> Any:
+        """``conf["timezone"]``: the setting's value.
+
+        Raises:
+            UnknownSetting: not an aqueue setting (a ``KeyError``, as Celery raises; the message
+                says what to use instead).
+        """
+        if name in _CHECKS:
+            return getattr(self, name)
+        raise UnknownSetting(_unknown(name))
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        """``conf["timezone"] = "UTC"``: set a setting, checked as attribute assignment is.
+
+        Raises:
+            UnknownSetting: not an aqueue setting (a ``ConfigurationError`` and a ``KeyError``).
+            ConfigurationError: the value is invalid.
+        """
+        if not isinstance(name, str):
+            raise UnknownSetting(_unknown(name))
+        setattr(self, name, value)
+
+    def __contains__(self, name: object) -> bool:
+        """``name in conf``: True for an aqueue setting's name."""
+        return name in _CHECKS
+
+    def __iter__(self) -> Iterator[str]:
+        """Every setting's name, in declaration order."""
+        return iter(_setting_names())
+
+    def __len__(self) -> int:
+        return len(_CHECKS)
+
+    def get(self, name: str, default: Any = None, /) -> Any:
+        """The setting's value, or ``default`` when ``name`` is not an aqueue setting (as
+        Celery's ``conf.get``; a Celery setting aqueue does not have gives ``default`` too)."""
+        return getattr(self, name) if name in _CHECKS else default
 
     def update(self, other: Mapping[str, Any] | None = None, /, **settings: Any) -> None:
         """Set several settings at once, each checked as if set alone.
@@ -381,14 +419,15 @@ class Settings:
 
     def as_dict(self) -> dict[str, Any]:
         """Every setting and its value."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: getattr(self, name) for name in _setting_names()}
 
     def from_object(self, obj: object | str) -> None:
         """Load settings from a module path (``"proj.config"``), a module, a class or an object.
 
         Lower-case public attributes are settings; classes, functions and modules among them are
-        skipped (e.g. an imported ``timedelta``). Upper-case Celery 3 names are refused with the
-        name to use instead.
+        skipped (e.g. an imported ``timedelta``). Upper-case names are skipped too, except
+        Celery 3's names of settings aqueue has (``CELERY_RESULT_BACKEND``), refused with the
+        name to use instead (others, like ``BROKER_HOST``, may be the module's own constants).
 
         Raises:
             ConfigurationError: the module cannot be imported, or a setting is wrong.
@@ -405,10 +444,8 @@ class Settings:
         for name in dir(obj):
             if name.startswith("_"):
                 continue
-            if name in _OLD_NAMES:
-                raise ConfigurationError(
-                    f"setting {name} is Celery 3's name: call it {_OLD_NAMES[name]!r} instead"
-                )
+            if CELERY_3_NAMES.get(name) in _CHECKS:
+                raise UnknownSetting(_unknown(name))
             value = getattr(obj, name)
             if not name.islower() or inspect.ismodule(value) or inspect.isclass(value):
                 continue
@@ -419,9 +456,22 @@ class Settings:
             found[name] = value
         self.update(found)
 
+    def locate_default(self, directory: str | None) -> None:
+        """Put the embedded default database in ``directory`` (made absolute now):
+        ``sqlite:////<directory>/aqueue.db``; ``None``: :data:`DEFAULT_URL`, relative to the
+        working directory. ``Aqueue`` calls it with the directory of the module that made the
+        app (:func:`caller_directory`)."""
+        if directory is None:
+            self._default_url = DEFAULT_URL
+        else:
+            self._default_url = "sqlite:///" + os.path.join(
+                os.path.abspath(directory), DEFAULT_FILE
+            )
+
     def resolved_broker_url(self) -> str:
-        """``broker_url``, else ``$AQUEUE_BROKER_URL``, else the embedded default."""
-        return self.broker_url or os.environ.get(BROKER_ENV) or DEFAULT_URL
+        """``broker_url``, else ``$AQUEUE_BROKER_URL``, else the embedded default (see
+        :meth:`locate_default`)."""
+        return self.broker_url or os.environ.get(BROKER_ENV) or self._default_url
 
     def resolved_backend_url(self) -> str | None:
         """The result backend's URL, or ``None`` when there is none.
@@ -468,9 +518,47 @@ class Settings:
         )
 
 
-def _unknown(name: str) -> str:
-    if name in _OLD_NAMES:
-        return f"setting {name} is Celery 3's name: call it {_OLD_NAMES[name]!r} instead"
-    close = difflib.get_close_matches(name, _CHECKS, n=1)
+def _setting_names() -> tuple[str, ...]:
+    """The settings' names in declaration order (the dataclass fields that are settings)."""
+    global _NAMES
+    if _NAMES is None:
+        _NAMES = tuple(f.name for f in dataclasses.fields(Settings) if f.name in _CHECKS)
+    return _NAMES
+
+
+_NAMES: tuple[str, ...] | None = None
+
+
+def _unknown(name: object) -> str:
+    """What to say of a name that is not an aqueue setting: the name to use for one of Celery
+    3's, the answer for a Celery setting aqueue does not have, else the closest aqueue name
+    (never a spelling guess for a Celery name)."""
+    text = str(name)
+    renamed = CELERY_3_NAMES.get(text)
+    if renamed is not None:
+        if renamed in _CHECKS:
+            return f"setting {text} is Celery 3's name: call it {renamed!r} instead"
+        answer = CELERY_ONLY.get(renamed)
+        told = f"setting {text} is Celery 3's name for {renamed!r}, which aqueue does not have"
+        return told if answer is None else f"{told}: {answer}"
+    answer = CELERY_ONLY.get(text)
+    if answer is not None:
+        return f"{text!r} is a Celery setting that aqueue does not have: {answer}"
+    close = difflib.get_close_matches(text, _CHECKS, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else "; see the README for the list"
-    return f"unknown setting {name!r}{hint}"
+    return f"unknown setting {text!r}{hint}"
+
+
+def caller_directory() -> str | None:
+    """The directory of the file of the nearest caller outside the aqueue package: the module
+    that made the app (``Aqueue(...)`` at its top level, a subclass's ``__init__``, a
+    factory function). ``None`` when that code has no file (a REPL, ``python -c``, a notebook).
+    """
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if module != "aqueue" and not module.startswith("aqueue."):
+            path = frame.f_globals.get("__file__")
+            return os.path.dirname(os.path.abspath(path)) if isinstance(path, str) else None
+        frame = frame.f_back
+    return None

@@ -5,6 +5,8 @@ reaches user code as :class:`BrokerConnectionError`)::
 
     AqueueError
     ├── ConfigurationError          a bad setting, URL or app reference; says what to change
+    │   └── UnknownSetting          a setting name aqueue does not have (a KeyError too)
+    ├── ArgumentsError              a call's arguments do not fit its task (a TypeError too)
     ├── BrokerError
     │   └── BrokerConnectionError   the broker or result backend cannot be reached
     ├── SerializationError
@@ -41,6 +43,28 @@ class ConfigurationError(AqueueError):
     """A setting, broker URL, result backend URL or ``-A`` app reference is wrong.
 
     The message names the setting or URL and says how to fix it.
+    """
+
+
+class UnknownSetting(ConfigurationError, KeyError):
+    """A setting name aqueue does not have: ``app.conf["nope"]``, ``app.conf.update(nope=1)``.
+
+    Also a :class:`KeyError`, as Celery's ``app.conf[name]`` raises, so ``except KeyError``
+    works. The message names what to use instead: the aqueue setting of a Celery name, why
+    aqueue has none, or the closest aqueue name.
+    """
+
+    def __str__(self) -> str:
+        # KeyError's own str() is the repr of its argument (quoted); this is a sentence.
+        return str(self.args[0]) if self.args else ""
+
+
+class ArgumentsError(AqueueError, TypeError):
+    """A call's arguments do not fit its task's signature; nothing was sent.
+
+    ``delay()``, ``apply_async()``, ``delay_many()`` and ``send_task()`` of a registered task
+    check the call before sending, as Celery's ``typing=True`` does (``@app.task(typing=False)``
+    skips it). Also a :class:`TypeError`, as Celery raises, so ``except TypeError`` works.
     """
 
 

@@ -116,6 +116,10 @@ class TaskOptions(TypedDict, total=False):
         serializer, compression: how its arguments are encoded by default.
         track_started: store a STARTED state when a run starts.
         expires: default ``expires`` of its messages (seconds or a datetime).
+        typing: check each call's arguments against the function's signature before sending
+            (default True, as Celery's ``typing``): ``delay("a")`` of a two-parameter task
+            raises :class:`~aqueue.exceptions.ArgumentsError`, a ``TypeError``, and sends
+            nothing. ``False`` sends any arguments (the worker refuses a call that does not fit).
     """
 
     max_retries: int | None
@@ -137,6 +141,7 @@ class TaskOptions(TypedDict, total=False):
     compression: str | None
     track_started: bool
     expires: float | datetime | None
+    typing: bool
 
 
 #: The names :class:`SendOptions` declares.

@@ -104,6 +104,8 @@ class Sender:
         task = task or self.app.tasks.get(name)
         args_t = tuple(args or ())
         kwargs_d = dict(kwargs or {})
+        if task is not None and task.typing:  # Celery's typing=True: before anything is sent
+            task.check_arguments(args_t, kwargs_d)
         if self.app.conf.task_always_eager:
             if task is None:
                 raise TaskNotRegistered(f"task {name!r} is not registered (task_always_eager)")
@@ -128,7 +130,7 @@ class Sender:
             raise ConfigurationError("send_many() makes one task id per call: drop task_id=")
         task = task or self.app.tasks.get(name)
         calls = [tuple(a) for a in arguments]
-        if task is not None:
+        if task is not None and task.typing:
             for call in calls:
                 task.check_arguments(call, {})
         if self.app.conf.task_always_eager:

@@ -5,8 +5,8 @@ Start a worker for it from the repository root::
     aqueue worker -A examples.filehash.tasks -c 50 -l info
 
 The broker and result backend come from ``$AQUEUE_BROKER_URL`` / ``$AQUEUE_RESULT_BACKEND``,
-else the embedded default ``sqlite:///aqueue.db`` (in the working directory), so a worker and
-``producer.py`` on one machine need no server.
+else the embedded default, ``aqueue.db`` beside this file (whatever the working directory), so a
+worker and ``producer.py`` on one machine need no server.
 """
 
 from __future__ import annotations

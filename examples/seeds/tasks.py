@@ -5,7 +5,7 @@ Redis-broker tutorial (创建任务) and "celery使用指南" §4.2 (官网上�
 
 Celery writes ``Celery('tasks', backend='redis://localhost:6379/0', broker='redis://...')``. Here
 the URLs come from ``$AQUEUE_BROKER_URL`` / ``$AQUEUE_RESULT_BACKEND``, else the embedded
-``sqlite:///aqueue.db``, so no server is needed; to use Redis as the tutorials do::
+``aqueue.db`` beside this file, so no server is needed; to use Redis as the tutorials do::
 
     app = Aqueue("tasks", broker="redis://localhost:6379/0", backend="redis://localhost:6379/1")
 

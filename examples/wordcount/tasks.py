@@ -5,7 +5,7 @@ Start a worker for it from the repository root::
     aqueue worker -A examples.wordcount.tasks -c 8 -l info
 
 The broker and result backend come from ``$AQUEUE_BROKER_URL`` / ``$AQUEUE_RESULT_BACKEND``,
-else the embedded default ``sqlite:///aqueue.db`` (in the working directory). ``producer.py``
+else the embedded default, ``aqueue.db`` beside this file. ``producer.py``
 sends the chord ``chord(count_words.s(path) for each file, top_words.s(20))``.
 """
 

@@ -1,0 +1,250 @@
+"""A call's arguments are checked against its task's signature before anything is sent.
+
+As Celery's ``typing=True``: ``delay()``, ``apply_async()``, ``send_task()`` of a registered
+task and ``delay_many()`` raise :class:`~aqueue.exceptions.ArgumentsError` (a ``TypeError``)
+naming the task, and the queue stays empty; ``@app.task(typing=False)`` opts a task out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from aqueue import Aqueue, Task, Worker
+from aqueue.exceptions import AqueueError, ArgumentsError
+from aqueue.message import decode
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[Aqueue]:
+    """An app on a memory broker of its own (a fresh queue per test)."""
+    url = f"memory://checks-{uuid.uuid4().hex[:8]}"
+    app = Aqueue("checks", broker=url, backend=url)
+    yield app
+    await app.close()
+
+
+async def queued(app: Aqueue) -> list[Any]:
+    """The messages waiting in the default queue (fetched, so each test reads them once)."""
+    broker = await app.broker()
+    deliveries = await broker.fetch([app.conf.task_default_queue], 100, 0.05)
+    return [decode(d.body) for d in deliveries]
+
+
+def register(app: Aqueue, **options: Any) -> Task[Any, Any]:
+    @app.task(name="checks.add", **options)
+    async def add(x: int, y: int, z: int = 0) -> int:
+        return x + y + z
+
+    return add
+
+
+# -- refused before sending --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "wrong"),
+    [
+        (("a",), {}, "missing a required argument: 'y'"),
+        ((1, 2, 3, 4), {}, "too many positional arguments"),
+        ((1,), {"x": 2}, "multiple values for argument 'x'"),
+        ((1, 2), {"w": 3}, "got an unexpected keyword argument 'w'"),
+        ((), {"y": 2, "z": 3}, "missing a required argument: 'x'"),
+    ],
+)
+async def test_a_call_that_does_not_fit_is_refused_and_nothing_is_sent(
+    app: Aqueue, args: tuple[Any, ...], kwargs: dict[str, Any], wrong: str
+) -> None:
+    add = register(app)
+    expected = f"checks.add(x, y, z=0): {wrong}"
+    with pytest.raises(ArgumentsError) as delay_error:
+        await add.delay(*args, **kwargs)
+    assert str(delay_error.value) == expected
+    assert isinstance(delay_error.value, TypeError)  # as Celery raises
+    assert isinstance(delay_error.value, AqueueError)  # caught by meaning, like every error
+    with pytest.raises(TypeError, match=r"^checks\.add"):
+        await add.apply_async(args, kwargs, countdown=1)
+    with pytest.raises(TypeError, match=r"^checks\.add"):
+        await app.send_task("checks.add", args, kwargs)  # registered here: checked too
+    with pytest.raises(TypeError, match=r"^checks\.add"):
+        await add.s(*args, **kwargs).delay()
+    assert await queued(app) == []
+
+
+async def test_calls_that_fit_are_sent(app: Aqueue) -> None:
+    add = register(app)
+    await add.delay(1, 2)
+    await add.delay(1, 2, 3)
+    await add.delay(1, y=2)
+    await add.delay(z=3, y=2, x=1)
+    await add.apply_async((1,), {"y": 2, "z": 3})
+    await app.send_task("checks.add", (1, 2))
+    sent = await queued(app)
+    assert [(m.args, m.kwargs) for m in sent] == [
+        ((1, 2), {}),
+        ((1, 2, 3), {}),
+        ((1,), {"y": 2}),
+        ((), {"z": 3, "y": 2, "x": 1}),
+        ((1,), {"y": 2, "z": 3}),
+        ((1, 2), {}),
+    ]
+
+
+async def test_delay_many_refuses_the_batch_when_one_call_does_not_fit(app: Aqueue) -> None:
+    add = register(app)
+    with pytest.raises(ArgumentsError, match=r"checks.add\(x, y, z=0\): too many positional"):
+        await add.delay_many([(1, 2), (1, 2, 3, 4)])
+    assert await queued(app) == []
+
+
+async def test_a_bound_task_is_checked_without_its_self(app: Aqueue) -> None:
+    @app.task(bind=True, name="checks.bound")
+    async def bound(self: Task[Any, Any], x: int) -> int:
+        return x
+
+    with pytest.raises(ArgumentsError, match=r"^checks.bound\(x\): missing a required argument"):
+        await bound.delay()
+    with pytest.raises(ArgumentsError, match="multiple values for argument 'self'"):
+        await bound.apply_async((1,), {"self": 2})
+    await bound.delay(1)
+    await bound.delay(x=1)
+    assert len(await queued(app)) == 2
+
+
+async def test_eager_mode_checks_before_running(app: Aqueue) -> None:
+    app.conf.task_always_eager = True
+    ran: list[int] = []
+
+    @app.task(name="checks.record")
+    def record(x: int) -> int:
+        ran.append(x)
+        return x
+
+    with pytest.raises(ArgumentsError, match=r"^checks.record\(x\)"):
+        await record.delay(1, 2)
+    assert ran == []
+    assert await (await record.delay(5)) == 5
+
+
+# -- typing=False ----------------------------------------------------------------------------
+
+
+async def test_typing_false_sends_any_arguments(app: Aqueue) -> None:
+    add = register(app, typing=False)
+    await add.delay("a")
+    await app.send_task("checks.add", (1, 2, 3, 4))
+    await add.delay_many([(1,), ()])
+    sent = await queued(app)
+    assert [m.args for m in sent] == [("a",), (1, 2, 3, 4), (1,), ()]
+
+
+async def test_typing_false_on_a_base_class_applies_to_its_tasks(app: Aqueue) -> None:
+    class Loose(Task[Any, Any]):
+        typing = False
+
+    @app.task(base=Loose, name="checks.loose")
+    async def loose(x: int) -> int:
+        return x
+
+    await loose.delay()
+    assert [m.args for m in await queued(app)] == [()]
+
+
+async def test_a_name_not_registered_here_is_sent_unchecked(app: Aqueue) -> None:
+    await app.send_task("elsewhere.add", ("any", "thing", 3))
+    assert [m.task for m in await queued(app)] == ["elsewhere.add"]
+
+
+async def test_the_worker_still_refuses_a_call_sent_unchecked(app: Aqueue) -> None:
+    add = register(app)
+    add.typing = False  # as a client that skips the check, or has an older copy of the task
+    r = await add.delay(1, 2, 3, 4)
+    add.typing = True
+    async with Worker(app, concurrency=2, shutdown_timeout=5) as worker:
+        with pytest.raises(TypeError, match=r"arguments do not fit checks\.add"):
+            await r.get(timeout=10)
+        await asyncio.wait_for(worker.wait_processed(1), 10)
+
+
+async def test_a_link_that_does_not_fit_is_logged_and_the_parent_still_succeeds(
+    app: Aqueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    add = register(app)
+    # The link gets the parent's result first: add(3, 1, 2, 4) has one argument too many.
+    r = await add.apply_async((1, 2), link=add.s(1, 2, 4))
+    async with Worker(app, concurrency=2, shutdown_timeout=5) as worker:
+        assert await r.get(timeout=10) == 3
+        await asyncio.wait_for(worker.wait_processed(1), 10)
+    assert await queued(app) == []  # the parent was acked, and no link message was sent
+    assert any(
+        "could not be sent" in rec.getMessage() and "too many positional" in rec.getMessage()
+        for rec in caplog.records
+    ), [rec.getMessage() for rec in caplog.records]
+
+
+# -- the counting fast path agrees with inspect.Signature.bind ------------------------------
+
+
+def _plain(a: int, b: int, c: int = 0, d: int = 0) -> None: ...
+
+
+def _required_only(a: int, b: int) -> None: ...
+
+
+def _defaults_only(a: int = 0, b: int = 0) -> None: ...
+
+
+def _none() -> None: ...
+
+
+def _positional_only(a: int, /, b: int, c: int = 0) -> None: ...
+
+
+def _star(a: int, *rest: int, k: int = 0, **more: int) -> None: ...
+
+
+@pytest.mark.parametrize(
+    "fn", [_plain, _required_only, _defaults_only, _none, _positional_only, _star]
+)
+@pytest.mark.parametrize("bind", [False, True])
+def test_check_arguments_agrees_with_calling_the_function(
+    app: Aqueue, fn: Callable[..., None], bind: bool
+) -> None:
+    """Every call of up to 5 positional arguments and any set of keywords from the parameter
+    names plus one stranger: accepted exactly when ``Signature.bind`` accepts it."""
+    if bind:
+
+        def with_self(self: Any, *args: Any, **kwargs: Any) -> None: ...
+
+        sig = inspect.signature(fn)
+        params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)]
+        with_self.__signature__ = sig.replace(  # type: ignore[attr-defined]
+            parameters=params + list(sig.parameters.values())
+        )
+        task = Task(app, with_self, f"checks.{fn.__name__}", bind=True)
+    else:
+        task = Task(app, fn, f"checks.{fn.__name__}")
+    names = [*inspect.signature(fn).parameters, "self", "stranger"]
+    for count in range(6):
+        args = tuple(range(count))
+        for size in range(len(names) + 1):
+            for keys in itertools.combinations(names, size):
+                kwargs = dict.fromkeys(keys, 0)
+                try:
+                    inspect.signature(fn).bind(*args, **kwargs)
+                    fits = True
+                except TypeError:
+                    fits = False
+                if fits:
+                    task.check_arguments(args, kwargs)
+                else:
+                    with pytest.raises(ArgumentsError, match=rf"^checks\.{fn.__name__}"):
+                        task.check_arguments(args, kwargs)
