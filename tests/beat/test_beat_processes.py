@@ -1,6 +1,6 @@
 """Beat in real processes: three beats on one Redis (one killed midway), ``worker -B``, the CLI.
 
-This module is also the app those processes load (``-A tests.test_beat_processes:app``),
+This module is also the app those processes load (``-A tests.beat.test_beat_processes:app``),
 configured by environment variables so each test gets its own namespace and queue.
 """
 
@@ -29,7 +29,7 @@ from aqueue.cli import cli
 from aqueue.message import decode
 from tests.workerproc import WorkerProcess
 
-APP = "tests.test_beat_processes:app"
+APP = "tests.beat.test_beat_processes:app"
 _QUEUE = "AQUEUE_BEAT_TEST_QUEUE"
 
 app = Aqueue(os.environ.get("AQUEUE_BEAT_TEST_APP", "beat-test"))
@@ -220,7 +220,7 @@ memory_app.conf.beat_schedule = {"in-code": {"task": "beat_test.noop", "schedule
 
 def test_cli_commands_and_their_errors() -> None:
     runner = CliRunner()
-    spec = "tests.test_beat_processes:memory_app"
+    spec = "tests.beat.test_beat_processes:memory_app"
 
     def beat(*args: str) -> tuple[int, str, str]:
         result = runner.invoke(cli, ["beat", *args])
