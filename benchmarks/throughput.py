@@ -38,7 +38,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -323,8 +323,8 @@ async def _rabbitmq_version(url: str) -> str:
     return version.decode() if isinstance(version, bytes) else str(version)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_main(run: Callable[[argparse.Namespace], Awaitable[None]], args: argparse.Namespace) -> int:
+    """Run one benchmark's ``run(args)``; its exit status (an error is printed, not raised)."""
     try:
         asyncio.run(run(args))
     except KeyboardInterrupt:
@@ -334,6 +334,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(run, parse_args(argv))
 
 
 if __name__ == "__main__":

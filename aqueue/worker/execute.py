@@ -243,19 +243,7 @@ class Executor:
         )
         logger.error("Task %s[%s] not run again: %s", msg.task, msg.id, reason)
         exc = WorkerLostError(reason)
-        await self._store(
-            ResultRecord(
-                msg.id,
-                states.FAILURE,
-                describe_exception(exc),
-                None,
-                time.time(),
-                msg.retries,
-                msg.task,
-            ),
-            msg,
-        )
-        await self.workflow.failed(msg, exc, None)
+        await self._fail(msg, exc)
         await self._ack(delivery)
 
     async def _revoke(
@@ -276,23 +264,25 @@ class Executor:
             fields = {"reason": reason, "expired": expired, "terminated": terminated}
             self.on_event("task-revoked", msg, fields)
 
+    async def _fail(self, msg: Message, exc: BaseException) -> None:
+        """Store FAILURE with ``exc`` for ``msg`` and tell its workflow (link_error, chord)."""
+        record = ResultRecord(
+            msg.id,
+            states.FAILURE,
+            describe_exception(exc),
+            None,
+            time.time(),
+            msg.retries,
+            msg.task,
+        )
+        await self._store(record, msg)
+        await self.workflow.failed(msg, exc, None)
+
     async def _dead_letter(
         self, delivery: Delivery, msg: Message, reason: str, exc: BaseException
     ) -> None:
         logger.error("Task %s[%s] sent to the dead-letter queue: %s", msg.task, msg.id, reason)
-        await self._store(
-            ResultRecord(
-                msg.id,
-                states.FAILURE,
-                describe_exception(exc),
-                None,
-                time.time(),
-                msg.retries,
-                msg.task,
-            ),
-            msg,
-        )
-        await self.workflow.failed(msg, exc, None)
+        await self._fail(msg, exc)
         await self.broker.dead_letter(delivery, reason)
 
     # -- running -----------------------------------------------------------------------------
