@@ -6,8 +6,7 @@ import asyncio
 import functools
 import logging
 import time
-import weakref
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import (
     TYPE_CHECKING,
@@ -30,13 +29,14 @@ from aqueue.config import Settings, caller_directory
 from aqueue.control.client import Control
 from aqueue.exceptions import ConfigurationError
 from aqueue.message import Message
+from aqueue.perloop import PerLoop
 from aqueue.results.group import GroupResult as _GroupResult
 from aqueue.results.record import ResultRecord
 from aqueue.results.result import AsyncResult as _AsyncResult
 from aqueue.sending import routing
 from aqueue.sending.options import (
     TASK_OPTIONS,
-    RetryPolicy,
+    AnyRetryPolicy,
     SendOptions,
     TaskOptions,
     check_task_options,
@@ -150,9 +150,7 @@ class Aqueue:
             self._pending.append(functools.partial(discovery.import_modules, tuple(include)))
         #: Builds and publishes this app's messages (:class:`aqueue.sending.Sender`).
         self.sender = Sender(self)
-        self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connections] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._connections: PerLoop[_Connections] = PerLoop(_Connections)
         self._memory: dict[str, Transport] = {}  # transports shared by every loop, by URL
         self._background: set[asyncio.Task[Any]] = set()
         self._worker_lifespan: Lifespan | None = None  # @app.worker_lifespan
@@ -353,13 +351,6 @@ class Aqueue:
 
     # -- connections -------------------------------------------------------------------------
 
-    def _loop_connections(self) -> _Connections:
-        loop = asyncio.get_running_loop()
-        conns = self._connections.get(loop)
-        if conns is None:
-            conns = self._connections[loop] = _Connections()
-        return conns
-
     def transport(self, url: str) -> Transport:
         """The transport of ``url`` for the running event loop: one per app, loop and URL, so
         every role on one server shares one client (``memory://``: one per app, every loop).
@@ -372,7 +363,7 @@ class Aqueue:
             if found is None:
                 found = self._memory[url] = transport_for(url)
             return found
-        transports = self._loop_connections().transports
+        transports = self._connections.get().transports
         found = transports.get(url)
         if found is None:
             connection = self.conf.connection_options(url)
@@ -382,7 +373,7 @@ class Aqueue:
     def connected(self) -> bool:
         """True when the running loop's broker, and its result backend if there is one, are
         connected already (no I/O): a send then need not connect first."""
-        conns = self._loop_connections()
+        conns = self._connections.get()
         return conns.broker is not None and (
             conns.backend is not None or not self.has_result_backend
         )
@@ -394,7 +385,7 @@ class Aqueue:
             BrokerConnectionError: the broker cannot be reached.
             ConfigurationError: the broker URL is invalid.
         """
-        conns = self._loop_connections()
+        conns = self._connections.get()
         if conns.broker is None:
             async with conns.lock:
                 if conns.broker is None:
@@ -412,7 +403,7 @@ class Aqueue:
             ConfigurationError: no result backend is configured (e.g. an AMQP broker alone).
             BrokerConnectionError: it cannot be reached.
         """
-        conns = self._loop_connections()
+        conns = self._connections.get()
         if conns.backend is None:
             async with conns.lock:
                 if conns.backend is None:
@@ -433,7 +424,7 @@ class Aqueue:
             ConfigurationError: neither server can carry control traffic.
             BrokerConnectionError: the server cannot be reached.
         """
-        conns = self._loop_connections()
+        conns = self._connections.get()
         if conns.control is None:
             control = self.transport(self.control_url()).control()
             await control.connect()  # idempotent, and safe to race
@@ -502,7 +493,7 @@ class Aqueue:
         too (they are the app's for its lifetime).
         """
         loop = asyncio.get_running_loop()
-        conns = self._connections.pop(loop, None)
+        conns = self._connections.pop(loop)
         if conns is None:
             return
         for instance in (self._broker_instance, self._backend_instance):
@@ -601,10 +592,7 @@ class Aqueue:
         return await self.sender.send_many(name, arguments, _task, options)
 
     async def publish(
-        self,
-        messages: list[Message],
-        retry: bool = True,
-        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+        self, messages: list[Message], retry: bool = True, retry_policy: AnyRetryPolicy = None
     ) -> None:
         """Publish built messages; see :meth:`aqueue.sending.Sender.publish`."""
         await self.sender.publish(messages, retry, retry_policy)

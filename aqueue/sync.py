@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
 
 from aqueue.app import Aqueue
 from aqueue.results.result import AsyncResult as _AsyncResult
-from aqueue.results.result import TaskInfo
+from aqueue.results.result import OnMessageArg, TaskInfo
 from aqueue.sending.options import SendOptions
 
 if TYPE_CHECKING:
@@ -222,6 +222,12 @@ class SyncResult(Generic[R]):
     def __repr__(self) -> str:
         return f"<SyncResult: {self.id}>"
 
+    def _call(self, method: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """``await method(handle, *args, **kwargs)`` on the portal's loop (``method``: an
+        :class:`~aqueue.results.result.AsyncResult` method)."""
+        result, portal = self._bound()
+        return portal.call(method, result, *args, **kwargs)
+
     def _bound(self) -> tuple[_AsyncResult[R], _Portal]:
         """The handle and the portal to use now: rebound after a fork."""
         portal = _current(self._result.app)
@@ -243,10 +249,7 @@ class SyncResult(Generic[R]):
         return self._result
 
     def get(
-        self,
-        timeout: float | None = None,
-        propagate: bool = True,
-        on_message: Callable[[dict[str, Any]], Any] | None = None,
+        self, timeout: float | None = None, propagate: bool = True, on_message: OnMessageArg = None
     ) -> R:
         """Wait for the task's value, as Celery's ``get``.
 
@@ -267,30 +270,25 @@ class SyncResult(Generic[R]):
     @property
     def state(self) -> str:
         """The current state (reads the result backend, as Celery's ``state`` does)."""
-        result, portal = self._bound()
-        return portal.call(result.state)
+        return self._call(_AsyncResult.state)
 
     status = state
 
     def ready(self) -> bool:
         """True when the task has finished (SUCCESS, FAILURE or REVOKED)."""
-        result, portal = self._bound()
-        return portal.call(result.ready)
+        return self._call(_AsyncResult.ready)
 
     def successful(self) -> bool:
         """True when the task finished with SUCCESS."""
-        result, portal = self._bound()
-        return portal.call(result.successful)
+        return self._call(_AsyncResult.successful)
 
     def failed(self) -> bool:
         """True when the task finished with FAILURE."""
-        result, portal = self._bound()
-        return portal.call(result.failed)
+        return self._call(_AsyncResult.failed)
 
     def info(self) -> TaskInfo:
         """State, result, traceback, meta, date done and retries in one read."""
-        result, portal = self._bound()
-        return portal.call(result.info)
+        return self._call(_AsyncResult.info)
 
     @property
     def result(self) -> Any:
@@ -304,13 +302,11 @@ class SyncResult(Generic[R]):
 
     def forget(self) -> None:
         """Remove the stored result."""
-        result, portal = self._bound()
-        portal.call(result.forget)
+        self._call(_AsyncResult.forget)
 
     def revoke(self, terminate: bool = False) -> None:
         """Revoke the task; ``terminate=True`` also cancels it while it runs."""
-        result, portal = self._bound()
-        portal.call(result.revoke, terminate=terminate)
+        self._call(_AsyncResult.revoke, terminate=terminate)
 
 
 # -- sending --------------------------------------------------------------------------------------

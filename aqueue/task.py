@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+#: The positional and keyword arguments of one call, as the outcome hooks receive them.
+Args = tuple[Any, ...]
+Kwargs = dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -360,28 +363,16 @@ class Task(Generic[P, R]):
 
     # -- outcome hooks (override in a base class; may be async) ------------------------------
 
-    def on_success(
-        self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
+    def on_success(self, retval: Any, task_id: str, args: Args, kwargs: Kwargs) -> Any:
         """Called by the worker after the task returned ``retval``."""
 
     def on_failure(
-        self,
-        exc: BaseException,
-        task_id: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        einfo: str,
+        self, exc: BaseException, task_id: str, args: Args, kwargs: Kwargs, einfo: str
     ) -> Any:
         """Called by the worker after the task failed; ``einfo`` is the formatted traceback."""
 
     def on_retry(
-        self,
-        exc: BaseException,
-        task_id: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        einfo: str,
+        self, exc: BaseException, task_id: str, args: Args, kwargs: Kwargs, einfo: str
     ) -> Any:
         """Called by the worker when the task is to be retried."""
 
@@ -390,8 +381,8 @@ class Task(Generic[P, R]):
         status: str,
         retval: Any,
         task_id: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        args: Args,
+        kwargs: Kwargs,
         einfo: str | None,
     ) -> Any:
         """Called by the worker after every run, whatever its outcome (``status``)."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
@@ -72,7 +72,23 @@ class Schedule(Protocol):
         ...
 
 
-class Interval:
+class _SameWhenEqual:
+    """Schedules of one type are equal (and hash alike) when they fire at the same times."""
+
+    __slots__ = ()
+
+    def _identity(self) -> Hashable:
+        raise NotImplementedError
+
+    def __eq__(self, other: object) -> bool:
+        # An interval's identity is an int and a crontab's a tuple: never equal to each other.
+        return isinstance(other, _SameWhenEqual) and other._identity() == self._identity()
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
+
+
+class Interval(_SameWhenEqual):
     """Every ``seconds`` seconds, at whole multiples of the period since the epoch (UTC).
 
     Ticks are kept in whole milliseconds, so every process computes exactly the same ones.
@@ -96,11 +112,8 @@ class Interval:
     def __repr__(self) -> str:
         return f"<every {self.seconds:g}s>"
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Interval) and other._ms == self._ms
-
-    def __hash__(self) -> int:
-        return hash(self._ms)
+    def _identity(self) -> Hashable:
+        return self._ms
 
     def next_tick(self, after: float, tz: tzinfo) -> float:
         """The first multiple of the period after ``after``; ``tz`` plays no part."""
@@ -115,7 +128,7 @@ class Interval:
         return {"every": self.seconds}
 
 
-class crontab:  # lower case: Celery's name, which users type
+class crontab(_SameWhenEqual):  # lower case: Celery's name, which users type
     """A cron-like schedule with Celery's fields and syntax, in the app's ``timezone``.
 
     Each field takes a number, a cron field string (``"*"``, ``"*/15"``, ``"0-5"``, ``"1,15"``,
@@ -194,11 +207,8 @@ class crontab:  # lower case: Celery's name, which users type
     def __repr__(self) -> str:
         return f"<crontab: {self._expr} (m h dom mon dow)>"
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, crontab) and other._expanded == self._expanded
-
-    def __hash__(self) -> int:
-        return hash(self._expanded)
+    def _identity(self) -> Hashable:
+        return self._expanded
 
     def to_dict(self) -> dict[str, Any]:
         """``{"cron": "m h dom mon dow"}``."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Self, overload
+from typing import TYPE_CHECKING, Any, ClassVar, Self, overload
 
 from aqueue.exceptions import ConfigurationError
 
@@ -291,7 +291,34 @@ class Signature(Canvas):
         return await self.apply_async(args, kwargs)
 
 
-class chain(Canvas):  # lower case: Celery's name
+class _Tasks(Canvas):
+    """A chain or a group: canvases in order (:attr:`tasks`) and options of its own."""
+
+    tasks: list[Canvas]
+    subtask_type: ClassVar[str]
+
+    def __init__(self, *tasks: Any, app: Aqueue | None = None, **options: Any) -> None:
+        self.tasks = self._flatten(_unpack(tasks))
+        self.options = options
+        self._app = app
+
+    @staticmethod
+    def _flatten(tasks: list[Canvas]) -> list[Canvas]:
+        return tasks
+
+    @property
+    def app(self) -> Aqueue | None:
+        return self._app or _first_app(self.tasks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "subtask_type": self.subtask_type,
+            "tasks": [t.to_dict() for t in self.tasks],
+            "options": _options_dict(self.options),
+        }
+
+
+class chain(_Tasks):  # lower case: Celery's name
     """Tasks run one after another, each result prepended to the next one's arguments.
 
     ``chain(a, b, c)``, ``chain([a, b, c])`` and ``a | b | c`` are the same. A group inside a
@@ -301,23 +328,18 @@ class chain(Canvas):  # lower case: Celery's name
     and ``link_error`` (on every task), as in Celery.
     """
 
-    tasks: list[Canvas]
+    subtask_type: ClassVar[str] = "chain"
 
-    def __init__(self, *tasks: Any, app: Aqueue | None = None, **options: Any) -> None:
+    @staticmethod
+    def _flatten(tasks: list[Canvas]) -> list[Canvas]:
         steps: list[Canvas] = []
-        for task in _unpack(tasks):
+        for task in tasks:
             # Nested chains without options of their own are the same chain: flatten them.
             if isinstance(task, chain) and not task.options:
                 steps.extend(task.tasks)
             else:
                 steps.append(task)
-        self.tasks = steps
-        self.options = options
-        self._app = app
-
-    @property
-    def app(self) -> Aqueue | None:
-        return self._app or _first_app(self.tasks)
+        return steps
 
     def __repr__(self) -> str:
         return " | ".join(map(repr, self.tasks)) or "chain()"
@@ -345,19 +367,12 @@ class chain(Canvas):  # lower case: Celery's name
             step.assign_ids()
         self.tasks[-1].assign_ids(want)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "subtask_type": "chain",
-            "tasks": [t.to_dict() for t in self.tasks],
-            "options": _options_dict(self.options),
-        }
-
     async def __call__(self, *args: Any, **kwargs: Any) -> AsyncResult[Any] | GroupResult:
         """Send it (Celery's ``chain(...)()``): same as :meth:`delay`."""
         return await self.apply_async(args, kwargs)
 
 
-class group(Canvas):  # lower case: Celery's name
+class group(_Tasks):  # lower case: Celery's name
     """Tasks run in parallel; the result is a GroupResult whose value is the list of results.
 
     ``group(a, b)``, ``group([a, b])`` and ``group(a.s(i) for i in ...)`` are the same. A group
@@ -365,23 +380,18 @@ class group(Canvas):  # lower case: Celery's name
     member that does not set them itself; ``task_id`` names the group.
     """
 
-    tasks: list[Canvas]
+    subtask_type: ClassVar[str] = "group"
 
-    def __init__(self, *tasks: Any, app: Aqueue | None = None, **options: Any) -> None:
+    @staticmethod
+    def _flatten(tasks: list[Canvas]) -> list[Canvas]:
         members: list[Canvas] = []
-        for task in _unpack(tasks):
+        for task in tasks:
             if isinstance(task, group):
                 for inner in task.tasks:
                     members.append(_with_defaults(inner.clone(), task.options))
             else:
                 members.append(task)
-        self.tasks = members
-        self.options = options
-        self._app = app
-
-    @property
-    def app(self) -> Aqueue | None:
-        return self._app or _first_app(self.tasks)
+        return members
 
     def __repr__(self) -> str:
         return f"group([{', '.join(map(repr, self.tasks))}])"
@@ -405,13 +415,6 @@ class group(Canvas):  # lower case: Celery's name
         self.options.setdefault("task_id", str(uuid.uuid4()))
         for task in self.tasks:
             task.assign_ids()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "subtask_type": "group",
-            "tasks": [t.to_dict() for t in self.tasks],
-            "options": _options_dict(self.options),
-        }
 
     async def apply_async(  # a group: a GroupResult
         self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **options: Any

@@ -11,20 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from aqueue.control.protocol import (
-    CONTROL_CHANNEL,
-    RATE_LIMITS_TABLE,
-    REVOKED_TABLE,
-    WORKERS_TABLE,
-    Command,
-    Reply,
-    dumps,
-)
+from aqueue.control.protocol import CONTROL_CHANNEL, Command, Reply, Table, dumps
 from aqueue.exceptions import DecodeError
 from aqueue.results.record import ResultRecord
 from aqueue.worker.ratelimit import parse_rate
@@ -119,7 +111,7 @@ class Control:
     async def _live_nodes(self, destination: tuple[str, ...] | None) -> set[str]:
         """Node ids of the workers whose heartbeat is current (narrowed by ``destination``)."""
         transport = await self.app.control_transport()
-        _, entries = await transport.read(WORKERS_TABLE)
+        _, entries = await transport.read(Table.WORKERS)
         nodes: set[str] = set()
         for node, raw in entries.items():
             try:
@@ -178,7 +170,7 @@ class Control:
             {"terminate": terminate, "time": now, "expires": None if ttl is None else now + ttl}
         )
         for task_id in ids:
-            await transport.put(REVOKED_TABLE, task_id, entry, ttl)
+            await transport.put(Table.REVOKED, task_id, entry, ttl)
         if app.has_result_backend:
             # Before the broadcast, so that a worker's own record (terminated) comes last.
             await self._mark_waiting(ids)
@@ -227,7 +219,7 @@ class Control:
         if destination is None:
             transport = await self.app.control_transport()
             value = None if text is None else text.encode()
-            await transport.put(RATE_LIMITS_TABLE, task_name, value, None)
+            await transport.put(Table.RATE_LIMITS, task_name, value, None)
         return await self.broadcast(
             "rate_limit",
             {"task": task_name, "rate": text},
@@ -243,26 +235,34 @@ class Control:
         return await self.broadcast("shutdown", destination=destination, timeout=timeout)
 
     async def add_consumer(
-        self,
-        queue: str,
-        destination: Iterable[str] | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
+        self, queue: str, destination: Iterable[str] | None = None, timeout: float = DEFAULT_TIMEOUT
     ) -> list[Reply]:
         """Make workers consume ``queue`` too (until they restart)."""
-        return await self.broadcast(
-            "add_consumer", {"queue": queue}, destination=destination, timeout=timeout
-        )
+        return await self._queue_command("add_consumer", queue, destination, timeout)
 
     async def cancel_consumer(
-        self,
-        queue: str,
-        destination: Iterable[str] | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
+        self, queue: str, destination: Iterable[str] | None = None, timeout: float = DEFAULT_TIMEOUT
     ) -> list[Reply]:
         """Make workers stop consuming ``queue`` (until they restart)."""
+        return await self._queue_command("cancel_consumer", queue, destination, timeout)
+
+    async def _queue_command(
+        self, command: str, queue: str, destination: Iterable[str] | None, timeout: float
+    ) -> list[Reply]:
         return await self.broadcast(
-            "cancel_consumer", {"queue": queue}, destination=destination, timeout=timeout
+            command, {"queue": queue}, destination=destination, timeout=timeout
         )
+
+
+def _question(command: str, doc: str) -> Callable[[Inspect], Awaitable[dict[str, Any]]]:
+    """An :class:`Inspect` method that broadcasts ``command`` and returns the replies."""
+
+    async def ask(self: Inspect) -> dict[str, Any]:
+        return await self._ask(command)
+
+    ask.__name__ = ask.__qualname__ = command
+    ask.__doc__ = doc
+    return ask
 
 
 class Inspect:
@@ -279,34 +279,24 @@ class Inspect:
         )
         return by_worker(replies)
 
-    async def ping(self) -> dict[str, Any]:
-        """``{hostname: "pong"}``."""
-        return await self._ask("ping")
-
-    async def active(self) -> dict[str, Any]:
-        """Tasks running now, per worker: ``{"id", "name", "args", "kwargs", "time_start"...}``."""
-        return await self._ask("active")
-
-    async def registered(self) -> dict[str, Any]:
-        """Task names each worker can run (with their rate limits)."""
-        return await self._ask("registered")
-
-    async def scheduled(self) -> dict[str, Any]:
+    ping = _question("ping", """``{hostname: "pong"}``.""")
+    active = _question(
+        "active",
+        """Tasks running now, per worker: ``{"id", "name", "args", "kwargs", "time_start"...}``.""",
+    )
+    registered = _question(
+        "registered", """Task names each worker can run (with their rate limits)."""
+    )
+    scheduled = _question(
+        "scheduled",
         """Messages each worker holds for later: rate-limited ones waiting for a token.
 
         Messages delayed by ``countdown``/``eta`` wait in the broker, not in a worker: see
         ``aqueue status`` (the ``delayed`` column).
-        """
-        return await self._ask("scheduled")
-
-    async def reserved(self) -> dict[str, Any]:
-        """Messages each worker has fetched and not started yet."""
-        return await self._ask("reserved")
-
-    async def stats(self) -> dict[str, Any]:
-        """Each worker's counters: pid, concurrency, processed, uptime, queues..."""
-        return await self._ask("stats")
-
-    async def revoked(self) -> dict[str, Any]:
-        """The revoked task ids each worker knows."""
-        return await self._ask("revoked")
+        """,
+    )
+    reserved = _question("reserved", """Messages each worker has fetched and not started yet.""")
+    stats = _question(
+        "stats", """Each worker's counters: pid, concurrency, processed, uptime, queues..."""
+    )
+    revoked = _question("revoked", """The revoked task ids each worker knows.""")

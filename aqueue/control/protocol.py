@@ -16,6 +16,7 @@ or with ``"error": "message"`` instead of ``"reply"`` when the command failed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -25,11 +26,9 @@ from aqueue.exceptions import DecodeError
 __all__ = [
     "CONTROL_CHANNEL",
     "EVENTS_CHANNEL",
-    "RATE_LIMITS_TABLE",
-    "REVOKED_TABLE",
-    "WORKERS_TABLE",
     "Command",
     "Reply",
+    "Table",
     "dumps",
 ]
 
@@ -37,12 +36,17 @@ __all__ = [
 CONTROL_CHANNEL = "control"
 #: Task and worker events (``-E``), read by ``aqueue events``.
 EVENTS_CHANNEL = "events"
-#: Revoked task ids -> ``{"terminate": bool, "time": epoch}``; entries expire.
-REVOKED_TABLE = "revoked"
-#: Task name -> rate set at runtime (``aqueue control rate_limit``), overriding the code's.
-RATE_LIMITS_TABLE = "rate_limits"
-#: Worker node id -> its last heartbeat (see :class:`aqueue.worker.remote.Remote`).
-WORKERS_TABLE = "workers"
+
+
+class Table(StrEnum):
+    """The control tables (see :class:`~aqueue.transports.base.ControlTransport`)."""
+
+    #: Revoked task ids -> ``{"terminate": bool, "time": epoch}``; entries expire.
+    REVOKED = "revoked"
+    #: Task name -> rate set at runtime (``aqueue control rate_limit``), overriding the code's.
+    RATE_LIMITS = "rate_limits"
+    #: Worker node id -> its last heartbeat (see :class:`aqueue.worker.remote.Remote`).
+    WORKERS = "workers"
 
 
 def dumps(value: Any) -> bytes:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from aqueue.control.protocol import WORKERS_TABLE
+from aqueue.control.protocol import Table
 from aqueue.exceptions import SerializationError
 from aqueue.message import decode_envelope
 from aqueue.transports import Outgoing
@@ -61,17 +61,10 @@ class WorkerStatus:
     last_seen: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "hostname": self.hostname,
-            "pid": self.pid,
-            "node": self.node,
-            "concurrency": self.concurrency,
-            "active": self.active,
-            "processed": self.processed,
-            "uptime": round(self.uptime, 3),
-            "queues": self.queues,
-            "last_seen": round(self.last_seen, 3),
-        }
+        fields = asdict(self)
+        fields["uptime"] = round(self.uptime, 3)
+        fields["last_seen"] = round(self.last_seen, 3)
+        return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +112,7 @@ async def live_workers(app: Aqueue) -> list[WorkerStatus]:
         BrokerConnectionError: the control transport cannot be reached.
     """
     transport = await app.control_transport()
-    _, entries = await transport.read(WORKERS_TABLE)
+    _, entries = await transport.read(Table.WORKERS)
     now = time.time()
     workers = []
     for node, raw in entries.items():

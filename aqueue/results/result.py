@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 T = TypeVar("T")
+#: Celery's ``on_message``: called (sync or async) with ``{"task_id", "status", "result"}``.
+OnMessage = Callable[[dict[str, Any]], Any]
+OnMessageArg = OnMessage | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,10 +146,7 @@ class AsyncResult(Generic[R]):
         return self._record
 
     async def get(
-        self,
-        timeout: float | None = None,
-        propagate: bool = True,
-        on_message: Callable[[dict[str, Any]], Any] | None = None,
+        self, timeout: float | None = None, propagate: bool = True, on_message: OnMessageArg = None
     ) -> R:
         """Wait for the task to finish and return its value.
 
@@ -170,9 +170,7 @@ class AsyncResult(Generic[R]):
             raise value
         return value  # type: ignore[no-any-return]
 
-    async def _wait(
-        self, timeout: float | None, on_message: Callable[[dict[str, Any]], Any] | None
-    ) -> ResultRecord:
+    async def _wait(self, timeout: float | None, on_message: OnMessage | None) -> ResultRecord:
         backend = await self.app.result_backend()
         mailbox = self._mailbox
         try:
@@ -206,7 +204,7 @@ class AsyncResult(Generic[R]):
         self,
         records: list[ResultRecord | None],
         more: Callable[[], Awaitable[list[bytes]]],
-        on_message: Callable[[dict[str, Any]], Any] | None,
+        on_message: OnMessage | None,
     ) -> ResultRecord:
         """Go through ``records``, then what ``more()`` returns, until one is ready.
 

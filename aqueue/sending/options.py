@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SEND_OPTIONS",
     "TASK_OPTIONS",
+    "AnyRetryPolicy",
     "RetryPolicy",
     "SendOptions",
     "TaskOptions",
@@ -41,6 +42,11 @@ class RetryPolicy(TypedDict, total=False):
     interval_start: float
     interval_step: float
     interval_max: float
+
+
+#: A retry policy as the publishing functions take it: keys given override the defaults
+#: (``None``: the defaults).
+AnyRetryPolicy = RetryPolicy | Mapping[str, Any] | None
 
 
 class SendOptions(TypedDict, total=False):

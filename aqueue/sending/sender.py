@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,10 +30,11 @@ from aqueue.exceptions import (
     TaskNotRegistered,
 )
 from aqueue.message import Message, new_id
+from aqueue.perloop import PerLoop
 from aqueue.results.mailbox import Mailbox
 from aqueue.results.result import AsyncResult
 from aqueue.sending import routing
-from aqueue.sending.options import RetryPolicy, check_send_options
+from aqueue.sending.options import AnyRetryPolicy, RetryPolicy, check_send_options
 from aqueue.transports import Binding, Outgoing, ReplyChannels, ResultBackend, tls_hint
 
 if TYPE_CHECKING:
@@ -79,16 +79,7 @@ class Sender:
 
     def __init__(self, app: Aqueue) -> None:
         self.app = app
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    def _loop_state(self) -> _LoopState:
-        loop = asyncio.get_running_loop()
-        state = self._loops.get(loop)
-        if state is None:
-            state = self._loops[loop] = _LoopState()
-        return state
+        self._loops: PerLoop[_LoopState] = PerLoop(_LoopState)
 
     async def send(
         self,
@@ -151,7 +142,7 @@ class Sender:
         return AsyncResult(message.id, self.app, message.task, mailbox)
 
     async def _prepare(
-        self, messages: int, retry: bool, retry_policy: RetryPolicy | Mapping[str, Any] | None
+        self, messages: int, retry: bool, retry_policy: AnyRetryPolicy
     ) -> tuple[ResultBackend | None, str | None, float | None]:
         """The result backend and reply channel for a send of ``messages`` (see
         :meth:`_reply_target`), and the seconds its publish has left (``None``: all of them).
@@ -182,7 +173,7 @@ class Sender:
         event-loop time, when given) is logged, and sends go without a reply channel for a
         while: sending needs only the broker.
         """
-        conns = self._loop_state()
+        conns = self._loops.get()
         if not self.app.has_result_backend or (
             conns.replies_paused_until and time.monotonic() < conns.replies_paused_until
         ):
@@ -293,10 +284,7 @@ class Sender:
         )
 
     async def publish(
-        self,
-        messages: list[Message],
-        retry: bool = True,
-        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+        self, messages: list[Message], retry: bool = True, retry_policy: AnyRetryPolicy = None
     ) -> None:
         """Encode and publish messages in one broker call, retrying per ``retry_policy``.
 
@@ -310,7 +298,7 @@ class Sender:
         self,
         outgoing: list[Outgoing],
         retry: bool,
-        retry_policy: RetryPolicy | Mapping[str, Any] | None,
+        retry_policy: AnyRetryPolicy,
         left: float | None = None,
     ) -> None:
         """Publish ``outgoing`` within ``left`` seconds when the send has spent part of its
@@ -324,7 +312,7 @@ class Sender:
         if retry and retry_policy is None:
             # Concurrent sends with the default policy share one broker round trip, which is
             # bounded by its own deadline, opened now.
-            conns = self._loop_state()
+            conns = self._loops.get()
             if conns.publisher is None:
                 conns.publisher = Batcher(self._publish_now)
             if deadline is None:
@@ -338,7 +326,7 @@ class Sender:
         self,
         outgoing: list[Outgoing],
         retry: bool = True,
-        retry_policy: RetryPolicy | Mapping[str, Any] | None = None,
+        retry_policy: AnyRetryPolicy = None,
         deadline: float | None = None,
     ) -> None:
         """Publish ``outgoing`` in one broker call, connecting first if needed, retried per
@@ -361,7 +349,7 @@ class Sender:
         self,
         action: Callable[[], Awaitable[T]],
         retry: bool,
-        retry_policy: RetryPolicy | Mapping[str, Any] | None,
+        retry_policy: AnyRetryPolicy,
         deadline: float,
         messages: int,
     ) -> T:
@@ -423,9 +411,7 @@ class Sender:
         rounds = max(1, -(-messages // _ROUND))
         return float(self.app.conf.broker_connection_timeout * rounds)
 
-    def _deadline(
-        self, messages: int, retry: bool, retry_policy: RetryPolicy | Mapping[str, Any] | None
-    ) -> float:
+    def _deadline(self, messages: int, retry: bool, retry_policy: AnyRetryPolicy) -> float:
         """The event-loop time by which a send of ``messages`` ends: one try's time from now
         (:meth:`_try_time`), or the retry policy's pauses added up, if that is longer (a
         patient policy outlasts a broker restart)."""
@@ -463,7 +449,7 @@ def _where(url: str) -> str:
     return f"{scheme}://{rest.rpartition('@')[2].partition('?')[0]}"
 
 
-def _policy(retry_policy: RetryPolicy | Mapping[str, Any] | None) -> dict[str, Any]:
+def _policy(retry_policy: AnyRetryPolicy) -> dict[str, Any]:
     """``retry_policy`` over :data:`DEFAULT_RETRY_POLICY`."""
     return {**DEFAULT_RETRY_POLICY, **(retry_policy or {})}
 

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 from aqueue.exceptions import ConfigurationError
 from aqueue.results.mailbox import Mailbox
@@ -782,3 +782,58 @@ class BaseTransport:
 
     async def _close_client(self) -> None:
         """Close the client the roles share (none by default)."""
+
+
+class TransportClient(Protocol):
+    """The client (pool, connection and its thread) that every role of one transport shares."""
+
+    async def aclose(self) -> None:
+        """Close the client. Idempotent."""
+        ...
+
+
+class RoleClasses(NamedTuple):
+    """The class of each role of a :class:`ClientTransport`."""
+
+    broker: Callable[[str, Mapping[str, Any], Any], Broker]
+    results: Callable[[str, Any], ResultBackend]
+    control: Callable[[str, Any], ControlTransport]
+    beat: Callable[[str, str, Any], BeatStore]
+
+
+class ClientTransport(BaseTransport):
+    """A :class:`BaseTransport` whose roles all share one client, declared by class attributes.
+
+    A subclass sets :attr:`role_classes` (each called with ``(url, ..., client)``: the broker
+    with its options, the beat store with its namespace) and :meth:`_open_client`. With
+    ``shared=False`` there is no shared client (``client`` is ``None``) and each role opens its
+    own.
+    """
+
+    roles: ClassVar[frozenset[str]] = frozenset({"broker", "results", "control", "beat"})
+    role_classes: ClassVar[RoleClasses]
+
+    def __init__(
+        self, url: str, *, shared: bool = True, connection: ConnectionOptions | None = None
+    ) -> None:
+        super().__init__(url, shared=shared, connection=connection)
+        self.client: Any = self._open_client() if shared else None
+
+    def _open_client(self) -> TransportClient:
+        raise NotImplementedError
+
+    def _make_broker(self, options: Mapping[str, Any]) -> Broker:
+        return self.role_classes.broker(self.url, options, self.client)
+
+    def _make_results(self) -> ResultBackend:
+        return self.role_classes.results(self.url, self.client)
+
+    def _make_control(self) -> ControlTransport:
+        return self.role_classes.control(self.url, self.client)
+
+    def _make_beat(self, namespace: str) -> BeatStore:
+        return self.role_classes.beat(self.url, namespace, self.client)
+
+    async def _close_client(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()

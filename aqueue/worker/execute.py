@@ -437,24 +437,20 @@ class Executor:
         if self.on_event is not None:
             fields = {"exception": repr(exc), "traceback": tb, "runtime": runtime}
             self.on_event("task-failed", msg, fields)
-        await self._store(
-            ResultRecord(
-                msg.id,
-                states.FAILURE,
-                describe_exception(exc),
-                tb,
-                time.time(),
-                msg.retries,
-                msg.task,
-            ),
-            msg,
-        )
+        await self._store_exception(msg, states.FAILURE, exc, tb)
         for errback in msg.link_error:
             await self._apply_errback(Signature.from_dict(errback, self.app), request, exc, tb)
         await self.workflow.failed(msg, exc, tb)
         await self._hook(task.on_failure, exc, msg.id, msg.args, msg.kwargs, tb)
         await self._hook(task.after_return, states.FAILURE, exc, msg.id, msg.args, msg.kwargs, tb)
         await self._ack(delivery)
+
+    async def _store_exception(self, msg: Message, state: str, exc: BaseException, tb: str) -> None:
+        """Store ``state`` (FAILURE or RETRY) with ``exc`` and its traceback ``tb``."""
+        record = ResultRecord(
+            msg.id, state, describe_exception(exc), tb, time.time(), msg.retries, msg.task
+        )
+        await self._store(record, msg)
 
     async def _retry(
         self, delivery: Delivery, msg: Message, task: Task[Any, Any], retry: Retry, tb: str
@@ -479,18 +475,7 @@ class Executor:
         )
         if self.on_event is not None:
             self.on_event("task-retried", msg, {"exception": repr(exc), "traceback": tb})
-        await self._store(
-            ResultRecord(
-                msg.id,
-                states.RETRY,
-                describe_exception(exc),
-                tb,
-                time.time(),
-                msg.retries,
-                msg.task,
-            ),
-            msg,
-        )
+        await self._store_exception(msg, states.RETRY, exc, tb)
         await self._hook(task.on_retry, exc, msg.id, msg.args, msg.kwargs, tb)
         await self._hook(task.after_return, states.RETRY, exc, msg.id, msg.args, msg.kwargs, tb)
         await self._ack(delivery)

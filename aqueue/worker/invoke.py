@@ -7,6 +7,7 @@ import contextvars
 import logging
 from collections.abc import Coroutine, Generator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 from aqueue.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
@@ -103,28 +104,24 @@ async def _soft_limited(coro: Coroutine[Any, Any, Any], seconds: float, what: st
         handle.cancel()
 
 
+@dataclass(slots=True, eq=False)
 class _Interruptible:
     """Drives a coroutine step by step, throwing SoftTimeLimitExceeded into it once fired."""
 
-    __slots__ = ("_coro", "_delivered", "_fired", "_seconds", "_task", "_what")
-
-    def __init__(
-        self, coro: Coroutine[Any, Any, Any], task: asyncio.Task[Any], what: str, seconds: float
-    ) -> None:
-        self._coro = coro
-        self._task = task
-        self._what = what
-        self._seconds = seconds
-        self._fired = False
-        self._delivered = False
+    coro: Coroutine[Any, Any, Any]
+    task: asyncio.Task[Any]  # the task awaiting the coroutine: cancelled to wake it
+    what: str  # names the task in the exception's message
+    seconds: float  # the soft limit
+    fired: bool = False
+    delivered: bool = False
 
     def fire(self) -> None:
         """The soft limit: wake the task with a cancellation this driver will convert."""
-        self._fired = True
-        self._task.cancel()
+        self.fired = True
+        self.task.cancel()
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        coro = self._coro
+        coro = self.coro
         sent: Any = None
         thrown: BaseException | None = None
         while True:
@@ -144,11 +141,11 @@ class _Interruptible:
                 raise
             except asyncio.CancelledError as exc:
                 thrown = exc
-                if self._fired and not self._delivered:
-                    self._delivered = True
-                    if self._task.uncancel() == 0:  # ours alone: not a shutdown as well
+                if self.fired and not self.delivered:
+                    self.delivered = True
+                    if self.task.uncancel() == 0:  # ours alone: not a shutdown as well
                         thrown = SoftTimeLimitExceeded(
-                            f"{self._what} exceeded its soft time limit of {self._seconds:g}s"
+                            f"{self.what} exceeded its soft time limit of {self.seconds:g}s"
                         )
             except BaseException as exc:
                 thrown = exc

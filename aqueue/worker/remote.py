@@ -23,15 +23,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from aqueue.control.protocol import (
-    CONTROL_CHANNEL,
-    RATE_LIMITS_TABLE,
-    REVOKED_TABLE,
-    WORKERS_TABLE,
-    Command,
-    Reply,
-    dumps,
-)
+from aqueue.control.protocol import CONTROL_CHANNEL, Command, Reply, Table, dumps
 from aqueue.exceptions import AqueueError, ConfigurationError, DecodeError
 from aqueue.message import decode_envelope
 from aqueue.transports.base import ControlTransport
@@ -114,7 +106,7 @@ class Remote:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         with contextlib.suppress(AqueueError):
-            await self.transport.put(WORKERS_TABLE, self.worker.node, None, None)
+            await self.transport.put(Table.WORKERS, self.worker.node, None, None)
         await self._stack.aclose()
 
     # -- heartbeat and resync ----------------------------------------------------------------
@@ -124,7 +116,7 @@ class Remote:
         info = self.worker.stats()
         info["timestamp"] = time.time()
         info["freq"] = HEARTBEAT_INTERVAL
-        await self.transport.put(WORKERS_TABLE, self.worker.node, dumps(info), HEARTBEAT_TTL)
+        await self.transport.put(Table.WORKERS, self.worker.node, dumps(info), HEARTBEAT_TTL)
 
     async def _beat_loop(self) -> None:
         while True:
@@ -140,11 +132,11 @@ class Remote:
     async def _sync(self, force: bool) -> None:
         """Read the revoked and rate-limit tables again if they changed since the last read."""
         revocations = self.worker.revocations
-        if force or await self.transport.version(REVOKED_TABLE) != revocations.version:
-            version, entries = await self.transport.read(REVOKED_TABLE)
+        if force or await self.transport.version(Table.REVOKED) != revocations.version:
+            version, entries = await self.transport.read(Table.REVOKED)
             revocations.merge(version, entries)
-        if force or await self.transport.version(RATE_LIMITS_TABLE) != self._rates_version:
-            version, entries = await self.transport.read(RATE_LIMITS_TABLE)
+        if force or await self.transport.version(Table.RATE_LIMITS) != self._rates_version:
+            version, entries = await self.transport.read(Table.RATE_LIMITS)
             for name, raw in entries.items():
                 try:
                     self.worker.set_rate_limit(name, raw.decode())

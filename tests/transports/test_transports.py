@@ -67,7 +67,7 @@ async def test_sqlite_roles_share_one_connection_and_thread(tmp_path: Path) -> N
         backend = await app.result_backend()
         control = await app.control_transport()
         store = await app.beat_store()
-        db = app.transport(url).db  # type: ignore[attr-defined]
+        db = app.transport(url).client  # type: ignore[attr-defined]
         for role in (broker, backend, control, store):
             assert role._db is db  # type: ignore[attr-defined]
         await backend.store([("t", b"r")], 60)

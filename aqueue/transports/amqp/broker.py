@@ -448,23 +448,21 @@ class AMQPBroker:
         async with self._connecting:
             if self._connection is None:
                 connection = await open_connection(
-                    self._url, self._reconnect_interval, self._connect_timeout
+                    self._url,
+                    self._reconnect_interval,
+                    self._connect_timeout,
+                    setup=self._open_channels,
+                    on_reconnect=self._on_reconnect,
                 )
-                try:
-                    with amqp_errors(self._url, "connect"):
-                        self._publisher = await connection.channel(
-                            publisher_confirms=True, on_return_raises=True
-                        )
-                        self._declarer = await connection.channel(publisher_confirms=False)
-                        self._consumer = await connection.channel(publisher_confirms=False)
-                        self._consumer.reopen_callbacks.add(self._on_consumer_reopen)
-                except BaseException:
-                    await connection.close()
-                    raise
-                connection.reconnect_callbacks.add(self._on_reconnect)
                 self._reset()
                 self._connection = connection
             return self._connection
+
+    async def _open_channels(self, connection: aio_pika.abc.AbstractRobustConnection) -> None:
+        self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._declarer = await connection.channel(publisher_confirms=False)
+        self._consumer = await connection.channel(publisher_confirms=False)
+        self._consumer.reopen_callbacks.add(self._on_consumer_reopen)
 
     def _on_reconnect(self, *_: Any) -> None:
         # A broker reset meanwhile lost our declarations: make them again before the next use.

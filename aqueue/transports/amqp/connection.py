@@ -7,7 +7,7 @@ tree so that callers catch :class:`~aqueue.exceptions.BrokerConnectionError` as 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
@@ -72,7 +72,12 @@ def _describe(exc: BaseException) -> str:
 
 
 async def open_connection(
-    url: str, reconnect_interval: float, timeout: float
+    url: str,
+    reconnect_interval: float,
+    timeout: float,
+    *,
+    setup: Callable[[aio_pika.abc.AbstractRobustConnection], Awaitable[None]] | None = None,
+    on_reconnect: Callable[..., None] | None = None,
 ) -> aio_pika.abc.AbstractRobustConnection:
     """Open a robust connection: it reconnects by itself and re-opens its channels.
 
@@ -81,6 +86,9 @@ async def open_connection(
             parameters (``?heartbeat=10``, TLS files) are passed through.
         reconnect_interval: seconds between reconnection attempts after the connection drops.
         timeout: seconds the first connection may take in all (TCP, TLS, the AMQP handshake).
+        setup: awaited with the new connection to open its channels; if it raises, the
+            connection is closed and the error raised (aio-pika's translated).
+        on_reconnect: added to the connection's reconnect callbacks once it is set up.
 
     Raises:
         ConfigurationError: ``url`` is not a valid AMQP URL.
@@ -107,6 +115,15 @@ async def open_connection(
         if isinstance(exc, TimeoutError):
             raise BrokerConnectionError(_no_answer(url, timeout)) from exc
         raise
+    if setup is not None:
+        try:
+            with amqp_errors(url, "connect"):
+                await setup(connection)
+        except BaseException:
+            await connection.close()
+            raise
+    if on_reconnect is not None:
+        connection.reconnect_callbacks.add(on_reconnect)
     return connection
 
 

@@ -144,19 +144,18 @@ class RpcBackend:
             return self._connection
         async with self._connecting:
             if self._connection is None:
-                connection = await open_connection(
-                    self._server, self._reconnect_interval, self._connect_timeout
+                self._connection = await open_connection(
+                    self._server,
+                    self._reconnect_interval,
+                    self._connect_timeout,
+                    setup=self._open_channel,
+                    on_reconnect=self._on_reconnect,
                 )
-                try:
-                    with amqp_errors(self._server, "connect"):
-                        async with asyncio.timeout(self._timeout):
-                            self._publisher = await connection.channel(publisher_confirms=True)
-                except BaseException:
-                    await connection.close()
-                    raise
-                connection.reconnect_callbacks.add(self._on_reconnect)
-                self._connection = connection
             return self._connection
+
+    async def _open_channel(self, connection: aio_pika.abc.AbstractRobustConnection) -> None:
+        async with asyncio.timeout(self._timeout):
+            self._publisher = await connection.channel(publisher_confirms=True)
 
     def _on_reconnect(self, *_: Any) -> None:
         log.warning(

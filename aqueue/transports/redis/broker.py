@@ -39,7 +39,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from typing import Any
@@ -298,11 +298,7 @@ class RedisBroker(RedisRole):
         Raises:
             BrokerConnectionError: the server cannot be reached.
         """
-        if not deliveries:
-            return
-        _, scripts = await self._session()
-        with redis_errors(self._url, "ack"):
-            await self._ack_and_mark(scripts, deliveries, ())
+        await self._on_leases("ack", self._ack_only, deliveries)
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Re-add the entries this consumer still holds, keeping their delivery count.
@@ -312,11 +308,7 @@ class RedisBroker(RedisRole):
         Raises:
             BrokerConnectionError: the server cannot be reached.
         """
-        if not deliveries:
-            return
-        _, scripts = await self._session()
-        with redis_errors(self._url, "release"):
-            await self._release(scripts, deliveries)
+        await self._on_leases("release", self._release, deliveries)
 
     async def renew(self, deliveries: Sequence[Delivery]) -> None:
         """Reset the idle time of the entries this consumer still holds (one script run).
@@ -326,11 +318,7 @@ class RedisBroker(RedisRole):
         Raises:
             BrokerConnectionError: the server cannot be reached.
         """
-        if not deliveries:
-            return
-        _, scripts = await self._session()
-        with redis_errors(self._url, "renew"):
-            await self._renew(scripts, deliveries)
+        await self._on_leases("renew", self._renew, deliveries)
 
     async def start(
         self, runs: Sequence[tuple[Delivery, bool]], acks: Sequence[Delivery] = ()
@@ -447,6 +435,21 @@ class RedisBroker(RedisRole):
 
     def _connected(self, client: aioredis.Redis) -> None:
         self._scripts = _Scripts.register(client)
+
+    async def _on_leases(
+        self,
+        action: str,
+        run: Callable[[_Scripts, Sequence[Delivery]], Awaitable[object]],
+        deliveries: Sequence[Delivery],
+    ) -> None:
+        """``run(scripts, deliveries)`` unless there are none, its errors named ``action``."""
+        if deliveries:
+            _, scripts = await self._session()
+            with redis_errors(self._url, action):
+                await run(scripts, deliveries)
+
+    async def _ack_only(self, scripts: _Scripts, deliveries: Sequence[Delivery]) -> None:
+        await self._ack_and_mark(scripts, deliveries, ())
 
     async def _session(self) -> tuple[aioredis.Redis, _Scripts]:
         """The connected client and its scripts, connecting first if needed."""

@@ -47,57 +47,43 @@ def delayed_rejected() -> str:
     return f"{PREFIX}delayed-rejected"
 
 
-REPLY_PREFIX = f"{PREFIX}reply:"
+class KeyFamily:
+    """Keys ``aqueue:<kind>:<name>``, one per name: ``family(name) -> str``."""
+
+    def __init__(self, kind: str, doc: str) -> None:
+        self.prefix = f"{PREFIX}{kind}:"
+        self.__doc__ = doc
+
+    def __call__(self, name: str) -> str:
+        return self.prefix + name
+
+    def __repr__(self) -> str:
+        return f"KeyFamily({self.prefix!r})"
 
 
-def dlq(queue: str) -> str:
-    """The stream of ``queue``'s dead-lettered messages."""
-    return f"{PREFIX}dlq:{queue}"
-
-
-def result(task_id: str) -> str:
-    """The string key holding ``task_id``'s result record."""
-    return f"{PREFIX}result:{task_id}"
-
-
-def result_channel(task_id: str) -> str:
-    """The pub/sub channel on which each new record of ``task_id`` is published."""
-    return f"{PREFIX}result-events:{task_id}"
+dlq = KeyFamily("dlq", "The stream of a queue's dead-lettered messages.")
+result = KeyFamily("result", "The string key holding a task id's result record.")
+result_channel = KeyFamily(
+    "result-events", "The pub/sub channel on which each new record of a task id is published."
+)
+reply_channel = KeyFamily(
+    "reply", "The pub/sub channel of one client's replies (see :mod:`aqueue.results.mailbox`)."
+)
+control_channel = KeyFamily(
+    "control", "The pub/sub channel of a control channel (commands, replies, events)."
+)
+control_table = KeyFamily(
+    "table", "The hash holding a control table (field: key, value: ``<expiry ms>:<data>``)."
+)
+control_version = KeyFamily("table-version", "The version counter of a control table.")
+rate_bucket = KeyFamily("bucket", "The hash of a global rate-limit token bucket.")
+members = KeyFamily("members", "The set of a key's members (chord header members completed).")
+REPLY_PREFIX = reply_channel.prefix
 
 
 def watched() -> str:
     """The sorted set of task ids watched on their own channel (score: until when, ms)."""
     return f"{PREFIX}watched"
-
-
-def reply_channel(client: str) -> str:
-    """The pub/sub channel of client ``client``'s replies (see :mod:`aqueue.results.mailbox`)."""
-    return f"{REPLY_PREFIX}{client}"
-
-
-def control_channel(channel: str) -> str:
-    """The pub/sub channel of control channel ``channel`` (commands, replies, events)."""
-    return f"{PREFIX}control:{channel}"
-
-
-def control_table(table: str) -> str:
-    """The hash holding control table ``table`` (field: key, value: ``<expiry ms>:<data>``)."""
-    return f"{PREFIX}table:{table}"
-
-
-def control_version(table: str) -> str:
-    """The version counter of control table ``table``."""
-    return f"{PREFIX}table-version:{table}"
-
-
-def rate_bucket(name: str) -> str:
-    """The hash of the global rate-limit token bucket ``name``."""
-    return f"{PREFIX}bucket:{name}"
-
-
-def members(key: str) -> str:
-    """The set key of ``key`` (chord header members that have completed)."""
-    return f"{PREFIX}members:{key}"
 
 
 def beat_entries(app: str) -> str:

@@ -5,17 +5,7 @@ producers on one host with no server. Every role keeps its tables in the one dat
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar
-
-from aqueue.transports.base import (
-    BaseTransport,
-    BeatStore,
-    Broker,
-    ConnectionOptions,
-    ControlTransport,
-    ResultBackend,
-)
+from aqueue.transports.base import ClientTransport, RoleClasses
 from aqueue.transports.sqlite.beat import SQLiteStore
 from aqueue.transports.sqlite.broker import SQLiteBroker
 from aqueue.transports.sqlite.connection import SQLiteConnection
@@ -26,36 +16,16 @@ from aqueue.transports.sqlite.schema import SCHEMA
 __all__ = ["SQLiteBackend", "SQLiteBroker", "SQLiteControl", "SQLiteStore", "Transport"]
 
 
-class Transport(BaseTransport):
-    """``sqlite:///path.db``: every role, over one connection to the file.
+class Transport(ClientTransport):
+    """``sqlite:///path.db``: every role, over one connection to the file (``client``, a
+    :class:`~aqueue.transports.sqlite.connection.SQLiteConnection`; a file: no timeouts).
 
     Raises:
         ConfigurationError: the URL names no usable file (see
             :func:`~aqueue.transports.sqlite.connection.sqlite_path`).
     """
 
-    roles: ClassVar[frozenset[str]] = frozenset({"broker", "results", "control", "beat"})
+    role_classes = RoleClasses(SQLiteBroker, SQLiteBackend, SQLiteControl, SQLiteStore)
 
-    def __init__(
-        self, url: str, *, shared: bool = True, connection: ConnectionOptions | None = None
-    ) -> None:
-        super().__init__(url, shared=shared, connection=connection)  # a file: no timeouts
-        self.db: SQLiteConnection | None = (
-            SQLiteConnection(url, "database", SCHEMA) if shared else None
-        )
-
-    def _make_broker(self, options: Mapping[str, Any]) -> Broker:
-        return SQLiteBroker(self.url, options, self.db)
-
-    def _make_results(self) -> ResultBackend:
-        return SQLiteBackend(self.url, self.db)
-
-    def _make_control(self) -> ControlTransport:
-        return SQLiteControl(self.url, self.db)
-
-    def _make_beat(self, namespace: str) -> BeatStore:
-        return SQLiteStore(self.url, namespace, self.db)
-
-    async def _close_client(self) -> None:
-        if self.db is not None:
-            await self.db.close()
+    def _open_client(self) -> SQLiteConnection:
+        return SQLiteConnection(self.url, "database", SCHEMA)

@@ -205,15 +205,9 @@ class SQLiteBroker(SQLiteRole):
         Raises:
             BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
         """
-        if not deliveries:
-            return
-        tokens = [_token(d) for d in deliveries]
-
-        def delete(conn: sqlite3.Connection) -> None:
-            with transaction(conn):
-                conn.executemany("DELETE FROM messages WHERE id = ? AND lease = ?", tokens)
-
-        await self._db.call(delete)
+        if deliveries:
+            tokens = [_token(d) for d in deliveries]
+            await self._db.call(lambda conn: _execute_many(conn, _DELETE_LEASED, tokens))
 
     async def release(self, deliveries: Sequence[Delivery]) -> None:
         """Make leased messages ready at once, their counts unchanged.
@@ -253,7 +247,7 @@ class SQLiteBroker(SQLiteRole):
 
         def mark(conn: sqlite3.Connection) -> list[bool]:
             with transaction(conn):
-                conn.executemany("DELETE FROM messages WHERE id = ? AND lease = ?", acked)
+                conn.executemany(_DELETE_LEASED, acked)
                 until = time.time() + self.visibility_timeout
                 sql = "UPDATE messages SET running = ?, visible_at = ? WHERE id = ? AND lease = ?"
                 return [
@@ -275,19 +269,14 @@ class SQLiteBroker(SQLiteRole):
         Raises:
             BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
         """
-        if not deliveries:
-            return
-        tokens = [_token(d) for d in deliveries]
+        if deliveries:
+            tokens = [_token(d) for d in deliveries]
 
-        def extend(conn: sqlite3.Connection) -> None:
-            with transaction(conn):
+            def extend(conn: sqlite3.Connection) -> None:
                 until = time.time() + self.visibility_timeout
-                conn.executemany(
-                    "UPDATE messages SET visible_at = ? WHERE id = ? AND lease = ?",
-                    [(until, *token) for token in tokens],
-                )
+                _execute_many(conn, _EXTEND_LEASED, [(until, *token) for token in tokens])
 
-        await self._db.call(extend)
+            await self._db.call(extend)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move the message to the dead letters of its queue with ``reason``, in one transaction.
@@ -409,6 +398,16 @@ def _depths(conn: sqlite3.Connection, names: list[str] | None, now: float) -> li
         )
     order = names if names is not None else sorted(set(counts) | set(dead))
     return [QueueDepth(q, *counts.get(q, (0, 0, 0)), dead=int(dead.get(q, 0))) for q in order]
+
+
+_DELETE_LEASED = "DELETE FROM messages WHERE id = ? AND lease = ?"
+_EXTEND_LEASED = "UPDATE messages SET visible_at = ? WHERE id = ? AND lease = ?"
+
+
+def _execute_many(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    """``sql`` once per row, in one transaction."""
+    with transaction(conn):
+        conn.executemany(sql, rows)
 
 
 def _token(delivery: Delivery) -> tuple[int, int]:

@@ -211,6 +211,8 @@ class SQLiteConnection:
         finally:
             session.executor.shutdown(wait=False)
 
+    aclose = close  # the name every transport's shared client closes by
+
     async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(connection)`` in the database thread and return its result.
 
