@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from aqueue import signals
 from aqueue.beat.entry import ON_TIME, Entry, decode_entry, static_entries, tick_ms, tick_task_id
 from aqueue.exceptions import AqueueError, BrokerError, ConfigurationError
 from aqueue.transports.base import BeatStore, Claim
@@ -130,6 +131,7 @@ class Beat:
         Raises:
             BrokerConnectionError: the store or the broker cannot be reached.
         """
+        await signals.beat_init.send(self)
         await self._connect_store()
         await self.app.broker()
         self._loop_task = asyncio.create_task(self._loop())

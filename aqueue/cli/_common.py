@@ -24,14 +24,15 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from aqueue import logs, signals
 from aqueue.app import Aqueue
 from aqueue.cli import loop as aqueue_loop
 from aqueue.exceptions import AqueueError, ConfigurationError
 
 __all__ = [
-    "LOG_FORMAT",
     "LOG_LEVELS",
     "AppOption",
+    "LogFormatOption",
     "LogfileOption",
     "LoglevelOption",
     "PidfileOption",
@@ -45,11 +46,11 @@ __all__ = [
     "run_with_app",
     "setup_logging",
     "split",
+    "use_log_format",
 ]
 
 T = TypeVar("T")
 
-LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 #: Celery's ``-l`` names (``celery.bin.base.LogLevel``), accepted in any case.
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "FATAL")
 #: Where the ``-A`` given before the command waits for the command (``ctx.meta`` is shared by
@@ -91,6 +92,14 @@ LoglevelOption = Annotated[
 LogfileOption = Annotated[
     Path | None,
     typer.Option("--logfile", help="Append the log to this file instead of stderr."),
+]
+LogFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format",
+        help="text (Celery's line format, with the task's name and id inside a task) or json "
+        "(one object per line). [env: AQUEUE_LOG_FORMAT; default: text]",
+    ),
 ]
 PidfileOption = Annotated[
     Path | None,
@@ -218,21 +227,49 @@ def fail(exc: AqueueError) -> typer.Exit:
     return typer.Exit(2)
 
 
-def setup_logging(loglevel: str, logfile: Path | None = None) -> None:
+def use_log_format(log_format: str | None) -> None:
+    """Make ``--log-format`` the process's ``AQUEUE_LOG_FORMAT`` (``None``: leave it as is), so
+    :func:`setup_logging` here and in the ``--processes`` children read it."""
+    if log_format is not None:
+        os.environ["AQUEUE_LOG_FORMAT"] = log_format
+
+
+def setup_logging(
+    loglevel: str, logfile: Path | None = None, log_format: str | None = None
+) -> None:
     """Log at ``loglevel`` (checked by :func:`check_loglevel`) to stderr, or append to
-    ``logfile``.
+    ``logfile``; lines written inside a task carry its name and id (:mod:`aqueue.logs`).
+
+    ``log_format``: ``"text"`` (Celery's default line formats, :data:`aqueue.logs.LOG_FORMAT`
+    and :data:`aqueue.logs.TASK_LOG_FORMAT`) or ``"json"`` (one JSON object per line);
+    ``None`` reads the ``AQUEUE_LOG_FORMAT`` environment variable, else text. When a receiver
+    is connected to the :data:`aqueue.signals.setup_logging` signal, it is sent instead and
+    logging is left to it (as in Celery).
 
     Raises:
-        typer.Exit: (code 2) ``logfile`` cannot be opened for appending.
+        typer.Exit: (code 2) ``logfile`` cannot be opened for appending, or ``log_format`` is
+            neither ``text`` nor ``json``.
     """
-    handlers: list[logging.Handler] = []
+    log_format = (log_format or os.environ.get("AQUEUE_LOG_FORMAT") or "text").lower()
+    if log_format not in ("text", "json"):
+        typer.echo(f"error: log format must be text or json, not {log_format!r}", err=True)
+        raise typer.Exit(2)
+    if signals.setup_logging.receivers:
+        signals.setup_logging.send_sync(
+            None, loglevel=loglevel, logfile=logfile, format=log_format, colorize=False
+        )
+        return
+    handler: logging.Handler
     if logfile is not None:
         try:
-            handlers.append(logging.FileHandler(logfile, encoding="utf-8"))
+            handler = logging.FileHandler(logfile, encoding="utf-8")
         except OSError as exc:
             typer.echo(f"error: --logfile {logfile}: {exc.strerror or exc}", err=True)
             raise typer.Exit(2) from exc
-    logging.basicConfig(level=loglevel, format=LOG_FORMAT, handlers=handlers or None)
+    else:
+        handler = logging.StreamHandler()
+    handler.setFormatter(logs.JsonFormatter() if log_format == "json" else logs.TaskFormatter())
+    logging.basicConfig(level=loglevel, handlers=[handler])
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

@@ -30,6 +30,7 @@ from aqueue.beat.schedules import Interval, Schedule, crontab
 from aqueue.cli._common import (
     AppOption,
     LogfileOption,
+    LogFormatOption,
     LoglevelOption,
     PidfileOption,
     app_spec,
@@ -39,6 +40,7 @@ from aqueue.cli._common import (
     run,
     run_with_app,
     setup_logging,
+    use_log_format,
 )
 from aqueue.cli.pidfile import hold_pidfile
 from aqueue.exceptions import AqueueError, ConfigurationError
@@ -61,15 +63,18 @@ def beat(
         float, typer.Option("--max-interval", help="Seconds between reads of stored entries.")
     ] = 1.0,
     logfile: LogfileOption = None,
+    log_format: LogFormatOption = None,
     pidfile: PidfileOption = None,
 ) -> None:
     """Run beat: send the periodic tasks until SIGTERM or SIGINT (any number may run at once)."""
     if ctx.invoked_subcommand is not None:
         remember_app(ctx, app)
         return
+    use_log_format(log_format)
+    the_app = load(ctx, app)  # first: a setup_logging receiver in the app takes over logging
     setup_logging(loglevel, logfile)
     with hold_pidfile(pidfile):
-        run_beat(load(ctx, app), max_interval)
+        run_beat(the_app, max_interval)
 
 
 def run_beat(app: Aqueue, max_interval: float) -> None:

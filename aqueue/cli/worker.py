@@ -22,6 +22,7 @@ from aqueue.beat import Beat
 from aqueue.cli._common import (
     AppOption,
     LogfileOption,
+    LogFormatOption,
     LoglevelOption,
     PidfileOption,
     app_spec,
@@ -30,6 +31,7 @@ from aqueue.cli._common import (
     run,
     setup_logging,
     split,
+    use_log_format,
 )
 from aqueue.cli.pidfile import hold_pidfile
 from aqueue.exceptions import AqueueError
@@ -101,27 +103,41 @@ def worker(
         int, typer.Option("--processes", min=1, help="Worker processes, under a supervisor.")
     ] = 1,
     logfile: LogfileOption = None,
+    log_format: LogFormatOption = None,
     pidfile: PidfileOption = None,
 ) -> None:
     """Run a worker: consume the queues and run tasks until SIGTERM or SIGINT."""
     spec = app_spec(ctx, app)
+    use_log_format(log_format)  # by the environment: --processes children inherit it
     options = WorkerOptions(concurrency, queues, loglevel, hostname, prefetch_multiplier,
                             beat, events)  # fmt: skip
     if processes > 1:  # N copies of this command, without --processes
         supervise(spec, processes, options, logfile, pidfile)
-    setup_logging(loglevel, logfile)
-    with hold_pidfile(pidfile):
-        run_worker(spec, options)
+    run_worker(spec, options, logfile, pidfile)
 
 
-def run_worker(spec: str, options: WorkerOptions) -> None:
-    """Load the app and run one worker (and beat with ``-B``) until it stops.
+def run_worker(
+    spec: str, options: WorkerOptions, logfile: Path | None = None, pidfile: Path | None = None
+) -> None:
+    """Load the app, set up logging (unless a ``setup_logging`` receiver in it does), hold the
+    pidfile, and run one worker (and beat with ``-B``) until it stops.
 
     Raises:
-        typer.Exit: (code 2) the app cannot be loaded or its broker reached.
+        typer.Exit: (code 2) the app cannot be loaded or its broker reached; (code 1) the
+            pidfile names a running process.
     """
     try:
         the_app = load_app(spec)
+    except AqueueError as exc:
+        raise fail(exc) from exc
+    finally:  # the app's own setup_logging receivers are connected now, if it loaded
+        setup_logging(options.loglevel, logfile)
+    with hold_pidfile(pidfile):
+        _run_worker(the_app, options)
+
+
+def _run_worker(the_app: Aqueue, options: WorkerOptions) -> None:
+    try:
         w, b = options.build(the_app)
     except AqueueError as exc:
         raise fail(exc) from exc

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from aqueue import signals
 from aqueue.control.events import EventDispatcher
 from aqueue.exceptions import AqueueError, BrokerConnectionError, ConfigurationError
 from aqueue.transports import Broker, Delivery, Outgoing, ResultBackend
@@ -136,6 +137,7 @@ class Worker:
         self._held: dict[int, Delivery] = {}
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._stop_signal: str | None = None  # the signal that asked for the shutdown, if any
         self._force = asyncio.Event()
         self._helpers_done = asyncio.Event()  # set by stop() once no message is held
         self._stopped = asyncio.Event()
@@ -191,6 +193,9 @@ class Worker:
         """
         self.app.apply_annotations()
         rates = {name: parse_rate(task.rate_limit) for name, task in self.app.tasks.items()}
+        if _SUPERVISED[0]:
+            await signals.worker_process_init.send(None)
+        await signals.worker_init.send(self)
         connected = await self._connect()
         if connected is None:
             return  # stopped while waiting for the broker
@@ -215,6 +220,7 @@ class Worker:
         self._helpers = [asyncio.create_task(self._supervise("lease renewer", self._renew_leases))]
         self._fetcher = asyncio.create_task(self._supervise("fetcher", self._fetch_loop))
         self._ready.set()
+        await signals.worker_ready.send(self)
         # Scripts and supervisors wait for this line, so it shows at any -l level, as Celery's;
         # like Celery's banner it names the servers (passwords masked) and counts the tasks.
         backend_url = self.app.conf.resolved_backend_url()
@@ -379,6 +385,7 @@ class Worker:
             self._force.set()
             return
         logger.info("%s received: warm shutdown, finishing running tasks", sig.name)
+        self._stop_signal = sig.name
         self.app.spawn(self.stop())
 
     async def stop(self, timeout: float | None = None) -> None:
@@ -390,6 +397,9 @@ class Worker:
             return
         self._stopping.set()
         self._slot_free.set()
+        await signals.worker_shutting_down.send(
+            self.hostname, sig=self._stop_signal, how="Warm", exitcode=0
+        )
         grace = self.shutdown_timeout if timeout is None else timeout
         if self._fetcher is not None:
             await asyncio.gather(self._fetcher, return_exceptions=True)  # supervised: ends
@@ -440,6 +450,7 @@ class Worker:
                 await self.remote.stop()
         self._threads.shutdown(wait=False, cancel_futures=True)
         logger.info("%s stopped (%d tasks processed)", self.hostname, self.processed)
+        await signals.worker_shutdown.send(self)
         self._stopped.set()
 
     async def __aenter__(self) -> Worker:
