@@ -197,12 +197,6 @@ _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("broker_login_method",),
     ),
     (
-        "use an amqps:// or rediss:// URL; certificate files go in its query (amqps: "
-        "'?cafile=...&certfile=...&keyfile=...'; rediss: "
-        "'?ssl_ca_certs=...&ssl_cert_reqs=required')",
-        ("broker_use_ssl", "redis_backend_use_ssl"),
-    ),
-    (
         "waiting for a pooled connection is part of a send, which broker_connection_timeout "
         "bounds as a whole",
         ("broker_pool_acquire_timeout",),

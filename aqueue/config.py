@@ -32,7 +32,11 @@ from typing import Any
 from aqueue.celery_settings import CELERY_3_NAMES, CELERY_ONLY
 from aqueue.exceptions import ConfigurationError, UnknownSetting
 from aqueue.serialization import COMPRESSIONS, is_content_type, serializer_names
+from aqueue.transports import SCHEMES
+from aqueue.transports import scheme as _scheme
 from aqueue.transports.base import MIN_SOCKET_TIMEOUT, ConnectionOptions
+from aqueue.transports.tls import AMQP_KEYS, REDIS_KEYS, KeySet, TLSOptions, from_setting
+from aqueue.transports.urls import redacted_url
 
 #: The embedded default, when no directory is known (the app was made in a REPL or
 #: ``python -c``): ``aqueue.db`` in the working directory.
@@ -222,6 +226,16 @@ def _queue_name(name: str, value: Any) -> None:
         raise ConfigurationError(f"{name} must be a non-empty queue name, not {value!r}")
 
 
+def _use_ssl(key_sets: tuple[KeySet, ...], allow_true: bool) -> Callable[[str, Any], None]:
+    """Celery's ``*_use_ssl``: ``False``, a dict of one kind of server's TLS keys, or ``True``
+    where allowed (see :func:`aqueue.transports.tls.from_setting`)."""
+
+    def check(name: str, value: Any) -> None:
+        from_setting(name, value, key_sets, allow_true=allow_true)
+
+    return check
+
+
 def _timezone(name: str, value: Any) -> None:
     try:
         zoneinfo.ZoneInfo(value)
@@ -272,6 +286,8 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "redis_socket_connect_timeout": _timeout(allow_none=True),
     "redis_retry_on_timeout": _boolean,
     "redis_max_connections": _pool_size,
+    "broker_use_ssl": _use_ssl((REDIS_KEYS, AMQP_KEYS), allow_true=True),
+    "redis_backend_use_ssl": _use_ssl((REDIS_KEYS,), allow_true=False),
     # Worker side of issue 12 (README "Worker lifespan and limits"):
     "task_soft_time_limit": _seconds(allow_none=True),
     "task_reject_on_worker_lost": _boolean,
@@ -343,6 +359,9 @@ class Settings(Mapping[str, Any]):
     redis_socket_connect_timeout: float | None = None  # None: broker_connection_timeout
     redis_retry_on_timeout: bool = False
     redis_max_connections: int | None = None  # None: DEFAULT_POOL
+    # TLS with Celery's keys (docs/security.md): False, True (broker only) or a dict.
+    broker_use_ssl: bool | dict[str, Any] = False
+    redis_backend_use_ssl: bool | dict[str, Any] = False
     # Worker side (README "Worker lifespan and limits"):
     task_soft_time_limit: float | None = None  # seconds: SoftTimeLimitExceeded in the task
     task_reject_on_worker_lost: bool = True  # False: a task whose worker died -> WorkerLostError
@@ -497,7 +516,13 @@ class Settings(Mapping[str, Any]):
         The connect timeout is ``broker_connection_timeout`` for the broker and
         ``redis_socket_connect_timeout`` (else ``broker_connection_timeout``) for the result
         backend; the pool is ``broker_pool_limit`` / ``redis_max_connections``. Every Redis
-        connection reads ``redis_socket_timeout`` and ``redis_retry_on_timeout``.
+        connection reads ``redis_socket_timeout`` and ``redis_retry_on_timeout``. TLS is
+        ``broker_use_ssl`` for the broker and ``redis_backend_use_ssl`` for a Redis result
+        backend (:meth:`tls_options`).
+
+        Raises:
+            ConfigurationError: the TLS settings do not fit the server (see
+                :meth:`tls_options`).
         """
         is_broker = url == self.resolved_broker_url()
         is_backend = not is_broker or url == self.resolved_backend_url()  # or control, beat
@@ -515,7 +540,46 @@ class Settings(Mapping[str, Any]):
             socket_timeout=self.redis_socket_timeout,
             retry_on_timeout=self.redis_retry_on_timeout,
             max_connections=max(sizes) if sizes else DEFAULT_POOL,
+            tls=self.tls_options(url, is_broker=is_broker, is_backend=is_backend),
         )
+
+    def tls_options(self, url: str, *, is_broker: bool, is_backend: bool) -> TLSOptions | None:
+        """TLS for the Redis or RabbitMQ server at ``url`` from Celery's settings, or ``None``
+        (none set, or a server with no network: memory, SQLite).
+
+        Args:
+            url: the server's URL.
+            is_broker: it is the broker: ``broker_use_ssl`` applies (Redis or RabbitMQ keys,
+                as the server is).
+            is_backend: it is the result backend (or control's, beat's): on Redis,
+                ``redis_backend_use_ssl`` applies.
+
+        Raises:
+            ConfigurationError: a setting has the other kind of server's keys (``ca_certs``
+                for Redis, ``ssl_ca_certs`` for RabbitMQ), or one Redis server is both broker
+                and result backend - one connection pool - and the two settings differ.
+        """
+        key_set = {"redis": REDIS_KEYS, "amqp": AMQP_KEYS}.get(SCHEMES.get(_scheme(url), ""))
+        if key_set is None:
+            return None
+        found: dict[str, TLSOptions] = {}
+        wanted = [("broker_use_ssl", self.broker_use_ssl, True)] if is_broker else []
+        if is_backend and key_set is REDIS_KEYS:
+            wanted.append(("redis_backend_use_ssl", self.redis_backend_use_ssl, False))
+        for name, value, allow_true in wanted:
+            try:
+                options = from_setting(name, value, (key_set,), allow_true=allow_true)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{exc} (the server is {redacted_url(url)})") from None
+            if options is not None:
+                found[name] = options
+        if len(set(found.values())) > 1:
+            raise ConfigurationError(
+                f"{redacted_url(url)} is both the broker and the result backend, over one "
+                f"connection pool, but broker_use_ssl and redis_backend_use_ssl differ: set "
+                f"one of them, or both alike"
+            )
+        return next(iter(found.values()), None)
 
 
 def _setting_names() -> tuple[str, ...]:

@@ -16,11 +16,13 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiormq
@@ -76,19 +78,24 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield f"redis://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
 
 
 def _start_redis(
-    binary: str, port: int, workdir: Path, log_path: Path
+    binary: str,
+    port: int,
+    workdir: Path,
+    log_path: Path,
+    *,
+    listen: Sequence[str] | None = None,
+    ready: Callable[[int], bool] = _answers_ping,
 ) -> subprocess.Popen[bytes] | None:
-    """Run redis-server on ``port``; the process once it answers PING, or None if it exited."""
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    """Run redis-server on ``port``; the process once it answers PING, or None if it exited.
+
+    ``listen`` replaces the ``--port`` arguments (a TLS server: ``--port 0 --tls-port ...``),
+    and ``ready(port)`` then tells when it answers.
+    """
+    args = [binary, *(listen or ["--port", str(port)]), "--bind", "127.0.0.1", "--save", ""]
     args += ["--appendonly", "no", "--dir", str(workdir), "--daemonize", "no"]
     with log_path.open("ab") as log:
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
@@ -96,7 +103,7 @@ def _start_redis(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return None
-        if _answers_ping(port):
+        if ready(port):
             return proc
         time.sleep(0.02)
     proc.kill()
@@ -105,6 +112,147 @@ def _start_redis(
         f"redis-server did not answer PING within {_REDIS_START_TIMEOUT:g}s:\n{_tail(log_path)}",
         pytrace=False,
     )
+
+
+#: Seconds a refused connection (a TLS refusal, a wrong password) may take to fail: far below
+#: every connect timeout, so a refusal that waited for one shows.
+QUICK = 2.0
+
+
+async def refused_at_once(connecting: Awaitable[object], within: float = QUICK) -> str:
+    """The message of the ``BrokerConnectionError`` that awaiting ``connecting`` raises, which
+    must come within ``within`` seconds (not a hang, not a wait for a timeout)."""
+    from aqueue.exceptions import BrokerConnectionError
+
+    started = time.monotonic()
+    with pytest.raises(BrokerConnectionError) as info:
+        await connecting
+    assert time.monotonic() - started < within
+    return str(info.value)
+
+
+# -- Redis over TLS -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisTLS:
+    """A redis-server listening for TLS only (no plain port) on a free loopback port, with a
+    certificate for 127.0.0.1 from a throwaway CA.
+
+    Attributes:
+        port: the TLS port.
+        certs: the directory of ``ca.pem`` (the CA to trust), ``server.pem`` / ``server.key``,
+            and ``client.pem`` / ``client.key`` (a client certificate the CA signed).
+    """
+
+    port: int
+    certs: Path
+
+    @property
+    def ca(self) -> str:
+        return str(self.certs / "ca.pem")
+
+    @property
+    def url(self) -> str:
+        """``rediss://127.0.0.1:<port>`` with no TLS options (the CA is not trusted)."""
+        return f"rediss://127.0.0.1:{self.port}"
+
+    def trusted_url(self, db: int = 0) -> str:
+        """``rediss://`` to database ``db``, trusting the test CA through the URL's query."""
+        return f"{self.url}/{db}?ssl_ca_certs={self.ca}&ssl_cert_reqs=required"
+
+
+@pytest.fixture(scope="session")
+def tls_certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate (see
+    :class:`RedisTLS`), made once per session."""
+    directory = tmp_path_factory.mktemp("tls")
+    _make_certificates(directory)
+    _make_client_certificate(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def untrusted_ca(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The ``ca.pem`` of another throwaway CA: trusting it alone, no test server verifies.
+    Beside it, ``client.pem`` / ``client.key``: a client certificate no test server trusts."""
+    directory = tmp_path_factory.mktemp("other-ca")
+    _make_certificates(directory)
+    _make_client_certificate(directory)
+    return str(directory / "ca.pem")
+
+
+@pytest.fixture(scope="session")
+def redis_tls_server(
+    tmp_path_factory: pytest.TempPathFactory, tls_certificates: Path
+) -> Iterator[RedisTLS]:
+    """A TLS-only redis-server for the session; clients need no certificate of their own."""
+    yield from _redis_tls(tmp_path_factory, tls_certificates, client_certificates="no")
+
+
+@pytest.fixture(scope="session")
+def redis_mtls_server(
+    tmp_path_factory: pytest.TempPathFactory, tls_certificates: Path
+) -> Iterator[RedisTLS]:
+    """A TLS-only redis-server that also requires a client certificate signed by its CA."""
+    yield from _redis_tls(tmp_path_factory, tls_certificates, client_certificates="yes")
+
+
+def _redis_tls(
+    tmp_path_factory: pytest.TempPathFactory, certs: Path, client_certificates: str
+) -> Iterator[RedisTLS]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not on PATH (apt-get install redis-server)", pytrace=False)
+    workdir = tmp_path_factory.mktemp("redis-tls")
+    log_path = workdir / "redis.log"
+    files = ["--tls-cert-file", str(certs / "server.pem"), "--tls-key-file"]
+    files += [str(certs / "server.key"), "--tls-ca-cert-file", str(certs / "ca.pem")]
+    for _ in range(3):
+        port = _free_port()
+        listen = ["--port", "0", "--tls-port", str(port), *files]
+        listen += ["--tls-auth-clients", client_certificates]
+        proc = _start_redis(
+            binary,
+            port,
+            workdir,
+            log_path,
+            listen=listen,
+            ready=lambda port: _answers_tls_ping(port, certs),
+        )
+        if proc is not None:
+            break
+    else:
+        pytest.fail(f"redis-server (TLS) did not start:\n{_tail(log_path)}", pytrace=False)
+    try:
+        yield RedisTLS(port, certs)
+    finally:
+        _stop(proc)
+
+
+def _answers_tls_ping(port: int, certs: Path) -> bool:
+    """True when a TLS client trusting ``certs``' CA (and showing its client certificate) gets
+    PONG."""
+    context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    context.load_cert_chain(str(certs / "client.pem"), str(certs / "client.key"))
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=0.5) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as s,
+        ):
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -283,6 +431,19 @@ def _make_certificates(directory: Path) -> None:
         "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
         "-CAcreateserial", "-days", "2", "-extfile", "san.cnf", "-out", "server.pem",
     )  # fmt: skip
+
+
+def _make_client_certificate(directory: Path) -> None:
+    """``client.pem`` / ``client.key``: a client certificate signed by the CA in ``directory``
+    (made by :func:`_make_certificates`)."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out",
+            "client.csr", "-subj", "/CN=aqueue-client")  # fmt: skip
+    openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-out", "client.pem")  # fmt: skip
 
 
 def _speaks_amqp(port: int) -> bool:

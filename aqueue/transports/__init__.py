@@ -34,8 +34,10 @@ from aqueue.transports.base import Broker, ConnectionOptions, ResultBackend, Tra
 __all__ = [
     *base.__all__,
     "SCHEMES",
+    "TLS_SCHEMES",
     "backend_from_url",
     "broker_from_url",
+    "plain_hint",
     "scheme",
     "tls_hint",
     "transport_for",
@@ -60,13 +62,42 @@ def scheme(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else ""
 
 
-def tls_hint(url: str) -> str:
-    """What to check when a TLS URL (``rediss://``, ``amqps://``) got no answer: ``""`` for a
-    plain URL, else a parenthesised hint, with a leading space."""
+#: Each plain scheme's TLS counterpart.
+TLS_SCHEMES = {"redis": "rediss", "amqp": "amqps", "pyamqp": "amqps"}
+
+
+def tls_hint(url: str, tls: bool | None = None) -> str:
+    """What to check when a TLS connection got no answer: ``""`` for a plain one, else a
+    parenthesised hint, with a leading space.
+
+    Args:
+        url: the server's URL.
+        tls: whether the connection speaks TLS; ``None``: as the URL's scheme says
+            (``rediss://``, ``amqps://``). ``True`` for a plain URL whose TLS comes from
+            ``broker_use_ssl`` / ``redis_backend_use_ssl``.
+    """
     name = scheme(url)
-    if name not in ("rediss", "amqps"):
+    if tls is None:
+        tls = name in TLS_SCHEMES.values()
+    if not tls:
         return ""
-    return f" ({name}:// speaks TLS: is the server listening for TLS on that port?)"
+    speaker = f"{name}://" if name in TLS_SCHEMES.values() else "this connection (*_use_ssl)"
+    return f" ({speaker} speaks TLS: is the server listening for TLS on that port?)"
+
+
+def plain_hint(url: str) -> str:
+    """What to check when a plain connection (``redis://``, ``amqp://``) was cut by the server
+    while it opened, as a server listening for TLS on that port does: a parenthesised hint with
+    a leading space (``""`` for other schemes)."""
+    name = scheme(url)
+    secure = TLS_SCHEMES.get(name)
+    if secure is None:
+        return ""
+    settings = "broker_use_ssl / redis_backend_use_ssl" if secure == "rediss" else "broker_use_ssl"
+    return (
+        f" ({name}:// is plain TCP, and a server listening for TLS on that port cuts it: for "
+        f"TLS use {secure}:// or {settings})"
+    )
 
 
 def transport_type(url: str) -> type[Transport]:

@@ -30,6 +30,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 from aqueue.exceptions import ConfigurationError
 from aqueue.results.mailbox import Mailbox
+from aqueue.transports.tls import TLSOptions
 
 __all__ = [
     "BaseTransport",
@@ -86,12 +87,16 @@ class ConnectionOptions:
             as one that met a dropped connection is.
         max_connections: Redis: connections in the pool at most (``None``: the transport's own
             default); callers past it wait for a free one.
+        tls: TLS for every connection, from ``broker_use_ssl`` / ``redis_backend_use_ssl``
+            (:mod:`aqueue.transports.tls`); set, it turns TLS on for a ``redis://`` or
+            ``amqp://`` URL too. ``None``: as the URL says (``rediss://``, ``amqps://``).
     """
 
     connect_timeout: float = 4.0
     socket_timeout: float | None = None
     retry_on_timeout: bool = False
     max_connections: int | None = None
+    tls: TLSOptions | None = None
 
 
 class Transport(Protocol):

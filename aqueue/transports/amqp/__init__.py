@@ -42,11 +42,17 @@ class Transport(BaseTransport):
     def _make_broker(self, options: Mapping[str, Any]) -> Broker:
         # broker_connection_timeout, unless broker_transport_options names its own.
         return AMQPBroker(
-            self.server_url, {"connect_timeout": self.connection.connect_timeout, **options}
+            self.server_url,
+            {"connect_timeout": self.connection.connect_timeout, **options},
+            tls=self.connection.tls,
         )
 
     def _make_results(self) -> ResultBackend:
-        return RpcBackend(self.server_url, connect_timeout=self.connection.connect_timeout)
+        return RpcBackend(
+            self.server_url,
+            connect_timeout=self.connection.connect_timeout,
+            tls=self.connection.tls,
+        )
 
 
 def server_url(url: str) -> str:

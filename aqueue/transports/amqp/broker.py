@@ -76,6 +76,7 @@ from aqueue.transports.amqp.buffer import Arrival, Buffer
 from aqueue.transports.amqp.connection import amqp_errors, open_connection, redacted_url
 from aqueue.transports.amqp.topology import MAX_PRIORITY, QUEUE_TYPES, Topology
 from aqueue.transports.base import DeadLetter, Delivery, Outgoing, dead_letter_queue
+from aqueue.transports.tls import TLSOptions
 
 __all__ = ["AMQPBroker"]
 
@@ -132,12 +133,17 @@ class AMQPBroker:
             ``connect_timeout`` (seconds for the first connection, default 10);
             ``operation_timeout`` (seconds to wait for a publish confirm or another reply,
             default 30); ``visibility_timeout`` is accepted and unused (see the module doc).
+        tls: TLS from ``broker_use_ssl`` (see
+            :func:`~aqueue.transports.amqp.connection.open_connection`); ``None``: as the URL
+            says.
 
     Raises:
         ConfigurationError: an option is unknown or invalid.
     """
 
-    def __init__(self, url: str, options: Mapping[str, Any]) -> None:
+    def __init__(
+        self, url: str, options: Mapping[str, Any], *, tls: TLSOptions | None = None
+    ) -> None:
         unknown = set(options) - _OPTIONS
         if unknown:
             raise ConfigurationError(
@@ -164,6 +170,7 @@ class AMQPBroker:
         self._connect_timeout = _number(options, "connect_timeout", 10.0)
         self._timeout = _number(options, "operation_timeout", 30.0)
         self.url = self._url = url
+        self._tls = tls
         self._tag = secrets.token_hex(4)  # consumer tags of this instance
         self._connecting = asyncio.Lock()
         self._topology = Topology(
@@ -453,6 +460,7 @@ class AMQPBroker:
                     self._connect_timeout,
                     setup=self._open_channels,
                     on_reconnect=self._on_reconnect,
+                    tls=self._tls,
                 )
                 self._reset()
                 self._connection = connection

@@ -50,6 +50,7 @@ from aqueue.results.mailbox import Inbox, Mailbox, pack, unpack
 from aqueue.transports.amqp.connection import amqp_errors, open_connection, redacted_url
 from aqueue.transports.base import Records, ReplyTo
 from aqueue.transports.rpc import COUNT_A_CHORD, rpc_cannot
+from aqueue.transports.tls import TLSOptions
 
 __all__ = ["REPLY_QUEUE_EXPIRES", "REPLY_QUEUE_PREFIX", "RpcBackend", "unseen"]
 
@@ -89,6 +90,7 @@ class RpcBackend:
         connect_timeout: seconds the first connection may take.
         reconnect_interval: seconds between reconnection attempts after the connection drops.
         operation_timeout: seconds to wait for a declaration or a publish confirm.
+        tls: TLS from ``broker_use_ssl``, as the broker's; ``None``: as the URL says.
 
     Attributes:
         url: ``"rpc://"``.
@@ -103,9 +105,11 @@ class RpcBackend:
         connect_timeout: float = 10.0,
         reconnect_interval: float = 1.0,
         operation_timeout: float = 30.0,
+        tls: TLSOptions | None = None,
     ) -> None:
         self.url = "rpc://"
         self._server = server_url
+        self._tls = tls
         self._connect_timeout = connect_timeout
         self._reconnect_interval = reconnect_interval
         self._timeout = operation_timeout
@@ -150,6 +154,7 @@ class RpcBackend:
                     self._connect_timeout,
                     setup=self._open_channel,
                     on_reconnect=self._on_reconnect,
+                    tls=self._tls,
                 )
             return self._connection
 

@@ -16,8 +16,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
-from aqueue.transports import tls_hint
+from aqueue.transports import plain_hint, scheme, tls_hint
 from aqueue.transports.base import MIN_SOCKET_TIMEOUT, ConnectionOptions
+from aqueue.transports.tls import REDIS_KEYS, TLSOptions, client_certificate_hint, tls_refusal
 from aqueue.transports.urls import redacted_url
 
 __all__ = [
@@ -40,18 +41,45 @@ def redis_errors(url: str, action: str) -> Iterator[None]:
     """Translate redis-py errors raised inside the block into aqueue's error tree.
 
     Raises:
-        BrokerConnectionError: the server could not be reached or timed out (names ``url``
-            without its password, and the cause).
-        BrokerError: the server refused a command.
+        BrokerConnectionError: the server could not be reached or timed out, refused the login,
+            or its TLS certificate was not trusted (names ``url`` without its password, and the
+            cause).
+        BrokerError: the server refused a command (an ACL user lacking it: ``NOPERM``).
     """
     try:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise BrokerConnectionError(
-            f"Redis at {redacted_url(url)} unreachable during {action}: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise BrokerConnectionError(_connection_failure(url, action, exc)) from exc
     except redis.exceptions.RedisError as exc:
+        if _not_permitted(exc):
+            raise BrokerError(
+                f"Redis at {redacted_url(url)} refused {action}: the ACL user lacks a permission "
+                f"aqueue needs (docs/security.md has the least ACL that works): {exc}"
+            ) from exc
         raise BrokerError(f"Redis at {redacted_url(url)} failed {action}: {exc}") from exc
+
+
+def _not_permitted(error: Exception) -> bool:
+    """True for an ACL refusal (``NOPERM``): of a command, a key or a channel, or of a command
+    inside a Lua script (which Redis reports without the ``NOPERM`` code)."""
+    if isinstance(error, redis.exceptions.NoPermissionError):
+        return True
+    return "The user executing the script can't run this command" in str(error)
+
+
+def _connection_failure(url: str, action: str, exc: Exception) -> str:
+    """Why a connection to ``url`` failed during ``action``: a refused login, an untrusted TLS
+    certificate, or unreachable (names the URL without its password)."""
+    where = f"Redis at {redacted_url(url)}"
+    if isinstance(exc, redis.exceptions.AuthenticationError):
+        return (
+            f"{where} refused the login during {action} (check the user name and password in "
+            f"the URL, redis://user:password@host:port/db): {exc}"
+        )
+    refusal = tls_refusal(exc, REDIS_KEYS)
+    if refusal is not None:
+        return f"{where} failed TLS during {action}: {refusal}"
+    return f"{where} unreachable during {action}: {type(exc).__name__}: {exc}"
 
 
 class BoundedConnectionPool(aioredis.ConnectionPool):
@@ -127,6 +155,7 @@ def open_client(url: str, connection: ConnectionOptions | None = None) -> aiored
             limit=options.max_connections or MAX_CONNECTIONS,
             socket_timeout=options.socket_timeout,
             socket_connect_timeout=options.connect_timeout,
+            **_tls_arguments(options.tls),
         )
     except ValueError as exc:
         raise ConfigurationError(f"invalid Redis URL {redacted_url(url)!r}: {exc}") from exc
@@ -138,6 +167,28 @@ def open_client(url: str, connection: ConnectionOptions | None = None) -> aiored
             f"{MIN_SOCKET_TIMEOUT:g}s, or None"
         )
     return aioredis.Redis.from_pool(pool)
+
+
+def _tls_arguments(tls: TLSOptions | None) -> dict[str, Any]:
+    """redis-py's connection arguments for ``tls`` (none for ``None``): TLS connections, even
+    for a ``redis://`` URL, as Celery makes them for ``broker_use_ssl``; the URL's own
+    ``ssl_*`` query parameters take precedence.
+
+    Raises:
+        ConfigurationError: a certificate or key file cannot be read (checked now, not at the
+            first connection).
+    """
+    if tls is None:
+        return {}
+    tls.context()
+    return {
+        "connection_class": aioredis.SSLConnection,
+        "ssl_ca_certs": tls.ca_certs,
+        "ssl_certfile": tls.certfile,
+        "ssl_keyfile": tls.keyfile,
+        "ssl_cert_reqs": tls.cert_reqs,
+        "ssl_check_hostname": tls.check_hostname,
+    }
 
 
 def _dropped_connection_retry(retry_on_timeout: bool) -> Retry:
@@ -199,7 +250,7 @@ class SharedClient:
             if self._client is None:
                 client = open_client(self.url, self.connection)
                 try:
-                    await _first_ping(self.url, client)
+                    await _first_ping(self.url, client, self.connection.tls is not None)
                 except BaseException:
                     await client.aclose()
                     raise
@@ -213,11 +264,16 @@ class SharedClient:
             await client.aclose()
 
 
-async def _first_ping(url: str, client: aioredis.Redis) -> None:
+async def _first_ping(url: str, client: aioredis.Redis, tls: bool) -> None:
     """PING through a new client, within its connect bound.
 
+    Args:
+        tls: TLS comes from the connection options (``*_use_ssl``), whatever the URL's scheme.
+
     Raises:
-        BrokerConnectionError: no answer in time, or the server cannot be reached.
+        BrokerConnectionError: no answer in time, the server cannot be reached, cut the
+            connection (a plain one to a TLS port: the message says so), refused the login or
+            presented a certificate that is not trusted.
     """
     bound = _connect_bound(client)
     try:
@@ -225,15 +281,42 @@ async def _first_ping(url: str, client: aioredis.Redis) -> None:
             with redis_errors(url, "connect"):
                 await client.ping()
     except TimeoutError as exc:
-        raise BrokerConnectionError(_no_answer(url, bound or 0.0, "connect")) from exc
+        raise BrokerConnectionError(_no_answer(url, bound or 0.0, "connect", tls)) from exc
+    except BrokerConnectionError as exc:
+        hint = _connect_hint(url, exc.__cause__, tls)
+        if not hint:
+            raise
+        raise BrokerConnectionError(f"{exc}{hint}") from exc.__cause__
 
 
-def _no_answer(url: str, seconds: float, action: str) -> str:
+def _connect_hint(url: str, error: BaseException | None, tls: bool) -> str:
+    """What to check after a failed first connection: for a TLS one that timed out, whether
+    the server speaks TLS; for a plain one the server cut, whether it does; for a TLS one the
+    server cut, whether it wants a client certificate."""
+    if isinstance(error, redis.exceptions.TimeoutError):
+        return tls_hint(url, True if tls else None)
+    if not _cut(error):
+        return ""
+    if tls or scheme(url) == "rediss":
+        return client_certificate_hint(REDIS_KEYS)
+    return plain_hint(url)
+
+
+def _cut(error: BaseException | None) -> bool:
+    """True for a connection the server accepted, then closed or reset while it opened (not
+    refused, not a timeout, not a refused login)."""
+    if not isinstance(error, redis.exceptions.ConnectionError) or isinstance(
+        error, redis.exceptions.AuthenticationError
+    ):
+        return False
+    return _not_connecting(error) and tls_refusal(error, REDIS_KEYS) is None
+
+
+def _no_answer(url: str, seconds: float, action: str, tls: bool = False) -> str:
     """The message for a server that did not answer ``action`` within ``seconds`` (names the
-    URL without its password; for a TLS URL, the likely cause)."""
-    return (
-        f"Redis at {redacted_url(url)} did not answer {action} within {seconds:g}s{tls_hint(url)}"
-    )
+    URL without its password; for a TLS connection, the likely cause)."""
+    hint = tls_hint(url, True if tls else None)
+    return f"Redis at {redacted_url(url)} did not answer {action} within {seconds:g}s{hint}"
 
 
 def as_bytes(value: bytes | str) -> bytes:
