@@ -1,8 +1,10 @@
 """The task the chaos suite runs, in worker subprocesses and in the test process.
 
 ``aqueue worker -A tests.chaos.chaos_app:app`` builds the app from ``$AQUEUE_BROKER_URL``,
-``$CHAOS_BACKEND``, ``$CHAOS_QUEUE``, ``$CHAOS_VISIBILITY`` (seconds) and
-``$CHAOS_CONNECTION_TIMEOUT`` (seconds). Every run of ``chaos.work`` is written to a *ledger*:
+``$CHAOS_BACKEND``, ``$CHAOS_QUEUE``, ``$CHAOS_VISIBILITY`` (seconds),
+``$CHAOS_CONNECTION_TIMEOUT`` (seconds) and ``$CHAOS_SOCKET_TIMEOUT`` (seconds,
+``redis_socket_timeout``; unset: none). Every run of ``chaos.work`` (and of ``chaos.echo``,
+which returns its key) is written to a *ledger*:
 a Redis server of its own (``$CHAOS_LEDGER``), never the one under test, so what the ledger
 says survives whatever the scenario does to the broker.
 
@@ -51,14 +53,22 @@ def ledger() -> aioredis.Redis:
     return client
 
 
+async def record_run(run: str, key: int, total: int) -> None:
+    """Write one run of ``key`` to the ledger (see the module's docstring)."""
+    keys = [f"{run}:runs", f"{run}:finished", f"{run}:pulse", f"{run}:distinct"]
+    await ledger().eval(RECORD_RUN, 4, *keys, key, total)
+
+
 def build(
     broker: str,
     backend: str,
     queue: str,
     visibility: float = 30.0,
     connection_timeout: float = 4.0,
+    socket_timeout: float | None = None,
 ) -> Aqueue:
-    """An app with ``chaos.work`` on ``broker``; results (ignored by the task) on ``backend``."""
+    """An app with ``chaos.work`` (no result) and ``chaos.echo`` (returns its key) on
+    ``broker``, results on ``backend``."""
     app = Aqueue(
         "chaos",
         broker=broker,
@@ -66,17 +76,21 @@ def build(
         task_default_queue=queue,
         broker_transport_options={"visibility_timeout": visibility},
         broker_connection_timeout=connection_timeout,
+        redis_socket_timeout=socket_timeout,
     )
 
     @app.task(name="chaos.work", ignore_result=True)
     async def work(run: str, key: int, seconds: float, total: int, track: bool = False) -> None:
-        client = ledger()
         if track:
-            await client.sadd(f"{run}:started:{os.getpid()}", key)
+            await ledger().sadd(f"{run}:started:{os.getpid()}", key)
         if seconds > 0:
             await asyncio.sleep(seconds)
-        keys = [f"{run}:runs", f"{run}:finished", f"{run}:pulse", f"{run}:distinct"]
-        await client.eval(RECORD_RUN, 4, *keys, key, total)
+        await record_run(run, key, total)
+
+    @app.task(name="chaos.echo")
+    async def echo(run: str, key: int, total: int) -> int:
+        await record_run(run, key, total)
+        return key
 
     return app
 
@@ -90,6 +104,7 @@ def _from_env() -> Aqueue:
         env.get("CHAOS_QUEUE", "default"),
         float(env.get("CHAOS_VISIBILITY", "30")),
         float(env.get("CHAOS_CONNECTION_TIMEOUT", "4")),
+        float(env["CHAOS_SOCKET_TIMEOUT"]) if env.get("CHAOS_SOCKET_TIMEOUT") else None,
     )
 
 

@@ -1,16 +1,22 @@
-"""What the chaos scenarios share: sizes, the ledger, worker processes, servers, the table."""
+"""What the chaos scenarios share: sizes, the ledger, worker processes, servers, a faulty
+network proxy, the table."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 
@@ -18,6 +24,8 @@ from tests.workerproc import WorkerProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER_APP = "tests.chaos.chaos_app:app"
+
+T = TypeVar("T")
 
 
 def env_int(name: str, default: int) -> int:
@@ -101,10 +109,36 @@ class Ledger:
         """Wait until every distinct key has run; False if ``timeout`` passed first."""
         return await self._blpop(f"{self.run}:finished", timeout)
 
-    async def wait_pulse(self, timeout: float) -> bool:
-        """Clear the pulse, then wait for the next run to end; False on timeout."""
-        await self.client.delete(f"{self.run}:pulse")
+    async def wait_pulse(self, timeout: float, clear: bool = True) -> bool:
+        """Clear the pulse (unless ``clear`` is False: a run that ended since the last wait
+        counts), then wait for the next run to end; False on timeout."""
+        if clear:
+            await self.client.delete(f"{self.run}:pulse")
         return await self._blpop(f"{self.run}:pulse", timeout)
+
+    async def wait_quiet(self, quiet: float, timeout: float) -> bool:
+        """Wait until no run has ended for ``quiet`` seconds (the workers have nothing they can
+        run); False if runs kept ending for ``timeout`` seconds. The pulse is left clear."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not await self.wait_pulse(quiet):
+                return True
+        return False
+
+    async def distinct(self) -> int:
+        """How many distinct keys have run so far."""
+        return int(await self.client.get(f"{self.run}:distinct") or 0)
+
+    async def wait_ran(self, keys: Iterable[int], timeout: float, every: float = 0.2) -> list[int]:
+        """Poll until every key of ``keys`` has run, at most ``timeout`` seconds; return the
+        keys that had not run by then (``[]``: all did)."""
+        missing = set(keys)
+        deadline = time.monotonic() + timeout
+        while True:
+            missing -= set(await self.runs())
+            if not missing or time.monotonic() >= deadline:
+                return sorted(missing)
+            await asyncio.sleep(every)  # a poll with a deadline: the ledger has no event per key
 
     async def runs(self) -> dict[int, int]:
         raw = await self.client.hgetall(f"{self.run}:runs")
@@ -219,3 +253,228 @@ class RedisAof:
 
     def log(self) -> str:
         return (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+
+
+class Stopwatch:
+    """Durations of calls of one kind (``await watch.timed(call)``), to check their bound."""
+
+    def __init__(self) -> None:
+        self.durations: list[float] = []
+
+    async def timed(self, call: Awaitable[T]) -> T:
+        """Await ``call``, recording how long it took (also when it raised)."""
+        started = time.monotonic()
+        try:
+            return await call
+        finally:
+            self.durations.append(time.monotonic() - started)
+
+    @property
+    def longest(self) -> float:
+        return max(self.durations, default=0.0)
+
+
+# -- a faulty network ------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Link:
+    """One proxied connection: the client's socket and the server's."""
+
+    client: asyncio.StreamWriter
+    server: asyncio.StreamWriter
+    cut_in: int | None = None  # requests left to forward before the cut (None: no cut)
+    cutting: bool = False  # the last request went out: its reply is swallowed, then reset
+    frozen: bool = False  # half-open: nothing is forwarded any more, nothing is closed
+
+    def reset(self) -> None:
+        """Abort both sockets (an RST each way)."""
+        for writer in (self.client, self.server):
+            writer.transport.abort()
+
+
+@dataclass
+class ProxyStats:
+    """What the proxy did, for the figures (and to check that each fault happened)."""
+
+    connections: int = 0
+    cut: int = 0  # connections cut after a request reached the server, its reply lost
+    reset: int = 0  # connections reset by drop_all
+    frozen: int = 0  # connections made half-open
+
+
+class FaultProxy:
+    """A loopback TCP proxy between clients and one server, with faults switched while it runs.
+
+    It runs on an event loop of its own in a thread, so its forwarding never waits for the
+    test's loop (nor do the test's timings include the proxy's own work). The faults:
+
+    - :meth:`set_latency`: every chunk is held this long before it is forwarded, each way (order
+      kept, throughput not capped: chunks wait side by side);
+    - :meth:`cut_after`: each connection is cut after forwarding 1 to ``most`` more requests
+      (chunks from the client): the last one reaches the server, the reply does not come back,
+      and both sockets are reset - a connection dropped mid-batch, the call's outcome unknown;
+    - :meth:`drop_all`: every open connection is reset now;
+    - :meth:`half_open_all`: every open connection stops forwarding, both ways, for good,
+      without closing: what the client writes is swallowed and nothing comes back, as when
+      the peer has vanished. Connections made later are not affected.
+    """
+
+    def __init__(self, upstream_port: int, seed: int = 13) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self.stats = ProxyStats()
+        self._latency = 0.0
+        self._cut_most: int | None = None
+        self._random = random.Random(seed)
+        self._links: set[_Link] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._main(ready),), name="fault-proxy", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(10):
+            raise AssertionError("the fault proxy did not start within 10 s")
+
+    def close(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def set_latency(self, seconds: float) -> None:
+        """Hold every chunk ``seconds`` before forwarding it, from now on (0: none)."""
+
+        def apply() -> None:
+            self._latency = seconds
+
+        self._control(apply)
+
+    def cut_after(self, most: int | None) -> None:
+        """Cut every connection, open or new, after 1 to ``most`` more requests (None: stop)."""
+
+        def apply() -> None:
+            self._cut_most = most
+            for link in self._links:
+                link.cut_in = self._cut_budget()
+
+        self._control(apply)
+
+    def drop_all(self) -> None:
+        def apply() -> None:
+            for link in list(self._links):
+                if not link.frozen:
+                    self.stats.reset += 1
+                    link.reset()
+
+        self._control(apply)
+
+    def half_open_all(self) -> None:
+        def apply() -> None:
+            for link in self._links:
+                if not link.frozen:
+                    self.stats.frozen += 1
+                    link.frozen = True
+
+        self._control(apply)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _control(self, change: Callable[[], None]) -> None:
+        """Run ``change`` on the proxy's loop and wait for it (a few microseconds)."""
+        assert self._loop is not None
+
+        async def run() -> None:
+            change()
+
+        asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+
+    def _cut_budget(self) -> int | None:
+        return None if self._cut_most is None else self._random.randint(1, self._cut_most)
+
+    async def _main(self, ready: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            server.close()
+            for link in list(self._links):
+                link.reset()
+            await server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.stats.connections += 1
+        link = _Link(writer, up_writer, cut_in=self._cut_budget())
+        self._links.add(link)
+        back = asyncio.create_task(self._pump(link, up_reader, writer, upstream=False))
+        try:
+            await self._pump(link, reader, up_writer, upstream=True)
+        finally:
+            # The client closed (or its socket failed): the link ends, frozen or not.
+            self._links.discard(link)
+            link.reset()
+            back.cancel()
+            await asyncio.gather(back, return_exceptions=True)
+
+    async def _pump(
+        self,
+        link: _Link,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        upstream: bool,
+    ) -> None:
+        """Forward one direction until its reader ends: a reader that stamps each chunk with
+        when it is due, and a writer that sends it then (unless the link is frozen or being
+        cut). The server's side ending resets the link unless it is frozen (the client must
+        then see nothing at all)."""
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while (item := await chunks.get()) is not None:
+                due, data = item
+                if (wait := due - loop.time()) > 0:
+                    await asyncio.sleep(wait)  # the injected latency
+                if link.frozen:
+                    continue  # swallowed
+                if link.cutting:
+                    if not upstream:  # the reply to the last request: swallowed, then reset
+                        self.stats.cut += 1
+                        link.reset()
+                        return
+                    continue  # nothing more goes up after the last request
+                writer.write(data)
+                await writer.drain()
+                if upstream and link.cut_in is not None:
+                    link.cut_in -= 1
+                    link.cutting = link.cut_in <= 0
+
+        sender = asyncio.create_task(deliver())
+        try:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    chunks.put_nowait((loop.time() + self._latency, data))
+            chunks.put_nowait(None)
+            with contextlib.suppress(OSError):
+                await sender
+        finally:
+            sender.cancel()
+        if not upstream and not link.frozen:
+            link.reset()
