@@ -558,7 +558,8 @@ class Aqueue:
                 signature (a ``TypeError``, as Celery's ``typing=True`` raises; nothing is sent;
                 ``@app.task(typing=False)`` skips the check).
             ConfigurationError: an option is unknown or invalid.
-            EncodeError: the arguments cannot be serialised.
+            EncodeError: the arguments cannot be serialised; ``MessageTooLarge`` (one) when the
+                message is over ``task_max_message_size`` bytes (nothing is sent).
             BrokerConnectionError: the broker cannot be reached within the retry policy.
         """
         return await self.sender.send(name, args, kwargs, _task, options)
@@ -586,7 +587,8 @@ class Aqueue:
             ConfigurationError: an option is unknown or invalid, or ``task_id`` is given.
             ArgumentsError: an item does not fit the task's signature (a ``TypeError``;
                 nothing is sent; ``typing=False`` skips the check).
-            EncodeError: an item cannot be serialised (nothing is sent).
+            EncodeError: an item cannot be serialised, or (``MessageTooLarge``) its message is
+                over ``task_max_message_size`` bytes: nothing is sent.
             BrokerConnectionError: the broker cannot be reached within the retry policy.
         """
         return await self.sender.send_many(name, arguments, _task, options)
@@ -616,7 +618,7 @@ class Aqueue:
         backend = await self.result_backend()
         reply = request.reply_to if request is not None and request.id == task_id else None
         await backend.store(
-            [(task_id, record.encode(self.conf.result_serializer))],
+            [(task_id, record.encode(self.conf.result_serializer, self.conf.signing))],
             self.conf.result_expires,
             {task_id: reply} if reply else None,
         )

@@ -43,8 +43,10 @@ _EVENTS = (
     "publishes them on the control transport, and 'aqueue events' shows them"
 )
 _NO_SIGNING = (
-    "aqueue does not sign messages (Celery's auth serializer): use TLS (rediss://, amqps://) "
-    "and keep 'pickle' out of accept_content"
+    "aqueue signs messages and results with a shared secret instead of Celery's X.509 "
+    "certificate and private key (the 'auth' serializer, app.setup_security()): set "
+    "task_signing_key to a key, or a list of keys to rotate them (the first signs); "
+    "HMAC-SHA256, see docs/signing.md"
 )
 _QUEUE_TYPE = (
     "RabbitMQ quorum queues: broker_transport_options={'queue_type': 'quorum'} (docs/amqp.md)"

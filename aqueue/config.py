@@ -32,6 +32,7 @@ from typing import Any
 from aqueue.celery_settings import CELERY_3_NAMES, CELERY_ONLY
 from aqueue.exceptions import ConfigurationError, UnknownSetting
 from aqueue.serialization import COMPRESSIONS, is_content_type, serializer_names
+from aqueue.signing import Signing, check_key_setting
 from aqueue.transports import SCHEMES
 from aqueue.transports import scheme as _scheme
 from aqueue.transports.base import MIN_SOCKET_TIMEOUT, ConnectionOptions
@@ -294,6 +295,9 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "worker_max_tasks_per_child": _optional(_non_negative_int),
     "worker_max_memory_per_child": _optional(_non_negative_int),
     "result_extended": _boolean,
+    # Message signing and size (docs/signing.md):
+    "task_signing_key": check_key_setting,
+    "task_max_message_size": _optional(_positive_int),
 }
 
 #: Connections in a Redis pool when neither broker_pool_limit nor redis_max_connections is set.
@@ -368,20 +372,34 @@ class Settings(Mapping[str, Any]):
     worker_max_tasks_per_child: int | None = None  # with --processes; None or 0: no limit
     worker_max_memory_per_child: int | None = None  # KiB resident, with --processes; None/0: none
     result_extended: bool = False  # store name, args, kwargs, worker, queue with the result
+    # Not a setting: the signers made from task_signing_key (set with it; before it, so that
+    # __init__ sets this default first).
+    _signing: Signing | None = field(default=None, init=False, repr=False, compare=False)
+    # A secret, or a list of them (the first signs): HMAC-SHA256 of messages and results.
+    task_signing_key: str | bytes | list[str | bytes] | None = field(default=None, repr=False)
+    task_max_message_size: int | None = None  # bytes; a larger message is refused at send
     # Not a setting: the embedded default URL for this app (see locate_default).
     _default_url: str = field(default=DEFAULT_URL, init=False, repr=False, compare=False)
 
     def __setattr__(self, name: str, value: Any) -> None:
         check = _CHECKS.get(name)
         if check is None:
-            if name == "_default_url":
+            if name in ("_default_url", "_signing"):
                 object.__setattr__(self, name, value)
                 return
             raise UnknownSetting(_unknown(name))
         check(name, value)
         if isinstance(value, timedelta):
             value = value.total_seconds()
+        elif name == "task_signing_key":
+            object.__setattr__(self, "_signing", Signing.from_setting(value))
         object.__setattr__(self, name, value)
+
+    @property
+    def signing(self) -> Signing | None:
+        """The signers made from ``task_signing_key`` when it was set, ``None`` without a key
+        (see :mod:`aqueue.signing`). Set the setting again to change the keys."""
+        return self._signing
 
     # -- the mapping view (Celery's app.conf is a mapping) -----------------------------------
 

@@ -11,7 +11,9 @@ reaches user code as :class:`BrokerConnectionError`)::
     │   └── BrokerConnectionError   the broker or result backend cannot be reached
     ├── SerializationError
     │   ├── EncodeError             a value cannot be serialised (arguments or a result)
+    │   │   └── MessageTooLarge     a message over ``task_max_message_size``; nothing was sent
     │   ├── DecodeError             a message or result cannot be decoded
+    │   │   └── SecurityError       unsigned or wrongly signed, with ``task_signing_key`` set
     │   └── ContentDisallowed       a content type not listed in ``accept_content``
     ├── TimeoutError                ``AsyncResult.get(timeout=...)`` ran out (a builtin one too)
     ├── TaskError                   a task failed remotely with an exception type we cannot import
@@ -84,8 +86,38 @@ class EncodeError(SerializationError):
     """A value (task arguments or a task's return value) cannot be serialised."""
 
 
+class MessageTooLarge(EncodeError):
+    """A message is larger than the ``task_max_message_size`` setting (bytes); nothing of the
+    call (or of the batch, for ``delay_many`` and a canvas) was sent.
+
+    Attributes:
+        task: the task's name.
+        size: the encoded message's size in bytes (signature included).
+        limit: ``task_max_message_size``, in bytes.
+    """
+
+    def __init__(self, task: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"message of {task} is {size} bytes, more than task_max_message_size={limit}: "
+            f"nothing was sent (pass large data by reference, e.g. a path, URL or key)"
+        )
+        self.task = task
+        self.size = size
+        self.limit = limit
+
+
 class DecodeError(SerializationError):
     """A message or stored result is not valid for its content type."""
+
+
+class SecurityError(DecodeError):
+    """With ``task_signing_key`` set, a message, result record or stored beat entry is unsigned,
+    or its signature was not made by any of the keys (it was changed, or signed with another
+    key); see docs/signing.md.
+
+    A client reading such a result record gets this error instead of the value; a worker sends
+    such a message to the dead-letter queue without running it.
+    """
 
 
 class ContentDisallowed(SerializationError):

@@ -3,6 +3,11 @@
 As Celery's ``typing=True``: ``delay()``, ``apply_async()``, ``send_task()`` of a registered
 task and ``delay_many()`` raise :class:`~aqueue.exceptions.ArgumentsError` (a ``TypeError``)
 naming the task, and the queue stays empty; ``@app.task(typing=False)`` opts a task out.
+
+A message larger than ``task_max_message_size`` is refused at send with
+:class:`~aqueue.exceptions.MessageTooLarge` (an ``EncodeError``) naming the task, the size and
+the limit, on every broker; a batch (``delay_many``, a group, a chain) with one such message is
+refused whole, before anything of it is published.
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from aqueue import Aqueue, Task, Worker
-from aqueue.exceptions import AqueueError, ArgumentsError
-from aqueue.message import decode
+from aqueue import Aqueue, Task, Worker, chain, group
+from aqueue.exceptions import AqueueError, ArgumentsError, EncodeError, MessageTooLarge
+from aqueue.message import Message, decode
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -248,3 +253,89 @@ def test_check_arguments_agrees_with_calling_the_function(
                 else:
                     with pytest.raises(ArgumentsError, match=rf"^checks\.{fn.__name__}"):
                         task.check_arguments(args, kwargs)
+
+
+# -- task_max_message_size -------------------------------------------------------------------
+
+
+@pytest.fixture
+async def sized(broker_url: str, queue_name: str) -> AsyncIterator[Aqueue]:
+    """An app on each broker whose messages may be 1,000 bytes at most (no result backend
+    needed: nothing is awaited)."""
+    app = Aqueue(
+        "sized", broker=broker_url, task_default_queue=queue_name, task_max_message_size=1000
+    )
+    register(app)
+    yield app
+    await app.close()
+
+
+async def waiting(app: Aqueue) -> list[str]:
+    """The ids of the messages waiting in the app's default queue (taken off it)."""
+    broker = await app.broker()
+    deliveries = await broker.fetch([app.conf.task_default_queue], 100, 0.05)
+    await broker.ack(deliveries)
+    return [decode(d.body).id for d in deliveries]
+
+
+async def test_a_message_over_task_max_message_size_is_refused_and_nothing_is_sent(
+    sized: Aqueue,
+) -> None:
+    add = sized.tasks["checks.add"]
+    big = "x" * 2000
+    with pytest.raises(MessageTooLarge) as refused:
+        await sized.send_task("checks.add", (big, 1))
+    error = refused.value
+    assert isinstance(error, EncodeError)
+    assert (error.task, error.limit) == ("checks.add", 1000)
+    assert error.size > 2000
+    assert str(error).startswith(
+        f"message of checks.add is {error.size} bytes, more than task_max_message_size=1000: "
+        "nothing was sent"
+    )
+    with pytest.raises(MessageTooLarge):
+        await add.apply_async((1, 2), {"z": 0}, headers={"blob": big})
+    with pytest.raises(MessageTooLarge):
+        await add.apply_async((1, 2), countdown=30, link=add.s(big, 1))
+    small = await add.delay(1, 2)
+    assert await waiting(sized) == [small.id]  # only the call that fits
+
+
+async def test_a_batch_with_one_message_too_large_is_refused_whole(sized: Aqueue) -> None:
+    add = sized.tasks["checks.add"]
+    calls = [(i, i) for i in range(5)] + [("x" * 2000, 1)] + [(9, 9)]
+    with pytest.raises(MessageTooLarge, match=r"^message of checks\.add is \d+ bytes"):
+        await add.delay_many(calls)
+    with pytest.raises(MessageTooLarge):
+        await group(add.s(*call) for call in calls).delay()
+    with pytest.raises(MessageTooLarge):
+        await chain(add.s(1, 2), add.s("x" * 2000)).delay()  # the chain rides in the first
+    members = [add.s(i, i).set(task_id=f"member-{i}") for i in range(1500)]  # two batches
+    members.append(add.s("x" * 2000, 1))
+    with pytest.raises(MessageTooLarge):
+        await group(members).delay()
+    assert await waiting(sized) == []
+
+
+async def test_the_limit_counts_the_signature_and_a_message_at_the_limit_is_sent(
+    sized: Aqueue,
+) -> None:
+    add = sized.tasks["checks.add"]
+    fixed = Message("fixed", "checks.add", (1, 2))
+    sized.conf.task_max_message_size = len(fixed.encode())
+    assert sized.sender.encode(fixed) == fixed.encode()  # exactly at the limit: sent
+    sized.conf.task_max_message_size = len(fixed.encode()) - 1
+    with pytest.raises(MessageTooLarge, match=f"is {len(fixed.encode())} bytes"):
+        sized.sender.encode(fixed)
+
+    sized.conf.task_max_message_size = 1
+    with pytest.raises(MessageTooLarge) as probe:
+        await add.apply_async((1, 2), task_id="at-limit")
+    size = probe.value.size  # give or take a digit of the time it was sent at
+    sized.conf.task_max_message_size = size + 20
+    await add.apply_async((1, 2), task_id="at-limit")
+    sized.conf.task_signing_key = "send-checks-key-0123456789abcdef"  # adds 75 bytes
+    with pytest.raises(MessageTooLarge) as signed:
+        await add.apply_async((1, 2), task_id="at-limit")
+    assert size + 70 <= signed.value.size <= size + 80
+    assert await waiting(sized) == ["at-limit"]

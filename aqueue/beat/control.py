@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from aqueue.beat.entry import Entry, decode_entry, parse_entry, static_entries
-from aqueue.exceptions import ConfigurationError
+from aqueue.exceptions import ConfigurationError, SecurityError
 from aqueue.task import Task
 from aqueue.transports.base import BeatStore
 
@@ -80,6 +80,9 @@ class BeatControl:
         }
         entry = replace(parse_entry(self.app, name, spec, dynamic=True), since=time.time())
         data = entry.encode()
+        signing = self.app.conf.signing
+        if signing is not None:
+            data = signing.beat.sign(data)
         async with self._store() as store:
             await store.put(name, data)
         return entry
@@ -116,9 +119,9 @@ class BeatControl:
         entries = static_entries(self.app)
         for name, data in snapshot.entries.items():
             try:
-                entries[name] = decode_entry(name, data)
-            except ConfigurationError:
-                continue  # unreadable: beats skip it too, and log why
+                entries[name] = decode_entry(name, data, self.app.conf.signing)
+            except (ConfigurationError, SecurityError):
+                continue  # unreadable or not signed with the key: beats skip it too, and log why
         out = []
         for name in sorted(entries):
             last = snapshot.last.get(name)

@@ -37,6 +37,7 @@ from aqueue.sending.options import SEND_OPTIONS, SendOptions
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
+    from aqueue.signing import Signing
 
 __all__ = [
     "CATCH_UP",
@@ -131,12 +132,16 @@ class Entry:
             ) from exc
 
 
-def decode_entry(name: str, data: bytes) -> Entry:
-    """Read back an entry stored by :meth:`Entry.encode`.
+def decode_entry(name: str, data: bytes, signing: Signing | None = None) -> Entry:
+    """Read back an entry stored by :meth:`Entry.encode` (signed by ``app.beat.add`` when
+    ``task_signing_key`` is set; ``signing``, the app's ``conf.signing``, checks that).
 
     Raises:
         ConfigurationError: ``data`` is not a stored entry.
+        SecurityError: with ``signing``, the entry is unsigned or its signature is bad.
     """
+    if signing is not None:
+        signing.beat.verify(data)
     try:
         spec = orjson.loads(data)
         schedule = schedule_from_dict(spec["schedule"])

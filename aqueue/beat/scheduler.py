@@ -41,7 +41,7 @@ from zoneinfo import ZoneInfo
 
 from aqueue import signals
 from aqueue.beat.entry import ON_TIME, Entry, decode_entry, static_entries, tick_ms, tick_task_id
-from aqueue.exceptions import AqueueError, BrokerError, ConfigurationError
+from aqueue.exceptions import AqueueError, BrokerError, ConfigurationError, SecurityError
 from aqueue.transports.base import BeatStore, Claim
 
 if TYPE_CHECKING:
@@ -256,8 +256,8 @@ class Beat:
             cached = self._decoded.get(name)
             if cached is None or cached[0] != data:
                 try:
-                    cached = (data, decode_entry(name, data))
-                except ConfigurationError as exc:
+                    cached = (data, decode_entry(name, data, self.app.conf.signing))
+                except (ConfigurationError, SecurityError) as exc:
                     logger.error("beat: skipping stored entry %r: %s", name, exc)
                     cached = (data, None)
                 self._decoded[name] = cached

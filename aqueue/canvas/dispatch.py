@@ -269,18 +269,25 @@ class Plan:
         )
 
     async def run(self, retry: bool = True, retry_policy: dict[str, Any] | None = None) -> None:
-        """Store the group records, then publish the messages in batches of :data:`BATCH_SIZE`.
+        """Encode every message, store the group records, then publish the messages in batches
+        of :data:`BATCH_SIZE`. A message that cannot be sent (an argument that cannot be
+        serialised, one over ``task_max_message_size``) stops the canvas before anything of it
+        is stored or published.
 
         Raises:
+            EncodeError: a message cannot be encoded (``MessageTooLarge``: it is too large).
             BrokerConnectionError: the broker (after ``retry_policy``) or the result backend
                 cannot be reached; batches already published stay published.
         """
+        sender = self.app.sender
+        outgoing = [sender.outgoing(m) for m in self.messages]
         if self.groups and self.app.has_result_backend:
             backend = await self.app.result_backend()
-            records = [(meta_key(gid), encode_meta(gid, ids)) for gid, ids in self.groups]
+            signing = self.app.conf.signing
+            records = [(meta_key(gid), encode_meta(gid, ids, signing)) for gid, ids in self.groups]
             await backend.store(records, self.app.conf.result_expires)
-        for start in range(0, len(self.messages), BATCH_SIZE):
-            await self.app.publish(self.messages[start : start + BATCH_SIZE], retry, retry_policy)
+        for start in range(0, len(outgoing), BATCH_SIZE):
+            await sender.publish_outgoing(outgoing[start : start + BATCH_SIZE], retry, retry_policy)
 
 
 def _makes_chord(sig: Canvas) -> bool:

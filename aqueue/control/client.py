@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from aqueue.control.protocol import CONTROL_CHANNEL, Command, Reply, Table, dumps
-from aqueue.exceptions import DecodeError
+from aqueue.exceptions import DecodeError, SecurityError
 from aqueue.results.record import ResultRecord
 from aqueue.worker.ratelimit import parse_rate
 from aqueue.worker.revoke import WAITING, revocation_record
@@ -187,13 +187,21 @@ class Control:
         backend = await app.result_backend()
         found = await backend.get_many(ids)
         items: list[tuple[str, bytes]] = []
+        signing = app.conf.signing
         for task_id, raw in zip(ids, found, strict=True):
-            record = ResultRecord.decode(raw, app.accept_results) if raw is not None else None
+            try:
+                record = (
+                    ResultRecord.decode(raw, app.accept_results, signing, task_id)
+                    if raw is not None
+                    else None
+                )
+            except SecurityError:
+                record = None  # not to be trusted: replaced by a signed REVOKED
             if record is None or record.status in WAITING:
                 name = record.name if record is not None else None
                 retries = record.retries if record is not None else 0
                 revoked = revocation_record(task_id, "revoked", retries, name)
-                items.append((task_id, revoked.encode("json")))
+                items.append((task_id, revoked.encode("json", signing)))
         if items:
             await backend.store(items, app.conf.result_expires)
 

@@ -21,12 +21,19 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from aqueue import states
-from aqueue.exceptions import AqueueError, ConfigurationError, DecodeError, TimeoutError
+from aqueue.exceptions import (
+    AqueueError,
+    ConfigurationError,
+    DecodeError,
+    SecurityError,
+    TimeoutError,
+)
 from aqueue.results.record import ResultRecord
 from aqueue.results.result import AsyncResult, _value_of
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
+    from aqueue.signing import Signing
     from aqueue.transports import ResultBackend
 
 __all__ = ["GroupResult", "decode_meta", "encode_meta", "meta_key"]
@@ -37,31 +44,52 @@ def meta_key(group_id: str) -> str:
     return f"group:{group_id}"
 
 
-def encode_meta(group_id: str, task_ids: Sequence[str]) -> bytes:
-    """The stored form of a group: ``{"id": group_id, "results": [task ids in order]}``."""
-    return orjson.dumps({"id": group_id, "results": list(task_ids)})
+def encode_meta(group_id: str, task_ids: Sequence[str], signing: Signing | None = None) -> bytes:
+    """The stored form of a group: ``{"id": group_id, "results": [task ids in order]}``, signed
+    as a result record with ``signing`` (``app.conf.signing``) when given."""
+    raw = orjson.dumps({"id": group_id, "results": list(task_ids)})
+    return raw if signing is None else signing.results.sign(raw)
 
 
-def decode_meta(raw: bytes) -> list[str]:
-    """The member ids of a stored group record.
+def decode_meta(
+    raw: bytes, signing: Signing | None = None, group_id: str | None = None
+) -> list[str]:
+    """The member ids of a stored group record; with ``signing``, its signature is checked,
+    and (given ``group_id``, the id it was read for) that it was written for that group.
 
     Raises:
         DecodeError: ``raw`` is not a group record.
+        SecurityError: with ``signing``, the record is unsigned, its signature is bad, or it is
+            another group's record copied under ``group_id``.
     """
+    if signing is not None:
+        signing.results.verify(raw)
     try:
         data = orjson.loads(raw)
         ids = data["results"]
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise DecodeError(f"malformed group record: {exc}") from exc
+    if signing is not None and group_id is not None and data.get("id") != group_id:
+        raise SecurityError(
+            f"the group record read for group {group_id} was written for another group: "
+            f"copied there, not to be trusted"
+        )
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise DecodeError("malformed group record: 'results' is not a list of task ids")
     return ids
 
 
-async def load_ids(backend: ResultBackend, group_id: str) -> list[str] | None:
-    """The member ids stored for ``group_id``, or ``None`` if none are (expired, or never sent)."""
+async def load_ids(
+    backend: ResultBackend, group_id: str, signing: Signing | None = None
+) -> list[str] | None:
+    """The member ids stored for ``group_id``, or ``None`` if none are (expired, or never sent).
+
+    Raises:
+        DecodeError: the stored record is not a group record.
+        SecurityError: with ``signing`` (``app.conf.signing``), its signature is missing or bad.
+    """
     [raw] = await backend.get_many([meta_key(group_id)])
-    return None if raw is None else decode_meta(raw)
+    return None if raw is None else decode_meta(raw, signing, group_id)
 
 
 class GroupResult:
@@ -141,7 +169,7 @@ class GroupResult:
 
     async def _members(self) -> list[AsyncResult[Any]]:
         if self._results is None:
-            ids = await load_ids(await self.app.result_backend(), self.id)
+            ids = await load_ids(await self.app.result_backend(), self.id, self.app.conf.signing)
             if ids is None:
                 raise AqueueError(
                     f"no group {self.id} is stored in the result backend "
@@ -153,7 +181,7 @@ class GroupResult:
     @classmethod
     async def restore(cls, app: Aqueue, group_id: str) -> GroupResult | None:
         """The group ``group_id`` as saved when it was sent, or ``None`` if none is stored."""
-        ids = await load_ids(await app.result_backend(), group_id)
+        ids = await load_ids(await app.result_backend(), group_id, app.conf.signing)
         if ids is None:
             return None
         return cls(group_id, [AsyncResult(task_id, app) for task_id in ids], app)
@@ -163,7 +191,12 @@ class GroupResult:
         members = await self._members()
         backend = await self.app.result_backend()
         await backend.store(
-            [(meta_key(self.id), encode_meta(self.id, [r.id for r in members]))],
+            [
+                (
+                    meta_key(self.id),
+                    encode_meta(self.id, [r.id for r in members], self.app.conf.signing),
+                )
+            ],
             self.app.conf.result_expires,
         )
 
@@ -186,7 +219,9 @@ class GroupResult:
         raws = await backend.get_many([r.id for r in stale])
         for r, raw in zip(stale, raws, strict=True):
             if raw is not None:
-                r._record = ResultRecord.decode(raw, self.app.accept_results)
+                r._record = ResultRecord.decode(
+                    raw, self.app.accept_results, self.app.conf.signing, r.id
+                )
 
     async def _statuses(self) -> list[str]:
         members = await self._members()
@@ -290,7 +325,10 @@ class GroupResult:
 
     async def _until_ready(self, result: AsyncResult[Any], queue: asyncio.Queue[bytes]) -> None:
         while result._record is None or not result._record.ready:
-            result._record = ResultRecord.decode(await queue.get(), self.app.accept_results)
+            raw = await queue.get()
+            result._record = ResultRecord.decode(
+                raw, self.app.accept_results, self.app.conf.signing, result.id
+            )
 
 
 def _raise_first_failure(members: Sequence[AsyncResult[Any]]) -> None:

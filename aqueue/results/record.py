@@ -11,6 +11,9 @@ For a custom state (``update_state(state="PROGRESS", meta={...})``) ``result`` i
 Celery. With a ``result_serializer`` other than json, ``result`` is replaced by ``"body"``: base64
 of the serialised value, and ``"ct"`` names the content type.
 
+With ``task_signing_key`` set, a record is signed (:mod:`aqueue.signing`: ``{"hmac": ...`` in
+front) by whoever stores it, and checked by whoever reads it with a key.
+
 With ``result_extended`` (Celery's setting) a record also has ``"args"``, ``"kwargs"`` (faithful
 JSON, as a message's), ``"worker"`` (the hostname that ran it) and ``"queue"``; arguments the
 JSON form cannot hold (a ``msgpack``/``pickle`` only value) are left out, the rest is kept.
@@ -22,12 +25,15 @@ import base64
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from aqueue import serialization, states
-from aqueue.exceptions import DecodeError, EncodeError, TaskError
+from aqueue.exceptions import DecodeError, EncodeError, SecurityError, TaskError
+
+if TYPE_CHECKING:
+    from aqueue.signing import Signing
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +71,17 @@ class ResultRecord:
         """True for SUCCESS, FAILURE and REVOKED."""
         return self.status in states.READY_STATES
 
-    def encode(self, serializer: str = "json") -> bytes:
-        """Serialise to bytes for the result backend.
+    def encode(self, serializer: str = "json", signing: Signing | None = None) -> bytes:
+        """Serialise to bytes for the result backend, signed with ``signing`` (the app's
+        ``conf.signing``, from ``task_signing_key``) when given.
 
         Raises:
             EncodeError: the result is not serialisable with ``serializer``.
         """
+        raw = self._encode(serializer)
+        return raw if signing is None else signing.results.sign(raw)
+
+    def _encode(self, serializer: str) -> bytes:
         rec: dict[str, Any] = {
             "task_id": self.task_id,
             "status": self.status,
@@ -109,14 +120,36 @@ class ResultRecord:
 
     @classmethod
     def decode(
-        cls, raw: bytes, accept: frozenset[str] | tuple[str, ...] = ("json",)
+        cls,
+        raw: bytes,
+        accept: frozenset[str] | tuple[str, ...] = ("json",),
+        signing: Signing | None = None,
+        task_id: str | None = None,
     ) -> ResultRecord:
-        """Parse a stored record.
+        """Parse a stored record; with ``signing`` (the app's ``conf.signing``), only a record
+        signed with one of its keys, and (given ``task_id``, the id it was read for) only one
+        written for that task.
 
         Raises:
             DecodeError: ``raw`` is not a valid record.
             ContentDisallowed: its content type is not in ``accept``.
+            SecurityError: with ``signing``, the record is unsigned or its signature is bad (it
+                was changed, or written by a process with another key), or it is another
+                task's record copied under ``task_id``: nothing of it is used.
         """
+        if signing is not None:
+            signing.results.verify(raw)
+            record = cls._decode(raw, accept)
+            if task_id is not None and record.task_id != task_id:
+                raise SecurityError(
+                    f"the result record read for task {task_id} was written for task "
+                    f"{record.task_id[:100]}: copied there, not to be trusted"
+                )
+            return record
+        return cls._decode(raw, accept)
+
+    @classmethod
+    def _decode(cls, raw: bytes, accept: frozenset[str] | tuple[str, ...]) -> ResultRecord:
         try:
             rec = serialization.loads_document(raw)
             if "body" in rec:

@@ -142,7 +142,11 @@ class AsyncResult(Generic[R]):
         backend = await self.app.result_backend()
         [raw] = await backend.get_many([self.id])
         # Nothing stored means PENDING now, even if this handle saw an outcome before (forgotten).
-        self._record = None if raw is None else ResultRecord.decode(raw, self.app.accept_results)
+        self._record = (
+            None
+            if raw is None
+            else ResultRecord.decode(raw, self.app.accept_results, self.app.conf.signing, self.id)
+        )
         return self._record
 
     async def get(
@@ -222,7 +226,8 @@ class AsyncResult(Generic[R]):
                     await _call(on_message, _message(rec))
                 if rec.ready:
                     return rec
-            records = [ResultRecord.decode(raw, self.app.accept_results) for raw in await more()]
+            accept, signing = self.app.accept_results, self.app.conf.signing
+            records = [ResultRecord.decode(raw, accept, signing, self.id) for raw in await more()]
 
     async def state(self) -> str:
         """The task's current state name (``PENDING`` when nothing is stored yet)."""

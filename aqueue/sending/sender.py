@@ -27,6 +27,7 @@ from aqueue.exceptions import (
     BrokerConnectionError,
     BrokerError,
     ConfigurationError,
+    MessageTooLarge,
     TaskNotRegistered,
 )
 from aqueue.message import Message, new_id
@@ -104,8 +105,9 @@ class Sender:
         retry, policy = options.get("retry", True), options.get("retry_policy")
         backend, reply_to, left = await self._prepare(1, retry, policy)
         message = self.build_message(name, args_t, kwargs_d, task, options, reply_to)
+        outgoing = self.outgoing(message)  # EncodeError (MessageTooLarge) before anything is sent
         result = self._handle(message, backend)  # its mailbox exists before the message is sent
-        await self._publish_outgoing([self.outgoing(message)], retry, policy, left)
+        await self.publish_outgoing([outgoing], retry, policy, left)
         return result
 
     async def send_many(
@@ -131,7 +133,7 @@ class Sender:
         messages = [self.build_message(name, call, {}, task, options, reply_to) for call in calls]
         outgoing = [self.outgoing(m) for m in messages]  # EncodeError before anything is sent
         results = [self._handle(m, backend) for m in messages]
-        await self._publish_outgoing(outgoing, retry, policy, left)
+        await self.publish_outgoing(outgoing, retry, policy, left)
         return results
 
     def _handle(self, message: Message, backend: ResultBackend | None) -> AsyncResult[Any]:
@@ -287,22 +289,25 @@ class Sender:
         self, messages: list[Message], retry: bool = True, retry_policy: AnyRetryPolicy = None
     ) -> None:
         """Encode and publish messages in one broker call, retrying per ``retry_policy``.
+        Every message is encoded (and checked, see :meth:`outgoing`) before any is published.
 
         Raises:
             EncodeError: a message's arguments cannot be serialised.
+            MessageTooLarge: a message is over ``task_max_message_size``; none was published.
             BrokerConnectionError: still failing after ``retry_policy['max_retries']`` retries.
         """
-        await self._publish_outgoing([self.outgoing(m) for m in messages], retry, retry_policy)
+        await self.publish_outgoing([self.outgoing(m) for m in messages], retry, retry_policy)
 
-    async def _publish_outgoing(
+    async def publish_outgoing(
         self,
         outgoing: list[Outgoing],
-        retry: bool,
-        retry_policy: AnyRetryPolicy,
+        retry: bool = True,
+        retry_policy: AnyRetryPolicy = None,
         left: float | None = None,
     ) -> None:
-        """Publish ``outgoing`` within ``left`` seconds when the send has spent part of its
-        time already (connecting), else within a deadline of its own (:meth:`_deadline`).
+        """Publish messages encoded by :meth:`outgoing`, in one broker call, within ``left``
+        seconds when the send has spent part of its time already (connecting), else within a
+        deadline of its own (:meth:`_deadline`).
 
         Raises:
             BrokerConnectionError: the broker cannot be reached within the retry policy and
@@ -419,14 +424,19 @@ class Sender:
         return asyncio.get_running_loop().time() + max(self._try_time(messages), pauses)
 
     def outgoing(self, m: Message) -> Outgoing:
-        """``m`` encoded, with its AMQP exchange routing when it has an ``exchange``.
+        """``m`` encoded (see :meth:`encode`), with its AMQP exchange routing when it has an
+        ``exchange``.
 
         The bindings to declare are the ``task_queues`` entries on that exchange, else ``m``'s
         own queue bound with the routing key, so that the message reaches at least its queue.
+
+        Raises:
+            EncodeError: the arguments cannot be serialised.
+            MessageTooLarge: the message is over ``task_max_message_size``.
         """
         exchange = m.options.get("exchange")
         if not exchange:
-            return Outgoing(m.queue, m.encode(), m.id, m.priority, m.eta)
+            return Outgoing(m.queue, self.encode(m), m.id, m.priority, m.eta)
         routing_key = str(m.options.get("routing_key") or m.queue)
         bindings = tuple(
             Binding(
@@ -439,8 +449,27 @@ class Sender:
             if entry.get("exchange") == exchange
         ) or (Binding(m.queue, exchange, None, routing_key),)
         return Outgoing(
-            m.queue, m.encode(), m.id, m.priority, m.eta, exchange, routing_key, bindings
+            m.queue, self.encode(m), m.id, m.priority, m.eta, exchange, routing_key, bindings
         )
+
+    def encode(self, m: Message) -> bytes:
+        """The bytes published for ``m``: its envelope, signed when ``task_signing_key`` is set
+        (docs/signing.md), and no larger than ``task_max_message_size`` (bytes).
+
+        Raises:
+            EncodeError: the arguments cannot be serialised.
+            MessageTooLarge: the message (signature included) is over
+                ``task_max_message_size``; the caller publishes nothing of its call or batch.
+        """
+        body = m.encode()
+        conf = self.app.conf
+        signing = conf.signing
+        if signing is not None:
+            body = signing.messages.sign(body)
+        limit = conf.task_max_message_size
+        if limit is not None and len(body) > limit:
+            raise MessageTooLarge(m.task, len(body), limit)
+        return body
 
 
 def _where(url: str) -> str:

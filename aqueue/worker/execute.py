@@ -6,8 +6,11 @@ is delivered again, never lost. Bad input never escapes :meth:`Executor.handle`:
 broker record (:attr:`Delivery.defect`), an undecodable message or a field of the wrong type
 (:func:`aqueue.message.decode` checks every one), an unknown task name, arguments that don't fit,
 an unserialisable result and a poison message each get one log line and go to the dead-letter
-queue with the reason. Anything else that goes wrong while handling one message (a bug) is
-logged with its traceback and dead-letters that message too: no message can stop a runner.
+queue with the reason. With ``task_signing_key`` set, a message that is unsigned or wrongly
+signed is dead-lettered the same way before anything of it is read, and no result is stored for
+the id it claims (docs/signing.md). Anything else that goes wrong while handling one message (a
+bug) is logged with its traceback and dead-letters that message too: no message can stop a
+runner.
 
 Poison accounting (see :class:`~aqueue.transports.base.RunTracking`): on a broker that tracks
 runs, a message is marked as running just before its task runs, so that only a worker's death
@@ -39,6 +42,7 @@ from aqueue.exceptions import (
     DecodeError,
     EncodeError,
     Retry,
+    SecurityError,
     SerializationError,
     TaskNotRegistered,
     TaskRevokedError,
@@ -85,6 +89,8 @@ class Executor:
         self.hostname = hostname
         self.threads = threads
         self.accept = frozenset(app.conf.accept_content)
+        # task_signing_key: messages are verified, records signed (None: no key, no cost).
+        self.signing = app.conf.signing
         # result_extended: records carry the task's name, args, kwargs, worker and queue.
         self.extended = app.conf.result_extended
         self.active: dict[str, Request] = {}
@@ -126,6 +132,12 @@ class Executor:
             asyncio.CancelledError: only that (the worker is stopping); nothing else escapes.
         """
         try:
+            if self.signing is not None:
+                try:
+                    self.signing.messages.verify(delivery.body)
+                except SecurityError as exc:
+                    await self._refuse(delivery, exc)
+                    return
             try:
                 if delivery.defect is not None:
                     raise DecodeError(delivery.defect)
@@ -165,6 +177,17 @@ class Executor:
             logger.error("could not dead-letter it either: %s", again)
 
     # -- before running ----------------------------------------------------------------------
+
+    async def _refuse(self, delivery: Delivery, exc: SecurityError) -> None:
+        """A message that is not signed with the key: dead-lettered unread, with one log line.
+        No result is stored: the id it claims is not to be trusted."""
+        reason = str(exc)
+        logger.error(
+            "refused a message from queue %s, sent to its dead-letter queue: %s",
+            delivery.queue,
+            reason,
+        )
+        await self.broker.dead_letter(delivery, reason)
 
     async def _reject_undecodable(self, delivery: Delivery, exc: AqueueError) -> None:
         what = "malformed broker record" if delivery.defect is not None else "undecodable message"
@@ -390,7 +413,7 @@ class Executor:
         if self.extended:
             record = self._extend(record, msg)
         try:
-            data = record.encode(self.app.conf.result_serializer)
+            data = record.encode(self.app.conf.result_serializer, self.signing)
         except EncodeError as exc:
             reason = f"result is not serialisable: {exc}"
             await self._dead_letter(delivery, msg, reason, EncodeError(reason))
@@ -547,7 +570,7 @@ class Executor:
             record = self._extend(record, msg)
         # Only outcome records (failure, retry, revoked, started) come here: their result is an
         # exception description or plain meta, always serialisable.
-        data = record.encode(self.app.conf.result_serializer)
+        data = record.encode(self.app.conf.result_serializer, self.signing)
         reply = msg.reply_to if msg is not None else reply_to
         await self.completer.finish([(record.task_id, data)], (), reply)
 

@@ -149,18 +149,29 @@ class Workflow:
         """Every header result in order, read in one round trip; ``None`` after failing the
         chord when one is missing (expired) or not a success."""
         group_id = str(info["id"])
-        ids = await load_ids(backend, group_id)
+        signing = self.app.conf.signing
+        try:
+            ids = await load_ids(backend, group_id, signing)
+        except DecodeError as exc:  # SecurityError too: forged member ids are never used
+            ids, gone = None, f"unreadable ({exc})"
+        else:
+            gone = "gone"
         if ids is None:
-            await self._fail_body(info, ChordError(f"chord {group_id}: its group record is gone"))
+            await self._fail_body(info, ChordError(f"chord {group_id}: its group record is {gone}"))
             return None
         values: list[Any] = []
         for task_id, raw in zip(ids, await backend.get_many(ids), strict=True):
+            unreadable = None
             try:
-                rec = ResultRecord.decode(raw, self.app.accept_results) if raw else None
-            except DecodeError:
-                rec = None
+                rec = (
+                    ResultRecord.decode(raw, self.app.accept_results, signing, task_id)
+                    if raw
+                    else None
+                )
+            except DecodeError as exc:  # SecurityError too: a forged value is never passed on
+                rec, unreadable = None, f"unreadable ({exc})"
             if rec is None or rec.status != states.SUCCESS:
-                state = rec.status if rec else "missing (expired?)"
+                state = rec.status if rec else unreadable or "missing (expired?)"
                 err = ChordError(f"Dependency {task_id} has no result to pass on: {state}")
                 await self._fail_body(info, err)
                 return None
@@ -232,9 +243,9 @@ class Workflow:
                 for t in finals
                 if t.id is not None
             ]
-            serializer = self.app.conf.result_serializer
+            serializer, signing = self.app.conf.result_serializer, self.app.conf.signing
             await self.backend.store(
-                [(task_id, rec.encode(serializer)) for task_id, rec in records],
+                [(task_id, rec.encode(serializer, signing)) for task_id, rec in records],
                 self.app.conf.result_expires,
                 {task_id: reply_to for task_id, _ in records} if reply_to else None,
             )
