@@ -1,7 +1,7 @@
 """What only the Redis broker and backend promise, beyond the contract suites.
 
 Key layout, error translation, one round trip per fetch, the surplus buffer of a blocking read,
-recovery from a flushed database and from a dropped pub/sub connection.
+recovery from a flushed database and from a dropped or half-open pub/sub connection.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from aqueue.exceptions import BrokerConnectionError, ConfigurationError
-from aqueue.transports.base import Outgoing
+from aqueue.transports.base import MIN_SOCKET_TIMEOUT, Outgoing
 from aqueue.transports.redis import keys
 from aqueue.transports.redis.broker import RedisBroker
 from aqueue.transports.redis.client import redacted_url
 from aqueue.transports.redis.results import RedisBackend
+from tests.chaos.harness import FaultProxy
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -334,6 +335,35 @@ async def test_reply_channel_survives_a_dropped_pubsub_connection(
     assert b"SUCCESS" in await asyncio.wait_for(mailbox.read_from(0), 10)
     await other.close()
     await backend.close()
+
+
+@pytest.mark.slow
+async def test_reply_channel_survives_a_half_open_pubsub_connection(
+    redis_server: str, url: str
+) -> None:
+    """A pub/sub connection that stops answering without closing (its peer vanished) is sent a
+    PING after a socket timeout of silence, and replaced when that goes unanswered as long."""
+    proxy = FaultProxy(int(redis_server.rsplit(":", 1)[1]))
+    proxy.start()
+    backend = RedisBackend(f"{proxy.url(0)}?socket_timeout={MIN_SOCKET_TIMEOUT}")
+    other = RedisBackend(url)
+    try:
+        channel = await backend.reply_channel()
+        task_id = str(uuid.uuid4())
+        mailbox = backend.expect(task_id)
+        proxy.half_open_all()
+        reading = asyncio.ensure_future(mailbox.read_from(0))
+        deadline = time.monotonic() + 4 * MIN_SOCKET_TIMEOUT + 2
+        while not reading.done() and time.monotonic() < deadline:
+            # Published again and again: only a subscription on a new connection gets it.
+            await other.store([(task_id, b"SUCCESS")], 60, {task_id: channel})
+            await asyncio.wait({reading}, timeout=0.5)
+        assert reading.done(), "the reply channel never came back from a half-open connection"
+        assert b"SUCCESS" in reading.result()
+    finally:
+        await other.close()
+        await backend.close()
+        proxy.close()
 
 
 async def test_a_mailbox_lives_only_as_long_as_its_handle(url: str) -> None:

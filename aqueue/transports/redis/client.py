@@ -326,6 +326,10 @@ def as_bytes(value: bytes | str) -> bytes:
 
 #: First and longest pause between pub/sub reconnects (seconds).
 PUBSUB_BACKOFF = (0.1, 2.0)
+#: Seconds of silence after which a pub/sub connection is sent a PING, and then the seconds it
+#: has to answer before it is taken for dead (half-open: the peer is gone but nothing closed
+#: it) and reconnected. The connection's ``socket_timeout`` (``redis_socket_timeout``) if set.
+PUBSUB_LIVENESS = 15.0
 
 
 async def pubsub_messages(pubsub: PubSub, owner: object) -> AsyncIterator[dict[str, Any]]:
@@ -333,17 +337,36 @@ async def pubsub_messages(pubsub: PubSub, owner: object) -> AsyncIterator[dict[s
 
     redis-py reconnects and re-subscribes by itself when the connection drops; while the server
     stays unreachable this retries with a pause doubling from 0.1 s to 2 s, logging each retry
-    against ``owner`` (its repr names the role and the redacted URL).
+    against ``owner`` (its repr names the role and the redacted URL). A connection that stays
+    silent is PINGed, and one that does not answer is reconnected (see
+    :data:`PUBSUB_LIVENESS`): a half-open connection would otherwise be read from for ever.
     """
     pause = PUBSUB_BACKOFF[0]
+    quiet = pubsub.connection_pool.connection_kwargs.get("socket_timeout") or PUBSUB_LIVENESS
+    pinged = False
     while True:
         try:
-            message = await pubsub.get_message(timeout=None)
+            message = await pubsub.get_message(timeout=quiet)
+            if message is None and pinged:
+                log.warning(
+                    "%r: pub/sub connection did not answer PING within %gs, reconnecting",
+                    owner,
+                    quiet,
+                )
+                pinged = False
+                connection: Any = pubsub.connection  # redis-py types it as always None
+                await connection.disconnect()  # the next read reconnects and re-subscribes
+                continue
+            if message is None:
+                pinged = True
+                await pubsub.ping()
+                continue
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             log.warning("%r: pub/sub connection lost, retrying in %gs", owner, pause)
+            pinged = False
             await asyncio.sleep(pause)
             pause = min(pause * 2, PUBSUB_BACKOFF[1])
             continue
         pause = PUBSUB_BACKOFF[0]
-        if message is not None:
-            yield message
+        pinged = False
+        yield message
