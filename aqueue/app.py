@@ -29,6 +29,7 @@ from aqueue.config import Settings, caller_directory
 from aqueue.control.client import Control
 from aqueue.exceptions import ConfigurationError
 from aqueue.message import Message
+from aqueue.middleware import Middleware
 from aqueue.perloop import PerLoop
 from aqueue.results.group import GroupResult as _GroupResult
 from aqueue.results.record import ResultRecord
@@ -106,6 +107,8 @@ class Aqueue:
         include: modules that define tasks for this app (Celery's ``include=``), imported at
             the first read of :attr:`tasks` (a worker reads it when it starts), so they may
             import this app's module.
+        middleware: wrappers around publishing and running tasks, the first outermost
+            (:mod:`aqueue.middleware`); more with :meth:`add_middleware`.
         **settings: any setting, by its lowercase name (see :class:`aqueue.config.Settings`).
 
     Raises:
@@ -122,9 +125,12 @@ class Aqueue:
         broker: str | Broker | None = None,
         backend: str | ResultBackend | None = None,
         include: Iterable[str] = (),
+        middleware: Iterable[Middleware] = (),
         **settings: Any,
     ) -> None:
         self.main = main or "aqueue"
+        #: The middleware chain, outermost first (:mod:`aqueue.middleware`).
+        self.middleware: list[Middleware] = list(middleware)
         self.conf = Settings()
         # The embedded default database sits beside the module that made this app, the same
         # file for every process that imports it, whatever its working directory.
@@ -158,6 +164,18 @@ class Aqueue:
 
     def __repr__(self) -> str:
         return f"<Aqueue {self.main}>"
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add ``middleware`` inside those added before (it runs after them on the way in).
+
+        Raises:
+            TypeError: ``middleware`` is not a :class:`~aqueue.middleware.Middleware`.
+        """
+        if not isinstance(middleware, Middleware):
+            raise TypeError(
+                f"middleware must be an aqueue.middleware.Middleware, not {middleware!r}"
+            )
+        self.middleware.append(middleware)
 
     # -- configuration -----------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ _ENVELOPE_KEYS = (
     "group_id",
     "options",
     "reply_to",
+    "sent_at",
 )
 
 
@@ -81,6 +82,8 @@ class Message:
             results on one subscription. ``None``: records go to the per-task channel only.
         content_type: the serializer of args and kwargs.
         compression: ``"zlib"`` or ``None``.
+        sent_at: when the producer built it (epoch seconds), for queue-wait figures; ``None``
+            from producers that do not say (retries keep the first send's).
     """
 
     id: str
@@ -104,6 +107,7 @@ class Message:
     reply_to: str | None = None
     content_type: str = "json"
     compression: str | None = None
+    sent_at: float | None = None
 
     def replace(self, **changes: Any) -> Message:
         """Return a copy with ``changes`` applied (e.g. ``retries=m.retries + 1``)."""
@@ -191,6 +195,7 @@ def from_envelope(env: dict[str, Any], accept: frozenset[str] | tuple[str, ...])
     args, kwargs = _arguments(env, ct, compression)
     priority, retries, version = get("priority") or 0, get("retries") or 0, get("v")
     eta, expires, time_limit = get("eta"), get("expires"), get("time_limit")
+    sent_at = get("sent_at")
     link, link_error, options = get("link") or [], get("link_error") or [], get("options") or {}
     if not (
         0 <= priority <= 255
@@ -199,6 +204,7 @@ def from_envelope(env: dict[str, Any], accept: frozenset[str] | tuple[str, ...])
         and (eta is None or math.isfinite(eta))
         and (expires is None or math.isfinite(expires))
         and (time_limit is None or 0 < time_limit < math.inf)
+        and (sent_at is None or math.isfinite(sent_at))
     ) or (link or link_error or options):
         _Fields(env).nested()  # finds what is wrong (naming it), or checks the nested data
     return Message(
@@ -223,6 +229,7 @@ def from_envelope(env: dict[str, Any], accept: frozenset[str] | tuple[str, ...])
         reply_to=get("reply_to"),
         content_type=ct,
         compression=compression,
+        sent_at=None if sent_at is None else float(sent_at),
     )
 
 
@@ -249,6 +256,7 @@ _FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "group_id": (_TEXT, "a string or null"),
     "options": ((dict,), "an object or null"),
     "reply_to": (_TEXT, "a string or null"),
+    "sent_at": (_NUMBER, "a number of epoch seconds or null"),
 }
 _TYPES = tuple((key, types) for key, (types, _) in _FIELDS.items())
 
@@ -313,7 +321,7 @@ class _Fields:
             value = get(key)
             if value is not None and not low <= value <= high:
                 raise self.bad(key, _FIELDS[key][1], value)
-        for key in ("eta", "expires", "time_limit"):
+        for key in ("eta", "expires", "time_limit", "sent_at"):
             value = get(key)
             if value is not None and not (
                 math.isfinite(value) and (value > 0 or key != "time_limit")

@@ -38,6 +38,7 @@ __all__ = [
     "beat_init",
     "before_task_publish",
     "setup_logging",
+    "task_dead_lettered",
     "task_failure",
     "task_postrun",
     "task_prerun",
@@ -249,6 +250,14 @@ task_unknown = _signal(
     "name id message exc",
     """A worker received a message for a task it does not know (dead-lettered); ``sender`` is
     the worker.""",
+)
+task_dead_lettered = _signal(
+    "task_dead_lettered",
+    "task_id name queue reason",
+    """A worker sent a message to its queue's dead-letter queue (unknown task, undecodable or
+    unsigned message, arguments that do not fit, unserialisable result, poison message);
+    ``sender`` is the worker's hostname; ``task_id`` and ``name`` are ``None`` when the message
+    could not be read. aqueue's own (Celery has none).""",
 )
 task_rejected = _signal(
     "task_rejected",

@@ -46,7 +46,8 @@ class Request:
     ``headers``, ``delivery_count`` (1 unless the message was delivered again), ``hostname``
     (the worker's), ``parent_id``, ``root_id``, ``group_id``, ``time_limit`` (seconds),
     ``is_eager`` (run inline by ``task_always_eager``), ``called_directly`` (``task(...)``),
-    ``reply_to`` (the sender's reply channel, where this task's records also go, or ``None``).
+    ``reply_to`` (the sender's reply channel, where this task's records also go, or ``None``),
+    and aqueue's ``sent_at`` (when the message was sent, epoch seconds, or ``None``).
     """
 
     id: str | None = None
@@ -68,6 +69,7 @@ class Request:
     is_eager: bool = False
     called_directly: bool = True
     reply_to: str | None = None
+    sent_at: float | None = None
 
 
 current_request: ContextVar[Request | None] = ContextVar("aqueue_request", default=None)

@@ -545,3 +545,14 @@ def transport_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A URL that several processes can share: every transport but memory (AMQP: as above)."""
     return _transport_url(request, tmp_path)
+
+
+@pytest.fixture
+def clean_signals() -> Iterator[None]:
+    """Every signal's receivers as they were before the test (receivers a test connects go)."""
+    from aqueue import signals
+
+    kept = {name: list(getattr(signals, name).receivers) for name in signals.__all__[1:]}
+    yield
+    for name, receivers in kept.items():
+        getattr(signals, name).receivers = receivers

@@ -4,7 +4,7 @@ the worker's and beat's life signals with a real worker."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import signal
 from typing import Any
 
 import pytest
@@ -12,17 +12,9 @@ import pytest
 from aqueue import Aqueue, Worker, signals
 from aqueue.beat import Beat
 from aqueue.signals import Signal
+from tests.workerproc import WorkerProcess
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def clean_signals() -> Iterator[None]:
-    """Every signal's receivers as they were before the test."""
-    kept = {name: list(getattr(signals, name).receivers) for name in signals.__all__[1:]}
-    yield
-    for name, receivers in kept.items():
-        getattr(signals, name).receivers = receivers
 
 
 async def test_sync_and_async_receivers_run_in_order_with_the_arguments() -> None:
@@ -154,3 +146,167 @@ async def test_beat_init_fires_with_the_beat(redis_server: str, clean_signals: N
     await beat.stop()
     await app.close()
     assert seen == [beat]
+
+
+class Recorder:
+    """Connects a receiver to each task signal; ``calls`` lists ``(signal name, kwargs)``."""
+
+    NAMES = (
+        "before_task_publish",
+        "after_task_publish",
+        "task_received",
+        "task_prerun",
+        "task_postrun",
+        "task_success",
+        "task_failure",
+        "task_retry",
+        "task_revoked",
+        "task_unknown",
+        "task_rejected",
+        "task_dead_lettered",
+    )
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        for name in self.NAMES:
+            getattr(signals, name).connect(self._receiver(name))
+
+    def _receiver(self, name: str) -> Any:
+        async def receive(**kwargs: Any) -> None:
+            self.calls.append((name, kwargs))
+
+        return receive
+
+    def names(self, task_id: str | None = None) -> list[str]:
+        return [name for name, kw in self.calls if task_id is None or _task_id(kw) == task_id]
+
+
+def _task_id(kwargs: dict[str, Any]) -> str | None:
+    for key in ("task_id", "id"):
+        if isinstance(kwargs.get(key), str):
+            return str(kwargs[key])
+    for key in ("request", "body"):
+        value = kwargs.get(key)
+        if value is not None and isinstance(getattr(value, "id", None), str):
+            return str(value.id)
+    return None
+
+
+@pytest.fixture
+async def signal_app(redis_server: str, clean_signals: None) -> Any:
+    app = Aqueue("signals", broker=redis_server, backend=redis_server)
+    app.conf.task_default_queue = f"q-signals-{id(app)}"
+    yield app
+    await app.close()
+
+
+async def test_task_signals_fire_once_each_with_their_arguments(signal_app: Aqueue) -> None:
+    app = signal_app
+
+    @app.task(name="s.add")
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="s.bad")
+    async def bad() -> None:
+        raise KeyError("missing")
+
+    @app.task(name="s.flaky", bind=True, max_retries=1, default_retry_delay=0)
+    async def flaky(self: Any) -> str:
+        if self.request.retries == 0:
+            raise self.retry(exc=ValueError("try again"))
+        return "ok"
+
+    recorder = Recorder()
+    async with Worker(app, concurrency=4) as worker:
+        ok = await add.delay(2, 3)
+        assert await ok.get(timeout=10) == 5
+        failed = await bad.delay()
+        with pytest.raises(KeyError):
+            await failed.get(timeout=10)
+        retried = await flaky.delay()
+        assert await retried.get(timeout=10) == "ok"
+        unknown = await app.send_task("s.nobody")
+        with pytest.raises(Exception, match="unknown task"):
+            await unknown.get(timeout=10)
+        await worker.wait_processed(5)
+
+    assert recorder.names(ok.id) == [
+        "before_task_publish", "after_task_publish", "task_received", "task_prerun",
+        "task_success", "task_postrun",
+    ]  # fmt: skip
+    calls = {name: kw for name, kw in recorder.calls if _task_id(kw) == ok.id}
+    assert calls["before_task_publish"]["sender"] == "s.add"
+    assert calls["before_task_publish"]["routing_key"] == app.conf.task_default_queue
+    assert calls["task_prerun"]["sender"] is add and calls["task_prerun"]["args"] == (2, 3)
+    assert calls["task_success"]["result"] == 5
+    assert calls["task_postrun"]["state"] == "SUCCESS" and calls["task_postrun"]["retval"] == 5
+
+    assert recorder.names(failed.id)[-3:] == ["task_prerun", "task_failure", "task_postrun"]
+    failure = next(kw for name, kw in recorder.calls if name == "task_failure")
+    assert isinstance(failure["exception"], KeyError) and "KeyError" in failure["traceback"]
+
+    flaky_names = recorder.names(retried.id)
+    assert flaky_names.count("task_retry") == 1 and flaky_names.count("task_success") == 1
+    assert flaky_names.count("task_received") == 2  # the first run and the retry
+    retry = next(kw for name, kw in recorder.calls if name == "task_retry")
+    assert isinstance(retry["reason"], ValueError) and retry["request"].id == retried.id
+    states = [kw["state"] for name, kw in recorder.calls if name == "task_postrun"]
+    flaky_states = [
+        kw["state"]
+        for name, kw in recorder.calls
+        if name == "task_postrun" and _task_id(kw) == retried.id
+    ]
+    assert flaky_states == ["RETRY", "SUCCESS"] and "FAILURE" in states
+
+    assert recorder.names(unknown.id)[-2:] == ["task_dead_lettered", "task_unknown"]
+    dead = next(kw for name, kw in recorder.calls if name == "task_dead_lettered")
+    assert dead["name"] == "s.nobody" and "unknown task" in dead["reason"]
+
+
+async def test_revoked_and_expired_tasks_send_task_revoked(signal_app: Aqueue) -> None:
+    app = signal_app
+
+    @app.task(name="s.never")
+    async def never() -> None:
+        raise AssertionError("must not run")
+
+    recorder = Recorder()
+    revoked = await never.apply_async(countdown=0.5)
+    await app.control.revoke(revoked.id)
+    expired = await never.apply_async(expires=0.001)
+    async with Worker(app, concurrency=2) as worker:
+        await worker.wait_processed(2)
+    by_id = {_task_id(kw): kw for name, kw in recorder.calls if name == "task_revoked"}
+    assert set(by_id) == {revoked.id, expired.id}
+    assert by_id[revoked.id]["expired"] is False and by_id[revoked.id]["terminated"] is False
+    assert by_id[expired.id]["expired"] is True
+    assert by_id[revoked.id]["sender"] is never
+    assert "task_prerun" not in recorder.names()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_a_sigterm_shutdown_sends_the_worker_signals_once(
+    redis_server: str, processes: int
+) -> None:
+    env = {"AQUEUE_BROKER_URL": redis_server, "AQUEUE_E2E_QUEUE": f"q-sigterm-{processes}"}
+    args = ["-c", "2", "--processes", str(processes)]
+    async with WorkerProcess("tests.apps.signal_tasks", args, env) as worker:
+        await worker.wait_for("ready: all" if processes > 1 else " ready: consuming ")
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait() == 0
+    lines = [line for line in worker.lines if "signal " in line]
+    for name in ("worker_init", "worker_ready", "worker_shutting_down", "worker_shutdown"):
+        assert sum(f"signal {name} " in line for line in lines) == processes, lines
+    shutting = [line for line in lines if "signal worker_shutting_down" in line]
+    assert all("'sig': 'SIGTERM', 'how': 'Warm', 'exitcode': 0" in line for line in shutting)
+    assert sum("signal worker_process_init" in line for line in lines) == (
+        processes if processes > 1 else 0
+    )
+
+
+async def test_a_setup_logging_receiver_takes_over_logging(redis_server: str) -> None:
+    env = {"AQUEUE_BROKER_URL": redis_server, "AQUEUE_TEST_OWN_LOGGING": "1"}
+    async with WorkerProcess("tests.apps.signal_tasks", ["-c", "1"], env) as worker:
+        line = await worker.wait_for(" ready: consuming ")
+    assert line.startswith("OWN INFO ")

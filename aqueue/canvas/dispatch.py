@@ -286,8 +286,13 @@ class Plan:
             signing = self.app.conf.signing
             records = [(meta_key(gid), encode_meta(gid, ids, signing)) for gid, ids in self.groups]
             await backend.store(records, self.app.conf.result_expires)
+        wrapped = sender.wraps_publishing()  # middleware may change headers: encoded again
         for start in range(0, len(outgoing), BATCH_SIZE):
-            await sender.publish_outgoing(outgoing[start : start + BATCH_SIZE], retry, retry_policy)
+            if wrapped:
+                await sender.publish(self.messages[start : start + BATCH_SIZE], retry, retry_policy)
+            else:
+                batch = outgoing[start : start + BATCH_SIZE]
+                await sender.publish_outgoing(batch, retry, retry_policy)
 
 
 def _makes_chord(sig: Canvas) -> bool:

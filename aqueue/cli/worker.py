@@ -33,6 +33,13 @@ from aqueue.cli._common import (
     split,
     use_log_format,
 )
+from aqueue.cli.metrics import (
+    MetricsAddressOption,
+    MetricsPortOption,
+    child_metrics,
+    metrics_for,
+    supervisor_metrics,
+)
 from aqueue.cli.pidfile import hold_pidfile
 from aqueue.exceptions import AqueueError
 from aqueue.worker import Worker
@@ -105,19 +112,26 @@ def worker(
     logfile: LogfileOption = None,
     log_format: LogFormatOption = None,
     pidfile: PidfileOption = None,
+    metrics_port: MetricsPortOption = None,
+    metrics_address: MetricsAddressOption = "0.0.0.0",
 ) -> None:
     """Run a worker: consume the queues and run tasks until SIGTERM or SIGINT."""
     spec = app_spec(ctx, app)
     use_log_format(log_format)  # by the environment: --processes children inherit it
     options = WorkerOptions(concurrency, queues, loglevel, hostname, prefetch_multiplier,
                             beat, events)  # fmt: skip
+    metrics = (metrics_port, metrics_address)
     if processes > 1:  # N copies of this command, without --processes
-        supervise(spec, processes, options, logfile, pidfile)
-    run_worker(spec, options, logfile, pidfile)
+        supervise(spec, processes, options, logfile, pidfile, metrics)
+    run_worker(spec, options, logfile, pidfile, metrics)
 
 
 def run_worker(
-    spec: str, options: WorkerOptions, logfile: Path | None = None, pidfile: Path | None = None
+    spec: str,
+    options: WorkerOptions,
+    logfile: Path | None = None,
+    pidfile: Path | None = None,
+    metrics: tuple[int | None, str] = (None, ""),
 ) -> None:
     """Load the app, set up logging (unless a ``setup_logging`` receiver in it does), hold the
     pidfile, and run one worker (and beat with ``-B``) until it stops.
@@ -132,7 +146,8 @@ def run_worker(
         raise fail(exc) from exc
     finally:  # the app's own setup_logging receivers are connected now, if it loaded
         setup_logging(options.loglevel, logfile)
-    with hold_pidfile(pidfile):
+    child_metrics(the_app)  # a --processes child of a supervisor serving metrics
+    with hold_pidfile(pidfile), metrics_for(the_app, *metrics):
         _run_worker(the_app, options)
 
 
@@ -180,12 +195,14 @@ def supervise(
     options: WorkerOptions,
     logfile: Path | None,
     pidfile: Path | None,
+    metrics: tuple[int | None, str] = (None, ""),
 ) -> NoReturn:
     """``aqueue worker --processes N``: run N workers with these options under a
     :class:`~aqueue.worker.supervisor.Supervisor`; exit with its code.
 
     The pidfile holds the supervisor's id. With ``--logfile``, the supervisor's stderr - its
-    own log and the lines it relays from its children - goes to the file.
+    own log and the lines it relays from its children - goes to the file. With
+    ``--metrics-port``, the supervisor serves the children's metrics (summed).
     """
     from aqueue.worker.supervisor import Supervisor  # asyncio subprocess machinery: only here
 
@@ -195,10 +212,13 @@ def supervise(
         raise fail(exc) from exc
     args, first = options.child_args()
     setup_logging(options.loglevel, logfile)
-    with hold_pidfile(pidfile):  # refused: said on the terminal, not in the file
+    # refused pidfile: said on the terminal, not in the file
+    with hold_pidfile(pidfile), supervisor_metrics(*metrics) as serve_metrics:
         if logfile is not None:
             redirect_stderr(logfile)  # what the children log reaches the file too
         supervisor = Supervisor(spec, processes, args, options.hostname, first, shutdown_timeout)
+        if serve_metrics is not None:
+            supervisor.on_exit = serve_metrics(supervisor.ready)
         code = supervisor.run()
     raise typer.Exit(code)
 

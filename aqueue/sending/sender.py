@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from aqueue import signals
 from aqueue.batching import Batcher
 from aqueue.canvas.primitives import Signature
 from aqueue.eager import apply_eager
@@ -31,6 +32,7 @@ from aqueue.exceptions import (
     TaskNotRegistered,
 )
 from aqueue.message import Message, new_id
+from aqueue.middleware import chain_publish
 from aqueue.perloop import PerLoop
 from aqueue.results.mailbox import Mailbox
 from aqueue.results.result import AsyncResult
@@ -105,6 +107,10 @@ class Sender:
         retry, policy = options.get("retry", True), options.get("retry_policy")
         backend, reply_to, left = await self._prepare(1, retry, policy)
         message = self.build_message(name, args_t, kwargs_d, task, options, reply_to)
+        if self.wraps_publishing():
+            result = self._handle(message, backend)
+            await self._publish_wrapped([message], retry, policy, left)
+            return result
         outgoing = self.outgoing(message)  # EncodeError (MessageTooLarge) before anything is sent
         result = self._handle(message, backend)  # its mailbox exists before the message is sent
         await self.publish_outgoing([outgoing], retry, policy, left)
@@ -131,6 +137,10 @@ class Sender:
         retry, policy = options.get("retry", True), options.get("retry_policy")
         backend, reply_to, left = await self._prepare(len(calls), retry, policy)
         messages = [self.build_message(name, call, {}, task, options, reply_to) for call in calls]
+        if self.wraps_publishing():
+            results = [self._handle(m, backend) for m in messages]
+            await self._publish_wrapped(messages, retry, policy, left)
+            return results
         outgoing = [self.outgoing(m) for m in messages]  # EncodeError before anything is sent
         results = [self._handle(m, backend) for m in messages]
         await self.publish_outgoing(outgoing, retry, policy, left)
@@ -283,6 +293,7 @@ class Sender:
             reply_to=None if ignore_result else reply_to,
             content_type=pick("serializer", conf.task_serializer),
             compression=pick("compression", conf.task_compression),
+            sent_at=time.time(),
         )
 
     async def publish(
@@ -296,7 +307,52 @@ class Sender:
             MessageTooLarge: a message is over ``task_max_message_size``; none was published.
             BrokerConnectionError: still failing after ``retry_policy['max_retries']`` retries.
         """
+        if self.wraps_publishing():
+            await self._publish_wrapped(messages, retry, retry_policy)
+            return
         await self.publish_outgoing([self.outgoing(m) for m in messages], retry, retry_policy)
+
+    def wraps_publishing(self) -> bool:
+        """True when publishing goes through middleware or publish signals: messages are then
+        published with :meth:`publish` (else encoded messages may go straight to
+        :meth:`publish_outgoing`, at no cost)."""
+        return bool(
+            self.app.middleware
+            or signals.before_task_publish.receivers
+            or signals.after_task_publish.receivers
+        )
+
+    async def _publish_wrapped(
+        self,
+        messages: list[Message],
+        retry: bool,
+        retry_policy: AnyRetryPolicy,
+        left: float | None = None,
+    ) -> None:
+        """Publish ``messages`` inside the app's middleware chain (which may change their
+        headers), sending ``before_task_publish`` / ``after_task_publish`` around the publish.
+        Every message is encoded before any is published, as on the direct path.
+
+        Raises:
+            As :meth:`publish`, or what a middleware raises.
+        """
+
+        async def publish(batch: list[Message]) -> None:
+            for m in batch:
+                await signals.before_task_publish.send(
+                    m.task, body=m, exchange=m.options.get("exchange") or "", routing_key=m.queue,
+                    headers=m.headers, properties={}, declare=[], retry_policy=retry_policy,
+                )  # fmt: skip
+            await self.publish_outgoing(
+                [self.outgoing(m) for m in batch], retry, retry_policy, left
+            )
+            for m in batch:
+                await signals.after_task_publish.send(
+                    m.task, body=m, exchange=m.options.get("exchange") or "", routing_key=m.queue,
+                    headers=m.headers,
+                )  # fmt: skip
+
+        await chain_publish(self.app.middleware, publish)(messages)
 
     async def publish_outgoing(
         self,

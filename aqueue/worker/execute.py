@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aqueue import message as wire
-from aqueue import states
+from aqueue import signals, states
 from aqueue.canvas.primitives import Signature
 from aqueue.exceptions import (
     AqueueError,
@@ -49,8 +49,9 @@ from aqueue.exceptions import (
     WorkerLostError,
 )
 from aqueue.message import Message
+from aqueue.middleware import chain_run
 from aqueue.results.record import ResultRecord, describe_exception
-from aqueue.task import Request, Task
+from aqueue.task import Request, Task, current_request
 from aqueue.transports import Broker, Delivery
 from aqueue.worker.completer import Completer
 from aqueue.worker.invoke import invoke
@@ -149,6 +150,9 @@ class Executor:
             logger.info("Task %s[%s] received", msg.task, msg.id)
             if self.on_event is not None:
                 self.on_event("task-received", msg, _received(msg))
+            if signals.task_received.receivers:
+                request = self._request(delivery, msg, msg.time_limit)
+                await signals.task_received.send(self.hostname, request=request)
             task = await self._admit(delivery, msg)
             if task is None:
                 return
@@ -175,6 +179,8 @@ class Executor:
         except Exception as again:
             # Left leased: delivered again after the visibility timeout.
             logger.error("could not dead-letter it either: %s", again)
+            return
+        await self._dead_lettered(delivery, reason)
 
     # -- before running ----------------------------------------------------------------------
 
@@ -188,6 +194,9 @@ class Executor:
             reason,
         )
         await self.broker.dead_letter(delivery, reason)
+        if signals.task_rejected.receivers:
+            await signals.task_rejected.send(self.hostname, message=delivery, exc=exc)
+        await self._dead_lettered(delivery, reason)
 
     async def _reject_undecodable(self, delivery: Delivery, exc: AqueueError) -> None:
         what = "malformed broker record" if delivery.defect is not None else "undecodable message"
@@ -212,6 +221,10 @@ class Executor:
             reply = env.get("reply_to")
             await self._store(failure, reply_to=reply if isinstance(reply, str) else None)
         await self.broker.dead_letter(delivery, reason)
+        if signals.task_rejected.receivers:
+            await signals.task_rejected.send(self.hostname, message=delivery, exc=exc)
+        name = env["task"] if env is not None else None
+        await self._dead_lettered(delivery, reason, env["id"] if env is not None else None, name)
 
     async def _admit(self, delivery: Delivery, msg: Message) -> Task[Any, Any] | None:
         """Return the task to run, or ``None`` after dealing with a message that must not run."""
@@ -237,7 +250,12 @@ class Executor:
                 f"unknown task {msg.task!r}: it is not registered in this worker's app "
                 f"(check the name and the worker's -A)"
             )
-            await self._dead_letter(delivery, msg, reason, TaskNotRegistered(reason))
+            unknown = TaskNotRegistered(reason)
+            await self._dead_letter(delivery, msg, reason, unknown)
+            if signals.task_unknown.receivers:
+                await signals.task_unknown.send(
+                    self.hostname, name=msg.task, id=msg.id, message=msg, exc=unknown
+                )
             return None
         try:
             task.check_arguments(msg.args, msg.kwargs)
@@ -286,6 +304,14 @@ class Executor:
         if self.on_event is not None:
             fields = {"reason": reason, "expired": expired, "terminated": terminated}
             self.on_event("task-revoked", msg, fields)
+        if signals.task_revoked.receivers:
+            await signals.task_revoked.send(
+                self.app.tasks.get(msg.task) or msg.task,
+                request=self._request(delivery, msg, msg.time_limit),
+                terminated=terminated,
+                signum=None,
+                expired=expired,
+            )
 
     async def _fail(self, msg: Message, exc: BaseException) -> None:
         """Store FAILURE with ``exc`` for ``msg`` and tell its workflow (link_error, chord)."""
@@ -307,6 +333,20 @@ class Executor:
         logger.error("Task %s[%s] sent to the dead-letter queue: %s", msg.task, msg.id, reason)
         await self._fail(msg, exc)
         await self.broker.dead_letter(delivery, reason)
+        await self._dead_lettered(delivery, reason, msg.id, msg.task)
+
+    async def _dead_lettered(
+        self,
+        delivery: Delivery,
+        reason: str,
+        task_id: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        """Send ``task_dead_lettered`` (when anything listens) for a message just dead-lettered."""
+        if signals.task_dead_lettered.receivers:
+            await signals.task_dead_lettered.send(
+                self.hostname, task_id=task_id, name=name, queue=delivery.queue, reason=reason
+            )
 
     # -- running -----------------------------------------------------------------------------
 
@@ -331,6 +371,7 @@ class Executor:
             is_eager=False,
             called_directly=False,
             reply_to=msg.reply_to,
+            sent_at=msg.sent_at,
         )
 
     async def _run(
@@ -375,28 +416,76 @@ class Executor:
         if self.on_event is not None:
             self.on_event("task-started", msg, {})
         self.active[msg.id] = request
+        # Set for all that follows the run too: what its outcome sends (chain steps, retries,
+        # callbacks) is sent from this task's context (tracing middleware reads it).
+        token = current_request.set(request)
+        if signals.task_prerun.receivers:
+            await signals.task_prerun.send(
+                task, task_id=msg.id, task=task, args=msg.args, kwargs=msg.kwargs, request=request
+            )
         started = time.monotonic()
+        state: str = states.FAILURE
+        retval: Any = None
         try:
             # terminable.run: revoke(terminate=True) cancels the body and raises Terminated here.
-            body = invoke(task, request, time_limit, self.threads, soft_limit)
+            if self.app.middleware:
+                body = chain_run(
+                    self.app.middleware,
+                    task,
+                    request,
+                    lambda: invoke(task, request, time_limit, self.threads, soft_limit),
+                )
+            else:
+                body = invoke(task, request, time_limit, self.threads, soft_limit)
             value = await self.terminable.run(msg.id, body)
         except Terminated:
+            state = states.REVOKED
             await self._revoke(delivery, msg, "terminated", terminated=True)
         except Retry as retry:
-            await self._retry(delivery, msg, task, retry, traceback.format_exc())
+            state, retval = states.RETRY, retry
+            await self._retried(delivery, msg, task, request, retry, traceback.format_exc())
         except Exception as exc:
-            tb = traceback.format_exc()
+            tb, retval = traceback.format_exc(), exc
             if task.autoretry_for and isinstance(exc, task.autoretry_for):
                 limit = (task.retry_kwargs or {}).get("max_retries", task.effective_max_retries())
                 if limit is None or msg.retries < limit:
                     delay = task.backoff_delay(msg.retries)
-                    await self._retry(delivery, msg, task, Retry(exc=exc, when=delay), tb)
-                    return
-            await self._failure(delivery, msg, task, request, exc, tb, time.monotonic() - started)
+                    state = states.RETRY
+                    again = Retry(exc=exc, when=delay)
+                    await self._retried(delivery, msg, task, request, again, tb)
+            if state != states.RETRY:
+                runtime = time.monotonic() - started
+                await self._failure(delivery, msg, task, request, exc, tb, runtime)
         else:
-            await self._success(delivery, msg, task, value, time.monotonic() - started, after)
+            retval = value
+            runtime = time.monotonic() - started
+            if await self._success(delivery, msg, task, value, runtime, after):
+                state = states.SUCCESS
+                if signals.task_success.receivers:
+                    await signals.task_success.send(task, result=value, request=request)
         finally:
             self.active.pop(msg.id, None)
+            current_request.reset(token)
+        if signals.task_postrun.receivers:
+            await signals.task_postrun.send(
+                task, task_id=msg.id, task=task, args=msg.args, kwargs=msg.kwargs,
+                retval=retval, state=state, request=request,
+            )  # fmt: skip
+
+    async def _retried(
+        self,
+        delivery: Delivery,
+        msg: Message,
+        task: Task[Any, Any],
+        request: Request,
+        retry: Retry,
+        tb: str,
+    ) -> None:
+        """:meth:`_retry`, then the ``task_retry`` signal."""
+        await self._retry(delivery, msg, task, retry, tb)
+        if signals.task_retry.receivers:
+            reason = retry.exc if retry.exc is not None else retry
+            await signals.task_retry.send(task, request=request, reason=reason, einfo=tb)
 
     async def _success(
         self,
@@ -406,7 +495,8 @@ class Executor:
         value: Any,
         runtime: float,
         after: NextRun | None = None,
-    ) -> None:
+    ) -> bool:
+        """Store and ack a success; False when its result could not be stored (dead-lettered)."""
         record = ResultRecord(
             msg.id, states.SUCCESS, value, None, time.time(), msg.retries, msg.task
         )
@@ -417,7 +507,7 @@ class Executor:
         except EncodeError as exc:
             reason = f"result is not serialisable: {exc}"
             await self._dead_letter(delivery, msg, reason, EncodeError(reason))
-            return
+            return False
         records = [] if msg.ignore_result or self.backend is None else [(msg.id, data)]
         if logger.isEnabledFor(logging.INFO):
             logger.info(
@@ -435,7 +525,7 @@ class Executor:
             )
             if nxt is not None:
                 nxt.marked = ours
-            return
+            return True
         await self.completer.finish(records, (), msg.reply_to)
         for link in msg.link:
             await self._apply_link(Signature.from_dict(link, self.app), (value,), msg)
@@ -445,6 +535,7 @@ class Executor:
             task.after_return, states.SUCCESS, value, msg.id, msg.args, msg.kwargs, None
         )
         await self._ack(delivery)
+        return True
 
     async def _failure(
         self,
@@ -461,6 +552,11 @@ class Executor:
             fields = {"exception": repr(exc), "traceback": tb, "runtime": runtime}
             self.on_event("task-failed", msg, fields)
         await self._store_exception(msg, states.FAILURE, exc, tb)
+        if signals.task_failure.receivers:
+            await signals.task_failure.send(
+                task, task_id=msg.id, exception=exc, args=msg.args, kwargs=msg.kwargs,
+                traceback=tb, einfo=tb, request=request,
+            )  # fmt: skip
         for errback in msg.link_error:
             await self._apply_errback(Signature.from_dict(errback, self.app), request, exc, tb)
         await self.workflow.failed(msg, exc, tb)

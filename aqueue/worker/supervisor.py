@@ -35,7 +35,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +83,7 @@ class Supervisor:
         hostname: the ``-n`` base name; child ``i`` is named by :func:`child_hostname`.
         first_args: options for child 1 only (``-B``: one beat, not N).
         shutdown_timeout: the children's ``worker_shutdown_timeout`` (seconds).
+        on_exit: called with a child's pid once it has exited (for metrics of dead processes).
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class Supervisor:
         hostname: str | None = None,
         first_args: Sequence[str] = (),
         shutdown_timeout: float = 30.0,
+        on_exit: Callable[[int], None] | None = None,
     ) -> None:
         if processes < 1:
             raise ValueError("processes must be at least 1")
@@ -102,8 +104,14 @@ class Supervisor:
         self.first_args = list(first_args)
         self.shutdown_timeout = shutdown_timeout
         self.children = [_Child(i + 1) for i in range(processes)]
+        self.on_exit = on_exit
         self._stopping = asyncio.Event()
         self._signals = 0
+
+    def ready(self) -> bool:
+        """True while every child is ready and no shutdown has begun (readiness; safe to call
+        from another thread)."""
+        return not self._stopping.is_set() and all(c.ready.is_set() for c in self.children)
 
     def run(self) -> int:
         """Run until every child has stopped; return the exit code (0: clean)."""
@@ -169,6 +177,8 @@ class Supervisor:
                 _send(child.proc, signal.SIGTERM)
             await self._relay(child)
             code = await child.proc.wait()
+            if self.on_exit is not None:
+                self.on_exit(child.proc.pid)
             if self._stopping.is_set():
                 return
             if code == RECYCLE_EXIT:

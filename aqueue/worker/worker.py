@@ -461,6 +461,11 @@ class Worker:
         await self.stop()
 
     @property
+    def is_ready(self) -> bool:
+        """True from the moment it consumes until it begins to shut down (readiness)."""
+        return self._ready.is_set() and not self._stopping.is_set()
+
+    @property
     def processed(self) -> int:
         """Messages handled since start (any outcome)."""
         return self.executor.done if self.executor else 0

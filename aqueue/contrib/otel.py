@@ -1,0 +1,147 @@
+"""OpenTelemetry traces: ``pip install 'aqueue[otel]'``, then ``OpenTelemetry().install(app)``
+in the producers and in the worker (the app module is the usual place; configure the SDK's
+tracer provider and exporter as for any other library).
+
+Every publication of a task message gets a ``PRODUCER`` span named ``send <task name>``, and
+every run of a task in a worker a ``CONSUMER`` span named ``process <task name>``, child of the
+span that sent it: the trace context travels in the message's headers (``traceparent`` and
+``tracestate``, or whatever the global propagator writes). Messages a task's run leads to -
+the next steps of its chain, its chord's callback, retries, errbacks, tasks it sends itself -
+are sent from inside that run's context, so a web request, its task and the tasks of its chain
+or chord are one trace.
+
+Attributes follow OpenTelemetry's messaging semantic conventions: ``messaging.system``
+(``"aqueue"``), ``messaging.operation.type`` (``send`` / ``process``),
+``messaging.operation.name``, ``messaging.destination.name`` (the queue),
+``messaging.message.id`` (the task id), plus ``aqueue.task.name``, ``aqueue.task.retries`` and,
+on failure, the exception as a span event with an error status. A retry is not an error: its
+span gets ``aqueue.task.outcome = "retry"``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aqueue import signals
+from aqueue.exceptions import Retry
+from aqueue.middleware import Middleware, PublishNext, RunNext
+from aqueue.task import current_request
+
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import propagate, trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+except ImportError as exc:  # pragma: no cover - the extra is installed in the tests
+    raise ImportError(
+        "aqueue.contrib.otel needs opentelemetry-api: pip install 'aqueue[otel]'"
+    ) from exc
+
+if TYPE_CHECKING:
+    from aqueue.app import Aqueue
+    from aqueue.message import Message
+    from aqueue.task import Request, Task
+
+__all__ = ["OpenTelemetry"]
+
+_SYSTEM = "aqueue"
+
+
+class OpenTelemetry(Middleware):
+    """Spans for sending and running tasks, linked across processes through message headers.
+
+    Args:
+        tracer_provider: where spans go (default: the global provider, as set by the SDK's
+            ``trace.set_tracer_provider``).
+    """
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self.tracer = trace.get_tracer("aqueue", tracer_provider=tracer_provider)
+        # The context of each task running in this process, by task id: what it sends after
+        # its body returned (chain steps, chord callbacks) is sent from there.
+        self._running: dict[str, otel_context.Context] = {}
+
+    def install(self, app: Aqueue) -> None:
+        """Add this middleware to ``app`` (once) and forget each task's context when it ends."""
+        if self not in app.middleware:
+            app.add_middleware(self)
+        signals.task_postrun.connect(self._on_postrun, dispatch_uid=f"aqueue.otel:{id(self)}")
+
+    def _parent(self) -> otel_context.Context | None:
+        """The context to send from: the current span's, else that of the task this process
+        is finishing (its workflow sends after its body returned)."""
+        if trace.get_current_span().get_span_context().is_valid:
+            return None  # the current context
+        request = current_request.get()
+        return None if request is None or request.id is None else self._running.get(request.id)
+
+    async def publish(self, messages: list[Message], call_next: PublishNext) -> None:
+        parent = self._parent()
+        spans = []
+        for message in messages:
+            span = self.tracer.start_span(
+                f"send {message.task}",
+                context=parent,
+                kind=SpanKind.PRODUCER,
+                attributes=_attributes("send", message.queue, message.id, message.task),
+            )
+            span.set_attribute("aqueue.task.retries", message.retries)
+            propagate.inject(message.headers, context=trace.set_span_in_context(span, parent))
+            spans.append(span)
+        try:
+            await call_next(messages)
+        except BaseException as exc:
+            for span in spans:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            for span in spans:
+                span.end()
+
+    async def run(self, task: Task[Any, Any], request: Request, call_next: RunNext) -> Any:
+        parent = propagate.extract(request.headers)
+        span = self.tracer.start_span(
+            f"process {request.task}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=_attributes("process", request.queue, request.id, request.task),
+        )
+        span.set_attribute("aqueue.task.retries", request.retries)
+        span.set_attribute("aqueue.task.delivery_count", request.delivery_count)
+        here = trace.set_span_in_context(span, parent)
+        if request.id is not None:
+            self._running[request.id] = here
+        token = otel_context.attach(here)
+        try:
+            value = await call_next()
+        except Retry:
+            span.set_attribute("aqueue.task.outcome", "retry")
+            raise
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            span.set_attribute("aqueue.task.outcome", "failure")
+            raise
+        else:
+            span.set_attribute("aqueue.task.outcome", "success")
+            return value
+        finally:
+            otel_context.detach(token)
+            span.end()
+
+    def _on_postrun(self, task_id: str, **_: Any) -> None:
+        self._running.pop(task_id, None)
+
+
+def _attributes(
+    operation: str, queue: str | None, task_id: str | None, name: str | None
+) -> dict[str, str]:
+    """The messaging semantic conventions' attributes of a ``send`` or ``process`` span."""
+    return {
+        "messaging.system": _SYSTEM,
+        "messaging.operation.type": operation,
+        "messaging.operation.name": operation,
+        "messaging.destination.name": queue or "",
+        "messaging.message.id": task_id or "",
+        "aqueue.task.name": name or "",
+    }
