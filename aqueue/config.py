@@ -372,9 +372,10 @@ class Settings(Mapping[str, Any]):
     worker_max_tasks_per_child: int | None = None  # with --processes; None or 0: no limit
     worker_max_memory_per_child: int | None = None  # KiB resident, with --processes; None/0: none
     result_extended: bool = False  # store name, args, kwargs, worker, queue with the result
-    # Not a setting: the signers made from task_signing_key (set with it; before it, so that
-    # __init__ sets this default first).
-    _signing: Signing | None = field(default=None, init=False, repr=False, compare=False)
+    #: Not a setting: the signers made from ``task_signing_key`` when it is set, ``None``
+    #: without a key (:mod:`aqueue.signing`); read-only. Declared before the key, so that
+    #: ``__init__`` sets this default first.
+    signing: Signing | None = field(default=None, init=False, repr=False, compare=False)
     # A secret, or a list of them (the first signs): HMAC-SHA256 of messages and results.
     task_signing_key: str | bytes | list[str | bytes] | None = field(default=None, repr=False)
     task_max_message_size: int | None = None  # bytes; a larger message is refused at send
@@ -384,7 +385,8 @@ class Settings(Mapping[str, Any]):
     def __setattr__(self, name: str, value: Any) -> None:
         check = _CHECKS.get(name)
         if check is None:
-            if name in ("_default_url", "_signing"):
+            # signing: only its default, in __init__ (a slot not set yet); then with the key.
+            if name == "_default_url" or (name == "signing" and not hasattr(self, name)):
                 object.__setattr__(self, name, value)
                 return
             raise UnknownSetting(_unknown(name))
@@ -392,14 +394,8 @@ class Settings(Mapping[str, Any]):
         if isinstance(value, timedelta):
             value = value.total_seconds()
         elif name == "task_signing_key":
-            object.__setattr__(self, "_signing", Signing.from_setting(value))
+            object.__setattr__(self, "signing", Signing.from_setting(value))
         object.__setattr__(self, name, value)
-
-    @property
-    def signing(self) -> Signing | None:
-        """The signers made from ``task_signing_key`` when it was set, ``None`` without a key
-        (see :mod:`aqueue.signing`). Set the setting again to change the keys."""
-        return self._signing
 
     # -- the mapping view (Celery's app.conf is a mapping) -----------------------------------
 

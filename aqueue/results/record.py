@@ -78,10 +78,6 @@ class ResultRecord:
         Raises:
             EncodeError: the result is not serialisable with ``serializer``.
         """
-        raw = self._encode(serializer)
-        return raw if signing is None else signing.results.sign(raw)
-
-    def _encode(self, serializer: str) -> bytes:
         rec: dict[str, Any] = {
             "task_id": self.task_id,
             "status": self.status,
@@ -91,15 +87,17 @@ class ResultRecord:
             "name": self.name,
         }
         if self.worker is not None:  # result_extended
-            return self._encode_extended(rec, serializer)
-        if serializer == "json" or self.status in states.EXCEPTION_STATES:
+            raw = self._encode_extended(rec, serializer)
+        elif serializer == "json" or self.status in states.EXCEPTION_STATES:
             rec["result"] = self.result
-            return serialization.dumps_record(rec)  # typed values kept (datetime, UUID...)
-        rec["ct"] = serializer
-        what = f"the result of {self.name}" if self.name else "the result"
-        body = serialization.dumps(self.result, serializer, what=what)
-        rec["body"] = base64.b64encode(body).decode()
-        return orjson.dumps(rec)
+            raw = serialization.dumps_record(rec)  # typed values kept (datetime, UUID...)
+        else:
+            rec["ct"] = serializer
+            what = f"the result of {self.name}" if self.name else "the result"
+            body = serialization.dumps(self.result, serializer, what=what)
+            rec["body"] = base64.b64encode(body).decode()
+            raw = orjson.dumps(rec)
+        return raw if signing is None else signing.results.sign(raw)
 
     def _encode_extended(self, rec: dict[str, Any], serializer: str) -> bytes:
         """``rec`` with the ``result_extended`` fields, every data value faithful JSON."""
@@ -139,17 +137,6 @@ class ResultRecord:
         """
         if signing is not None:
             signing.results.verify(raw)
-            record = cls._decode(raw, accept)
-            if task_id is not None and record.task_id != task_id:
-                raise SecurityError(
-                    f"the result record read for task {task_id} was written for task "
-                    f"{record.task_id[:100]}: copied there, not to be trusted"
-                )
-            return record
-        return cls._decode(raw, accept)
-
-    @classmethod
-    def _decode(cls, raw: bytes, accept: frozenset[str] | tuple[str, ...]) -> ResultRecord:
         try:
             rec = serialization.loads_document(raw)
             if "body" in rec:
@@ -157,6 +144,11 @@ class ResultRecord:
                 result = serialization.loads(base64.b64decode(rec["body"]), rec["ct"])
             else:
                 result = rec.get("result")
+            if signing is not None and task_id is not None and rec["task_id"] != task_id:
+                raise SecurityError(
+                    f"the result record read for task {task_id} was written for task "
+                    f"{str(rec['task_id'])[:100]}: copied there, not to be trusted"
+                )
             return cls(
                 task_id=rec["task_id"],
                 status=rec["status"],

@@ -490,9 +490,13 @@ class Sender:
             EncodeError: the arguments cannot be serialised.
             MessageTooLarge: the message is over ``task_max_message_size``.
         """
+        body = m.encode()
+        conf = self.app.conf
+        if conf.signing is not None or conf.task_max_message_size is not None:
+            body = self._sealed(m, body)  # with neither setting, this check is all it costs
         exchange = m.options.get("exchange")
         if not exchange:
-            return Outgoing(m.queue, self.encode(m), m.id, m.priority, m.eta)
+            return Outgoing(m.queue, body, m.id, m.priority, m.eta)
         routing_key = str(m.options.get("routing_key") or m.queue)
         bindings = tuple(
             Binding(
@@ -504,24 +508,30 @@ class Sender:
             for queue, entry in (self.app.conf.task_queues or {}).items()
             if entry.get("exchange") == exchange
         ) or (Binding(m.queue, exchange, None, routing_key),)
-        return Outgoing(
-            m.queue, self.encode(m), m.id, m.priority, m.eta, exchange, routing_key, bindings
-        )
+        return Outgoing(m.queue, body, m.id, m.priority, m.eta, exchange, routing_key, bindings)
 
     def encode(self, m: Message) -> bytes:
-        """The bytes published for ``m``: its envelope, signed when ``task_signing_key`` is set
-        (docs/signing.md), and no larger than ``task_max_message_size`` (bytes).
+        """The bytes published for ``m`` (see :meth:`outgoing`): its envelope, signed when
+        ``task_signing_key`` is set (docs/signing.md), and no larger than
+        ``task_max_message_size`` (bytes).
 
         Raises:
             EncodeError: the arguments cannot be serialised.
             MessageTooLarge: the message (signature included) is over
                 ``task_max_message_size``; the caller publishes nothing of its call or batch.
         """
-        body = m.encode()
+        return self.outgoing(m).body
+
+    def _sealed(self, m: Message, body: bytes) -> bytes:
+        """``body`` signed with ``task_signing_key`` if set, then checked against
+        ``task_max_message_size``.
+
+        Raises:
+            MessageTooLarge: it is larger than ``task_max_message_size``.
+        """
         conf = self.app.conf
-        signing = conf.signing
-        if signing is not None:
-            body = signing.messages.sign(body)
+        if conf.signing is not None:
+            body = conf.signing.messages.sign(body)
         limit = conf.task_max_message_size
         if limit is not None and len(body) > limit:
             raise MessageTooLarge(m.task, len(body), limit)
