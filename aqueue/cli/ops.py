@@ -439,12 +439,22 @@ def events(
     ] = None,
 ) -> None:
     """Print the workers' events (start workers with -E) as JSON lines until Ctrl-C."""
+    from aqueue.control.events import event_senders
     from aqueue.control.events import events as stream
 
     def ready() -> None:
         typer.echo("listening for events (Ctrl-C to stop)", err=True)
 
     async def listen(a: Aqueue) -> int:
+        live, sending = await event_senders(a)
+        if not live:
+            typer.echo("no worker is running: events come from workers started with -E", err=True)
+        elif not sending:
+            typer.echo(
+                f"{live} worker(s) running, none sends events: start workers with -E "
+                "(or set worker_send_task_events = True); waiting for one that does",
+                err=True,
+            )
         seen = 0
         try:
             async with asyncio.timeout(duration):

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from aqueue.control.protocol import EVENTS_CHANNEL, dumps
+from aqueue.control.protocol import EVENTS_CHANNEL, Table, dumps
 from aqueue.exceptions import AqueueError
 from aqueue.transports.base import ControlTransport
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from aqueue.app import Aqueue
     from aqueue.message import Message
 
-__all__ = ["TASK_EVENTS", "EventDispatcher", "events"]
+__all__ = ["TASK_EVENTS", "EventDispatcher", "event_senders", "events"]
 
 logger = logging.getLogger("aqueue.control.events")
 
@@ -162,3 +162,25 @@ async def events(
                 continue
             if isinstance(event, dict):
                 yield event
+
+
+async def event_senders(app: Aqueue) -> tuple[int, int]:
+    """``(live workers, those of them sending events)``, from the workers' heartbeats - so that
+    a listener can say why no event comes.
+
+    Raises:
+        BrokerConnectionError: the control transport cannot be reached.
+        ConfigurationError: the app has no server for control.
+    """
+    transport = await app.control_transport()
+    _, entries = await transport.read(Table.WORKERS)
+    live = sending = 0
+    for raw in entries.values():
+        try:
+            beat = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(beat, dict):
+            live += 1
+            sending += bool(beat.get("events"))
+    return live, sending

@@ -504,7 +504,7 @@ class Worker:
             "held": len(self._held),
             "started": self.started_at,
             "uptime": time.time() - self.started_at if self.started_at else 0.0,
-            "events": self.events is not None,
+            "events": self.send_events,  # from the first heartbeat on, before events start
             "rate_limit_scope": self.app.conf.rate_limit_scope,
         }
 
