@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The set-up step, when PYTHON is the venv's.
 SETUP := $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/.installed)
 
-.PHONY: install demo demo-wordcount test test-servers chaos lint bench bench-peers bench-memory bench-connections
+.PHONY: install demo demo-wordcount test test-cluster test-servers chaos lint bench bench-peers bench-memory bench-connections
 
 install: $(VENV)/.installed
 
@@ -36,7 +36,12 @@ demo-wordcount: $(SETUP)
 # The suite starts its own redis-server and rabbitmq-server on free ports; this installs them
 # with apt-get when missing (as root or with passwordless sudo). PYTEST_ARGS="-k config" selects.
 test: test-servers $(SETUP)
-	$(PYTHON) -m pytest -q --ignore=tests/chaos $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q --ignore=tests/chaos --ignore=tests/cluster $(PYTEST_ARGS)
+
+# The cluster suites (tests/cluster, marker `cluster`), outside `make test`: a 3-node RabbitMQ
+# cluster on loopback with quorum queues, one node stopped mid-run (about 3 minutes on 2 cores).
+test-cluster: test-servers $(SETUP)
+	$(PYTHON) -m pytest -q -p no:cacheprovider -m cluster tests/cluster $(PYTEST_ARGS)
 
 test-servers:
 	scripts/ensure-debs.sh redis-server rabbitmq-server

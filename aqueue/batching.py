@@ -2,17 +2,23 @@
 
 Coroutines that call :meth:`Batcher.submit` in the same turn of the event loop share one call of
 the flush function (one broker round trip instead of one each); each caller returns once the
-flush that carried its items is done, and gets its error if that flush failed. No timer is
-involved, so a lone caller waits no longer than it would alone.
+flush that carried its items is done, and gets its error if that flush failed. A flush may
+instead fail only some items (it returns their errors by index, e.g. a publish whose batch was
+cut mid-way): then only the callers of those items get an error. No timer is involved, so a
+lone caller waits no longer than it would alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+
+#: What a flush may return: ``None`` (every item done), or the error of each failed item by
+#: its index in the batch (the others are done).
+ItemErrors = Mapping[int, BaseException] | None
 
 
 class _Batch(Generic[T]):
@@ -20,7 +26,7 @@ class _Batch(Generic[T]):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.items: list[T] = []
-        self.done: asyncio.Future[None] = loop.create_future()
+        self.done: asyncio.Future[ItemErrors] = loop.create_future()
         # Callers may all be cancelled before a failed flush ends: mark the error as seen.
         self.done.add_done_callback(_consume)
 
@@ -29,7 +35,9 @@ class Batcher(Generic[T]):
     """Batches items from concurrent callers into calls of ``flush(items)``.
 
     Args:
-        flush: called with the items of one batch, in submission order.
+        flush: called with the items of one batch, in submission order. Raising fails every
+            caller of the batch; returning errors by item index fails only the callers of
+            those items (see :data:`ItemErrors`).
         max_batch: a batch with this many items is flushed at once.
 
     A batch is flushed by a task started when it is opened, whose first step runs after every
@@ -37,7 +45,9 @@ class Batcher(Generic[T]):
     flush, and a lone caller waits one loop turn at most.
     """
 
-    def __init__(self, flush: Callable[[list[T]], Awaitable[None]], max_batch: int = 1000) -> None:
+    def __init__(
+        self, flush: Callable[[list[T]], Awaitable[ItemErrors]], max_batch: int = 1000
+    ) -> None:
         self._flush_fn = flush
         self.max_batch = max_batch
         self._batch: _Batch[T] | None = None
@@ -47,7 +57,8 @@ class Batcher(Generic[T]):
         """Add ``items`` to the open batch and wait until it has been flushed.
 
         Raises:
-            Whatever ``flush`` raised for the batch that carried these items.
+            Whatever ``flush`` raised for the batch that carried these items, or the error it
+            returned for the first of these items that failed.
         """
         batch = self._batch
         if batch is None:
@@ -58,24 +69,30 @@ class Batcher(Generic[T]):
             self._running.add(task)  # the loop keeps only weak references to tasks
             task.add_done_callback(self._running.discard)
             task.add_done_callback(_consume)
+        first = len(batch.items)
         batch.items.extend(items)
         if len(batch.items) >= self.max_batch:
             self._batch = None  # full: later callers open the next batch
-        await asyncio.shield(batch.done)
+        errors = await asyncio.shield(batch.done)
+        if errors:
+            for index in range(first, first + len(items)):
+                error = errors.get(index)
+                if error is not None:
+                    raise error
 
     async def _run(self, batch: _Batch[T]) -> None:
         if self._batch is batch:
             self._batch = None
         try:
-            await self._flush_fn(batch.items)
+            errors = await self._flush_fn(batch.items)
         except BaseException as exc:
             batch.done.set_exception(exc)
             raise
         else:
-            batch.done.set_result(None)
+            batch.done.set_result(errors)
 
 
-def _consume(fut: asyncio.Future[None]) -> None:
+def _consume(fut: asyncio.Future[Any]) -> None:
     # The error reached every caller through the batch's future; don't log it again.
     if not fut.cancelled():
         fut.exception()

@@ -555,6 +555,7 @@ class Settings(Mapping[str, Any]):
             retry_on_timeout=self.redis_retry_on_timeout,
             max_connections=max(sizes) if sizes else DEFAULT_POOL,
             tls=self.tls_options(url, is_broker=is_broker, is_backend=is_backend),
+            max_deliveries=self.task_max_deliveries,
         )
 
     def tls_options(self, url: str, *, is_broker: bool, is_backend: bool) -> TLSOptions | None:

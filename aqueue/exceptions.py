@@ -9,6 +9,7 @@ reaches user code as :class:`BrokerConnectionError`)::
     ├── ArgumentsError              a call's arguments do not fit its task (a TypeError too)
     ├── BrokerError
     │   └── BrokerConnectionError   the broker or result backend cannot be reached
+    │       └── PublishIncomplete   some messages of one publish stored, the others not
     ├── SerializationError
     │   ├── EncodeError             a value cannot be serialised (arguments or a result)
     │   │   └── MessageTooLarge     a message over ``task_max_message_size``; nothing was sent
@@ -33,6 +34,7 @@ publishes the task again; user code does not normally catch it.
 from __future__ import annotations
 
 import builtins
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -76,6 +78,22 @@ class BrokerError(AqueueError):
 
 class BrokerConnectionError(BrokerError):
     """The broker or result backend could not be reached; the message names which one and why."""
+
+
+class PublishIncomplete(BrokerConnectionError):
+    """A publish of several messages stored some of them and not the others: the broker
+    confirmed part of a batch, then the connection dropped, or it refused some (RabbitMQ's
+    ``basic.nack``). Those not in :attr:`failed` are stored.
+
+    Attributes:
+        failed: the index (in the list published) of each message not confirmed, with its
+            error; such a message may or may not be stored (its confirm was lost), so sending
+            it again is at-least-once.
+    """
+
+    def __init__(self, message: str, failed: Mapping[int, BrokerError]) -> None:
+        super().__init__(message)
+        self.failed: dict[int, BrokerError] = dict(failed)
 
 
 class SerializationError(AqueueError):

@@ -12,6 +12,7 @@ worker processes it starts: ``tests.apps.tasks.build`` leaves an AMQP app's back
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import shutil
 import signal
@@ -276,9 +277,14 @@ class RabbitNode:
     restarted server does. As root, the server runs as the ``rabbitmq`` user, as the packaged
     service does, so the directory belongs to that user. It also listens for TLS, with a
     certificate from a CA of its own (:attr:`tls_url` trusts it).
+
+    Args:
+        script: the ``rabbitmq-server`` script that runs in the foreground.
+        cookie: the Erlang cookie, shared by the nodes of a cluster (:class:`RabbitCluster`);
+            ``None``: the node makes one of its own.
     """
 
-    def __init__(self, script: str) -> None:
+    def __init__(self, script: str, cookie: str | None = None) -> None:
         self.script = script
         self.port = _free_port()
         self.tls_port = _free_port()
@@ -301,6 +307,9 @@ class RabbitNode:
             "log.file.level = warning\n"
         )
         (self.dir / "enabled_plugins").write_text("[].\n")
+        if cookie is not None:  # in HOME, for the server and for rabbitmqctl
+            (self.dir / ".erlang.cookie").write_text(cookie)
+            (self.dir / ".erlang.cookie").chmod(0o400)
         if self.user is not None:
             shutil.chown(self.dir, self.user, self.user)
             for path in self.dir.iterdir():
@@ -310,6 +319,11 @@ class RabbitNode:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def name(self) -> str:
+        """The Erlang node name (``rabbitmqctl join_cluster`` takes it)."""
+        return f"aqueue-test-{self.port}@localhost"
 
     @property
     def tls_url(self) -> str:
@@ -325,7 +339,7 @@ class RabbitNode:
             "LANG": "C.UTF-8",
             "LC_ALL": "C.UTF-8",
             "HOME": str(d),  # the Erlang cookie lives here
-            "RABBITMQ_NODENAME": f"aqueue-test-{self.port}@localhost",
+            "RABBITMQ_NODENAME": self.name,
             "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
             "RABBITMQ_NODE_PORT": str(self.port),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
@@ -384,18 +398,27 @@ class RabbitNode:
             os.killpg(proc.pid, signal.SIGKILL)  # its own session: the script and the VM
             proc.wait()
 
+    def kill(self) -> None:
+        """Kill the node at once (SIGKILL to its start script and VM): a crash, not a stop."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
     def restart(self) -> None:
         self.stop()
         self.start()
 
-    def ctl(self, *args: str) -> str:
-        """Run ``rabbitmqctl`` against this node; return its output.
+    def ctl(self, *args: str, tool: str = "rabbitmqctl") -> str:
+        """Run ``rabbitmqctl`` (or another of RabbitMQ's tools, e.g. ``rabbitmq-queues``)
+        against this node; return its output.
 
         Raises:
             AssertionError: it failed.
         """
         done = subprocess.run(
-            [str(Path(self.script).with_name("rabbitmqctl")), *args],
+            [str(Path(self.script).with_name(tool)), *args],
             env=self.env,
             cwd=self.dir,
             user=self.user,
@@ -404,7 +427,7 @@ class RabbitNode:
             text=True,
             timeout=60,
         )
-        assert done.returncode == 0, f"rabbitmqctl {' '.join(args)}: {done.stderr}{done.stdout}"
+        assert done.returncode == 0, f"{tool} {' '.join(args)}: {done.stderr}{done.stdout}"
         return done.stdout
 
     def log(self, lines: int = 30) -> str:
@@ -415,6 +438,66 @@ class RabbitNode:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RabbitCluster:
+    """Three (or ``size``) :class:`RabbitNode` nodes on loopback made one RabbitMQ cluster: one
+    Erlang cookie, each its own node name, ports and data; the others joined to the first with
+    ``rabbitmqctl join_cluster``, as an operator does.
+
+    Args:
+        script: the ``rabbitmq-server`` script.
+        size: how many nodes.
+    """
+
+    def __init__(self, script: str, size: int = 3) -> None:
+        cookie = uuid.uuid4().hex.upper()
+        self.nodes = [RabbitNode(script, cookie) for _ in range(size)]
+
+    @property
+    def url(self) -> str:
+        """Every node's URL, joined by ``;`` (kombu's failover form), the first node first."""
+        return ";".join(node.url for node in self.nodes)
+
+    def start(self) -> None:
+        """Start every node (at once), then join the others to the first.
+
+        Raises:
+            pytest.fail.Exception: a node did not start.
+            AssertionError: a join failed.
+        """
+        with concurrent.futures.ThreadPoolExecutor(len(self.nodes)) as pool:
+            for started in [pool.submit(node.start) for node in self.nodes]:
+                started.result()
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            node.ctl("stop_app")
+            node.ctl("join_cluster", first.name)
+            node.ctl("start_app")
+        running = first.ctl("cluster_status", "--formatter", "json")
+        for node in self.nodes:
+            assert node.name in running, running
+
+    def remove(self) -> None:
+        """Stop every node and delete their files."""
+        with concurrent.futures.ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(RabbitNode.remove, self.nodes))
+
+
+async def until(check: Callable[[], Awaitable[bool]], seconds: float, what: str) -> float:
+    """Poll ``check()`` (every 50 ms) until it is true; return the seconds it took. For what
+    a server does in the background and tells nobody of (RabbitMQ dead-lettering, a cluster
+    electing a leader).
+
+    Raises:
+        AssertionError: not within ``seconds`` (says ``what``).
+    """
+    started = time.monotonic()
+    while not await check():
+        if time.monotonic() - started > seconds:
+            raise AssertionError(f"not within {seconds}s: {what}")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
 
 
 def _make_certificates(directory: Path) -> None:
@@ -473,23 +556,46 @@ def rabbitmq_server() -> Iterator[RabbitNode]:
     node = RabbitNode(script)
     try:
         node.start()
-        asyncio.run(_declare_delay_chain(node.url))
+        # In a thread of its own: this fixture may be set up from inside a running event loop
+        # (an async fixture asking for it with request.getfixturevalue).
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, _declare_delay_chain(node.url)).result()
         yield node
     finally:
         node.remove()
 
 
-async def _declare_delay_chain(url: str) -> None:
-    """Declare the delay chain, as on any broker that has had a delayed message before.
+@pytest.fixture(scope="session")
+def rabbitmq_cluster() -> Iterator[RabbitCluster]:
+    """A 3-node RabbitMQ cluster on loopback for the session (``make test-cluster``).
 
-    Declaring it takes a fresh broker ~0.2 s once (more on a loaded machine), which the first
-    delayed publish of the session would otherwise pay inside a test that times its eta.
+    Fails (never skips) when rabbitmq-server is not installed.
+    """
+    script = _RABBIT_SCRIPT if os.path.exists(_RABBIT_SCRIPT) else shutil.which("rabbitmq-server")
+    if script is None:
+        pytest.fail("rabbitmq-server is not installed (apt-get install rabbitmq-server)")
+    cluster = RabbitCluster(script)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+async def _declare_delay_chain(url: str) -> None:
+    """Declare the delay chains (classic and quorum), as on any broker that has had delayed
+    messages before.
+
+    Declaring one takes a fresh broker ~0.2 s once (more on a loaded machine; the quorum one
+    more), which the first delayed publish of the session would otherwise pay inside a test
+    that times its eta.
     """
     from aqueue.transports.amqp.delay import declare_levels
 
     connection = await aiormq.connect(url)
     try:
-        await declare_levels([await connection.channel() for _ in range(8)])
+        for quorum in (False, True):
+            await declare_levels([await connection.channel() for _ in range(8)], quorum)
     finally:
         await connection.close()
 

@@ -175,7 +175,7 @@ def _print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str
     table = Table(title=title, title_justify="left", show_edge=False)
     for column in columns:
         numeric = column in ("pid", "concurrency", "processed", "active", "count")
-        numeric = numeric or column in ("ready", "delayed", "unacked", "dead", "done")
+        numeric = numeric or column in ("ready", "delayed", "unacked", "dead", "consumers", "done")
         table.add_column(column, justify="right" if numeric else "left", overflow="fold")
     for row in rows:
         table.add_row(*row)
@@ -275,20 +275,19 @@ def status(
     queues: QueuesOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Queues with their depths (ready, delayed, unacked, dead-lettered) and live workers."""
+    """Queues with their depths (ready, delayed, unacked, dead-lettered, consumers) and live
+    workers; ``-`` where the broker cannot count (RabbitMQ: see docs/amqp.md)."""
     from aqueue.control.queues import cluster_status
 
     result = run_with_app(app_spec(ctx, app), lambda a: cluster_status(a, split(queues)))
     if as_json:
         _print_json(result.as_dict())
         return
+    counts = ("ready", "delayed", "unacked", "dead", "consumers")
     _print_table(
         "Queues",
-        ["queue", "ready", "delayed", "unacked", "dead"],
-        [
-            [d.queue, str(d.ready), str(d.delayed), str(d.unacked), str(d.dead)]
-            for d in result.queues
-        ],
+        ["queue", *counts],
+        [[d.queue, *(_count(getattr(d, c)) for c in counts)] for d in result.queues],
     )
     _print_table(
         f"Workers: {len(result.workers)} live",
@@ -306,6 +305,11 @@ def status(
             for w in result.workers
         ],
     )
+
+
+def _count(value: int | None) -> str:
+    """A count for a table; ``-`` where the broker cannot give it."""
+    return "-" if value is None else str(value)
 
 
 def _queues_or_default(a: Aqueue, queues: str | None) -> list[str]:

@@ -69,7 +69,11 @@ class WorkerStatus:
 
 @dataclass(frozen=True, slots=True)
 class ClusterStatus:
-    """What ``aqueue status`` shows: queue depths and live workers."""
+    """What ``aqueue status`` shows: queue depths and live workers.
+
+    A count the broker cannot give is ``None`` (``null`` in :meth:`as_dict`): see
+    :class:`~aqueue.transports.base.QueueDepth`.
+    """
 
     queues: list[QueueDepth]
     workers: list[WorkerStatus]
@@ -83,6 +87,7 @@ class ClusterStatus:
                     "delayed": d.delayed,
                     "unacked": d.unacked,
                     "dead": d.dead,
+                    "consumers": d.consumers,
                 }
                 for d in self.queues
             ],

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aqueue import signals
-from aqueue.batching import Batcher
+from aqueue.batching import Batcher, ItemErrors
 from aqueue.canvas.primitives import Signature
 from aqueue.eager import apply_eager
 from aqueue.exceptions import (
@@ -29,6 +29,7 @@ from aqueue.exceptions import (
     BrokerError,
     ConfigurationError,
     MessageTooLarge,
+    PublishIncomplete,
     TaskNotRegistered,
 )
 from aqueue.message import Message, new_id
@@ -375,7 +376,7 @@ class Sender:
             # bounded by its own deadline, opened now.
             conns = self._loops.get()
             if conns.publisher is None:
-                conns.publisher = Batcher(self._publish_now)
+                conns.publisher = Batcher(self._publish_batch)
             if deadline is None:
                 await conns.publisher.submit(outgoing)
             else:
@@ -394,17 +395,55 @@ class Sender:
         ``retry_policy``, all by ``deadline`` (event-loop time; default: see
         :meth:`_deadline`).
 
+        A try that stored only some messages (:class:`PublishIncomplete`) is followed by tries
+        of the others only.
+
         Raises:
-            BrokerConnectionError: the last try failed, or the deadline passed.
+            PublishIncomplete: some messages were stored and the others still failed on the
+                last try (or by the deadline); ``failed`` indexes ``outgoing``.
+            BrokerConnectionError: the last try failed, or the deadline passed, and no
+                message is known to be stored.
         """
         if deadline is None:
             deadline = self._deadline(len(outgoing), retry, retry_policy)
+        left = list(range(len(outgoing)))  # the indexes of the messages not stored yet
+        errors: dict[int, BrokerError] = {}  # the last try's error of each
 
         async def publish_once() -> None:
+            nonlocal left, errors
             broker = await self.app.broker()
-            await broker.publish(outgoing)
+            try:
+                await broker.publish(
+                    outgoing if len(left) == len(outgoing) else [outgoing[i] for i in left]
+                )
+            except PublishIncomplete as exc:
+                errors = {left[i]: e for i, e in exc.failed.items()}
+                left = sorted(errors)
+                raise
+            except BrokerError as exc:
+                errors = dict.fromkeys(left, exc)
+                raise
+            left = []
 
-        await self._retrying(publish_once, retry, retry_policy, deadline, len(outgoing))
+        try:
+            await self._retrying(publish_once, retry, retry_policy, deadline, len(outgoing))
+        except BrokerConnectionError as exc:
+            if not left or len(left) == len(outgoing):
+                raise
+            raise PublishIncomplete(
+                f"{len(left)} of {len(outgoing)} messages not stored: {exc}",
+                {i: errors.get(i, exc) for i in left},
+            ) from exc
+
+    async def _publish_batch(self, outgoing: list[Outgoing]) -> ItemErrors:
+        """The flush of the sends batched together (:class:`~aqueue.batching.Batcher`):
+        :meth:`_publish_now`, where a batch stored only in part fails the sends of the messages
+        not stored, and only those."""
+        try:
+            await self._publish_now(outgoing)
+        except PublishIncomplete as exc:
+            return exc.failed
+        return None
 
     async def _retrying(
         self,

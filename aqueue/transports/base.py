@@ -90,6 +90,8 @@ class ConnectionOptions:
         tls: TLS for every connection, from ``broker_use_ssl`` / ``redis_backend_use_ssl``
             (:mod:`aqueue.transports.tls`); set, it turns TLS on for a ``redis://`` or
             ``amqp://`` URL too. ``None``: as the URL says (``rediss://``, ``amqps://``).
+        max_deliveries: ``task_max_deliveries``, for a broker that caps poison messages
+            itself too (RabbitMQ quorum queues' ``x-delivery-limit``).
     """
 
     connect_timeout: float = 4.0
@@ -97,6 +99,7 @@ class ConnectionOptions:
     retry_on_timeout: bool = False
     max_connections: int | None = None
     tls: TLSOptions | None = None
+    max_deliveries: int = 5
 
 
 class Transport(Protocol):
@@ -474,21 +477,27 @@ class QueueDepth:
     Attributes:
         queue: the queue's name.
         ready: deliverable now (including those whose lease ran out).
-        delayed: waiting for their eta (``countdown``, ``eta``, retries, rate-limit deferrals).
-        unacked: leased to a worker that has not acked them yet (running or prefetched).
+        delayed: waiting for their eta (``countdown``, ``eta``, retries, rate-limit deferrals);
+            ``None`` when the broker cannot tell a queue's own (RabbitMQ: one delay chain for
+            every queue, counted as a whole, see docs/amqp.md).
+        unacked: leased to a worker that has not acked them yet (running or prefetched);
+            ``None`` when the broker does not say (RabbitMQ over AMQP 0-9-1).
         dead: in the queue's dead-letter queue.
+        consumers: consumers attached to the queue, where the broker counts them (RabbitMQ:
+            one per worker process consuming it); ``None`` elsewhere.
     """
 
     queue: str
     ready: int = 0
-    delayed: int = 0
-    unacked: int = 0
+    delayed: int | None = 0
+    unacked: int | None = 0
     dead: int = 0
+    consumers: int | None = None
 
     @property
     def waiting(self) -> int:
-        """Messages a purge would remove: ready and delayed."""
-        return self.ready + self.delayed
+        """Messages a purge would remove: ready and delayed (those counted)."""
+        return self.ready + (self.delayed or 0)
 
 
 @runtime_checkable

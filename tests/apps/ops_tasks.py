@@ -31,6 +31,13 @@ def url_for(transport: str, request: pytest.FixtureRequest, tmp_path: Path) -> s
         return f"memory://{uuid.uuid4().hex}"
     if transport == "sqlite":
         return f"sqlite:///{tmp_path}/ops.db"
+    if transport == "amqp":
+        # RabbitMQ stores no results: Redis is the result backend, through
+        # $AQUEUE_RESULT_BACKEND, which worker and CLI subprocesses inherit (build leaves an
+        # AMQP app's backend to it).
+        backend = f"{request.getfixturevalue('redis_server')}/0"
+        request.getfixturevalue("monkeypatch").setenv("AQUEUE_RESULT_BACKEND", backend)
+        return str(request.getfixturevalue("rabbitmq_server").url)
     return f"{request.getfixturevalue('redis_server')}/0"
 
 
@@ -49,12 +56,14 @@ class OpsTasks:
 
 
 def build(url: str, queue: str, tag: str = "", **settings: Any) -> OpsTasks:
-    """A fresh app on ``url`` (broker and backend) whose tasks record what they did.
+    """A fresh app on ``url`` (broker and backend; an AMQP broker's backend is
+    ``$AQUEUE_RESULT_BACKEND``) whose tasks record what they did.
 
     ``tag`` is appended to every task name (``ops.record<tag>``): rate-limit buckets and runtime
     rates are stored by task name on the server, so tests sharing a Redis server use their own.
     """
-    app = Aqueue("ops", broker=url, backend=url, task_default_queue=queue, **settings)
+    backend = None if url.startswith(("amqp://", "amqps://")) else url  # see url_for
+    app = Aqueue("ops", broker=url, backend=backend, task_default_queue=queue, **settings)
     starts: list[tuple[str, float]] = []
     finished: list[str] = []
     cancelled: list[str] = []

@@ -115,6 +115,27 @@ async def test_wrong_password_is_a_connection_error_that_says_so(url: str) -> No
         await AMQPBroker(bad, {}).connect()
 
 
+async def test_a_list_of_nodes_connects_to_the_first_that_answers(
+    url: str, queue_name: str
+) -> None:
+    """kombu's failover form, a cluster's nodes joined by ";": the first node that answers
+    (tests/cluster has the node that goes away later); no password in any message."""
+    down, also_down = closed_port_url("s3cret"), closed_port_url("s3cret")
+    broker = AMQPBroker(f"{down};{url}", {})
+    try:
+        await broker.publish([out(queue_name, b"x")])
+        [delivery] = await broker.fetch([queue_name], 1, 5)
+        await broker.ack([delivery])
+        assert "s3cret" not in repr(broker) and repr(broker).count(":**@") == 2
+    finally:
+        await broker.close()
+    with pytest.raises(BrokerConnectionError) as info:
+        await AMQPBroker(f"{down};{also_down}", {"connect_timeout": 5}).connect()
+    message = str(info.value)
+    assert "unreachable during connect" in message and "s3cret" not in message
+    assert down.rpartition("@")[2] in message and also_down.rpartition("@")[2] in message
+
+
 async def test_amqps_goes_over_tls(rabbitmq_server: RabbitNode, queue_name: str) -> None:
     broker = AMQPBroker(rabbitmq_server.tls_url, {})
     await broker.publish([out(queue_name, b"secret")])

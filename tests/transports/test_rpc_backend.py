@@ -14,7 +14,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiormq
@@ -25,7 +25,7 @@ from aqueue import Aqueue, AsyncResult, GroupResult, Worker, chain, chord, group
 from aqueue.exceptions import ConfigurationError
 from aqueue.transports.amqp import RpcBackend, results, server_url
 from tests.apps.rpc_tasks import build
-from tests.conftest import RabbitNode
+from tests.conftest import RabbitNode, until
 from tests.workerproc import WorkerProcess
 
 pytestmark = pytest.mark.timeout(60)
@@ -84,20 +84,6 @@ def listed(node: RabbitNode, name: str) -> int | None:
         if fields[:1] == [name]:
             return int(fields[1])
     return None
-
-
-async def until(check: Callable[[], Awaitable[bool]], seconds: float, what: str) -> float:
-    """Wait until ``check()`` is true (checking every 0.1 s); return the seconds it took.
-
-    Raises:
-        AssertionError: not within ``seconds``.
-    """
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > seconds:
-            raise AssertionError(f"not within {seconds}s: {what}")
-        await asyncio.sleep(0.1)
-    return time.monotonic() - started
 
 
 # -- what the sending client gets ---------------------------------------------------------------

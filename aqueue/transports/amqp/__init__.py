@@ -45,6 +45,7 @@ class Transport(BaseTransport):
             self.server_url,
             {"connect_timeout": self.connection.connect_timeout, **options},
             tls=self.connection.tls,
+            max_deliveries=self.connection.max_deliveries,
         )
 
     def _make_results(self) -> ResultBackend:
@@ -58,11 +59,14 @@ class Transport(BaseTransport):
 def server_url(url: str) -> str:
     """``url`` as aio-pika takes it, with kombu's defaults: Celery's ``pyamqp://`` is
     ``amqp://``, and a URL with no host is localhost (so ``amqp://`` alone, as in the Celery
-    tutorials, is ``guest:guest`` at ``localhost:5672``, vhost ``/``).
+    tutorials, is ``guest:guest`` at ``localhost:5672``, vhost ``/``). Each node of kombu's
+    failover list (``"amqp://a//;amqp://b//"``: a cluster's nodes) is read alike.
 
     Raises:
         ConfigurationError: ``url`` cannot be parsed.
     """
+    if ";" in url:
+        return ";".join(server_url(node) for node in url.split(";") if node.strip())
     try:
         parts = urlsplit(url)
         host = parts.hostname

@@ -4,10 +4,15 @@ How the Broker Protocol maps onto AMQP 0-9-1 as RabbitMQ implements it:
 
 - **Queues** are durable; each has a dead-letter queue ``<queue>.dlq``. Classic queues (the
   default) are declared with ``x-max-priority: 9``; ``queue_type="quorum"`` declares quorum
-  queues instead (replicated, but without priorities before RabbitMQ 4: see docs/amqp.md).
+  queues instead: replicated, with ``x-delivery-limit`` = ``task_max_deliveries`` (RabbitMQ
+  dead-letters a message returned more often, at least once), a delay chain of quorum queues,
+  and no priorities before RabbitMQ 4 (a warning says so once): see docs/amqp.md.
 - **Publishing** is persistent (``delivery_mode=2``), ``mandatory`` (an unroutable message is an
   error, not a silent drop) and confirmed: :meth:`AMQPBroker.publish` returns once RabbitMQ has
-  confirmed every message, i.e. written it to disk.
+  confirmed every message (written it to disk; for a quorum queue, committed by a majority).
+  A batch goes out in one write and its confirms are awaited together
+  (:mod:`aqueue.transports.amqp.publisher`); when only some are confirmed,
+  :class:`~aqueue.exceptions.PublishIncomplete` names the others, each with its error.
 - **Leases are unacked deliveries.** One consumer per queue on one channel, with
   ``basic.qos(prefetch_count)`` per consumer (the worker's prefetch bound: the largest fetch
   ``limit`` seen, or the ``prefetch_count`` option), pushes messages into a local buffer that
@@ -41,8 +46,13 @@ How the Broker Protocol maps onto AMQP 0-9-1 as RabbitMQ implements it:
 - **Dead letters** are published to ``<queue>.dlq`` with headers ``aqueue-reason`` and
   ``aqueue-time``, then the original is acked. The queue's ``x-dead-letter-exchange`` also sends
   anything rejected without requeue there (reason: ``x-death``).
+- **Queue administration** (:class:`~aqueue.transports.base.QueueAdmin`, for ``aqueue status``,
+  ``purge`` and ``dlq``): passive declares count a queue's ready messages, consumers and dead
+  letters; AMQP cannot tell unacked messages, nor a queue's own delayed ones (the delay chain
+  is shared and counted as a whole, as ``"aqueue.delay.*"``).
 - **Connection** is aio-pika's robust connection: after a broker restart or a dropped socket it
-  reconnects (at once, then every ``reconnect_interval`` seconds) and reopens its channels; the
+  reconnects (at once, then every ``reconnect_interval`` seconds; with a cluster's nodes listed
+  in the URL, each failed attempt moves on to the next node) and reopens its channels; the
   next fetch declares its queues and starts its consumers again. Deliveries of the lost channel
   cannot be acked any more (RabbitMQ has put them back), so they are dropped from the buffer,
   and acking one raises :class:`BrokerConnectionError`: the message runs again
@@ -59,7 +69,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -69,13 +79,29 @@ import aiormq.abc
 import aiormq.exceptions
 from aiormq import spec
 
-from aqueue.exceptions import AqueueError, BrokerConnectionError, ConfigurationError
+from aqueue.exceptions import (
+    AqueueError,
+    BrokerConnectionError,
+    ConfigurationError,
+    PublishIncomplete,
+)
 from aqueue.transports import visibility_timeout
-from aqueue.transports.amqp import delay
+from aqueue.transports.amqp import delay, publisher
 from aqueue.transports.amqp.buffer import Arrival, Buffer
-from aqueue.transports.amqp.connection import amqp_errors, open_connection, redacted_url
+from aqueue.transports.amqp.connection import (
+    amqp_error,
+    amqp_errors,
+    open_connection,
+    redacted_url,
+)
 from aqueue.transports.amqp.topology import MAX_PRIORITY, QUEUE_TYPES, Topology
-from aqueue.transports.base import DeadLetter, Delivery, Outgoing, dead_letter_queue
+from aqueue.transports.base import (
+    DeadLetter,
+    Delivery,
+    Outgoing,
+    QueueDepth,
+    dead_letter_queue,
+)
 from aqueue.transports.tls import TLSOptions
 
 __all__ = ["AMQPBroker"]
@@ -124,7 +150,9 @@ class AMQPBroker:
 
     Args:
         url: ``amqp://user:password@host:port/vhost`` (``amqps://`` for TLS); aio-pika's query
-            parameters such as ``?heartbeat=10`` are passed through.
+            parameters such as ``?heartbeat=10`` are passed through. A cluster's nodes may be
+            listed, joined by ``;`` (kombu's failover form): see
+            :func:`~aqueue.transports.amqp.connection.open_connection`.
         options: broker transport options:
             ``queue_type`` (``"classic"``, default, or ``"quorum"``);
             ``prefetch_count`` (per consumed queue; default: the largest fetch ``limit`` seen,
@@ -136,13 +164,21 @@ class AMQPBroker:
         tls: TLS from ``broker_use_ssl`` (see
             :func:`~aqueue.transports.amqp.connection.open_connection`); ``None``: as the URL
             says.
+        max_deliveries: ``task_max_deliveries``: quorum queues are declared with it as
+            ``x-delivery-limit``, so RabbitMQ dead-letters a message returned more often than
+            that even if no worker lives to count it.
 
     Raises:
         ConfigurationError: an option is unknown or invalid.
     """
 
     def __init__(
-        self, url: str, options: Mapping[str, Any], *, tls: TLSOptions | None = None
+        self,
+        url: str,
+        options: Mapping[str, Any],
+        *,
+        tls: TLSOptions | None = None,
+        max_deliveries: int = 5,
     ) -> None:
         unknown = set(options) - _OPTIONS
         if unknown:
@@ -157,6 +193,7 @@ class AMQPBroker:
                 f"broker_transport_options['queue_type'] must be one of {', '.join(QUEUE_TYPES)}"
                 f", not {self._queue_type!r}"
             )
+        self._quorum = self._queue_type == "quorum"
         prefetch = options.get("prefetch_count")
         if prefetch is not None and (
             isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1
@@ -179,8 +216,10 @@ class AMQPBroker:
             lambda: self._underlay(self._declarer, "declare"),
             lambda: self._scratch_channel("declare"),
             self._timeout,
+            max_deliveries,
         )
         self._closes = 0  # close() calls so far: a waiting fetch returns when this changes
+        self._told_priorities = False  # the quorum-queue priority warning was given
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._publisher: aio_pika.abc.AbstractRobustChannel | None = None  # confirms
         self._declarer: aio_pika.abc.AbstractRobustChannel | None = None  # declarations only
@@ -243,51 +282,129 @@ class AMQPBroker:
                 await connection.close()
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
-        """Publish persistent messages and wait for RabbitMQ's confirms (sent pipelined).
+        """Publish persistent messages and wait for RabbitMQ's confirms.
 
-        Declares what the messages need first (once per connection): their queues, the exchanges
-        and bindings they name, the delay chain for delayed ones. Messages RabbitMQ returns as
-        unroutable (a queue deleted since it was declared) are declared and sent again, once.
-        A priority outside 0..9 is clamped.
+        Every message is written at once (one write for the batch) and the confirms are awaited
+        together: no round trip per message. Declares what the messages need first (once per
+        connection): their queues, the exchanges and bindings they name, the delay chain for
+        delayed ones. Messages RabbitMQ returns as unroutable (a queue deleted since it was
+        declared) are declared and sent again, once. A priority outside 0..9 is clamped.
 
         Raises:
-            BrokerConnectionError: the server cannot be reached, or confirmed nothing in
-                ``operation_timeout`` seconds; nothing may be assumed stored.
-            BrokerError: RabbitMQ refused a declaration, or returned a message that no queue is
-                bound to receive.
+            PublishIncomplete: RabbitMQ confirmed some messages and not the others (the
+                connection dropped mid-batch, a confirm did not come in ``operation_timeout``
+                seconds, or RabbitMQ nacked some); ``failed`` names them, each with its error.
+            BrokerConnectionError: no message was confirmed: the server cannot be reached,
+                nacked them all, or confirmed nothing in ``operation_timeout`` seconds; nothing
+                may be assumed stored.
+            BrokerError: RabbitMQ refused a declaration (nothing was sent), or returned every
+                message as unroutable (no queue bound to receive it).
         """
         if not messages:
             return
         await self._connect()
-        with amqp_errors(self._url, "publish"):
-            returned = await self._publish_once(messages)
-            if returned:
-                self._topology.forget()
-                returned = await self._publish_once([m for m, _ in returned])
-            if returned:
-                raise returned[0][1]
+        if self._quorum and not self._told_priorities:
+            self._tell_priorities(messages)
+        outcomes = await self._publish_once(messages, range(len(messages)))
+        returned = [i for i, o in outcomes.items() if isinstance(o, aiormq.exceptions.PublishError)]
+        if returned:
+            self._topology.forget()
+            outcomes.update(await self._publish_once(messages, returned))
+        errors = {i: o for i, o in outcomes.items() if o is not None}
+        if not errors:
+            return
+        failed = {i: amqp_error(self._url, "publish", e) for i, e in sorted(errors.items())}
+        first = next(iter(failed.values()))
+        if len(failed) == len(messages):
+            raise first
+        raise PublishIncomplete(
+            f"{len(failed)} of {len(messages)} messages not confirmed (the others are stored); "
+            f"the first: {first}",
+            failed,
+        )
+
+    def _tell_priorities(self, messages: Sequence[Outgoing]) -> None:
+        """Warn once when messages with a priority go to quorum queues of a RabbitMQ before
+        4.0, which have no priorities (they are delivered in order; the priority still orders
+        what a worker has prefetched). RabbitMQ 4 quorum queues have two levels: 5..9 ahead of
+        0..4."""
+        if not any(m.priority > 0 for m in messages):
+            return
+        self._told_priorities = True
+        version = self._server_version()
+        if version is not None and version >= (4,):
+            return
+        log.warning(
+            "%r: quorum queues on RabbitMQ %s have no priorities: messages with a priority are "
+            "delivered in the order they were published (the priority only orders what a "
+            "worker has prefetched); RabbitMQ 4.0+ gives quorum queues two levels (5-9 before "
+            "0-4), classic queues 0-9",
+            self,
+            ".".join(map(str, version)) if version else "(version unknown)",
+        )
+
+    def _server_version(self) -> tuple[int, ...] | None:
+        """RabbitMQ's version, as it said when the connection opened, or ``None``."""
+        connection = self._connection
+        transport = connection.transport if connection is not None else None
+        if transport is None:
+            return None
+        version = transport.connection.server_properties.get("version")
+        if isinstance(version, bytes):
+            version = version.decode(errors="replace")
+        try:
+            return tuple(int(part) for part in str(version).split(".")[:2])
+        except ValueError:
+            return None
 
     async def _publish_once(
-        self, messages: Sequence[Outgoing]
-    ) -> list[tuple[Outgoing, BaseException]]:
-        """Declare and publish ``messages``; return those RabbitMQ returned, with the error.
+        self, messages: Sequence[Outgoing], which: Sequence[int]
+    ) -> dict[int, BaseException | None]:
+        """Declare what ``messages[i]`` for ``i`` in ``which`` need and publish them; return
+        each one's outcome (``None``: confirmed).
 
         Raises:
-            aiormq.exceptions.AMQPError: any other failure of a declaration or a publish.
+            BrokerConnectionError, BrokerError: a declaration failed, or the publishing channel
+                is not open; nothing was sent.
         """
-        await self._topology.prepare(messages, time.time())
-        channel = await self._underlay(self._publisher, "publish")
-        # Delays count from now: declaring may have taken a while.
-        now = time.time()
-        sends = [self._send(channel, m, now) for m in messages]
-        outcomes = await self._bounded(asyncio.gather(*sends, return_exceptions=True))
-        failed = [
-            (m, o) for m, o in zip(messages, outcomes, strict=True) if isinstance(o, BaseException)
-        ]
-        for _, outcome in failed:
-            if not isinstance(outcome, aiormq.exceptions.PublishError):
-                raise outcome
-        return failed
+        chosen = [messages[i] for i in which]
+        with amqp_errors(self._url, "publish"):
+            await self._topology.prepare(chosen, time.time())
+            channel = await self._underlay(self._publisher, "publish")
+            # Delays count from now: declaring may have taken a while.
+            now = time.time()
+            outcomes = await self._confirmed(channel, [self._publication(m, now) for m in chosen])
+        return dict(zip(which, outcomes, strict=True))
+
+    async def _confirmed(
+        self, channel: aiormq.Channel, publications: Sequence[publisher.Publication]
+    ) -> list[BaseException | None]:
+        """Publish on ``channel`` in one write; each message's outcome once confirmed, nacked,
+        returned or lost, or a ``TimeoutError`` after ``operation_timeout`` seconds.
+
+        Raises:
+            aiormq.exceptions.ChannelInvalidStateError: the channel closed; nothing was sent.
+        """
+        futures = await publisher.publish(channel, publications)
+        pending = [f for f in futures if not f.done()]
+        if pending:
+            # Not asyncio.timeout around the awaits: that would cancel a confirm future, and
+            # a late basic.ack would then find no one to tell.
+            await asyncio.wait(pending, timeout=self._timeout)
+        return [_outcome(f, self._timeout) for f in futures]
+
+    async def _confirm(
+        self, channel: aiormq.Channel, publications: Sequence[publisher.Publication]
+    ) -> list[bool]:
+        """:meth:`_confirmed`, for the broker's own re-publishing: which were confirmed.
+
+        Raises:
+            aiormq.exceptions.AMQPError: the first failure, when none was confirmed.
+        """
+        outcomes = await self._confirmed(channel, publications)
+        if outcomes and all(o is not None for o in outcomes):
+            raise outcomes[0]  # type: ignore[misc]
+        return [o is None for o in outcomes]
 
     async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Delivery]:
         """Hand out up to ``limit`` buffered deliveries of ``queues``, waiting up to ``timeout``.
@@ -344,7 +461,7 @@ class AMQPBroker:
                 await asyncio.wait_for(arrived.wait(), wait)
 
     def _delivery(self, arrival: Arrival) -> Delivery:
-        defect = _header_defect(arrival.headers, self._queue_type == "quorum")
+        defect = _header_defect(arrival.headers, self._quorum)
         count = 1 if defect else arrival.count
         return Delivery(arrival.queue, arrival.message.body, count, arrival, count - 1, defect)
 
@@ -402,25 +519,26 @@ class AMQPBroker:
             )
         await self._connect()
         headers = {REASON_HEADER: reason, TIME_HEADER: round(time.time() * 1000)}
+        letter = publisher.Publication(
+            arrival.message.body,
+            "",
+            dead_letter_queue(delivery.queue),
+            arrival.properties.correlation_id,
+            0,
+            headers,
+        )
         with amqp_errors(self._url, "dead_letter"):
             await self._topology.ensure_queue(delivery.queue)
             channel = await self._underlay(self._publisher, "dead_letter")
-            await self._bounded(
-                channel.basic_publish(
-                    arrival.message.body,
-                    routing_key=dead_letter_queue(delivery.queue),
-                    properties=_properties(arrival.properties.correlation_id, 0, headers),
-                    mandatory=True,
-                    wait=False,
-                )
-            )
+            await self._confirm(channel, [letter])
             await arrival.ack()
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Read up to ``limit`` of ``queue``'s dead letters, oldest first, leaving them there.
 
         ``basic.get`` on a channel of its own, which is then closed: RabbitMQ puts the messages
-        back where they were. Two readers at once each see only part of the queue.
+        back where they were. Two readers at once each see only part of the queue. A queue
+        never declared has none (nothing is declared to find out).
 
         Raises:
             BrokerConnectionError: the server cannot be reached.
@@ -429,7 +547,6 @@ class AMQPBroker:
             return []
         await self._connect()
         with amqp_errors(self._url, "dead_letters"):
-            await self._topology.ensure_queue(queue)
             channel = await self._scratch_channel("dead_letters")
             found: list[DeadLetter] = []
             try:
@@ -442,10 +559,115 @@ class AMQPBroker:
                     headers = dict(got.header.properties.headers or {})
                     reason, when = _death(headers)
                     found.append(DeadLetter(queue, bytes(got.body), reason, when))
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                pass  # no such queue (never declared): no dead letters
             finally:
                 with contextlib.suppress(Exception):
                     await channel.close()
         return found
+
+    # -- queue administration (QueueAdmin) -------------------------------------------------
+
+    async def queue_depths(self, queues: Sequence[str] | None = None) -> list[QueueDepth]:
+        """Each queue's ready messages, consumers and dead letters, by passive ``queue.declare``
+        (its ``declare-ok`` carries the ready count and the consumer count).
+
+        What AMQP 0-9-1 cannot tell, and is ``None``: ``unacked`` (held by consumers; the
+        management plugin or ``rabbitmqctl list_queues`` show it) and a queue's own
+        ``delayed`` (delayed messages of every queue wait in one chain,
+        :mod:`aqueue.transports.amqp.delay`, and which queue each is for is in its headers).
+        The chain is counted as a whole under the name ``"aqueue.delay.*"``
+        (:data:`~aqueue.transports.amqp.delay.CHAIN`), in ``delayed``. A queue that does not
+        exist counts 0.
+
+        Args:
+            queues: the queues; ``None``: the queues this broker has declared on its connection
+                (AMQP cannot list a server's queues), then the delay chain.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        await self._connect()
+        names = [*sorted(self._topology.queues), delay.CHAIN] if queues is None else queues
+        depths: list[QueueDepth] = []
+        with amqp_errors(self._url, "queue_depths"):
+            async with self._passive() as passive:
+                for name in names:
+                    if name == delay.CHAIN:
+                        levels = delay.level_queues(self._quorum)
+                        delayed = sum([(await passive.count(q))[0] for q in levels])
+                        depths.append(QueueDepth(name, 0, delayed, None, 0))
+                        continue
+                    ready, consumers = await passive.count(name)
+                    dead, _ = await passive.count(dead_letter_queue(name))
+                    depths.append(QueueDepth(name, ready, None, None, dead, consumers))
+        return depths
+
+    async def purge(self, queues: Sequence[str]) -> int:
+        """``queue.purge`` each queue: its ready messages are deleted; return how many.
+
+        Messages held by consumers (unacked) stay, as AMQP's purge leaves them, and so do dead
+        letters. Delayed messages wait in the delay chain, shared by every queue, and stay
+        too; the name ``"aqueue.delay.*"`` purges the whole chain, every queue's delayed
+        messages. A queue that does not exist counts 0.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        await self._connect()
+        chain = delay.level_queues(self._quorum)
+        names = [level for q in queues for level in (chain if q == delay.CHAIN else [q])]
+        with amqp_errors(self._url, "purge"):
+            return await self._purge_each(names)
+
+    async def purge_dead_letters(self, queue: str, limit: int | None = None) -> int:
+        """Delete the oldest ``limit`` dead letters of ``queue`` (all if ``None``): ``queue.purge``
+        of ``<queue>.dlq``, or that many ``basic.get`` with auto-ack. Return how many.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        await self._connect()
+        name = dead_letter_queue(queue)
+        if limit is None:
+            with amqp_errors(self._url, "purge_dead_letters"):
+                return await self._purge_each([name])
+        deleted = 0
+        with amqp_errors(self._url, "purge_dead_letters"):
+            channel = await self._scratch_channel("purge_dead_letters")
+            try:
+                while deleted < limit:
+                    got = await self._bounded(channel.basic_get(name, no_ack=True))
+                    if not isinstance(got.delivery, spec.Basic.GetOk):
+                        break
+                    deleted += 1
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                pass  # no such queue: nothing to delete
+            finally:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+        return deleted
+
+    async def _purge_each(self, queues: Sequence[str]) -> int:
+        """``queue.purge`` each of ``queues`` that exists; the messages deleted.
+
+        Raises:
+            aiormq.exceptions.AMQPError: the connection failed.
+        """
+        deleted = 0
+        async with self._passive() as passive:
+            for queue in queues:
+                deleted += await passive.purge(queue)
+        return deleted
+
+    @contextlib.asynccontextmanager
+    async def _passive(self) -> AsyncIterator[_Passive]:
+        """A :class:`_Passive` on channels of its own, closed at the end."""
+        passive = _Passive(lambda: self._scratch_channel("count"), self._timeout)
+        try:
+            yield passive
+        finally:
+            await passive.close()
 
     # -- connecting ------------------------------------------------------------------------
 
@@ -509,30 +731,24 @@ class AMQPBroker:
 
     # -- publishing ------------------------------------------------------------------------
 
-    def _send(self, channel: aiormq.Channel, m: Outgoing, now: float) -> Awaitable[Any]:
-        """Publish one message: straight to its queue, through its exchange, or delayed."""
-        headers: dict[str, Any] = {}
+    def _publication(self, m: Outgoing, now: float) -> publisher.Publication:
+        """What to publish for ``m``: straight to its queue, through its exchange, or into the
+        delay chain (``now``: epoch seconds the delay counts from)."""
+        headers: dict[str, Any] | None = None
         exchange, key = ("", m.queue) if not m.exchange else (m.exchange, m.routing_key or m.queue)
         eta = m.eta if m.eta is not None else now
         wait = delay.delay_ms(eta - now)
         if wait and m.exchange:
             # Routing happens now, through the exchange; each queue's consumer then delays its
             # copy, when it sees the eta (the chain needs a target queue, unknown here).
-            headers[delay.ETA_HEADER] = round(eta * 1000)
+            headers = {delay.ETA_HEADER: round(eta * 1000)}
         elif wait:
-            exchange, key = delay.entry_exchange(wait), delay.routing_key(wait)
-            headers[delay.TARGET_HEADER] = m.queue
+            exchange, key = delay.entry_exchange(wait, self._quorum), delay.routing_key(wait)
+            headers = {delay.TARGET_HEADER: m.queue}
             if eta - now > delay.MAX_DELAY_MS / 1000:
                 headers[delay.ETA_HEADER] = round(eta * 1000)  # longer than the chain
         priority = min(max(m.priority, 0), MAX_PRIORITY)
-        return channel.basic_publish(
-            m.body,
-            exchange=exchange,
-            routing_key=key,
-            properties=_properties(m.message_id, priority, headers),
-            mandatory=True,
-            wait=False,  # the confirm is what counts; no wait for the socket to drain first
-        )
+        return publisher.Publication(m.body, exchange, key, m.message_id, priority, headers)
 
     async def _republish(
         self, arrivals: Sequence[Arrival], action: str, before: int | None = None
@@ -540,7 +756,11 @@ class AMQPBroker:
         """Publish a copy of each open-channel arrival to its queue, then ack the arrival.
 
         The copy says it was delivered ``before`` times (default: the arrival's count less one,
-        so that its next delivery has the same count).
+        so that its next delivery has the same count). An arrival whose copy was not confirmed
+        stays unacked: it comes back when its channel closes.
+
+        Raises:
+            aiormq.exceptions.AMQPError: no copy was confirmed.
         """
         live = [a for a in arrivals if not a.done and not a.channel.is_closed]
         if not live:
@@ -548,24 +768,27 @@ class AMQPBroker:
         for arrival in live:
             await self._topology.ensure_queue(arrival.queue)
         channel = await self._underlay(self._publisher, action)
-        copies = (self._copy(channel, a, a.count - 1 if before is None else before) for a in live)
-        await self._bounded(asyncio.gather(*copies))
-        for arrival in live:
-            # A channel closed meanwhile has put the original back too: a duplicate, not a loss.
-            with contextlib.suppress(aiormq.exceptions.ChannelInvalidStateError):
-                await arrival.ack()
+        copies = [self._copy(a, a.count - 1 if before is None else before) for a in live]
+        confirmed = await self._confirm(channel, copies)
+        for arrival, stored in zip(live, confirmed, strict=True):
+            if stored:
+                # A channel closed meanwhile has put the original back too: a duplicate, not
+                # a loss.
+                with contextlib.suppress(aiormq.exceptions.ChannelInvalidStateError):
+                    await arrival.ack()
 
-    def _copy(self, channel: aiormq.Channel, arrival: Arrival, before: int) -> Awaitable[Any]:
-        """Publish ``arrival``'s message to its queue again, as delivered ``before`` times."""
+    def _copy(self, arrival: Arrival, before: int) -> publisher.Publication:
+        """``arrival``'s message, to its queue again, as delivered ``before`` times."""
         headers = arrival.headers
         headers[COUNT_HEADER] = before
         headers.pop("x-delivery-count", None)
-        return channel.basic_publish(
+        return publisher.Publication(
             arrival.message.body,
-            routing_key=arrival.queue,
-            properties=_properties(arrival.properties.correlation_id, arrival.priority, headers),
-            mandatory=True,
-            wait=False,  # the confirm is what counts; no wait for the socket to drain first
+            "",
+            arrival.queue,
+            arrival.properties.correlation_id,
+            arrival.priority,
+            headers,
         )
 
     # -- consuming -------------------------------------------------------------------------
@@ -623,7 +846,9 @@ class AMQPBroker:
                 await self._topology.ensure_queue(queue)
             arguments = self._topology.queue_arguments(queue)
             declared = await self._bounded(
-                channel.queue_declare(queue, durable=True, arguments=arguments)
+                channel.queue_declare(
+                    queue, durable=True, arguments=arguments, passive=arguments is None
+                )
             )
             ready = min(declared.message_count or 0, self._prefetch)
             self._buffer.expect(queue, ready, loop.time() + _SETTLE)
@@ -683,7 +908,7 @@ class AMQPBroker:
         """Buffer a pushed delivery, or first re-publish it when it is early or uncounted."""
         arrival = self._buffer.arrival(message, queue)
         headers = arrival.headers
-        if _header_defect(headers, self._queue_type == "quorum") is not None:
+        if _header_defect(headers, self._quorum) is not None:
             # Neither re-delayed nor re-counted: handed out as it is, the worker dead-letters it.
             if not message.channel.is_closed:
                 self._buffer.push(arrival)
@@ -693,7 +918,7 @@ class AMQPBroker:
             await self._handoff(self._redelay(arrival, eta))
             return
         before = _int(headers.get(COUNT_HEADER))
-        if self._queue_type == "quorum":
+        if self._quorum:
             arrival.count = before + _int(headers.get("x-delivery-count")) + 1
         elif message.redelivered:
             # A classic queue gives no count: the copy carries this delivery in its header, so
@@ -728,18 +953,71 @@ class AMQPBroker:
         async with self._topology.lock:
             await self._topology.ensure_delay(arrival.queue)
         channel = await self._underlay(self._publisher, "consume")
-        properties = _properties(arrival.properties.correlation_id, arrival.priority, headers)
-        await self._bounded(
-            channel.basic_publish(
-                arrival.message.body,
-                exchange=delay.entry_exchange(wait),
-                routing_key=delay.routing_key(wait),
-                properties=properties,
-                mandatory=True,
-                wait=False,
-            )
+        again = publisher.Publication(
+            arrival.message.body,
+            delay.entry_exchange(wait, self._quorum),
+            delay.routing_key(wait),
+            arrival.properties.correlation_id,
+            arrival.priority,
+            headers,
         )
+        await self._confirm(channel, [again])
         await arrival.ack()
+
+
+class _Passive:
+    """Passive ``queue.declare`` and ``queue.purge`` on a plain channel of its own.
+
+    A passive declare of a queue that does not exist closes its channel (``NOT_FOUND``): the
+    next request opens another.
+
+    Args:
+        open_channel: opens a plain channel.
+        timeout: seconds to wait for each reply.
+    """
+
+    def __init__(
+        self, open_channel: Callable[[], Awaitable[aiormq.abc.AbstractChannel]], timeout: float
+    ) -> None:
+        self._open = open_channel
+        self._timeout = timeout
+        self._channel: aiormq.abc.AbstractChannel | None = None
+
+    async def _ready(self) -> aiormq.abc.AbstractChannel:
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await self._open()
+        return self._channel
+
+    async def count(self, queue: str) -> tuple[int, int | None]:
+        """``queue``'s ready messages and consumers; ``(0, None)`` when it does not exist.
+
+        Raises:
+            aiormq.exceptions.AMQPError: the connection failed.
+        """
+        channel = await self._ready()
+        try:
+            ok = await asyncio.wait_for(channel.queue_declare(queue, passive=True), self._timeout)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return 0, None
+        return ok.message_count or 0, ok.consumer_count or 0
+
+    async def purge(self, queue: str) -> int:
+        """Purge ``queue`` if it exists; the messages deleted.
+
+        Raises:
+            aiormq.exceptions.AMQPError: the connection failed.
+        """
+        if (await self.count(queue))[1] is None:
+            return 0
+        channel = await self._ready()
+        purged = await asyncio.wait_for(channel.queue_purge(queue), self._timeout)
+        return purged.message_count or 0
+
+    async def close(self) -> None:
+        """Close the channel; errors are ignored (the connection may be gone)."""
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
 
 
 def _forget_task(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
@@ -753,15 +1031,13 @@ def _forget_task(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]
     return done
 
 
-def _properties(
-    correlation_id: str | None, priority: int, headers: Mapping[str, Any]
-) -> spec.Basic.Properties:
-    return spec.Basic.Properties(
-        delivery_mode=2,  # persistent
-        priority=priority,
-        correlation_id=correlation_id,
-        headers=dict(headers) or None,
-    )
+def _outcome(future: asyncio.Future[Any], timeout: float) -> BaseException | None:
+    """A confirm future's outcome: ``None`` for ``basic.ack``, else the error."""
+    if not future.done():
+        return TimeoutError(f"no confirm from RabbitMQ within {timeout:g}s (operation_timeout)")
+    if future.cancelled():
+        return aiormq.exceptions.ChannelInvalidStateError("the publishing channel closed")
+    return future.exception()
 
 
 def _header_defect(headers: Mapping[str, Any], quorum: bool) -> str | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
@@ -17,13 +17,20 @@ import aio_pika
 import aio_pika.abc
 import aiormq.exceptions
 from aio_pika.connection import make_url
+from yarl import URL
 
 from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 from aqueue.transports import TLS_SCHEMES, plain_hint, scheme, tls_hint
 from aqueue.transports.tls import AMQP_KEYS, TLSOptions, client_certificate_hint, tls_refusal
-from aqueue.transports.urls import redacted_url
+from aqueue.transports.urls import redacted_url as _redacted
 
-__all__ = ["amqp_errors", "open_connection", "redacted_url"]
+__all__ = ["amqp_error", "amqp_errors", "open_connection", "redacted_url"]
+
+
+def redacted_url(url: str) -> str:
+    """``url`` fit for logs and messages (:func:`aqueue.transports.urls.redacted_url`), each
+    node of a cluster's ``;``-separated list alike."""
+    return ";".join(_redacted(node) for node in url.split(";"))
 
 
 # A channel-level refusal: the connection is fine, the request was wrong (arguments differ from
@@ -46,27 +53,45 @@ def amqp_errors(url: str, action: str) -> Iterator[None]:
         BrokerConnectionError: the server could not be reached, the connection or channel closed
             under the request, or no reply came in time.
     """
-    where = f"RabbitMQ at {redacted_url(url)}"
     try:
         yield
-    except _REFUSED as exc:
-        raise BrokerError(f"{where} refused {action}: {_describe(exc)}") from exc
-    except (
-        aiormq.exceptions.AMQPError,
-        ConnectionError,
-        OSError,
-        TimeoutError,
-        RuntimeError,  # aio-pika: "connection closed", "reconnecting right now"
-    ) as exc:
-        raise BrokerConnectionError(
-            f"{where} unreachable during {action}: {type(exc).__name__}: {_describe(exc)}"
-        ) from exc
+    except _TRANSLATED as exc:
+        raise amqp_error(url, action, exc) from exc
+
+
+# What amqp_error translates: aio-pika's and aiormq's errors, and the socket's.
+_TRANSLATED = (
+    aiormq.exceptions.AMQPError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+    RuntimeError,  # aio-pika: "connection closed", "reconnecting right now"
+)
+
+
+def amqp_error(url: str, action: str, exc: BaseException) -> BrokerError:
+    """The aqueue error for ``exc``, an aio-pika/aiormq error (or a socket's) raised during
+    ``action`` (see :func:`amqp_errors`): :class:`BrokerError` for a refusal,
+    :class:`BrokerConnectionError` for anything else, including a ``basic.nack`` (RabbitMQ could
+    not store a message: trying again may succeed)."""
+    where = f"RabbitMQ at {redacted_url(url)}"
+    if isinstance(exc, _REFUSED):
+        return BrokerError(f"{where} refused {action}: {_describe(exc)}")
+    if isinstance(exc, aiormq.exceptions.DeliveryError):
+        return BrokerConnectionError(
+            f"{where} did not store a message during {action}: it answered basic.nack (a queue "
+            f"over its max-length with overflow=reject-publish, or a replica set that cannot "
+            f"commit)"
+        )
+    return BrokerConnectionError(
+        f"{where} unreachable during {action}: {type(exc).__name__}: {_describe(exc)}"
+    )
 
 
 def _describe(exc: BaseException) -> str:
     text = str(exc) or repr(exc)
     if isinstance(exc, aiormq.exceptions.PublishError):
-        frame = exc.args[1] if len(exc.args) > 1 else None
+        frame = getattr(exc, "frame", None)
         reply = getattr(frame, "reply_text", None) or "returned"
         exchange = getattr(frame, "exchange", "") or "(default)"
         key = getattr(frame, "routing_key", "")
@@ -85,11 +110,18 @@ async def open_connection(
 ) -> aio_pika.abc.AbstractRobustConnection:
     """Open a robust connection: it reconnects by itself and re-opens its channels.
 
+    ``url`` may list the nodes of a RabbitMQ cluster, separated by ``;`` (kombu's failover
+    form, as Celery users write ``broker_url``): the first connection goes to the first node
+    that answers, in order, and after a drop each reconnection attempt that fails moves on to
+    the next node, round robin (:class:`FailoverConnection`).
+
     Args:
-        url: ``amqp://user:password@host:port/vhost`` or ``amqps://...``; aio-pika's query
-            parameters (``?heartbeat=10``, TLS files) are passed through.
+        url: ``amqp://user:password@host:port/vhost`` or ``amqps://...``, or several joined by
+            ``;``; aio-pika's query parameters (``?heartbeat=10``, TLS files) are passed
+            through.
         reconnect_interval: seconds between reconnection attempts after the connection drops.
-        timeout: seconds the first connection may take in all (TCP, TLS, the AMQP handshake).
+        timeout: seconds the first connection may take in all (TCP, TLS, the AMQP handshake;
+            shared out between the nodes not tried yet).
         setup: awaited with the new connection to open its channels; if it raises, the
             connection is closed and the error raised (aio-pika's translated).
         on_reconnect: added to the connection's reconnect callbacks once it is set up.
@@ -99,32 +131,49 @@ async def open_connection(
 
     Raises:
         ConfigurationError: ``url`` is not a valid AMQP URL, or a TLS file cannot be read.
-        BrokerConnectionError: the server cannot be reached, refused the login or the vhost,
-            presented a certificate that is not trusted, or did not answer within ``timeout``
+        BrokerConnectionError: no node can be reached, one refused the login or the vhost or
+            presented a certificate that is not trusted, or none answered within ``timeout``
             (names the URL without its password).
     """
-    try:
-        parts = urlsplit(url)
-        _ = parts.port
-    except ValueError as exc:
-        raise ConfigurationError(f"invalid AMQP URL {redacted_url(url)!r}: {exc}") from exc
-    server, context = _with_tls(url, tls)
-    # What aio_pika.connect_robust does, keeping the connection to close if it never opens.
-    connection = aio_pika.RobustConnection(
-        make_url(server, reconnect_interval=reconnect_interval),
-        ssl_context=context,
-        client_properties={"connection_name": "aqueue"},
-        reconnect_interval=reconnect_interval,
-    )
-    try:
-        async with asyncio.timeout(timeout):  # aio-pika's own covers the handshake only
-            await _first_connect(url, connection, timeout, tls is not None)
-    except BaseException as exc:
-        # Given up (or cancelled): without close() its reconnection loop would run on.
-        await connection.close()
-        if isinstance(exc, TimeoutError):
-            raise BrokerConnectionError(_no_answer(url, timeout, tls is not None)) from exc
-        raise
+    nodes = url.split(";")
+    for node in nodes:
+        try:
+            _ = urlsplit(node).port
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid AMQP URL {redacted_url(url)!r}: {exc}") from exc
+    servers = [_with_tls(node, tls) for node in nodes]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for first in range(len(nodes)):
+        order = servers[first:] + servers[:first]
+        urls = [make_url(server, reconnect_interval=reconnect_interval) for server, _ in order]
+        # What aio_pika.connect_robust does, keeping the connection to close if it never opens.
+        connection: aio_pika.RobustConnection = (
+            FailoverConnection(urls, order[0][1], reconnect_interval)
+            if len(urls) > 1
+            else aio_pika.RobustConnection(
+                urls[0],
+                ssl_context=order[0][1],
+                client_properties=_CLIENT,
+                reconnect_interval=reconnect_interval,
+            )
+        )
+        last = first == len(nodes) - 1
+        left = (deadline - loop.time()) / (len(nodes) - first)
+        try:
+            async with asyncio.timeout(left):  # aio-pika's own covers the handshake only
+                await _first_connect(nodes[first], connection, left, tls is not None, last, url)
+            break
+        except BaseException as exc:
+            # Given up (or cancelled): without close() its reconnection loop would run on.
+            await connection.close()
+            if isinstance(exc, _NextNode):
+                continue
+            if isinstance(exc, TimeoutError):
+                if not last:
+                    continue
+                raise BrokerConnectionError(_no_answer(url, timeout, tls is not None)) from exc
+            raise
     if setup is not None:
         try:
             with amqp_errors(url, "connect"):
@@ -160,17 +209,28 @@ def _with_tls(url: str, tls: TLSOptions | None) -> tuple[str, ssl.SSLContext | N
     return urlunsplit(parts._replace(scheme=scheme)), tls.context()
 
 
+class _NextNode(Exception):
+    """A node could not be reached: try the next one."""
+
+
 async def _first_connect(
-    url: str, connection: aio_pika.abc.AbstractRobustConnection, timeout: float, tls: bool
+    url: str,
+    connection: aio_pika.abc.AbstractRobustConnection,
+    timeout: float,
+    tls: bool,
+    last: bool = True,
+    nodes: str | None = None,
 ) -> None:
     """Open ``connection`` the first time, its errors translated but a timeout left as is.
 
     Args:
         tls: TLS comes from ``broker_use_ssl`` (whatever the URL's scheme).
+        last: no other node to try: an unreachable server is an error, not :class:`_NextNode`.
+        nodes: every node's URL (``;``-separated), named when none could be reached.
 
     Raises:
-        BrokerConnectionError: the server cannot be reached, refused the login or the vhost,
-            or presented a certificate that is not trusted.
+        BrokerConnectionError: the server cannot be reached (and it is the ``last`` node),
+            refused the login or the vhost, or presented a certificate that is not trusted.
         TimeoutError: no answer within ``timeout``.
     """
     try:
@@ -181,8 +241,55 @@ async def _first_connect(
         failure = _login_failure(url, exc, tls)
         if failure is not None:
             raise BrokerConnectionError(failure) from exc
-        with amqp_errors(url, "connect"):
+        if not last:
+            raise _NextNode() from exc
+        with amqp_errors(nodes or url, "connect"):
             raise
+
+
+_CLIENT = {"connection_name": "aqueue"}
+
+
+class FailoverConnection(aio_pika.RobustConnection):
+    """A robust connection over several nodes of a RabbitMQ cluster (kombu's
+    ``"amqp://a//;amqp://b//"``): a reconnection attempt that fails moves on to the next node,
+    round robin, so that a node stopped for good does not keep its clients away.
+
+    aio-pika's robust connection reconnects to its one URL; the attempt is its (private)
+    ``__connect_transport``, wrapped here. Where a later aio-pika lacks it, the connection
+    still reconnects, to the node it had (:data:`FAILOVER` is ``False``).
+
+    Args:
+        urls: the nodes, as aio-pika takes them, the one to connect to first first.
+        ssl_context: TLS for every node, or ``None``.
+        reconnect_interval: seconds between reconnection attempts.
+    """
+
+    def __init__(
+        self, urls: Sequence[URL], ssl_context: ssl.SSLContext | None, reconnect_interval: float
+    ) -> None:
+        super().__init__(
+            urls[0],
+            ssl_context=ssl_context,
+            client_properties=_CLIENT,
+            reconnect_interval=reconnect_interval,
+        )
+        self._nodes = list(urls)
+        self._node = 0
+
+    # aio-pika's own name for one connection attempt (RobustConnection.__connect_transport).
+    async def _RobustConnection__connect_transport(self) -> None:
+        try:
+            await getattr(super(), _ATTEMPT)()
+        except BaseException:
+            self._node = (self._node + 1) % len(self._nodes)
+            self.url = self._nodes[self._node]
+            raise
+
+
+_ATTEMPT = "_RobustConnection__connect_transport"
+#: Whether this aio-pika lets :class:`FailoverConnection` move to another node.
+FAILOVER = hasattr(aio_pika.RobustConnection, _ATTEMPT)
 
 
 def _login_failure(url: str, exc: Exception, tls: bool) -> str | None:

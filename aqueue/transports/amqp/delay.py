@@ -26,6 +26,13 @@ The levels are shared by every queue and declared once per connection, on the fi
 publish: 33 exchanges, 32 queues and 64 bindings, all durable, so a delayed message survives a
 broker restart (its TTL clock keeps running while the node is down; a message whose time passed
 meanwhile moves on when the node is back).
+
+There are two chains, one per queue type, so that delayed messages are kept as the queues they
+are for: the classic one above, and with ``queue_type="quorum"`` a chain of quorum queues
+(``aqueue.delay.quorum.L``, its own exchanges, the same deliver exchange; RabbitMQ 3.10+, whose
+quorum queues have ``x-message-ttl``): replicated like the work queues, so a delayed message
+survives the loss of a cluster node, and dead-lettered from level to level at least once
+(``x-dead-letter-strategy``), where a classic queue's hop is at most once.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from typing import Any
 import aiormq.abc
 
 __all__ = [
+    "CHAIN",
     "DELIVER_EXCHANGE",
     "ETA_HEADER",
     "LEVELS",
@@ -46,6 +54,8 @@ __all__ = [
     "declare_levels",
     "delay_ms",
     "entry_exchange",
+    "level_arguments",
+    "level_queues",
     "routing_key",
 ]
 
@@ -53,13 +63,23 @@ LEVELS = 32
 MAX_DELAY_MS = 2**LEVELS - 1
 DELIVER_EXCHANGE = "aqueue.delay.deliver"
 TARGET_HEADER = "aqueue-target"  # no "x-" prefix: a headers exchange ignores x- headers
+#: How queue administration names the whole chain (not a queue: its 32 level queues together).
+#: The chain is shared by every queue, so its messages are counted and purged only as a whole.
+CHAIN = "aqueue.delay.*"
 # The eta in epoch milliseconds (an int: AMQP tables carry floats in single precision), set when
 # the consumer must check the eta itself: routed through an exchange, or longer than the chain.
 ETA_HEADER = "aqueue-eta"
 
 
-def _exchange(level: int) -> str:
-    return f"aqueue.delay.{level}" if level >= 0 else DELIVER_EXCHANGE
+def _exchange(level: int, quorum: bool = False) -> str:
+    if level < 0:
+        return DELIVER_EXCHANGE
+    return f"aqueue.delay.quorum.{level}" if quorum else f"aqueue.delay.{level}"
+
+
+def level_queues(quorum: bool = False) -> list[str]:
+    """The names of the (quorum) chain's 32 queues, level 0 first."""
+    return [_exchange(level, quorum) for level in range(LEVELS)]
 
 
 def _pattern(level: int, bit: str) -> str:
@@ -80,13 +100,35 @@ def routing_key(delay: int) -> str:
     return ".".join(format(delay, f"0{LEVELS}b"))
 
 
-def entry_exchange(delay: int) -> str:
-    """The exchange to publish a ``delay`` ms message to: its highest set bit's level."""
-    return _exchange(delay.bit_length() - 1)
+def entry_exchange(delay: int, quorum: bool = False) -> str:
+    """The exchange to publish a ``delay`` ms message to: its highest set bit's level, in the
+    (quorum) chain."""
+    return _exchange(delay.bit_length() - 1, quorum)
 
 
-async def declare_levels(channels: Sequence[aiormq.abc.AbstractChannel]) -> None:
-    """Declare the whole chain (idempotent: redeclaring with the same arguments is a no-op).
+def level_arguments(level: int, quorum: bool = False) -> dict[str, Any]:
+    """The arguments of the (quorum) chain's queue of ``level``: its TTL, and where its
+    messages go when it runs out."""
+    arguments: dict[str, Any] = {
+        "x-message-ttl": 2**level,
+        "x-dead-letter-exchange": _exchange(level - 1, quorum),
+    }
+    if quorum:
+        arguments.update(
+            {
+                "x-queue-type": "quorum",
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",  # required by at-least-once; nothing is limited
+            }
+        )
+    return arguments
+
+
+async def declare_levels(
+    channels: Sequence[aiormq.abc.AbstractChannel], quorum: bool = False
+) -> None:
+    """Declare the whole (quorum) chain (idempotent: redeclaring with the same arguments is a
+    no-op).
 
     Exchanges first, on ``channels[0]``; then the queues, spread over all ``channels``: RabbitMQ
     handles one channel's methods in order, and creating a durable queue takes milliseconds, so
@@ -102,10 +144,10 @@ async def declare_levels(channels: Sequence[aiormq.abc.AbstractChannel]) -> None
         DELIVER_EXCHANGE, exchange_type="headers", durable=True, nowait=True
     )
     for level in range(LEVELS):
-        name = _exchange(level)
+        name = _exchange(level, quorum)
         await first.exchange_declare(name, exchange_type="topic", durable=True, nowait=True)
         await first.exchange_bind(
-            destination=_exchange(level - 1),
+            destination=_exchange(level - 1, quorum),
             source=name,
             routing_key=_pattern(level, "0"),
             nowait=True,
@@ -114,11 +156,8 @@ async def declare_levels(channels: Sequence[aiormq.abc.AbstractChannel]) -> None
 
     async def queues(channel: aiormq.abc.AbstractChannel, levels: range) -> None:
         for level in levels:
-            name = _exchange(level)
-            arguments: dict[str, Any] = {
-                "x-message-ttl": 2**level,
-                "x-dead-letter-exchange": _exchange(level - 1),
-            }
+            name = _exchange(level, quorum)
+            arguments = level_arguments(level, quorum)
             await channel.queue_declare(name, durable=True, arguments=arguments, nowait=True)
             await channel.queue_bind(name, name, routing_key=_pattern(level, "1"), nowait=True)
         await channel.exchange_declare(DELIVER_EXCHANGE, exchange_type="headers", durable=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -27,8 +28,14 @@ __all__ = ["MAX_PRIORITY", "QUEUE_TYPES", "Topology"]
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 QUEUE_TYPES = ("classic", "quorum")
 MAX_PRIORITY = 9
+# A quorum queue's poison-cap arguments besides x-delivery-limit: at-least-once dead-lettering
+# (RabbitMQ 3.10+), which requires the reject-publish overflow.
+_POISON_CAP = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+_CAP_NAMES = ("x-delivery-limit", *_POISON_CAP)
 # Channels declaring the delay chain at once (see amqp_delay.declare_levels).
 _DECLARE_CHANNELS = 8
 
@@ -42,6 +49,7 @@ class Topology:
         declarer: returns the open channel to declare on (refusals close it; it reopens).
         scratch: opens a plain channel, for requests that may close it.
         timeout: seconds to wait for each reply.
+        max_deliveries: quorum queues' ``x-delivery-limit`` (``task_max_deliveries``).
     """
 
     def __init__(
@@ -51,9 +59,14 @@ class Topology:
         declarer: Callable[[], Awaitable[aiormq.Channel]],
         scratch: Callable[[], Awaitable[aiormq.abc.AbstractChannel]],
         timeout: float,
+        max_deliveries: int = 5,
     ) -> None:
         self._url = url
         self._queue_type = queue_type
+        self._max_deliveries = max_deliveries
+        # Quorum queues found declared without aqueue's poison cap (an older aqueue, another
+        # tool, another task_max_deliveries): used as they are, warned about once each.
+        self._as_found: set[str] = set()
         self._declarer = declarer
         self._scratch = scratch
         self._timeout = timeout
@@ -72,14 +85,31 @@ class Topology:
     def forget_queue(self, queue: str) -> None:
         self._queues.discard(queue)
 
-    def queue_arguments(self, queue: str) -> dict[str, Any]:
-        """The arguments of work queue ``queue``."""
+    @property
+    def queues(self) -> frozenset[str]:
+        """The work queues declared on this connection so far."""
+        return frozenset(self._queues)
+
+    def queue_arguments(self, queue: str) -> dict[str, Any] | None:
+        """The arguments of work queue ``queue``; ``None`` for a quorum queue found declared
+        with other poison-cap arguments, which is used as it is (declared passively).
+
+        Both types dead-letter to ``<queue>.dlq``. Classic: ``x-max-priority: 9``. Quorum:
+        ``x-delivery-limit`` (``task_max_deliveries``: RabbitMQ dead-letters a message
+        returned more often than that, so a message that kills every consumer before it can
+        be counted still ends up there), and at-least-once dead-lettering
+        (``x-dead-letter-strategy``, which needs ``x-overflow: reject-publish``; no length
+        limit is set, so nothing is rejected for it).
+        """
+        if queue in self._as_found:
+            return None
         arguments: dict[str, Any] = {
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": dead_letter_queue(queue),
         }
         if self._queue_type == "quorum":
             arguments["x-queue-type"] = "quorum"
+            arguments.update(_POISON_CAP, **{"x-delivery-limit": self._max_deliveries})
         else:
             arguments["x-max-priority"] = MAX_PRIORITY
         return arguments
@@ -121,14 +151,41 @@ class Topology:
                     dead_letter_queue(queue), durable=True, arguments=dlq_arguments
                 )
             )
-            await self._bounded(channel.queue_declare(queue, durable=True, arguments=arguments))
+            await self._bounded(
+                channel.queue_declare(
+                    queue, durable=True, arguments=arguments, passive=arguments is None
+                )
+            )
         except aiormq.exceptions.ChannelPreconditionFailed as exc:
+            if arguments is not None and await self._quorum_as_found(queue, str(exc)):
+                self._queues.add(queue)
+                return
             raise BrokerError(
                 f"RabbitMQ at {redacted_url(self._url)} refused to declare queue {queue!r}: {exc}."
                 f" It exists with other arguments; aqueue declares it durable with {arguments} "
                 f"(queue_type={self._queue_type!r}): delete it, or use another queue name"
             ) from exc
         self._queues.add(queue)
+
+    async def _quorum_as_found(self, queue: str, refusal: str) -> bool:
+        """True when quorum queue ``queue`` was refused for its poison-cap arguments
+        (``refusal``, RabbitMQ's reply, names one: it was declared by an older aqueue, another
+        tool or with another ``task_max_deliveries``): it is then used as it is, with a
+        warning, since the worker's own count still caps poison messages."""
+        if self._queue_type != "quorum" or not any(name in refusal for name in _CAP_NAMES):
+            return False
+        self._as_found.add(queue)
+        log.warning(
+            "RabbitMQ at %s: quorum queue %r exists with other poison-cap arguments (%s); "
+            "using it as it is: the worker's count (task_max_deliveries=%d) still dead-letters "
+            "poison messages, but RabbitMQ's own x-delivery-limit is not that. To have it, "
+            "drain and delete the queue (aqueue declares it again)",
+            redacted_url(self._url),
+            queue,
+            refusal,
+            self._max_deliveries,
+        )
+        return True
 
     async def ensure_exchange(self, name: str, kind: str | None) -> None:
         """Declare exchange ``name`` durable, of type ``kind``.
@@ -185,7 +242,8 @@ class Topology:
         if not self._levels:
             scratch = [await self._scratch() for _ in range(_DECLARE_CHANNELS)]
             try:
-                await self._bounded(delay.declare_levels(scratch))
+                quorum = self._queue_type == "quorum"
+                await self._bounded(delay.declare_levels(scratch, quorum))
             finally:
                 for channel in scratch:
                     with contextlib.suppress(Exception):

@@ -1,0 +1,318 @@
+"""Publishing on RabbitMQ: many messages per write, confirms awaited together, and an error for
+exactly the messages RabbitMQ did not confirm (a nack, a returned message, a connection dropped
+mid-batch), from the frames on the wire up to ``delay()``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiormq
+import aiormq.abc
+import pytest
+from pamqp import commands
+from pamqp.body import ContentBody
+from pamqp.frame import marshal
+from pamqp.header import ContentHeader
+
+from aqueue import Aqueue
+from aqueue.exceptions import BrokerConnectionError, BrokerError, PublishIncomplete
+from aqueue.transports import Outgoing
+from aqueue.transports.amqp.broker import AMQPBroker
+from aqueue.transports.amqp.publisher import Publication, encode
+from tests.conftest import RabbitNode
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def out(queue: str, body: bytes = b"x", **fields: Any) -> Outgoing:
+    return Outgoing(queue, body, uuid.uuid4().hex, **fields)
+
+
+@pytest.fixture
+async def broker(rabbitmq_server: RabbitNode) -> AsyncIterator[AMQPBroker]:
+    b = AMQPBroker(rabbitmq_server.url, {})
+    await b.connect()
+    yield b
+    await b.close()
+
+
+async def queued_ids(url: str, queue: str, timeout: float = 30) -> list[str]:
+    """The correlation ids (task ids) of every message in ``queue``, which it empties."""
+    connection = await aiormq.connect(url)
+    try:
+        channel = await connection.channel()
+        declared = await channel.queue_declare(queue, passive=True)
+        expected = declared.message_count or 0
+        ids: list[str] = []
+        done = asyncio.Event()
+        if expected == 0:
+            return ids
+
+        async def take(message: aiormq.abc.DeliveredMessage) -> None:
+            ids.append(str(message.header.properties.correlation_id))
+            if len(ids) >= expected:
+                done.set()
+
+        await channel.basic_qos(prefetch_count=2000)
+        await channel.basic_consume(queue, take, no_ack=True)
+        await asyncio.wait_for(done.wait(), timeout)
+        return ids
+    finally:
+        await connection.close()
+
+
+@contextlib.contextmanager
+def rejecting_after_three(node: RabbitNode) -> Iterator[str]:
+    """A queue name whose queue takes three messages and nacks the rest: a policy of
+    ``max-length: 3`` with ``overflow: reject-publish`` (RabbitMQ's own refusal, by policy so
+    that the queue's arguments stay aqueue's); the policy is cleared at the end."""
+    queue = f"nack-{uuid.uuid4().hex}"
+    policy = f"aqueue-test-{queue}"
+    limits = '{"max-length": 3, "overflow": "reject-publish"}'
+    node.ctl("set_policy", policy, f"^{queue}$", limits, "--apply-to", "queues")
+    try:
+        yield queue
+    finally:
+        node.ctl("clear_policy", policy)
+
+
+# -- the frames ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "p",
+    [
+        Publication(b"body", "", "q"),
+        Publication(b"", "media", "media.video.mp4", "c0ffee", 9, None, True, False),
+        Publication(b"x" * 100, "aqueue.delay.3", "0.1", "id", 0, {"aqueue-target": "q"}),
+        Publication(
+            bytes(range(256)) * 20,
+            "",
+            "q\u00e9",
+            None,
+            5,
+            {"aqueue-deliveries": 3, "aqueue-eta": 1_700_000_000_000, "aqueue-reason": "bad"},
+            False,
+        ),
+    ],
+)
+def test_frames_are_those_of_basic_publish(p: Publication) -> None:
+    max_body = 1000  # a body of 5,120 bytes takes 6 frames
+    properties = commands.Basic.Properties(
+        delivery_mode=2 if p.persistent else 1,
+        priority=p.priority,
+        correlation_id=p.correlation_id,
+        message_id="m-1",
+        headers=dict(p.headers) if p.headers else None,
+    )
+    expected = marshal(
+        commands.Basic.Publish(
+            exchange=p.exchange, routing_key=p.routing_key, mandatory=p.mandatory
+        ),
+        7,
+    ) + marshal(ContentHeader(0, len(p.body), properties), 7)
+    for start in range(0, len(p.body), max_body):
+        expected += marshal(ContentBody(p.body[start : start + max_body]), 7)
+    assert encode(p, "m-1", 7, max_body) == expected
+
+
+def test_names_longer_than_amqp_allows_are_refused_before_anything_is_sent() -> None:
+    with pytest.raises(ValueError, match="longer than 255 bytes"):
+        encode(Publication(b"", "", "q" * 256), "m", 1, 1000)
+
+
+# -- confirms --------------------------------------------------------------------------------
+
+
+async def test_a_batch_is_confirmed_whole(
+    broker: AMQPBroker, rabbitmq_server: RabbitNode, queue_name: str
+) -> None:
+    messages = [out(queue_name, b"%d" % i, priority=i % 10) for i in range(3000)]
+    await broker.publish(messages)
+    ids = await queued_ids(rabbitmq_server.url, queue_name)
+    assert sorted(ids) == sorted(m.message_id for m in messages)
+
+
+async def test_a_nack_fails_exactly_the_nacked_messages(
+    broker: AMQPBroker, rabbitmq_server: RabbitNode
+) -> None:
+    """A queue over its max-length with overflow=reject-publish nacks what it cannot take
+    (RabbitMQ's own refusal, set by a policy so that the queue's arguments stay aqueue's)."""
+    with rejecting_after_three(rabbitmq_server) as queue:
+        messages = [out(queue, b"%d" % i) for i in range(10)]
+        with pytest.raises(PublishIncomplete) as info:
+            await broker.publish(messages)
+        assert sorted(info.value.failed) == list(range(3, 10))
+        assert all(
+            isinstance(e, BrokerConnectionError) and "basic.nack" in str(e)
+            for e in info.value.failed.values()
+        )
+        assert "7 of 10 messages not confirmed" in str(info.value)
+        ids = await queued_ids(rabbitmq_server.url, queue)
+        assert ids == [m.message_id for m in messages[:3]]
+
+        # A publish whose every message is nacked is a plain error: nothing is stored.
+        await broker.publish(messages[:3])
+        with pytest.raises(BrokerConnectionError, match=r"basic\.nack") as whole:
+            await broker.publish(messages[3:])
+        assert not isinstance(whole.value, PublishIncomplete)
+
+
+async def test_concurrent_delays_that_were_nacked_raise_and_only_they(
+    rabbitmq_server: RabbitNode,
+) -> None:
+    """Ten delay() calls share one publish (one write, one wait for the confirms); the queue
+    takes three: those three return, the seven others raise, each retried by its own policy
+    (the sends batched with it are not sent again)."""
+    with rejecting_after_three(rabbitmq_server) as queue:
+        app = Aqueue("nack", broker=rabbitmq_server.url, backend=None, task_default_queue=queue)
+
+        @app.task(name="nack.add", ignore_result=True)
+        async def add(x: int, y: int) -> int:
+            return x + y
+
+        try:
+            outcomes = await asyncio.gather(
+                *(add.delay(i, i) for i in range(10)), return_exceptions=True
+            )
+        finally:
+            await app.close()
+        sent = [r.id for r in outcomes if not isinstance(r, BaseException)]
+        raised = [e for e in outcomes if isinstance(e, BaseException)]
+        assert len(sent) == 3 and len(raised) == 7
+        for error in raised:
+            assert isinstance(error, BrokerConnectionError) and "basic.nack" in str(error), error
+        assert sorted(await queued_ids(rabbitmq_server.url, queue)) == sorted(sent)
+
+
+async def test_a_returned_message_fails_alone(broker: AMQPBroker, queue_name: str) -> None:
+    """mandatory: a message no queue is bound to receive comes back (basic.return) and fails;
+    the messages around it are stored."""
+    lost = out(queue_name, exchange="amq.direct", routing_key=f"nobody-{uuid.uuid4().hex}")
+    messages = [out(queue_name, b"1"), lost, out(queue_name, b"2")]
+    with pytest.raises(PublishIncomplete) as info:
+        await broker.publish(messages)
+    [(index, error)] = info.value.failed.items()
+    assert index == 1
+    assert type(error) is BrokerError
+    assert (
+        f"NO_ROUTE: no queue is bound to exchange amq.direct for routing key {lost.routing_key!r}"
+        in str(error)
+    )
+    with pytest.raises(BrokerError, match="NO_ROUTE"):
+        await broker.publish([lost])
+
+
+# -- a connection dropped mid-batch -----------------------------------------------------------
+
+
+class Dropper:
+    """``rabbitmqctl close_all_connections`` in a thread (it takes a second or two to start);
+    :attr:`done` is set when it has returned."""
+
+    def __init__(self, node: RabbitNode) -> None:
+        self.done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def run() -> None:
+            try:
+                node.ctl("close_all_connections", "aqueue test: dropped mid-batch")
+            finally:
+                loop.call_soon_threadsafe(self.done.set)
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+
+async def test_dropped_mid_batch_every_unconfirmed_message_is_named(
+    broker: AMQPBroker, rabbitmq_server: RabbitNode, queue_name: str
+) -> None:
+    batches: list[tuple[list[Outgoing], BaseException | None]] = []
+    dropper = Dropper(rabbitmq_server)
+    # Batches back to back until the drop has happened and one batch went through after it.
+    while not (dropper.done.is_set() and batches and batches[-1][1] is None):
+        messages = [out(queue_name, b"%d" % i) for i in range(2000)]
+        try:
+            await broker.publish(messages)
+            batches.append((messages, None))
+        except BrokerConnectionError as exc:
+            batches.append((messages, exc))
+            await asyncio.sleep(0.05)  # robust reconnection under way: a pause, not a spin
+    dropper.thread.join()
+    delivered = set(await queued_ids(rabbitmq_server.url, queue_name, timeout=60))
+    confirmed = stored_unconfirmed = 0
+    for messages, error in batches:
+        failed = error.failed if isinstance(error, PublishIncomplete) else None
+        for i, m in enumerate(messages):
+            if error is None or (failed is not None and i not in failed):
+                assert m.message_id in delivered, "a confirmed message was lost"
+                confirmed += 1
+            elif m.message_id in delivered:
+                stored_unconfirmed += 1  # stored, its confirm lost with the connection
+    failures = [e for _, e in batches if e is not None]
+    print(
+        f"\n{len(batches)} batches of 2,000: {confirmed:,} messages confirmed, all delivered; "
+        f"failed batches: {len(failures)} "
+        f"({sum(isinstance(e, PublishIncomplete) for e in failures)} in part: "
+        f"{[len(e.failed) for e in failures if isinstance(e, PublishIncomplete)]} not "
+        f"confirmed); {stored_unconfirmed} unconfirmed messages were stored all the same"
+    )
+    assert failures, "the drop should have failed at least the batch in flight"
+
+
+async def test_delays_that_return_are_delivered_when_the_connection_drops(
+    rabbitmq_server: RabbitNode, queue_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sends 1,000 at a time while every connection is closed: half delay() (sharing publishes,
+    retried by the default policy), half apply_async(retry=False) (which fail at once if their
+    message was on the wire; one still waiting for the publishing channel goes out on the new
+    connection). Each send that returned is in the queue; each that raised says the broker
+    failed it."""
+    caplog.set_level(logging.WARNING, logger="aqueue.transports.amqp.broker")
+    app = Aqueue("drop", broker=rabbitmq_server.url, backend=None, task_default_queue=queue_name)
+
+    @app.task(name="drop.add", ignore_result=True)
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    returned: list[str] = []
+    raised: dict[bool, list[BaseException]] = {True: [], False: []}  # by retry
+    rounds_after = 0
+    try:
+        await add.delay(0, 0)  # connected before the drop starts
+        dropper = Dropper(rabbitmq_server)
+        while rounds_after < 2:
+            if dropper.done.is_set():
+                rounds_after += 1
+            sends = [add.delay(i, i) if i % 2 else add.apply_async((i, i), retry=False)
+                     for i in range(1000)]  # fmt: skip
+            outcomes = await asyncio.gather(*sends, return_exceptions=True)
+            for i, r in enumerate(outcomes):
+                if isinstance(r, BaseException):
+                    raised[bool(i % 2)].append(r)
+                else:
+                    returned.append(r.id)
+            if any(isinstance(r, BaseException) for r in outcomes):
+                await asyncio.sleep(0.05)  # reconnecting: a pause, not a spin
+        dropper.thread.join()
+    finally:
+        await app.close()
+    ours = [r for r in caplog.records if r.name == "aqueue.transports.amqp.broker"]
+    assert any("reconnected" in r.getMessage() for r in ours), "no drop happened"
+    delivered = set(await queued_ids(rabbitmq_server.url, queue_name, timeout=60))
+    lost = [i for i in returned if i not in delivered]
+    assert not lost, f"{len(lost)} sends returned and their message is not queued"
+    for error in raised[True] + raised[False]:
+        assert isinstance(error, BrokerConnectionError), repr(error)
+        assert "RabbitMQ at amqp://guest:**@127.0.0.1" in str(error)
+    print(
+        f"\nsends x1,000 per gather across close_all_connections: {len(returned):,} returned, "
+        f"all delivered; raised BrokerConnectionError: {len(raised[False])} with retry=False, "
+        f"{len(raised[True])} with the default retry policy"
+    )
