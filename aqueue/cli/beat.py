@@ -28,11 +28,6 @@ from aqueue.beat.entry import Entry
 from aqueue.beat.scheduler import Beat
 from aqueue.beat.schedules import Interval, Schedule, crontab
 from aqueue.cli._common import (
-    AppOption,
-    LogfileOption,
-    LogFormatOption,
-    LoglevelOption,
-    PidfileOption,
     app_spec,
     fail,
     load,
@@ -41,6 +36,13 @@ from aqueue.cli._common import (
     run_with_app,
     setup_logging,
     use_log_format,
+)
+from aqueue.cli.options import (
+    AppOption,
+    LogfileOption,
+    LogFormatOption,
+    LoglevelOption,
+    PidfileOption,
 )
 from aqueue.cli.pidfile import hold_pidfile
 from aqueue.exceptions import AqueueError, ConfigurationError

@@ -19,7 +19,8 @@ import orjson
 import typer
 
 from aqueue import Aqueue, AsyncResult
-from aqueue.cli._common import AppOption, app_spec, fail, load_app, run
+from aqueue.cli._common import app_spec, fail, load_app, run
+from aqueue.cli.options import AppOption
 from aqueue.exceptions import AqueueError, TaskNotRegistered
 
 __all__ = ["ProgressPrinter", "call", "check_task_name", "close_names"]

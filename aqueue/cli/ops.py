@@ -19,7 +19,8 @@ import orjson
 import typer
 
 from aqueue.app import Aqueue
-from aqueue.cli._common import AppOption, app_spec, run_with_app, split
+from aqueue.cli._common import app_spec, run_with_app, split
+from aqueue.cli.options import AppOption
 from aqueue.control.client import DEFAULT_TIMEOUT, by_worker
 from aqueue.control.protocol import Reply
 from aqueue.exceptions import AqueueError, ConfigurationError

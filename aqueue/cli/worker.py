@@ -20,11 +20,6 @@ import typer
 from aqueue.app import Aqueue
 from aqueue.beat import Beat
 from aqueue.cli._common import (
-    AppOption,
-    LogfileOption,
-    LogFormatOption,
-    LoglevelOption,
-    PidfileOption,
     app_spec,
     fail,
     load_app,
@@ -39,6 +34,13 @@ from aqueue.cli.metrics import (
     child_metrics,
     metrics_for,
     supervisor_metrics,
+)
+from aqueue.cli.options import (
+    AppOption,
+    LogfileOption,
+    LogFormatOption,
+    LoglevelOption,
+    PidfileOption,
 )
 from aqueue.cli.pidfile import hold_pidfile
 from aqueue.exceptions import AqueueError

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aqueue import signals
+from aqueue.contrib import missing_extra
 from aqueue.exceptions import Retry
 from aqueue.middleware import Middleware, PublishNext, RunNext
 from aqueue.task import current_request
@@ -32,9 +33,7 @@ try:
     from opentelemetry import propagate, trace
     from opentelemetry.trace import SpanKind, Status, StatusCode
 except ImportError as exc:  # pragma: no cover - the extra is installed in the tests
-    raise ImportError(
-        "aqueue.contrib.otel needs opentelemetry-api: pip install 'aqueue[otel]'"
-    ) from exc
+    raise missing_extra(__name__, "opentelemetry-api", "otel") from exc
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -66,6 +65,30 @@ class OpenTelemetry(Middleware):
             app.add_middleware(self)
         signals.task_postrun.connect(self._on_postrun, dispatch_uid=f"aqueue.otel:{id(self)}")
 
+    def _start(
+        self,
+        operation: str,
+        kind: SpanKind,
+        parent: otel_context.Context | None,
+        about: Message | Request,
+    ) -> trace.Span:
+        """A ``send`` or ``process`` span for ``about``, with the messaging semantic
+        conventions' attributes."""
+        return self.tracer.start_span(
+            f"{operation} {about.task}",
+            context=parent,
+            kind=kind,
+            attributes={
+                "messaging.system": _SYSTEM,
+                "messaging.operation.type": operation,
+                "messaging.operation.name": operation,
+                "messaging.destination.name": about.queue or "",
+                "messaging.message.id": about.id or "",
+                "aqueue.task.name": about.task or "",
+                "aqueue.task.retries": about.retries,
+            },
+        )
+
     def _parent(self) -> otel_context.Context | None:
         """The context to send from: the current span's, else that of the task this process
         is finishing (its workflow sends after its body returned)."""
@@ -78,13 +101,7 @@ class OpenTelemetry(Middleware):
         parent = self._parent()
         spans = []
         for message in messages:
-            span = self.tracer.start_span(
-                f"send {message.task}",
-                context=parent,
-                kind=SpanKind.PRODUCER,
-                attributes=_attributes("send", message.queue, message.id, message.task),
-            )
-            span.set_attribute("aqueue.task.retries", message.retries)
+            span = self._start("send", SpanKind.PRODUCER, parent, message)
             propagate.inject(message.headers, context=trace.set_span_in_context(span, parent))
             spans.append(span)
         try:
@@ -100,13 +117,7 @@ class OpenTelemetry(Middleware):
 
     async def run(self, task: Task[Any, Any], request: Request, call_next: RunNext) -> Any:
         parent = propagate.extract(request.headers)
-        span = self.tracer.start_span(
-            f"process {request.task}",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes=_attributes("process", request.queue, request.id, request.task),
-        )
-        span.set_attribute("aqueue.task.retries", request.retries)
+        span = self._start("process", SpanKind.CONSUMER, parent, request)
         span.set_attribute("aqueue.task.delivery_count", request.delivery_count)
         here = trace.set_span_in_context(span, parent)
         if request.id is not None:
@@ -131,17 +142,3 @@ class OpenTelemetry(Middleware):
 
     def _on_postrun(self, task_id: str, **_: Any) -> None:
         self._running.pop(task_id, None)
-
-
-def _attributes(
-    operation: str, queue: str | None, task_id: str | None, name: str | None
-) -> dict[str, str]:
-    """The messaging semantic conventions' attributes of a ``send`` or ``process`` span."""
-    return {
-        "messaging.system": _SYSTEM,
-        "messaging.operation.type": operation,
-        "messaging.operation.name": operation,
-        "messaging.destination.name": queue or "",
-        "messaging.message.id": task_id or "",
-        "aqueue.task.name": name or "",
-    }

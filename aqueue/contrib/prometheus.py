@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from aqueue import signals
+from aqueue.contrib import missing_extra
 from aqueue.middleware import Middleware, RunNext
 from aqueue.transports.base import QueueAdmin
 
@@ -48,9 +49,7 @@ try:
     import prometheus_client as prom
     from prometheus_client import multiprocess
 except ImportError as exc:  # pragma: no cover - the extra is installed in the tests
-    raise ImportError(
-        "aqueue.contrib.prometheus needs prometheus_client: pip install 'aqueue[prometheus]'"
-    ) from exc
+    raise missing_extra(__name__, "prometheus_client", "prometheus") from exc
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue

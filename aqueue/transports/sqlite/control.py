@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from aqueue.exceptions import BrokerError
 from aqueue.transports.sqlite.connection import SQLiteConnection, transaction
 from aqueue.transports.sqlite.role import SQLiteRole
+from aqueue.transports.sqlite.schema import upsert
 from aqueue.worker.ratelimit import refill
 
 __all__ = ["SQLiteControl"]
@@ -43,6 +44,9 @@ _BUMP = (
     "INSERT INTO control_versions (tbl, version) VALUES (?, 1)"
     " ON CONFLICT (tbl) DO UPDATE SET version = version + 1"
 )
+
+_GET_BUCKET = "SELECT tokens, updated FROM rate_buckets WHERE name = ?"
+_PUT_BUCKET = upsert("rate_buckets", "name", ("name", "tokens", "updated"))
 
 #: Seconds between two polls for new channel messages while anything is subscribed.
 POLL_INTERVAL = 0.05
@@ -232,17 +236,10 @@ class SQLiteControl(SQLiteRole):
         def take(conn: sqlite3.Connection) -> float:
             with transaction(conn):
                 now = time.time()
-                row = conn.execute(
-                    "SELECT tokens, updated FROM rate_buckets WHERE name = ?", (bucket,)
-                ).fetchone()
+                row = conn.execute(_GET_BUCKET, (bucket,)).fetchone()
                 tokens, updated = (capacity, now) if row is None else (float(row[0]), float(row[1]))
                 tokens, wait = refill(tokens, updated, now, rate, capacity)
-                conn.execute(
-                    "INSERT INTO rate_buckets (name, tokens, updated) VALUES (?, ?, ?)"
-                    " ON CONFLICT (name) DO UPDATE SET tokens = excluded.tokens,"
-                    " updated = excluded.updated",
-                    (bucket, tokens, now),
-                )
+                conn.execute(_PUT_BUCKET, (bucket, tokens, now))
             return wait
 
         return await self._db.call(take)

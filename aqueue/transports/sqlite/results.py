@@ -42,16 +42,16 @@ from aqueue.transports.sqlite.connection import (
     transaction,
 )
 from aqueue.transports.sqlite.role import SQLiteRole
+from aqueue.transports.sqlite.schema import upsert
 
 __all__ = ["SQLiteBackend"]
 
 log = logging.getLogger("aqueue.transports.sqlite.results")
 
 
-_UPSERT = (
-    "INSERT INTO results (task_id, data, expires_at) VALUES (?, ?, ?)"
-    " ON CONFLICT (task_id) DO UPDATE SET data = excluded.data, expires_at = excluded.expires_at"
-)
+_UPSERT = upsert("results", "task_id", ("task_id", "data", "expires_at"))
+_GET_MEMBER_SET = "SELECT size, expires_at FROM member_sets WHERE key = ?"
+_PUT_MEMBER_SET = upsert("member_sets", "key", ("key", "size", "expires_at"))
 
 _UNEXPIRED = "(expires_at IS NULL OR expires_at > ?)"
 
@@ -214,9 +214,7 @@ class SQLiteBackend(SQLiteRole):
         def add(conn: sqlite3.Connection) -> int:
             with transaction(conn):
                 now = time.time()
-                row = conn.execute(
-                    "SELECT size, expires_at FROM member_sets WHERE key = ?", (key,)
-                ).fetchone()
+                row = conn.execute(_GET_MEMBER_SET, (key,)).fetchone()
                 if row is not None and row[1] is not None and row[1] <= now:
                     conn.execute("DELETE FROM members WHERE key = ?", (key,))
                     row = None
@@ -227,12 +225,7 @@ class SQLiteBackend(SQLiteRole):
                 size += inserted.rowcount
                 if expires is not None:
                     until = now + expires
-                conn.execute(
-                    "INSERT INTO member_sets (key, size, expires_at) VALUES (?, ?, ?)"
-                    " ON CONFLICT (key) DO UPDATE SET"
-                    " size = excluded.size, expires_at = excluded.expires_at",
-                    (key, size, until),
-                )
+                conn.execute(_PUT_MEMBER_SET, (key, size, until))
             return size
 
         return await self._db.call(add)

@@ -66,3 +66,14 @@ SCHEMA: tuple[str, ...] = (
     " token TEXT NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (app, name, tick))",
     "CREATE INDEX IF NOT EXISTS beat_claims_expiry ON beat_claims (expires_at)",
 )
+
+
+def upsert(table: str, key: str, columns: tuple[str, ...]) -> str:
+    """The statement that inserts a row of ``columns`` into ``table``, or sets the other columns
+    of the row with the same ``key`` (SQLite's ``INSERT ... ON CONFLICT DO UPDATE``). Made once,
+    from fixed names, at import."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != key)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        f" ON CONFLICT ({key}) DO UPDATE SET {updates}"
+    )
