@@ -42,6 +42,7 @@ test: test-servers $(SETUP)
 # cluster on loopback with quorum queues, one node stopped mid-run (about 3 minutes on 2 cores).
 test-cluster: test-servers $(SETUP)
 	$(PYTHON) -m pytest -q -p no:cacheprovider -m cluster tests/cluster $(PYTEST_ARGS)
+	AQUEUE_TEST_TRANSPORTS=sentinel $(PYTHON) -m pytest -q -p no:cacheprovider -k sentinel tests/transports/test_broker_contract.py tests/transports/test_backend_contract.py tests/transports/test_control_transport.py tests/transports/test_queue_admin.py tests/beat/test_beat_scheduler.py tests/results/test_concurrent_waiters.py $(PYTEST_ARGS)
 
 test-servers:
 	scripts/ensure-debs.sh redis-server rabbitmq-server

@@ -336,11 +336,6 @@ _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("result_backend_thread_safe",),
     ),
     (
-        "Redis result backend options are the redis_* settings (redis_socket_timeout, "
-        "redis_max_connections...) and the URL's query",
-        ("result_backend_transport_options",),
-    ),
-    (
         "an AsyncResult keeps its own outcome (r.result, no I/O); there is no shared cache to size",
         ("result_cache_max",),
     ),

@@ -33,7 +33,7 @@ from aqueue.celery_settings import CELERY_3_NAMES, CELERY_ONLY
 from aqueue.exceptions import ConfigurationError, UnknownSetting
 from aqueue.serialization import COMPRESSIONS, is_content_type, serializer_names
 from aqueue.signing import Signing, check_key_setting
-from aqueue.transports import SCHEMES
+from aqueue.transports import SCHEMES, SENTINEL_OPTIONS, SENTINEL_SCHEMES
 from aqueue.transports import scheme as _scheme
 from aqueue.transports.base import MIN_SOCKET_TIMEOUT, ConnectionOptions
 from aqueue.transports.tls import AMQP_KEYS, REDIS_KEYS, KeySet, TLSOptions, from_setting
@@ -46,9 +46,18 @@ DEFAULT_URL = "sqlite:///aqueue.db"
 DEFAULT_FILE = "aqueue.db"
 BROKER_ENV = "AQUEUE_BROKER_URL"
 BACKEND_ENV = "AQUEUE_RESULT_BACKEND"
-BROKER_SCHEMES = ("memory", "sqlite", "redis", "rediss", "amqp", "amqps", "pyamqp")
+BROKER_SCHEMES = (
+    "memory",
+    "sqlite",
+    "redis",
+    "rediss",
+    *SENTINEL_SCHEMES,
+    "amqp",
+    "amqps",
+    "pyamqp",
+)
 # rpc:// (or "rpc"): results sent back over the AMQP broker to their caller (docs/amqp.md).
-BACKEND_SCHEMES = ("memory", "sqlite", "redis", "rediss", "rpc")
+BACKEND_SCHEMES = ("memory", "sqlite", "redis", "rediss", *SENTINEL_SCHEMES, "rpc")
 
 
 def _url(schemes: tuple[str, ...]) -> Callable[[str, Any], None]:
@@ -156,6 +165,17 @@ def _boolean(name: str, value: Any) -> None:
 def _mapping(name: str, value: Any) -> None:
     if value is not None and not isinstance(value, Mapping):
         raise ConfigurationError(f"{name} must be a dict, not {type(value).__name__}")
+
+
+def _sentinel_mapping(name: str, value: Any) -> None:
+    _mapping(name, value)
+    unknown = set(value or {}) - set(SENTINEL_OPTIONS)
+    if unknown:
+        raise ConfigurationError(
+            f"{name}: aqueue reads only the Redis Sentinel options {list(SENTINEL_OPTIONS)} "
+            f"here, not {sorted(unknown)} (the redis_* settings and the URL's query configure "
+            f"the rest)"
+        )
 
 
 def _routes(name: str, value: Any) -> None:
@@ -278,6 +298,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "enable_utc": _boolean,
     "beat_schedule": _mapping,
     "broker_transport_options": _mapping,
+    "result_backend_transport_options": _sentinel_mapping,
     "broker_connection_timeout": _timeout(allow_none=False),
     "broker_connection_retry": _boolean,
     "broker_connection_max_retries": _optional(_non_negative_int),
@@ -353,6 +374,8 @@ class Settings(Mapping[str, Any]):
     enable_utc: bool = True
     beat_schedule: dict[str, Any] = field(default_factory=dict)
     broker_transport_options: dict[str, Any] = field(default_factory=dict)
+    # A result backend's own Redis Sentinel options (master_name, sentinel_kwargs), as Celery's.
+    result_backend_transport_options: dict[str, Any] = field(default_factory=dict)
     # When a server is down (README "When a server is down"):
     broker_connection_timeout: float = 4.0
     broker_connection_retry: bool = True
@@ -532,7 +555,9 @@ class Settings(Mapping[str, Any]):
         backend; the pool is ``broker_pool_limit`` / ``redis_max_connections``. Every Redis
         connection reads ``redis_socket_timeout`` and ``redis_retry_on_timeout``. TLS is
         ``broker_use_ssl`` for the broker and ``redis_backend_use_ssl`` for a Redis result
-        backend (:meth:`tls_options`).
+        backend (:meth:`tls_options`). A Redis Sentinel URL's ``master_name`` and
+        ``sentinel_kwargs`` come from ``broker_transport_options`` when it is the broker's,
+        else from ``result_backend_transport_options`` (as Celery reads them).
 
         Raises:
             ConfigurationError: the TLS settings do not fit the server (see
@@ -555,8 +580,18 @@ class Settings(Mapping[str, Any]):
             retry_on_timeout=self.redis_retry_on_timeout,
             max_connections=max(sizes) if sizes else DEFAULT_POOL,
             tls=self.tls_options(url, is_broker=is_broker, is_backend=is_backend),
+            sentinel=self._sentinel_options(url, is_broker),
             max_deliveries=self.task_max_deliveries,
         )
+
+    def _sentinel_options(self, url: str, is_broker: bool) -> dict[str, Any] | None:
+        """The Sentinel options of the server at ``url`` (``None``: not a Sentinel URL)."""
+        if _scheme(url) not in SENTINEL_SCHEMES:
+            return None
+        options = (
+            self.broker_transport_options if is_broker else self.result_backend_transport_options
+        )
+        return {k: options[k] for k in SENTINEL_OPTIONS if k in options}
 
     def tls_options(self, url: str, *, is_broker: bool, is_backend: bool) -> TLSOptions | None:
         """TLS for the Redis or RabbitMQ server at ``url`` from Celery's settings, or ``None``

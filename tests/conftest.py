@@ -25,13 +25,16 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiormq
 import pytest
 
+from tests.transport_choice import chosen_transports
+
 pytest_plugins = ["pytester"]
 
-TRANSPORTS = ["memory", "sqlite", "redis", "amqp"]
+TRANSPORTS = chosen_transports(["memory", "sqlite", "redis", "amqp"])
 BACKENDS = [t for t in TRANSPORTS if t != "amqp"]
 
 _REDIS_START_TIMEOUT = 10.0  # seconds for redis-server to answer PING
@@ -609,7 +612,28 @@ def _url(transport: str, request: pytest.FixtureRequest, tmp_path: Path, name: s
         return f"{request.getfixturevalue('redis_server')}/0"
     if transport == "amqp":
         return str(request.getfixturevalue("rabbitmq_server").url)
+    if transport == "sentinel":
+        return sentinel_url(request)
     raise AssertionError(f"unknown transport {transport!r}")
+
+
+def sentinel_url(request: pytest.FixtureRequest) -> str:
+    """A ``redis+sentinel://`` URL (database 0) of the session's Sentinel group, carrying the
+    sentinels' password, so that a role made from the URL alone connects."""
+    from tests.transports.sentinels import SENTINEL_PASSWORD
+
+    group = request.getfixturevalue("sentinel_group")
+    return str(group.url(0, sentinel_password=SENTINEL_PASSWORD))
+
+
+@pytest.fixture(scope="session")
+def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A Redis Sentinel group for the session: a primary, a replica and three sentinels
+    (:class:`tests.transports.sentinels.SentinelGroup`); nobody fails it over."""
+    from tests.transports.sentinels import SentinelGroup
+
+    with SentinelGroup(tmp_path_factory.mktemp("sentinel")) as group:
+        yield group
 
 
 def _transport_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aqueue import signals
 from aqueue.batching import Batcher, ItemErrors
@@ -150,7 +150,7 @@ class Sender:
     def _handle(self, message: Message, backend: ResultBackend | None) -> AsyncResult[Any]:
         """The result handle of ``message``, with its mailbox when it names a reply channel."""
         mailbox: Mailbox | None = None
-        if message.reply_to and backend is not None and _has_replies(backend):
+        if message.reply_to and backend is not None and isinstance(backend, ReplyChannels):
             mailbox = backend.expect(message.id)
         return AsyncResult(message.id, self.app, message.task, mailbox)
 
@@ -216,10 +216,9 @@ class Sender:
             BrokerError: the result backend cannot be reached.
         """
         backend = await self.app.result_backend()
-        replies = backend
-        if not _has_replies(replies):
+        if not isinstance(backend, ReplyChannels):
             return backend, None
-        return backend, await replies.reply_channel()
+        return backend, await backend.reply_channel()
 
     def build_message(
         self,
@@ -576,19 +575,6 @@ class Sender:
         if limit is not None and len(body) > limit:
             raise MessageTooLarge(m.task, len(body), limit)
         return body
-
-
-_REPLY_KINDS: dict[type, bool] = {}
-
-
-def _has_replies(backend: ResultBackend) -> TypeGuard[ReplyChannels]:
-    """``isinstance(backend, ReplyChannels)``, remembered per class: a runtime Protocol check
-    reads every member each time (about 10 µs), and a send makes two."""
-    kind = type(backend)
-    known = _REPLY_KINDS.get(kind)
-    if known is None:
-        known = _REPLY_KINDS[kind] = isinstance(backend, ReplyChannels)
-    return known
 
 
 def _where(url: str) -> str:

@@ -6,6 +6,7 @@ scheme      broker  results  control  beat  folder
 memory      yes     yes      yes      yes   :mod:`aqueue.transports.memory` (one process)
 sqlite      yes     yes      yes      yes   :mod:`aqueue.transports.sqlite` (one host)
 redis(s)    yes     yes      yes      yes   :mod:`aqueue.transports.redis`
+sentinel    yes     yes      yes      yes   :mod:`aqueue.transports.redis` (Redis Sentinel)
 amqp(s)     yes     rpc      no       no    :mod:`aqueue.transports.amqp` (RabbitMQ)
 ==========  ======  =======  =======  ====  =============================================
 
@@ -34,6 +35,8 @@ from aqueue.transports.base import Broker, ConnectionOptions, ResultBackend, Tra
 __all__ = [
     *base.__all__,
     "SCHEMES",
+    "SENTINEL_OPTIONS",
+    "SENTINEL_SCHEMES",
     "TLS_SCHEMES",
     "backend_from_url",
     "broker_from_url",
@@ -51,10 +54,22 @@ SCHEMES: dict[str, str] = {
     "sqlite": "sqlite",
     "redis": "redis",
     "rediss": "redis",
+    "redis+sentinel": "redis",
+    "rediss+sentinel": "redis",
+    "sentinel": "redis",
     "amqp": "amqp",
     "amqps": "amqp",
     "pyamqp": "amqp",
 }
+
+
+#: Redis Sentinel's schemes: ``redis+sentinel://host:26379,host2:26379/service/db`` (TLS:
+#: ``rediss+sentinel://``) and kombu's ``sentinel://host:26379;sentinel://host2:26379``
+#: (:mod:`aqueue.transports.redis.sentinel`).
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel", "sentinel")
+#: The transport options of a Sentinel URL, Celery's and kombu's names: the service's name
+#: and redis-py's connection arguments for the sentinels themselves.
+SENTINEL_OPTIONS = ("master_name", "sentinel_kwargs")
 
 
 def scheme(url: str) -> str:
@@ -111,7 +126,9 @@ def transport_type(url: str) -> type[Transport]:
     if name is None:
         raise ConfigurationError(
             f"{url!r} has no supported scheme: use memory://, sqlite:///path.db, "
-            f"redis://host:port/db, rediss://host:port/db, amqp://host:port/vhost or amqps://..."
+            f"redis://host:port/db, rediss://host:port/db, "
+            f"redis+sentinel://host:26379,host2:26379/service/db, amqp://host:port/vhost or "
+            f"amqps://..."
         )
     cls: type[Transport] = importlib.import_module(f"aqueue.transports.{name}").Transport
     return cls

@@ -90,6 +90,10 @@ class ConnectionOptions:
         tls: TLS for every connection, from ``broker_use_ssl`` / ``redis_backend_use_ssl``
             (:mod:`aqueue.transports.tls`); set, it turns TLS on for a ``redis://`` or
             ``amqp://`` URL too. ``None``: as the URL says (``rediss://``, ``amqps://``).
+        sentinel: Redis Sentinel URLs: ``master_name`` and ``sentinel_kwargs`` (Celery's and
+            kombu's names, :mod:`aqueue.transports.redis.sentinel`), from
+            ``broker_transport_options`` for the broker, ``result_backend_transport_options``
+            for a result backend on another URL. ``None``: none given.
         max_deliveries: ``task_max_deliveries``, for a broker that caps poison messages
             itself too (RabbitMQ quorum queues' ``x-delivery-limit``).
     """
@@ -99,6 +103,7 @@ class ConnectionOptions:
     retry_on_timeout: bool = False
     max_connections: int | None = None
     tls: TLSOptions | None = None
+    sentinel: Mapping[str, Any] | None = None
     max_deliveries: int = 5
 
 

@@ -13,8 +13,12 @@ def redacted_url(url: str) -> str:
 
     Any scheme: ``redis://:secret@host:6379/0`` -> ``redis://:**@host:6379/0``,
     ``amqp://user:pw@host//`` -> ``amqp://user:**@host//``; ``sqlite:///aqueue.db`` and
-    ``memory://`` are unchanged. A query may hold credentials too, so none is shown.
+    ``memory://`` are unchanged. A query may hold credentials too, so none is shown. Each
+    part of kombu's ``;``-separated list (``sentinel://:pw@a:26379;sentinel://:pw@b:26379``)
+    is redacted alike.
     """
+    if ";" in url:
+        return ";".join(redacted_url(part) for part in url.split(";"))
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url.partition("?")[0]

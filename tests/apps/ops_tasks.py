@@ -20,8 +20,9 @@ import pytest
 
 from aqueue import Aqueue, Task
 from aqueue.control.events import events
+from tests.transport_choice import chosen_transports
 
-OPS_TRANSPORTS = ["memory", "sqlite", "redis"]
+OPS_TRANSPORTS = chosen_transports(["memory", "sqlite", "redis"])
 SHARED_TRANSPORTS = ["sqlite", "redis"]
 
 
@@ -31,6 +32,10 @@ def url_for(transport: str, request: pytest.FixtureRequest, tmp_path: Path) -> s
         return f"memory://{uuid.uuid4().hex}"
     if transport == "sqlite":
         return f"sqlite:///{tmp_path}/ops.db"
+    if transport == "sentinel":
+        from tests.conftest import sentinel_url  # only under pytest
+
+        return sentinel_url(request)
     if transport == "amqp":
         # RabbitMQ stores no results: Redis is the result backend, through
         # $AQUEUE_RESULT_BACKEND, which worker and CLI subprocesses inherit (build leaves an

@@ -1,6 +1,7 @@
-"""The Redis transport (``redis://``, ``rediss://``): broker on streams, results, reply channels,
-control, beat store and queue administration, every role over one redis-py client - one
-connection pool - per app, event loop and URL. Key names are in :mod:`.keys`.
+"""The Redis transport (``redis://``, ``rediss://``, and Redis Sentinel's ``redis+sentinel://``,
+``rediss+sentinel://``, ``sentinel://``: :mod:`.sentinel`): broker on streams, results, reply
+channels, control, beat store and queue administration, every role over one redis-py client -
+one connection pool - per app, event loop and URL. Key names are in :mod:`.keys`.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from aqueue.transports.base import ClientTransport, RoleClasses
 from aqueue.transports.redis.beat import RedisStore
 from aqueue.transports.redis.broker import RedisBroker
-from aqueue.transports.redis.client import SharedClient
+from aqueue.transports.redis.client import SharedClient, shared_client
 from aqueue.transports.redis.control import RedisControl
 from aqueue.transports.redis.results import RedisBackend
 
@@ -16,10 +17,11 @@ __all__ = ["RedisBackend", "RedisBroker", "RedisControl", "RedisStore", "Transpo
 
 
 class Transport(ClientTransport):
-    """``redis://`` / ``rediss://``: every role, sharing one connection pool (``client``, a
-    :class:`~aqueue.transports.redis.client.SharedClient`)."""
+    """``redis://`` / ``rediss://`` (and Sentinel URLs): every role, sharing one connection pool
+    (``client``, a :class:`~aqueue.transports.redis.client.SharedClient`; for Sentinel, a
+    :class:`~aqueue.transports.redis.sentinel.SentinelClient`)."""
 
     role_classes = RoleClasses(RedisBroker, RedisBackend, RedisControl, RedisStore)
 
     def _open_client(self) -> SharedClient:
-        return SharedClient(self.url, self.connection)
+        return shared_client(self.url, self.connection)

@@ -26,8 +26,19 @@ Relies on these Redis (>= 6.2) semantics; key names are in :mod:`aqueue.transpor
 - **Dead consumers** (killed workers) stay in a group's consumer list; the fetch script's
   reclaim pass removes those that hold nothing and have been idle for a visibility timeout.
 
+- **Replication (optional).** With ``wait_replicas`` (a transport option), a publish is
+  followed on its connection by ``WAIT <wait_replicas> <wait_timeout ms>`` in the same round
+  trip, and counts as done only when that many replicas have it: a failover to one of them then
+  cannot lose it. Fewer in time raises :class:`~aqueue.exceptions.BrokerConnectionError`, so the
+  sender tries again (the message may then be stored twice). With Sentinel, a primary that
+  every sentinel names, with no failover under way, and that has fewer replicas able to take
+  its place than ``wait_replicas`` (right after a failover, before the old primary rejoins as
+  a replica) needs only those (:meth:`SharedClient.replicas_in_sync
+  <aqueue.transports.redis.client.SharedClient.replicas_in_sync>`): sends go on, with the
+  redundancy there is.
+
 The Lua scripts touch stream keys named inside the delayed set's members, so this broker needs
-a single Redis server (or a primary with replicas), not Redis Cluster.
+a single Redis server (or a primary with replicas, with or without Sentinel), not Redis Cluster.
 """
 
 from __future__ import annotations
@@ -48,9 +59,9 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
-from aqueue.exceptions import BrokerError, ConfigurationError
-from aqueue.transports import visibility_timeout
-from aqueue.transports.base import DeadLetter, Delivery, Outgoing, QueueDepth
+from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
+from aqueue.transports import SENTINEL_OPTIONS, SENTINEL_SCHEMES, scheme, visibility_timeout
+from aqueue.transports.base import ConnectionOptions, DeadLetter, Delivery, Outgoing, QueueDepth
 from aqueue.transports.redis import admin as redis_admin
 from aqueue.transports.redis import keys, lua
 from aqueue.transports.redis.client import SharedClient, redacted_url, redis_errors
@@ -60,7 +71,8 @@ __all__ = ["RedisBroker"]
 
 log = logging.getLogger(__name__)
 
-_OPTIONS = frozenset({"visibility_timeout"})
+_OPTIONS = frozenset({"visibility_timeout", "wait_replicas", "wait_timeout", *SENTINEL_OPTIONS})
+_WAIT_TIMEOUT = 1.0  # seconds a publish waits for wait_replicas replicas by default
 # Longest a blocking read waits before the fetch script runs again: delayed messages published
 # by other clients become due without waking us, so this bounds how late they can be.
 _MAX_BLOCK = 1.0
@@ -147,9 +159,13 @@ class RedisBroker(RedisRole):
     """A :class:`~aqueue.transports.base.Broker` on Redis Streams (``redis://``, ``rediss://``).
 
     Args:
-        url: ``redis://[[user]:password@]host:port/db`` or ``rediss://...`` for TLS.
-        options: broker transport options; ``visibility_timeout`` (seconds, default 30) is how
-            long a fetched message stays leased without :meth:`renew`.
+        url: ``redis://[[user]:password@]host:port/db``, ``rediss://...`` for TLS, or a
+            Sentinel URL (:mod:`aqueue.transports.redis.sentinel`).
+        options: broker transport options: ``visibility_timeout`` (seconds, default 30) is how
+            long a fetched message stays leased without :meth:`renew`; ``wait_replicas``
+            (default 0: none) and ``wait_timeout`` (seconds, default 1) make each publish wait
+            until that many replicas have it (Redis's ``WAIT``; see the module's docstring);
+            with a Sentinel URL, ``master_name`` and ``sentinel_kwargs`` (Celery's).
 
     Raises:
         ConfigurationError: an option is unknown or invalid.
@@ -164,8 +180,16 @@ class RedisBroker(RedisRole):
                 f"unknown broker_transport_options for Redis: {sorted(unknown)}; "
                 f"supported: {sorted(_OPTIONS)}"
             )
-        super().__init__(url, client)
+        sentinel = {k: options[k] for k in SENTINEL_OPTIONS if k in options}
+        if sentinel and scheme(url) not in SENTINEL_SCHEMES:
+            raise ConfigurationError(
+                f"broker_transport_options {sorted(sentinel)} apply to Redis Sentinel URLs "
+                f"(redis+sentinel://..., sentinel://...), not to {redacted_url(url)}"
+            )
+        own = None if client is not None else ConnectionOptions(sentinel=sentinel or None)
+        super().__init__(url, client, own)
         self._visibility = visibility_timeout(options)
+        self._wait = _replication(options)  # (replicas, timeout in seconds), or None
         # Unique per instance: the group's pending list tells leases apart by consumer name.
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self._scripts: _Scripts | None = None
@@ -216,7 +240,7 @@ class RedisBroker(RedisRole):
         """
         if not messages:
             return
-        _, scripts = await self._session()
+        client, scripts = await self._session()
         now = time.time()
         earliest = math.inf
         streams: list[str] = [keys.delayed()]
@@ -232,18 +256,13 @@ class RedisBroker(RedisRole):
                 streams.append(stream)
                 bodies.append(m.body)
         with redis_errors(self._url, "publish"):
-            if len(bodies) + len(delayed) // 2 <= _PUBLISH_CHUNK:
+            if self._wait is not None:
+                await self._publish_replicated(client, scripts, _runs(streams, bodies, delayed))
+            elif len(bodies) + len(delayed) // 2 <= _PUBLISH_CHUNK:
                 await scripts.publish(keys=streams, args=bodies + delayed)
             else:  # bound how long one script run holds the server
-                for at in range(0, len(bodies), _PUBLISH_CHUNK):
-                    chunk = streams[1 + at : 1 + at + _PUBLISH_CHUNK]
-                    await scripts.publish(
-                        keys=[streams[0], *chunk], args=bodies[at : at + _PUBLISH_CHUNK]
-                    )
-                for at in range(0, len(delayed), 2 * _PUBLISH_CHUNK):
-                    await scripts.publish(
-                        keys=streams[:1], args=delayed[at : at + 2 * _PUBLISH_CHUNK]
-                    )
+                for run_keys, run_args in _runs(streams, bodies, delayed):
+                    await scripts.publish(keys=run_keys, args=run_args)
         if earliest < math.inf:
             self._next_due = min(self._next_due, earliest) if self._next_due else earliest
 
@@ -434,7 +453,55 @@ class RedisBroker(RedisRole):
     # -- internals -------------------------------------------------------------------------
 
     def _connected(self, client: aioredis.Redis) -> None:
+        if self._wait is not None:
+            read_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+            if read_timeout is not None and self._wait[1] >= read_timeout:
+                raise ConfigurationError(
+                    f"broker_transport_options['wait_timeout'] ({self._wait[1]:g}s) must be "
+                    f"shorter than the socket timeout ({read_timeout:g}s), which would cut "
+                    f"WAIT off"
+                )
         self._scripts = _Scripts.register(client)
+
+    async def _publish_replicated(
+        self, client: aioredis.Redis, scripts: _Scripts, runs: Sequence[tuple[list[Any], list[Any]]]
+    ) -> None:
+        """Run the publish script for each of ``runs`` (keys, args), then ``WAIT``, in one
+        pipeline on one connection (WAIT counts the replicas that have that connection's
+        writes).
+
+        Raises:
+            BrokerConnectionError: fewer than ``wait_replicas`` replicas acknowledged the
+                writes within ``wait_timeout``.
+        """
+        replicas, timeout = self._wait or (0, 0.0)
+        primary = self._shared.primary()  # before the write: where it goes
+        script = scripts.publish
+        for loaded in (False, True):
+            async with client.pipeline(transaction=False) as pipe:
+                for run_keys, run_args in runs:
+                    pipe.evalsha(script.sha, len(run_keys), *run_keys, *run_args)
+                pipe.wait(replicas, max(1, int(timeout * 1000)))
+                results = await pipe.execute(raise_on_error=False)
+            unknown = any(isinstance(r, redis.exceptions.NoScriptError) for r in results)
+            if unknown and not loaded:  # a new server: nothing ran; load it and run again
+                await client.script_load(script.script)
+                continue
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            break
+        acknowledged = int(results[-1])
+        if acknowledged >= replicas:
+            return
+        in_sync = await self._shared.replicas_in_sync(primary)
+        if in_sync is None or acknowledged < min(replicas, in_sync):
+            raise BrokerConnectionError(
+                f"Redis at {redacted_url(self._url)}: {acknowledged} of {replicas} replica(s) "
+                f"had the published messages within {timeout:g}s (wait_replicas): not "
+                f"acknowledged, since a failover now could lose them (sent again, they may be "
+                f"stored twice)"
+            )
 
     async def _on_leases(
         self,
@@ -616,6 +683,46 @@ class RedisBroker(RedisRole):
         args: list[bytes | str] = [keys.GROUP, self._consumer]
         args += [d.token.entry_id for d in deliveries]
         await scripts.release(keys=[d.token.stream for d in deliveries], args=args)
+
+
+def _replication(options: Mapping[str, Any]) -> tuple[int, float] | None:
+    """``(wait_replicas, wait_timeout)`` from the transport options, or ``None`` when a
+    publish waits for no replica.
+
+    Raises:
+        ConfigurationError: ``wait_replicas`` is not a whole number >= 0, or ``wait_timeout``
+            not a number of seconds > 0.
+    """
+    replicas = options.get("wait_replicas", 0)
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+        raise ConfigurationError(
+            f"broker_transport_options['wait_replicas'] must be a whole number >= 0, "
+            f"not {replicas!r}"
+        )
+    timeout = options.get("wait_timeout", _WAIT_TIMEOUT)
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+        raise ConfigurationError(
+            f"broker_transport_options['wait_timeout'] must be a number of seconds > 0, "
+            f"not {timeout!r}"
+        )
+    return (replicas, float(timeout)) if replicas else None
+
+
+def _runs(
+    streams: list[str], bodies: list[Any], delayed: list[Any]
+) -> list[tuple[list[Any], list[Any]]]:
+    """The publish script's runs (keys, args) for ready ``bodies`` (to ``streams[1:]``) and
+    ``delayed`` (eta, member) pairs: one run when all fit in :data:`_PUBLISH_CHUNK`, else
+    chunks of at most that many, to bound how long one script run holds the server."""
+    if len(bodies) + len(delayed) // 2 <= _PUBLISH_CHUNK:
+        return [(streams, bodies + delayed)]
+    runs: list[tuple[list[Any], list[Any]]] = []
+    for at in range(0, len(bodies), _PUBLISH_CHUNK):
+        chunk = streams[1 + at : 1 + at + _PUBLISH_CHUNK]
+        runs.append(([streams[0], *chunk], bodies[at : at + _PUBLISH_CHUNK]))
+    for at in range(0, len(delayed), 2 * _PUBLISH_CHUNK):
+        runs.append((streams[:1], delayed[at : at + 2 * _PUBLISH_CHUNK]))
+    return runs
 
 
 def _delivery(

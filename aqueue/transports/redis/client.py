@@ -16,18 +16,24 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
-from aqueue.transports import plain_hint, scheme, tls_hint
+from aqueue.transports import SENTINEL_SCHEMES, plain_hint, scheme, tls_hint
 from aqueue.transports.base import MIN_SOCKET_TIMEOUT, ConnectionOptions
 from aqueue.transports.tls import REDIS_KEYS, TLSOptions, client_certificate_hint, tls_refusal
 from aqueue.transports.urls import redacted_url
 
 __all__ = [
+    "BoundedConnectionPool",
+    "BoundedPool",
     "SharedClient",
     "as_bytes",
+    "check_socket_timeout",
+    "dropped_connection_retry",
     "open_client",
     "pubsub_messages",
     "redacted_url",
     "redis_errors",
+    "shared_client",
+    "tls_arguments",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,9 +88,11 @@ def _connection_failure(url: str, action: str, exc: Exception) -> str:
     return f"{where} unreachable during {action}: {type(exc).__name__}: {exc}"
 
 
-class BoundedConnectionPool(aioredis.ConnectionPool):
-    """redis-py's connection pool with at most ``limit`` connections out at once; a caller past
-    the bound waits (up to ``timeout`` seconds) instead of failing.
+class BoundedPool:
+    """A redis-py connection pool with at most ``limit`` connections out at once; a caller past
+    the bound waits (up to ``timeout`` seconds) instead of failing. Mixed into a redis-py pool
+    class (:class:`BoundedConnectionPool`; the Sentinel pool of
+    :mod:`aqueue.transports.redis.sentinel`).
 
     redis-py's own BlockingConnectionPool does the same, but costs about 0.25 ms more per
     command on our benchmark machine (a lock, a condition and a timer around every checkout);
@@ -113,7 +121,7 @@ class BoundedConnectionPool(aioredis.ConnectionPool):
         else:
             await self._slots.acquire()
         try:
-            connection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+            connection = await super().get_connection(*args, **kwargs)  # type: ignore[misc]
         except BaseException:
             self._slots.release()
             raise
@@ -122,11 +130,15 @@ class BoundedConnectionPool(aioredis.ConnectionPool):
 
     async def release(self, connection: Any) -> None:
         try:
-            await super().release(connection)
+            await super().release(connection)  # type: ignore[misc]
         finally:
             if id(connection) in self._checked_out:
                 self._checked_out.discard(id(connection))
                 self._slots.release()
+
+
+class BoundedConnectionPool(BoundedPool, aioredis.ConnectionPool):
+    """redis-py's connection pool, bounded (see :class:`BoundedPool`)."""
 
 
 def open_client(url: str, connection: ConnectionOptions | None = None) -> aioredis.Redis:
@@ -151,28 +163,39 @@ def open_client(url: str, connection: ConnectionOptions | None = None) -> aiored
         # failing with MaxConnectionsError once the pool is full.
         pool = BoundedConnectionPool.from_url(
             url,
-            retry=_dropped_connection_retry(options.retry_on_timeout),
+            retry=dropped_connection_retry(options.retry_on_timeout),
             limit=options.max_connections or MAX_CONNECTIONS,
             socket_timeout=options.socket_timeout,
             socket_connect_timeout=options.connect_timeout,
-            **_tls_arguments(options.tls),
+            **tls_arguments(options.tls),
         )
     except ValueError as exc:
         raise ConfigurationError(f"invalid Redis URL {redacted_url(url)!r}: {exc}") from exc
-    read_timeout = pool.connection_kwargs.get("socket_timeout")
+    check_socket_timeout(url, pool.connection_kwargs.get("socket_timeout"))
+    return aioredis.Redis.from_pool(pool)
+
+
+def check_socket_timeout(url: str, read_timeout: float | None) -> None:
+    """Check a Redis connection's ``socket_timeout`` (seconds; ``None``: no limit).
+
+    Raises:
+        ConfigurationError: shorter than :data:`~aqueue.transports.base.MIN_SOCKET_TIMEOUT`,
+            which a worker's blocking fetch may wait for its reply.
+    """
     if read_timeout is not None and read_timeout < MIN_SOCKET_TIMEOUT:
         raise ConfigurationError(
             f"Redis at {redacted_url(url)}: socket_timeout {read_timeout:g}s is shorter than a "
             f"worker's blocking fetch may wait for its reply; use at least "
             f"{MIN_SOCKET_TIMEOUT:g}s, or None"
         )
-    return aioredis.Redis.from_pool(pool)
 
 
-def _tls_arguments(tls: TLSOptions | None) -> dict[str, Any]:
-    """redis-py's connection arguments for ``tls`` (none for ``None``): TLS connections, even
-    for a ``redis://`` URL, as Celery makes them for ``broker_use_ssl``; the URL's own
-    ``ssl_*`` query parameters take precedence.
+def tls_arguments(
+    tls: TLSOptions | None, connection_class: type[Any] = aioredis.SSLConnection
+) -> dict[str, Any]:
+    """redis-py's connection arguments for ``tls`` (none for ``None``): TLS connections (of
+    ``connection_class``), even for a ``redis://`` URL, as Celery makes them for
+    ``broker_use_ssl``; the URL's own ``ssl_*`` query parameters take precedence.
 
     Raises:
         ConfigurationError: a certificate or key file cannot be read (checked now, not at the
@@ -182,7 +205,7 @@ def _tls_arguments(tls: TLSOptions | None) -> dict[str, Any]:
         return {}
     tls.context()
     return {
-        "connection_class": aioredis.SSLConnection,
+        "connection_class": connection_class,
         "ssl_ca_certs": tls.ca_certs,
         "ssl_certfile": tls.certfile,
         "ssl_keyfile": tls.keyfile,
@@ -191,7 +214,7 @@ def _tls_arguments(tls: TLSOptions | None) -> dict[str, Any]:
     }
 
 
-def _dropped_connection_retry(retry_on_timeout: bool) -> Retry:
+def dropped_connection_retry(retry_on_timeout: bool) -> Retry:
     """redis-py's retry: once, at once, for a command on a connection that turned out dropped."""
     errors: tuple[type[Exception], ...] = (redis.exceptions.ConnectionError,)
     if retry_on_timeout:
@@ -213,6 +236,21 @@ def _connect_bound(client: aioredis.Redis) -> float | None:
     return None if bound is None else float(bound)
 
 
+def shared_client(url: str, connection: ConnectionOptions | None = None) -> SharedClient:
+    """A new :class:`SharedClient` for ``url`` (nothing connected yet): for a Sentinel URL
+    (``redis+sentinel://``, ``rediss+sentinel://``, ``sentinel://``) a
+    :class:`~aqueue.transports.redis.sentinel.SentinelClient`.
+
+    Raises:
+        ConfigurationError: a Sentinel URL or its options are invalid.
+    """
+    if scheme(url) in SENTINEL_SCHEMES:
+        from aqueue.transports.redis.sentinel import SentinelClient  # imports this module
+
+        return SentinelClient(url, connection)
+    return SharedClient(url, connection)
+
+
 class SharedClient:
     """One connected redis-py client - one connection pool - shared by the roles of one
     transport (broker, results, control, beat store) of one app and event loop.
@@ -227,6 +265,36 @@ class SharedClient:
         self.connection = connection or ConnectionOptions()
         self._client: aioredis.Redis | None = None
         self._connecting: asyncio.Lock | None = None
+
+    def _open(self) -> aioredis.Redis:
+        """A new client (not yet connected) for the URL and connection options.
+
+        Raises:
+            ConfigurationError: the URL or an option is invalid.
+        """
+        return open_client(self.url, self.connection)
+
+    def _opened(self, client: aioredis.Redis) -> None:
+        """Called once the new ``client`` answered its first PING, before anyone uses it."""
+
+    async def _abandon(self, client: aioredis.Redis) -> None:
+        """Close a new ``client`` whose first PING failed."""
+        await client.aclose()
+
+    def primary(self) -> tuple[str, int] | None:
+        """``(host, port)`` of the server new connections go to when that can change (a
+        Sentinel client's primary, once known); ``None`` here (no I/O)."""
+        return None
+
+    async def replicas_in_sync(self, primary: tuple[str, int] | None) -> int | None:
+        """How many replicas ``primary`` (:meth:`primary` before a write) has that could take
+        its place, when that is known for sure; ``None`` when it is not (then a write that
+        must reach replicas counts only the replicas ``WAIT`` reports). Here: ``None``.
+
+        Raises:
+            redis.exceptions.RedisError: the question failed.
+        """
+        return None
 
     @property
     def current(self) -> aioredis.Redis | None:
@@ -248,12 +316,13 @@ class SharedClient:
             self._connecting = asyncio.Lock()
         async with self._connecting:
             if self._client is None:
-                client = open_client(self.url, self.connection)
+                client = self._open()
                 try:
                     await _first_ping(self.url, client, self.connection.tls is not None)
                 except BaseException:
-                    await client.aclose()
+                    await self._abandon(client)
                     raise
+                self._opened(client)
                 self._client = client
             return self._client
 
@@ -297,7 +366,7 @@ def _connect_hint(url: str, error: BaseException | None, tls: bool) -> str:
         return tls_hint(url, True if tls else None)
     if not _cut(error):
         return ""
-    if tls or scheme(url) == "rediss":
+    if tls or scheme(url).startswith("rediss"):  # rediss://, rediss+sentinel://
         return client_certificate_hint(REDIS_KEYS)
     return plain_hint(url)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from aqueue.transports.redis.client import SharedClient
+from aqueue.transports.base import ConnectionOptions
+from aqueue.transports.redis.client import SharedClient, shared_client
 from aqueue.transports.urls import redacted_url
 
 __all__ = ["RedisRole"]
@@ -14,17 +15,25 @@ class RedisRole:
     """A role over a :class:`SharedClient`: the transport's one connection pool, or its own.
 
     Args:
-        url: ``redis://[[user]:password@]host:port/db`` or ``rediss://...`` for TLS.
+        url: ``redis://[[user]:password@]host:port/db``, ``rediss://...`` for TLS, or a
+            Sentinel URL (:mod:`aqueue.transports.redis.sentinel`).
         client: the client shared by the transport's roles; ``None`` opens one of its own,
             closed with the role.
+        connection: how a client of its own connects (default: the defaults of
+            :class:`~aqueue.transports.base.ConnectionOptions`).
 
     Attributes:
         url: the server's URL.
+
+    Raises:
+        ConfigurationError: a Sentinel URL or its options are invalid.
     """
 
-    def __init__(self, url: str, client: SharedClient | None) -> None:
+    def __init__(
+        self, url: str, client: SharedClient | None, connection: ConnectionOptions | None = None
+    ) -> None:
         self.url = self._url = url
-        self._shared = client or SharedClient(url)
+        self._shared = client or shared_client(url, connection)
         self._owns_client = client is None
         self._client: aioredis.Redis | None = None
 
