@@ -385,13 +385,8 @@ class AMQPBroker:
         Raises:
             aiormq.exceptions.ChannelInvalidStateError: the channel closed; nothing was sent.
         """
-        futures = await publisher.publish(channel, publications)
-        pending = [f for f in futures if not f.done()]
-        if pending:
-            # Not asyncio.timeout around the awaits: that would cancel a confirm future, and
-            # a late basic.ack would then find no one to tell.
-            await asyncio.wait(pending, timeout=self._timeout)
-        return [_outcome(f, self._timeout) for f in futures]
+        confirms = await publisher.publish(channel, publications)
+        return await confirms.outcomes(self._timeout)
 
     async def _confirm(
         self, channel: aiormq.Channel, publications: Sequence[publisher.Publication]
@@ -466,19 +461,29 @@ class AMQPBroker:
         return Delivery(arrival.queue, arrival.message.body, count, arrival, count - 1, defect)
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """``basic.ack`` each delivery on its channel. Acking twice is harmless.
+        """``basic.ack`` each delivery on its channel, those of one channel in one write (no
+        reply to wait for). Acking twice is harmless.
 
         Raises:
             BrokerConnectionError: a delivery's channel has closed (the connection dropped):
                 RabbitMQ has put the message back and will deliver it again.
         """
         lost = 0
+        by_channel: dict[aiormq.Channel, list[Arrival]] = {}
         for d in deliveries:
             arrival: Arrival = d.token
+            if not arrival.done:
+                channel = arrival.message.channel
+                assert isinstance(channel, aiormq.Channel)
+                by_channel.setdefault(channel, []).append(arrival)
+        for channel, arrivals in by_channel.items():
             try:
-                await arrival.ack()
+                await publisher.acknowledge(channel, [a.delivery_tag for a in arrivals])
             except aiormq.exceptions.ChannelInvalidStateError:
-                lost += 1
+                lost += len(arrivals)
+                continue
+            for arrival in arrivals:
+                arrival.done = True
         if lost:
             raise BrokerConnectionError(
                 f"RabbitMQ at {redacted_url(self._url)}: {lost} delivery(ies) could not be acked, "
@@ -1029,15 +1034,6 @@ def _forget_task(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]
             task.exception()  # retrieved: whoever awaited it has seen it
 
     return done
-
-
-def _outcome(future: asyncio.Future[Any], timeout: float) -> BaseException | None:
-    """A confirm future's outcome: ``None`` for ``basic.ack``, else the error."""
-    if not future.done():
-        return TimeoutError(f"no confirm from RabbitMQ within {timeout:g}s (operation_timeout)")
-    if future.cancelled():
-        return aiormq.exceptions.ChannelInvalidStateError("the publishing channel closed")
-    return future.exception()
 
 
 def _header_defect(headers: Mapping[str, Any], quorum: bool) -> str | None:

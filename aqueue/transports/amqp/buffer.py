@@ -49,6 +49,13 @@ class Arrival:
         return self.message.header.properties
 
     @property
+    def delivery_tag(self) -> int:
+        """Its tag on its channel (what an ack names)."""
+        tag = self.message.delivery_tag
+        assert tag is not None
+        return tag
+
+    @property
     def priority(self) -> int:
         return self.properties.priority or 0
 
@@ -64,9 +71,8 @@ class Arrival:
             aiormq.exceptions.ChannelInvalidStateError: that channel has closed.
         """
         if not self.done:
-            assert self.message.delivery_tag is not None
             # No wait for the socket to drain: an ack has no reply, and order is kept anyway.
-            await self.channel.basic_ack(self.message.delivery_tag, wait=False)
+            await self.channel.basic_ack(self.delivery_tag, wait=False)
             self.done = True
 
 

@@ -7,6 +7,7 @@ tree so that callers catch :class:`~aqueue.exceptions.BrokerConnectionError` as 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,6 +26,8 @@ from aqueue.transports.tls import AMQP_KEYS, TLSOptions, client_certificate_hint
 from aqueue.transports.urls import redacted_url as _redacted
 
 __all__ = ["amqp_error", "amqp_errors", "open_connection", "redacted_url"]
+
+log = logging.getLogger(__name__)
 
 
 def redacted_url(url: str) -> str:
@@ -142,6 +145,12 @@ async def open_connection(
         except ValueError as exc:
             raise ConfigurationError(f"invalid AMQP URL {redacted_url(url)!r}: {exc}") from exc
     servers = [_with_tls(node, tls) for node in nodes]
+    if len(nodes) > 1 and not FAILOVER:
+        log.warning(
+            "this aio-pika cannot move a dropped connection to another node: the connection "
+            "to %s reconnects to the node it had",
+            redacted_url(url),
+        )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     for first in range(len(nodes)):

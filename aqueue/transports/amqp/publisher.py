@@ -1,4 +1,5 @@
-"""Confirmed publishing, many messages per write: the AMQP broker's publishing path.
+"""Confirmed publishing, many messages per write: the AMQP broker's publishing path (and its
+acks, many per write too).
 
 RabbitMQ's publisher confirms (an AMQP 0-9-1 extension, ``confirm.select``) number the
 messages published on a channel 1, 2, 3...; the broker answers each with ``basic.ack`` once it
@@ -13,12 +14,14 @@ aiormq's ``Channel.basic_publish`` does the bookkeeping for one message per call
 timeout scope, a write-queue entry and a socket write each); here one call takes a whole batch:
 :func:`publish` encodes every message's frames (:func:`encode`), registers each message's
 confirm future in the channel's own tables, so that aiormq's frame handlers resolve it (ack,
-nack, ``basic.return``, the channel closing), and hands the frames to the connection's writer
-as one write. What it relies on from ``aiormq.Channel``: ``lock``, ``delivery_tag``,
+nack, ``basic.return``), and hands the frames to the connection's writer as one write;
+:meth:`Confirms.outcomes` then waits for them, watching the channel close once for the whole
+batch. What it relies on from ``aiormq.Channel``: ``lock``, ``delivery_tag``,
 ``confirmations``, ``message_id_delivery_tag``, ``write_queue``, ``number``,
-``max_content_size`` and ``create_future``, the attributes its ``basic_publish`` uses (aiormq
-6 and 7); ``tests/transports/test_amqp_publisher.py`` checks the frames against pamqp's
-encoder and the outcomes against a real RabbitMQ.
+``max_content_size`` and ``closing`` (an observer of the channel's closing, since aiormq 7.2),
+the attributes its ``basic_publish`` uses; pyproject.toml pins aiormq 7.2.4 up to 8, and
+``tests/transports/test_amqp_publisher.py`` checks the frames against pamqp's encoder and the
+outcomes against a real RabbitMQ.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ import aiormq.exceptions
 from aiormq.abc import ChannelFrame
 from pamqp.encode import field_table
 
-__all__ = ["Publication", "encode", "publish"]
+__all__ = ["Confirms", "Publication", "ack_frames", "acknowledge", "encode", "publish"]
 
 _FRAME = struct.Struct(">BHI")  # frame type, channel, payload size
+_ACK = struct.Struct(">HHQB")  # class basic, method ack, delivery tag, flags (multiple: 1)
 _FRAME_END = b"\xce"
 _METHOD, _HEADER, _BODY = 1, 2, 3
 _PUBLISH = struct.pack(">HHH", 60, 40, 0)  # class basic, method publish, reserved ticket
@@ -131,58 +135,141 @@ def encode(p: Publication, message_id: str, channel: int, max_body: int) -> byte
     return b"".join(parts)
 
 
+def ack_frames(channel: int, tags: Sequence[int]) -> bytes:
+    """The frames of one ``basic.ack`` per delivery tag (not ``multiple``), on ``channel``."""
+    return b"".join(_frame(_METHOD, channel, _ACK.pack(60, 80, tag, 0)) for tag in tags)
+
+
+async def acknowledge(channel: aiormq.Channel, tags: Sequence[int]) -> None:
+    """``basic.ack`` each delivery tag on ``channel``, all in one write (an ack has no reply;
+    aiormq's ``basic_ack`` writes each on its own).
+
+    Raises:
+        aiormq.exceptions.ChannelInvalidStateError: the channel is closed: RabbitMQ has put the
+            deliveries back (nothing was acked).
+    """
+    if channel.is_closed:
+        raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+    if tags:
+        frames = ack_frames(channel.number, tags)
+        await _write(channel, ChannelFrame(payload=frames, should_close=False))
+
+
 _ids = itertools.count()
 _PREFIX = f"aqueue.{secrets.token_hex(4)}."
 
 
-async def publish(
-    channel: aiormq.Channel, messages: Sequence[Publication]
-) -> list[asyncio.Future[Any]]:
-    """Publish ``messages`` on ``channel`` (in confirm mode) in one write; return each one's
-    confirm future, in order.
-
-    A future's result is RabbitMQ's ``basic.ack`` frame; its exception is
-    ``aiormq.exceptions.PublishError`` (a mandatory message was returned as unroutable),
-    ``aiormq.exceptions.DeliveryError`` (nacked), or the error the channel or connection closed
-    with (the message may or may not have reached RabbitMQ). The futures fail together with the
-    channel, by aiormq's own bookkeeping; each retrieves its exception, so one nobody awaits is
-    not reported as "never retrieved".
+async def publish(channel: aiormq.Channel, messages: Sequence[Publication]) -> Confirms:
+    """Publish ``messages`` on ``channel`` (in confirm mode) in one write; return their
+    :class:`Confirms`, to wait for.
 
     Raises:
         aiormq.exceptions.ChannelInvalidStateError: the channel is closed; nothing was sent.
         ValueError: a name is too long (see :func:`encode`); nothing was sent.
     """
-    frames: list[bytes] = []
-    futures: list[asyncio.Future[Any]] = []
+    loop = asyncio.get_running_loop()
     number, max_body = channel.number, channel.max_content_size
     # Encoded before the lock: a bad message fails the call with nothing sent.
     ids = [f"{_PREFIX}{next(_ids)}" for _ in messages]
-    encoded = [encode(p, i, number, max_body) for p, i in zip(messages, ids, strict=True)]
+    payload = b"".join(encode(p, i, number, max_body) for p, i in zip(messages, ids, strict=True))
+    # Plain futures, not the channel's (which it fails when it closes, through two callbacks
+    # each): Confirms.outcomes watches the channel closing once for the whole batch.
+    futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in messages]
     async with channel.lock:
         # Tags are assigned in the order the frames reach the writer: under the channel's lock,
         # as basic_publish does, so the two can share a channel.
-        returns = channel.message_id_delivery_tag
-        for message_id, data in zip(ids, encoded, strict=True):
-            channel.delivery_tag += 1
-            tag = channel.delivery_tag
-            future = channel.create_future()
-            channel.confirmations[tag] = future
+        first = channel.delivery_tag + 1
+        confirmations, returns = channel.confirmations, channel.message_id_delivery_tag
+        for tag, message_id, future in zip(itertools.count(first), ids, futures):
+            confirmations[tag] = future
             returns[message_id] = tag
-            future.add_done_callback(_forget(returns, message_id, tag))
-            futures.append(future)
-            frames.append(data)
+        channel.delivery_tag += len(futures)
         try:
-            await _write(channel, ChannelFrame(payload=b"".join(frames), should_close=False))
+            await _write(channel, ChannelFrame(payload=payload, should_close=False))
         except BaseException:
             # Not written (cancelled while the write queue was full): RabbitMQ numbers only
             # what it receives, so the tags are handed back, as basic_publish does.
             channel.delivery_tag -= len(futures)
-            for tag in range(channel.delivery_tag + 1, channel.delivery_tag + len(futures) + 1):
-                channel.confirmations.pop(tag, None)
-            for future in futures:
-                future.cancel()
+            for tag, message_id in zip(itertools.count(first), ids):
+                confirmations.pop(tag, None)
+                returns.pop(message_id, None)
             raise
-    return futures
+    return Confirms(channel, first, ids, futures)
+
+
+class Confirms:
+    """The confirms of one batch published by :func:`publish`.
+
+    Args:
+        channel: the channel it was published on.
+        first: the delivery tag of its first message (the others follow).
+        ids: each message's AMQP ``message_id``.
+        futures: each message's confirm, as aiormq resolves it.
+    """
+
+    def __init__(
+        self,
+        channel: aiormq.Channel,
+        first: int,
+        ids: Sequence[str],
+        futures: Sequence[asyncio.Future[Any]],
+    ) -> None:
+        self._channel = channel
+        self._first = first
+        self._ids = ids
+        self.futures = futures
+
+    async def outcomes(self, timeout: float) -> list[BaseException | None]:
+        """Wait for every confirm; return each message's outcome, in order.
+
+        ``None``: RabbitMQ confirmed it (``basic.ack``). Otherwise the error:
+        ``aiormq.exceptions.PublishError`` (a mandatory message returned as unroutable),
+        ``aiormq.exceptions.DeliveryError`` (nacked), the error the channel or connection closed
+        with, or a ``TimeoutError`` when no confirm came within ``timeout`` seconds (the last
+        two: the message may or may not have been stored). Waiting never cancels a confirm.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        closing = self._channel.closing
+        try:
+            # In order: the confirms come in order, many at once, so this wakes about once per
+            # ack frame, not once per message.
+            for future in self.futures:
+                if not future.done():
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        break
+                    await asyncio.wait([future, closing], timeout=left, return_when=_FIRST)
+                    if closing.done():
+                        break
+        finally:
+            closing.cancel()  # an observer of this call only (aiormq's Base.closing)
+            self._settle(closing, timeout)
+        return [f.exception() if not f.cancelled() else _closed() for f in self.futures]
+
+    def _settle(self, closing: asyncio.Future[Any], timeout: float) -> None:
+        """Fail the confirms still pending (the channel closed, or the time is up), and forget
+        every message of the batch in the channel's tables."""
+        reason: BaseException = TimeoutError(f"no confirm from RabbitMQ within {timeout:g}s")
+        if closing.done() and not closing.cancelled():
+            reason = closing.exception() or _closed()
+        confirmations = self._channel.confirmations
+        returns = self._channel.message_id_delivery_tag
+        for tag, message_id, future in zip(itertools.count(self._first), self._ids, self.futures):
+            if returns.get(message_id) == tag:
+                del returns[message_id]
+            if not future.done():
+                if confirmations.get(tag) is future:
+                    del confirmations[tag]  # a late ack finds nothing to resolve
+                future.set_exception(reason)
+                future.exception()  # retrieved: a cancelled caller leaves no "never retrieved"
+
+
+_FIRST = asyncio.FIRST_COMPLETED
+
+
+def _closed() -> BaseException:
+    return aiormq.exceptions.ChannelInvalidStateError("the publishing channel closed")
 
 
 async def _write(channel: aiormq.Channel, frame: ChannelFrame) -> None:
@@ -208,11 +295,3 @@ async def _write(channel: aiormq.Channel, frame: ChannelFrame) -> None:
             put.cancel()
     if not put.done() or put.cancelled():
         raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
-
-
-def _forget(returns: dict[str, int], message_id: str, tag: int) -> Any:
-    def done(_: asyncio.Future[Any]) -> None:
-        if returns.get(message_id) == tag:
-            del returns[message_id]
-
-    return done

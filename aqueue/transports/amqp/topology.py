@@ -172,7 +172,9 @@ class Topology:
         (``refusal``, RabbitMQ's reply, names one: it was declared by an older aqueue, another
         tool or with another ``task_max_deliveries``): it is then used as it is, with a
         warning, since the worker's own count still caps poison messages."""
-        if self._queue_type != "quorum" or not any(name in refusal for name in _CAP_NAMES):
+        if self._queue_type != "quorum" or "x-queue-type" in refusal:
+            return False  # a classic queue is never used as a quorum one
+        if not any(name in refusal for name in _CAP_NAMES):
             return False
         self._as_found.add(queue)
         log.warning(
