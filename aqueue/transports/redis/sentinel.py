@@ -342,6 +342,15 @@ def _rank(state: Mapping[str, Any], order: int) -> tuple[int, int, int, tuple[st
     return int(state.get("config-epoch", 0)), settled, -order, address
 
 
+def _in_sync(replica: Mapping[str, Any], primary: tuple[str, int]) -> bool:
+    """True when a sentinel's state of a replica says it follows ``primary``, linked."""
+    if replica.get("is_sdown") or replica.get("is_odown") or replica.get("is_disconnected"):
+        return False
+    follows = (str(replica.get("master-host")), int(replica.get("master-port") or 0))
+    linked = replica.get("master-link-status") == "ok"
+    return replica.get("role-reported") == "slave" and linked and follows == primary
+
+
 def _sentinel_address(sentinel: aioredis.Redis) -> str:
     kwargs = sentinel.connection_pool.connection_kwargs
     return f"{kwargs.get('host')}:{kwargs.get('port')}"
@@ -642,10 +651,13 @@ class SentinelClient(SharedClient):
         comes once the pool follows it (or after the connect timeout), so that a write tried
         again goes there rather than to the old primary, which would drop it.
 
-        A replica counts when it reports itself a replica and no sentinel that lists it thinks
-        it down or disconnected; the largest count any sentinel gives is taken. The old primary
-        listed as a replica right after a failover still reports itself a primary, so it does
-        not count until it has turned into a replica.
+        A replica counts when, as a sentinel last saw it, it reports itself a replica of
+        ``primary`` with its link up, and that sentinel does not think it down or disconnected;
+        the largest count any sentinel gives is taken. The old primary listed as a replica right
+        after a failover does not count until it has turned into a replica and caught up. The
+        sentinels refresh what they know of a replica every 10 s: a replica that has just come
+        back may count late, and meanwhile a send needs fewer replicas (as Redis itself, without
+        ``min-replicas-to-write``, accepts writes).
 
         Raises:
             redis.exceptions.RedisError: never for an unreachable sentinel (that is ``None``).
@@ -673,12 +685,7 @@ class SentinelClient(SharedClient):
             *(s.sentinel_slaves(service) for s in sentinels.sentinels), return_exceptions=True
         )
         counts = [
-            sum(
-                1
-                for replica in replicas
-                if replica.get("role-reported") == "slave"
-                and not (replica["is_sdown"] or replica["is_odown"] or replica["is_disconnected"])
-            )
+            sum(1 for replica in replicas if _in_sync(replica, primary))
             for replicas in listed
             if not isinstance(replicas, BaseException)
         ]
