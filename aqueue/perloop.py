@@ -37,6 +37,10 @@ class PerLoop(Generic[T]):
             value = self._values[loop] = self._factory()
         return value
 
+    def __len__(self) -> int:
+        """How many live loops have a value."""
+        return len(self._values)
+
     def pop(self, loop: asyncio.AbstractEventLoop) -> T | None:
         """Forget ``loop``'s value and return it (``None``: it had none)."""
         return self._values.pop(loop, None)
