@@ -240,7 +240,7 @@ async def test_a_failover_under_load_loses_no_acknowledged_task(
     """A few hundred tasks through a worker process; ``SENTINEL FAILOVER`` midway. With two
     replicas and ``wait_replicas=1``, every ``delay()`` that returned runs; tasks flow again
     within 10 s; and the result of a task sent after the failover reaches its caller's reply
-    channel, and a worker answers a control ping."""
+    channel, and a worker answers a control ping - with one of the sentinels gone."""
     with SentinelGroup(tmp_path, replicas=2) as group:
         figures = await failover_under_load(
             group, ledger, total=400, rate=100, wait_replicas=1, visibility=2.0
@@ -249,6 +249,7 @@ async def test_a_failover_under_load_loses_no_acknowledged_task(
         assert figures.lost == 0
         assert figures.first_task_s < 10
         assert figures.longest_send_s < 10
+        group.kill(group.sentinel_ports[0])
         url = group.url(0, sentinel_password=SENTINEL_PASSWORD)
         queue = f"after-{uuid.uuid4().hex[:8]}"
         app = chaos_app.build(url, url, queue)

@@ -255,6 +255,17 @@ class Sentinels(Sentinel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._asking: dict[str, asyncio.Future[tuple[str, int]]] = {}
+        self._late: set[asyncio.Future[Any]] = set()  # questions answered after the grace
+
+    async def aclose(self) -> None:
+        """Close every sentinel's client, after the questions still under way (at most
+        :data:`ANSWER_GRACE` seconds more, then they are cancelled)."""
+        late, self._late = self._late, set()
+        if late:
+            _, pending = await asyncio.wait(late, timeout=ANSWER_GRACE)
+            for ask in pending:
+                ask.cancel()
+        await super().aclose()
 
     async def discover_master(self, service_name: str) -> tuple[str, int]:
         """The primary's ``(host, port)`` for ``service_name``, by the newest configuration
@@ -277,8 +288,7 @@ class Sentinels(Sentinel):
 
     def _asked(self, service_name: str, done: asyncio.Future[tuple[str, int]]) -> None:
         self._asking.pop(service_name, None)
-        if not done.cancelled():
-            done.exception()  # retrieved: every caller may have given up
+        _retrieved(done)  # every caller may have given up
 
     async def _ask(self, service_name: str) -> tuple[str, int]:
         """One round of questions to every sentinel (see :meth:`discover_master`)."""
@@ -316,15 +326,24 @@ class Sentinels(Sentinel):
                     if until is None:
                         until = loop.time() + ANSWER_GRACE
         finally:
+            # Left to finish on their own (each within the sentinels' socket timeouts), not
+            # cancelled: a command cancelled while its connection opens can leave the socket
+            # behind unclosed.
             for ask in pending:
-                ask.cancel()
-            if pending:
-                await asyncio.wait(pending)
+                self._late.add(ask)
+                ask.add_done_callback(self._late.discard)
+                ask.add_done_callback(_retrieved)
         if best is None:
             raise MasterNotFoundError(
                 f"no sentinel named a primary for {service_name!r}: " + "; ".join(errors)
             )
         return best[3]
+
+
+def _retrieved(done: asyncio.Future[Any]) -> None:
+    """Read a background question's outcome, so that its error is not reported as lost."""
+    if not done.cancelled():
+        done.exception()
 
 
 def _failing_over(state: Mapping[str, Any]) -> bool:
