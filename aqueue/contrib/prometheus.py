@@ -218,7 +218,9 @@ class Metrics(Middleware):
             return
         for depth in await broker.queue_depths(list(worker.queues)):
             for state in ("ready", "delayed", "unacked", "dead"):
-                self.queue_depth.labels(depth.queue, state).set(getattr(depth, state))
+                value = getattr(depth, state)
+                if value is not None:  # None: the broker cannot count it (AMQP's unacked)
+                    self.queue_depth.labels(depth.queue, state).set(value)
 
 
 # -- the HTTP endpoint ---------------------------------------------------------------------------
