@@ -13,6 +13,8 @@ to the first run of a task sent after the switch, the longest ``delay()``. Sizes
 - ``wait_replicas=1``: a publish counts once a replica has it (or, right after the failover,
   when the sentinels list no replica able to take over). No acknowledged send is lost; sends
   made between the promotion and the switch fail and are retried.
+- ``killed-...``: the primary is killed (SIGKILL) instead. Sends fail while no primary answers
+  (``down-after-milliseconds``, 2 s here, and an election): they are counted, not lost.
 """
 
 from __future__ import annotations
@@ -40,16 +42,22 @@ async def ledger(redis_server: str) -> AsyncIterator[Ledger]:
 
 
 @pytest.mark.parametrize(
-    ("replicas", "wait_replicas"),
-    [(1, 0), (1, 1), (2, 1)],
-    ids=["1-replica-no-wait", "1-replica-wait-1", "2-replicas-wait-1"],
+    ("replicas", "wait_replicas", "crash"),
+    [(1, 0, False), (1, 1, False), (2, 1, False), (1, 0, True), (1, 1, True)],
+    ids=[
+        "1-replica-no-wait",
+        "1-replica-wait-1",
+        "2-replicas-wait-1",
+        "killed-1-replica-no-wait",
+        "killed-1-replica-wait-1",
+    ],
 )
 async def test_failover_under_load(
-    tmp_path: Path, ledger: Ledger, replicas: int, wait_replicas: int
+    tmp_path: Path, ledger: Ledger, replicas: int, wait_replicas: int, crash: bool
 ) -> None:
     with SentinelGroup(tmp_path, replicas=replicas) as group:
         figures = await failover_under_load(
-            group, ledger, total=TOTAL, rate=RATE, wait_replicas=wait_replicas
+            group, ledger, total=TOTAL, rate=RATE, wait_replicas=wait_replicas, crash=crash
         )
     print(f"\n{figures.line()}")
     assert figures.first_task_s < RECOVERY_BAR

@@ -159,6 +159,23 @@ class SentinelGroup:
         with self.sentinel() as client:
             sent = time.monotonic()
             client.execute_command("SENTINEL", "FAILOVER", SERVICE)
+        return old, self._moved_from(old), sent
+
+    def crash(self) -> tuple[int, int, float]:
+        """SIGKILL the primary; return once every sentinel names a new primary (after
+        ``down-after-milliseconds``, 2 s here, and an election) and it answers as one.
+
+        Returns:
+            As :meth:`failover`: the time is the kill's.
+        """
+        old = self.primary_port()
+        sent = time.monotonic()
+        self.kill(old)
+        return old, self._moved_from(old), sent
+
+    def _moved_from(self, old: int) -> int:
+        """Wait until every sentinel names one primary other than ``old``, answering as a
+        primary; return its port."""
 
         def moved() -> bool:
             ports = {self._named_by(port) for port in self.sentinel_ports}
@@ -168,7 +185,7 @@ class SentinelGroup:
                 return bool(client.execute_command("ROLE")[0] in (b"master", "master"))
 
         self._until(moved, "every sentinel to name the new primary")
-        return old, self.primary_port(), sent
+        return self.primary_port()
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -316,6 +333,7 @@ class FailoverFigures:
         wall_s: the whole run, worker start to last check.
         wait_replicas: the broker's ``wait_replicas``.
         replicas: the group's replicas.
+        crash: the primary was killed (else ``SENTINEL FAILOVER``).
     """
 
     tasks: int
@@ -329,6 +347,7 @@ class FailoverFigures:
     wall_s: float
     wait_replicas: int
     replicas: int
+    crash: bool
 
     def line(self) -> str:
         return "sentinel failover: " + ", ".join(
@@ -346,10 +365,12 @@ async def failover_under_load(
     concurrency: int = 50,
     tick: float = 0.05,
     visibility: float = 5.0,
+    crash: bool = False,
 ) -> FailoverFigures:
     """Send ``total`` tasks at ``rate`` per second through ``group`` (broker and results) to a
-    real worker process; at 40 % of the sends, ``SENTINEL FAILOVER``; then wait until every
-    acknowledged task ran and no redelivery is left, and count (the ledger is another server).
+    real worker process; at 40 % of the sends, ``SENTINEL FAILOVER`` (``crash``: the primary
+    is killed instead); then wait until every acknowledged task ran and no redelivery is left,
+    and count (the ledger is another server).
 
     Every ``delay()`` runs on its own, as concurrent callers' would (those of one loop turn share
     a round trip). Neither the worker nor the producer is told of the failover. Runs whose ack
@@ -400,7 +421,8 @@ async def failover_under_load(
                 # The rate of the load (not a synchronisation): the next group's time.
                 await asyncio.sleep(max(0.0, first + key // per_tick * tick - loop.time()))
             if failover is None and key >= total * 0.4:
-                failover = asyncio.create_task(asyncio.to_thread(group.failover))
+                fault = group.crash if crash else group.failover
+                failover = asyncio.create_task(asyncio.to_thread(fault))
                 failover.add_done_callback(lambda _: switched.set())
                 failover.add_done_callback(lambda _: switch_times.append(time.monotonic()))
             if switched.is_set() and len(after_switch) < 100:
@@ -438,6 +460,7 @@ async def failover_under_load(
         wall_s=time.monotonic() - started,
         wait_replicas=wait_replicas,
         replicas=len(group.data_ports) - 1,
+        crash=crash,
     )
 
 
