@@ -30,30 +30,15 @@ from typing import Any
 import aiormq
 import pytest
 
+from tests.net import answers_ping, free_port
 from tests.transport_choice import chosen_transports
 
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "tests.e2e_fixtures"]
 
 TRANSPORTS = chosen_transports(["memory", "sqlite", "redis", "amqp"])
 BACKENDS = [t for t in TRANSPORTS if t != "amqp"]
 
 _REDIS_START_TIMEOUT = 10.0  # seconds for redis-server to answer PING
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _answers_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +58,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = workdir / "redis.log"
     # The port is free when chosen but may be taken before redis binds it: try a few.
     for _ in range(3):
-        port = _free_port()
+        port = free_port()
         proc = _start_redis(binary, port, workdir, log_path)
         if proc is not None:
             break
@@ -92,7 +77,7 @@ def _start_redis(
     log_path: Path,
     *,
     listen: Sequence[str] | None = None,
-    ready: Callable[[int], bool] = _answers_ping,
+    ready: Callable[[int], bool] = answers_ping,
 ) -> subprocess.Popen[bytes] | None:
     """Run redis-server on ``port``; the process once it answers PING, or None if it exited.
 
@@ -213,7 +198,7 @@ def _redis_tls(
     files = ["--tls-cert-file", str(certs / "server.pem"), "--tls-key-file"]
     files += [str(certs / "server.key"), "--tls-ca-cert-file", str(certs / "ca.pem")]
     for _ in range(3):
-        port = _free_port()
+        port = free_port()
         listen = ["--port", "0", "--tls-port", str(port), *files]
         listen += ["--tls-auth-clients", client_certificates]
         proc = _start_redis(
@@ -289,9 +274,9 @@ class RabbitNode:
 
     def __init__(self, script: str, cookie: str | None = None) -> None:
         self.script = script
-        self.port = _free_port()
-        self.tls_port = _free_port()
-        self.dist_port = _free_port()
+        self.port = free_port()
+        self.tls_port = free_port()
+        self.dist_port = free_port()
         self.user = "rabbitmq" if os.geteuid() == 0 else None
         # Not under pytest's tmp_path: its base directory is private to the user running pytest.
         self.dir = Path(tempfile.mkdtemp(prefix=f"aqueue-rabbit-{self.port}-"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,20 +25,6 @@ from aqueue.exceptions import (
 from aqueue.transports import Outgoing, RunTracking
 from tests.apps import tasks as e2e
 from tests.apps.tasks import QuotaError, Tasks
-
-
-@pytest.fixture
-async def t(transport_url: str) -> AsyncIterator[Tasks]:
-    """The test tasks on a fresh queue of the transport under test."""
-    tasks = e2e.build(transport_url, queue=f"q-{uuid.uuid4().hex[:12]}")
-    yield tasks
-    await tasks.app.close()
-
-
-@pytest.fixture
-async def worker(t: Tasks) -> AsyncIterator[Worker]:
-    async with Worker(t.app, concurrency=10, shutdown_timeout=5) as w:
-        yield w
 
 
 async def test_async_task_result(t: Tasks, worker: Worker) -> None:

@@ -123,11 +123,11 @@ class Metrics(Middleware):
             app.add_middleware(self)
         uid = f"aqueue.contrib.prometheus:{id(self)}"
         receivers: Iterable[tuple[signals.Signal, Callable[..., Any]]] = (
-            (signals.task_received, self._on_received),
-            (signals.task_success, self._on_success),
-            (signals.task_failure, self._on_failure),
-            (signals.task_retry, self._on_retry),
-            (signals.task_revoked, self._on_revoked),
+            (signals.task_received, self._counting(self.received)),
+            (signals.task_success, self._counting(self.succeeded)),
+            (signals.task_failure, self._counting(self.failed)),
+            (signals.task_retry, self._counting(self.retried)),
+            (signals.task_revoked, self._counting(self.revoked)),
             (signals.task_dead_lettered, self._on_dead_lettered),
             (signals.worker_ready, self._on_worker_ready),
             (signals.worker_shutdown, self._on_worker_shutdown),
@@ -170,20 +170,14 @@ class Metrics(Middleware):
 
     # -- the signal receivers --------------------------------------------------------------
 
-    def _on_received(self, request: Request, **_: Any) -> None:
-        self.received.labels(request.task or _UNKNOWN, request.queue or _UNKNOWN).inc()
+    @staticmethod
+    def _counting(counter: prom.Counter) -> Callable[..., None]:
+        """A receiver of a task signal that counts it in ``counter`` by task and queue."""
 
-    def _on_success(self, request: Request, **_: Any) -> None:
-        self.succeeded.labels(request.task or _UNKNOWN, request.queue or _UNKNOWN).inc()
+        def count(request: Request, **_: Any) -> None:
+            counter.labels(request.task or _UNKNOWN, request.queue or _UNKNOWN).inc()
 
-    def _on_failure(self, request: Request, **_: Any) -> None:
-        self.failed.labels(request.task or _UNKNOWN, request.queue or _UNKNOWN).inc()
-
-    def _on_retry(self, request: Request, **_: Any) -> None:
-        self.retried.labels(request.task or _UNKNOWN, request.queue or _UNKNOWN).inc()
-
-    def _on_revoked(self, request: Request, **_: Any) -> None:
-        self.revoked.labels(request.task or _UNKNOWN, request.queue or _UNKNOWN).inc()
+        return count
 
     def _on_dead_lettered(self, name: str | None, queue: str | None, **_: Any) -> None:
         self.dead_lettered.labels(name or _UNKNOWN, queue or _UNKNOWN).inc()

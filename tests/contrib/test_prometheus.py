@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import urllib.error
 import urllib.request
 import uuid
@@ -18,16 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from aqueue import Aqueue, Worker
 from aqueue.contrib.prometheus import Metrics, serve
 from aqueue.exceptions import TaskNotRegistered
+from tests.net import free_port
 from tests.workerproc import WorkerProcess
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -73,7 +66,7 @@ async def test_a_scrape_counts_successes_failures_and_retries(app: Aqueue) -> No
             raise self.retry()  # type: ignore[attr-defined]
         return "ok"
 
-    port = _free_port()
+    port = free_port()
     async with Worker(app, concurrency=50) as worker:
         server = serve(port, "127.0.0.1", registry=registry, alive=metrics.alive,
                        ready=metrics.ready)  # fmt: skip
@@ -89,7 +82,7 @@ async def test_a_scrape_counts_successes_failures_and_retries(app: Aqueue) -> No
             status, text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
         finally:
             server.close()
-        assert _get_health(metrics) is True
+        assert metrics.alive()
     assert status == 200
     samples = _samples(text)
     queue = app.conf.task_default_queue
@@ -108,15 +101,11 @@ async def test_a_scrape_counts_successes_failures_and_retries(app: Aqueue) -> No
     assert count("aqueue_task_runtime_seconds_count", "m.flaky") == 100
 
 
-def _get_health(metrics: Metrics) -> bool:
-    return metrics.alive()
-
-
 async def test_readiness_follows_the_worker_and_a_dead_letter_is_counted(app: Aqueue) -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry, interval=0.1)
     metrics.install(app)
-    port = _free_port()
+    port = free_port()
     server = serve(port, "127.0.0.1", registry=registry, alive=metrics.alive, ready=metrics.ready)
     try:
         assert _get(f"http://127.0.0.1:{port}/readyz")[0] == 503  # no worker yet
@@ -144,7 +133,7 @@ async def test_the_cli_serves_metrics_of_its_processes(redis_server: str) -> Non
     queue = f"q-{uuid.uuid4().hex[:12]}"
     env = {"AQUEUE_BROKER_URL": redis_server, "AQUEUE_E2E_QUEUE": queue}
     producer = Aqueue("p", broker=redis_server, backend=redis_server)
-    port = _free_port()
+    port = free_port()
     args = ["-c", "4", "--processes", "2", "--metrics-port", str(port),
             "--metrics-address", "127.0.0.1"]  # fmt: skip
     try:

@@ -8,33 +8,17 @@ on the client's reply channel or on the task's own channel.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from aqueue import AsyncResult, Worker
 from aqueue.exceptions import TimeoutError as ResultTimeout
-from tests.apps import tasks as e2e
 from tests.apps.tasks import Tasks
 
 pytestmark = pytest.mark.timeout(60)
 
 WAIT = 15.0  # seconds any waiter may take
-
-
-@pytest.fixture
-async def t(transport_url: str) -> AsyncIterator[Tasks]:
-    tasks = e2e.build(transport_url, queue=f"q-{uuid.uuid4().hex[:12]}")
-    yield tasks
-    await tasks.app.close()
-
-
-@pytest.fixture
-async def worker(t: Tasks) -> AsyncIterator[Worker]:
-    async with Worker(t.app, concurrency=10, shutdown_timeout=5) as w:
-        yield w
 
 
 async def test_several_gets_on_one_handle(t: Tasks, worker: Worker) -> None:

@@ -29,7 +29,8 @@ from aqueue import Aqueue
 from aqueue.exceptions import BrokerError
 from tests.chaos import chaos_app
 from tests.chaos.harness import Ledger, worker, worker_env
-from tests.conftest import _free_port, _start_redis, _stop, _tail
+from tests.conftest import _start_redis, _stop, _tail
+from tests.net import free_port
 
 SERVICE = "mymaster"
 PASSWORD = "primary-secret"
@@ -58,8 +59,8 @@ class SentinelGroup:
         self.binary = binary
         self.directory = directory
         self.tls = tls
-        self.data_ports = [_free_port() for _ in range(1 + replicas)]
-        self.sentinel_ports = [_free_port() for _ in range(sentinels)]
+        self.data_ports = [free_port() for _ in range(1 + replicas)]
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     # -- URLs and options ------------------------------------------------------------------

@@ -8,7 +8,6 @@ errors: a refused login, an unreachable server, a queue declared with other argu
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +23,7 @@ from aqueue.transports.amqp import delay
 from aqueue.transports.amqp.broker import AMQPBroker
 from tests.apps import tasks as e2e
 from tests.conftest import RabbitNode
+from tests.net import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,9 +67,7 @@ def out(queue: str, body: bytes, priority: int = 0, eta: float | None = None) ->
 
 
 def closed_port_url(password: str = "") -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     auth = f"guest:{password}@" if password else ""
     return f"amqp://{auth}127.0.0.1:{port}/"
 

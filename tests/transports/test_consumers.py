@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import _free_port, _start_redis
+from conftest import _start_redis
 
 from aqueue import Aqueue, Worker
 from aqueue.exceptions import BrokerConnectionError
 from aqueue.transports import Outgoing
 from aqueue.transports.redis import RedisBroker, keys
+from tests.net import free_port
 from tests.workerproc import WorkerProcess
 
 pytestmark = pytest.mark.timeout(60)
@@ -132,7 +133,7 @@ async def test_sigkilled_workers_leave_no_consumers_behind(
 async def test_worker_waits_for_a_broker_that_is_not_up_yet(tmp_path: Path) -> None:
     binary = shutil.which("redis-server")
     assert binary is not None
-    port = _free_port()
+    port = free_port()
     url, queue = f"redis://127.0.0.1:{port}/0", f"q-{uuid.uuid4().hex[:12]}"
     env = {"AQUEUE_BROKER_URL": url, "AQUEUE_E2E_QUEUE": queue}
     args = ["-c", "2", "-l", "debug"]
@@ -161,7 +162,7 @@ async def test_worker_waits_for_a_broker_that_is_not_up_yet(tmp_path: Path) -> N
 
 
 async def test_stop_while_waiting_for_the_broker() -> None:
-    url = f"redis://127.0.0.1:{_free_port()}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"
     app = Aqueue("w", broker=url, backend=url)
     worker = Worker(app, concurrency=1)
     try:
@@ -175,7 +176,7 @@ async def test_stop_while_waiting_for_the_broker() -> None:
 
 async def test_no_retry_on_startup_fails_at_once() -> None:
     """``broker_connection_retry_on_startup=False``: as before, a start fails at once."""
-    url = f"redis://127.0.0.1:{_free_port()}/0"
+    url = f"redis://127.0.0.1:{free_port()}/0"
     app = Aqueue("w", broker=url, backend=url)
     app.conf.broker_connection_retry_on_startup = False
     try:

@@ -23,6 +23,7 @@ from aqueue.transports.redis.broker import RedisBroker
 from aqueue.transports.redis.client import redacted_url
 from aqueue.transports.redis.results import RedisBackend
 from tests.chaos.harness import FaultProxy
+from tests.net import free_port
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -60,9 +61,7 @@ def out(queue: str, body: bytes, priority: int = 0, eta: float | None = None) ->
 
 
 def closed_port_url(password: str = "") -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     auth = f":{password}@" if password else ""
     return f"redis://{auth}127.0.0.1:{port}/0"
 
