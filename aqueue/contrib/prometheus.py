@@ -21,8 +21,9 @@ shared directory (prometheus_client's multi-process mode): the counters and hist
 summed over the children, the gauges of live children too, and queue depths are the largest
 sample (every child reads the same queues).
 
-``/healthz`` answers 200 while the worker's event loop turns (it answered a tick within three
-sampling intervals), else 503 - for a liveness probe. ``/readyz`` answers 200 once the worker is
+``/healthz`` answers 200 while the worker's event loop turns (a tick it schedules every
+sampling interval, apart from the sampling itself so a slow broker does not count, came within
+three intervals), else 503 - for a liveness probe. ``/readyz`` answers 200 once the worker is
 connected and consuming, and 503 before and while it shuts down - for a readiness probe.
 
 In code, without the CLI: ``metrics = Metrics(); metrics.install(app)`` before the worker starts,
@@ -112,6 +113,7 @@ class Metrics(Middleware):
         )  # fmt: skip
         self.last_tick = time.monotonic()
         self._sampler: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._worker: Worker | None = None
 
     # -- wiring ----------------------------------------------------------------------------
@@ -139,11 +141,16 @@ class Metrics(Middleware):
         """Sample ``worker``'s gauges every :attr:`interval` seconds on its event loop, from
         now until it stops (started by ``worker_ready`` when :meth:`install` was used)."""
         self._worker = worker
+        self.last_tick = time.monotonic()
+        loop = asyncio.get_running_loop()
         if self._sampler is None or self._sampler.done():
-            self._sampler = asyncio.get_running_loop().create_task(self._sample_forever(worker))
+            self._sampler = loop.create_task(self._sample_forever(worker))
+        if self._ticker is None or self._ticker.done():
+            self._ticker = loop.create_task(self._tick_forever())
 
     def alive(self) -> bool:
-        """True while the event loop answered a tick within three intervals (liveness)."""
+        """True while the event loop answered a tick within three intervals (liveness); the
+        ticks do not wait for the broker, so a slow queue-depth sample does not fail it."""
         return time.monotonic() - self.last_tick < 3 * self.interval
 
     def ready(self) -> bool:
@@ -186,17 +193,23 @@ class Metrics(Middleware):
         self.watch(sender)
 
     async def _on_worker_shutdown(self, sender: Worker, **_: Any) -> None:
-        sampler, self._sampler = self._sampler, None
-        if sampler is not None:
-            sampler.cancel()
+        tasks = [t for t in (self._sampler, self._ticker) if t is not None]
+        self._sampler = self._ticker = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await sampler
+                await task
 
     # -- sampling --------------------------------------------------------------------------
 
-    async def _sample_forever(self, worker: Worker) -> None:
+    async def _tick_forever(self) -> None:
         while True:
             self.last_tick = time.monotonic()
+            await asyncio.sleep(self.interval)
+
+    async def _sample_forever(self, worker: Worker) -> None:
+        while True:
             try:
                 await self._sample(worker)
             except Exception as exc:  # the broker is down: the next sample tries again

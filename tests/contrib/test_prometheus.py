@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -49,7 +50,7 @@ async def app(redis_server: str, clean_signals: None) -> AsyncIterator[Aqueue]:
 
 async def test_a_scrape_counts_successes_failures_and_retries(app: Aqueue) -> None:
     registry = CollectorRegistry()
-    metrics = Metrics(registry, interval=0.2)
+    metrics = Metrics(registry, interval=0.5)
     metrics.install(app)
 
     @app.task(name="m.ok")
@@ -80,9 +81,9 @@ async def test_a_scrape_counts_successes_failures_and_retries(app: Aqueue) -> No
                     await r.get(timeout=60)
             await worker.wait_processed(1050)  # 1,000 messages and 50 retries
             status, text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+            assert metrics.alive()  # ticks kept coming through a busy run
         finally:
-            server.close()
-        assert metrics.alive()
+            await asyncio.to_thread(server.close)  # shutdown() waits for the serving thread
     assert status == 200
     samples = _samples(text)
     queue = app.conf.task_default_queue
@@ -103,7 +104,7 @@ async def test_a_scrape_counts_successes_failures_and_retries(app: Aqueue) -> No
 
 async def test_readiness_follows_the_worker_and_a_dead_letter_is_counted(app: Aqueue) -> None:
     registry = CollectorRegistry()
-    metrics = Metrics(registry, interval=0.1)
+    metrics = Metrics(registry, interval=0.5)
     metrics.install(app)
     port = free_port()
     server = serve(port, "127.0.0.1", registry=registry, alive=metrics.alive, ready=metrics.ready)
@@ -127,6 +128,18 @@ async def test_readiness_follows_the_worker_and_a_dead_letter_is_counted(app: Aq
     queue = app.conf.task_default_queue
     key = ("aqueue_tasks_dead_lettered_total", (("queue", queue), ("task", "m.nobody")))
     assert samples[key] == 1
+
+
+async def test_liveness_fails_while_the_event_loop_is_blocked(app: Aqueue) -> None:
+    metrics = Metrics(CollectorRegistry(), interval=0.05)
+    metrics.install(app)
+    async with Worker(app, concurrency=2):
+        assert metrics.alive()
+        time.sleep(0.3)  # noqa: ASYNC251 - a task blocking the loop: no tick for six intervals
+        assert not metrics.alive()
+        async with asyncio.timeout(10):
+            while not metrics.alive():  # noqa: ASYNC110 - the ticks are timed, not an event
+                await asyncio.sleep(0.01)
 
 
 async def test_the_cli_serves_metrics_of_its_processes(redis_server: str) -> None:
