@@ -5,6 +5,7 @@
 ``beat``           :mod:`aqueue.cli.beat` (run beat; ``add``/``remove``/``list``)
 ``call``           :mod:`aqueue.cli.call`
 ``inspect`` ...    :mod:`aqueue.cli.ops`: ``control``, ``status``, ``purge``, ``dlq``, ``events``
+``dashboard``      :mod:`aqueue.cli.dashboard` (the ``dashboard`` extra)
 =================  ==============================================================
 
 What they share (``-A``, logging, errors, the event loop) is in :mod:`aqueue.cli._common`;
@@ -18,7 +19,7 @@ from typing import Annotated
 import typer
 
 from aqueue import __version__
-from aqueue.cli import beat, call, ops, worker
+from aqueue.cli import beat, call, dashboard, ops, worker
 from aqueue.cli._common import load_app, remember_app
 
 __all__ = ["cli", "load_app", "main"]
@@ -59,6 +60,7 @@ cli.add_typer(beat.commands, name="beat")
 cli.command()(call.call)
 for command in ops.COMMANDS:  # inspect, control, status, purge, dlq, events
     cli.command()(command)
+cli.command()(dashboard.dashboard)
 
 
 def main() -> None:

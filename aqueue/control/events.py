@@ -7,7 +7,7 @@ With ``-E`` (or ``worker_send_task_events=True``) a worker publishes, on the con
 type           fields besides ``type``, ``hostname``, ``pid``, ``timestamp`` (epoch seconds)
 ============== ==============================================================================
 task-received  ``uuid``, ``name``, ``args``, ``kwargs``, ``retries``, ``eta``, ``expires``,
-               ``queue``, ``parent_id``, ``root_id``
+               ``queue``, ``parent_id``, ``root_id``, ``group_id``
 task-started   ``uuid``, ``name``
 task-succeeded ``uuid``, ``name``, ``result`` (its ``repr``, shortened), ``runtime`` (s)
 task-failed    ``uuid``, ``name``, ``exception`` (``repr``), ``traceback``, ``runtime`` (s)

@@ -746,4 +746,5 @@ def _received(msg: Message) -> dict[str, Any]:
         "queue": msg.queue,
         "parent_id": msg.parent_id,
         "root_id": msg.root_id,
+        "group_id": msg.group_id,
     }
