@@ -43,6 +43,7 @@ from aqueue.sending.options import (
     check_task_options,
 )
 from aqueue.sending.sender import Sender
+from aqueue.sending.unique import check_unique_options
 from aqueue.task import Task, current_request
 from aqueue.transports import (
     BeatStore,
@@ -310,6 +311,7 @@ class Aqueue:
             ConfigurationError: an unknown option, or ``base`` is not a Task subclass.
         """
         check_task_options(options)
+        check_unique_options(options)
         if not (isinstance(base, type) and issubclass(base, Task)):
             raise ConfigurationError(f"base={base!r} must be a subclass of aqueue.Task")
         if "autoretry_for" in options:

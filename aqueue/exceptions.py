@@ -25,6 +25,7 @@ reaches user code as :class:`BrokerConnectionError`)::
     ├── WorkerLostError             the worker died while running the task (not run again)
     ├── MaxRetriesExceededError     ``self.retry()`` called with no retries left
     ├── ChordError                  a member of a chord's header failed
+    ├── DependencyFailed            a task's ``after=`` dependency failed, so it did not run
     └── Retry                       ``raise self.retry(...)``: the worker re-queues the task
 
 ``Retry`` is an exception used for control flow, as in Celery: a task raises it and the worker
@@ -200,6 +201,11 @@ class MaxRetriesExceededError(AqueueError):
 
 class ChordError(AqueueError):
     """A task in a chord's header failed, so the chord's body did not run."""
+
+
+class DependencyFailed(AqueueError):
+    """A task sent with ``after=[...]`` did not run: a dependency failed, was revoked, or its
+    result was gone; the message names that dependency (``name[id]``) and its error."""
 
 
 class Retry(AqueueError):

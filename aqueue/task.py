@@ -47,7 +47,9 @@ class Request:
     (the worker's), ``parent_id``, ``root_id``, ``group_id``, ``time_limit`` (seconds),
     ``is_eager`` (run inline by ``task_always_eager``), ``called_directly`` (``task(...)``),
     ``reply_to`` (the sender's reply channel, where this task's records also go, or ``None``),
-    and aqueue's ``sent_at`` (when the message was sent, epoch seconds, or ``None``).
+    and aqueue's ``sent_at`` (when the message was sent, epoch seconds, or ``None``) and
+    ``dependencies`` (the results of the tasks it was sent ``after=``, in that order, else
+    ``None``; docs/tasks.md).
     """
 
     id: str | None = None
@@ -70,6 +72,7 @@ class Request:
     called_directly: bool = True
     reply_to: str | None = None
     sent_at: float | None = None
+    dependencies: list[Any] | None = None
 
 
 current_request: ContextVar[Request | None] = ContextVar("aqueue_request", default=None)
@@ -102,6 +105,10 @@ class Task(Generic[P, R]):
         typing: check a call's arguments against the function's signature before sending it
             (default True, as Celery's ``typing``); ``False`` sends any arguments, and the
             worker refuses a call that does not fit.
+        unique, unique_key, unique_ttl: one call per key at a time (docs/tasks.md, "Unique
+            tasks"): ``unique`` is ``True``/``"running"`` (locked until the run ends) or
+            ``"queued"`` (until it starts); ``unique_key(*args, **kwargs)`` makes the key
+            (default: the arguments); ``unique_ttl`` bounds a queued call's lock (seconds).
     """
 
     name: str = ""
@@ -123,6 +130,9 @@ class Task(Generic[P, R]):
     track_started: bool | None = None
     expires: float | None = None
     typing: bool = True
+    unique: bool | str = False
+    unique_key: Callable[..., str] | None = None
+    unique_ttl: float | None = None
 
     def __init__(
         self,

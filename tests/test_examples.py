@@ -72,3 +72,13 @@ def test_signing_demo() -> None:
         "older result:      moved 10 to alice (old key)",
     ], done.stdout + done.stderr
     assert "refused a message from queue default" in done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_pipeline_demo_on_sqlite() -> None:
+    done = run_module("examples.pipeline.demo", timeout=110)
+    out = done.stdout
+    assert "unique:      5 sends, 1 call" in out, out
+    assert "ran 1 time" in out and "ids ['charge-17']" in out, out
+    assert "load is PENDING" in out and "diamond:     loaded 4 rows, 19 characters" in out, out
+    assert "failed dep:  dependency demo.enrich[" in out and "the geo service is down" in out, out

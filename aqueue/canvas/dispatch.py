@@ -317,11 +317,15 @@ def _flat_steps(c: chain) -> list[Canvas]:
 
 
 def _check_options(sig: Canvas) -> None:
-    """Raise ConfigurationError for an unknown send option anywhere in ``sig``."""
+    """Raise ConfigurationError for an unknown send option anywhere in ``sig``, or one that only
+    a single send takes (``unique_key``, ``after``)."""
 
     parts: list[Canvas] = [sig]
     while parts:
         part = parts.pop()
+        for own in ("unique_key", "after"):  # sending one task only (aqueue.sending.guard)
+            if part.options.get(own) is not None:
+                raise ConfigurationError(f"{own}= sends one task, not a canvas: {part!r}")
         if isinstance(part, Signature):
             unknown = set(part.options) - SEND_OPTIONS - {"chord"}
             if unknown:

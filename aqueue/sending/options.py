@@ -11,7 +11,7 @@ the two cannot drift apart.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -72,6 +72,12 @@ class SendOptions(TypedDict, total=False):
         exchange, routing_key: AMQP routing (see docs/amqp.md).
         parent_id, root_id, group_id: workflow links (set by canvas; rarely by hand).
         options: extra message options carried to the worker as is.
+        unique_key: make this call unique under this key (for its task's name): while a call
+            with the same key is queued (or running, per the task's ``unique``), the send
+            returns that call's handle and sends nothing (docs/tasks.md, "Unique tasks").
+        after: results (or task ids) this call waits for: it is held until all of them
+            succeed, and fails with :class:`~aqueue.exceptions.DependencyFailed` if one does
+            not; a bound task reads their results as ``self.request.dependencies``.
     """
 
     countdown: float
@@ -96,6 +102,8 @@ class SendOptions(TypedDict, total=False):
     root_id: str | None
     group_id: str | None
     options: dict[str, Any]
+    unique_key: str
+    after: list[Any] | tuple[Any, ...]
 
 
 class TaskOptions(TypedDict, total=False):
@@ -126,6 +134,12 @@ class TaskOptions(TypedDict, total=False):
             (default True, as Celery's ``typing``): ``delay("a")`` of a two-parameter task
             raises :class:`~aqueue.exceptions.ArgumentsError`, a ``TypeError``, and sends
             nothing. ``False`` sends any arguments (the worker refuses a call that does not fit).
+        unique: one call per key at a time: ``True`` or ``"running"`` (locked from the send
+            until the run ends), ``"queued"`` (until the run starts); a second send meanwhile
+            returns the first call's handle (docs/tasks.md, "Unique tasks").
+        unique_key: ``fn(*args, **kwargs) -> str``, the key of a call (default: its arguments).
+        unique_ttl: the longest a unique call stays locked while queued, in seconds (default
+            its ``expires``, else 3600); while running the lock follows the message's lease.
     """
 
     max_retries: int | None
@@ -148,6 +162,9 @@ class TaskOptions(TypedDict, total=False):
     track_started: bool
     expires: float | datetime | None
     typing: bool
+    unique: bool | str
+    unique_key: Callable[..., str] | None
+    unique_ttl: float | None
 
 
 #: The names :class:`SendOptions` declares.

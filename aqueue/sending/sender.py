@@ -38,6 +38,7 @@ from aqueue.perloop import PerLoop
 from aqueue.results.mailbox import Mailbox
 from aqueue.results.result import AsyncResult
 from aqueue.sending import routing
+from aqueue.sending.guard import needs_guard, send_guarded, with_guards
 from aqueue.sending.options import AnyRetryPolicy, RetryPolicy, check_send_options
 from aqueue.transports import Binding, Outgoing, ReplyChannels, ResultBackend, tls_hint
 
@@ -108,14 +109,25 @@ class Sender:
         retry, policy = options.get("retry", True), options.get("retry_policy")
         backend, reply_to, left = await self._prepare(1, retry, policy)
         message = self.build_message(name, args_t, kwargs_d, task, options, reply_to)
-        if self.wraps_publishing():
-            result = self._handle(message, backend)
-            await self._publish_wrapped([message], retry, policy, left)
+
+        async def publish(message: Message) -> AsyncResult[Any]:
+            if self.wraps_publishing():
+                result = self._handle(message, backend)
+                await self._publish_wrapped([message], retry, policy, left)
+                return result
+            outgoing = self.outgoing(message)  # EncodeError (MessageTooLarge) before sending
+            result = self._handle(message, backend)  # its mailbox exists before it is sent
+            await self.publish_outgoing([outgoing], retry, policy, left)
             return result
-        outgoing = self.outgoing(message)  # EncodeError (MessageTooLarge) before anything is sent
-        result = self._handle(message, backend)  # its mailbox exists before the message is sent
-        await self.publish_outgoing([outgoing], retry, policy, left)
-        return result
+
+        if not needs_guard(task, options):
+            return await publish(message)
+        message = with_guards(message, task, options)
+        self.outgoing(message)  # EncodeError (MessageTooLarge) before anything is taken
+        explicit = options.get("task_id") is not None
+        return await send_guarded(
+            self.app, message, explicit, lambda m: self._handle(m, backend), publish
+        )
 
     async def send_many(
         self,
@@ -129,6 +141,9 @@ class Sender:
         if options.get("task_id") is not None:
             raise ConfigurationError("send_many() makes one task id per call: drop task_id=")
         task = task or self.app.tasks.get(name)
+        if needs_guard(task, options):  # unique or held calls each consult the result backend
+            sends = [self.send(name, call, None, task, options) for call in arguments]
+            return list(await asyncio.gather(*sends))
         calls = [tuple(a) for a in arguments]
         if task is not None and task.typing:
             for call in calls:

@@ -26,7 +26,7 @@ import enum
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
+from typing import Any, ClassVar, NamedTuple, Protocol, TypeGuard, runtime_checkable
 
 from aqueue.exceptions import ConfigurationError
 from aqueue.results.mailbox import Mailbox
@@ -42,6 +42,7 @@ __all__ = [
     "ControlTransport",
     "DeadLetter",
     "Delivery",
+    "Locks",
     "Outgoing",
     "QueueAdmin",
     "QueueDepth",
@@ -52,8 +53,12 @@ __all__ = [
     "RunTracking",
     "Snapshot",
     "Transport",
+    "Waiters",
     "dead_letter_queue",
+    "has_locks",
+    "has_waiters",
     "queue_admin",
+    "waiters_key",
 ]
 
 
@@ -464,6 +469,94 @@ class ReplyChannels(Protocol):
 
         Called before the message naming the reply channel is published; the mailbox lives as
         long as a reference to it does (the result handle holds it).
+        """
+        ...
+
+
+# -- locks and waiters ------------------------------------------------------------------------
+#
+# Unique tasks, idempotent sends and dependencies (docs/tasks.md) keep their state next to the
+# results, in the result backend: a broker alone (RabbitMQ) holds no shared keys, so with an
+# AMQP broker these live in its Redis or SQLite result backend. ``rpc://`` stores nothing and
+# serves neither Protocol; the core then refuses unique tasks and dependencies with a
+# ConfigurationError naming a result backend that does.
+
+
+def waiters_key(task_id: str) -> str:
+    """The member set (:meth:`ResultBackend.add_member`) of the tasks waiting for ``task_id``:
+    :meth:`Waiters.store_waited` reports the ids whose set is not empty."""
+    return f"waiters:{task_id}"
+
+
+def has_locks(backend: object) -> TypeGuard[Locks]:
+    """``isinstance(backend, Locks)``, as a guard a type checker follows (a result backend typed
+    as :class:`ResultBackend` does not narrow by ``isinstance`` to a second Protocol)."""
+    return isinstance(backend, Locks)
+
+
+def has_waiters(backend: object) -> TypeGuard[Waiters]:
+    """``isinstance(backend, Waiters)``, as a guard a type checker follows."""
+    return isinstance(backend, Waiters)
+
+
+@runtime_checkable
+class Locks(Protocol):
+    """Optional, beside :class:`ResultBackend`: named locks with an owner and an expiry, atomic
+    for every client (Redis: one Lua script, ``SET ... PX`` only when absent or already ours;
+    SQLite: one ``BEGIN IMMEDIATE`` transaction; memory: a thread lock)."""
+
+    async def lock(self, key: str, owner: str, ttl: float) -> str:
+        """Take ``key`` for ``owner`` for ``ttl`` seconds if it is free (absent or expired) or
+        already ``owner``'s (its expiry is then set anew), in one atomic step.
+
+        Returns:
+            The owner now holding ``key``: ``owner`` when taken (or kept), else the holder's.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        ...
+
+    async def unlock(self, key: str, owner: str) -> bool:
+        """Free ``key`` if ``owner`` holds it (compare and delete, atomically); a lock that
+        expired or that another owner took is left alone.
+
+        Returns:
+            True if ``owner`` held it and it was freed.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        ...
+
+
+@runtime_checkable
+class Waiters(Protocol):
+    """Optional, beside :class:`ResultBackend`: which stored records other tasks wait for.
+
+    A waiting task registers itself with ``add_member(waiters_key(id), waiter, expires)``, then
+    reads the record of ``id``; a worker stores with :meth:`store_waited`, which reads the
+    waiter sets after storing. Each side writes before it reads, on one server, so at least one
+    of them sees the other (both may: the core counts completions as a set, never twice).
+    """
+
+    async def store_waited(
+        self, items: Records, expires: float | None, reply_to: ReplyTo | None = None
+    ) -> list[str]:
+        """:meth:`ResultBackend.store` ``items``, then return the ids among them whose
+        :func:`waiters_key` set has members (in the same round trip where the server allows).
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached; nothing may be assumed stored.
+        """
+        ...
+
+    async def members(self, key: str) -> list[str]:
+        """The members of the set ``key`` (:meth:`ResultBackend.add_member`), in no order; ``[]``
+        when it is missing or expired.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
         """
         ...
 

@@ -15,11 +15,11 @@ trip nor a wait of its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from aqueue.batching import Batcher
-from aqueue.transports import Broker, Delivery, RunTracking
+from aqueue.transports import Broker, Delivery, RunTracking, has_waiters
 
 if TYPE_CHECKING:
     from aqueue.transports import ResultBackend
@@ -51,6 +51,9 @@ class Completer:
         self.tracker = broker if isinstance(broker, RunTracking) else None
         self._batcher: Batcher[_Item] = Batcher(self._flush, max_batch)
         self._lost: set[int] = set()  # ids of runs whose lease was found lost when marked
+        # Called with the records just stored that other tasks wait for (after=), before the acks
+        # (aqueue.dependencies); set by the executor when the backend keeps waiter sets.
+        self.on_waited: Callable[[dict[str, bytes]], Awaitable[None]] | None = None
 
     async def finish(
         self,
@@ -85,7 +88,14 @@ class Completer:
         acks = [d for _, ds, _, _ in items for d in ds]
         replies = {r[0]: reply for recs, _, reply, _ in items if reply for r in recs}
         starts = [run for *_, run in items if run is not None]
-        if records and self.backend is not None:
+        if records and self.backend is not None and self.on_waited is not None:
+            waiters = self.backend
+            assert has_waiters(waiters)
+            waited = await waiters.store_waited(records, self.expires, replies or None)
+            if waited:
+                stored = dict(records)
+                await self.on_waited({task_id: stored[task_id] for task_id in waited})
+        elif records and self.backend is not None:
             if replies:
                 await self.backend.store(records, self.expires, replies)
             else:  # the plain call: backends written before reply channels take it too

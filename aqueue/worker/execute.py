@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from aqueue import message as wire
 from aqueue import signals, states
 from aqueue.canvas.primitives import Signature
+from aqueue.dependencies import Dependencies
 from aqueue.exceptions import (
     AqueueError,
     BrokerError,
@@ -55,6 +56,7 @@ from aqueue.task import Request, Task, current_request
 from aqueue.transports import Broker, Delivery
 from aqueue.worker.completer import Completer
 from aqueue.worker.invoke import invoke
+from aqueue.worker.locks import RunLocks
 from aqueue.worker.revoke import Terminable, Terminated, revocation_record
 from aqueue.worker.workflow import Workflow
 
@@ -109,6 +111,13 @@ class Executor:
         self.completer = Completer(broker, backend, app.conf.result_expires)
         # On a broker that blames only what was running (RunTracking), runs are marked.
         self.tracks_runs = self.completer.tracker is not None
+        # Unique tasks' locks follow the lease while they run (aqueue.worker.locks); tasks sent
+        # after= this one are released or failed when its outcome is stored (aqueue.dependencies).
+        lease = float(app.conf.broker_transport_options.get("visibility_timeout", 30.0))
+        self.locks = RunLocks(backend, lease)
+        self.dependencies = Dependencies.of(app, backend)
+        if self.dependencies is not None:
+            self.completer.on_waited = self.dependencies.settle_stored
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -155,6 +164,7 @@ class Executor:
                 await signals.task_received.send(self.hostname, request=request)
             task = await self._admit(delivery, msg)
             if task is None:
+                await self.locks.discard(msg)
                 return
             await self._run(delivery, msg, task, isolated, premarked, after)
         except BrokerError as exc:
@@ -166,6 +176,7 @@ class Executor:
         finally:
             self.done += 1
             self._acked_early.discard(id(delivery))
+            self.locks.drop(delivery)
 
     async def _give_up(self, delivery: Delivery, exc: Exception) -> None:
         """An unexpected error while handling ``delivery`` (a bug, not bad input): log it with
@@ -398,6 +409,8 @@ class Executor:
                 msg.id,
             )
             return
+        if "unique" in msg.options:
+            await self.locks.start(delivery, msg)
         track = task.track_started if task.track_started is not None else conf.task_track_started
         if track:
             await self._store(
@@ -427,6 +440,8 @@ class Executor:
         state: str = states.FAILURE
         retval: Any = None
         try:
+            if "after" in msg.options and self.dependencies is not None:
+                request.dependencies = await self.dependencies.results(msg)
             # terminable.run: revoke(terminate=True) cancels the body and raises Terminated here.
             if self.app.middleware:
                 body = chain_run(
@@ -466,6 +481,8 @@ class Executor:
         finally:
             self.active.pop(msg.id, None)
             current_request.reset(token)
+        if "unique" in msg.options:
+            await self.locks.finish(delivery, msg, state)
         if signals.task_postrun.receivers:
             await signals.task_postrun.send(
                 task, task_id=msg.id, task=task, args=msg.args, kwargs=msg.kwargs,

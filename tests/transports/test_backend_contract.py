@@ -13,7 +13,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from aqueue.transports import ResultBackend, backend_from_url
+from aqueue.transports import (
+    Locks,
+    ResultBackend,
+    Waiters,
+    backend_from_url,
+    has_locks,
+    has_waiters,
+    waiters_key,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -216,3 +224,77 @@ async def test_connect_and_close_are_idempotent(backend_url: str) -> None:
         await backend.store([(task_id, b"y")], expires=60)
         assert await next_record(queue) == b"y"
     await backend.close()
+
+
+# -- Locks and Waiters (unique tasks, idempotent sends, dependencies) -------------------------
+
+
+def locks_of(backend: ResultBackend) -> Locks:
+    assert has_locks(backend), f"{type(backend).__name__} keeps no locks"
+    return backend
+
+
+def waiters_of(backend: ResultBackend) -> Waiters:
+    assert has_waiters(backend), f"{type(backend).__name__} keeps no waiter sets"
+    return backend
+
+
+async def test_lock_is_taken_once_and_kept_by_its_owner(backend: ResultBackend) -> None:
+    locks, key = locks_of(backend), new_id()
+    assert await locks.lock(key, "first", 60) == "first"
+    assert await locks.lock(key, "second", 60) == "first"  # held: the holder is answered
+    assert await locks.lock(key, "first", 60) == "first"  # the owner renews it
+
+    assert not await locks.unlock(key, "second")  # not its lock: left alone
+    assert await locks.lock(key, "second", 60) == "first"
+    assert await locks.unlock(key, "first")
+    assert not await locks.unlock(key, "first")  # freed already
+    assert await locks.lock(key, "second", 60) == "second"
+
+
+async def test_lock_expires(backend: ResultBackend) -> None:
+    locks, key = locks_of(backend), new_id()
+    assert await locks.lock(key, "first", 0.3) == "first"
+    assert await locks.lock(key, "second", 60) == "first"
+
+    await asyncio.sleep(0.5)  # letting the lock expire is what this test is about
+
+    assert not await locks.unlock(key, "first")  # expired: no longer its
+    assert await locks.lock(key, "second", 60) == "second"
+
+
+async def test_lock_is_atomic_across_clients(backend_url: str) -> None:
+    backends = [backend_from_url(backend_url)]
+    if not backend_url.startswith("memory"):
+        backends.append(backend_from_url(backend_url))
+    for b in backends:
+        await b.connect()
+    keys = [new_id() for _ in range(10)]
+    calls = [(keys[i % 10], f"owner-{i}") for i in range(200)]
+
+    holders = await asyncio.gather(
+        *(locks_of(backends[i % len(backends)]).lock(k, o, 60) for i, (k, o) in enumerate(calls))
+    )
+
+    # One winner per key, and every call for that key was told the same winner.
+    winners: dict[str, set[str]] = {}
+    for (key, _), holder in zip(calls, holders, strict=True):
+        winners.setdefault(key, set()).add(holder)
+    assert all(len(found) == 1 for found in winners.values())
+    assert sum(holder == owner for (_, owner), holder in zip(calls, holders, strict=True)) == 10
+    for b in backends:
+        await b.close()
+
+
+async def test_store_waited_reports_ids_with_waiters(backend: ResultBackend) -> None:
+    waiters, waited, alone = waiters_of(backend), new_id(), new_id()
+    assert await waiters.members(waiters_key(waited)) == []
+    await backend.add_member(waiters_key(waited), "d1", 60)
+    await backend.add_member(waiters_key(waited), "d2", 60)
+
+    found = await waiters.store_waited([(waited, b"done"), (alone, b"done too")], 60)
+
+    assert found == [waited]
+    assert sorted(await waiters.members(waiters_key(waited))) == ["d1", "d2"]
+    assert await backend.get_many([waited, alone]) == [b"done", b"done too"]
+    assert await waiters.store_waited([], 60) == []

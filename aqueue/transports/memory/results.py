@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from aqueue.transports.base import Records, ReplyTo
+from aqueue.transports.base import Records, ReplyTo, waiters_key
 from aqueue.transports.fanout import LoopQueue, Subscriptions
 
 
@@ -25,6 +25,7 @@ class MemoryBackend:
         self._data: dict[str, tuple[bytes, float | None]] = {}
         self._sets: dict[str, tuple[set[str], float | None]] = {}  # key -> (members, deadline)
         self._watchers: Subscriptions[LoopQueue] = Subscriptions(self._lock)
+        self._locks: dict[str, tuple[str, float]] = {}  # key -> (owner, deadline)
 
     async def connect(self) -> None:
         """Nothing to open."""
@@ -76,6 +77,42 @@ class MemoryBackend:
                 until = now + expires
             self._sets[key] = (members, until)
             return len(members)
+
+    async def lock(self, key: str, owner: str, ttl: float) -> str:
+        """See :meth:`aqueue.transports.base.Locks.lock` (atomic under the thread lock)."""
+        now = time.monotonic()
+        with self._lock:
+            held = self._locks.get(key)
+            if held is not None and held[0] != owner and held[1] > now:
+                return held[0]
+            self._locks[key] = (owner, now + ttl)
+            return owner
+
+    async def unlock(self, key: str, owner: str) -> bool:
+        """See :meth:`aqueue.transports.base.Locks.unlock`."""
+        with self._lock:
+            held = self._locks.get(key)
+            if held is None or held[0] != owner:
+                return False
+            del self._locks[key]
+            return held[1] > time.monotonic()
+
+    async def store_waited(
+        self, items: Records, expires: float | None, reply_to: ReplyTo | None = None
+    ) -> list[str]:
+        """See :meth:`aqueue.transports.base.Waiters.store_waited`."""
+        await self.store(items, expires, reply_to)
+        waited = [task_id for task_id, _ in items if self._set(waiters_key(task_id))]
+        return list(dict.fromkeys(waited))
+
+    async def members(self, key: str) -> list[str]:
+        """See :meth:`aqueue.transports.base.Waiters.members`."""
+        return sorted(self._set(key))
+
+    def _set(self, key: str) -> set[str]:
+        with self._lock:
+            members, until = self._sets.get(key, (set(), None))
+            return set() if until is not None and until <= time.monotonic() else set(members)
 
     @asynccontextmanager
     async def watch(self, task_id: str) -> AsyncIterator[asyncio.Queue[bytes]]:

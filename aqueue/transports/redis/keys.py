@@ -78,6 +78,7 @@ control_table = KeyFamily(
 control_version = KeyFamily("table-version", "The version counter of a control table.")
 rate_bucket = KeyFamily("bucket", "The hash of a global rate-limit token bucket.")
 members = KeyFamily("members", "The set of a key's members (chord header members completed).")
+lock = KeyFamily("lock", "A named lock's owner (unique tasks, idempotent sends), with its expiry.")
 REPLY_PREFIX = reply_channel.prefix
 
 

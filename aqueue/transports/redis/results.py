@@ -32,7 +32,7 @@ from redis.commands.core import AsyncScript
 
 from aqueue.exceptions import BrokerConnectionError, BrokerError
 from aqueue.results.mailbox import Inbox, Mailbox, pack
-from aqueue.transports.base import Records, ReplyTo
+from aqueue.transports.base import Records, ReplyTo, waiters_key
 from aqueue.transports.redis import keys, lua
 from aqueue.transports.redis.client import (
     SharedClient,
@@ -55,6 +55,8 @@ _SUBSCRIBE_TIMEOUT = 10.0
 _RESULT_PREFIX = keys.result("")
 _CHANNEL_PREFIX = keys.result_channel("")
 _WATCHED = keys.watched()
+# The prefix of the waiter sets (Waiters.store_waited), which lua/store.lua checks when given.
+_WAITERS_PREFIX = keys.members(waiters_key(""))
 # Seconds a watcher's entry in the watched set lasts; live watches renew it every third.
 _WATCH_TTL = 3600.0
 
@@ -74,6 +76,7 @@ class RedisBackend(RedisRole):
     def __init__(self, url: str, client: SharedClient | None = None) -> None:
         super().__init__(url, client)
         self._store_script: AsyncScript | None = None  # registered with the client
+        self._scripts: dict[str, AsyncScript] = {}  # lock, unlock: registered with the client
         self._subscribing = asyncio.Lock()
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -134,8 +137,25 @@ class RedisBackend(RedisRole):
         Raises:
             BrokerConnectionError: the server cannot be reached.
         """
+        await self._store(items, expires, reply_to, waited=False)
+
+    async def store_waited(
+        self, items: Records, expires: float | None, reply_to: ReplyTo | None = None
+    ) -> list[str]:
+        """:meth:`store`, and which of the ids have waiters, in the same script run (one round
+        trip): the script checks each id's waiter set after storing
+        (:meth:`aqueue.transports.base.Waiters.store_waited`).
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        return await self._store(items, expires, reply_to, waited=True)
+
+    async def _store(
+        self, items: Records, expires: float | None, reply_to: ReplyTo | None, waited: bool
+    ) -> list[str]:
         if not items:
-            return
+            return []
         client = await self._connection()
         names: list[str] = [_WATCHED]
         records: list[bytes] = []
@@ -154,6 +174,7 @@ class RedisBackend(RedisRole):
             _CHANNEL_PREFIX,
             int(time.time() * 1000),
             bytes(replied),
+            _WAITERS_PREFIX if waited else "",
             *records,
         ]
         for channel, batch in replies.items():
@@ -163,10 +184,54 @@ class RedisBackend(RedisRole):
             script = self._store_script
             if script is None or script.registered_client is not client:
                 script = self._store_script = lua.register(client, "store")
-            await script(keys=names, args=args)
+            found = await script(keys=names, args=args)
         if self._inbox:
             for task_id, record in items:
                 self._inbox.put(task_id, record)
+        return [as_bytes(task_id).decode() for task_id in found]
+
+    async def members(self, key: str) -> list[str]:
+        """SMEMBERS of the set ``key`` (:meth:`add_member`'s).
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        client = await self._connection()
+        with redis_errors(self._url, "members"):
+            found = await client.smembers(keys.members(key))
+        return sorted(as_bytes(member).decode() for member in found)
+
+    async def lock(self, key: str, owner: str, ttl: float) -> str:
+        """Take the lock in one script run (GET, then ``SET ... PX`` when free or ours); see
+        :meth:`aqueue.transports.base.Locks.lock`.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        client = await self._connection()
+        with redis_errors(self._url, "lock"):
+            holder = await self._script(client, "lock")(
+                keys=[keys.lock(key)], args=[owner, _milliseconds(ttl)]
+            )
+        return as_bytes(holder).decode()
+
+    async def unlock(self, key: str, owner: str) -> bool:
+        """Compare and delete in one script run; see :meth:`aqueue.transports.base.Locks.unlock`.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        client = await self._connection()
+        with redis_errors(self._url, "unlock"):
+            freed = await self._script(client, "unlock")(keys=[keys.lock(key)], args=[owner])
+        return bool(freed)
+
+    def _script(self, client: Any, name: str) -> AsyncScript:
+        """Script ``name`` registered with ``client`` (kept until the client changes)."""
+        script = self._scripts.get(name)
+        if script is None or script.registered_client is not client:
+            script = self._scripts[name] = lua.register(client, name)
+        return script
 
     async def get_many(self, task_ids: Sequence[str]) -> list[bytes | None]:
         """MGET the records of ``task_ids``; ``None`` where nothing is stored.

@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from aqueue.exceptions import BrokerError
-from aqueue.transports.base import Records, ReplyTo
+from aqueue.transports.base import Records, ReplyTo, waiters_key
 from aqueue.transports.fanout import LoopQueue, Subscriptions
 from aqueue.transports.sqlite.connection import (
     CHUNK,
@@ -52,6 +52,8 @@ log = logging.getLogger("aqueue.transports.sqlite.results")
 _UPSERT = upsert("results", "task_id", ("task_id", "data", "expires_at"))
 _GET_MEMBER_SET = "SELECT size, expires_at FROM member_sets WHERE key = ?"
 _PUT_MEMBER_SET = upsert("member_sets", "key", ("key", "size", "expires_at"))
+
+_PUT_LOCK = upsert("locks", "key", ("key", "owner", "expires_at"))
 
 _UNEXPIRED = "(expires_at IS NULL OR expires_at > ?)"
 
@@ -128,9 +130,23 @@ class SQLiteBackend(SQLiteRole):
         Raises:
             BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
         """
-        if not items:
-            return
+        if items:
+            await self._store(items, expires, waited=False)
+
+    async def store_waited(
+        self, items: Records, expires: float | None, reply_to: ReplyTo | None = None
+    ) -> list[str]:
+        """:meth:`store`, and in the same transaction read which of the ids have waiters
+        (:meth:`aqueue.transports.base.Waiters.store_waited`).
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
+        """
+        return await self._store(items, expires, waited=True) if items else []
+
+    async def _store(self, items: Records, expires: float | None, waited: bool) -> list[str]:
         rows = [(task_id, bytes(data)) for task_id, data in items]
+        found: list[str] = []
 
         def upsert(conn: sqlite3.Connection) -> int:
             now = time.time()
@@ -144,13 +160,71 @@ class SQLiteBackend(SQLiteRole):
                         " (SELECT key FROM member_sets WHERE expires_at <= ?)",
                         (now,),
                     )
-                    for table in ("results", "member_sets"):
+                    for table in ("results", "member_sets", "locks"):
                         conn.execute(f"DELETE FROM {table} WHERE expires_at <= ?", (now,))
+                if waited:  # a retried transaction starts over
+                    found[:] = _waited(conn, [task_id for task_id, _ in rows], now)
             self._seq += 1
             return self._seq
 
         seq = await self._db.call(upsert)
         self._notify(rows, seq)
+        return found
+
+    async def members(self, key: str) -> list[str]:
+        """See :meth:`aqueue.transports.base.Waiters.members` (one snapshot).
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened.
+        """
+
+        def read(conn: sqlite3.Connection) -> list[str]:
+            with transaction(conn, "DEFERRED"):
+                row = conn.execute(_GET_MEMBER_SET, (key,)).fetchone()
+                if row is None or (row[1] is not None and row[1] <= time.time()):
+                    return []
+                rows = conn.execute("SELECT member FROM members WHERE key = ?", (key,))
+                return [str(member) for (member,) in rows]
+
+        return await self._db.call(read)
+
+    async def lock(self, key: str, owner: str, ttl: float) -> str:
+        """See :meth:`aqueue.transports.base.Locks.lock`: one ``BEGIN IMMEDIATE`` transaction,
+        so concurrent calls from every process are serialised by SQLite.
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
+        """
+
+        def take(conn: sqlite3.Connection) -> str:
+            with transaction(conn):
+                now = time.time()
+                row = conn.execute(
+                    "SELECT owner, expires_at FROM locks WHERE key = ?", (key,)
+                ).fetchone()
+                if row is not None and row[0] != owner and row[1] > now:
+                    return str(row[0])
+                conn.execute(_PUT_LOCK, (key, owner, now + ttl))
+                return owner
+
+        return await self._db.call(take)
+
+    async def unlock(self, key: str, owner: str) -> bool:
+        """See :meth:`aqueue.transports.base.Locks.unlock` (one statement, atomic).
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
+        """
+
+        def free(conn: sqlite3.Connection) -> bool:
+            with transaction(conn):
+                gone = conn.execute(
+                    "DELETE FROM locks WHERE key = ? AND owner = ? AND expires_at > ?",
+                    (key, owner, time.time()),
+                )
+            return gone.rowcount > 0
+
+        return await self._db.call(free)
 
     def _notify(self, rows: Sequence[tuple[str, bytes]], seq: int) -> None:
         puts: list[tuple[_Watcher, bytes]] = []
@@ -314,4 +388,18 @@ def _read(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, bytes]:
                 (*part, now),
             )
             found.update((task_id, bytes(data)) for task_id, data in rows)
+    return found
+
+
+def _waited(conn: sqlite3.Connection, ids: Sequence[str], now: float) -> list[str]:
+    """Those of ``ids`` whose waiter set has members (runs in the database thread)."""
+    names = {waiters_key(task_id): task_id for task_id in ids}
+    found: list[str] = []
+    for part in chunks(list(names)):
+        rows = conn.execute(
+            f"SELECT key FROM member_sets WHERE key IN ({placeholders(len(part))})"
+            f" AND size > 0 AND {_UNEXPIRED}",
+            (*part, now),
+        )
+        found.extend(names[key] for (key,) in rows)
     return found

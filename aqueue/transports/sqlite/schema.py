@@ -45,6 +45,9 @@ SCHEMA: tuple[str, ...] = (
     " WHERE expires_at IS NOT NULL",
     "CREATE TABLE IF NOT EXISTS members ("
     " key TEXT NOT NULL, member TEXT NOT NULL, PRIMARY KEY (key, member)) WITHOUT ROWID",
+    # Locks.lock: unique tasks' locks and idempotent sends' marks (aqueue.transports.base.Locks).
+    "CREATE TABLE IF NOT EXISTS locks ("
+    " key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at REAL NOT NULL) WITHOUT ROWID",
     # -- control
     "CREATE TABLE IF NOT EXISTS control_messages ("
     " id INTEGER PRIMARY KEY AUTOINCREMENT, channel TEXT NOT NULL, data BLOB NOT NULL,"

@@ -7,20 +7,24 @@
 -- KEYS[1]: the watched set; KEYS[2..]: the result key of each record.
 -- ARGV[1]: PX milliseconds ('0': no expiry); ARGV[2]: length of the result keys' prefix;
 --   ARGV[3]: the per-task channels' prefix; ARGV[4]: now (ms); ARGV[5]: one '0'/'1' per
---   record, '1' where the record goes to a reply channel; ARGV[6 .. #KEYS + 4]: the records,
---   in KEYS order; then (channel, payload) pairs of reply batches.
--- Returns the number of records stored.
+--   record, '1' where the record goes to a reply channel; ARGV[6]: the waiter sets' prefix
+--   ('' : not checked); ARGV[7 .. #KEYS + 5]: the records, in KEYS order; then (channel,
+--   payload) pairs of reply batches.
+-- Returns the ids whose waiter set exists (tasks sent after= them wait), when ARGV[6] is given.
 local px, cut, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]) + 1, ARGV[3]
-local now, replied = tonumber(ARGV[4]), ARGV[5]
-local check, ids = {}, {}
+local now, replied, waiters = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local check, ids, waited = {}, {}, {}
 for i = 2, #KEYS do
-  local record = ARGV[i + 4]
+  local record = ARGV[i + 5]
   if px > 0 then
     redis.call('SET', KEYS[i], record, 'PX', px)
   else
     redis.call('SET', KEYS[i], record)
   end
   local id = string.sub(KEYS[i], cut)
+  if waiters ~= '' and redis.call('EXISTS', waiters .. id) == 1 then
+    waited[#waited + 1] = id
+  end
   if string.byte(replied, i - 1) == 49 then
     check[#check + 1], ids[#ids + 1] = i, id
   else
@@ -31,11 +35,11 @@ if #ids > 0 then
   local until_ms = redis.call('ZMSCORE', KEYS[1], unpack(ids))
   for j = 1, #ids do
     if until_ms[j] and tonumber(until_ms[j]) > now then
-      redis.call('PUBLISH', prefix .. ids[j], ARGV[check[j] + 4])
+      redis.call('PUBLISH', prefix .. ids[j], ARGV[check[j] + 5])
     end
   end
 end
-for i = #KEYS + 5, #ARGV, 2 do
+for i = #KEYS + 6, #ARGV, 2 do
   redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
 end
-return #KEYS - 1
+return waited
