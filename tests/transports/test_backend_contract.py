@@ -101,13 +101,22 @@ async def test_add_member_counts_distinct_members(backend: ResultBackend) -> Non
     assert await backend.add_member(new_id(), "a", expires=60) == 1
 
 
-async def test_add_member_is_atomic_with_duplicates(backend_url: str) -> None:
-    # Two clients where the transport allows it, as two workers on one chord would be.
+@pytest.fixture
+async def clients(backend_url: str) -> AsyncIterator[list[ResultBackend]]:
+    """Two connected clients where the transport allows it (one on memory), as two workers
+    would be."""
     backends = [backend_from_url(backend_url)]
     if not backend_url.startswith("memory"):
         backends.append(backend_from_url(backend_url))
     for b in backends:
         await b.connect()
+    yield backends
+    for b in backends:
+        await b.close()
+
+
+async def test_add_member_is_atomic_with_duplicates(clients: list[ResultBackend]) -> None:
+    backends = clients
     key = new_id()
     members = [f"m{i}" for i in range(25)] * 2  # every member added twice
 
@@ -119,8 +128,6 @@ async def test_add_member_is_atomic_with_duplicates(backend_url: str) -> None:
     assert set(values) == set(range(1, 26))
     assert values.count(1) <= 2  # only m0's two additions can see a set of one
     assert await backends[-1].add_member(key, "m0", 60) == 25
-    for b in backends:
-        await b.close()
 
 
 async def test_member_sets_expire(backend: ResultBackend) -> None:
@@ -263,12 +270,8 @@ async def test_lock_expires(backend: ResultBackend) -> None:
     assert await locks.lock(key, "second", 60) == "second"
 
 
-async def test_lock_is_atomic_across_clients(backend_url: str) -> None:
-    backends = [backend_from_url(backend_url)]
-    if not backend_url.startswith("memory"):
-        backends.append(backend_from_url(backend_url))
-    for b in backends:
-        await b.connect()
+async def test_lock_is_atomic_across_clients(clients: list[ResultBackend]) -> None:
+    backends = clients
     keys = [new_id() for _ in range(10)]
     calls = [(keys[i % 10], f"owner-{i}") for i in range(200)]
 
@@ -282,8 +285,6 @@ async def test_lock_is_atomic_across_clients(backend_url: str) -> None:
         winners.setdefault(key, set()).add(holder)
     assert all(len(found) == 1 for found in winners.values())
     assert sum(holder == owner for (_, owner), holder in zip(calls, holders, strict=True)) == 10
-    for b in backends:
-        await b.close()
 
 
 async def test_store_waited_reports_ids_with_waiters(backend: ResultBackend) -> None:
