@@ -113,7 +113,7 @@ async def test_sigkilled_worker_frees_the_key_and_the_task_runs_once_more(
     try:
         first = await t.once_more.delay(marks, 600.0)
         async with WorkerProcess(app, ["-c", "2"], env) as doomed:
-            await doomed.wait_for(f"[{first.id}] started", timeout=30)
+            await doomed.wait_for("once_more run 1 written", timeout=30)  # its mark is down
             again = await t.once_more.delay(marks, 600.0)
             assert again.id == first.id  # running: the key is taken
             doomed.signal(signal.SIGKILL)

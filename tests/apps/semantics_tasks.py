@@ -9,6 +9,7 @@ runs them (``once_more``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections import Counter
@@ -62,6 +63,7 @@ def build(url: str, queue: str = "default", **settings: Any) -> SemanticsTasks:
         with open(path, "a") as marks:
             marks.write("run\n")
         runs = len(Path(path).read_text().splitlines())
+        logging.getLogger("tests.semantics").warning("once_more run %d written", runs)
         if runs == 1:
             time.sleep(seconds)
         return runs
