@@ -18,7 +18,7 @@ from typing import Any
 from aqueue import states
 from aqueue.dashboard.workflows import WorkflowIndex
 
-__all__ = ["BUCKET", "EVENT_STATES", "Bucket", "Series", "TaskFilter", "TaskHistory", "TaskRecord"]
+__all__ = ["EVENT_STATES", "Bucket", "Series", "TaskFilter", "TaskHistory", "TaskRecord"]
 
 #: The state each task event moves a task to (Celery's event and state names).
 EVENT_STATES = {
@@ -30,10 +30,12 @@ EVENT_STATES = {
     "task-revoked": states.REVOKED,
 }
 
-#: Seconds per chart bucket.
-BUCKET = 10
-#: Buckets the Overview's charts show (30 minutes).
-WINDOW = 180
+#: Seconds of history the Overview's charts can show (in one-second buckets).
+WINDOW = 1800
+#: Points of a chart; each sums ``span / POINTS`` seconds.
+POINTS = 60
+#: The shortest span a chart shows (seconds).
+MIN_SPAN = 60
 
 _TEXT_FIELDS = ("name", "queue", "args", "kwargs", "result", "exception", "traceback", "reason")
 
@@ -104,7 +106,7 @@ class TaskRecord:
 
 @dataclass(slots=True)
 class Bucket:
-    """Outcomes counted in one :data:`BUCKET`-second interval."""
+    """Outcomes counted in one interval (a second, or a chart point's seconds)."""
 
     received: int = 0
     succeeded: int = 0
@@ -113,18 +115,24 @@ class Bucket:
     revoked: int = 0
     runtime_sum: float = 0.0
     runtime_n: int = 0
+    wait_sum: float = 0.0
+    wait_n: int = 0
+
+    def add(self, other: Bucket) -> None:
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 class Series:
-    """Counts per :data:`BUCKET` seconds over the last :data:`WINDOW` buckets."""
+    """Counts per second over the last :data:`WINDOW` seconds."""
 
     def __init__(self) -> None:
         self.buckets: dict[int, Bucket] = {}
 
     def at(self, when: float) -> Bucket | None:
         """The bucket of epoch second ``when``; ``None`` when it is outside the window."""
-        key = int(when // BUCKET)
-        if key <= int(time.time() // BUCKET) - WINDOW:
+        key = int(when)
+        if key <= int(time.time()) - WINDOW:
             return None
         bucket = self.buckets.get(key)
         if bucket is None:
@@ -135,18 +143,31 @@ class Series:
 
     def trim(self) -> None:
         """Forget the buckets that left the window."""
-        oldest = int(time.time() // BUCKET) - WINDOW
+        oldest = int(time.time()) - WINDOW
         for key in [k for k in self.buckets if k <= oldest]:
             del self.buckets[key]
 
-    def window(self, now: float | None = None) -> list[tuple[float, Bucket]]:
-        """Every bucket of the window, oldest first, with its start (epoch seconds)."""
-        last = int((time.time() if now is None else now) // BUCKET)
-        empty = Bucket()
-        return [
-            (key * BUCKET, self.buckets.get(key, empty))
-            for key in range(last - WINDOW + 1, last + 1)
-        ]
+    def points(self, now: float | None = None) -> tuple[int, list[tuple[float, Bucket]]]:
+        """The chart's points, oldest first: ``(seconds per point, [(start, sums)])``.
+
+        The span runs from the oldest second with data (at least :data:`MIN_SPAN` seconds back,
+        at most :data:`WINDOW`) to now, in :data:`POINTS` points.
+        """
+        last = int(time.time() if now is None else now)
+        oldest = min((k for k in self.buckets if k > last - WINDOW), default=last)
+        span = min(WINDOW, max(MIN_SPAN, last - oldest + 1))
+        step = -(-span // POINTS)  # seconds per point, rounded up
+        first = last - step * POINTS + 1
+        out = []
+        for p in range(POINTS):
+            start = first + p * step
+            total = Bucket()
+            for key in range(start, start + step):
+                bucket = self.buckets.get(key)
+                if bucket is not None:
+                    total.add(bucket)
+            out.append((float(start), total))
+        return step, out
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +332,9 @@ class TaskHistory:
         if kind in ("task-succeeded", "task-failed") and r.runtime is not None:
             bucket.runtime_sum += r.runtime
             bucket.runtime_n += 1
+        elif kind == "task-started" and r.wait is not None:
+            bucket.wait_sum += r.wait
+            bucket.wait_n += 1
 
     def _index(self, r: TaskRecord) -> None:
         self.state_counts[r.state] += 1

@@ -27,7 +27,7 @@ import orjson
 from aqueue.control.events import events
 from aqueue.control.protocol import Table
 from aqueue.control.queues import app_queues
-from aqueue.dashboard.history import WINDOW, TaskHistory
+from aqueue.dashboard.history import TaskHistory
 from aqueue.dashboard.store import HistoryStore
 from aqueue.exceptions import AqueueError
 from aqueue.transports.base import QueueDepth, queue_admin
@@ -43,6 +43,8 @@ logger = logging.getLogger("aqueue.dashboard")
 SAMPLE_INTERVAL = 2.0
 #: Seconds between two notifications of the open pages (and two history writes at most).
 NOTIFY_INTERVAL = 0.5
+#: Queue-depth samples kept for the Overview's chart (30 minutes).
+DEPTH_SAMPLES = 900
 #: Seconds between two history writes.
 SAVE_INTERVAL = 1.0
 
@@ -112,7 +114,7 @@ class Monitor:
         self.workers: list[WorkerInfo] = []
         self.registered: dict[str, list[str]] = {}
         self.queues: list[QueueDepth] = []
-        self.depths: deque[tuple[float, dict[str, QueueDepth]]] = deque(maxlen=WINDOW)
+        self.depths: deque[tuple[float, dict[str, QueueDepth]]] = deque(maxlen=DEPTH_SAMPLES)
         self.error: str | None = None
         self.listening = False
         self._store: HistoryStore | None = None

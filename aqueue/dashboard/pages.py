@@ -16,7 +16,8 @@ import orjson
 
 from aqueue import states
 from aqueue.dashboard.charts import Chart, chart
-from aqueue.dashboard.history import BUCKET, TaskFilter
+from aqueue.dashboard.history import TaskFilter
+from aqueue.dashboard.workflows import kind as workflow_kind
 from aqueue.dashboard.workflows import layout
 from aqueue.exceptions import AqueueError, ConfigurationError
 from aqueue.message import decode_envelope
@@ -59,7 +60,7 @@ PAGE_SIZE = 100
 
 def overview(m: Monitor) -> dict[str, Any]:
     """Counts, charts of outcomes and latency, queue depths over time, workers online."""
-    window = m.history.series.window()
+    step, window = m.history.series.points()
     times = [start for start, _ in window]
     charts: list[Chart] = [
         chart(
@@ -67,13 +68,13 @@ def overview(m: Monitor) -> dict[str, Any]:
             "tasks/s",
             times,
             {
-                "succeeded": [b.succeeded / BUCKET for _, b in window],
-                "received": [b.received / BUCKET for _, b in window],
+                "succeeded": [b.succeeded / step for _, b in window],
+                "received": [b.received / step for _, b in window],
             },
         ),
         chart(
             "Failures and retries",
-            f"per {BUCKET}s",
+            f"per {step}s",
             times,
             {
                 "failed": [float(b.failed) for _, b in window],
@@ -82,10 +83,13 @@ def overview(m: Monitor) -> dict[str, Any]:
             },
         ),
         chart(
-            "Latency (mean run time)",
-            "s",
+            "Latency",
+            "ms, mean",
             times,
-            {"runtime": [b.runtime_sum / b.runtime_n if b.runtime_n else 0.0 for _, b in window]},
+            {
+                "run time": [_mean_ms(b.runtime_sum, b.runtime_n) for _, b in window],
+                "queue wait": [_mean_ms(b.wait_sum, b.wait_n) for _, b in window],
+            },
         ),
     ]
     samples = list(m.depths)
@@ -170,23 +174,32 @@ def workflows(m: Monitor) -> dict[str, Any]:
     """The newest workflows, each with its first task and its tasks' states counted."""
     rows = []
     for wf, ids in m.history.workflows.newest(50):
+        records = [r for r in (m.history.get(t) for t in ids) if r is not None]
         counts: dict[str, int] = {}
-        first = None
-        for task_id in ids:
-            record = m.history.get(task_id)
-            if record is None:
-                continue
-            first = first or record
+        for record in records:
             counts[record.state] = counts.get(record.state, 0) + 1
-        if first is not None:
-            rows.append({"id": wf, "first": first, "size": len(ids), "counts": counts})
+        if records:
+            rows.append(
+                {
+                    "id": wf,
+                    "kind": workflow_kind(records),
+                    "first": records[0],
+                    "size": len(ids),
+                    "counts": counts,
+                }
+            )
     return {"workflows": rows}
 
 
 def workflow(m: Monitor, workflow_id: str) -> dict[str, Any]:
     """One workflow's graph."""
     ids = m.history.workflows.members.get(workflow_id, [])
-    return {"id": workflow_id, "graph": layout(ids, m.history.get) if ids else None}
+    records = [r for r in (m.history.get(t) for t in ids) if r is not None]
+    return {
+        "id": workflow_id,
+        "kind": workflow_kind(records) if records else "workflow",
+        "graph": layout(ids, m.history.get) if ids else None,
+    }
 
 
 async def queues(m: Monitor) -> dict[str, Any]:
@@ -243,6 +256,10 @@ async def beat(m: Monitor) -> dict[str, Any]:
             task_name = None
         disabled.append({"name": name, "task": task_name})
     return {"entries": rows, "disabled": disabled, "tasks": sorted(app.tasks), "error": None}
+
+
+def _mean_ms(total: float, n: int) -> float:
+    return 1000 * total / n if n else 0.0
 
 
 def _text(value: Any) -> str | None:

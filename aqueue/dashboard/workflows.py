@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from aqueue.dashboard.history import TaskRecord
 
-__all__ = ["Graph", "Node", "WorkflowIndex", "layout"]
+__all__ = ["Graph", "Node", "WorkflowIndex", "kind", "layout"]
 
 #: A graph draws at most this many tasks of a workflow.
 MAX_NODES = 300
@@ -111,6 +111,25 @@ class Graph:
     hidden: int
 
 
+def kind(records: Sequence[TaskRecord]) -> str:
+    """What a workflow looks like: ``chord`` (a group, then a task after it), ``group``,
+    ``chain`` (steps only), or ``workflow`` (anything else: groups in chains...)."""
+    groups = {r.group_id for r in records if r.group_id}
+    by_id = {r.id: r for r in records}
+    after_group = sum(
+        1
+        for r in records
+        if r.parent_id in by_id and by_id[r.parent_id].group_id not in (None, r.group_id)
+    )
+    if not groups:
+        return "chain"
+    if len(groups) == 1 and after_group == 0 and not any(r.parent_id for r in records):
+        return "group"
+    if len(groups) == 1 and after_group == 1:
+        return "chord"
+    return "workflow"
+
+
 def layout(task_ids: Sequence[str], get: Callable[[str], TaskRecord | None]) -> Graph:
     """Lay out the workflow of ``task_ids`` (in the order they were received).
 
@@ -135,15 +154,19 @@ def layout(task_ids: Sequence[str], get: Callable[[str], TaskRecord | None]) -> 
     column: dict[str, int] = {}
     for r in records:  # parents are received before their children
         column[r.id] = 1 + max((column.get(s, 0) for s in sources[r.id]), default=-1)
+    sizes: dict[int, int] = {}
+    for r in records:
+        sizes[column[r.id]] = sizes.get(column[r.id], 0) + 1
+    tallest = max(sizes.values(), default=1)
     rows: dict[int, int] = {}
     nodes: dict[str, Node] = {}
-    for r in records:
+    for r in records:  # each column centred on the tallest one
         col = column[r.id]
         row = rows.get(col, 0)
         rows[col] = row + 1
         x = MARGIN + col * (NODE_WIDTH + COLUMN_GAP)
-        y = MARGIN + row * (NODE_HEIGHT + ROW_GAP)
-        nodes[r.id] = Node(r.id, r.name or "?", r.state, x, y)
+        y = MARGIN + (row + (tallest - sizes[col]) / 2) * (NODE_HEIGHT + ROW_GAP)
+        nodes[r.id] = Node(r.id, r.name or "?", r.state, x, round(y))
     edges = []
     for r in records:
         to = nodes[r.id]
@@ -158,5 +181,5 @@ def layout(task_ids: Sequence[str], get: Callable[[str], TaskRecord | None]) -> 
                 )
             )
     width = MARGIN * 2 + (max(column.values(), default=0) + 1) * (NODE_WIDTH + COLUMN_GAP)
-    height = MARGIN * 2 + max(rows.values(), default=1) * (NODE_HEIGHT + ROW_GAP)
+    height = MARGIN * 2 + tallest * (NODE_HEIGHT + ROW_GAP)
     return Graph(list(nodes.values()), edges, width, height, max(0, len(task_ids) - MAX_NODES))

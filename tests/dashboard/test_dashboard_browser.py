@@ -47,6 +47,7 @@ class Stack:
     served: Served
     browser: Any
     page: Any
+    worker: WorkerProcess
 
     def task(self, name: str) -> Any:
         return self.app.tasks[f"dash.{name}"]
@@ -74,7 +75,7 @@ async def stack(
         browser = await pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = await browser.new_page(viewport={"width": 1280, "height": 860})
         page.on("dialog", lambda dialog: dialog.accept(dialog.default_value or ""))
-        yield Stack(transport, app, queue, served, browser, page)
+        yield Stack(transport, app, queue, served, browser, page, worker)
         await browser.close()
     await app.close()
 
@@ -99,7 +100,8 @@ async def test_terminate_from_the_page_revokes_a_running_task(stack: Stack) -> N
     await page.click("form[data-action=revoke].danger button")
     await page.wait_for_selector('section.task[data-state="REVOKED"]', timeout=WAIT_MS)
     assert await result.state() == "REVOKED"
-    assert "terminated" in await page.inner_text("#flash")
+    # The action's answer and the page's refresh race: wait for the answer, do not read it now.
+    await page.wait_for_selector("#flash:has-text('terminated')", timeout=WAIT_MS)
 
 
 async def test_a_dead_letter_replayed_from_the_page_succeeds(stack: Stack) -> None:
@@ -116,9 +118,10 @@ async def test_a_dead_letter_replayed_from_the_page_succeeds(stack: Stack) -> No
     assert "set aside by the test" in await page.inner_text(section)
     await page.click(f'{section} tr[data-task-id="{result.id}"] button')
     await page.wait_for_selector(section, state="detached", timeout=WAIT_MS)
-    assert "replayed 1 dead letter" in await page.inner_text("#flash")
-    await app.control.add_consumer(queue)
-    assert await result.get(timeout=20) == 42
+    await page.wait_for_selector("#flash:has-text('replayed 1 dead letter')", timeout=WAIT_MS)
+    replies = await app.control.add_consumer(queue, timeout=5)
+    assert [r.error for r in replies] == [None], replies
+    assert await result.get(timeout=20) == 42, stack.worker.lines[-20:]
 
 
 async def test_a_chords_graph_shows_every_node_success(stack: Stack) -> None:
@@ -179,8 +182,11 @@ async def test_every_page_renders_in_the_browser(stack: Stack, tmp_path: Path) -
     await app.beat.add("nightly-sum", task="dash.tsum", schedule=86_400, args=([1, 2, 3],))
     failed = await stack.task("fail").delay("<b>not bold</b> & escaped")
     await failed.get(timeout=20, propagate=False)
+    add = stack.task("add")
     for i in range(12):
-        await (await stack.task("add").delay(i, i)).get(timeout=20)
+        await (await add.delay(i, i)).get(timeout=20)
+    steps = await (add.s(1, 1) | add.s(2) | add.s(3)).delay()
+    assert await steps.get(timeout=20) == 7
     dead = await stack.task("add").apply_async((1, 1), queue="parked")
     broker = await app.broker()
     await broker.dead_letter((await broker.fetch(["parked"], 1, 5.0))[0], "parked for the picture")
@@ -196,6 +202,8 @@ async def test_every_page_renders_in_the_browser(stack: Stack, tmp_path: Path) -
     for name, path in pages.items():
         await page.goto(url + path)
         await page.wait_for_function("document.body.dataset.live === '1'", timeout=WAIT_MS)
+        if name == "workflows":
+            await page.wait_for_selector("td:text-is('chain')", timeout=WAIT_MS)
         if name == "queues":
             await page.wait_for_selector(f'tr[data-task-id="{dead.id}"]', timeout=WAIT_MS)
         if name == "task":
@@ -204,7 +212,7 @@ async def test_every_page_renders_in_the_browser(stack: Stack, tmp_path: Path) -
             assert await page.locator("#task-args b").count() == 0  # never as HTML
         await page.screenshot(path=str(directory / f"dashboard-{name}.png"), full_page=True)
     await page.goto(url + "/workflows")
-    await page.click("table a", timeout=WAIT_MS)
+    await page.click("tr:has(td:text-is('chord')) a", timeout=WAIT_MS)
     await page.wait_for_selector("#workflow-graph g.node", timeout=WAIT_MS)
     await page.screenshot(path=str(directory / "dashboard-workflow.png"), full_page=True)
     taken = [directory / f"dashboard-{name}.png" for name in [*pages, "workflow"]]

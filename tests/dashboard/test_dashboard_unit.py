@@ -25,7 +25,7 @@ from aqueue.cli import cli
 from aqueue.dashboard import Dashboard
 from aqueue.dashboard.history import TaskFilter, TaskHistory
 from aqueue.dashboard.store import TABLE, HistoryStore
-from aqueue.dashboard.workflows import layout
+from aqueue.dashboard.workflows import kind, layout
 from tests.net import free_port
 
 pytestmark = pytest.mark.timeout(30)
@@ -104,6 +104,19 @@ def test_a_late_event_joins_the_timeline_without_moving_the_state_back() -> None
     ]
 
 
+def test_the_charts_span_from_the_first_data_to_now() -> None:
+    h = TaskHistory()
+    now = time.time()
+    for i in range(30):  # 30 tasks over the last 5 minutes
+        h.apply(received(f"t{i}", now - 300 + 10 * i))
+        h.apply(event("task-succeeded", f"t{i}", now - 300 + 10 * i + 1, runtime=0.25))
+    step, points = h.series.points(now)
+    assert step == 6 and len(points) == 60  # 301 seconds in 60 points
+    assert sum(b.succeeded for _, b in points) == 30
+    assert {b.runtime_sum / b.runtime_n for _, b in points if b.runtime_n} == {0.25}
+    assert TaskHistory().series.points(now)[0] == 1  # nothing yet: the last minute
+
+
 def test_records_older_than_max_age_expire() -> None:
     h = TaskHistory(max_age=60)
     now = time.time()
@@ -165,6 +178,8 @@ def test_a_chord_is_one_workflow_drawn_header_then_body() -> None:
     columns = {n.id: n.x for n in graph.nodes}
     assert columns["m0"] == columns["m1"] == columns["m2"] < columns["body"]
     assert len(graph.edges) == 3  # every header member -> the body
+    assert {n.y for n in graph.nodes if n.id == "body"} == {graph.nodes[1].y}  # centred
+    assert kind([h.get(t) for t in h.workflows.members["g"]]) == "chord"  # type: ignore[misc]
 
 
 def test_a_chain_joins_its_first_step_when_the_second_arrives() -> None:
@@ -176,6 +191,7 @@ def test_a_chain_joins_its_first_step_when_the_second_arrives() -> None:
     assert h.workflows.members == {"s1": ["s1", "s2", "s3"]}
     xs = [n.x for n in layout(h.workflows.members["s1"], h.get).nodes]
     assert xs == sorted(set(xs))  # one column per step
+    assert kind([h.get(t) for t in h.workflows.members["s1"]]) == "chain"  # type: ignore[misc]
 
 
 # -- access --------------------------------------------------------------------------------------
