@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The set-up step, when PYTHON is the venv's.
 SETUP := $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/.installed)
 
-.PHONY: install demo demo-wordcount test test-cluster test-servers chaos lint bench bench-peers bench-memory bench-connections
+.PHONY: install demo demo-wordcount test test-cluster test-servers chaos lint docs docs-serve bench bench-peers bench-memory bench-connections
 
 install: $(VENV)/.installed
 
@@ -64,6 +64,17 @@ chaos: test-servers $(SETUP)
 lint: $(SETUP)
 	$(PYTHON) -m ruff check aqueue tests examples benchmarks
 	$(PYTHON) -m mypy --strict aqueue
+
+# The documentation site (mkdocs.yml, the docs extra) into site/, in strict mode: a warning, a
+# broken link or anchor, or a docstring reference that does not resolve fails it; then every
+# internal link of the built HTML is checked again (scripts/check_site_links.py).
+docs: $(SETUP)
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict --clean
+	$(PYTHON) scripts/check_site_links.py site
+
+# The site on http://127.0.0.1:8000, rebuilt when a page or the code changes.
+docs-serve: $(SETUP)
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs serve --strict --watch aqueue --watch README.md
 
 # Starts a throwaway redis-server unless BROKER names one (an empty database).
 bench: $(SETUP)
