@@ -43,6 +43,8 @@ logger = logging.getLogger("aqueue.dashboard")
 SAMPLE_INTERVAL = 2.0
 #: Seconds between two notifications of the open pages (and two history writes at most).
 NOTIFY_INTERVAL = 0.5
+#: Seconds :meth:`Monitor.start` waits for the event subscription at most.
+START_TIMEOUT = 5.0
 #: Queue-depth samples kept for the Overview's chart (30 minutes).
 DEPTH_SAMPLES = 900
 #: Seconds between two history writes.
@@ -125,11 +127,14 @@ class Monitor:
         self._started: asyncio.Task[None] | None = None
         self._last_save = 0.0
         self._background: set[asyncio.Task[None]] = set()
+        self._live = asyncio.Event()
 
     # -- life --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the stored history and start watching; later calls wait for the first.
+        """Load the stored history and start watching; later calls wait for the first. It
+        returns once the event subscription is live (events sent afterwards are all seen), or
+        after :data:`START_TIMEOUT` seconds without one (the page then says why).
 
         Raises:
             BrokerConnectionError: the control transport cannot be reached.
@@ -151,6 +156,8 @@ class Monitor:
             asyncio.create_task(self._keep(self._sample_loop)),
             asyncio.create_task(self._keep(self._notify_loop)),
         ]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._live.wait(), START_TIMEOUT)
 
     async def stop(self) -> None:
         """Stop watching; write what is not written yet (best effort)."""
@@ -181,6 +188,7 @@ class Monitor:
 
     async def _listen(self) -> None:
         def ready() -> None:
+            self._live.set()
             self.listening = True
             self.error = None
             self._mark("status")

@@ -141,6 +141,21 @@ async def test_a_chords_graph_shows_every_node_success(stack: Stack) -> None:
     assert await page.locator("#workflow-graph path.edge").count() == 4  # header -> body
 
 
+async def test_a_restarted_dashboard_shows_what_came_before(stack: Stack) -> None:
+    page = stack.page
+    async with serve(stack.app) as first:
+        await page.goto(f"{first.url}/tasks")
+        result = await stack.task("add").delay(7, 8)
+        row = f'tr[data-task-id="{result.id}"][data-state="SUCCESS"]'
+        await page.wait_for_selector(row, timeout=WAIT_MS)
+        await page.goto("about:blank")  # closes its event stream
+    # The first one stopped (writing what it had not written yet); a new one reads it back.
+    async with serve(stack.app) as second:
+        await page.goto(f"{second.url}/tasks?q={result.id}")
+        assert await page.locator(row).count() == 1  # in the first response: no event needed
+        await page.goto("about:blank")
+
+
 async def test_an_action_without_the_token_is_refused(stack: Stack) -> None:
     async with serve(stack.app, token="s3cret-token") as guarded:
         context = await stack.browser.new_context()

@@ -20,12 +20,13 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from aqueue import Aqueue
+from aqueue import Aqueue, Worker
 from aqueue.cli import cli
 from aqueue.dashboard import Dashboard
 from aqueue.dashboard.history import TaskFilter, TaskHistory
 from aqueue.dashboard.store import TABLE, HistoryStore
 from aqueue.dashboard.workflows import kind, layout
+from tests.apps.tasks import Tasks
 from tests.net import free_port
 
 pytestmark = pytest.mark.timeout(30)
@@ -376,3 +377,25 @@ async def test_the_command_serves_the_dashboard_until_sigterm(tmp_path: Path) ->
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_every_page_on_every_transport(t: Tasks) -> None:
+    """A worker with events on, the transport under test (AMQP: its Redis result backend holds
+    the control tables): a task shows in the history, every page answers."""
+    web = Dashboard(t.app, persist=False)
+    async with client(web) as c, Worker(t.app, concurrency=2, send_events=True):
+        assert (await c.get("/")).status_code == 200  # the monitor listens from here on
+        async with web.monitor.subscribe() as notes:
+            result = await t.add.delay(20, 22)
+            assert await result.get(timeout=10) == 42
+            async with asyncio.timeout(10):  # until the monitor has seen it finish
+                while (seen := web.monitor.history.get(result.id)) is None or not seen.finished:
+                    await notes.get()
+        await web.monitor.sample()
+        for path in ("/", "/workers", "/tasks", f"/tasks/{result.id}", "/queues", "/beat"):
+            page = await c.get(path)
+            assert page.status_code == 200, path
+            assert "Cannot reach" not in page.text, path
+        assert "task-succeeded" in (await c.get(f"/tasks/{result.id}")).text
+        assert f"<td>{t.app.conf.task_default_queue}</td>" in (await c.get("/queues")).text
+    await web.aclose()
