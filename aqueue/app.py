@@ -562,7 +562,8 @@ class Aqueue:
 
         Args:
             name: the registered task name.
-            args, kwargs: the call's arguments.
+            args: the call's positional arguments.
+            kwargs: the call's keyword arguments.
             **options: Celery's ``apply_async`` options (:class:`~aqueue.sending.SendOptions`):
                 ``countdown`` (seconds), ``eta`` (datetime; naive means UTC), ``expires``
                 (seconds from now or a datetime; an expired message is not run and its state

@@ -56,8 +56,8 @@ class Middleware:
         """Around publishing ``messages`` (one call of ``delay``, or one batch).
 
         Raises:
-            Whatever ``call_next`` raises (``BrokerConnectionError``, ``EncodeError``...), or
-            the middleware's own exception, which the sender gets.
+            Exception: whatever ``call_next`` raises (``BrokerConnectionError``,
+                ``EncodeError``...), or the middleware's own exception, which the sender gets.
         """
         await call_next(messages)
 
@@ -68,8 +68,9 @@ class Middleware:
             The task's value (what ``call_next()`` returned, or a replacement).
 
         Raises:
-            The task's exception (from ``call_next()``), or the middleware's own, which counts
-            as the task's (retried per the task's options, else stored as its failure).
+            Exception: the task's exception (from ``call_next()``), or the middleware's own,
+                which counts as the task's (retried per the task's options, else stored as its
+                failure).
         """
         return await call_next()
 

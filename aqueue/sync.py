@@ -105,7 +105,7 @@ class _Portal:
 
         Raises:
             RuntimeError: called from the loop's own thread, or from a running event loop.
-            Whatever ``fn`` raises.
+            Exception: whatever ``fn`` raises.
         """
         self._check_caller()
 
@@ -260,7 +260,7 @@ class SyncResult(Generic[R]):
 
         Raises:
             aqueue.exceptions.TimeoutError: not finished within ``timeout`` seconds.
-            The task's exception, when it failed and ``propagate`` is True.
+            Exception: the task's exception, when it failed and ``propagate`` is True.
         """
         result, portal = self._bound()
         return portal.call(result.get, timeout=timeout, propagate=propagate, on_message=on_message)
@@ -373,7 +373,7 @@ def call(fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs) ->
 
     Raises:
         RuntimeError: called from a running event loop.
-        Whatever ``fn`` raises.
+        Exception: whatever ``fn`` raises.
     """
     return _current(_app_of(fn)).call(fn, *args, **kwargs)
 

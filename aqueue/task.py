@@ -332,8 +332,10 @@ class Task(Generic[P, R]):
         ``eta``; default ``default_retry_delay``) and stores state RETRY.
 
         Raises:
-            The original ``exc`` (or :class:`MaxRetriesExceededError` without one) when the task
-            has already used ``max_retries`` retries, as in Celery.
+            MaxRetriesExceededError: the task has already used ``max_retries`` retries and no
+                ``exc`` was given, as in Celery.
+            Exception: the original ``exc``, when the task has already used ``max_retries``
+                retries.
         """
         limit = max_retries if max_retries is not None else self.effective_max_retries()
         request = self.request

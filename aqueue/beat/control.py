@@ -58,7 +58,8 @@ class BeatControl:
             name: the entry's name.
             task: a registered task name, or the task itself.
             schedule: a ``timedelta``, a number of seconds, or a ``crontab``.
-            args, kwargs: the call's arguments (JSON-serialisable: they are stored as JSON).
+            args: the call's positional arguments (JSON-serialisable: stored as JSON).
+            kwargs: the call's keyword arguments (JSON-serialisable: stored as JSON).
             options: ``apply_async`` options (``queue``, ``priority``, ``expires`` in seconds...).
             catch_up: ``"once"``, ``"all"`` or ``"none"`` (see :mod:`aqueue.beat.entry`).
 

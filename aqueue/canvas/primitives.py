@@ -191,7 +191,8 @@ class Signature(Canvas):
 
     Args:
         task: the registered task name.
-        args, kwargs: the (partial) arguments.
+        args: the (partial) positional arguments.
+        kwargs: the (partial) keyword arguments.
         options: ``apply_async`` options (``countdown``, ``queue``, ``priority``...).
         immutable: if True, arguments from a parent result are not prepended.
         app: the app to send with (needed to ``delay``; a worker sets it when it applies one).

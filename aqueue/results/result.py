@@ -162,8 +162,9 @@ class AsyncResult(Generic[R]):
 
         Raises:
             aqueue.exceptions.TimeoutError: ``timeout`` seconds passed first.
-            The task's own exception (or ``TaskError`` where its type cannot be imported) when
-            it failed; ``TaskRevokedError`` when it was revoked or expired.
+            Exception: the task's own exception (or ``TaskError`` where its type cannot be
+                imported) when it failed.
+            TaskRevokedError: the task was revoked or expired.
             ConfigurationError: no result backend is configured.
         """
         rec = self._record

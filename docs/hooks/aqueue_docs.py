@@ -8,6 +8,8 @@ describe:
 ``<!-- aqueue:settings -->``
     every setting of :class:`aqueue.config.Settings`: name, type and default from the dataclass,
     meaning from the README's Configuration table (else the declaration's own comment);
+``<!-- aqueue:signals -->``
+    every signal of :mod:`aqueue.signals` with its arguments and when it is sent;
 ``<!-- aqueue:celery-settings -->``
     every Celery setting name (the list ``tests/test_config.py`` checks) with aqueue's setting
     of the same name or the answer of :data:`aqueue.celery_settings.CELERY_ONLY`.
@@ -228,7 +230,30 @@ def celery_settings_map() -> str:
     return "\n".join(lines)
 
 
+# -- signals -----------------------------------------------------------------------------------
+
+
+def signals_reference() -> str:
+    """Markdown table of every signal of :mod:`aqueue.signals`: its keyword arguments and when
+    it is sent (the signal's own doc, given where it is declared)."""
+    import inspect
+
+    from aqueue import signals
+
+    lines = ["| Signal | Arguments (besides `sender`, `signal`) | Sent |", "|---|---|---|"]
+    for name in signals.__all__:
+        signal = getattr(signals, name)
+        if not isinstance(signal, signals.Signal):
+            continue
+        arguments = ", ".join(f"`{a}`" for a in signal.providing_args)
+        doc = inspect.cleandoc(signal.__doc__ or "")
+        doc = re.sub(r":(?:class|func|meth|mod|data):`~?([^`]+)`", r"`\1`", doc)
+        lines.append(f"| `{name}` {{ #{name} }} | {arguments} | {_cell(doc)} |")
+    return "\n".join(lines)
+
+
 GENERATORS = {
+    "signals": signals_reference,
     "cli": cli_reference,
     "settings": settings_reference,
     "celery-settings": celery_settings_map,
