@@ -46,7 +46,14 @@ from aqueue import message as wire
 from aqueue import states
 from aqueue.exceptions import ConfigurationError, DecodeError, DependencyFailed
 from aqueue.results.record import ResultRecord, describe_exception, rebuild_exception
-from aqueue.transports import ResultBackend, Waiters, has_waiters, waiters_key
+from aqueue.transports import (
+    Records,
+    ReplyTo,
+    ResultBackend,
+    Waiters,
+    has_waiters,
+    waiters_key,
+)
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -156,6 +163,18 @@ class Dependencies:
                 waiting = await self.waiters.members(waiters_key(task_id))
                 await self.settle(task_id, rec, waiting)
 
+    async def store(self, items: Records, reply_to: ReplyTo | None = None) -> None:
+        """Store records (``result_expires``) as a worker does, then settle the tasks waiting
+        for them (a chain's or chord's failure, written for its final task).
+
+        Raises:
+            BrokerConnectionError: the result backend or the broker cannot be reached.
+        """
+        waited = await self.waiters.store_waited(items, self.app.conf.result_expires, reply_to)
+        if waited:
+            stored = dict(items)
+            await self.settle_stored({task_id: stored[task_id] for task_id in waited})
+
     async def settle(self, dep: str, rec: ResultRecord, waiting: Iterable[str]) -> None:
         """Dependency ``dep`` finished with ``rec``: count it for each task in ``waiting``,
         publishing those it completes, or fail them all if it did not succeed."""
@@ -185,13 +204,8 @@ class Dependencies:
         record = ResultRecord(
             held.id, states.FAILURE, describe_exception(err), None, time.time(), 0, held.task
         )
-        raw = self._encode(record)
         reply = {held.id: held.reply_to} if held.reply_to else None
-        waited = await self.waiters.store_waited(
-            [(held.id, raw)], self.app.conf.result_expires, reply
-        )
-        if waited:
-            await self.settle(held.id, record, await self.waiters.members(waiters_key(held.id)))
+        await self.store([(held.id, self._encode(record))], reply)
 
     async def _claim(self, task_id: str) -> bool:
         token = f"{task_id}:{uuid.uuid4().hex}"

@@ -234,3 +234,14 @@ async def test_bad_options_are_refused_before_sending(st: SemanticsTasks) -> Non
         st.app.task(unique="sometimes")(lambda: None)
     with pytest.raises(ConfigurationError, match="not a canvas"):
         await (st.step.s("x", 1) | st.step.s("y")).apply_async(after=["z"])
+
+
+async def test_a_failed_chain_fails_the_task_waiting_for_it(st: SemanticsTasks) -> None:
+    # The chain's last step never runs: its FAILURE is written by the worker that ran the failing
+    # step, which must release (fail) the waiting task too.
+    pipeline = await (st.fails.si("first") | st.step.si("never", 1)).apply_async()
+    waiting = await st.gather.apply_async(("w",), after=[pipeline])
+    async with Worker(st.app, concurrency=4, shutdown_timeout=5):
+        with pytest.raises(DependencyFailed, match=f"sem.step\\[{pipeline.id}\\] failed"):
+            await waiting.get(timeout=30)
+    assert "w" not in sem.ORDER and "never" not in sem.ORDER

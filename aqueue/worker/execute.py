@@ -118,6 +118,7 @@ class Executor:
         self.dependencies = Dependencies.of(app, backend)
         if self.dependencies is not None:
             self.completer.on_waited = self.dependencies.settle_stored
+            self.workflow.on_waited = self.dependencies.store
 
     # -- entry point -------------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ from aqueue.task import Request
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
     from aqueue.message import Message
-    from aqueue.transports import ResultBackend
+    from aqueue.transports import Records, ReplyTo, ResultBackend
 
 logger = logging.getLogger("aqueue.worker")
 
@@ -86,6 +86,9 @@ class Workflow:
         self.app = app
         self.backend = backend
         self.errback = errback
+        # Stores records and settles the tasks waiting for them (set by the executor when the
+        # backend keeps waiter sets): a chain's or chord's failure reaches them too.
+        self.on_waited: Callable[[Records, ReplyTo | None], Awaitable[None]] | None = None
 
     # -- entry points --------------------------------------------------------------------------
 
@@ -244,11 +247,12 @@ class Workflow:
                 if t.id is not None
             ]
             serializer, signing = self.app.conf.result_serializer, self.app.conf.signing
-            await self.backend.store(
-                [(task_id, rec.encode(serializer, signing)) for task_id, rec in records],
-                self.app.conf.result_expires,
-                {task_id: reply_to for task_id, _ in records} if reply_to else None,
-            )
+            encoded = [(task_id, rec.encode(serializer, signing)) for task_id, rec in records]
+            replies = {task_id: reply_to for task_id, _ in records} if reply_to else None
+            if self.on_waited is None:
+                await self.backend.store(encoded, self.app.conf.result_expires, replies)
+            else:  # tasks sent after= these may wait: they fail too (aqueue.dependencies)
+                await self.on_waited(encoded, replies)
         return finals
 
     async def _report_upwards(
