@@ -141,6 +141,25 @@ async def test_a_chords_graph_shows_every_node_success(stack: Stack) -> None:
     assert await page.locator("#workflow-graph path.edge").count() == 4  # header -> body
 
 
+async def test_a_chords_graph_changes_live_as_it_runs(stack: Stack) -> None:
+    page = stack.page
+    sleep, tsum = stack.task("sleep"), stack.task("tsum")
+    result = await chord([sleep.s(2.0) for _ in range(3)], tsum.s()).delay()
+    await page.goto(f"{stack.served.url}/workflows")
+    # The chord's row appears as its members are received (the only workflow of dash.sleep).
+    await page.click("tr:has(td:text-is('dash.sleep')) a", timeout=WAIT_MS)
+    nodes = "[...document.querySelectorAll('#workflow-graph g.node')].map((n) => n.dataset.state)"
+    await page.wait_for_function(
+        f"{nodes}.filter((s) => s === 'STARTED').length === 3", timeout=WAIT_MS
+    )
+    await page.evaluate("window.notReloaded = true")
+    assert await result.get(timeout=20) == 6.0
+    await page.wait_for_function(
+        f"{nodes}.join() === 'SUCCESS,SUCCESS,SUCCESS,SUCCESS'", timeout=WAIT_MS
+    )
+    assert await page.evaluate("window.notReloaded") is True
+
+
 async def test_a_restarted_dashboard_shows_what_came_before(stack: Stack) -> None:
     page = stack.page
     async with serve(stack.app) as first:
