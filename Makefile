@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The set-up step, when PYTHON is the venv's.
 SETUP := $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/.installed)
 
-.PHONY: install demo demo-wordcount test test-cluster test-servers chaos lint docs docs-serve bench bench-peers bench-memory bench-connections
+.PHONY: install demo demo-wordcount test test-cluster test-servers chaos lint docs docs-serve bench bench-peers bench-memory bench-connections bench-cluster
 
 install: $(VENV)/.installed
 
@@ -38,11 +38,19 @@ demo-wordcount: $(SETUP)
 test: test-servers $(SETUP)
 	$(PYTHON) -m pytest -q --ignore=tests/chaos --ignore=tests/cluster $(PYTEST_ARGS)
 
+# The suites run again over a Sentinel group and over a Redis Cluster (AQUEUE_TEST_TRANSPORTS).
+TRANSPORT_SUITES = tests/transports/test_broker_contract.py tests/transports/test_backend_contract.py \
+	tests/transports/test_control_transport.py tests/transports/test_queue_admin.py \
+	tests/beat/test_beat_scheduler.py tests/results/test_concurrent_waiters.py
+
 # The cluster suites (tests/cluster, marker `cluster`), outside `make test`: a 3-node RabbitMQ
-# cluster on loopback with quorum queues, one node stopped mid-run (about 3 minutes on 2 cores).
+# cluster on loopback with quorum queues, one node stopped mid-run (about 3 minutes on 2 cores);
+# a Sentinel failover under load; a 3-primary Redis Cluster with 8 queues, 50,000 tasks, a
+# chord of 1,000 and three beats. Then the transport suites over Sentinel and over the cluster.
 test-cluster: test-servers $(SETUP)
 	$(PYTHON) -m pytest -q -p no:cacheprovider -m cluster tests/cluster $(PYTEST_ARGS)
-	AQUEUE_TEST_TRANSPORTS=sentinel $(PYTHON) -m pytest -q -p no:cacheprovider -k sentinel tests/transports/test_broker_contract.py tests/transports/test_backend_contract.py tests/transports/test_control_transport.py tests/transports/test_queue_admin.py tests/beat/test_beat_scheduler.py tests/results/test_concurrent_waiters.py $(PYTEST_ARGS)
+	AQUEUE_TEST_TRANSPORTS=sentinel $(PYTHON) -m pytest -q -p no:cacheprovider -k sentinel $(TRANSPORT_SUITES) $(PYTEST_ARGS)
+	AQUEUE_TEST_TRANSPORTS=cluster $(PYTHON) -m pytest -q -p no:cacheprovider -k cluster $(TRANSPORT_SUITES) $(PYTEST_ARGS)
 
 test-servers:
 	scripts/ensure-debs.sh redis-server rabbitmq-server
@@ -79,6 +87,11 @@ docs-serve: $(SETUP)
 # Starts a throwaway redis-server unless BROKER names one (an empty database).
 bench: $(SETUP)
 	$(PYTHON) benchmarks/throughput.py $(if $(BROKER),--broker $(BROKER))
+
+# Throughput on a throwaway Redis Cluster (3 primaries, 8 queues over them) with 1, 2 and 4
+# worker processes; BENCH_ARGS passes options, e.g. make bench-cluster BENCH_ARGS="--n 50000".
+bench-cluster: $(SETUP)
+	$(PYTHON) benchmarks/cluster.py $(BENCH_ARGS)
 
 # aqueue vs taskiq, arq, saq, streaq, dramatiq, Celery: one table (~40 min; venvs made on first
 # run). BENCH_ARGS passes options, e.g. make bench-peers BENCH_ARGS="--quick --only aqueue,saq".

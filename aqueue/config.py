@@ -33,7 +33,7 @@ from aqueue.celery_settings import CELERY_3_NAMES, CELERY_ONLY
 from aqueue.exceptions import ConfigurationError, UnknownSetting
 from aqueue.serialization import COMPRESSIONS, is_content_type, serializer_names
 from aqueue.signing import Signing, check_key_setting
-from aqueue.transports import SCHEMES, SENTINEL_OPTIONS, SENTINEL_SCHEMES
+from aqueue.transports import CLUSTER_SCHEMES, SCHEMES, SENTINEL_OPTIONS, SENTINEL_SCHEMES
 from aqueue.transports import scheme as _scheme
 from aqueue.transports.base import MIN_SOCKET_TIMEOUT, ConnectionOptions
 from aqueue.transports.tls import AMQP_KEYS, REDIS_KEYS, KeySet, TLSOptions, from_setting
@@ -52,12 +52,21 @@ BROKER_SCHEMES = (
     "redis",
     "rediss",
     *SENTINEL_SCHEMES,
+    *CLUSTER_SCHEMES,
     "amqp",
     "amqps",
     "pyamqp",
 )
 # rpc:// (or "rpc"): results sent back over the AMQP broker to their caller (docs/amqp.md).
-BACKEND_SCHEMES = ("memory", "sqlite", "redis", "rediss", *SENTINEL_SCHEMES, "rpc")
+BACKEND_SCHEMES = (
+    "memory",
+    "sqlite",
+    "redis",
+    "rediss",
+    *SENTINEL_SCHEMES,
+    *CLUSTER_SCHEMES,
+    "rpc",
+)
 
 
 def _url(schemes: tuple[str, ...]) -> Callable[[str, Any], None]:

@@ -599,6 +599,8 @@ def _url(transport: str, request: pytest.FixtureRequest, tmp_path: Path, name: s
         return str(request.getfixturevalue("rabbitmq_server").url)
     if transport == "sentinel":
         return sentinel_url(request)
+    if transport == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
     raise AssertionError(f"unknown transport {transport!r}")
 
 
@@ -618,6 +620,17 @@ def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from tests.transports.sentinels import SentinelGroup
 
     with SentinelGroup(tmp_path_factory.mktemp("sentinel")) as group:
+        yield group
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A Redis Cluster for the session: three primaries, no replicas, on free loopback ports
+    (:class:`tests.transports.redis_cluster.RedisClusterGroup`); ``.url`` is its
+    ``redis+cluster://`` URL."""
+    from tests.transports.redis_cluster import RedisClusterGroup
+
+    with RedisClusterGroup(tmp_path_factory.mktemp("redis-cluster")) as group:
         yield group
 
 

@@ -7,6 +7,7 @@ memory      yes     yes      yes      yes   :mod:`aqueue.transports.memory` (one
 sqlite      yes     yes      yes      yes   :mod:`aqueue.transports.sqlite` (one host)
 redis(s)    yes     yes      yes      yes   :mod:`aqueue.transports.redis`
 sentinel    yes     yes      yes      yes   :mod:`aqueue.transports.redis` (Redis Sentinel)
+cluster     yes     yes      yes      yes   :mod:`aqueue.transports.redis` (Redis Cluster)
 amqp(s)     yes     rpc      no       no    :mod:`aqueue.transports.amqp` (RabbitMQ)
 ==========  ======  =======  =======  ====  =============================================
 
@@ -35,6 +36,7 @@ from aqueue.transports.base import Broker, ConnectionOptions, ResultBackend, Tra
 __all__ = [
     *base.__all__,
     "SCHEMES",
+    "CLUSTER_SCHEMES",
     "SENTINEL_OPTIONS",
     "SENTINEL_SCHEMES",
     "TLS_SCHEMES",
@@ -57,6 +59,8 @@ SCHEMES: dict[str, str] = {
     "redis+sentinel": "redis",
     "rediss+sentinel": "redis",
     "sentinel": "redis",
+    "redis+cluster": "redis",
+    "rediss+cluster": "redis",
     "amqp": "amqp",
     "amqps": "amqp",
     "pyamqp": "amqp",
@@ -67,6 +71,9 @@ SCHEMES: dict[str, str] = {
 #: ``rediss+sentinel://``) and kombu's ``sentinel://host:26379;sentinel://host2:26379``
 #: (:mod:`aqueue.transports.redis.sentinel`).
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel", "sentinel")
+#: Redis Cluster's schemes: ``redis+cluster://host:port[,host2:port2...]`` (TLS:
+#: ``rediss+cluster://``) (:mod:`aqueue.transports.redis.cluster`).
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 #: The transport options of a Sentinel URL, Celery's and kombu's names: the service's name
 #: and redis-py's connection arguments for the sentinels themselves.
 SENTINEL_OPTIONS = ("master_name", "sentinel_kwargs")
@@ -127,7 +134,8 @@ def transport_type(url: str) -> type[Transport]:
         raise ConfigurationError(
             f"{url!r} has no supported scheme: use memory://, sqlite:///path.db, "
             f"redis://host:port/db, rediss://host:port/db, "
-            f"redis+sentinel://host:26379,host2:26379/service/db, amqp://host:port/vhost or "
+            f"redis+sentinel://host:26379,host2:26379/service/db, "
+            f"redis+cluster://host:port,host2:port2, amqp://host:port/vhost or "
             f"amqps://..."
         )
     cls: type[Transport] = importlib.import_module(f"aqueue.transports.{name}").Transport

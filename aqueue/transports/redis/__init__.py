@@ -1,7 +1,9 @@
-"""The Redis transport (``redis://``, ``rediss://``, and Redis Sentinel's ``redis+sentinel://``,
-``rediss+sentinel://``, ``sentinel://``: :mod:`.sentinel`): broker on streams, results, reply
+"""The Redis transport (``redis://``, ``rediss://``, Redis Sentinel's ``redis+sentinel://``,
+``rediss+sentinel://``, ``sentinel://``: :mod:`.sentinel`, and Redis Cluster's
+``redis+cluster://``, ``rediss+cluster://``: :mod:`.cluster`): broker on streams, results, reply
 channels, control, beat store and queue administration, every role over one redis-py client -
-one connection pool - per app, event loop and URL. Key names are in :mod:`.keys`.
+one connection pool, or one per node of a cluster - per app, event loop and URL. Key names are
+in :mod:`.keys`, laid out for one server or, hash-tagged, for a cluster.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ __all__ = ["RedisBackend", "RedisBroker", "RedisControl", "RedisStore", "Transpo
 
 
 class Transport(ClientTransport):
-    """``redis://`` / ``rediss://`` (and Sentinel URLs): every role, sharing one connection pool
-    (``client``, a :class:`~aqueue.transports.redis.client.SharedClient`; for Sentinel, a
-    :class:`~aqueue.transports.redis.sentinel.SentinelClient`)."""
+    """``redis://`` / ``rediss://`` (and Sentinel and Cluster URLs): every role, sharing one
+    client (``client``, a :class:`~aqueue.transports.redis.client.SharedClient`; for Sentinel,
+    a :class:`~aqueue.transports.redis.sentinel.SentinelClient`; for Redis Cluster, a
+    :class:`~aqueue.transports.redis.cluster.ClusterClient`)."""
 
     role_classes = RoleClasses(RedisBroker, RedisBackend, RedisControl, RedisStore)
 

@@ -6,10 +6,13 @@
 
 - a queue's ready and leased messages are the entries of its ten priority streams; an entry
   in the consumer group's pending entries list is *unacked* (leased), any other is *ready*;
-- delayed messages are members of the one delayed sorted set, each naming its target stream;
+- delayed messages are members of the delayed sorted set (one for all queues on a single
+  server, one per queue on a cluster), each naming its target stream;
   they are counted and removed by Lua scripts that read member prefixes on the server, in
   batches of :data:`BATCH`, so bodies never cross the network and no call blocks Redis long;
-- dead letters are the entries of ``aqueue:dlq:<queue>``.
+- dead letters are the entries of ``aqueue:dlq:<queue>`` (on a cluster ``aqueue:{<queue>}:dlq``).
+
+Each function takes the broker's key layout (:class:`~aqueue.transports.redis.keys.Layout`).
 
 Purging skips pending entries, so a worker holding a message still acks it normally.
 """
@@ -33,24 +36,27 @@ BATCH = 1000
 
 _STREAM_PREFIX = keys.stream("", 0).rsplit(":", 2)[0] + ":"  # "aqueue:stream:"
 _DLQ_PREFIX = keys.dlq("")  # "aqueue:dlq:"
+_TAGGED = keys.PREFIX + "{"  # a cluster queue key: "aqueue:{<queue>}:<kind>"
 
 
 def _queue_of_stream(stream: str) -> str:
     return stream.removeprefix(_STREAM_PREFIX).rsplit(":", 1)[0]
 
 
-async def _delayed_counts(client: aioredis.Redis) -> Counter[str]:
-    """Delayed messages per target stream."""
+async def _delayed_counts(client: aioredis.Redis, delayed_sets: Sequence[str]) -> Counter[str]:
+    """Delayed messages per target stream, in ``delayed_sets``."""
     script = lua.register(client, "count_delayed")
     counts: Counter[str] = Counter()
-    start = 0
-    while True:
-        read, flat = await script(keys=[keys.delayed()], args=[start, start + BATCH - 1])
-        for i in range(0, len(flat), 2):
-            counts[as_bytes(flat[i]).decode()] += int(flat[i + 1])
-        if int(read) < BATCH:
-            return counts
-        start += BATCH
+    for delayed in delayed_sets:
+        start = 0
+        while True:
+            read, flat = await script(keys=[delayed], args=[start, start + BATCH - 1])
+            for i in range(0, len(flat), 2):
+                counts[as_bytes(flat[i]).decode()] += int(flat[i + 1])
+            if int(read) < BATCH:
+                break
+            start += BATCH
+    return counts
 
 
 async def _known_queues(client: aioredis.Redis, delayed: Counter[str]) -> list[str]:
@@ -62,8 +68,21 @@ async def _known_queues(client: aioredis.Redis, delayed: Counter[str]) -> list[s
     return sorted(found)
 
 
+async def _known_cluster_queues(client: aioredis.Redis) -> list[str]:
+    """The queues with a stream, a delayed set or dead letters on a cluster (every primary
+    scanned)."""
+    found = set()
+    for kind in (":stream:", ":delayed", ":dlq"):
+        async for key in client.scan_iter(match=f"{_TAGGED}*}}{kind}*", count=BATCH):
+            name = as_bytes(key).decode().removeprefix(_TAGGED)
+            queue, sep, rest = name.rpartition("}" + kind)
+            if sep and (kind == ":stream:" or not rest):
+                found.add(queue)
+    return sorted(found)
+
+
 async def queue_depths(
-    client: aioredis.Redis, url: str, queues: Sequence[str] | None
+    client: aioredis.Redis, url: str, queues: Sequence[str] | None, layout: keys.Layout
 ) -> list[QueueDepth]:
     """See :meth:`aqueue.transports.base.QueueAdmin.queue_depths`.
 
@@ -74,16 +93,21 @@ async def queue_depths(
         BrokerConnectionError: the server cannot be reached.
     """
     with redis_errors(url, "queue_depths"):
-        delayed = await _delayed_counts(client)
         names = list(dict.fromkeys(queues)) if queues is not None else None
-        if names is None:
-            names = await _known_queues(client, delayed)
+        if layout.cluster:
+            if names is None:
+                names = await _known_cluster_queues(client)
+            delayed = await _delayed_counts(client, [layout.delayed(name) for name in names])
+        else:
+            delayed = await _delayed_counts(client, [keys.delayed()])
+            if names is None:
+                names = await _known_queues(client, delayed)
         async with client.pipeline(transaction=False) as pipe:
             for name in names:
                 for priority in keys.PRIORITIES:
-                    pipe.xlen(keys.stream(name, priority))
-                    pipe.xpending(keys.stream(name, priority), keys.GROUP)
-                pipe.xlen(keys.dlq(name))
+                    pipe.xlen(layout.stream(name, priority))
+                    pipe.xpending(layout.stream(name, priority), keys.GROUP)
+                pipe.xlen(layout.dlq(name))
             results: list[Any] = await pipe.execute(raise_on_error=False)
     out = []
     per_queue = 2 * len(keys.PRIORITIES) + 1
@@ -92,19 +116,25 @@ async def queue_depths(
         length = sum(int(v) for v in chunk[0:-1:2] if isinstance(v, int))
         # XPENDING fails with NOGROUP on a stream nobody consumed yet: nothing is leased there.
         unacked = sum(int(v["pending"]) for v in chunk[1:-1:2] if isinstance(v, dict))
-        waiting = sum(delayed[keys.stream(name, p)] for p in keys.PRIORITIES)
+        waiting = sum(delayed[layout.stream(name, p)] for p in keys.PRIORITIES)
         dead = chunk[-1] if isinstance(chunk[-1], int) else 0
         out.append(QueueDepth(name, length - unacked, waiting, unacked, int(dead)))
     return out
 
 
-async def purge(client: aioredis.Redis, url: str, queues: Sequence[str]) -> int:
+async def purge(
+    client: aioredis.Redis, url: str, queues: Sequence[str], layout: keys.Layout
+) -> int:
     """See :meth:`aqueue.transports.base.QueueAdmin.purge`.
 
     Raises:
         BrokerConnectionError: the server cannot be reached.
     """
-    streams = [keys.stream(q, p) for q in dict.fromkeys(queues) for p in keys.PRIORITIES]
+    by_set: dict[str, list[str]] = {}  # delayed set -> the streams of its queues purged
+    for queue in dict.fromkeys(queues):
+        targets = by_set.setdefault(layout.delayed(queue), [])
+        targets += [layout.stream(queue, p) for p in keys.PRIORITIES]
+    streams = [stream for targets in by_set.values() for stream in targets]
     if not streams:
         return 0
     removed = 0
@@ -121,27 +151,28 @@ async def purge(client: aioredis.Redis, url: str, queues: Sequence[str]) -> int:
                     break
                 start = "(" + as_bytes(last).decode()  # exclusive: after the last entry read
         purge_delayed = lua.register(client, "purge_delayed")
-        index = 0
-        while True:
-            read, gone = await purge_delayed(
-                keys=[keys.delayed()], args=[index, index + BATCH - 1, *streams]
-            )
-            removed += int(gone)
-            if int(read) < BATCH:
-                break
-            index += int(read) - int(gone)  # removed members no longer take an index
+        for delayed, targets in by_set.items():
+            index = 0
+            while True:
+                read, gone = await purge_delayed(
+                    keys=[delayed], args=[index, index + BATCH - 1, *targets]
+                )
+                removed += int(gone)
+                if int(read) < BATCH:
+                    break
+                index += int(read) - int(gone)  # removed members no longer take an index
     return removed
 
 
 async def purge_dead_letters(
-    client: aioredis.Redis, url: str, queue: str, limit: int | None
+    client: aioredis.Redis, url: str, queue: str, limit: int | None, layout: keys.Layout
 ) -> int:
     """See :meth:`aqueue.transports.base.QueueAdmin.purge_dead_letters`.
 
     Raises:
         BrokerConnectionError: the server cannot be reached.
     """
-    key = keys.dlq(queue)
+    key = layout.dlq(queue)
     with redis_errors(url, "purge_dead_letters"):
         if limit is None:
             async with client.pipeline(transaction=True) as pipe:

@@ -6,7 +6,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from aqueue.transports.base import Claim, Snapshot
-from aqueue.transports.redis import keys, lua
+from aqueue.transports.redis import lua
 from aqueue.transports.redis.client import SharedClient, as_bytes, redis_errors
 from aqueue.transports.redis.role import RedisRole
 
@@ -22,7 +22,8 @@ def _ms(seconds: float) -> int:
 
 class RedisStore(RedisRole):
     """The store of ``redis://`` backends: two hashes and a string per claim, all named in
-    :mod:`aqueue.transports.redis.keys` (``aqueue:beat:<app>:...``); claims are Lua scripts."""
+    :mod:`aqueue.transports.redis.keys` (``aqueue:beat:<app>:...``; on a cluster
+    ``aqueue:beat:{<app>}:...``, one slot per app); claims are Lua scripts."""
 
     def __init__(self, url: str, namespace: str, client: SharedClient | None = None) -> None:
         super().__init__(url, client)
@@ -44,8 +45,8 @@ class RedisStore(RedisRole):
         client = await self._connection()
         with redis_errors(self._url, "beat load"):
             async with client.pipeline(transaction=True) as pipe:
-                pipe.hgetall(keys.beat_entries(self._ns))
-                pipe.hgetall(keys.beat_last(self._ns))
+                pipe.hgetall(self._keys.beat_entries(self._ns))
+                pipe.hgetall(self._keys.beat_last(self._ns))
                 entries, last = await pipe.execute()
         return Snapshot(
             {as_bytes(k).decode(): as_bytes(v) for k, v in entries.items()},
@@ -56,15 +57,15 @@ class RedisStore(RedisRole):
         """HSET the entry."""
         client = await self._connection()
         with redis_errors(self._url, "beat put"):
-            await client.hset(keys.beat_entries(self._ns), name, data)
+            await client.hset(self._keys.beat_entries(self._ns), name, data)
 
     async def remove(self, name: str) -> bool:
         """HDEL the entry and its last tick in one MULTI."""
         client = await self._connection()
         with redis_errors(self._url, "beat remove"):
             async with client.pipeline(transaction=True) as pipe:
-                pipe.hdel(keys.beat_entries(self._ns), name)
-                pipe.hdel(keys.beat_last(self._ns), name)
+                pipe.hdel(self._keys.beat_entries(self._ns), name)
+                pipe.hdel(self._keys.beat_last(self._ns), name)
                 removed, _ = await pipe.execute()
         return bool(removed)
 
@@ -74,7 +75,7 @@ class RedisStore(RedisRole):
         assert self._claim is not None
         with redis_errors(self._url, "beat claim"):
             answer = await self._claim(
-                keys=[keys.beat_claim(self._ns, name, tick)], args=[token, _ms(lease)]
+                keys=[self._keys.beat_claim(self._ns, name, tick)], args=[token, _ms(lease)]
             )
         return _CLAIMS[int(answer)]
 
@@ -82,8 +83,9 @@ class RedisStore(RedisRole):
         """Run the confirm script (EVALSHA)."""
         await self._connection()
         assert self._confirm is not None
-        claim_key = keys.beat_claim(self._ns, name, tick)
+        claim_key = self._keys.beat_claim(self._ns, name, tick)
         with redis_errors(self._url, "beat confirm"):
             await self._confirm(
-                keys=[claim_key, keys.beat_last(self._ns)], args=[token, _ms(keep), name, tick]
+                keys=[claim_key, self._keys.beat_last(self._ns)],
+                args=[token, _ms(keep), name, tick],
             )

@@ -37,12 +37,17 @@ Relies on these Redis (>= 6.2) semantics; key names are in :mod:`aqueue.transpor
   <aqueue.transports.redis.client.SharedClient.replicas_in_sync>`): sends go on, with the
   redundancy there is.
 
-The Lua scripts touch stream keys named inside the delayed set's members, so this broker needs
-a single Redis server (or a primary with replicas, with or without Sentinel), not Redis Cluster.
+- **Key layout.** Names come from the client's layout (:mod:`aqueue.transports.redis.keys`):
+  on one server (or a primary with replicas, with or without Sentinel) one delayed set serves
+  every queue and a fetch runs one script and one blocking read over all its queues; on Redis
+  Cluster (:mod:`aqueue.transports.redis.cluster`) each queue's keys share a hash tag, and every
+  script runs per queue: publishing and acking once per queue touched, fetching once per queue
+  in the order given, and a blocking read per queue stays in flight until it returns.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -50,10 +55,10 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -96,11 +101,34 @@ class _Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class _Part:
+    """The streams of the queues sharing one delayed set, best first: one fetch script run."""
+
+    delayed: str
+    rejected: str  # where malformed delayed members are set aside
+    prefix: str  # what every stream of these queues starts with
+    streams: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class _Plan:
     """The streams one ``queues`` sequence reads, best first, and what each one is."""
 
     streams: tuple[str, ...]
     origin: Mapping[str, tuple[str, int, int]]  # stream -> (queue, priority, rank in streams)
+    parts: tuple[_Part, ...]  # one on a single server; one per queue on a cluster
+
+
+_T = TypeVar("_T")
+
+
+def _by_shard(items: Iterable[_T], shard: Callable[[_T], Hashable]) -> list[list[_T]]:
+    """``items`` grouped by ``shard(item)``, groups in order of first appearance, items in
+    their order: one group per script run (one on a single server)."""
+    groups: dict[Hashable, list[_T]] = {}
+    for item in items:
+        groups.setdefault(shard(item), []).append(item)
+    return list(groups.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +218,11 @@ class RedisBroker(RedisRole):
         super().__init__(url, client, own)
         self._visibility = visibility_timeout(options)
         self._wait = _replication(options)  # (replicas, timeout in seconds), or None
+        if self._wait is not None and self._keys.cluster:
+            raise ConfigurationError(
+                "broker_transport_options['wait_replicas'] is not supported on Redis Cluster: "
+                "WAIT counts one node's replicas, and a publish spans several nodes"
+            )
         # Unique per instance: the group's pending list tells leases apart by consumer name.
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self._scripts: _Scripts | None = None
@@ -200,6 +233,8 @@ class RedisBroker(RedisRole):
         self._next_due = 0.0  # epoch seconds of the earliest delayed message known (0: unknown)
         self._next_reclaim = 0.0  # time.monotonic() of the next XAUTOCLAIM pass
         self._cursors: dict[str, bytes] = {}  # XAUTOCLAIM cursor per stream
+        # Cluster: the blocking read in flight per fetch part (its streams), until it returns.
+        self._reads: dict[tuple[str, ...], asyncio.Task[list[Delivery]]] = {}
 
     def __repr__(self) -> str:
         return f"RedisBroker({redacted_url(self._url)!r}, consumer={self._consumer!r})"
@@ -213,15 +248,14 @@ class RedisBroker(RedisRole):
         client, scripts = self._client, self._scripts
         if client is None or scripts is None:
             return
-        buffered, self._buffer = self._buffer, []
         try:
             with redis_errors(self._url, "close"):
+                await self._finish_reads()
+                buffered, self._buffer = self._buffer, []
                 if buffered:
                     await self._release(scripts, buffered)
-                if self._groups:
-                    await scripts.forget(
-                        keys=sorted(self._groups), args=[keys.GROUP, self._consumer]
-                    )
+                for streams in _by_shard(sorted(self._groups), self._keys.shard):
+                    await scripts.forget(keys=streams, args=[keys.GROUP, self._consumer])
         except BrokerError as exc:
             log.warning("closing %r: %s", self, exc)
         finally:
@@ -243,25 +277,30 @@ class RedisBroker(RedisRole):
         client, scripts = await self._session()
         now = time.time()
         earliest = math.inf
-        streams: list[str] = [keys.delayed()]
-        bodies: list[Any] = []
-        delayed: list[Any] = []
-        for m in messages:
-            stream = keys.stream(m.queue, min(max(m.priority, 0), 9))
-            if m.eta is not None and m.eta > now:
-                delayed.append(m.eta * 1000)
-                delayed.append(_delayed_member(stream, m.message_id, m.body))
-                earliest = min(earliest, m.eta)
-            else:
-                streams.append(stream)
-                bodies.append(m.body)
+        runs: list[tuple[list[Any], list[Any]]] = []
+        for batch in _by_shard(messages, lambda m: self._keys.delayed(m.queue)):
+            streams: list[str] = [self._keys.delayed(batch[0].queue)]
+            bodies: list[Any] = []
+            delayed: list[Any] = []
+            for m in batch:
+                stream = self._keys.stream(m.queue, min(max(m.priority, 0), 9))
+                if m.eta is not None and m.eta > now:
+                    delayed.append(m.eta * 1000)
+                    delayed.append(_delayed_member(stream, m.message_id, m.body))
+                    earliest = min(earliest, m.eta)
+                else:
+                    streams.append(stream)
+                    bodies.append(m.body)
+            runs += _runs(streams, bodies, delayed)
         with redis_errors(self._url, "publish"):
             if self._wait is not None:
-                await self._publish_replicated(client, scripts, _runs(streams, bodies, delayed))
-            elif len(bodies) + len(delayed) // 2 <= _PUBLISH_CHUNK:
-                await scripts.publish(keys=streams, args=bodies + delayed)
+                await self._publish_replicated(client, scripts, runs)
+            elif len(runs) == 1:
+                await scripts.publish(keys=runs[0][0], args=runs[0][1])
+            elif self._keys.cluster:  # one run per queue (and chunk), on their nodes at once
+                await _gather(scripts.publish(keys=k, args=a) for k, a in runs)
             else:  # bound how long one script run holds the server
-                for run_keys, run_args in _runs(streams, bodies, delayed):
+                for run_keys, run_args in runs:
                     await scripts.publish(keys=run_keys, args=run_args)
         if earliest < math.inf:
             self._next_due = min(self._next_due, earliest) if self._next_due else earliest
@@ -283,6 +322,8 @@ class RedisBroker(RedisRole):
         plan = self._plan(queues)
         deadline = time.monotonic() + max(timeout, 0.0)
         with redis_errors(self._url, "fetch"):
+            if self._reads:
+                self._harvest_reads()
             if self._buffer:
                 held = await self._take_buffered(scripts, plan, limit)
                 if held:
@@ -382,17 +423,20 @@ class RedisBroker(RedisRole):
         for delivery, isolated in runs:
             lease: _Lease = delivery.token
             groups.setdefault((3 if isolated else 2, lease.stream), []).append(lease.entry_id)
-        streams: list[str] = []
-        acked = 0
-        args: list[bytes | str | int] = []
-        for (mark, stream), ids in sorted(groups.items(), key=lambda g: g[0][0]):  # acks first
-            for at in range(0, len(ids), _ACK_CHUNK):  # unpack() in Lua has a stack limit
-                chunk = ids[at : at + _ACK_CHUNK]
-                streams.append(stream)
-                args += [mark, len(chunk), *chunk] if mark else [len(chunk), *chunk]
-                acked += not mark
-        if streams:
-            await scripts.ack(keys=streams, args=[keys.GROUP, self._consumer, acked, *args])
+        ordered = sorted(groups.items(), key=lambda g: g[0][0])  # acks first
+        calls = []
+        for shard in _by_shard(ordered, lambda g: self._keys.shard(g[0][1])):
+            streams: list[str] = []
+            acked = 0
+            args: list[bytes | str | int] = []
+            for (mark, stream), ids in shard:
+                for at in range(0, len(ids), _ACK_CHUNK):  # unpack() in Lua has a stack limit
+                    chunk = ids[at : at + _ACK_CHUNK]
+                    streams.append(stream)
+                    args += [mark, len(chunk), *chunk] if mark else [len(chunk), *chunk]
+                    acked += not mark
+            calls.append(scripts.ack(keys=streams, args=[keys.GROUP, self._consumer, acked, *args]))
+        await _gather(calls)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """XADD the body and ``reason`` to the queue's dead-letter stream and ack, in one MULTI.
@@ -405,7 +449,7 @@ class RedisBroker(RedisRole):
         with redis_errors(self._url, "dead_letter"):
             async with client.pipeline(transaction=True) as pipe:
                 pipe.xadd(
-                    keys.dlq(delivery.queue),
+                    self._keys.dlq(delivery.queue),
                     {"b": delivery.body, "r": reason, "t": repr(time.time())},
                 )
                 pipe.xack(lease.stream, keys.GROUP, lease.entry_id)
@@ -422,7 +466,7 @@ class RedisBroker(RedisRole):
             return []
         client, _ = await self._session()
         with redis_errors(self._url, "dead_letters"):
-            entries: Any = await client.xrange(keys.dlq(queue), count=limit)
+            entries: Any = await client.xrange(self._keys.dlq(queue), count=limit)
         return [
             DeadLetter(
                 queue=queue,
@@ -438,17 +482,17 @@ class RedisBroker(RedisRole):
     async def queue_depths(self, queues: Sequence[str] | None = None) -> list[QueueDepth]:
         """Count each queue's ready, delayed, unacked and dead messages (see redis_admin)."""
         client, _ = await self._session()
-        return await redis_admin.queue_depths(client, self._url, queues)
+        return await redis_admin.queue_depths(client, self._url, queues, self._keys)
 
     async def purge(self, queues: Sequence[str]) -> int:
         """Delete the ready and delayed messages of ``queues``; return how many."""
         client, _ = await self._session()
-        return await redis_admin.purge(client, self._url, queues)
+        return await redis_admin.purge(client, self._url, queues, self._keys)
 
     async def purge_dead_letters(self, queue: str, limit: int | None = None) -> int:
         """Delete the oldest ``limit`` (default all) dead letters of ``queue``."""
         client, _ = await self._session()
-        return await redis_admin.purge_dead_letters(client, self._url, queue, limit)
+        return await redis_admin.purge_dead_letters(client, self._url, queue, limit, self._keys)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -530,10 +574,25 @@ class RedisBroker(RedisRole):
         plan = self._plans.get(key)
         if plan is None:
             origin: dict[str, tuple[str, int, int]] = {}
-            for priority in reversed(keys.PRIORITIES):
-                for queue in dict.fromkeys(queues):
-                    origin[keys.stream(queue, priority)] = (queue, priority, len(origin))
-            plan = self._plans[key] = _Plan(tuple(origin), origin)
+            parts = []
+            layout = self._keys
+            for group in _by_shard(dict.fromkeys(queues), layout.delayed):
+                streams = []
+                for priority in reversed(keys.PRIORITIES):
+                    for queue in group:
+                        stream = layout.stream(queue, priority)
+                        origin[stream] = (queue, priority, len(origin))
+                        streams.append(stream)
+                first = group[0]
+                parts.append(
+                    _Part(
+                        layout.delayed(first),
+                        layout.delayed_rejected(first),
+                        layout.stream_prefix(first),
+                        tuple(streams),
+                    )
+                )
+            plan = self._plans[key] = _Plan(tuple(origin), origin, tuple(parts))
         return plan
 
     async def _ensure_groups(self, client: aioredis.Redis, streams: Sequence[str]) -> None:
@@ -555,8 +614,42 @@ class RedisBroker(RedisRole):
             self._groups.add(stream)
 
     async def _read_ready(self, scripts: _Scripts, plan: _Plan, limit: int) -> list[Delivery]:
-        """Run the fetch script once: move due delayed messages, reclaim if due, lease."""
+        """Run the fetch script once per part of the plan (once on a single server), in order,
+        until ``limit`` is reached: move due delayed messages, reclaim if due, lease."""
         reclaim = time.monotonic() >= self._next_reclaim
+        found: list[Delivery] = []
+        incomplete = False
+        next_due = math.inf
+        for part in plan.parts:
+            if len(found) >= limit:
+                incomplete = True  # the parts after it were not reclaimed this time
+                break
+            part_due, cut_short = await self._read_part(
+                scripts, plan, part, limit - len(found), reclaim, found
+            )
+            incomplete = incomplete or cut_short
+            next_due = min(next_due, part_due or math.inf)
+        if reclaim:
+            # A pass cut short by `limit` continues on the next fetch, not a quarter-timeout on.
+            pause = 0.0 if incomplete else self._visibility / 4
+            self._next_reclaim = time.monotonic() + pause
+        self._next_due = next_due if next_due < math.inf else 0.0
+        # Stable: within a stream, reclaimed (older) entries stay ahead of fresh ones.
+        found.sort(key=lambda d: plan.origin[d.token.stream][2])
+        return found
+
+    async def _read_part(
+        self,
+        scripts: _Scripts,
+        plan: _Plan,
+        part: _Part,
+        limit: int,
+        reclaim: bool,
+        found: list[Delivery],
+    ) -> tuple[float, bool]:
+        """Run the fetch script on one part, adding what it leased to ``found``; return the
+        epoch seconds of its earliest delayed message (0: none) and whether its reclaim pass
+        was cut short."""
         args: list[bytes | str | int] = [
             keys.GROUP,
             self._consumer,
@@ -564,18 +657,18 @@ class RedisBroker(RedisRole):
             int(time.time() * 1000),
             _MOVE_LIMIT,
             max(1, int(self._visibility * 1000)) if reclaim else 0,
-            keys.STREAM_PREFIX,
+            part.prefix,
             max(1, int(self._visibility * 1000)),  # a consumer idle this long holding nothing
         ]
         if reclaim:
-            args += [self._cursors.get(s, b"0-0") for s in plan.streams]
+            args += [self._cursors.get(s, b"0-0") for s in part.streams]
         entries, cursors, incomplete, next_due, set_aside, removed = await scripts.fetch(
-            keys=[keys.delayed(), keys.delayed_rejected(), *plan.streams], args=args
+            keys=[part.delayed, part.rejected, *part.streams], args=args
         )
         for i in range(0, len(set_aside), 2):
             log.error(
                 "malformed delayed message set aside in %s: %s (member starts %r)",
-                keys.delayed_rejected(),
+                part.rejected,
                 _text(set_aside[i + 1]),
                 bytes(set_aside[i]),
             )
@@ -583,20 +676,13 @@ class RedisBroker(RedisRole):
             gone = sorted({_text(removed[i + 1]) for i in range(0, len(removed), 2)})
             log.info("removed dead consumer(s) holding nothing: %s", ", ".join(gone))
         if reclaim:
-            self._cursors.update(zip(plan.streams, cursors, strict=True))
-            # A pass cut short by `limit` continues on the next fetch, not a quarter-timeout on.
-            pause = 0.0 if incomplete else self._visibility / 4
-            self._next_reclaim = time.monotonic() + pause
-        self._next_due = float(next_due) / 1000 if next_due else 0.0
+            self._cursors.update(zip(part.streams, cursors, strict=True))
         now = time.monotonic()
-        found = []
         for i in range(0, len(entries), 5):
             index, entry_id, body, n, k = entries[i : i + 5]
-            stream = plan.streams[index - 1]
+            stream = part.streams[index - 1]
             found.append(_delivery(plan, stream, entry_id, body, n, k, now))
-        # Stable: within a stream, reclaimed (older) entries stay ahead of fresh ones.
-        found.sort(key=lambda d: plan.origin[d.token.stream][2])
-        return found
+        return (float(next_due) / 1000 if next_due else 0.0), bool(incomplete)
 
     def _until_next_check(self) -> float:
         """Seconds the blocking read may wait before the fetch script must run again."""
@@ -613,11 +699,47 @@ class RedisBroker(RedisRole):
         Woken by a new entry, Redis serves only that stream; but entries that arrived just
         before the call come from every stream with data, up to ``limit`` each, so the surplus
         (already leased to us) goes to the buffer for the next fetch.
+
+        A plan of several parts (queues on a cluster: one XREADGROUP cannot span slots) starts
+        a blocking read per part not already reading, and returns once any of them found
+        something or ``wait`` ran out; a read still blocking is left in flight, and what it
+        leases later is buffered for the next fetch (:meth:`_harvest_reads`).
         """
+        if len(plan.parts) == 1:
+            found = await self._xreadgroup(client, plan, plan.streams, limit, wait)
+            found.sort(key=lambda d: plan.origin[d.token.stream][2])
+            self._buffer.extend(found[limit:])
+            return found[:limit]
+        tasks = []
+        for part in plan.parts:
+            task = self._reads.get(part.streams)
+            if task is None:
+                task = self._reads[part.streams] = asyncio.create_task(
+                    self._xreadgroup(client, plan, part.streams, limit, wait)
+                )
+            tasks.append(task)
+        await asyncio.wait(tasks, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        self._harvest_reads()
+        mine = [d for d in self._buffer if d.token.stream in plan.origin]
+        mine.sort(key=lambda d: plan.origin[d.token.stream][2])
+        taken = {id(d) for d in mine[:limit]}
+        self._buffer = [d for d in self._buffer if id(d) not in taken]
+        return mine[:limit]
+
+    async def _xreadgroup(
+        self,
+        client: aioredis.Redis,
+        plan: _Plan,
+        streams: Sequence[str],
+        limit: int,
+        wait: float,
+    ) -> list[Delivery]:
+        """One blocking XREADGROUP over ``streams`` (of one slot on a cluster), up to
+        ``limit`` entries per stream, for up to ``wait`` seconds."""
         response: Any = await client.xreadgroup(
             keys.GROUP,
             self._consumer,
-            dict.fromkeys(plan.streams, ">"),
+            dict.fromkeys(streams, ">"),
             count=limit,
             block=max(1, int(wait * 1000)),
         )
@@ -633,9 +755,46 @@ class RedisBroker(RedisRole):
                     continue
                 body, n, k = fields.get(b"b", b""), fields.get(b"n"), fields.get(b"k")
                 found.append(_delivery(plan, stream, entry_id, body, n, k, now))
-        found.sort(key=lambda d: plan.origin[d.token.stream][2])
-        self._buffer.extend(found[limit:])
-        return found[:limit]
+        return found
+
+    def _harvest_reads(self) -> None:
+        """Buffer what the blocking reads that returned leased; forget them.
+
+        Raises:
+            redis.exceptions.RedisError: a read failed (the first failure; the others'
+                deliveries are buffered all the same).
+        """
+        failure: BaseException | None = None
+        for streams, task in list(self._reads.items()):
+            if not task.done():
+                continue
+            del self._reads[streams]
+            if task.cancelled():
+                continue
+            error = task.exception()
+            if error is None:
+                self._buffer.extend(task.result())
+            elif failure is None:
+                failure = error
+        if failure is not None:
+            raise failure
+
+    async def _finish_reads(self) -> None:
+        """Wait for the blocking reads in flight (each ends within ~1 s) and buffer what they
+        leased, so that closing releases it; a read that does not end in time is cancelled
+        (what it leased is delivered again after the visibility timeout)."""
+        tasks = list(self._reads.values())
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=_MAX_BLOCK + 1.0)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
+        try:
+            self._harvest_reads()
+        except redis.exceptions.RedisError as exc:
+            log.warning("closing %r: a blocking read failed: %s", self, exc)
 
     async def _take_buffered(self, scripts: _Scripts, plan: _Plan, limit: int) -> list[Delivery]:
         """Hand out buffered deliveries of the plan's streams, best first.
@@ -669,10 +828,18 @@ class RedisBroker(RedisRole):
         """Renew each lease still ours, setting its run mark (0: unchanged, 2: running, 3:
         running isolated; see lua/renew.lua); per delivery, whether it is still ours."""
         leases: list[_Lease] = [d.token for d in deliveries]
-        args: list[bytes | str | int] = [keys.GROUP, self._consumer]
-        for lease, mark in zip(leases, marks, strict=True):
-            args += [lease.entry_id, mark]
-        flags = await scripts.renew(keys=[lease.stream for lease in leases], args=args)
+        pairs = list(zip(leases, marks, strict=True))
+        shards = _by_shard(range(len(pairs)), lambda i: self._keys.shard(leases[i].stream))
+        calls = []
+        for shard in shards:
+            args: list[bytes | str | int] = [keys.GROUP, self._consumer]
+            for i in shard:
+                args += [pairs[i][0].entry_id, pairs[i][1]]
+            calls.append(scripts.renew(keys=[leases[i].stream for i in shard], args=args))
+        flags = [0] * len(leases)
+        for shard, answer in zip(shards, await _gather(calls), strict=True):
+            for i, flag in zip(shard, answer, strict=True):
+                flags[i] = flag
         now = time.monotonic()
         for delivery, lease, flag in zip(deliveries, leases, flags, strict=True):
             if flag:
@@ -680,9 +847,28 @@ class RedisBroker(RedisRole):
         return [bool(flag) for flag in flags]
 
     async def _release(self, scripts: _Scripts, deliveries: Sequence[Delivery]) -> None:
-        args: list[bytes | str] = [keys.GROUP, self._consumer]
-        args += [d.token.entry_id for d in deliveries]
-        await scripts.release(keys=[d.token.stream for d in deliveries], args=args)
+        calls = []
+        for shard in _by_shard(deliveries, lambda d: self._keys.shard(d.token.stream)):
+            args: list[bytes | str] = [keys.GROUP, self._consumer]
+            args += [d.token.entry_id for d in shard]
+            calls.append(scripts.release(keys=[d.token.stream for d in shard], args=args))
+        await _gather(calls)
+
+
+async def _gather(calls: Iterable[Awaitable[_T]]) -> list[_T]:
+    """Await ``calls`` (script runs on a cluster's nodes) at once; their answers in order.
+    Every call is awaited, so none is left running when one fails; the first failure is then
+    raised."""
+    pending = list(calls)
+    if len(pending) == 1:  # a single server: no task to make
+        return [await pending[0]]
+    answers = await asyncio.gather(*pending, return_exceptions=True)
+    found: list[_T] = []
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            raise answer
+        found.append(answer)
+    return found
 
 
 def _replication(options: Mapping[str, Any]) -> tuple[int, float] | None:

@@ -7,6 +7,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -16,14 +17,18 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
-from aqueue.transports import SENTINEL_SCHEMES, plain_hint, scheme, tls_hint
+from aqueue.transports import CLUSTER_SCHEMES, SENTINEL_SCHEMES, plain_hint, scheme, tls_hint
 from aqueue.transports.base import MIN_SOCKET_TIMEOUT, ConnectionOptions
+from aqueue.transports.redis import keys
 from aqueue.transports.tls import REDIS_KEYS, TLSOptions, client_certificate_hint, tls_refusal
 from aqueue.transports.urls import redacted_url
 
 __all__ = [
+    "PLAIN_CHANNELS",
+    "SHARDED_CHANNELS",
     "BoundedConnectionPool",
     "BoundedPool",
+    "Channels",
     "SharedClient",
     "as_bytes",
     "check_socket_timeout",
@@ -49,13 +54,24 @@ def redis_errors(url: str, action: str) -> Iterator[None]:
     Raises:
         BrokerConnectionError: the server could not be reached or timed out, refused the login,
             or its TLS certificate was not trusted (names ``url`` without its password, and the
-            cause).
+            cause); or Redis Cluster cannot serve now (no node reachable, a slot without a
+            primary, ``CLUSTERDOWN``).
         BrokerError: the server refused a command (an ACL user lacking it: ``NOPERM``).
     """
     try:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         raise BrokerConnectionError(_connection_failure(url, action, exc)) from exc
+    except _CLUSTER_UNAVAILABLE as exc:
+        raise BrokerConnectionError(
+            f"Redis Cluster at {redacted_url(url)} unavailable during {action}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    except redis.exceptions.RedisClusterException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, redis.exceptions.ConnectionError):  # a refused login, TLS
+            raise BrokerConnectionError(_connection_failure(url, action, cause)) from exc
+        raise BrokerError(f"Redis Cluster at {redacted_url(url)} failed {action}: {exc}") from exc
     except redis.exceptions.RedisError as exc:
         if _not_permitted(exc):
             raise BrokerError(
@@ -63,6 +79,15 @@ def redis_errors(url: str, action: str) -> Iterator[None]:
                 f"aqueue needs (docs/security.md has the least ACL that works): {exc}"
             ) from exc
         raise BrokerError(f"Redis at {redacted_url(url)} failed {action}: {exc}") from exc
+
+
+#: Redis Cluster's errors that say it cannot serve now (no node reachable, a slot without a
+#: primary, the cluster down): a connection failure to the caller, which tries again later.
+_CLUSTER_UNAVAILABLE = (
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.RedisClusterUnreachableError,
+)
 
 
 def _not_permitted(error: Exception) -> bool:
@@ -229,25 +254,56 @@ def _not_connecting(error: Exception) -> bool:
     return not str(error).startswith("Timeout connecting")
 
 
+def connection_kwargs(client: aioredis.Redis) -> dict[str, Any]:
+    """The arguments ``client`` opens its connections with (a cluster client's are its
+    own, the same for every node)."""
+    source: Any = getattr(client, "connection_pool", None) or client
+    found: dict[str, Any] = source.connection_kwargs
+    return found
+
+
 def _connect_bound(client: aioredis.Redis) -> float | None:
     """Seconds opening ``client``'s first connection may take in all (TCP, TLS, handshake,
     PING): its ``socket_connect_timeout`` (``None``: no bound)."""
-    bound = client.connection_pool.connection_kwargs.get("socket_connect_timeout")
+    bound = connection_kwargs(client).get("socket_connect_timeout")
     return None if bound is None else float(bound)
+
+
+@dataclass(frozen=True, slots=True)
+class Channels:
+    """The pub/sub commands a client uses, and the reply types it reads back: plain
+    (``PUBLISH``, ``SUBSCRIBE``: every node of a server gets every message) or sharded (Redis
+    Cluster's ``SPUBLISH``, ``SSUBSCRIBE``: a channel lives on its slot's primary)."""
+
+    publish: str
+    subscribe: str
+    unsubscribe: str
+    message: str  # the type of a message received
+    subscribed: str  # the type of a subscription's confirmation
+
+
+PLAIN_CHANNELS = Channels("publish", "subscribe", "unsubscribe", "message", "subscribe")
+SHARDED_CHANNELS = Channels("spublish", "ssubscribe", "sunsubscribe", "smessage", "ssubscribe")
 
 
 def shared_client(url: str, connection: ConnectionOptions | None = None) -> SharedClient:
     """A new :class:`SharedClient` for ``url`` (nothing connected yet): for a Sentinel URL
     (``redis+sentinel://``, ``rediss+sentinel://``, ``sentinel://``) a
-    :class:`~aqueue.transports.redis.sentinel.SentinelClient`.
+    :class:`~aqueue.transports.redis.sentinel.SentinelClient`, for a Redis Cluster URL
+    (``redis+cluster://``, ``rediss+cluster://``) a
+    :class:`~aqueue.transports.redis.cluster.ClusterClient`.
 
     Raises:
-        ConfigurationError: a Sentinel URL or its options are invalid.
+        ConfigurationError: a Sentinel or Cluster URL or its options are invalid.
     """
     if scheme(url) in SENTINEL_SCHEMES:
         from aqueue.transports.redis.sentinel import SentinelClient  # imports this module
 
         return SentinelClient(url, connection)
+    if scheme(url) in CLUSTER_SCHEMES:
+        from aqueue.transports.redis.cluster import ClusterClient  # imports this module
+
+        return ClusterClient(url, connection)
     return SharedClient(url, connection)
 
 
@@ -258,7 +314,15 @@ class SharedClient:
     A role made on its own (``RedisBroker(url, options)``) gets a private one and closes it with
     itself; roles made by :class:`aqueue.transports.redis.Transport` share the transport's, which
     the transport closes after them.
+
+    Attributes:
+        layout: how the roles name their keys (:data:`keys.SINGLE
+            <aqueue.transports.redis.keys.SINGLE>`: one server).
+        channels: the pub/sub commands the roles use (:data:`PLAIN_CHANNELS`).
     """
+
+    layout: keys.Layout = keys.SINGLE
+    channels: Channels = PLAIN_CHANNELS
 
     def __init__(self, url: str, connection: ConnectionOptions | None = None) -> None:
         self.url = url
@@ -295,6 +359,20 @@ class SharedClient:
             redis.exceptions.RedisError: the question failed.
         """
         return None
+
+    def messages(self, pubsub: PubSub, owner: object) -> AsyncIterator[dict[str, Any]]:
+        """Every message ``pubsub`` receives (see :func:`pubsub_messages`)."""
+        return pubsub_messages(pubsub, owner)
+
+    async def next_message(self, pubsub: PubSub, timeout: float) -> dict[str, Any] | None:
+        """The next message or confirmation ``pubsub`` receives within ``timeout`` seconds,
+        or ``None``.
+
+        Raises:
+            redis.exceptions.ConnectionError: the connection was lost.
+        """
+        message: dict[str, Any] | None = await pubsub.get_message(timeout=timeout)
+        return message
 
     @property
     def current(self) -> aioredis.Redis | None:

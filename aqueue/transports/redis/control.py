@@ -11,6 +11,8 @@ Relies on these Redis semantics (key names in :mod:`aqueue.transports.redis.keys
   milliseconds (``0``: none); a read drops expired fields. ``MULTI`` makes a change and its
   version bump (``INCR aqueue:table-version:<name>``) atomic, and a read of the version and the
   hash one snapshot.
+- **On Redis Cluster** channels are sharded (``SPUBLISH``/``SSUBSCRIBE``) and a table's hash
+  and version share a hash tag (``aqueue:table:{<name>}``, ``aqueue:table-version:{<name>}``).
 - **Token buckets** are one Lua script each call, timed by the server's ``TIME``: every worker on
   every host shares one clock, so host clock skew cannot raise the rate.
 """
@@ -34,7 +36,6 @@ from aqueue.transports.redis import keys, lua
 from aqueue.transports.redis.client import (
     SharedClient,
     as_bytes,
-    pubsub_messages,
     redacted_url,
     redis_errors,
 )
@@ -87,7 +88,7 @@ class RedisControl(RedisRole):
         with redis_errors(self._url, "publish"):
             async with client.pipeline(transaction=False) as pipe:
                 for data in messages:
-                    pipe.publish(name, data)
+                    getattr(pipe, self._channels.publish)(name, data)
                 await pipe.execute()
 
     @asynccontextmanager
@@ -104,7 +105,7 @@ class RedisControl(RedisRole):
         reader: asyncio.Task[None] | None = None
         try:
             with redis_errors(self._url, "subscribe"):
-                await pubsub.subscribe(name)
+                await getattr(pubsub, self._channels.subscribe)(name)
                 await self._confirmed(pubsub, name)
             reader = asyncio.create_task(self._read(pubsub, queue))
             self._readers.add(reader)
@@ -128,15 +129,15 @@ class RedisControl(RedisRole):
                     f"Redis at {redacted_url(self._url)} did not confirm SUBSCRIBE {name} "
                     f"within {_SUBSCRIBE_TIMEOUT:g}s"
                 )
-            message = await pubsub.get_message(timeout=remaining)
-            if message is not None and message["type"] == "subscribe":
+            message = await self._shared.next_message(pubsub, remaining)
+            if message is not None and message["type"] == self._channels.subscribed:
                 return
 
     async def _read(self, pubsub: PubSub, queue: asyncio.Queue[bytes]) -> None:
         """Put every message on ``queue`` until cancelled; redis-py re-subscribes after a
         reconnect, and this retries with a growing pause while the server is away."""
-        async for message in pubsub_messages(pubsub, self):
-            if message["type"] == "message":
+        async for message in self._shared.messages(pubsub, self):
+            if message["type"] == self._channels.message:
                 queue.put_nowait(as_bytes(message["data"]))
 
     # -- tables ------------------------------------------------------------------------------
@@ -151,11 +152,11 @@ class RedisControl(RedisRole):
         with redis_errors(self._url, "put"):
             async with client.pipeline(transaction=True) as pipe:
                 if value is None:
-                    pipe.hdel(keys.control_table(table), key)
+                    pipe.hdel(self._keys.control_table(table), key)
                 else:
                     until = 0 if ttl is None else int((time.time() + ttl) * 1000)
-                    pipe.hset(keys.control_table(table), key, b"%d:%s" % (until, value))
-                pipe.incr(keys.control_version(table))
+                    pipe.hset(self._keys.control_table(table), key, b"%d:%s" % (until, value))
+                pipe.incr(self._keys.control_version(table))
                 await pipe.execute()
 
     async def read(self, table: str) -> tuple[int, dict[str, bytes]]:
@@ -167,8 +168,8 @@ class RedisControl(RedisRole):
         client = await self._connection()
         with redis_errors(self._url, "read"):
             async with client.pipeline(transaction=True) as pipe:
-                pipe.get(keys.control_version(table))
-                pipe.hgetall(keys.control_table(table))
+                pipe.get(self._keys.control_version(table))
+                pipe.hgetall(self._keys.control_table(table))
                 version, raw = await pipe.execute()
             now_ms = time.time() * 1000
             entries: dict[str, bytes] = {}
@@ -181,7 +182,7 @@ class RedisControl(RedisRole):
                     entries[as_bytes(field).decode()] = data
             if expired:
                 # No version bump: an expired entry already reads as missing everywhere.
-                await client.hdel(keys.control_table(table), *expired)
+                await client.hdel(self._keys.control_table(table), *expired)
         return int(version or 0), entries
 
     async def version(self, table: str) -> int:
@@ -192,7 +193,7 @@ class RedisControl(RedisRole):
         """
         client = await self._connection()
         with redis_errors(self._url, "version"):
-            value = await client.get(keys.control_version(table))
+            value = await client.get(self._keys.control_version(table))
         return int(value or 0)
 
     # -- token buckets -----------------------------------------------------------------------

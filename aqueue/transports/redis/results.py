@@ -14,6 +14,12 @@ Relies on these Redis semantics (key names in :mod:`aqueue.transports.redis.keys
 All watches share one pub/sub connection and one reader task per backend instance, and so does
 this client's reply channel (:mod:`aqueue.results.mailbox`): records of tasks it sent arrive there,
 batched, with no per-task SUBSCRIBE.
+
+On Redis Cluster (:mod:`aqueue.transports.redis.cluster`) a task id's record, watched mark and
+channel share its hash tag; records are stored one script run per task id
+(``lua/store_sharded.lua``), all of a batch in one pipeline that redis-py sends to each primary
+at once, and channels are sharded (``SPUBLISH``/``SSUBSCRIBE``: one connection per primary
+subscribed on).
 """
 
 from __future__ import annotations
@@ -25,22 +31,20 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
+import redis.asyncio as aioredis
+import redis.exceptions
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from aqueue.exceptions import BrokerConnectionError, BrokerError
 from aqueue.results.mailbox import Inbox, Mailbox, pack
 from aqueue.transports.base import Records, ReplyTo, waiters_key
 from aqueue.transports.redis import keys, lua
-from aqueue.transports.redis.client import (
-    SharedClient,
-    as_bytes,
-    pubsub_messages,
-    redacted_url,
-    redis_errors,
-)
+from aqueue.transports.redis.client import SharedClient, as_bytes, redacted_url, redis_errors
+from aqueue.transports.redis.keys import CLUSTER
 from aqueue.transports.redis.role import RedisRole
 
 __all__ = ["RedisBackend"]
@@ -84,6 +88,7 @@ class RedisBackend(RedisRole):
         # One future per SUBSCRIBE sent, resolved in order by the server's confirmations.
         self._confirmations: dict[bytes, collections.deque[asyncio.Future[None]]] = {}
         self._messages_seen: dict[bytes, int] = {}  # channel -> messages dispatched so far
+        self._watched_ids: dict[bytes, str] = {}  # a watched task's channel -> its id
         self._refreshes: set[asyncio.Task[None]] = set()
         self._remarker: asyncio.Task[None] | None = None
         # This client's reply channel: subscribed on first use, by one task all callers await.
@@ -116,6 +121,7 @@ class RedisBackend(RedisRole):
         self._confirmations.clear()
         self._watchers.clear()
         self._messages_seen.clear()
+        self._watched_ids.clear()
         pubsub = self._pubsub
         self._pubsub = None
         if pubsub is not None:
@@ -157,6 +163,12 @@ class RedisBackend(RedisRole):
         if not items:
             return []
         client = await self._connection()
+        if self._keys.cluster:
+            await self._store_sharded(client, items, expires, reply_to)
+            if self._inbox:
+                for task_id, record in items:
+                    self._inbox.put(task_id, record)
+            return
         names: list[str] = [_WATCHED]
         records: list[bytes] = []
         replied = bytearray(b"0" * len(items))
@@ -242,8 +254,12 @@ class RedisBackend(RedisRole):
         if not task_ids:
             return []
         client = await self._connection()
+        names = [self._keys.result(t) for t in task_ids]
         with redis_errors(self._url, "get_many"):
-            values = await client.mget([keys.result(t) for t in task_ids])
+            if self._keys.cluster:  # one MGET per slot, sent to their nodes at once
+                values = await cast(RedisCluster, client).mget_nonatomic(names)
+            else:
+                values = await client.mget(names)
         return [None if v is None else as_bytes(v) for v in values]
 
     async def delete(self, task_ids: Sequence[str]) -> None:
@@ -256,7 +272,7 @@ class RedisBackend(RedisRole):
             return
         client = await self._connection()
         with redis_errors(self._url, "delete"):
-            await client.delete(*(keys.result(t) for t in task_ids))
+            await client.delete(*(self._keys.result(t) for t in task_ids))
 
     async def add_member(self, key: str, member: str, expires: float | None) -> int:
         """SADD ``member`` to the set, (re)set its expiry and SCARD it, atomically in one MULTI.
@@ -312,8 +328,9 @@ class RedisBackend(RedisRole):
             BrokerConnectionError: the server cannot be reached, or did not confirm the
                 subscription within 10 seconds.
         """
-        channel = keys.result_channel(task_id).encode()
+        channel = self._keys.result_channel(task_id).encode()
         queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._watched_ids[channel] = task_id
         try:
             await self._subscribe(channel, queue)
             # After subscribing, before the caller reads the record (see lua/store.lua).
@@ -333,16 +350,19 @@ class RedisBackend(RedisRole):
         until = now_ms + int(_WATCH_TTL * 1000)
         with redis_errors(self._url, "watch"):
             async with client.pipeline(transaction=False) as pipe:
-                pipe.zadd(_WATCHED, dict.fromkeys(task_ids, until), gt=True)
-                pipe.zremrangebyscore(_WATCHED, "-inf", now_ms)
+                if self._keys.cluster:  # a mark per task id, in its slot
+                    for task_id in task_ids:
+                        pipe.set(CLUSTER.watched(task_id), b"1", px=_milliseconds(_WATCH_TTL))
+                else:
+                    pipe.zadd(_WATCHED, dict.fromkeys(task_ids, until), gt=True)
+                    pipe.zremrangebyscore(_WATCHED, "-inf", now_ms)
                 await pipe.execute()
 
     async def _remark_loop(self) -> None:
         """Renew the watched-set entries of this backend's live watches, until cancelled."""
-        prefix = _CHANNEL_PREFIX.encode()
         while self._client is not None:
             await asyncio.sleep(_WATCH_TTL / 3)
-            ids = [c[len(prefix) :].decode() for c in self._watchers if c.startswith(prefix)]
+            ids = [self._watched_ids[c] for c in self._watchers if c in self._watched_ids]
             if ids:
                 try:
                     await self._mark_watched(ids)
@@ -365,7 +385,7 @@ class RedisBackend(RedisRole):
                     self._pubsub = client.pubsub()
                 try:
                     with redis_errors(self._url, "subscribe"):
-                        await self._pubsub.subscribe(channel)
+                        await getattr(self._pubsub, self._channels.subscribe)(channel)
                 except BaseException:
                     waiting.remove(confirmed)
                     if not waiting:
@@ -399,11 +419,12 @@ class RedisBackend(RedisRole):
                 return
             del self._watchers[channel]
             self._messages_seen.pop(channel, None)
+            self._watched_ids.pop(channel, None)
             if self._pubsub is None:
                 return
             try:
                 with redis_errors(self._url, "unsubscribe"):
-                    await self._pubsub.unsubscribe(channel)
+                    await getattr(self._pubsub, self._channels.unsubscribe)(channel)
             except BrokerError as exc:
                 # Not raised: leaving a watch should not fail. A subscription left behind only
                 # brings messages nobody waits for, which the reader drops.
@@ -415,10 +436,15 @@ class RedisBackend(RedisRole):
         redis-py reconnects and re-subscribes by itself when the connection drops; while the
         server stays unreachable this keeps retrying with a growing pause.
         """
-        async for message in pubsub_messages(pubsub, self):
+        async for message in self._shared.messages(pubsub, self):
             self._dispatch(message["type"], message["channel"], message["data"])
 
     def _dispatch(self, kind: str, channel: bytes, data: Any) -> None:
+        # Sharded pub/sub (a cluster) names its types smessage and ssubscribe.
+        if kind == self._channels.message:
+            kind = "message"
+        elif kind == self._channels.subscribed:
+            kind = "subscribe"
         if kind == "message" and channel == self._reply:
             try:
                 self._inbox.deliver(data)
@@ -454,9 +480,11 @@ class RedisBackend(RedisRole):
             await self._refresh_inbox()
             return
         seen = self._messages_seen.get(channel, 0)
-        task_id = channel.decode().removeprefix(_CHANNEL_PREFIX)
+        task_id = self._watched_ids.get(channel)
+        if task_id is None:  # no longer watched
+            return
         try:
-            record = await self._connection_value(keys.result(task_id))
+            record = await self._connection_value(self._keys.result(task_id))
         except BrokerError as exc:
             log.warning("%r: cannot re-read %s after reconnect: %s", self, task_id, exc)
             return
@@ -482,8 +510,65 @@ class RedisBackend(RedisRole):
                 if record is not None:
                     self._inbox.put(task_id, record)
 
+    async def _store_sharded(
+        self,
+        client: aioredis.Redis,
+        items: Records,
+        expires: float | None,
+        reply_to: ReplyTo | None,
+    ) -> None:
+        """:meth:`store` on a cluster: one store script run per record (its keys and channel in
+        its task id's slot), and one SPUBLISH per reply channel, in one pipeline (redis-py
+        sends each node its part at once). Records the servers had no script for yet are
+        stored again once it is loaded."""
+        script = self._store_script
+        if script is None or script.registered_client is not client:
+            script = self._store_script = lua.register(client, "store_sharded")
+        px = 0 if expires is None else _milliseconds(expires)
+        replies: dict[str, list[tuple[str, bytes]]] = {}
+        runs: list[tuple[Any, ...]] = []
+        for task_id, record in items:
+            channel = reply_to.get(task_id) if reply_to else None
+            replied = bool(channel and channel.startswith(keys.REPLY_PREFIX))
+            if channel and replied:
+                replies.setdefault(channel, []).append((task_id, record))
+            layout = self._keys
+            runs.append(
+                (
+                    layout.result(task_id),
+                    CLUSTER.watched(task_id),
+                    px,
+                    record,
+                    layout.result_channel(task_id),
+                    b"1" if replied else b"0",
+                )
+            )
+        with redis_errors(self._url, "store"):
+            async with client.pipeline(transaction=False) as pipe:
+                for run in runs:
+                    pipe.evalsha(script.sha, 2, *run)
+                for channel, batch in replies.items():
+                    pipe.spublish(channel, pack(batch))
+                results = await pipe.execute(raise_on_error=False)
+            again = [r for r, res in zip(runs, results, strict=False) if _no_script(res)]
+            failed = [r for r in results if isinstance(r, Exception) and not _no_script(r)]
+            if again:  # a node new to the script (restarted, failed over): load it, run again
+                await client.script_load(script.script)
+                async with client.pipeline(transaction=False) as pipe:
+                    for run in again:
+                        pipe.evalsha(script.sha, 2, *run)
+                    results = await pipe.execute(raise_on_error=False)
+                failed += [r for r in results if isinstance(r, Exception)]
+            if failed:
+                raise failed[0]
+
     async def _connection_value(self, key: str) -> bytes | None:
         client = await self._connection()
         with redis_errors(self._url, "get"):
             value = await client.get(key)
         return None if value is None else as_bytes(value)
+
+
+def _no_script(result: object) -> bool:
+    """True for a pipeline's answer saying the server did not know the script (NOSCRIPT)."""
+    return isinstance(result, redis.exceptions.NoScriptError)

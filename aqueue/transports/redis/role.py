@@ -34,6 +34,8 @@ class RedisRole:
     ) -> None:
         self.url = self._url = url
         self._shared = client or shared_client(url, connection)
+        self._keys = self._shared.layout  # how this server names aqueue's keys
+        self._channels = self._shared.channels  # plain or sharded pub/sub
         self._owns_client = client is None
         self._client: aioredis.Redis | None = None
 

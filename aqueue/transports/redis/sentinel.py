@@ -83,6 +83,7 @@ __all__ = [
     "Sentinels",
     "open_sentinel_client",
     "parse_sentinel_url",
+    "server_address",
 ]
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def parse_sentinel_url(url: str, options: Mapping[str, Any] | None = None) -> Se
     else:
         first = urlsplit(url)
         sentinels = tuple(
-            _address(part, where) for part in first.netloc.rpartition("@")[2].split(",")
+            server_address(part, where) for part in first.netloc.rpartition("@")[2].split(",")
         )
         service, _, rest = first.path.lstrip("/").partition("/")
         service = unquote(service)
@@ -200,11 +201,13 @@ def _kombu_sentinels(url: str, where: str) -> tuple[tuple[tuple[str, int], ...],
                 f"{where!r}: the parts name different users or passwords; the first part's "
                 f"are the primary's, and sentinel_kwargs holds the sentinels' own"
             )
-    return tuple(_address(part.netloc.rpartition("@")[2], where) for part in parts), parts[0]
+    found = tuple(server_address(part.netloc.rpartition("@")[2], where) for part in parts)
+    return found, parts[0]
 
 
-def _address(text: str, where: str) -> tuple[str, int]:
-    """``(host, port)`` of ``host``, ``host:port``, ``[v6]`` or ``[v6]:port``."""
+def server_address(text: str, where: str, default: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``(host, port)`` of ``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` (``default``
+    when no port is given)."""
     host, port = text, ""
     if text.startswith("["):
         host, _, port = text[1:].partition("]")
@@ -212,10 +215,10 @@ def _address(text: str, where: str) -> tuple[str, int]:
     elif ":" in text:
         host, _, port = text.rpartition(":")
     if not host:
-        raise ConfigurationError(f"{where!r}: a sentinel has no host")
+        raise ConfigurationError(f"{where!r}: a server in the URL has no host")
     if port and not port.isdigit():
         raise ConfigurationError(f"{where!r}: {port!r} is not a port")
-    return unquote(host), int(port) if port else DEFAULT_PORT
+    return unquote(host), int(port) if port else default
 
 
 def sentinel_options(options: Mapping[str, Any] | None, where: str) -> dict[str, Any]:

@@ -1,0 +1,100 @@
+"""Redis Cluster's key layout and URL, without a server: a single server and Sentinel keep
+today's key names; on a cluster, every key a script or MULTI uses together shares one hash tag
+(so one slot), and different queues, task ids, tables and apps do not. The cluster itself is
+in ``make test-cluster`` (tests/cluster/test_redis_cluster.py and the contract suites)."""
+
+from __future__ import annotations
+
+import pytest
+
+from aqueue.exceptions import ConfigurationError
+from aqueue.transports import broker_from_url, transport_type
+from aqueue.transports.redis import Transport
+from aqueue.transports.redis.client import PLAIN_CHANNELS, SHARDED_CHANNELS, shared_client
+from aqueue.transports.redis.cluster import ClusterClient, parse_cluster_url
+from aqueue.transports.redis.keys import CLUSTER, SINGLE, hash_tag
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def test_a_single_server_keeps_its_key_names() -> None:
+    assert SINGLE.stream("emails", 9) == "aqueue:stream:emails:9"
+    assert SINGLE.stream_prefix("emails") == "aqueue:stream:"
+    assert SINGLE.delayed("emails") == SINGLE.delayed("other") == "aqueue:delayed"
+    assert SINGLE.delayed_rejected("emails") == "aqueue:delayed-rejected"
+    assert SINGLE.dlq("emails") == "aqueue:dlq:emails"
+    assert SINGLE.result("id-1") == "aqueue:result:id-1"
+    assert SINGLE.result_channel("id-1") == "aqueue:result-events:id-1"
+    assert SINGLE.control_table("revoked") == "aqueue:table:revoked"
+    assert SINGLE.control_version("revoked") == "aqueue:table-version:revoked"
+    assert SINGLE.beat_entries("proj") == "aqueue:beat:proj:entries"
+    assert SINGLE.beat_last("proj") == "aqueue:beat:proj:last"
+    assert SINGLE.beat_claim("proj", "each", 1000) == "aqueue:beat:proj:claim:each:1000"
+    # Every key is in the one shard: a script may use any of them together.
+    assert {SINGLE.shard(SINGLE.stream(q, 0)) for q in ("a", "b")} == {""}
+
+
+@pytest.mark.parametrize("queue", ["emails", "a:b:9", "with}brace", "x{y}"])
+def test_a_queues_cluster_keys_share_one_hash_tag(queue: str) -> None:
+    names = [CLUSTER.stream(queue, p) for p in range(10)]
+    names += [CLUSTER.delayed(queue), CLUSTER.delayed_rejected(queue), CLUSTER.dlq(queue)]
+    assert len({hash_tag(n) for n in names}) == 1
+    assert all(n.startswith(CLUSTER.stream_prefix(queue)) for n in names[:10])
+    assert CLUSTER.stream(queue, 3) == f"aqueue:{{{queue}}}:stream:3"
+
+
+def test_cluster_keys_of_one_task_table_and_app_share_a_tag_and_others_do_not() -> None:
+    task = [CLUSTER.result("t1"), CLUSTER.watched("t1"), CLUSTER.result_channel("t1")]
+    assert {hash_tag(n) for n in task} == {"t1"}
+    assert hash_tag(CLUSTER.result("t2")) != hash_tag(CLUSTER.result("t1"))
+    assert hash_tag(CLUSTER.control_table("revoked")) == hash_tag(
+        CLUSTER.control_version("revoked")
+    )
+    beat = [CLUSTER.beat_entries("p"), CLUSTER.beat_last("p"), CLUSTER.beat_claim("p", "e", 1)]
+    assert {hash_tag(n) for n in beat} == {"p"}
+    assert hash_tag(CLUSTER.stream("q1", 0)) != hash_tag(CLUSTER.stream("q2", 0))
+
+
+def test_hash_tag_follows_redis_cluster_rules() -> None:
+    assert hash_tag("aqueue:{q}:x") == "q"
+    assert hash_tag("no-tag") == "no-tag"
+    assert hash_tag("empty:{}:tag") == "empty:{}:tag"  # an empty tag hashes the whole key
+    assert hash_tag("a{b}c{d}") == "b"
+
+
+def test_cluster_urls_are_served_by_the_redis_transport() -> None:
+    assert transport_type("redis+cluster://127.0.0.1:7000") is Transport
+    assert transport_type("rediss+cluster://127.0.0.1:7000") is Transport
+    client = shared_client("redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
+    assert isinstance(client, ClusterClient)
+    assert (client.layout, client.channels) == (CLUSTER, SHARDED_CHANNELS)
+    plain = shared_client("redis://127.0.0.1:6379/0")
+    assert (plain.layout, plain.channels) == (SINGLE, PLAIN_CHANNELS)
+
+
+def test_parse_cluster_url() -> None:
+    parsed = parse_cluster_url("rediss+cluster://u:pw@a:7000,b,[::1]:7002/0?socket_timeout=5")
+    assert parsed.nodes == (("a", 7000), ("b", 6379), ("::1", 7002))
+    assert parsed.tls
+    assert parsed.options["username"] == "u" and parsed.options["password"] == "pw"
+    assert parsed.options["socket_timeout"] == 5.0
+    assert not parse_cluster_url("redis+cluster://a:7000").tls
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis+cluster://a:7000/1", "database 0 only"),
+        ("redis+cluster://", "names no node"),
+        ("redis+cluster://a:port", "not a port"),
+        ("redis+cluster://:7000", "has no host"),
+    ],
+)
+def test_bad_cluster_urls_are_refused_at_once(url: str, says: str) -> None:
+    with pytest.raises(ConfigurationError, match=says):
+        shared_client(url)
+
+
+def test_wait_replicas_is_refused_on_a_cluster() -> None:
+    with pytest.raises(ConfigurationError, match="not supported on Redis Cluster"):
+        broker_from_url("redis+cluster://127.0.0.1:7000", {"wait_replicas": 1})
