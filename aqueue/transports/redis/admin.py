@@ -82,7 +82,10 @@ async def _known_cluster_queues(client: aioredis.Redis) -> list[str]:
 
 
 async def queue_depths(
-    client: aioredis.Redis, url: str, queues: Sequence[str] | None, layout: keys.Layout
+    client: aioredis.Redis,
+    url: str,
+    queues: Sequence[str] | None,
+    layout: keys.Layout = keys.SINGLE,
 ) -> list[QueueDepth]:
     """See :meth:`aqueue.transports.base.QueueAdmin.queue_depths`.
 
@@ -123,7 +126,7 @@ async def queue_depths(
 
 
 async def purge(
-    client: aioredis.Redis, url: str, queues: Sequence[str], layout: keys.Layout
+    client: aioredis.Redis, url: str, queues: Sequence[str], layout: keys.Layout = keys.SINGLE
 ) -> int:
     """See :meth:`aqueue.transports.base.QueueAdmin.purge`.
 
@@ -165,7 +168,11 @@ async def purge(
 
 
 async def purge_dead_letters(
-    client: aioredis.Redis, url: str, queue: str, limit: int | None, layout: keys.Layout
+    client: aioredis.Redis,
+    url: str,
+    queue: str,
+    limit: int | None,
+    layout: keys.Layout = keys.SINGLE,
 ) -> int:
     """See :meth:`aqueue.transports.base.QueueAdmin.purge_dead_letters`.
 
