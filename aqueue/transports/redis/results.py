@@ -168,7 +168,7 @@ class RedisBackend(RedisRole):
             if self._inbox:
                 for task_id, record in items:
                     self._inbox.put(task_id, record)
-            return
+            return await self._waited(client, items) if waited else []
         names: list[str] = [_WATCHED]
         records: list[bytes] = []
         replied = bytearray(b"0" * len(items))
@@ -561,6 +561,19 @@ class RedisBackend(RedisRole):
                 failed += [r for r in results if isinstance(r, Exception)]
             if failed:
                 raise failed[0]
+
+    async def _waited(self, client: aioredis.Redis, items: Records) -> list[str]:
+        """On a cluster, after the records are stored: the ids whose waiter set exists (one
+        EXISTS each, in one pipeline). The waiter set is in another slot than the record, so
+        not in the store script; a waiter adds itself to the set before reading the record,
+        and this reads the set after the record is stored, so one of the two sees the other."""
+        ids = [task_id for task_id, _ in items]
+        with redis_errors(self._url, "store"):
+            async with client.pipeline(transaction=False) as pipe:
+                for task_id in ids:
+                    pipe.exists(keys.members(waiters_key(task_id)))
+                found = await pipe.execute()
+        return [task_id for task_id, there in zip(ids, found, strict=True) if there]
 
     async def _connection_value(self, key: str) -> bytes | None:
         client = await self._connection()
