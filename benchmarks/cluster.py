@@ -165,6 +165,7 @@ async def spread_queues(url: str, ports: list[int]) -> list[str]:
 
     client = RedisCluster(host="127.0.0.1", port=ports[0])
     try:
+        await client.initialize()  # the slot map
         taken: dict[str, int] = {}
         cap = -(-QUEUES // len(ports))
         for i in itertools.count():
