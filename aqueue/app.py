@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import (
     TYPE_CHECKING,
@@ -71,12 +71,16 @@ class _TaskDecorator(Protocol):
     @overload
     def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> Task[P, R]: ...
     @overload
+    def __call__(self, fn: Callable[P, AsyncIterator[R]]) -> Task[P, list[R]]: ...
+    @overload
     def __call__(self, fn: Callable[P, R]) -> Task[P, R]: ...
 
 
 class _BoundTaskDecorator(Protocol):
     @overload
     def __call__(self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Any, P], AsyncIterator[R]]) -> Task[P, list[R]]: ...
     @overload
     def __call__(self, fn: Callable[Concatenate[Any, P], R]) -> Task[P, R]: ...
 
@@ -265,6 +269,8 @@ class Aqueue:
 
     @overload
     def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, AsyncIterator[R]], /) -> Task[P, list[R]]: ...
     @overload
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
     @overload

@@ -321,6 +321,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "redis_backend_use_ssl": _use_ssl((REDIS_KEYS,), allow_true=False),
     # Worker side of issue 12 (README "Worker lifespan and limits"):
     "task_soft_time_limit": _seconds(allow_none=True),
+    "task_soft_deadline": _seconds(allow_none=True),
     "task_reject_on_worker_lost": _boolean,
     "worker_max_tasks_per_child": _optional(_non_negative_int),
     "worker_max_memory_per_child": _optional(_non_negative_int),
@@ -400,6 +401,7 @@ class Settings(Mapping[str, Any]):
     redis_backend_use_ssl: bool | dict[str, Any] = False
     # Worker side (README "Worker lifespan and limits"):
     task_soft_time_limit: float | None = None  # seconds: SoftTimeLimitExceeded in the task
+    task_soft_deadline: float | None = None  # seconds: a run past it is reported, not stopped
     task_reject_on_worker_lost: bool = True  # False: a task whose worker died -> WorkerLostError
     worker_max_tasks_per_child: int | None = None  # with --processes; None or 0: no limit
     worker_max_memory_per_child: int | None = None  # KiB resident, with --processes; None/0: none

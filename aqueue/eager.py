@@ -14,16 +14,19 @@ it. Set ``task_eager_serializes=False`` to pass the objects through untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 import uuid
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from aqueue import message, states
 from aqueue.exceptions import EncodeError, Retry
-from aqueue.results.record import ResultRecord, describe_exception
+from aqueue.results.record import ResultRecord, describe_exception, rebuild_exception
 from aqueue.results.result import AsyncResult
 from aqueue.task import Request, Task
+from aqueue.worker.batch import invoke_one
 from aqueue.worker.invoke import invoke
 
 if TYPE_CHECKING:
@@ -42,6 +45,19 @@ class EagerResult(AsyncResult[Any]):
 
     async def forget(self) -> None:
         """Nothing is stored, so nothing to forget."""
+
+    def stream(self, timeout: float | None = None) -> AsyncIterator[Any]:
+        """The items of the finished run (its result's list, or its one value), without I/O;
+        raises its exception after them when it failed (``timeout`` is not used)."""
+        return _items(self._record)
+
+
+async def _items(record: ResultRecord | None) -> AsyncIterator[Any]:
+    if record is not None and record.status == states.SUCCESS:
+        for item in record.result if record.streamed is not None else [record.result]:
+            yield item
+    elif record is not None:
+        raise rebuild_exception(record.result, record.traceback)
 
 
 async def apply_eager(
@@ -77,7 +93,10 @@ async def apply_eager(
             called_directly=False,
         )
         try:
-            value = await invoke(task, request, time_limit)
+            if task.batch_size is None:
+                value = await invoke(task, request, time_limit)
+            else:
+                value = await invoke_one(task, request, time_limit)
         except Retry:
             retries += 1
             continue
@@ -103,6 +122,8 @@ async def apply_eager(
             )
             return EagerResult(task_id, app, record)
         record = ResultRecord(task_id, states.SUCCESS, value, None, time.time(), retries, task.name)
+        if task.is_stream:
+            record = dataclasses.replace(record, streamed=len(value))
         if app.conf.task_eager_serializes:
             try:
                 record = _stored(app, record)

@@ -22,6 +22,7 @@ reaches user code as :class:`BrokerConnectionError`)::
     ├── TaskRevokedError            the task was revoked or its message expired
     ├── TimeLimitExceeded           the task ran past its ``time_limit`` and was cancelled
     ├── SoftTimeLimitExceeded       raised inside a coroutine task at its ``soft_time_limit``
+    ├── StreamError                 a result stream over ``stream_max_items``, or an item missing
     ├── WorkerLostError             the worker died while running the task (not run again)
     ├── MaxRetriesExceededError     ``self.retry()`` called with no retries left
     ├── ChordError                  a member of a chord's header failed
@@ -188,6 +189,12 @@ class SoftTimeLimitExceeded(AqueueError):
     function running in a thread cannot be interrupted: it never sees this exception (the
     worker logs a warning at the soft limit).
     """
+
+
+class StreamError(AqueueError):
+    """A result stream broke its bounds: the task yielded more items than its
+    ``stream_max_items`` (the task fails with this), or ``r.stream()`` found a stored item
+    missing (expired with ``result_expires``, or forgotten)."""
 
 
 class WorkerLostError(AqueueError):

@@ -46,6 +46,7 @@ __all__ = [
     "task_rejected",
     "task_retry",
     "task_revoked",
+    "task_slow",
     "task_success",
     "task_unknown",
     "worker_init",
@@ -244,6 +245,13 @@ task_revoked = _signal(
     "task_revoked",
     "request terminated signum expired",
     """A task was revoked (before or while running) or expired; ``sender`` is the task.""",
+)
+task_slow = _signal(
+    "task_slow",
+    "task_id request runtime deadline",
+    """A running task passed its soft deadline (``soft_deadline``, ``task_soft_deadline``) and
+    runs on; sent once per run. ``sender`` is the task, ``runtime`` the seconds it has run,
+    ``deadline`` its soft deadline (seconds). aqueue's own (Celery has none).""",
 )
 task_unknown = _signal(
     "task_unknown",

@@ -15,6 +15,10 @@ FAILURE = "FAILURE"
 RETRY = "RETRY"
 REVOKED = "REVOKED"
 
+#: A custom state (not in :data:`ALL_STATES`): the record of one item an async-generator task
+#: yielded, as ``r.stream()`` reads it (see :mod:`aqueue.results.stream`).
+STREAMING = "STREAMING"
+
 READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
 EXCEPTION_STATES = frozenset({FAILURE, RETRY, REVOKED})
 ALL_STATES = frozenset({PENDING, RECEIVED, STARTED, SUCCESS, FAILURE, RETRY, REVOKED})

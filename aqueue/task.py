@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
 from aqueue import serialization
 from aqueue.canvas.primitives import Signature, group, xmap, xstarmap
 from aqueue.canvas.primitives import chunks as canvas_chunks
-from aqueue.exceptions import ArgumentsError, MaxRetriesExceededError, Retry
+from aqueue.exceptions import ArgumentsError, ConfigurationError, MaxRetriesExceededError, Retry
 from aqueue.sending.options import SendOptions
 
 if TYPE_CHECKING:
@@ -109,6 +109,15 @@ class Task(Generic[P, R]):
             tasks"): ``unique`` is ``True``/``"running"`` (locked until the run ends) or
             ``"queued"`` (until it starts); ``unique_key(*args, **kwargs)`` makes the key
             (default: the arguments); ``unique_ttl`` bounds a queued call's lock (seconds).
+        batch_size, batch_timeout: with ``batch_size`` set, the worker calls the function
+            with up to ``batch_size`` queued calls at once, as a list of :class:`Request`,
+            after waiting at most ``batch_timeout`` seconds (default 1.0) for a batch to fill
+            (:mod:`aqueue.worker.batch`; docs/tasks.md "Batching").
+        soft_deadline: seconds a run may take before the worker reports it as slow (a log
+            line, a ``task-slow`` event, the ``task_slow`` signal) without stopping it
+            (default the ``task_soft_deadline`` setting; docs/tasks.md "Slow and stuck tasks").
+        stream_max_items: the most items an async-generator task may yield (default 10,000):
+            each is stored until the result expires, for late readers of ``r.stream()``.
     """
 
     name: str = ""
@@ -133,6 +142,10 @@ class Task(Generic[P, R]):
     unique: bool | str = False
     unique_key: Callable[..., str] | None = None
     unique_ttl: float | None = None
+    batch_size: int | None = None
+    batch_timeout: float = 1.0
+    soft_deadline: float | None = None
+    stream_max_items: int = 10_000
 
     def __init__(
         self,
@@ -147,8 +160,11 @@ class Task(Generic[P, R]):
         self.name = name
         self.bind = bind
         self.is_async = inspect.iscoroutinefunction(fn)
+        # An async generator function: its items are streamed (aqueue.results.stream).
+        self.is_stream = inspect.isasyncgenfunction(fn)
         for key, value in options.items():
             setattr(self, key, value)
+        _check_worker_options(self)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
         self.__module__ = getattr(fn, "__module__", "")
@@ -194,6 +210,8 @@ class Task(Generic[P, R]):
                 its parameters and what is wrong, e.g. ``proj.add(x, y): missing a required
                 argument: 'y'``.
         """
+        if self.batch_size is not None:
+            return  # a batch task's function takes the calls' list; each call is its own
         span = self._positional
         if span is not None:
             given = len(args) + (1 if self.bind else 0)
@@ -400,6 +418,34 @@ class Task(Generic[P, R]):
         einfo: str | None,
     ) -> Any:
         """Called by the worker after every run, whatever its outcome (``status``)."""
+
+
+def _check_worker_options(task: Task[Any, Any]) -> None:
+    """Check the values of ``batch_size``, ``batch_timeout``, ``soft_deadline`` and
+    ``stream_max_items``.
+
+    Raises:
+        ConfigurationError: a value out of range, or a batch task that is an async generator.
+    """
+    size, timeout = task.batch_size, task.batch_timeout
+    if size is not None and (type(size) is not int or size < 1):
+        raise ConfigurationError(f"{task.name}: batch_size must be a positive int, not {size!r}")
+    if not isinstance(timeout, int | float) or timeout <= 0:
+        raise ConfigurationError(f"{task.name}: batch_timeout must be seconds > 0, not {timeout!r}")
+    if size is not None and task.is_stream:
+        raise ConfigurationError(
+            f"{task.name}: a batch task cannot be an async generator (streaming is per call)"
+        )
+    deadline = task.soft_deadline
+    if deadline is not None and (not isinstance(deadline, int | float) or deadline <= 0):
+        raise ConfigurationError(
+            f"{task.name}: soft_deadline must be seconds > 0 or None, not {deadline!r}"
+        )
+    limit = task.stream_max_items
+    if type(limit) is not int or limit < 1:
+        raise ConfigurationError(
+            f"{task.name}: stream_max_items must be a positive int, not {limit!r}"
+        )
 
 
 def _positional_range(sig: inspect.Signature) -> tuple[int, int] | None:

@@ -82,3 +82,13 @@ def test_pipeline_demo_on_sqlite() -> None:
     assert "ran 1 time" in out and "ids ['charge-17']" in out, out
     assert "load is PENDING" in out and "diamond:     loaded 4 rows, 19 characters" in out, out
     assert "failed dep:  dependency demo.enrich[" in out and "the geo service is down" in out, out
+
+
+@pytest.mark.timeout(120)
+def test_streaming_demo() -> None:
+    done = run_module("examples.streaming.demo", timeout=110)
+    lines = done.stdout.splitlines()
+    assert any(line.endswith("You ") for line in lines), done.stdout  # the first token
+    assert "result: You asked: what is a task queue. Here is" in done.stdout
+    assert "late reader got 17 tokens" in done.stdout
+    assert "1000 batched calls: 10 invocations" in done.stdout

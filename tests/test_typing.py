@@ -8,6 +8,7 @@ import pytest
 from mypy import api
 
 SNIPPET = """
+from collections.abc import AsyncIterator
 from aqueue import Aqueue, Task
 
 app = Aqueue("typed", broker="memory://")
@@ -20,10 +21,15 @@ async def add(x: int, y: int) -> int:
 def crunch(self: Task, n: int) -> str:
     return str(n)
 
+@app.task(soft_deadline=5)
+async def tokens(n: int) -> AsyncIterator[str]:
+    yield str(n)
+
 async def main() -> None:
     r = await add.delay(2, 2)
     reveal_type(await r)
     reveal_type(await (await crunch.delay(3)))
+    reveal_type(await (await tokens.delay(3)))
     await add.delay("x", 2)
     await crunch.delay(n="3")
 """
@@ -49,7 +55,11 @@ def test_delay_is_checked_and_the_result_typed(tmp_path: Path) -> None:
         for line in out.splitlines()
         if "Revealed type is" in line
     ]
-    assert [t.strip('"').removeprefix("builtins.") for t in revealed] == ["int", "str"], out
+    assert [t.strip('"').removeprefix("builtins.") for t in revealed] == [
+        "int",
+        "str",
+        "list[str]",
+    ], out
     assert 'Argument 1 to "delay" of "Task" has incompatible type "str"; expected "int"' in out, out
     expected = 'Argument "n" to "delay" of "Task" has incompatible type "str"; expected "int"'
     assert expected in out, out

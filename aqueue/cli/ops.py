@@ -110,6 +110,17 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _running(item: dict[str, Any]) -> str:
+    """How long an active task has run, and whether past its soft deadline."""
+    runtime, deadline = item.get("runtime"), item.get("soft_deadline")
+    if not isinstance(runtime, int | float):  # a worker from before runtime was reported
+        return f"running {_ago(item.get('time_start'))}"
+    text = f"running {_duration(runtime)}"
+    if isinstance(deadline, int | float) and runtime > deadline:
+        text += f", past its soft deadline of {deadline:g}s"
+    return text
+
+
 def _no_reply(timeout: float) -> typer.Exit:
     typer.echo(f"error: no worker replied within {timeout:g}s", err=True)
     return typer.Exit(1)
@@ -129,7 +140,7 @@ def _worker_rows(replies: dict[str, Any], command: str) -> tuple[list[str], list
             for item in items:
                 request = item.get("request", item)
                 if command == "active":
-                    detail = f"running {_ago(item.get('time_start'))}"
+                    detail = _running(item)
                 elif command == "scheduled":
                     detail = f"{item.get('reason')}, waiting {_ago(item.get('waiting_since'))}"
                 else:
@@ -276,8 +287,9 @@ def status(
     queues: QueuesOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Queues with their depths (ready, delayed, unacked, dead-lettered, consumers) and live
-    workers; ``-`` where the broker cannot count (RabbitMQ: see docs/amqp.md)."""
+    """Queues with their depths (ready, delayed, unacked, dead-lettered, consumers), live
+    workers, and lost ones (stopped heartbeating without shutting down, in the last hour);
+    ``-`` where the broker cannot count (RabbitMQ: see docs/amqp.md)."""
     from aqueue.control.queues import cluster_status
 
     result = run_with_app(app_spec(ctx, app), lambda a: cluster_status(a, split(queues)))
@@ -306,6 +318,16 @@ def status(
             for w in result.workers
         ],
     )
+    if result.lost:  # stopped heartbeating without shutting down
+        _print_table(
+            f"Workers: {len(result.lost)} lost (no heartbeat, not shut down)",
+            ["worker", "pid", "last seen", "active then", "queues"],
+            [
+                [w.hostname, str(w.pid), f"{_duration(w.last_seen)} ago", str(w.active),
+                 ",".join(w.queues)]
+                for w in result.lost
+            ],
+        )  # fmt: skip
 
 
 def _count(value: int | None) -> str:

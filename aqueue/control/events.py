@@ -13,6 +13,8 @@ task-succeeded ``uuid``, ``name``, ``result`` (its ``repr``, shortened), ``runti
 task-failed    ``uuid``, ``name``, ``exception`` (``repr``), ``traceback``, ``runtime`` (s)
 task-retried   ``uuid``, ``name``, ``exception``, ``traceback``
 task-revoked   ``uuid``, ``name``, ``reason``, ``terminated``, ``expired``
+task-slow      ``uuid``, ``name``, ``runtime`` (s), ``deadline`` (s): past its soft deadline,
+               still running (aqueue's own; :mod:`aqueue.worker.deadline`)
 worker-online, worker-heartbeat (every 2 s), worker-offline:
                ``node``, ``concurrency``, ``active``, ``processed``, ``queues``, ``freq`` (s)
 ============== ==============================================================================
@@ -54,6 +56,7 @@ TASK_EVENTS = (
     "task-failed",
     "task-retried",
     "task-revoked",
+    "task-slow",
 )
 
 #: Events kept while the transport is unreachable; older ones are dropped past this.

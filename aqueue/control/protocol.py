@@ -47,6 +47,9 @@ class Table(StrEnum):
     RATE_LIMITS = "rate_limits"
     #: Worker node id -> its last heartbeat (see :class:`aqueue.worker.remote.Remote`).
     WORKERS = "workers"
+    #: Worker node id -> its last heartbeat, kept much longer (``WORKER_LOST_TTL``): a node here
+    #: and no longer in ``WORKERS`` stopped beating without shutting down - it is *lost*.
+    SEEN = "seen"
 
 
 def dumps(value: Any) -> bytes:

@@ -4,7 +4,8 @@ Library functions, so that a dashboard or a script can do what the commands do:
 :func:`cluster_status` (queue depths and live workers), :func:`purge`,
 :func:`replay_dead_letters`. Queue depths come from the broker
 (:class:`~aqueue.transports.base.QueueAdmin`); live workers from their heartbeats in the control
-transport's ``workers`` table (see :mod:`aqueue.worker.remote`).
+transport's ``workers`` table, lost ones from the longer-kept ``seen`` table (see
+:mod:`aqueue.worker.remote`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "app_queues",
     "cluster_status",
     "live_workers",
+    "lost_workers",
     "purge",
     "replay_dead_letters",
 ]
@@ -69,7 +71,8 @@ class WorkerStatus:
 
 @dataclass(frozen=True, slots=True)
 class ClusterStatus:
-    """What ``aqueue status`` shows: queue depths and live workers.
+    """What ``aqueue status`` shows: queue depths, live workers, and lost ones (stopped
+    heartbeating without shutting down: :func:`lost_workers`).
 
     A count the broker cannot give is ``None`` (``null`` in :meth:`as_dict`): see
     :class:`~aqueue.transports.base.QueueDepth`.
@@ -77,6 +80,7 @@ class ClusterStatus:
 
     queues: list[QueueDepth]
     workers: list[WorkerStatus]
+    lost: list[WorkerStatus] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +96,7 @@ class ClusterStatus:
                 for d in self.queues
             ],
             "workers": [w.as_dict() for w in self.workers],
+            "lost": [w.as_dict() for w in self.lost],
         }
 
 
@@ -118,6 +123,29 @@ async def live_workers(app: Aqueue) -> list[WorkerStatus]:
     """
     transport = await app.control_transport()
     _, entries = await transport.read(Table.WORKERS)
+    return _workers(entries)
+
+
+async def lost_workers(
+    app: Aqueue, live: Sequence[WorkerStatus] | None = None
+) -> list[WorkerStatus]:
+    """Workers that stopped heartbeating without shutting down (killed, frozen, cut off) in
+    the last ``WORKER_LOST_TTL`` seconds (an hour), sorted by hostname and pid; their
+    ``last_seen`` says how long ago they last beat. ``live``: the live workers, if read
+    already. The messages a lost worker held come back to the others after the visibility
+    timeout (its leases are not renewed).
+
+    Raises:
+        BrokerConnectionError: the control transport cannot be reached.
+    """
+    transport = await app.control_transport()
+    _, entries = await transport.read(Table.SEEN)
+    alive = {w.node for w in (await live_workers(app) if live is None else live)}
+    return [w for w in _workers(entries) if w.node not in alive]
+
+
+def _workers(entries: dict[str, bytes]) -> list[WorkerStatus]:
+    """The workers of heartbeat entries (node -> beat), sorted; malformed ones skipped."""
     now = time.time()
     workers = []
     for node, raw in entries.items():
@@ -154,11 +182,12 @@ async def cluster_status(app: Aqueue, queues: Sequence[str] | None = None) -> Cl
     """
     admin = queue_admin(await app.broker())
     workers = await live_workers(app)
+    lost = await lost_workers(app, workers)
     if queues is None:
         known = [d.queue for d in await admin.queue_depths(None)]
         consumed = [q for w in workers for q in w.queues]
         queues = sorted(set(known) | set(app_queues(app)) | set(consumed))
-    return ClusterStatus(await admin.queue_depths(list(queues)), workers)
+    return ClusterStatus(await admin.queue_depths(list(queues)), workers, lost)
 
 
 async def purge(app: Aqueue, queues: Sequence[str]) -> int:

@@ -52,6 +52,9 @@ class ResultRecord:
         args, kwargs: the task's arguments (``result_extended``), else ``None``.
         worker: the hostname of the worker that wrote it (``result_extended``), else ``None``.
         queue: the queue its message came from (``result_extended``), else ``None``.
+        streamed: for an async-generator task, the items it had yielded when this record was
+            written (a ``STREAMING`` record: its own item is number ``streamed``, and its
+            ``result``); ``None`` for any other task (:mod:`aqueue.results.stream`).
     """
 
     task_id: str
@@ -65,6 +68,7 @@ class ResultRecord:
     kwargs: dict[str, Any] | None = None
     worker: str | None = None
     queue: str | None = None
+    streamed: int | None = None
 
     @property
     def ready(self) -> bool:
@@ -86,6 +90,8 @@ class ResultRecord:
             "retries": self.retries,
             "name": self.name,
         }
+        if self.streamed is not None:
+            rec["streamed"] = self.streamed
         if self.worker is not None:  # result_extended
             raw = self._encode_extended(rec, serializer)
         elif serializer == "json" or self.status in states.EXCEPTION_STATES:
@@ -161,9 +167,15 @@ class ResultRecord:
                 kwargs=rec["kwargs"] if isinstance(rec.get("kwargs"), dict) else None,
                 worker=rec["worker"] if isinstance(rec.get("worker"), str) else None,
                 queue=rec["queue"] if isinstance(rec.get("queue"), str) else None,
+                streamed=_count(rec.get("streamed")),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise DecodeError(f"malformed result record: {exc}") from exc
+
+
+def _count(value: Any) -> int | None:
+    """A record's ``streamed`` count: a non-negative int, else ``None``."""
+    return value if type(value) is int and value >= 0 else None
 
 
 def describe_exception(exc: BaseException) -> dict[str, Any]:

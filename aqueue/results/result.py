@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import inspect
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -20,6 +20,7 @@ from aqueue import states
 from aqueue.exceptions import TaskRevokedError, TimeoutError
 from aqueue.results.mailbox import Mailbox
 from aqueue.results.record import ResultRecord, rebuild_exception
+from aqueue.results.stream import follow, item_key
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -230,6 +231,27 @@ class AsyncResult(Generic[R]):
             accept, signing = self.app.accept_results, self.app.conf.signing
             records = [ResultRecord.decode(raw, accept, signing, self.id) for raw in await more()]
 
+    def stream(self, timeout: float | None = None) -> AsyncIterator[Any]:
+        """The items the task yields, as they come: ``async for token in r.stream(): ...``.
+
+        For a task whose function is an async generator: every item it yields, in order, each
+        as soon as the worker has stored it (pushed over the result backend, no polling); a
+        reader that starts late still gets every item from the first. The stream ends when the
+        task succeeds (its result, ``await r``, is the list of the items). Any other task
+        streams one item: its return value. See :mod:`aqueue.results.stream`.
+
+        Args:
+            timeout: seconds to wait at most for each next item; ``None`` waits for ever.
+
+        Raises:
+            aqueue.exceptions.TimeoutError: no item came within ``timeout`` seconds.
+            The task's own exception when it failed (raised after the items it yielded
+            before failing); ``TaskRevokedError`` when it was revoked or expired.
+            StreamError: a stored item is missing (expired with ``result_expires``).
+            ConfigurationError: no result backend is configured.
+        """
+        return follow(self, timeout)
+
     async def state(self) -> str:
         """The task's current state name (``PENDING`` when nothing is stored yet)."""
         rec = await self._read()
@@ -266,9 +288,13 @@ class AsyncResult(Generic[R]):
         )
 
     async def forget(self) -> None:
-        """Delete the stored record; the state reads PENDING afterwards."""
+        """Delete the stored record (and the stored items of a streamed task this handle has
+        seen, :meth:`stream`); the state reads PENDING afterwards."""
         backend = await self.app.result_backend()
-        await backend.delete([self.id])
+        rec, ids = self._record, [self.id]
+        if rec is not None and rec.streamed:
+            ids += [item_key(self.id, i) for i in range(rec.streamed)]
+        await backend.delete(ids)
         self._record = None
 
     async def revoke(self, terminate: bool = False) -> None:

@@ -140,6 +140,12 @@ class TaskOptions(TypedDict, total=False):
         unique_key: ``fn(*args, **kwargs) -> str``, the key of a call (default: its arguments).
         unique_ttl: the longest a unique call stays locked while queued, in seconds (default
             its ``expires``, else 3600); while running the lock follows the message's lease.
+        batch_size, batch_timeout: the worker hands up to ``batch_size`` queued calls to one
+            invocation, as a list of :class:`~aqueue.task.Request`, waiting at most
+            ``batch_timeout`` seconds for a batch to fill (docs/tasks.md "Batching").
+        soft_deadline: seconds a run may take before it is reported as slow, not stopped
+            (default ``task_soft_deadline``; docs/tasks.md "Slow and stuck tasks").
+        stream_max_items: the most items an async-generator task may yield (default 10,000).
     """
 
     max_retries: int | None
@@ -165,6 +171,11 @@ class TaskOptions(TypedDict, total=False):
     unique: bool | str
     unique_key: Callable[..., str] | None
     unique_ttl: float | None
+    # Worker features (docs/tasks.md: batching, slow tasks, result streaming):
+    batch_size: int | None
+    batch_timeout: float
+    soft_deadline: float | None
+    stream_max_items: int
 
 
 #: The names :class:`SendOptions` declares.

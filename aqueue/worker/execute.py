@@ -54,10 +54,12 @@ from aqueue.middleware import chain_run
 from aqueue.results.record import ResultRecord, describe_exception
 from aqueue.task import Request, Task, current_request
 from aqueue.transports import Broker, Delivery
+from aqueue.worker.batch import Batches
 from aqueue.worker.completer import Completer
 from aqueue.worker.invoke import invoke
 from aqueue.worker.locks import RunLocks
 from aqueue.worker.revoke import Terminable, Terminated, revocation_record
+from aqueue.worker.stream import StreamWriter
 from aqueue.worker.workflow import Workflow
 
 if TYPE_CHECKING:
@@ -119,6 +121,8 @@ class Executor:
         if self.dependencies is not None:
             self.completer.on_waited = self.dependencies.settle_stored
             self.workflow.on_waited = self.dependencies.store
+        # Batch tasks: their calls wait here for a full batch (aqueue.worker.batch).
+        self.batches = Batches(self)
 
     # -- entry point -------------------------------------------------------------------------
 
@@ -128,8 +132,11 @@ class Executor:
         isolated: bool = False,
         premarked: bool = False,
         after: NextRun | None = None,
-    ) -> None:
+    ) -> bool:
         """Process one delivery to the end: run it, store the outcome, ack or dead-letter it.
+
+        A call of a batch task is handed to its batch instead (:mod:`aqueue.worker.batch`),
+        which finishes it later.
 
         Args:
             delivery: what the broker handed out.
@@ -139,16 +146,20 @@ class Executor:
             after: where the runner's next delivery is taken from when this one ends in a
                 plain success, to be marked with its ack (``after.taken`` then holds it).
 
+        Returns:
+            True once the delivery is done with; False when it waits in a batch.
+
         Raises:
             asyncio.CancelledError: only that (the worker is stopping); nothing else escapes.
         """
+        batched = False
         try:
             if self.signing is not None:
                 try:
                     self.signing.messages.verify(delivery.body)
                 except SecurityError as exc:
                     await self._refuse(delivery, exc)
-                    return
+                    return True
             try:
                 if delivery.defect is not None:
                     raise DecodeError(delivery.defect)
@@ -156,7 +167,7 @@ class Executor:
             except (SerializationError, ConfigurationError) as exc:
                 # ConfigurationError: a content type this process cannot read (msgpack missing).
                 await self._reject_undecodable(delivery, exc)
-                return
+                return True
             logger.info("Task %s[%s] received", msg.task, msg.id)
             if self.on_event is not None:
                 self.on_event("task-received", msg, _received(msg))
@@ -166,7 +177,11 @@ class Executor:
             task = await self._admit(delivery, msg)
             if task is None:
                 await self.locks.discard(msg)
-                return
+                return True
+            if task.batch_size is not None:
+                self.batches.add(task, delivery, msg, isolated, premarked)
+                batched = True
+                return False
             await self._run(delivery, msg, task, isolated, premarked, after)
         except BrokerError as exc:
             # The broker or backend failed while storing an outcome: leave the message leased,
@@ -175,9 +190,11 @@ class Executor:
         except Exception as exc:
             await self._give_up(delivery, exc)
         finally:
-            self.done += 1
-            self._acked_early.discard(id(delivery))
-            self.locks.drop(delivery)
+            if not batched:
+                self.done += 1
+                self._acked_early.discard(id(delivery))
+                self.locks.drop(delivery)
+        return True
 
     async def _give_up(self, delivery: Delivery, exc: Exception) -> None:
         """An unexpected error while handling ``delivery`` (a bug, not bad input): log it with
@@ -440,6 +457,7 @@ class Executor:
         started = time.monotonic()
         state: str = states.FAILURE
         retval: Any = None
+        emit = self._stream_writer(msg) if task.is_stream else None
         try:
             if "after" in msg.options and self.dependencies is not None:
                 request.dependencies = await self.dependencies.results(msg)
@@ -449,10 +467,10 @@ class Executor:
                     self.app.middleware,
                     task,
                     request,
-                    lambda: invoke(task, request, time_limit, self.threads, soft_limit),
+                    lambda: invoke(task, request, time_limit, self.threads, soft_limit, emit),
                 )
             else:
-                body = invoke(task, request, time_limit, self.threads, soft_limit)
+                body = invoke(task, request, time_limit, self.threads, soft_limit, emit)
             value = await self.terminable.run(msg.id, body)
         except Terminated:
             state = states.REVOKED
@@ -518,6 +536,8 @@ class Executor:
         record = ResultRecord(
             msg.id, states.SUCCESS, value, None, time.time(), msg.retries, msg.task
         )
+        if task.is_stream:  # value: the list of the items it yielded
+            record = dataclasses.replace(record, streamed=len(value))
         if self.extended:
             record = self._extend(record, msg)
         try:
@@ -674,6 +694,15 @@ class Executor:
             await self.completer.finish((), acks)
 
     # -- storing -----------------------------------------------------------------------------
+
+    def _stream_writer(self, msg: Message) -> StreamWriter | None:
+        """What stores the items of a streamed task's run; ``None`` when nothing is stored."""
+        if self.backend is None or msg.ignore_result:
+            return None
+        conf = self.app.conf
+        return StreamWriter(
+            self.backend, msg, conf.result_serializer, self.signing, conf.result_expires
+        )
 
     async def _store(
         self, record: ResultRecord, msg: Message | None = None, reply_to: str | None = None

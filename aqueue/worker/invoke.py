@@ -12,6 +12,7 @@ from typing import Any
 
 from aqueue.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from aqueue.task import Request, Task, current_request
+from aqueue.worker.stream import Emit, drain
 
 logger = logging.getLogger("aqueue.worker")
 
@@ -22,8 +23,13 @@ async def invoke(
     time_limit: float | None,
     threads: Executor | None = None,
     soft_time_limit: float | None = None,
+    emit: Emit | None = None,
 ) -> Any:
     """Run ``task`` with ``request.args``/``request.kwargs`` and return its value.
+
+    An async-generator task is run to its end; each item it yields goes to ``emit`` (which
+    stores it: :class:`~aqueue.worker.stream.StreamWriter`) and its value is the items' list
+    (:func:`~aqueue.worker.stream.drain`).
 
     ``self.request`` reads ``request`` inside the task, in a thread too. A coroutine that runs
     past ``time_limit`` seconds is cancelled; a plain function cannot be stopped from outside its
@@ -46,8 +52,10 @@ async def invoke(
     warning: asyncio.TimerHandle | None = None
     try:
         call: Any
-        if task.is_async:
+        if task.is_async or task.is_stream:
             call = task(*request.args, **request.kwargs)
+            if not task.is_async:  # an async generator: its items are streamed
+                call = drain(call, emit, task.stream_max_items)
             if soft is not None:
                 call = _soft_limited(call, soft, f"{task.name}[{request.id}]")
         else:

@@ -6,6 +6,8 @@
   and answers those meant for this worker on their reply channel;
 - the *heartbeat*, every :data:`HEARTBEAT_INTERVAL` seconds, stores this worker's counters in
   the ``workers`` table (read by ``aqueue status`` and by clients to know whom to wait for),
+  and in the ``seen`` table for :data:`WORKER_LOST_TTL` (a worker gone from the first but not
+  from the second stopped without shutting down: ``aqueue status`` shows it as lost),
   compares the ``revoked`` and ``rate_limits`` tables' versions with those it last read, and
   reads a table again when it changed - which also recovers a broadcast lost to a dropped
   connection - then sends a ``worker-heartbeat`` event when events are on.
@@ -27,6 +29,7 @@ from aqueue.control.protocol import CONTROL_CHANNEL, Command, Reply, Table, dump
 from aqueue.exceptions import AqueueError, ConfigurationError, DecodeError
 from aqueue.message import decode_envelope
 from aqueue.transports.base import ControlTransport
+from aqueue.worker.deadline import soft_deadline
 
 if TYPE_CHECKING:
     from aqueue.worker.worker import Worker
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HEARTBEAT_INTERVAL",
     "HEARTBEAT_TTL",
+    "WORKER_LOST_TTL",
     "Remote",
     "active_info",
     "registered_info",
@@ -47,6 +51,9 @@ logger = logging.getLogger("aqueue.worker")
 HEARTBEAT_INTERVAL = 2.0
 #: Seconds a heartbeat stays valid: a worker missing three in a row is taken for dead.
 HEARTBEAT_TTL = 3 * HEARTBEAT_INTERVAL
+#: Seconds a worker that stopped beating without shutting down is still shown as lost
+#: (``aqueue status``), from its last heartbeat.
+WORKER_LOST_TTL = 3600.0
 
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -107,6 +114,7 @@ class Remote:
         self._tasks = []
         with contextlib.suppress(AqueueError):
             await self.transport.put(Table.WORKERS, self.worker.node, None, None)
+            await self.transport.put(Table.SEEN, self.worker.node, None, None)
         await self._stack.aclose()
 
     # -- heartbeat and resync ----------------------------------------------------------------
@@ -116,7 +124,9 @@ class Remote:
         info = self.worker.stats()
         info["timestamp"] = time.time()
         info["freq"] = HEARTBEAT_INTERVAL
-        await self.transport.put(Table.WORKERS, self.worker.node, dumps(info), HEARTBEAT_TTL)
+        beat = dumps(info)
+        await self.transport.put(Table.WORKERS, self.worker.node, beat, HEARTBEAT_TTL)
+        await self.transport.put(Table.SEEN, self.worker.node, beat, WORKER_LOST_TTL)
 
     async def _beat_loop(self) -> None:
         while True:
@@ -216,13 +226,18 @@ class Remote:
 
 
 def active_info(worker: Worker) -> list[dict[str, Any]]:
-    """The tasks running in ``worker`` now (``inspect active``), as Celery lists them."""
+    """The tasks running in ``worker`` now (``inspect active``), as Celery lists them, with
+    aqueue's ``runtime`` (seconds running, by the worker's clock) and ``soft_deadline``
+    (seconds, or ``None``: see :mod:`aqueue.worker.deadline`)."""
     executor = worker.executor
     if executor is None:
         return []
     started = executor.terminable.started
+    default, tasks = worker.app.conf.task_soft_deadline, worker.app.tasks
+    now = time.time()
     out = []
     for task_id, request in executor.active.items():
+        since = started.get(task_id)
         out.append(
             {
                 "id": task_id,
@@ -232,7 +247,9 @@ def active_info(worker: Worker) -> list[dict[str, Any]]:
                 "queue": request.queue,
                 "retries": request.retries,
                 "delivery_count": request.delivery_count,
-                "time_start": started.get(task_id),
+                "time_start": since,
+                "runtime": None if since is None else max(0.0, now - since),
+                "soft_deadline": soft_deadline(tasks.get(request.task or ""), default),
                 "hostname": worker.hostname,
                 "worker_pid": worker.pid,
             }

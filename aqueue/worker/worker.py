@@ -61,6 +61,8 @@ from aqueue.control.events import EventDispatcher
 from aqueue.exceptions import AqueueError, BrokerConnectionError, ConfigurationError
 from aqueue.transports import Broker, Delivery, Outgoing, ResultBackend
 from aqueue.transports.urls import redacted_url
+from aqueue.worker.batch import prefetch_for
+from aqueue.worker.deadline import DeadlineWatch
 from aqueue.worker.execute import Executor, NextRun
 from aqueue.worker.lifespan import current_state
 from aqueue.worker.ratelimit import Bucket, LocalBucket, RateGate, SharedBucket, parse_rate
@@ -209,6 +211,8 @@ class Worker:
             logger.warning("no result backend configured: task results will not be stored")
         self.executor = Executor(self.app, self.broker, backend, self.hostname, self._threads)
         self.executor.revoked = self.revocations
+        self.executor.batches.finished = self._finished
+        self.prefetch = prefetch_for(self.app.tasks.values(), self.prefetch, self.concurrency)
         self.started_at = time.time()
         await self._start_operations(rates)
         self._runners = [
@@ -218,6 +222,7 @@ class Worker:
             for i in range(self.concurrency)
         ]
         self._helpers = [asyncio.create_task(self._supervise("lease renewer", self._renew_leases))]
+        self._watch_deadlines()
         self._fetcher = asyncio.create_task(self._supervise("fetcher", self._fetch_loop))
         self._ready.set()
         await signals.worker_ready.send(self)
@@ -237,6 +242,16 @@ class Worker:
             redacted_url(backend_url) if backend_url else "disabled",
             sum(not name.startswith("aqueue.") for name in self.app.tasks),  # not the builtins
         )
+
+    def _watch_deadlines(self) -> None:
+        """Start the soft-deadline watch if any task has a deadline (:mod:`.deadline`)."""
+        assert self.executor is not None
+        default = self.app.conf.task_soft_deadline
+        interval = DeadlineWatch.interval_for(self.app.tasks.values(), default)
+        if interval is not None:
+            watch = DeadlineWatch(self.executor, default)
+            loop = self._supervise("deadline watch", lambda: watch.run(interval))
+            self._helpers.append(asyncio.create_task(loop))
 
     async def _enter_lifespan(self) -> None:
         """Run the app's worker lifespan up to its ``yield`` (see :mod:`.lifespan`).
@@ -414,15 +429,18 @@ class Worker:
         if self._runners:
             for _ in self._runners:  # a sentinel-free wake-up: runners see _stopping once idle
                 self._buffer.put_nowait(_STOP)
+            # Calls waiting for a batch stay held (released below); running batches are waited
+            # for like the runners.
+            running = [*self._runners, *(self.executor.batches.close() if self.executor else [])]
             forced: asyncio.Future[Any] = asyncio.ensure_future(self._force.wait())
-            finished: asyncio.Future[Any] = asyncio.gather(*self._runners, return_exceptions=True)
+            finished: asyncio.Future[Any] = asyncio.gather(*running, return_exceptions=True)
             await asyncio.wait(
                 [finished, forced],
                 timeout=grace,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             forced.cancel()
-            pending = {t for t in self._runners if not t.done()}
+            pending = {t for t in running if not t.done()}
             for task in pending:
                 task.cancel()
             if pending:
@@ -701,7 +719,9 @@ class Worker:
             if after is not None:
                 after.taken = None
             try:
-                await self.executor.handle(delivery, delivery is self._suspect, premarked, after)
+                done = await self.executor.handle(
+                    delivery, delivery is self._suspect, premarked, after
+                )
             except asyncio.CancelledError:
                 # Cancelled at shutdown mid-task: stays in _held, released by stop().
                 raise
@@ -710,7 +730,8 @@ class Worker:
                 # (its lease runs out), and the supervisor restarts this runner.
                 self._finished(delivery)
                 raise
-            self._finished(delivery)
+            if done:  # else it waits in a batch, which finishes it (aqueue.worker.batch)
+                self._finished(delivery)
             delivery, premarked = self._next_of(after)
 
     def _take_ready(self) -> tuple[Delivery, bool] | None:
