@@ -10,6 +10,9 @@ describe:
     meaning from the README's Configuration table (else the declaration's own comment);
 ``<!-- aqueue:signals -->``
     every signal of :mod:`aqueue.signals` with its arguments and when it is sent;
+``<!-- aqueue:celery-task-options -->`` (``-send-options``, ``-commands``, ``-signals``)
+    Celery's task options, ``apply_async`` options, commands and signals against aqueue's
+    (docs/hooks/celery_map.py);
 ``<!-- aqueue:celery-settings -->``
     every Celery setting name (the list ``tests/test_config.py`` checks) with aqueue's setting
     of the same name or the answer of :data:`aqueue.celery_settings.CELERY_ONLY`.
@@ -26,7 +29,9 @@ import ast
 import dataclasses
 import io
 import re
+import sys
 import tokenize
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +40,23 @@ from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files, InclusionLevel
 from mkdocs.structure.pages import Page
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # celery_map.py, beside this hook
+import celery_map
+from celery_map import cell as _cell
+
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = re.compile(r"<!-- aqueue:([a-z-]+) -->")
 # ](../path) or ](../../path): a link leaving docs/ for the repository.
 OUTSIDE = re.compile(r"\]\(((?:\.\./)+)([^)#\s]+)(#[^)\s]*)?\)")
 SOURCE_DIR = "source"
-LANGUAGES = {".py": "python", ".yaml": "yaml", ".yml": "yaml", ".json": "json", ".toml": "toml"}
+LANGUAGES = {
+    ".md": "markdown",
+    ".py": "python",
+    ".yaml": "yaml",
+    ".yml": "yaml",
+    ".json": "json",
+    ".toml": "toml",
+}
 
 # Settings aqueue shares with Celery but whose default or meaning differs (the rest behave as
 # Celery documents them, checked when set).
@@ -55,11 +71,6 @@ DIFFERS = {
     "task_queues": "Celery's dict form only (no kombu `Queue` objects); AMQP exchanges",
     "redis_socket_timeout": "default `None` (Celery: 120 s)",
 }
-
-
-def _cell(text: str) -> str:
-    """Text safe inside a Markdown table cell."""
-    return " ".join(text.split()).replace("|", "\\|")
 
 
 # -- the command line --------------------------------------------------------------------------
@@ -252,7 +263,23 @@ def signals_reference() -> str:
     return "\n".join(lines)
 
 
+def _celery_map(name: str) -> Callable[[], str]:
+    """A table maker of celery_map.py (beside this hook), its errors as build errors."""
+
+    def make() -> str:
+        try:
+            return str(getattr(celery_map, name)())
+        except ValueError as exc:
+            raise PluginError(str(exc)) from exc
+
+    return make
+
+
 GENERATORS = {
+    "celery-task-options": _celery_map("task_options"),
+    "celery-send-options": _celery_map("send_options"),
+    "celery-commands": _celery_map("commands"),
+    "celery-signals": _celery_map("signals"),
     "signals": signals_reference,
     "cli": cli_reference,
     "settings": settings_reference,
@@ -278,7 +305,9 @@ def _linked_sources(files: Files, docs_dir: Path) -> set[str]:
 def _source_page(rel: str) -> str:
     path = ROOT / rel
     language = LANGUAGES.get(path.suffix, "text")
-    return f"# `{rel}`\n\n```{language}\n{path.read_text().rstrip()}\n```\n"
+    text = path.read_text().rstrip()
+    fence = "`" * max(3, 1 + max((len(r) for r in re.findall(r"`+", text)), default=0))
+    return f"# `{rel}`\n\n{fence}{language}\n{text}\n{fence}\n"
 
 
 # -- mkdocs events -----------------------------------------------------------------------------
