@@ -245,8 +245,9 @@ class AsyncResult(Generic[R]):
 
         Raises:
             aqueue.exceptions.TimeoutError: no item came within ``timeout`` seconds.
-            The task's own exception when it failed (raised after the items it yielded
-            before failing); ``TaskRevokedError`` when it was revoked or expired.
+            Exception: the task's own exception when it failed (raised after the items it
+                yielded before failing).
+            TaskRevokedError: the task was revoked or expired.
             StreamError: a stored item is missing (expired with ``result_expires``).
             ConfigurationError: no result backend is configured.
         """
