@@ -134,6 +134,10 @@ class Batches:
         self._pending.clear()
         return list(self._running)
 
+    def waiting(self) -> int:
+        """Calls gathered and not yet running."""
+        return sum(len(p.calls) for p in self._pending.values())
+
     def _flush(self, name: str) -> None:
         pending = self._pending.pop(name, None)
         if pending is None:

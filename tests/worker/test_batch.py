@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from aqueue import Aqueue, Request, Worker
-from aqueue.exceptions import ConfigurationError
+from aqueue.exceptions import ConfigurationError, TaskRevokedError
 from aqueue.transports.base import queue_admin
+from tests.conftest import until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,13 +25,16 @@ class Batched:
     double: Any
     broken: Any
     short: Any
+    slow_to_fill: Any
     sizes: list[int] = field(default_factory=list)  # the calls of each invocation of double
+    ran: list[str | None] = field(default_factory=list)  # ids of the calls slow_to_fill ran
 
 
 def build(url: str, queue: str, **settings: Any) -> Batched:
     backend = None if url.startswith("amqp") else url  # AMQP: $AQUEUE_RESULT_BACKEND (Redis)
     app = Aqueue("batch", broker=url, backend=backend, task_default_queue=queue, **settings)
     sizes: list[int] = []
+    ran: list[str | None] = []
 
     @app.task(name="batch.double", batch_size=100, batch_timeout=1.0)
     async def double(calls: list[Request]) -> list[Any]:
@@ -47,7 +51,12 @@ def build(url: str, queue: str, **settings: Any) -> Batched:
     async def short(calls: list[Request]) -> list[Any]:
         return [1]
 
-    return Batched(app, double, broken, short, sizes)
+    @app.task(name="batch.slow_to_fill", batch_size=100, batch_timeout=3.0)
+    async def slow_to_fill(calls: list[Request]) -> list[Any]:
+        ran.extend(c.id for c in calls)
+        return [c.args[0] for c in calls]
+
+    return Batched(app, double, broken, short, slow_to_fill, sizes, ran)
 
 
 @pytest.fixture
@@ -92,6 +101,46 @@ async def test_a_raising_batch_fails_every_call_and_a_wrong_length_says_so(b: Ba
         for r in short:
             with pytest.raises(TypeError, match=r"one result per call \(3\).*a list of 1"):
                 await r.get(timeout=20)
+
+
+async def waiting(worker: Worker, count: int) -> None:
+    """Until ``count`` calls wait in the worker's batches."""
+
+    async def gathered() -> bool:
+        return worker.executor is not None and worker.executor.batches.waiting() == count
+
+    await until(gathered, 20, f"{count} calls waiting for their batch")
+
+
+async def test_calls_waiting_for_their_batch_are_released_at_shutdown(b: Batched) -> None:
+    queue = b.app.conf.task_default_queue
+    handles = await b.slow_to_fill.delay_many([(i,) for i in range(5)])
+    async with Worker(b.app, concurrency=10, shutdown_timeout=5) as worker:
+        await waiting(worker, 5)
+    assert b.ran == []  # stopped before the batch was due
+    if not str(b.app.conf.broker_url).startswith("amqp"):  # RabbitMQ: its consumer holds them
+        [depth] = await queue_admin(await b.app.broker()).queue_depths([queue])
+        assert depth.waiting == 5  # handed back at once, not left to the visibility timeout
+    async with Worker(b.app, concurrency=10, shutdown_timeout=5):
+        assert [await r.get(timeout=20) for r in handles] == [0, 1, 2, 3, 4]
+
+
+async def test_a_call_revoked_while_it_waits_is_not_run(b: Batched) -> None:
+    if str(b.app.conf.broker_url).startswith("amqp"):
+        pytest.skip("revocations need a control transport (Redis or SQLite, not RabbitMQ)")
+    async with Worker(b.app, concurrency=10, shutdown_timeout=5) as worker:
+        kept, revoked, other = await b.slow_to_fill.delay_many([(1,), (2,), (3,)])
+        await waiting(worker, 3)
+        await revoked.revoke()
+
+        async def known() -> bool:
+            return revoked.id in worker.revocations
+
+        await until(known, 10, "the revocation reaching the worker")
+        assert await kept.get(timeout=20) == 1 and await other.get(timeout=20) == 3
+        with pytest.raises(TaskRevokedError):
+            await revoked.get(timeout=20)
+    assert sorted(b.ran) == sorted([kept.id, other.id])
 
 
 async def test_eager_runs_a_call_as_a_batch_of_one() -> None:
