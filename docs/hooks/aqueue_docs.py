@@ -13,6 +13,8 @@ describe:
 ``<!-- aqueue:celery-task-options -->`` (``-send-options``, ``-commands``, ``-signals``)
     Celery's task options, ``apply_async`` options, commands and signals against aqueue's
     (docs/hooks/celery_map.py);
+``<!-- aqueue:readme-performance -->``
+    the README's Performance section (the peer table and the commands that reproduce it);
 ``<!-- aqueue:celery-settings -->``
     every Celery setting name (the list ``tests/test_config.py`` checks) with aqueue's setting
     of the same name or the answer of :data:`aqueue.celery_settings.CELERY_ONLY`.
@@ -263,6 +265,22 @@ def signals_reference() -> str:
     return "\n".join(lines)
 
 
+# -- README sections -----------------------------------------------------------------------------
+
+
+def readme_section(title: str) -> str:
+    """The README's ``## title`` section, for a page at the top of docs/: its heading dropped,
+    links into docs/ made relative to docs/, other repository links pointed outside docs/, and
+    links to the README's own headings left as text."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = lines.index(f"## {title}") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    text = "\n".join(lines[start:end]).strip()
+    text = re.sub(r"\[([^\]]+)\]\(#[^)]*\)", r"\1", text)
+    text = re.sub(r"\]\((?!https?:|\.\./|#|docs/)([^)]+)\)", r"](../\1)", text)
+    return re.sub(r"\]\(docs/", "](", text)
+
+
 def _celery_map(name: str) -> Callable[[], str]:
     """A table maker of celery_map.py (beside this hook), its errors as build errors."""
 
@@ -276,6 +294,7 @@ def _celery_map(name: str) -> Callable[[], str]:
 
 
 GENERATORS = {
+    "readme-performance": lambda: readme_section("Performance"),
     "celery-task-options": _celery_map("task_options"),
     "celery-send-options": _celery_map("send_options"),
     "celery-commands": _celery_map("commands"),
@@ -290,11 +309,27 @@ GENERATORS = {
 # -- repository files linked from pages --------------------------------------------------------
 
 
+def _expand(text: str, where: str) -> str:
+    """``text`` with its markers replaced by what they generate."""
+
+    def generated(match: re.Match[str]) -> str:
+        maker = GENERATORS.get(match.group(1))
+        if maker is None:
+            raise PluginError(f"{where}: unknown marker {match.group(0)}")
+        return maker()
+
+    return MARKER.sub(generated, text)
+
+
 def _linked_sources(files: Files, docs_dir: Path) -> set[str]:
     found: set[str] = set()
     for file in files.documentation_pages():
         page_dir = (docs_dir / file.src_uri).parent
-        text = Path(file.abs_src_path or "").read_text() if file.abs_src_path else ""
+        if not file.abs_src_path:
+            continue
+        text = Path(file.abs_src_path).read_text()
+        if "<!-- aqueue:readme" in text:  # generated text with repository links
+            text = _expand(text, file.src_uri)
         for match in OUTSIDE.finditer(text):
             target = (page_dir / (match.group(1) + match.group(2))).resolve()
             if target.is_file() and docs_dir not in target.parents:
@@ -323,13 +358,7 @@ def on_files(files: Files, config: MkDocsConfig, **_: Any) -> Files:
 
 
 def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, **_: Any) -> str:
-    def generated(match: re.Match[str]) -> str:
-        maker = GENERATORS.get(match.group(1))
-        if maker is None:
-            raise PluginError(f"{page.file.src_uri}: unknown marker {match.group(0)}")
-        return maker()
-
-    markdown = MARKER.sub(generated, markdown)
+    markdown = _expand(markdown, page.file.src_uri)
     if page.file.src_uri.startswith(SOURCE_DIR + "/"):
         return markdown
     docs_dir = Path(config["docs_dir"]).resolve()
