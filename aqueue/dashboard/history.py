@@ -9,6 +9,7 @@ from, so a restarted dashboard starts with what the last one saw.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -37,6 +38,9 @@ POINTS = 60
 #: The shortest span a chart shows (seconds).
 MIN_SPAN = 60
 
+#: Each event type's name, one string for every timeline.
+EVENT_NAMES = {kind: kind for kind in EVENT_STATES}
+_REPEATED = frozenset({"name", "queue"})
 _TEXT_FIELDS = ("name", "queue", "args", "kwargs", "result", "exception", "traceback", "reason")
 
 
@@ -88,12 +92,25 @@ class TaskRecord:
         """Read back :meth:`to_json`; unknown keys are ignored.
 
         Raises:
-            KeyError, TypeError: ``data`` has no ``id`` or is not a mapping.
+            KeyError, TypeError, ValueError: ``data`` has no ``id``, is not a mapping, or its
+                timeline is not a list of ``[event, time, worker]``.
         """
         known = {k: v for k, v in data.items() if k in cls.__slots__}
         record = cls(id=str(known.pop("id")))
         for name, value in known.items():
             setattr(record, name, value)
+        for name in ("name", "queue", "worker", "state"):  # shared, as in apply()
+            value = getattr(record, name)
+            if isinstance(value, str):
+                setattr(record, name, sys.intern(value))
+        record.timeline = [
+            [
+                sys.intern(k) if isinstance(k, str) else k,
+                t,
+                sys.intern(w) if isinstance(w, str) else w,
+            ]
+            for k, t, w in record.timeline
+        ]
         return record
 
     @property
@@ -247,12 +264,13 @@ class TaskHistory:
         if record is None:
             record = self._add(TaskRecord(id=task_id))
         self._unindex(record)
-        worker = event.get("hostname")
-        record.timeline.append([kind, when, worker if isinstance(worker, str) else None])
+        hostname = event.get("hostname")
+        worker = sys.intern(hostname) if isinstance(hostname, str) else None
+        record.timeline.append([EVENT_NAMES[str(kind)], when, worker])
         if when >= record.updated:  # a late event (another worker's clock) adds to the timeline
             record.state = state
             record.updated = when
-        self._fields(record, str(kind), event, when)
+        self._fields(record, str(kind), event, when, worker)
         self._index(record)
         self._count(str(kind), record, when)
         if kind == "task-received":
@@ -294,15 +312,17 @@ class TaskHistory:
         self.series.trim()
         return len(old)
 
-    def _fields(self, r: TaskRecord, kind: str, event: Mapping[str, Any], when: float) -> None:
+    def _fields(
+        self, r: TaskRecord, kind: str, event: Mapping[str, Any], when: float, worker: str | None
+    ) -> None:
         for name in _TEXT_FIELDS:
             value = event.get(name)
             if isinstance(value, str):
-                setattr(r, name, value)
-        hostname = event.get("hostname")
+                # Names repeat across 100,000 records: one string each, not one per record.
+                setattr(r, name, sys.intern(value) if name in _REPEATED else value)
         if kind == "task-received":
             r.received = when
-            r.worker = hostname if isinstance(hostname, str) else r.worker
+            r.worker = worker or r.worker
             r.retries = int(_number(event.get("retries")) or 0)
             for link in ("parent_id", "root_id", "group_id"):
                 value = event.get(link)
@@ -310,7 +330,7 @@ class TaskHistory:
                     setattr(r, link, value)
         elif kind == "task-started":
             r.started = when
-            r.worker = hostname if isinstance(hostname, str) else r.worker
+            r.worker = worker or r.worker
         elif kind in ("task-succeeded", "task-failed", "task-revoked"):
             r.finished = when
             r.runtime = _number(event.get("runtime"))

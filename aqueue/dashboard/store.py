@@ -63,7 +63,7 @@ class HistoryStore:
             try:
                 items = orjson.loads(entries[key])
                 records = [TaskRecord.from_json(item) for item in items]
-            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
                 logger.warning("skipped an unreadable history entry %s: %s", key, exc)
                 continue
             self._chunks.append((key, len(records)))

@@ -164,6 +164,19 @@ async def test_the_journal_is_trimmed_from_its_oldest_end(app: Aqueue) -> None:
     assert list(restored.tasks) == ["t2", "t3", "t4", "t5"]
 
 
+async def test_unreadable_journal_entries_are_skipped(
+    app: Aqueue, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = await app.control_transport()
+    await transport.put(TABLE, "00000000000000000001", b"not json", None)
+    await transport.put(TABLE, "00000000000000000002", b'[{"id": "x", "timeline": [[1]]}]', None)
+    await transport.put(TABLE, "00000000000000000003", b'[{"id": "ok", "state": "SUCCESS"}]', None)
+    h = TaskHistory()
+    h.load(await HistoryStore(transport, 10, 3600).load())
+    assert list(h.tasks) == ["ok"]
+    assert caplog.text.count("skipped an unreadable history entry") == 2
+
+
 # -- workflows -----------------------------------------------------------------------------------
 
 
