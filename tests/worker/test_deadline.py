@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 from aqueue import Aqueue, Worker, signals
+from aqueue.cli.ops import _running
 from aqueue.control.queues import cluster_status
 from tests.apps.ops_tasks import OPS_TRANSPORTS, SHARED_TRANSPORTS, EventLog, build, url_for
+from tests.cli.test_ops_cli import aqueue as run_aqueue
 from tests.conftest import until
 from tests.workerproc import WorkerProcess
 
@@ -139,6 +141,11 @@ async def test_a_killed_worker_shows_as_lost_in_status(shared_url: str) -> None:
         [gone] = [w for w in status.lost if w.hostname == host]
         assert gone.last_seen > 2.0  # missed its heartbeats
         assert host in {w["hostname"] for w in status.as_dict()["lost"]}
+        code, out, err = await run_aqueue(
+            t, "status", "-A", "tests.apps.ops_tasks:app", "-Q", queue
+        )
+        assert code == 0, err
+        assert "lost (no heartbeat, not shut down)" in out and host in out
     finally:
         await t.app.close()
 
@@ -150,3 +157,10 @@ async def test_a_worker_that_shuts_down_is_not_lost(app: Aqueue) -> None:
     status = await cluster_status(app)
     assert host not in {w.hostname for w in status.workers}
     assert host not in {w.hostname for w in status.lost}
+
+
+def test_inspect_active_shows_the_run_time_and_a_passed_deadline() -> None:
+    assert _running({"runtime": 42.0, "soft_deadline": 30}) == (
+        "running 42.0s, past its soft deadline of 30s"
+    )
+    assert _running({"runtime": 75.5, "soft_deadline": None}) == "running 1m 15s"
