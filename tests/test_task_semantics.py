@@ -25,7 +25,7 @@ from tests.apps import semantics_tasks as sem
 from tests.apps.semantics_tasks import SemanticsTasks
 from tests.workerproc import WorkerProcess
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(60)
 
 # 4 processes x 250 sends over 100 keys: each send prints (key, the id of the handle it got).
 SENDER = """
@@ -35,7 +35,7 @@ from tests.apps.semantics_tasks import build
 async def main() -> None:
     url, queue, start = sys.argv[1], sys.argv[2], int(sys.argv[3])
     t = build(url, queue=queue)
-    keys = [f"k{i % 100}" for i in range(start, start + 250)]
+    keys = [f"{queue}-k{i % 100}" for i in range(start, start + 250)]
     handles = await asyncio.gather(*(t.keyed.delay(key) for key in keys))
     print(json.dumps([[key, h.id] for key, h in zip(keys, handles)]))
     await t.app.close()
@@ -159,16 +159,17 @@ async def test_50_duplicate_sends_of_one_task_id_run_once(st: SemanticsTasks) ->
 
 
 async def test_unique_key_per_call_returns_the_first_handle(st: SemanticsTasks) -> None:
-    first = await st.charge.apply_async(("a", 1), unique_key="user:42")
-    second = await st.charge.apply_async(("b", 2), unique_key="user:42")
-    other = await st.charge.apply_async(("c", 3), unique_key="user:43")
+    tag = uuid.uuid4().hex  # keys of this test only (the servers are shared)
+    first = await st.charge.apply_async(("a", 1), unique_key=f"user:42-{tag}")
+    second = await st.charge.apply_async(("b", 2), unique_key=f"user:42-{tag}")
+    other = await st.charge.apply_async(("c", 3), unique_key=f"user:43-{tag}")
     assert second.id == first.id
     assert other.id != first.id
     async with Worker(st.app, concurrency=4, shutdown_timeout=5):
         assert await second.get(timeout=30) == "charged 1 for a"
         await other.get(timeout=30)
         # Finished: the key is free again.
-        third = await st.charge.apply_async(("d", 4), unique_key="user:42")
+        third = await st.charge.apply_async(("d", 4), unique_key=f"user:42-{tag}")
         assert third.id != first.id
         assert await third.get(timeout=30) == "charged 4 for d"
 
@@ -176,15 +177,16 @@ async def test_unique_key_per_call_returns_the_first_handle(st: SemanticsTasks) 
 async def test_unique_queued_frees_the_key_when_the_run_starts(st: SemanticsTasks) -> None:
     # One runner: the second call stays queued while the first runs.
     async with Worker(st.app, concurrency=1, shutdown_timeout=5):
-        started = sem.STARTED.setdefault("k", asyncio.Event())
-        first = await st.queued_only.delay("k", 0.5)
+        key = uuid.uuid4().hex  # of this test only (the servers are shared)
+        started = sem.STARTED.setdefault(key, asyncio.Event())
+        first = await st.queued_only.delay(key, 0.5)
         await asyncio.wait_for(started.wait(), 10)
-        second = await st.queued_only.delay("k", 0)
+        second = await st.queued_only.delay(key, 0)
         assert second.id != first.id  # running, not queued: a new call is sent
-        third = await st.queued_only.delay("k", 0)
+        third = await st.queued_only.delay(key, 0)
         assert third.id == second.id  # that one is queued
         await asyncio.gather(first.get(timeout=30), second.get(timeout=30))
-    assert sem.RUNS["queued_only", "k"] == 2
+    assert sem.RUNS["queued_only", key] == 2
 
 
 async def test_a_diamond_runs_in_order_and_d_gets_b_and_c(st: SemanticsTasks) -> None:
@@ -245,3 +247,23 @@ async def test_a_failed_chain_fails_the_task_waiting_for_it(st: SemanticsTasks) 
         with pytest.raises(DependencyFailed, match=f"sem.step\\[{pipeline.id}\\] failed"):
             await waiting.get(timeout=30)
     assert "w" not in sem.ORDER and "never" not in sem.ORDER
+
+
+async def test_the_lock_is_freed_on_failure_and_on_expiry(st: SemanticsTasks) -> None:
+    backend = await st.app.result_backend()
+    assert has_locks(backend)
+    tag = uuid.uuid4().hex  # keys of this test only (the servers are shared)
+    failing = await st.fails.apply_async(("f",), unique_key=tag)
+    expired = await st.patient.apply_async((tag,), expires=-1)  # expired when a worker sees it
+    patient = unique_lock("sem.patient", (tag,), {}, st.patient, {}, None)
+    assert patient is not None and patient.ttl == 60
+    assert await backend.lock(patient.key, "probe", 60) == expired.id  # held while queued
+    async with Worker(st.app, concurrency=2, shutdown_timeout=5) as worker:
+        await worker.wait_processed(2)
+    with pytest.raises(ValueError, match="f failed on purpose"):
+        await failing.get(timeout=5)
+    assert await expired.state() == "REVOKED"
+    # Both freed by the worker (no lock left to expire on its own, no holder to take over).
+    assert await backend.lock(f"unique:sem.fails:{tag}", "probe", 60) == "probe"
+    assert await backend.lock(patient.key, "probe", 60) == "probe"
+    assert sem.RUNS["patient", tag] == 0

@@ -38,6 +38,7 @@ class SemanticsTasks:
     fails: Any
     gather: Any
     queued_only: Any
+    patient: Any
 
 
 def build(url: str, queue: str = "default", **settings: Any) -> SemanticsTasks:
@@ -90,7 +91,12 @@ def build(url: str, queue: str = "default", **settings: Any) -> SemanticsTasks:
         await asyncio.sleep(seconds)
         return key
 
-    return SemanticsTasks(app, keyed, charge, once_more, step, fails, gather, queued_only)
+    @app.task(name="sem.patient", unique=True, unique_ttl=60)
+    async def patient(key: str) -> str:
+        RUNS["patient", key] += 1
+        return key
+
+    return SemanticsTasks(app, keyed, charge, once_more, step, fails, gather, queued_only, patient)
 
 
 # For worker subprocesses: ``aqueue worker -A tests.apps.semantics_tasks:app``.
