@@ -112,20 +112,22 @@ class Graph:
 
 
 def kind(records: Sequence[TaskRecord]) -> str:
-    """What a workflow looks like: ``chord`` (a group, then a task after it), ``group``,
-    ``chain`` (steps only), or ``workflow`` (anything else: groups in chains...)."""
+    """What a workflow looks like: ``chain`` (steps only), ``group`` (members only), ``chord``
+    (a group's members, then one task after them), or ``workflow`` (anything else: a chain
+    into a chord...)."""
     groups = {r.group_id for r in records if r.group_id}
-    by_id = {r.id: r for r in records}
-    after_group = sum(
-        1
-        for r in records
-        if r.parent_id in by_id and by_id[r.parent_id].group_id not in (None, r.group_id)
-    )
     if not groups:
         return "chain"
-    if len(groups) == 1 and after_group == 0 and not any(r.parent_id for r in records):
+    members = sum(1 for r in records if r.group_id)
+    by_id = {r.id: r for r in records}
+    after = [
+        r
+        for r in records
+        if r.parent_id in by_id and by_id[r.parent_id].group_id not in (None, r.group_id)
+    ]
+    if len(groups) == 1 and members == len(records) and not any(r.parent_id for r in records):
         return "group"
-    if len(groups) == 1 and after_group == 1:
+    if len(groups) == 1 and len(after) == 1 and members + 1 == len(records):
         return "chord"
     return "workflow"
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from aqueue import Aqueue, chord
+from aqueue import Aqueue, chord, group
 from tests.apps.dashboard_tasks import build
 from tests.dashboard.conftest import Served, chromium_or_skip, serve
 from tests.workerproc import WorkerProcess
@@ -221,6 +221,9 @@ async def test_every_page_renders_in_the_browser(stack: Stack, tmp_path: Path) -
         await (await add.delay(i, i)).get(timeout=20)
     steps = await (add.s(1, 1) | add.s(2) | add.s(3)).delay()
     assert await steps.get(timeout=20) == 7
+    tsum = stack.task("tsum")
+    fan_in = await (add.s(1, 1) | group(add.s(i) for i in range(3)) | tsum.s()).delay()
+    assert await fan_in.get(timeout=20) == 9  # a chain into a chord: 2+0 + 2+1 + 2+2
     dead = await stack.task("add").apply_async((1, 1), queue="parked")
     broker = await app.broker()
     await broker.dead_letter((await broker.fetch(["parked"], 1, 5.0))[0], "parked for the picture")
@@ -246,7 +249,7 @@ async def test_every_page_renders_in_the_browser(stack: Stack, tmp_path: Path) -
             assert await page.locator("#task-args b").count() == 0  # never as HTML
         await page.screenshot(path=str(directory / f"dashboard-{name}.png"), full_page=True)
     await page.goto(url + "/workflows")
-    await page.click("tr:has(td:text-is('chord')) a", timeout=WAIT_MS)
+    await page.click("tr:has(td:text-is('workflow')) a", timeout=WAIT_MS)
     await page.wait_for_selector("#workflow-graph g.node", timeout=WAIT_MS)
     await page.screenshot(path=str(directory / "dashboard-workflow.png"), full_page=True)
     taken = [directory / f"dashboard-{name}.png" for name in [*pages, "workflow"]]

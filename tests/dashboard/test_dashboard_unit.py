@@ -196,6 +196,24 @@ def test_a_chord_is_one_workflow_drawn_header_then_body() -> None:
     assert kind([h.get(t) for t in h.workflows.members["g"]]) == "chord"  # type: ignore[misc]
 
 
+def test_a_chain_into_a_chord_is_drawn_in_three_columns() -> None:
+    h = TaskHistory()
+    now = time.time()
+    h.apply(received("first", now))
+    for i in range(3):
+        h.apply(received(f"m{i}", now + 1, parent_id="first", root_id="first", group_id="g"))
+    h.apply(received("body", now + 2, parent_id="m1", root_id="first"))
+    ids = h.workflows.members["first"]
+    assert ids == ["first", "m0", "m1", "m2", "body"]
+    records = [h.get(t) for t in ids]
+    assert kind(records) == "workflow"  # type: ignore[arg-type]
+    assert kind(records[1:]) == "chord"  # type: ignore[arg-type]
+    assert kind(records[1:4]) == "workflow"  # type: ignore[arg-type]  # members with a parent
+    graph = layout(ids, h.get)
+    assert len({n.x for n in graph.nodes}) == 3
+    assert len(graph.edges) == 3 + 3  # first -> each member, each member -> body
+
+
 def test_a_chain_joins_its_first_step_when_the_second_arrives() -> None:
     h = TaskHistory()
     now = time.time()
