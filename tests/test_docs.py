@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -184,3 +185,30 @@ def test_reference_docstrings_parse_without_warnings(caplog: pytest.LogCaptureFi
             walk(target.final_target if target.is_alias else target)
     problems = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert problems == [], "\n".join(problems)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_site_builds_strict_with_no_broken_link(tmp_path: Path) -> None:
+    """``make docs`` as a test, so ``make test`` sees what breaks the site: a page left out of
+    the nav, a link or anchor that leads nowhere, a reference that does not resolve."""
+    import subprocess
+
+    site = tmp_path / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        cwd=ROOT,
+        env=env,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from check_site_links import broken_links
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    checked, broken = broken_links(site)
+    assert checked > 1000 and broken == [], broken
