@@ -5,14 +5,18 @@ in ``make test-cluster`` (tests/cluster/test_redis_cluster.py and the contract s
 
 from __future__ import annotations
 
-import pytest
+import time
 
-from aqueue.exceptions import ConfigurationError
-from aqueue.transports import broker_from_url, transport_type
+import pytest
+from redis.asyncio.connection import SSLConnection
+
+from aqueue.exceptions import BrokerConnectionError, ConfigurationError
+from aqueue.transports import ConnectionOptions, broker_from_url, transport_type
 from aqueue.transports.redis import Transport
 from aqueue.transports.redis.client import PLAIN_CHANNELS, SHARDED_CHANNELS, shared_client
-from aqueue.transports.redis.cluster import ClusterClient, parse_cluster_url
+from aqueue.transports.redis.cluster import ClusterClient, open_cluster_client, parse_cluster_url
 from aqueue.transports.redis.keys import CLUSTER, SINGLE, hash_tag
+from tests.net import free_port
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -98,3 +102,24 @@ def test_bad_cluster_urls_are_refused_at_once(url: str, says: str) -> None:
 def test_wait_replicas_is_refused_on_a_cluster() -> None:
     with pytest.raises(ConfigurationError, match="not supported on Redis Cluster"):
         broker_from_url("redis+cluster://127.0.0.1:7000", {"wait_replicas": 1})
+
+
+def test_a_cluster_client_speaks_tls_for_rediss_and_takes_the_pool_size() -> None:
+    tls = open_cluster_client("rediss+cluster://127.0.0.1:7000?ssl_cert_reqs=none")
+    assert tls.connection_kwargs["connection_class"] is SSLConnection
+    assert tls.connection_kwargs["ssl_cert_reqs"] == "none"
+    plain = open_cluster_client(
+        "redis+cluster://127.0.0.1:7000", ConnectionOptions(max_connections=7, socket_timeout=9)
+    )
+    assert plain.connection_kwargs["connection_class"] is not SSLConnection
+    assert plain.connection_kwargs["max_connections"] == 7
+    assert plain.connection_kwargs["socket_timeout"] == 9
+
+
+async def test_an_unreachable_cluster_is_a_connection_error_at_once() -> None:
+    broker = broker_from_url(f"redis+cluster://127.0.0.1:{free_port()}")
+    began = time.monotonic()
+    with pytest.raises(BrokerConnectionError, match=r"unreachable|cannot be connected"):
+        await broker.connect()
+    assert time.monotonic() - began < 2.0
+    await broker.close()
