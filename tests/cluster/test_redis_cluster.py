@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from aqueue import Aqueue, chord
+from aqueue.transports import ReplyChannels, backend_from_url
 from aqueue.transports.redis.keys import CLUSTER
 from tests.apps.redis_cluster_tasks import RUNS, build
 from tests.beat.test_beat_processes import _QUEUE, BeatProcess, beat_env, drain, sends
@@ -190,3 +191,32 @@ async def test_three_beats_send_each_tick_once(redis_cluster: RedisClusterGroup)
     assert len(ticks) >= 4
     # Each tick is one message on the queue, nothing more.
     assert sorted(await drain(url, env[_QUEUE])) == sorted(r[2] for r in records)
+
+
+async def test_replies_come_after_their_records_even_when_the_script_is_new(
+    redis_cluster: RedisClusterGroup, client: RedisCluster
+) -> None:
+    """A worker's store meets primaries without its script (a restart, a failover, a new
+    node): the records are stored again once it is loaded, and the replies are published only
+    after, so a sender that reads a record once its reply came finds it."""
+    sender, worker = backend_from_url(redis_cluster.url), backend_from_url(redis_cluster.url)
+    await sender.connect()
+    await worker.connect()
+    try:
+        assert isinstance(sender, ReplyChannels)
+        channel = await sender.reply_channel()
+        for _ in range(3):
+            for port in redis_cluster.ports:  # every primary forgets its scripts
+                redis_cluster.cli_call(port, "script", "flush")
+            ids = [uuid.uuid4().hex for _ in range(30)]
+            boxes = [sender.expect(task_id) for task_id in ids]
+            replied = dict.fromkeys(ids, channel)
+            storing = asyncio.create_task(worker.store([(i, i.encode()) for i in ids], 60, replied))
+            async with asyncio.timeout(10):
+                # Read as each reply comes, while the store may still be under way.
+                await boxes[0].read_from(0)
+                assert await sender.get_many(ids) == [i.encode() for i in ids]
+                await storing
+    finally:
+        await worker.close()
+        await sender.close()

@@ -15,6 +15,7 @@ import pytest
 
 from aqueue.transports import (
     Locks,
+    ReplyChannels,
     ResultBackend,
     Waiters,
     backend_from_url,
@@ -299,3 +300,25 @@ async def test_store_waited_reports_ids_with_waiters(backend: ResultBackend) -> 
     assert sorted(await waiters.members(waiters_key(waited))) == ["d1", "d2"]
     assert await backend.get_many([waited, alone]) == [b"done", b"done too"]
     assert await waiters.store_waited([], 60) == []
+
+
+async def test_a_record_replied_is_stored_by_the_time_the_reply_arrives(
+    backend_url: str, backend: ResultBackend
+) -> None:
+    """A sender that reads a record after its reply (``AsyncResult.state()`` after ``get()``)
+    must find it: on Redis Cluster the reply channel and the record are on different nodes."""
+    if not isinstance(backend, ReplyChannels):
+        pytest.skip(f"{type(backend).__name__} has no reply channels")
+    worker = backend_from_url(backend_url)  # another client stores, as a worker does
+    await worker.connect()
+    try:
+        channel = await backend.reply_channel()
+        ids = [new_id() for _ in range(50)]
+        boxes = [backend.expect(task_id) for task_id in ids]
+        await worker.store([(i, f"r-{i}".encode()) for i in ids], 60, dict.fromkeys(ids, channel))
+        for task_id, box in zip(ids, boxes, strict=True):
+            async with asyncio.timeout(NOTIFY_TIMEOUT):
+                assert await box.read_from(0) == [f"r-{task_id}".encode()]
+            assert await backend.get_many([task_id]) == [f"r-{task_id}".encode()]
+    finally:
+        await worker.close()

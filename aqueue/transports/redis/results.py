@@ -518,8 +518,9 @@ class RedisBackend(RedisRole):
         reply_to: ReplyTo | None,
     ) -> None:
         """:meth:`store` on a cluster: one store script run per record (its keys and channel in
-        its task id's slot), and one SPUBLISH per reply channel, in one pipeline (redis-py
-        sends each node its part at once). Records the servers had no script for yet are
+        its task id's slot), in one pipeline (redis-py sends each node its part at once); then
+        one SPUBLISH per reply channel, in a second round trip, so that no reply arrives before
+        its record is stored on its own node. Records the servers had no script for yet are
         stored again once it is loaded."""
         script = self._store_script
         if script is None or script.registered_client is not client:
@@ -547,10 +548,8 @@ class RedisBackend(RedisRole):
             async with client.pipeline(transaction=False) as pipe:
                 for run in runs:
                     pipe.evalsha(script.sha, 2, *run)
-                for channel, batch in replies.items():
-                    pipe.spublish(channel, pack(batch))
                 results = await pipe.execute(raise_on_error=False)
-            again = [r for r, res in zip(runs, results, strict=False) if _no_script(res)]
+            again = [r for r, res in zip(runs, results, strict=True) if _no_script(res)]
             failed = [r for r in results if isinstance(r, Exception) and not _no_script(r)]
             if again:  # a node new to the script (restarted, failed over): load it, run again
                 await client.script_load(script.script)
@@ -561,6 +560,13 @@ class RedisBackend(RedisRole):
                 failed += [r for r in results if isinstance(r, Exception)]
             if failed:
                 raise failed[0]
+            if replies:
+                # Only once every record is stored (they are on other nodes than the reply
+                # channels): a sender that reads a record after its reply must find it.
+                async with client.pipeline(transaction=False) as pipe:
+                    for channel, batch in replies.items():
+                        pipe.spublish(channel, pack(batch))
+                    await pipe.execute()
 
     async def _waited(self, client: aioredis.Redis, items: Records) -> list[str]:
         """On a cluster, after the records are stored: the ids whose waiter set exists (one
