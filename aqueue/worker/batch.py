@@ -26,7 +26,8 @@ Each call is still its own message: its own result record, ack, links, chord mem
 (:class:`~aqueue.worker.completer.Completer`); a unique call's lock and an ``after=`` call's
 dependencies (``request.dependencies``) work per call as for any task. A call revoked while it
 waits is not run. The
-batch's ``time_limit`` and ``soft_time_limit`` apply to the one invocation. ``self.request``
+batch's ``time_limit``, ``soft_time_limit`` and the app's middleware apply to the one
+invocation (``task_prerun``/``task_postrun`` are not sent for batch calls). ``self.request``
 inside it is a request for the batch (``args`` is the calls' list, ``id`` ``None``).
 
 Calls wait in the worker's memory, leased (their leases renewed), so the worker raises its
@@ -41,12 +42,13 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aqueue import signals, states
 from aqueue.exceptions import BrokerError, DependencyFailed, Retry
+from aqueue.middleware import chain_run
 from aqueue.task import Request, Task
 from aqueue.worker.invoke import invoke
 
@@ -233,7 +235,7 @@ class Batches:
         tb: str | None = None
         try:
             try:
-                values = await invoke(task, batch, time_limit, ex.threads, soft_limit)
+                values = await _invocation(ex, task, batch, time_limit, soft_limit)
             except Retry as retry:
                 tb = traceback.format_exc()
                 pairs = zip(calls, requests, strict=True)
@@ -302,6 +304,25 @@ async def invoke_one(task: Task[Any, Any], request: Request, time_limit: float |
     if isinstance(value, BaseException):
         raise value
     return value
+
+
+async def _invocation(
+    ex: Executor,
+    task: Task[Any, Any],
+    batch: Request,
+    time_limit: float | None,
+    soft_limit: float | None,
+) -> Any:
+    """The one call of the function, inside the app's middleware (which sees the batch's
+    request) as any task's run is."""
+    middleware = ex.app.middleware
+    if not middleware:
+        return await invoke(task, batch, time_limit, ex.threads, soft_limit)
+
+    def run() -> Awaitable[Any]:
+        return invoke(task, batch, time_limit, ex.threads, soft_limit)
+
+    return await chain_run(middleware, task, batch, run)
 
 
 def per_call(task: Task[Any, Any], values: Any, count: int) -> list[Any]:

@@ -13,6 +13,7 @@ import pytest
 
 from aqueue import Aqueue, Request, Worker
 from aqueue.exceptions import ConfigurationError, TaskRevokedError
+from aqueue.middleware import Middleware
 from aqueue.transports.base import queue_admin
 from tests.conftest import until
 
@@ -141,6 +142,33 @@ async def test_a_call_revoked_while_it_waits_is_not_run(b: Batched) -> None:
         with pytest.raises(TaskRevokedError):
             await revoked.get(timeout=20)
     assert sorted(b.ran) == sorted([kept.id, other.id])
+
+
+class Seen(Middleware):
+    """Records the calls of each run it wraps."""
+
+    def __init__(self) -> None:
+        self.runs: list[int] = []
+
+    async def run(self, task: Any, request: Request, call_next: Any) -> Any:
+        self.runs.append(len(request.args[0]))
+        return await call_next()
+
+
+async def test_the_middleware_wraps_the_one_invocation_and_unique_calls_unlock(
+    b: Batched,
+) -> None:
+    seen = Seen()
+    b.app.add_middleware(seen)
+    async with Worker(b.app, concurrency=10, shutdown_timeout=5) as worker:
+        first = await b.double.apply_async((5,), unique_key="row:5")
+        again = await b.double.apply_async((5,), unique_key="row:5")  # while queued: its handle
+        assert again.id == first.id
+        assert await first.get(timeout=20) == 10
+        await worker.wait_processed(1)  # finished: its lock freed
+        later = await b.double.apply_async((5,), unique_key="row:5")  # unlocked once it ran
+        assert later.id != first.id and await later.get(timeout=20) == 10
+    assert seen.runs == [1, 1]  # one invocation per batch, the batch's request
 
 
 async def test_eager_runs_a_call_as_a_batch_of_one() -> None:
