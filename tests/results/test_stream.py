@@ -18,6 +18,7 @@ import pytest
 
 from aqueue import Aqueue, AsyncResult, Worker, states
 from aqueue.exceptions import StreamError
+from tests.conftest import _url
 from tests.transport_choice import chosen_transports
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,10 +63,8 @@ async def app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[A
         a = build(url, "rpc://", queue)
     elif request.param == "memory":
         a = build(f"memory://{uuid.uuid4().hex}", f"memory://{uuid.uuid4().hex}", queue)
-    elif request.param == "sqlite":
-        a = build(f"sqlite:///{tmp_path}/s.db", f"sqlite:///{tmp_path}/s.db", queue)
-    else:
-        url = f"{request.getfixturevalue('redis_server')}/0"
+    else:  # sqlite, redis; sentinel and cluster with $AQUEUE_TEST_TRANSPORTS
+        url = _url(request.param, request, tmp_path, "stream")
         a = build(url, url, queue)
     yield a
     await a.close()
@@ -128,9 +127,7 @@ async def test_more_items_than_stream_max_items_fail_the_task(app: Aqueue) -> No
 
 @pytest.fixture(params=chosen_transports(["sqlite", "redis"]))
 def shared(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/shared.db"
-    return f"{request.getfixturevalue('redis_server')}/0"
+    return _url(request.param, request, tmp_path, "shared")
 
 
 async def test_a_late_reader_in_another_client_gets_every_item(shared: str) -> None:
