@@ -1,13 +1,18 @@
 """The Getting started pages' code runs: each page's module (examples/tutorial/, included into
 the pages by docs/getting-started/*.md) is run as a user would, and prints what the page says.
 
-Every ``python`` block of the Getting started and How-to pages is either included from a file
-that a test runs or marked as a fragment on purpose (``<!-- fragment -->`` on the line before).
+Every code block of the Getting started and How-to pages is included from a file under
+examples/ that a test runs, or is the output of the page's module (``<!-- output -->`` on the
+line before: each line must be printed by it; ``...`` stands for any text, a uuid for any uuid),
+or is marked as a fragment on purpose (``<!-- fragment -->``: commands, config files, output of
+another program).
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +21,7 @@ from tests.test_examples import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 SNIPPET = re.compile(r'^--8<-- "([^":]+)(?::[\w-]+)?"$', re.MULTILINE)
-FENCE = re.compile(r"(?P<before>[^\n]*)\n```python\n(?P<body>.*?)\n```", re.DOTALL)
+UUID = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 #: Module -> lines its output must contain (the pages quote them).
 EXPECTED = {
@@ -66,9 +71,40 @@ EXPECTED = {
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("module", sorted(EXPECTED))
 def test_tutorial_page_code_runs(module: str) -> None:
-    done = run_module(f"examples.tutorial.{module}", timeout=50)
+    done = _run(module)
     missing = [line for line in EXPECTED[module] if line not in done.stdout]
     assert missing == [], done.stdout + done.stderr
+
+
+@functools.cache
+def _run(module: str) -> subprocess.CompletedProcess[str]:
+    """``python -m examples.tutorial.<module>`` (once per test session), which must exit 0."""
+    return run_module(f"examples.tutorial.{module}", timeout=50)
+
+
+def _blocks(text: str) -> list[tuple[str, str, str]]:
+    """(line before the fence, language, body) of every fenced block of a page."""
+    blocks: list[tuple[str, str, str]] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("```"):
+            end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
+            before = lines[i - 1].strip() if i else ""
+            blocks.append((before, lines[i][3:].strip(), "\n".join(lines[i + 1 : end])))
+            i = end
+        i += 1
+    return blocks
+
+
+def _printed(expected: str, output: list[str]) -> bool:
+    """Whether ``expected`` (``...``: any text; a uuid: any uuid) is a line of ``output``."""
+    parts = re.split(f"(\\.\\.\\.|{UUID})", expected)
+    pattern = "".join(
+        ".*" if part == "..." else UUID if re.fullmatch(UUID, part) else re.escape(part)
+        for part in parts
+    )
+    return any(re.fullmatch(pattern, line) for line in output)
 
 
 def _pages() -> list[Path]:
@@ -82,21 +118,28 @@ def test_every_tutorial_module_is_run() -> None:
     assert modules - {"__init__", "tutorial_config"} == set(EXPECTED)
 
 
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("page", _pages(), ids=lambda p: p.name)
-def test_python_blocks_are_run_or_marked_fragments(page: Path) -> None:
+def test_code_blocks_are_run_or_marked(page: Path) -> None:
     text = page.read_text()
-    for match in FENCE.finditer(text):
-        body, before = match.group("body"), match.group("before").strip()
+    modules = sorted(set(re.findall(r'"examples/tutorial/(\w+)\.py', text)) - {"tutorial_config"})
+    for before, language, body in _blocks(text):
         included = SNIPPET.findall(body)
         if included:
             for path in included:
                 assert (ROOT / path).is_file(), f"{page.name}: {path} does not exist"
                 assert path.startswith("examples/"), f"{page.name}: {path} is not an example"
-            continue
-        assert before == "<!-- fragment -->", (
-            f"{page.name}: a python block that no test runs; include it from examples/ "
-            f'(--8<-- "examples/...") or mark it <!-- fragment -->:\n{body[:200]}'
-        )
+        elif before == "<!-- output -->":
+            assert len(modules) == 1, f"{page.name}: output of which module? {modules}"
+            output = _run(modules[0]).stdout.splitlines()
+            unprinted = [line for line in body.splitlines() if not _printed(line, output)]
+            assert unprinted == [], f"{page.name}: not printed by {modules[0]}: {unprinted}"
+        else:
+            assert before == "<!-- fragment -->", (
+                f"{page.name}: a {language or 'text'} block that no test runs; include it "
+                f'from examples/ (--8<-- "examples/..."), or mark it <!-- output --> or '
+                f"<!-- fragment -->:\n{body[:200]}"
+            )
 
 
 @pytest.mark.timeout(90)
