@@ -72,6 +72,16 @@ DIFFERS = {
     "worker_max_memory_per_child": "applies to `--processes N` children (KiB resident)",
     "task_queues": "Celery's dict form only (no kombu `Queue` objects); AMQP exchanges",
     "redis_socket_timeout": "default `None` (Celery: 120 s)",
+    "task_reject_on_worker_lost": "default `True` (Celery: `False`): the task is delivered again",
+    "task_eager_propagates": "default `True` (Celery: `False`)",
+    "task_default_priority": "0..9, 9 runs first on every broker (Celery on Redis: 0 first)",
+    "broker_connection_max_retries": "default `None`: forever (Celery: 100)",
+    "broker_pool_limit": "Redis: default 128 per process and loop (Celery: 10)",
+    "redis_max_connections": "default 128 (Celery: no limit)",
+    "broker_use_ssl": "`True` on Redis and `{}` turn TLS on too (kombu ignores them)",
+    "broker_transport_options": (
+        "Redis `visibility_timeout` default 30 s, renewed while a task runs (Celery: 3600 s)"
+    ),
 }
 
 

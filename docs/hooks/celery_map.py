@@ -140,8 +140,10 @@ SIGNALS: dict[str, str | None] = {
     "import_modules": "task modules are imported with include= / autodiscover_tasks()",
     "celeryd_init": "use worker_init",
     "celeryd_after_setup": "use worker_init",
-    "worker_before_create_process": "no process pool: worker_process_init runs in each process",
-    "worker_process_shutdown": "worker_shutdown is sent in each worker process",
+    "worker_before_create_process": (
+        "no process pool: worker_process_init is sent in each child of --processes N once started"
+    ),
+    "worker_process_shutdown": "use worker_shutdown, sent by each worker process as it stops",
     "heartbeat_sent": "no signal: aqueue events shows worker heartbeats",
     "beat_embedded_init": "beat_init (also sent by worker -B)",
     "after_setup_logger": "setup_logging; or configure the logging module after it",
