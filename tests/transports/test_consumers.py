@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import _start_redis
+from tests.conftest import _start_redis
 
 from aqueue import Aqueue, Worker
 from aqueue.exceptions import BrokerConnectionError
