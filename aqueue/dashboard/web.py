@@ -10,6 +10,7 @@ of task data (so nothing a task carries is ever inserted as HTML: the templates 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -47,8 +48,6 @@ Page = Callable[[Request], Awaitable[tuple[str, dict[str, Any]]]]
 def _ago(epoch: float | None) -> str:
     if epoch is None:
         return "-"
-    import time
-
     seconds = max(0.0, time.time() - epoch)
     if seconds < 60:
         return f"{seconds:.0f}s ago"
@@ -210,7 +209,10 @@ class Dashboard:
 
         async def notes() -> AsyncIterator[bytes]:
             async with self.monitor.subscribe() as queue:
-                yield b"retry: 2000\n\n"
+                # Subscribed: every change from now on comes as a note. What changed between
+                # the page's rendering and now is caught by the page fetching its live part
+                # again on this first note.
+                yield b"retry: 2000\n\n" + b'data: {"kinds": ["*"], "tasks": []}\n\n'
                 while True:
                     try:
                         note = await asyncio.wait_for(queue.get(), KEEPALIVE)

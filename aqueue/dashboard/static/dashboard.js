@@ -10,6 +10,7 @@
   const kinds = new Set((live && live.dataset.kinds || "").split(" ").filter(Boolean));
   let busy = false;
   let again = false;
+  let deferred = false;
 
   function editing() {
     const el = document.activeElement;
@@ -17,7 +18,11 @@
   }
 
   async function refresh() {
-    if (busy || editing()) { again = true; return; }
+    if (busy) { again = true; return; }
+    if (editing()) {  // never swap the form being typed in; look again in a second
+      if (!deferred) { deferred = true; setTimeout(() => { deferred = false; refresh(); }, 1000); }
+      return;
+    }
     busy = true;
     try {
       const response = await fetch(location.href, { headers: { "X-Fragment": "1" }, credentials: "same-origin" });
@@ -68,7 +73,8 @@
     source.onmessage = (message) => {
       let note;
       try { note = JSON.parse(message.data); } catch (e) { return; }
-      if (note.kinds.some((k) => kinds.has(k))) refresh();
+      // "*": the stream has just (re)connected; what changed before it did is fetched now.
+      if (note.kinds.some((k) => k === "*" || kinds.has(k))) refresh();
     };
     source.onerror = () => { document.body.dataset.live = "0"; };
   }
