@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from tests.conftest import _start_redis
 
 from aqueue import Aqueue, Worker
 from aqueue.exceptions import BrokerConnectionError
 from aqueue.transports import Outgoing
 from aqueue.transports.redis import RedisBroker, keys
+from tests.conftest import _start_redis
 from tests.net import free_port
 from tests.workerproc import WorkerProcess
 
