@@ -143,7 +143,7 @@ class Dependencies:
         await self.backend.store([(held.task_id, self._encode(held))], expires)
         deps = list(msg.options["after"])
         for dep in deps:
-            await self.backend.add_member(waiters_key(dep), msg.id, expires)
+            await self.waiters.add_waiter(dep, msg.id, expires)
         found = await self.backend.get_many(deps)
         await self.settle_stored({dep: raw for dep, raw in zip(deps, found, strict=True) if raw})
 

@@ -534,10 +534,10 @@ class Locks(Protocol):
 class Waiters(Protocol):
     """Optional, beside :class:`ResultBackend`: which stored records other tasks wait for.
 
-    A waiting task registers itself with ``add_member(waiters_key(id), waiter, expires)``, then
-    reads the record of ``id``; a worker stores with :meth:`store_waited`, which reads the
-    waiter sets after storing. Each side writes before it reads, on one server, so at least one
-    of them sees the other (both may: the core counts completions as a set, never twice).
+    A waiting task registers itself with :meth:`add_waiter`, then reads the record of ``id``; a
+    worker stores with :meth:`store_waited`, which reads the waiter sets after storing. Each
+    side writes before it reads, on one server, so at least one of them sees the other (both
+    may: the core counts completions as a set, never twice).
     """
 
     async def store_waited(
@@ -548,6 +548,15 @@ class Waiters(Protocol):
 
         Raises:
             BrokerConnectionError: the server cannot be reached; nothing may be assumed stored.
+        """
+        ...
+
+    async def add_waiter(self, task_id: str, waiter: str, expires: float | None) -> None:
+        """Add ``waiter`` to the :func:`waiters_key` set of ``task_id`` (members expire after
+        ``expires`` seconds, ``None``: never), where :meth:`store_waited` finds it.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
         """
         ...
 

@@ -291,8 +291,8 @@ async def test_lock_is_atomic_across_clients(clients: list[ResultBackend]) -> No
 async def test_store_waited_reports_ids_with_waiters(backend: ResultBackend) -> None:
     waiters, waited, alone = waiters_of(backend), new_id(), new_id()
     assert await waiters.members(waiters_key(waited)) == []
-    await backend.add_member(waiters_key(waited), "d1", 60)
-    await backend.add_member(waiters_key(waited), "d2", 60)
+    await waiters.add_waiter(waited, "d1", 60)
+    await waiters.add_waiter(waited, "d2", 60)
 
     found = await waiters.store_waited([(waited, b"done"), (alone, b"done too")], 60)
 

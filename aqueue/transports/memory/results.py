@@ -105,6 +105,10 @@ class MemoryBackend:
         waited = [task_id for task_id, _ in items if self._set(waiters_key(task_id))]
         return list(dict.fromkeys(waited))
 
+    async def add_waiter(self, task_id: str, waiter: str, expires: float | None) -> None:
+        """See :meth:`aqueue.transports.base.Waiters.add_waiter`."""
+        await self.add_member(waiters_key(task_id), waiter, expires)
+
     async def members(self, key: str) -> list[str]:
         """See :meth:`aqueue.transports.base.Waiters.members`."""
         return sorted(self._set(key))

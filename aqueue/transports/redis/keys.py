@@ -14,6 +14,7 @@ applications and ``SCAN aqueue:*`` finds everything it stored::
     aqueue:table-version:<table>       integer: bumped by every change of that table
     aqueue:bucket:<name>               hash: a global rate-limit token bucket (tokens, updated)
     aqueue:members:<key>               set: distinct members (ResultBackend.add_member, chords)
+    aqueue:waited                      sorted set of task ids others wait for (score: until, ms)
     aqueue:beat:<app>:entries          hash: beat entries stored at runtime, name -> JSON
     aqueue:beat:<app>:last             hash: each beat entry's last tick sent (epoch ms)
     aqueue:beat:<app>:claim:<entry>:<tick>  string: which beat sends that tick
@@ -90,6 +91,12 @@ REPLY_PREFIX = reply_channel.prefix
 def watched() -> str:
     """The sorted set of task ids watched on their own channel (score: until when, ms)."""
     return f"{PREFIX}watched"
+
+
+def waited() -> str:
+    """The sorted set of task ids that tasks sent with ``after=`` wait for (score: until when,
+    ms): the store script reads it once per batch instead of one waiter set per record."""
+    return f"{PREFIX}waited"
 
 
 def beat_entries(app: str) -> str:

@@ -59,8 +59,8 @@ _SUBSCRIBE_TIMEOUT = 10.0
 _RESULT_PREFIX = keys.result("")
 _CHANNEL_PREFIX = keys.result_channel("")
 _WATCHED = keys.watched()
-# The prefix of the waiter sets (Waiters.store_waited), which lua/store.lua checks when given.
-_WAITERS_PREFIX = keys.members(waiters_key(""))
+# The sorted set of the ids with waiters (Waiters.add_waiter), which lua/store.lua checks.
+_WAITED = keys.waited()
 # Seconds a watcher's entry in the watched set lasts; live watches renew it every third.
 _WATCH_TTL = 3600.0
 
@@ -186,7 +186,7 @@ class RedisBackend(RedisRole):
             _CHANNEL_PREFIX,
             int(time.time() * 1000),
             bytes(replied),
-            _WAITERS_PREFIX if waited else "",
+            _WAITED if waited else "",
             *records,
         ]
         for channel, batch in replies.items():
@@ -201,6 +201,32 @@ class RedisBackend(RedisRole):
             for task_id, record in items:
                 self._inbox.put(task_id, record)
         return [as_bytes(task_id).decode() for task_id in found]
+
+    async def add_waiter(self, task_id: str, waiter: str, expires: float | None) -> None:
+        """Add ``waiter`` to ``task_id``'s waiter set and mark ``task_id`` in the waited set,
+        in one MULTI (:meth:`aqueue.transports.base.Waiters.add_waiter`); the store script
+        reads the waited set once per batch. On a cluster, the waiter set alone (its store
+        checks each record's waiter set).
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        if self._keys.cluster:
+            await self.add_member(waiters_key(task_id), waiter, expires)
+            return
+        client = await self._connection()
+        name = keys.members(waiters_key(task_id))
+        now_ms = int(time.time() * 1000)
+        # Without an expiry: ten years (a score the store script compares as a number).
+        until = now_ms + (_milliseconds(expires) if expires is not None else 315_360_000_000)
+        with redis_errors(self._url, "add_waiter"):
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.sadd(name, waiter)
+                if expires is not None:
+                    pipe.pexpire(name, _milliseconds(expires))
+                pipe.zadd(_WAITED, {task_id: until}, gt=True)
+                pipe.zremrangebyscore(_WAITED, "-inf", now_ms)
+                await pipe.execute()
 
     async def members(self, key: str) -> list[str]:
         """SMEMBERS of the set ``key`` (:meth:`add_member`'s).

@@ -171,6 +171,15 @@ class SQLiteBackend(SQLiteRole):
         self._notify(rows, seq)
         return found
 
+    async def add_waiter(self, task_id: str, waiter: str, expires: float | None) -> None:
+        """:meth:`add_member` to ``task_id``'s waiter set
+        (:meth:`aqueue.transports.base.Waiters.add_waiter`).
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
+        """
+        await self.add_member(waiters_key(task_id), waiter, expires)
+
     async def members(self, key: str) -> list[str]:
         """See :meth:`aqueue.transports.base.Waiters.members` (one snapshot).
 
