@@ -44,6 +44,7 @@ __all__ = [
     "Delivery",
     "Locks",
     "Outgoing",
+    "PushedDeliveries",
     "QueueAdmin",
     "QueueDepth",
     "Records",
@@ -57,6 +58,7 @@ __all__ = [
     "dead_letter_queue",
     "has_locks",
     "has_waiters",
+    "pushes_deliveries",
     "queue_admin",
     "waiters_key",
 ]
@@ -337,6 +339,27 @@ class Broker(Protocol):
 
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Read (without removing) up to ``limit`` dead-lettered messages of ``queue``."""
+
+
+@runtime_checkable
+class PushedDeliveries(Protocol):
+    """Optional, beside :class:`Broker`: a broker whose server pushes deliveries to the client
+    (AMQP's ``basic.consume`` with a prefetch window) rather than handing them out per fetch."""
+
+    async def stop_fetching(self) -> None:
+        """The worker fetches no more: cancel the consumers now and hand back what the server
+        pushed and nobody fetched (a later :meth:`Broker.fetch` starts them again), so that
+        released messages go to other consumers instead of back to this client.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached (what was pushed comes back
+                to the queue when the connection closes).
+        """
+
+
+def pushes_deliveries(broker: object) -> TypeGuard[PushedDeliveries]:
+    """``isinstance(broker, PushedDeliveries)``, as a guard a type checker follows."""
+    return isinstance(broker, PushedDeliveries)
 
 
 @runtime_checkable

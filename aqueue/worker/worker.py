@@ -59,7 +59,7 @@ import orjson
 from aqueue import signals
 from aqueue.control.events import EventDispatcher
 from aqueue.exceptions import AqueueError, BrokerConnectionError, ConfigurationError
-from aqueue.transports import Broker, Delivery, Outgoing, ResultBackend
+from aqueue.transports import Broker, Delivery, Outgoing, ResultBackend, pushes_deliveries
 from aqueue.transports.urls import redacted_url
 from aqueue.worker.batch import prefetch_for
 from aqueue.worker.deadline import DeadlineWatch
@@ -451,6 +451,10 @@ class Worker:
                 )
         leftover = unstarted + list(self._held.values())
         self._held.clear()
+        if self.broker is not None and pushes_deliveries(self.broker):
+            # Released messages must not be pushed straight back to this stopped worker.
+            with contextlib.suppress(AqueueError, TimeoutError):
+                await self.broker.stop_fetching()
         if leftover and self.broker is not None:
             with contextlib.suppress(AqueueError):
                 await self.broker.release(leftover)

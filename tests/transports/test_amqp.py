@@ -390,3 +390,34 @@ async def test_an_eta_header_in_the_future_is_delayed_again(
     assert [d.body for d in got] == [b"early"]
     assert time.time() >= eta - 0.001
     await broker.ack(got)
+
+
+async def test_a_stopped_worker_hands_its_prefetched_messages_back_at_once(
+    rabbitmq_server: RabbitNode, queue_name: str
+) -> None:
+    """An in-process worker stopped while its app lives on: what RabbitMQ pushed to it and it
+    did not run is ready for other consumers right away, not only once the idle timer runs."""
+    app = Aqueue("stopping", broker=rabbitmq_server.url, backend="memory://")
+    app.conf.task_default_queue = queue_name
+    running = asyncio.Event()
+
+    @app.task(name="stopping.block")
+    async def block() -> None:
+        running.set()
+        await asyncio.Event().wait()  # cancelled at shutdown, then released
+
+    try:
+        for _ in range(30):
+            await block.delay()
+        worker = Worker(app, concurrency=2, prefetch_multiplier=4)
+        await worker.start()
+        async with asyncio.timeout(10):
+            await running.wait()
+        await worker.stop(timeout=0)
+        broker = await app.broker()
+        assert isinstance(broker, AMQPBroker)
+        [depth] = await broker.queue_depths([queue_name])
+        assert depth.consumers == 0
+        assert depth.ready == 30  # 2 cancelled runs and every prefetched message, all back
+    finally:
+        await app.close()

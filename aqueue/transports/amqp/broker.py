@@ -897,6 +897,27 @@ class AMQPBroker:
             return
         self._idling = asyncio.ensure_future(self._go_idle())
 
+    async def stop_fetching(self) -> None:
+        """Cancel the consumers now, rather than after ``_IDLE`` seconds without a fetch, and
+        re-publish what they delivered and nobody fetched
+        (:meth:`aqueue.transports.base.PushedDeliveries.stop_fetching`).
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        idling = self._idling
+        if idling is not None:
+            await asyncio.shield(idling)
+            return
+        if not self._consumers:
+            return
+        with amqp_errors(self._url, "release"):
+            await self._stop_consuming()
+            await self._republish(self._buffer.drain(), "release")
+
     async def _go_idle(self) -> None:
         """Nobody fetched for a while (the worker stopped, the app lives on): stop consuming and
         hand back what waits in the buffer, rather than hold it from other consumers."""
