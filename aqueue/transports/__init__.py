@@ -162,6 +162,8 @@ def broker_from_url(url: str, transport_options: Mapping[str, Any] | None = None
 
     Args:
         url: ``memory://``, ``sqlite:///path.db``, ``redis://host:port/db``, ``rediss://...``,
+            a Redis Sentinel or Redis Cluster URL (``redis+sentinel://...``,
+            ``redis+cluster://host:port,host2:port2``),
             ``amqp://user:password@host:port/vhost`` or ``amqps://...`` (RabbitMQ).
         transport_options: the ``broker_transport_options`` setting, e.g.
             ``{"visibility_timeout": 30.0}`` (seconds).
