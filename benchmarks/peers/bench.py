@@ -5,8 +5,9 @@ Run from the repository root (``make bench-peers``)::
     python benchmarks/peers/bench.py                     # 3 rounds, 20,000 tasks: ~40 min
     python benchmarks/peers/bench.py --quick             # a smoke run: small n, 1 round
     python benchmarks/peers/bench.py --only aqueue,saq --rounds 5
-    python benchmarks/peers/bench.py --amqp              # also aqueue vs Celery on RabbitMQ
-                                                         # (results in Redis, then rpc://)
+    python benchmarks/peers/bench.py --amqp              # also on RabbitMQ: aqueue, taskiq,
+                                                         # dramatiq and Celery with results in
+                                                         # Redis, then aqueue and Celery on rpc://
 
 It creates each peer's virtualenv under ``benchmarks/peers/.venvs/<peer>`` from
 ``requirements/<peer>.txt`` when missing or out of date, starts a throwaway ``redis-server`` on a
@@ -48,7 +49,10 @@ REPO_ROOT = HERE.parents[1]
 VENVS = HERE / ".venvs"
 SYSTEMS = ("aqueue", "taskiq", "arq", "saq", "streaq", "dramatiq", "celery")
 PEERS = SYSTEMS[1:]
-AMQP_SYSTEMS = ("aqueue", "celery")
+#: The AMQP tables: every system with a RabbitMQ broker, results in Redis; then, over rpc://,
+#: those that have an rpc:// result backend.
+AMQP_SYSTEMS = ("aqueue", "taskiq", "dramatiq", "celery")
+RPC_SYSTEMS = ("aqueue", "celery")
 #: The result backend of the second AMQP table: results sent back as messages on RabbitMQ.
 RPC_BACKEND = "rpc://"
 WORKLOADS = ("prefilled", "noop", "bulk", "sleep", "latency")
@@ -78,7 +82,7 @@ COLUMNS = (
     Column("p99 ms", "latency", "p99_ms", False),
     Column("Redis cmds/task", "noop", "cmds_per_task", False),
 )
-# The issue's targets for aqueue: column title -> (kind, bound).
+# The issues' targets for aqueue: column title -> (kind, bound).
 TARGETS = {
     "enqueue/s": ("ratio", 3.0),
     "bulk enqueue/s": ("ratio", 3.0),
@@ -88,6 +92,14 @@ TARGETS = {
     "p99 ms": ("ratio", 1.0),
     "Redis cmds/task": ("value", 3.0),
 }
+TARGETS_TITLE = "issue #5 targets for aqueue:"
+AMQP_TARGETS = {
+    "enqueue/s": ("ratio", 3.0),
+    "no-op drain/s": ("ratio", 3.0),
+    "pre-filled drain/s": ("ratio", 3.0),
+    "p99 ms": ("ratio", 1.0),
+}
+AMQP_TARGETS_TITLE = "issue #20 AMQP targets for aqueue:"
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -463,7 +475,9 @@ def render(
     systems: Sequence[str],
     runs: dict[str, list[Run]],
     columns: Sequence[Column],
+    targets: tuple[str, dict[str, tuple[str, float]]] = (TARGETS_TITLE, TARGETS),
 ) -> list[str]:
+    """The table of ``systems``' medians, aqueue's ratio row, and how aqueue meets ``targets``."""
     cells = {s: {c.title: median_cell(runs[s], c) for c in columns} for s in systems}
     head = ["system"] + [c.title for c in columns]
     rows = [[_label(s, runs[s])] + [fmt(cells[s][c.title], c) for c in columns] for s in systems]
@@ -511,7 +525,7 @@ def render(
         "for latency and commands, best / aqueue)"
     )
     if "aqueue" in systems:
-        out += _targets(cells["aqueue"], best, columns)
+        out += _targets(cells["aqueue"], best, columns, *targets)
     return out
 
 
@@ -523,13 +537,17 @@ def _label(system: str, runs: list[Run]) -> str:
 
 
 def _targets(
-    mine: dict[str, float | str], best: dict[str, tuple[str, float]], columns: Sequence[Column]
+    mine: dict[str, float | str],
+    best: dict[str, tuple[str, float]],
+    columns: Sequence[Column],
+    title: str,
+    targets: dict[str, tuple[str, float]],
 ) -> list[str]:
-    out = ["", "issue #5 targets for aqueue:"]
+    out = ["", title]
     for c in columns:
-        if c.title not in TARGETS:
+        if c.title not in targets:
             continue
-        kind, bound = TARGETS[c.title]
+        kind, bound = targets[c.title]
         value = mine[c.title]
         if not isinstance(value, float):
             out.append(f"  {c.title:<22} no figure ({value})")
@@ -656,7 +674,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--amqp",
         action="store_true",
-        help="also aqueue vs Celery with RabbitMQ as the broker: results in Redis, then rpc://",
+        help="also RabbitMQ as the broker: aqueue, taskiq, dramatiq and Celery with results in "
+        "Redis, then aqueue and Celery with rpc:// results",
     )
     p.add_argument("--json", metavar="PATH", help="also write every run's figures to PATH")
     args = p.parse_args(argv)
@@ -768,11 +787,11 @@ def _amqp(
     if why and ("aqueue" in systems or "rabbitmq" in why):
         print(
             f"AMQP part skipped: {why}."
-            + ("" if "rabbitmq" in why else " (--amqp --only celery measures Celery alone)")
+            + ("" if "rabbitmq" in why else " (--amqp --only <peers> measures the peers alone)")
         )
         return
     if not systems:
-        print("AMQP part skipped: --only names neither aqueue nor celery.")
+        print(f"AMQP part skipped: --only names none of {', '.join(AMQP_SYSTEMS)}.")
         return
     try:
         amqp_url = services.start_rabbitmq()
@@ -783,11 +802,14 @@ def _amqp(
         f"AMQP: RabbitMQ {_rabbitmq_version()} at {amqp_url}; results in Redis, then rpc://",
         flush=True,
     )
-    # Results in Redis, then over rpc:// (RabbitMQ alone): the same rounds, in the same run.
-    for key, backend in (("amqp", redis_url), ("amqp_rpc", RPC_BACKEND)):
-        results[key] = {s: [] for s in systems}
+    # Results in Redis, then over rpc:// (RabbitMQ alone) for the systems that have it: the same
+    # rounds, in the same run.
+    rpc_systems = [s for s in systems if s in RPC_SYSTEMS]
+    tables = [("amqp", redis_url, systems), ("amqp_rpc", RPC_BACKEND, rpc_systems)]
+    for key, backend, table_systems in tables:
+        results[key] = {s: [] for s in table_systems}
         stats = redis_url if backend == redis_url else None  # rpc:// uses no Redis: no count
-        for rnd, system in rounds(systems, args.rounds):
+        for rnd, system in rounds(table_systems, args.rounds):
             redis_call(redis_url, "FLUSHALL")
             t0 = time.monotonic()
             # Queues left by the previous system stay on the node: each uses its own names.
@@ -799,18 +821,22 @@ def _amqp(
                 flush=True,
             )
     plain = [c for c in COLUMNS if c.key != "cmds_per_task"]
-    for key, title, columns in (
+    for key, title, columns, table_systems in (
         (
             "amqp",
             "RabbitMQ broker, Redis result backend",
             [*plain, Column("Redis cmds/task (results only)", "noop", "cmds_per_task", False)],
+            systems,
         ),
-        ("amqp_rpc", "RabbitMQ broker, rpc:// results (no Redis)", plain),
+        ("amqp_rpc", "RabbitMQ broker, rpc:// results (no Redis)", plain, rpc_systems),
     ):
+        if not table_systems:
+            continue
         print()
         title = f"{title}, median of {args.rounds} round(s)"
-        print("\n".join(render(title, systems, results[key], columns)))
-        _print_notes(systems, results[key])
+        targets = (AMQP_TARGETS_TITLE, AMQP_TARGETS)
+        print("\n".join(render(title, table_systems, results[key], columns, targets)))
+        _print_notes(table_systems, results[key])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """dramatiq runner (its own virtualenv).
 
-Producer: ``actor.send()`` in a loop (dramatiq's client is synchronous). No results are stored:
-the actors append their start time to a file that this runner reads (see ``tasks_dramatiq``).
+Producer: ``actor.send()`` in a loop (dramatiq's client is synchronous). With the Redis broker no
+results are stored: the actors append their start time to a file that this runner reads (see
+``tasks_dramatiq``). With an AMQP broker (``RabbitmqBroker``) results are stored in Redis and read
+in send order with ``message.get_result(block=True)`` (a blocking pop on the result's key).
 Worker: ``dramatiq tasks_dramatiq --processes 1 --threads 100`` with the AsyncIO middleware.
 """
 
@@ -23,13 +25,20 @@ POLL = 0.005  # seconds between reads of the record file
 
 class DramatiqAdapter(Adapter):
     name = "dramatiq"
-    notes = (
-        "RedisBroker + AsyncIO middleware, async actors, 1 process x 100 threads; "
-        "send() in a loop (sync client); no results stored (completion read from a file)"
-    )
 
     def __init__(self, args: Any) -> None:
         super().__init__(args)
+        self.amqp = args.broker.startswith("amqp")
+        self.notes = (
+            ("RabbitmqBroker (no confirms)" if self.amqp else "RedisBroker")
+            + " + AsyncIO middleware, async actors, 1 process x 100 threads; "
+            + "send() in a loop (sync client); "
+            + (
+                "Results middleware, RedisBackend, get_result(block=True)"
+                if self.amqp
+                else "no results stored (completion read from a file)"
+            )
+        )
         fd, path = tempfile.mkstemp(prefix="bench-dramatiq-", suffix=".log", dir=args.log_dir)
         os.close(fd)
         self.record = Path(path)
@@ -60,12 +69,12 @@ class DramatiqAdapter(Adapter):
         self.t.broker.close()
         self.record.unlink(missing_ok=True)
 
-    def _send(self, actor: Any, n: int) -> list[int]:
+    def _send(self, actor: Any, n: int) -> list[Any]:
+        """Send ``n`` messages; the handles: messages when results are stored, else indices."""
         first = self.next_index
         self.next_index += n
-        for i in range(first, first + n):
-            actor.send(i)
-        return list(range(first, first + n))
+        messages = [actor.send(i) for i in range(first, first + n)]
+        return messages if self.amqp else list(range(first, first + n))
 
     async def send_noop(self, n: int) -> list[Any]:
         return self._send(self.t.noop, n)
@@ -87,6 +96,11 @@ class DramatiqAdapter(Adapter):
             self.seen[int(index)] = float(started)
 
     async def wait(self, handles: list[Any], deadline: float) -> list[float]:
+        if self.amqp:
+            return [
+                m.get_result(block=True, timeout=max(1000, (deadline - time.monotonic()) * 1000))
+                for m in handles
+            ]
         for i in handles:
             while i not in self.seen:
                 self._read()

@@ -1,4 +1,4 @@
-"""taskiq + taskiq-redis runner (its own virtualenv).
+"""taskiq + taskiq-redis runner (its own virtualenv); taskiq-aio-pika with an AMQP broker.
 
 Producer: ``task.kiq()`` 1,000 at a time with ``asyncio.gather``; results read in send order with
 ``wait_result`` (taskiq's result API polls: ``check_interval`` 10 ms here, 0.2 s by default).
@@ -7,6 +7,7 @@ Worker: ``taskiq worker tasks_taskiq:broker --workers 1 --max-async-tasks 100``.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from importlib.metadata import version
@@ -20,7 +21,12 @@ POLL = 0.01  # seconds between result checks
 
 class TaskiqAdapter(Adapter):
     name = "taskiq"
-    notes = "RedisStreamBroker + RedisAsyncResultBackend; results polled every 10 ms"
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args)
+        self.amqp = args.broker.startswith("amqp")
+        broker = "AioPikaBroker (qos 4 x concurrency)" if self.amqp else "RedisStreamBroker"
+        self.notes = f"{broker} + RedisAsyncResultBackend; results polled every 10 ms"
 
     def worker_cmd(self) -> list[str]:
         return [
@@ -36,13 +42,14 @@ class TaskiqAdapter(Adapter):
         ]
 
     def version(self) -> str:
-        return f"taskiq {version('taskiq')}, taskiq-redis {version('taskiq-redis')}"
+        out = f"taskiq {version('taskiq')}, taskiq-redis {version('taskiq-redis')}"
+        return out + (f", taskiq-aio-pika {version('taskiq-aio-pika')}" if self.amqp else "")
 
     async def setup(self) -> None:
         import tasks_taskiq
 
         self.t = tasks_taskiq
-        await tasks_taskiq.broker.startup()  # declares the consumer group before any send
+        await tasks_taskiq.broker.startup()  # declares the consumer group (queue) before any send
 
     async def teardown(self) -> None:
         await self.t.broker.shutdown()
