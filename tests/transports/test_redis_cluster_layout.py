@@ -1,17 +1,26 @@
-"""Redis Cluster's key layout and URL, without a server: a single server and Sentinel keep
-today's key names; on a cluster, every key a script or MULTI uses together shares one hash tag
-(so one slot), and different queues, task ids, tables and apps do not. The cluster itself is
-in ``make test-cluster`` (tests/cluster/test_redis_cluster.py and the contract suites)."""
+"""Redis Cluster's key layout and URL, without a cluster: a single server and Sentinel keep
+today's key names (checked on a real server too); on a cluster, every key a script or MULTI
+uses together shares one hash tag (so one slot), and different queues, task ids, tables and
+apps do not. The cluster itself is in ``make test-cluster`` (tests/cluster/test_redis_cluster.py
+and the contract suites)."""
 
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
+import redis.asyncio as aioredis
 from redis.asyncio.connection import SSLConnection
 
 from aqueue.exceptions import BrokerConnectionError, ConfigurationError
-from aqueue.transports import ConnectionOptions, broker_from_url, transport_type
+from aqueue.transports import (
+    ConnectionOptions,
+    Outgoing,
+    backend_from_url,
+    broker_from_url,
+    transport_type,
+)
 from aqueue.transports.redis import Transport
 from aqueue.transports.redis.client import PLAIN_CHANNELS, SHARDED_CHANNELS, shared_client
 from aqueue.transports.redis.cluster import ClusterClient, open_cluster_client, parse_cluster_url
@@ -123,3 +132,25 @@ async def test_an_unreachable_cluster_is_a_connection_error_at_once() -> None:
         await broker.connect()
     assert time.monotonic() - began < 2.0
     await broker.close()
+
+
+async def test_a_single_server_stores_under_todays_names(redis_server: str) -> None:
+    """What a redis:// deployment has stored stays where it was: the names are today's."""
+    url = f"{redis_server}/0"
+    queue, task_id = f"q-{uuid.uuid4().hex}", uuid.uuid4().hex
+    broker, backend = broker_from_url(url), backend_from_url(url)
+    raw = aioredis.Redis.from_url(url)
+    try:
+        await broker.publish(
+            [Outgoing(queue, b"now", "m1", 3), Outgoing(queue, b"later", "m2", 0, time.time() + 60)]
+        )
+        await backend.store([(task_id, b"record")], 60)
+        assert await raw.xlen(f"aqueue:stream:{queue}:3") == 1
+        later = await raw.zrange("aqueue:delayed", 0, -1)
+        assert any(f"aqueue:stream:{queue}:0".encode() in member for member in later)
+        assert await raw.get(f"aqueue:result:{task_id}") == b"record"
+        await broker.purge([queue])
+    finally:
+        await raw.aclose()
+        await backend.close()
+        await broker.close()
