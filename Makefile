@@ -84,9 +84,10 @@ docs: $(SETUP)
 docs-serve: $(SETUP)
 	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs serve --strict --watch aqueue --watch README.md
 
-# Starts a throwaway redis-server unless BROKER names one (an empty database).
+# Starts a throwaway redis-server unless BROKER names one (an empty database). BENCH_ARGS passes
+# options, e.g. make bench BENCH_ARGS="--processes 2 --n 40000" (one process vs --processes 2).
 bench: $(SETUP)
-	$(PYTHON) benchmarks/throughput.py $(if $(BROKER),--broker $(BROKER))
+	$(PYTHON) benchmarks/throughput.py $(if $(BROKER),--broker $(BROKER)) $(BENCH_ARGS)
 
 # Throughput on a throwaway Redis Cluster (3 primaries, 8 queues over them) with 1, 2 and 4
 # worker processes; BENCH_ARGS passes options, e.g. make bench-cluster BENCH_ARGS="--n 50000".

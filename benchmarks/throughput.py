@@ -5,6 +5,7 @@ Run from the repository root (``make bench``)::
     python benchmarks/throughput.py                       # starts a throwaway redis-server
     python benchmarks/throughput.py --n 50000 --broker redis://127.0.0.1:6379/15
     python benchmarks/throughput.py --broker amqp://guest:guest@127.0.0.1:5672/
+    python benchmarks/throughput.py --processes 2 --n 40000   # one process vs --processes 2
 
 With an ``amqp://`` broker (RabbitMQ), results go to a throwaway redis-server (RabbitMQ stores no
 results); the queue should be empty.
@@ -21,6 +22,13 @@ Measured, after a warm-up:
 - latency p50/p99: from the ``delay()`` call to the task's first line, per task (the task
   returns ``time.time()`` at its start). The producer sends faster than one worker runs, so this
   includes the time spent queued behind the earlier tasks of the burst.
+
+With ``--processes N``, the benchmark measures something else, across cores: a pre-filled
+queue's drain rate, first with one worker process (``aqueue worker ...``), then with ``aqueue
+worker ... --processes N``, in the same run. Each time, ``--n`` no-op tasks are sent with no
+worker running, then the worker is started; drained tasks/s is n over the time from the earliest
+task start (so the worker's boot is not counted) to the last result read back. The ratio of the
+two is printed (issue #20's target: ``--processes 2`` >= 1.6x one process on 2 cores).
 
 Not a test: it asserts nothing but that every task finished.
 """
@@ -77,9 +85,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--batch", type=int, default=1_000, help="delay() calls gathered at once (default 1000)"
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="instead: a pre-filled queue's drain with one worker process, then with "
+        "`aqueue worker --processes N`, and their ratio",
+    )
     args = parser.parse_args(argv)
     if args.n < 1 or args.concurrency < 1 or args.batch < 1:
         parser.error("--n, --concurrency and --batch must be at least 1")
+    if args.processes is not None and args.processes < 2:
+        parser.error("--processes must be at least 2 (one process is measured anyway)")
     if args.broker is not None and not args.broker.startswith(
         ("redis://", "rediss://", "amqp://", "amqps://")
     ):
@@ -257,6 +275,24 @@ async def measure(n: int, batch: int) -> dict[str, Any]:
     }
 
 
+async def prefilled_drain(
+    n: int, batch: int, worker: contextlib.AbstractAsyncContextManager[Any]
+) -> float:
+    """Send ``n`` no-op tasks with no worker running, then start ``worker``; its drain rate
+    (tasks/s, from the earliest task start to the last result read)."""
+    from benchmarks.bench_tasks import noop
+
+    results: list[Any] = []
+    for start in range(0, n, batch):
+        results += await asyncio.gather(*(noop.delay() for _ in range(min(batch, n - start))))
+    started_at: list[float] = []
+    async with worker:
+        for start in range(0, n, batch):
+            started_at += await asyncio.gather(*results[start : start + batch])
+        done = time.time()
+    return n / (done - min(started_at))
+
+
 async def run(args: argparse.Namespace) -> None:
     import redis.asyncio as aioredis
 
@@ -278,15 +314,40 @@ async def run(args: argparse.Namespace) -> None:
         env["AQUEUE_BROKER_URL"], env["AQUEUE_RESULT_BACKEND"] = url, backend
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         app.conf.update(broker_url=url, result_backend=backend)
-        await stack.enter_async_context(worker_process(env, args.concurrency, args.worker_loglevel))
         stack.push_async_callback(app.close)
         await app.broker()
         await app.result_backend()
-        m = await measure(args.n, args.batch)
+        if args.processes is not None:
+            drains = []
+            for extra in ((), ("--processes", str(args.processes))):
+                worker = worker_process(env, args.concurrency, args.worker_loglevel, extra)
+                drains.append(await prefilled_drain(args.n, args.batch, worker))
+        else:
+            await stack.enter_async_context(
+                worker_process(env, args.concurrency, args.worker_loglevel)
+            )
+            m = await measure(args.n, args.batch)
 
     machine = (
         f"{_cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, {servers}"
     )
+    if args.processes is not None:
+        _print_rows(
+            [
+                ("machine", machine),
+                (
+                    "run",
+                    f"{args.n:,} no-op tasks pre-filled, then the worker started; "
+                    f"concurrency {args.concurrency} per process, results stored",
+                ),
+                ("1 process", f"{drains[0]:>9,.0f} tasks/s  (first task start to last result)"),
+                (
+                    f"{args.processes} processes",
+                    f"{drains[1]:>9,.0f} tasks/s  ({drains[1] / drains[0]:.2f}x one process)",
+                ),
+            ]
+        )
+        return
     rows = [
         ("machine", machine),
         (
@@ -307,6 +368,10 @@ async def run(args: argparse.Namespace) -> None:
         ("latency p50", f"{m['p50'] * 1000:>9,.1f} ms    (delay() called to task started)"),
         ("latency p99", f"{m['p99'] * 1000:>9,.1f} ms"),
     ]
+    _print_rows(rows)
+
+
+def _print_rows(rows: Sequence[tuple[str, str]]) -> None:
     for label, value in rows:
         print(f"{label:<12} {value}")
 
