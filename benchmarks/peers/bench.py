@@ -482,7 +482,8 @@ def render(
     head = ["system"] + [c.title for c in columns]
     rows = [[_label(s, runs[s])] + [fmt(cells[s][c.title], c) for c in columns] for s in systems]
     best: dict[str, tuple[str, float]] = {}
-    if "aqueue" in systems:
+    compared = "aqueue" in systems and len(systems) > 1  # a ratio row needs a peer
+    if compared:
         for c in columns:
             peers = [
                 (s, v)
@@ -519,11 +520,12 @@ def render(
             )
             + " |"
         )
-    out.append("")
-    out.append(
-        "(x: how many times better aqueue is than the best peer in that column; "
-        "for latency and commands, best / aqueue)"
-    )
+    if compared:
+        out.append("")
+        out.append(
+            "(x: how many times better aqueue is than the best peer in that column; "
+            "for latency and commands, best / aqueue)"
+        )
     if "aqueue" in systems:
         out += _targets(cells["aqueue"], best, columns, *targets)
     return out
