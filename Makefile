@@ -50,7 +50,7 @@ TRANSPORT_SUITES = tests/transports/test_broker_contract.py tests/transports/tes
 test-cluster: test-servers $(SETUP)
 	$(PYTHON) -m pytest -q -p no:cacheprovider -m cluster tests/cluster $(PYTEST_ARGS)
 	AQUEUE_TEST_TRANSPORTS=sentinel $(PYTHON) -m pytest -q -p no:cacheprovider -k sentinel $(TRANSPORT_SUITES) $(PYTEST_ARGS)
-	AQUEUE_TEST_TRANSPORTS=cluster $(PYTHON) -m pytest -q -p no:cacheprovider -k cluster $(TRANSPORT_SUITES) tests/test_e2e.py tests/canvas tests/test_task_semantics.py $(PYTEST_ARGS)
+	AQUEUE_TEST_TRANSPORTS=cluster $(PYTHON) -m pytest -q -p no:cacheprovider -k cluster $(TRANSPORT_SUITES) tests/test_e2e.py tests/canvas tests/test_task_semantics.py tests/control tests/worker $(PYTEST_ARGS)
 
 test-servers:
 	scripts/ensure-debs.sh redis-server rabbitmq-server
