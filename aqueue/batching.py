@@ -22,13 +22,25 @@ ItemErrors = Mapping[int, BaseException] | None
 
 
 class _Batch(Generic[T]):
-    __slots__ = ("done", "items")
+    # One future per caller (not one shared future each caller shields: that costs an extra
+    # future and two callbacks per caller); a cancelled caller's future is skipped.
+    __slots__ = ("items", "waiters")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self) -> None:
         self.items: list[T] = []
-        self.done: asyncio.Future[ItemErrors] = loop.create_future()
-        # Callers may all be cancelled before a failed flush ends: mark the error as seen.
-        self.done.add_done_callback(_consume)
+        self.waiters: list[asyncio.Future[ItemErrors]] = []
+
+    def settle(self, errors: ItemErrors, exc: BaseException | None = None) -> None:
+        """Wake every caller still waiting: with ``errors``, or raising ``exc``."""
+        for waiter in self.waiters:
+            if waiter.done():  # its caller was cancelled
+                continue
+            if exc is None:
+                waiter.set_result(errors)
+            elif isinstance(exc, asyncio.CancelledError):  # the flush was cancelled (shutdown)
+                waiter.cancel()
+            else:
+                waiter.set_exception(exc)
 
 
 class Batcher(Generic[T]):
@@ -62,7 +74,7 @@ class Batcher(Generic[T]):
         """
         batch = self._batch
         if batch is None:
-            batch = self._batch = _Batch(asyncio.get_running_loop())
+            batch = self._batch = _Batch()
             # The flush task's first step runs after the callbacks already queued in this turn
             # (the other callers woken with us): it closes the batch, then flushes it.
             task = asyncio.ensure_future(self._run(batch))
@@ -73,7 +85,9 @@ class Batcher(Generic[T]):
         batch.items.extend(items)
         if len(batch.items) >= self.max_batch:
             self._batch = None  # full: later callers open the next batch
-        errors = await asyncio.shield(batch.done)
+        waiter: asyncio.Future[ItemErrors] = asyncio.get_running_loop().create_future()
+        batch.waiters.append(waiter)
+        errors = await waiter
         if errors:
             for index in range(first, first + len(items)):
                 error = errors.get(index)
@@ -86,10 +100,10 @@ class Batcher(Generic[T]):
         try:
             errors = await self._flush_fn(batch.items)
         except BaseException as exc:
-            batch.done.set_exception(exc)
+            batch.settle(None, exc)
             raise
         else:
-            batch.done.set_result(errors)
+            batch.settle(errors)
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:

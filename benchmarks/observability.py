@@ -6,6 +6,7 @@ Run from the repository root::
     python benchmarks/observability.py                 # 20,000 tasks, 3 interleaved rounds
     python benchmarks/observability.py --n 5000 --rounds 1
     python benchmarks/observability.py --configs nothing      # runs on any aqueue version
+    python benchmarks/observability.py --configs nothing --rounds 1 --profile 25  # cProfile
 
 A throwaway redis-server (no persistence) holds the queue; for each configuration a fresh app
 pre-fills the queue with ``delay_many``, then one in-process worker (concurrency 100) drains
@@ -19,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import platform
+import pstats
 import statistics
 import sys
 import time
@@ -95,8 +98,14 @@ LABELS = {
 }
 
 
-async def drain(url: str, n: int, setup: Callable[[Aqueue], Callable[[], None]]) -> float:
-    """CPU µs per task of one in-process worker draining ``n`` pre-filled no-op tasks."""
+async def drain(
+    url: str,
+    n: int,
+    setup: Callable[[Aqueue], Callable[[], None]],
+    profile: cProfile.Profile | None = None,
+) -> float:
+    """CPU µs per task of one in-process worker draining ``n`` pre-filled no-op tasks (under
+    ``profile`` from the worker's start to its last task when one is given)."""
     app = Aqueue("obs", broker=url, backend=url)
     app.conf.task_default_queue = f"obs-{uuid.uuid4().hex[:8]}"
 
@@ -110,8 +119,12 @@ async def drain(url: str, n: int, setup: Callable[[Aqueue], Callable[[], None]])
             await noop.delay_many([()] * min(1000, n - start))
         worker = Worker(app, concurrency=100)
         cpu = time.process_time()
+        if profile is not None:
+            profile.enable()
         await worker.start()
         await worker.wait_processed(n)
+        if profile is not None:
+            profile.disable()
         used = time.process_time() - cpu
         await worker.stop()
     finally:
@@ -122,6 +135,13 @@ async def drain(url: str, n: int, setup: Callable[[Aqueue], Callable[[], None]])
 
 async def run(args: argparse.Namespace) -> None:
     chosen = args.configs.split(",")
+    if args.profile:
+        async with redis_server() as url:
+            profile = cProfile.Profile()
+            used = await drain(url, args.n, CONFIGS[chosen[0]], profile)
+        print(f"{LABELS[chosen[0]]}: {used:.1f} µs/task (profiled, so slower)")
+        pstats.Stats(profile).sort_stats(args.sort).print_stats(args.profile)
+        return
     figures: dict[str, list[float]] = {name: [] for name in chosen}
     async with redis_server() as url:
         for round_ in range(args.rounds):
@@ -149,6 +169,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=",".join(CONFIGS),
         help="comma-separated, the first is the baseline (default: %(default)s)",
     )
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="TOP",
+        help="run the first configuration once under cProfile and print its TOP functions",
+    )
+    parser.add_argument("--sort", default="tottime", help="pstats order for --profile")
     asyncio.run(run(parser.parse_args(argv)))
 
 
