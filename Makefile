@@ -46,7 +46,8 @@ TRANSPORT_SUITES = tests/transports/test_broker_contract.py tests/transports/tes
 # The cluster suites (tests/cluster, marker `cluster`), outside `make test`: a 3-node RabbitMQ
 # cluster on loopback with quorum queues, one node stopped mid-run (about 3 minutes on 2 cores);
 # a Sentinel failover under load; a 3-primary Redis Cluster with 8 queues, 50,000 tasks, a
-# chord of 1,000 and three beats. Then the transport suites over Sentinel and over the cluster.
+# chord of 1,000 and three beats (about 1 minute). Then the transport suites over Sentinel and
+# over the Redis Cluster (about 3 minutes).
 test-cluster: test-servers $(SETUP)
 	$(PYTHON) -m pytest -q -p no:cacheprovider -m cluster tests/cluster $(PYTEST_ARGS)
 	AQUEUE_TEST_TRANSPORTS=sentinel $(PYTHON) -m pytest -q -p no:cacheprovider -k sentinel $(TRANSPORT_SUITES) $(PYTEST_ARGS)
