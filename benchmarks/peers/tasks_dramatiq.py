@@ -27,6 +27,17 @@ QUEUE = "bench_dramatiq"  # not "default": queues of other systems stay on the R
 _broker_url = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0")
 STORE_RESULTS = _broker_url.startswith("amqp")
 
+
+def _redis_url(url: str) -> str:
+    """``url`` with a connection pool larger than redis-py's default of 100 connections.
+
+    redis-py 8 caps a pool at 100 by default; dramatiq's 100 worker threads and its consumer
+    threads share one, and at the cap an ack or a consumer fails with "Too many connections"
+    (the consumer restarts 3 s later), which would be measured as dramatiq's slowness.
+    """
+    return url + ("&" if "?" in url else "?") + "max_connections=1000"
+
+
 if STORE_RESULTS:
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
     from dramatiq.results import Results
@@ -36,10 +47,13 @@ if STORE_RESULTS:
     _url = _broker_url[:-2] + "/%2F" if _broker_url.endswith("//") else _broker_url
     broker: dramatiq.Broker = RabbitmqBroker(url=_url)
     broker.add_middleware(
-        Results(backend=RedisBackend(url=os.environ["BENCH_BACKEND_URL"]), store_results=True)
+        Results(
+            backend=RedisBackend(url=_redis_url(os.environ["BENCH_BACKEND_URL"])),
+            store_results=True,
+        )
     )
 else:
-    broker = RedisBroker(url=_broker_url)
+    broker = RedisBroker(url=_redis_url(_broker_url))
 broker.add_middleware(AsyncIO())
 dramatiq.set_broker(broker)
 
