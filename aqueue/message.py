@@ -207,7 +207,7 @@ def from_envelope(env: dict[str, Any], accept: frozenset[str] | tuple[str, ...])
         and (sent_at is None or math.isfinite(sent_at))
     ) or (link or link_error or options):
         _Fields(env).nested()  # finds what is wrong (naming it), or checks the nested data
-    return _new_message(
+    return make_message(
         env["id"],
         env["task"],
         args,
@@ -233,13 +233,16 @@ def from_envelope(env: dict[str, Any], accept: frozenset[str] | tuple[str, ...])
     )
 
 
-# The decoder fills a Message's slots directly, in field order: a frozen dataclass's __init__
-# costs one object.__setattr__ call per field (23), about twice the time of the whole build.
+# The decoder and the sender fill a Message's slots directly, in field order: a frozen
+# dataclass's __init__ costs one object.__setattr__ call per field (23), about twice the time of
+# the whole build.
 _SETTERS = tuple(getattr(Message, f.name).__set__ for f in dataclasses.fields(Message))
 
 
-def _new_message(*values: Any) -> Message:
-    """A :class:`Message` of every field's value, in field order (values checked already)."""
+def make_message(*values: Any) -> Message:
+    """A :class:`Message` of every field's value, in field order (values checked already):
+    ``Message(...)`` with every field given, at about half the cost. The decoder's path, and the
+    sender's (one message per ``delay()``)."""
     msg = object.__new__(Message)
     for set_slot, value in zip(_SETTERS, values, strict=True):
         set_slot(msg, value)

@@ -425,3 +425,20 @@ def test_register_serializer_refuses_built_in_names_and_settings_check_names() -
         Aqueue("x", task_serializer="nonesuch")
     with pytest.raises(ConfigurationError, match="names or MIME types"):
         Aqueue("x", accept_content=["application/x-nonesuch"])
+
+
+def test_make_message_is_the_dataclass_with_every_field_given() -> None:
+    import dataclasses
+
+    from aqueue.message import Message, make_message
+
+    message = Message("id-1", "proj.add", (2, 2), {"z": 1}, "q", 5, 1.0, 2.0, 1, {"h": 1},
+                      [{"task": "t"}], [], 3.0, True, "p", "r", "g", {"o": 1}, "reply", "json",
+                      "zlib", 4.0)  # fmt: skip
+    values = [getattr(message, f.name) for f in dataclasses.fields(Message)]
+    made = make_message(*values)
+    assert made == message and made.encode() == message.encode()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.id = "other"  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        make_message(*values[:-1])  # a field missing is an error, not a default

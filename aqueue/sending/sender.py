@@ -32,7 +32,7 @@ from aqueue.exceptions import (
     PublishIncomplete,
     TaskNotRegistered,
 )
-from aqueue.message import Message, new_id
+from aqueue.message import Message, make_message, new_id
 from aqueue.middleware import chain_publish
 from aqueue.perloop import PerLoop
 from aqueue.results.mailbox import Mailbox
@@ -255,27 +255,28 @@ class Sender:
         conf = self.app.conf
         route = routing.lookup(conf.task_routes, name, args, kwargs, options)
         annotated = self.app.task_options(name)
-
         sources = [s for s in (options, route, annotated) if s]
 
         def pick(key: str, default: Any = None) -> Any:
             for source in sources:
                 if source.get(key) is not None:
                     return source[key]
-            value = getattr(task, key, None) if task is not None else None
+            value = getattr(task, key, None)
             return default if value is None else value
 
         priority = pick("priority", conf.task_default_priority)
         if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
             raise ConfigurationError(f"priority must be a whole number 0..9, not {priority!r}")
         now = time.time()
-        eta = _epoch(options.get("eta"), "eta")
+        eta = options.get("eta")
+        if eta is not None:
+            eta = _epoch(eta, "eta")
         if options.get("countdown") is not None:
             eta = now + float(options["countdown"])
         expires = pick("expires")
         if isinstance(expires, int | float):
             expires = now + float(expires)
-        else:
+        elif expires is not None:
             expires = _epoch(expires, "expires")
         ignore_result = pick("ignore_result", conf.task_ignore_result)
         queue = pick("queue", conf.task_default_queue)
@@ -283,34 +284,37 @@ class Sender:
         if options.get("shadow") is not None:
             extra["shadow"] = options["shadow"]
         # Celery's routing: a queue listed in task_queues is reached through its exchange.
-        declared = (conf.task_queues or {}).get(queue, {})
-        for key in ("exchange", "routing_key"):
-            for source in (options, route, declared):
-                if source.get(key) is not None:
-                    extra[key] = source[key]
-                    break
-        return Message(
-            id=options.get("task_id") or new_id(),
-            task=name,
-            args=args,
-            kwargs=kwargs,
-            queue=queue,
-            priority=priority,
-            eta=eta,
-            expires=expires,
-            headers=dict(options.get("headers") or {}),
-            link=_signatures(options.get("link")),
-            link_error=_signatures(options.get("link_error")),
-            time_limit=options.get("time_limit"),
-            ignore_result=bool(ignore_result),
-            parent_id=options.get("parent_id"),
-            root_id=options.get("root_id"),
-            group_id=options.get("group_id"),
-            options=extra,
-            reply_to=None if ignore_result else reply_to,
-            content_type=pick("serializer", conf.task_serializer),
-            compression=pick("compression", conf.task_compression),
-            sent_at=time.time(),
+        declared = (conf.task_queues or {}).get(queue)
+        if sources or declared:
+            for key in ("exchange", "routing_key"):
+                for source in (options, route, declared or {}):
+                    if source.get(key) is not None:
+                        extra[key] = source[key]
+                        break
+        link, link_error = options.get("link"), options.get("link_error")
+        return make_message(
+            options.get("task_id") or new_id(),
+            name,
+            args,
+            kwargs,
+            queue,
+            priority,
+            eta,
+            expires,
+            0,  # retries
+            dict(options.get("headers") or {}),
+            [] if link is None else _signatures(link),
+            [] if link_error is None else _signatures(link_error),
+            options.get("time_limit"),
+            bool(ignore_result),
+            options.get("parent_id"),
+            options.get("root_id"),
+            options.get("group_id"),
+            extra,
+            None if ignore_result else reply_to,
+            pick("serializer", conf.task_serializer),
+            pick("compression", conf.task_compression),
+            now,  # sent_at
         )
 
     async def publish(

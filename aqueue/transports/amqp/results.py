@@ -213,6 +213,8 @@ class RpcBackend:
             BrokerConnectionError: RabbitMQ cannot be reached, or did not answer in time.
         """
         reply = self._reply
+        if reply is not None and reply.done() and not reply.cancelled() and not reply.exception():
+            return reply.result()  # declared: what every send after the first one finds
         if reply is None or (reply.done() and (reply.cancelled() or reply.exception())):
             reply = self._reply = asyncio.ensure_future(self._declare_reply())
         return await asyncio.shield(reply)

@@ -93,6 +93,7 @@ class RedisBackend(RedisRole):
         self._remarker: asyncio.Task[None] | None = None
         # This client's reply channel: subscribed on first use, by one task all callers await.
         self._reply = keys.reply_channel(secrets.token_hex(8)).encode()
+        self._reply_name = self._reply.decode()
         self._reply_subscribed: asyncio.Task[None] | None = None
         self._inbox = Inbox()
 
@@ -325,13 +326,15 @@ class RedisBackend(RedisRole):
                 subscription within 10 seconds.
         """
         task = self._reply_subscribed
+        if task is not None and task.done() and not task.cancelled() and not task.exception():
+            return self._reply_name  # subscribed: what every send after the first one finds
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
             queue: asyncio.Queue[bytes] = asyncio.Queue()  # unused: _dispatch routes replies
             task = self._reply_subscribed = asyncio.ensure_future(
                 self._subscribe(self._reply, queue)
             )
         await asyncio.shield(task)
-        return self._reply.decode()
+        return self._reply_name
 
     def expect(self, task_id: str) -> Mailbox:
         """The mailbox that records of ``task_id`` arriving on the reply channel go to.

@@ -1,0 +1,84 @@
+"""The batcher behind publishing: concurrent callers share one flush, and each gets its outcome.
+
+Each caller waits on a future of its own, so a cancelled caller leaves the flush and the other
+callers alone; a flush's error reaches every caller of its batch, an error returned by item index
+only the caller of that item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+
+import pytest
+
+from aqueue.batching import Batcher, ItemErrors
+
+pytestmark = pytest.mark.timeout(10)
+
+
+async def test_concurrent_callers_share_one_flush() -> None:
+    flushes: list[list[int]] = []
+
+    async def flush(items: list[int]) -> ItemErrors:
+        flushes.append(list(items))
+        return None
+
+    batcher = Batcher(flush)
+    await asyncio.gather(*(batcher.submit([i]) for i in range(5)))
+    assert flushes == [[0, 1, 2, 3, 4]]
+
+
+async def test_item_errors_fail_only_their_callers() -> None:
+    async def flush(items: list[int]) -> ItemErrors:
+        return {1: ValueError("item 1")}
+
+    batcher = Batcher(flush)
+    outcomes = await asyncio.gather(
+        *(batcher.submit([i]) for i in range(3)), return_exceptions=True
+    )
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], ValueError) and str(outcomes[1]) == "item 1"
+
+
+async def test_flush_error_reaches_every_caller(caplog: pytest.LogCaptureFixture) -> None:
+    async def flush(items: list[int]) -> ItemErrors:
+        raise ConnectionError("down")
+
+    batcher = Batcher(flush)
+    outcomes = await asyncio.gather(
+        *(batcher.submit([i]) for i in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(o, ConnectionError) for o in outcomes)
+    gc.collect()
+    with caplog.at_level(logging.ERROR, "asyncio"):
+        gc.collect()
+    assert "never retrieved" not in caplog.text
+
+
+async def test_a_cancelled_caller_leaves_the_flush_and_the_others_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    release = asyncio.Event()
+    flushed: list[list[int]] = []
+
+    async def flush(items: list[int]) -> ItemErrors:
+        await release.wait()
+        flushed.append(list(items))
+        raise ConnectionError("down")
+
+    batcher = Batcher(flush)
+    first = asyncio.ensure_future(batcher.submit([1]))
+    second = asyncio.ensure_future(batcher.submit([2]))
+    await asyncio.sleep(0)  # both submitted, the flush started and waiting
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    release.set()
+    with pytest.raises(ConnectionError):
+        await second
+    assert flushed == [[1, 2]]  # the cancelled caller's item was still flushed
+    with caplog.at_level(logging.ERROR, "asyncio"):
+        gc.collect()
+    assert "never retrieved" not in caplog.text
