@@ -28,8 +28,8 @@ from aqueue.exceptions import (
     SecurityError,
     TimeoutError,
 )
-from aqueue.results.record import ResultRecord
-from aqueue.results.result import AsyncResult, _value_of
+from aqueue.results.record import ResultRecord, outcome
+from aqueue.results.result import AsyncResult
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -289,7 +289,7 @@ class GroupResult:
         values = []
         for r in members:
             assert r._record is not None
-            values.append(_value_of(r._record))
+            values.append(outcome(r._record))
         return values
 
     async def _wait(self, members: list[AsyncResult[Any]], propagate: bool) -> None:
@@ -335,4 +335,4 @@ def _raise_first_failure(members: Sequence[AsyncResult[Any]]) -> None:
     for r in members:
         rec = r._record
         if rec is not None and rec.ready and rec.status != states.SUCCESS:
-            raise _value_of(rec)
+            raise outcome(rec)

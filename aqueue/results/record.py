@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from aqueue import serialization, states
-from aqueue.exceptions import DecodeError, EncodeError, SecurityError, TaskError
+from aqueue.exceptions import (
+    DecodeError,
+    EncodeError,
+    SecurityError,
+    TaskError,
+    TaskRevokedError,
+)
 
 if TYPE_CHECKING:
     from aqueue.signing import Signing
@@ -221,3 +227,17 @@ def rebuild_exception(info: Any, traceback: str | None = None) -> BaseException:
         exc.__notes__ = [f"remote traceback:\n{traceback}"] if traceback else []
         return exc
     return TaskError(full, message, traceback)
+
+
+def outcome(rec: ResultRecord) -> Any:
+    """What a finished (or current) record stands for: the value of a SUCCESS, the rebuilt
+    exception of a FAILURE or RETRY, a :class:`~aqueue.exceptions.TaskRevokedError` for
+    REVOKED, else the record's ``result`` as stored (a state's meta)."""
+    if rec.status == states.SUCCESS:
+        return rec.result
+    if rec.status == states.REVOKED:
+        reason = rec.result.get("exc_message") if isinstance(rec.result, dict) else None
+        return TaskRevokedError(reason or f"task {rec.task_id} was revoked")
+    if rec.status in states.EXCEPTION_STATES:
+        return rebuild_exception(rec.result, rec.traceback)
+    return rec.result

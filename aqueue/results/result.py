@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from aqueue import states
-from aqueue.exceptions import TaskRevokedError, TimeoutError
+from aqueue.exceptions import TimeoutError
 from aqueue.results.mailbox import Mailbox
-from aqueue.results.record import ResultRecord, rebuild_exception
+from aqueue.results.record import ResultRecord, outcome
 from aqueue.results.stream import follow, item_key
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class AsyncResult(Generic[R]):
         rec = self._record
         if rec is None or not rec.ready:
             return None
-        return _value_of(rec)
+        return outcome(rec)
 
     @property
     def traceback(self) -> str | None:
@@ -171,7 +171,7 @@ class AsyncResult(Generic[R]):
         rec = self._record
         if rec is None or not rec.ready:
             rec = await self._wait(timeout, on_message)
-        value = _value_of(rec)
+        value = outcome(rec)
         if rec.status != states.SUCCESS and propagate:
             raise value
         return value  # type: ignore[no-any-return]
@@ -281,7 +281,7 @@ class AsyncResult(Generic[R]):
         custom = rec.status not in states.ALL_STATES
         return TaskInfo(
             state=rec.status,
-            result=_value_of(rec),
+            result=outcome(rec),
             traceback=rec.traceback,
             meta=rec.result if custom else None,
             date_done=datetime.fromtimestamp(rec.date_done, UTC) if rec.date_done else None,
@@ -332,17 +332,6 @@ class AsyncResult(Generic[R]):
             return await _call(on_done, self)  # type: ignore[no-any-return]
 
         return self.app.spawn(run())
-
-
-def _value_of(rec: ResultRecord) -> Any:
-    if rec.status == states.SUCCESS:
-        return rec.result
-    if rec.status == states.REVOKED:
-        reason = rec.result.get("exc_message") if isinstance(rec.result, dict) else None
-        return TaskRevokedError(reason or f"task {rec.task_id} was revoked")
-    if rec.status in states.EXCEPTION_STATES:
-        return rebuild_exception(rec.result, rec.traceback)
-    return rec.result
 
 
 def _message(rec: ResultRecord) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from aqueue import states
 from aqueue.exceptions import ConfigurationError, StreamError, TimeoutError
-from aqueue.results.record import ResultRecord
+from aqueue.results.record import ResultRecord, outcome
 
 if TYPE_CHECKING:
     from aqueue.results.result import AsyncResult
@@ -93,8 +93,6 @@ class _Reader:
     async def take(self, rec: ResultRecord) -> list[Any]:
         """The items ``rec`` brings that were not handed out yet; sets :attr:`done` or
         :attr:`failed` when it ends the stream."""
-        from aqueue.results.result import _value_of  # result imports this module
-
         if rec.status == states.STREAMING and rec.streamed is not None:
             index = rec.streamed - 1
             if index < self.position:
@@ -116,7 +114,7 @@ class _Reader:
             return rest
         items = await self._stored(None)
         self.position += len(items)
-        self.failed = _value_of(rec)
+        self.failed = outcome(rec)
         return items
 
     async def _stored(self, end: int | None) -> list[Any]:
