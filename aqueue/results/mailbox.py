@@ -36,12 +36,29 @@ class Mailbox:
             event loop (another backend instance) falls back to watching its task's channel.
     """
 
-    __slots__ = ("__weakref__", "_records", "_waiters", "owner")
+    __slots__ = ("__weakref__", "_boxes", "_records", "_task_id", "_waiters", "owner")
 
-    def __init__(self, owner: object) -> None:
+    def __init__(
+        self,
+        owner: object,
+        boxes: dict[str, weakref.ref[Mailbox]] | None = None,
+        task_id: str = "",
+    ) -> None:
         self.owner = owner
         self._records: list[bytes] = []
         self._waiters: list[asyncio.Future[None]] = []
+        self._boxes = boxes  # the inbox's entries (by task_id), which this leaves when dropped
+        self._task_id = task_id
+
+    def __del__(self) -> None:
+        boxes = self._boxes
+        if boxes is None:
+            return
+        ref = boxes.get(self._task_id)
+        if ref is not None:
+            held = ref()  # still this mailbox here (dropped at refcount 0), or dead (a cycle)
+            if held is None or held is self:
+                del boxes[self._task_id]
 
     def size(self) -> int:
         """How many records have arrived (a reader starting here sees only later ones)."""
@@ -76,25 +93,31 @@ class Mailbox:
 
 
 class Inbox:
-    """The mailboxes of one client, by task id (held weakly: see the module docstring)."""
+    """The mailboxes of one client, by task id (held weakly: see the module docstring).
+
+    A plain dict of weak references, each mailbox deleting its own entry when it is dropped:
+    registering one is a dict insert (a ``WeakValueDictionary`` adds a callback object per entry).
+    """
 
     def __init__(self) -> None:
-        self._boxes: weakref.WeakValueDictionary[str, Mailbox] = weakref.WeakValueDictionary()
+        self._boxes: dict[str, weakref.ref[Mailbox]] = {}
 
     def expect(self, task_id: str, owner: object) -> Mailbox:
         """The mailbox for ``task_id``, created if needed; keep it alive while waiting."""
-        box = self._boxes.get(task_id)
+        box = self.get(task_id)
         if box is None:
-            box = self._boxes[task_id] = Mailbox(owner)
+            box = Mailbox(owner, self._boxes, task_id)
+            self._boxes[task_id] = weakref.ref(box)
         return box
 
     def get(self, task_id: str) -> Mailbox | None:
         """``task_id``'s mailbox if a handle still holds it, else ``None`` (nothing created)."""
-        return self._boxes.get(task_id)
+        ref = self._boxes.get(task_id)
+        return None if ref is None else ref()
 
     def put(self, task_id: str, record: bytes) -> bool:
         """Give ``record`` to ``task_id``'s mailbox; False if nobody expects that id."""
-        box = self._boxes.get(task_id)
+        box = self.get(task_id)
         if box is None:
             return False
         box.put(record)
@@ -110,11 +133,11 @@ class Inbox:
             self.put(task_id, record)
 
     def __len__(self) -> int:
-        return len(self._boxes)
+        return len(self.expected())
 
     def expected(self) -> list[str]:
         """Task ids whose mailbox is alive."""
-        return list(self._boxes.keys())
+        return [task_id for task_id, ref in list(self._boxes.items()) if ref() is not None]
 
     def clear(self) -> None:
         """Forget every mailbox (the backend closed)."""
