@@ -153,6 +153,7 @@ class Worker:
         self._arrivals = itertools.count()
         self._helpers: list[asyncio.Task[None]] = []
         self._fetcher: asyncio.Task[None] | None = None
+        self._fetch: asyncio.Future[list[Delivery]] | None = None  # the fetch under way
         self._main: asyncio.Task[None] | None = None
         self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="aqueue-task")
         self.executor: Executor | None = None
@@ -412,6 +413,8 @@ class Worker:
             return
         self._stopping.set()
         self._slot_free.set()
+        if self._fetch is not None:
+            self._fetch.cancel()  # a no-op once it is done: its batch is kept
         await signals.worker_shutting_down.send(
             self.hostname, sig=self._stop_signal, how="Warm", exitcode=0
         )
@@ -690,20 +693,21 @@ class Worker:
         return True
 
     async def _fetch_or_stop(self, limit: int) -> list[Delivery]:
-        # A stop must not wait out a blocking fetch: cancel it, but keep a batch that raced in.
+        # A stop must not wait out a blocking fetch: stop() cancels the fetch unless it is done,
+        # so a batch that raced in is kept. Awaiting the fetch itself (not it and the stop event
+        # together) costs no task for the event and one loop turn fewer per wake-up.
         assert self.broker is not None
-        fetch = asyncio.ensure_future(self.broker.fetch(self.queues, limit, FETCH_TIMEOUT))
-        stop = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait((fetch, stop), return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if not fetch.done():
-            fetch.cancel()
+        fetch = self._fetch = asyncio.ensure_future(
+            self.broker.fetch(self.queues, limit, FETCH_TIMEOUT)
+        )
         try:
             return await fetch
         except asyncio.CancelledError:
-            if not self._stopping.is_set():
+            if not (self._stopping.is_set() and fetch.cancelled()):
                 raise
             return []
+        finally:
+            self._fetch = None
 
     async def _run_one(self) -> None:
         assert self.executor is not None
