@@ -27,7 +27,7 @@ def test_one_value_per_loop_and_dropped_with_the_loop() -> None:
     second = asyncio.run(value())
     assert second is not first[0]  # another loop: its own value
     gc.collect()
-    assert len(values) == 0 and values._last is None  # both loops gone: nothing is kept
+    assert len(values) == 0  # both loops gone: nothing is kept
 
 
 def test_pop_forgets_the_value() -> None:
