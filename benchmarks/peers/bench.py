@@ -679,6 +679,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also RabbitMQ as the broker: aqueue, taskiq, dramatiq and Celery with results in "
         "Redis, then aqueue and Celery with rpc:// results",
     )
+    p.add_argument(
+        "--celery-confirm",
+        action="store_true",
+        help="Celery on RabbitMQ with publisher confirms (confirm_publish=True), as aqueue's "
+        "delay() has them; Celery's default publishes without",
+    )
     p.add_argument("--json", metavar="PATH", help="also write every run's figures to PATH")
     args = p.parse_args(argv)
     if args.quick:
@@ -703,6 +709,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.celery_confirm:  # read by tasks_celery.py in the runner and the worker
+        os.environ["BENCH_CELERY_CONFIRM"] = "1"
     systems = [s for s in SYSTEMS if s in args.only]
     token = uuid.uuid4().hex
     logdir = Path(tempfile.mkdtemp(prefix="bench-peers-"))

@@ -8,6 +8,7 @@ Celery's defaults. Tasks are plain functions, the sleep task ``time.sleep(0.01)`
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from importlib.metadata import version
@@ -19,7 +20,10 @@ from _common import Adapter, main
 
 class CeleryAdapter(Adapter):
     name = "celery"
-    notes = "prefork -c 2 (sync tasks: sleep is time.sleep); delay() in a loop; AsyncResult.get()"
+    notes = (
+        "prefork -c 2 (sync tasks: sleep is time.sleep); delay() in a loop; AsyncResult.get()"
+        + ("; confirm_publish=True on RabbitMQ" if os.environ.get("BENCH_CELERY_CONFIRM") else "")
+    )
 
     def worker_cmd(self) -> list[str]:
         return [

@@ -12,6 +12,9 @@ from celery import Celery
 
 _broker = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0")
 app = Celery("bench", broker=_broker, backend=os.environ.get("BENCH_BACKEND_URL") or _broker)
+if os.environ.get("BENCH_CELERY_CONFIRM") and _broker.startswith("amqp"):
+    # bench.py --celery-confirm: delay() waits for RabbitMQ's confirm, as aqueue's does.
+    app.conf.broker_transport_options = {"confirm_publish": True}
 
 
 @app.task(name="bench.noop")
