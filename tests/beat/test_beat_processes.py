@@ -61,6 +61,20 @@ def sends(lines: Sequence[str]) -> list[tuple[str, float, str]]:
     return out
 
 
+def each_tick_once(
+    beats: Sequence[WorkerProcess],
+) -> tuple[list[tuple[str, float, str]], list[float]]:
+    """The sends the beats logged, and their ticks in order, asserting that no tick was sent
+    twice and that none is missing between the first and the last (an entry every second)."""
+    records = [r for b in beats for r in sends(b.lines)]
+    ticks = sorted(tick for _, tick, _ in records)
+    duplicates = [t for t, n in Counter(ticks).items() if n > 1]
+    assert duplicates == [], f"ticks sent twice: {duplicates}"
+    gaps = [(a, b) for a, b in itertools.pairwise(ticks) if b - a != 1.0]
+    assert gaps == [], f"ticks missing between {gaps}"
+    return records, ticks
+
+
 class BeatProcess(WorkerProcess):
     """``python -m aqueue beat -A <app>``, its log collected; entering waits until it started."""
 
@@ -143,12 +157,7 @@ async def test_three_beats_send_each_tick_once_even_when_one_is_killed(redis_ser
         for b in beats:
             await b.__aexit__(None, None, None)
 
-    records = [r for b in beats for r in sends(b.lines)]
-    ticks = sorted(tick for _, tick, _ in records)
-    duplicates = [t for t, n in Counter(ticks).items() if n > 1]
-    assert duplicates == [], f"ticks sent twice: {duplicates}"
-    gaps = [(a, b) for a, b in itertools.pairwise(ticks) if b - a != 1.0]
-    assert gaps == [], f"ticks missing between {gaps}"
+    records, ticks = each_tick_once(beats)
     assert ticks[0] <= math.ceil(all_ready)  # from the start...
     assert ticks[-1] >= stopping - 2.0  # ...to the end, across the kill:
     assert len([t for t in ticks if t > killed]) >= 2
