@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ T = TypeVar("T")
 #: Celery's ``on_message``: called (sync or async) with ``{"task_id", "status", "result"}``.
 OnMessage = Callable[[dict[str, Any]], Any]
 OnMessageArg = OnMessage | None
+#: Returns a task's next records (``None``: nothing stored yet); see ``AsyncResult._updates``.
+NextRecords = Callable[[], Awaitable[list[ResultRecord | None]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,49 +180,64 @@ class AsyncResult(Generic[R]):
         return value  # type: ignore[no-any-return]
 
     async def _wait(self, timeout: float | None, on_message: OnMessage | None) -> ResultRecord:
-        backend = await self.app.result_backend()
-        mailbox = self._mailbox
         try:
-            async with asyncio.timeout(timeout):
-                if mailbox is not None and mailbox.owner is backend:
-                    # The reply channel was live before the message was sent: every record of
-                    # the task is in the mailbox, no read needed first. Each waiter reads it
-                    # from the start, at its own position.
-                    position = 0
-
-                    async def next_records() -> list[bytes]:
-                        nonlocal position
-                        records = await mailbox.read_from(position)
-                        position += len(records)
-                        return records
-
-                    return await self._follow([], next_records, on_message)
-                async with backend.watch(self.id) as updates:
-
-                    async def next_update() -> list[bytes]:
-                        return [await updates.get()]
-
-                    return await self._follow([await self._read()], next_update, on_message)
+            async with asyncio.timeout(timeout), self._updates() as more:
+                return await self._follow(more, on_message)
         except builtins.TimeoutError as exc:
             state = self._record.status if self._record else states.PENDING
             raise TimeoutError(
                 f"task {self.id} did not finish within {timeout:g}s (state {state})"
             ) from exc
 
-    async def _follow(
-        self,
-        records: list[ResultRecord | None],
-        more: Callable[[], Awaitable[list[bytes]]],
-        on_message: OnMessage | None,
-    ) -> ResultRecord:
-        """Go through ``records``, then what ``more()`` returns, until one is ready.
+    @contextlib.asynccontextmanager
+    async def _updates(self) -> AsyncIterator[NextRecords]:
+        """A function returning the task's next records: first what is stored, then each change
+        (used by :meth:`get` and :meth:`stream`).
+
+        With a mailbox on ``backend`` (the sender's reply channel, live before the message was
+        sent) every record of the task is in it, no read needed first; each caller reads it
+        from the start, at its own position. Without one the task's records are watched,
+        subscribed before the first read so nothing is missed.
+        """
+        backend = await self.app.result_backend()
+        accept, signing = self.app.accept_results, self.app.conf.signing
+
+        def decoded(raws: list[bytes]) -> list[ResultRecord | None]:
+            return [ResultRecord.decode(raw, accept, signing, self.id) for raw in raws]
+
+        mailbox = self._mailbox
+        if mailbox is not None and mailbox.owner is backend:
+            position = 0
+
+            async def from_mailbox() -> list[ResultRecord | None]:
+                nonlocal position
+                raws = await mailbox.read_from(position)
+                position += len(raws)
+                return decoded(raws)
+
+            yield from_mailbox
+            return
+        async with backend.watch(self.id) as changes:
+            first = True
+
+            async def from_watch() -> list[ResultRecord | None]:
+                nonlocal first
+                if first:
+                    first = False
+                    return [await self._read()]
+                return decoded([await changes.get()])
+
+            yield from_watch
+
+    async def _follow(self, more: NextRecords, on_message: OnMessage | None) -> ResultRecord:
+        """Go through what ``more()`` returns until a record is ready.
 
         A record equal in state and date to the one before (read back after a reconnect) is
         skipped; ``on_message`` sees every other one.
         """
         seen: tuple[str, float] | None = None
         while True:
-            for rec in records:
+            for rec in await more():
                 if rec is None or (rec.status, rec.date_done) == seen:
                     continue
                 seen = (rec.status, rec.date_done)
@@ -228,8 +246,6 @@ class AsyncResult(Generic[R]):
                     await _call(on_message, _message(rec))
                 if rec.ready:
                     return rec
-            accept, signing = self.app.accept_results, self.app.conf.signing
-            records = [ResultRecord.decode(raw, accept, signing, self.id) for raw in await more()]
 
     def stream(self, timeout: float | None = None) -> AsyncIterator[Any]:
         """The items the task yields, as they come: ``async for token in r.stream(): ...``.

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from aqueue import states
@@ -35,8 +34,6 @@ __all__ = ["follow", "item_key"]
 
 #: Item keys read per ``get_many`` round trip when catching up.
 CHUNK = 500
-
-Next = Callable[[], Awaitable[list[ResultRecord | None]]]
 
 
 def item_key(task_id: str, index: int) -> str:
@@ -59,7 +56,7 @@ async def follow(result: AsyncResult[Any], timeout: float | None) -> AsyncIterat
     """
     backend = await result.app.result_backend()
     reader = _Reader(result, backend)
-    async with _updates(result, backend) as more:
+    async with result._updates() as more:
         while True:
             try:
                 async with asyncio.timeout(timeout):
@@ -147,40 +144,3 @@ class _Reader:
                 items.append(rec.result)
             start = stop
         return items
-
-
-@contextlib.asynccontextmanager
-async def _updates(result: AsyncResult[Any], backend: ResultBackend) -> AsyncIterator[Next]:
-    """A function returning the task's next records: first what is stored, then each change.
-
-    The handle's mailbox (its sender's reply channel) holds every record since the send; without
-    one the task's records are watched (subscribed before the first read).
-    """
-    accept, signing = result.app.accept_results, result.app.conf.signing
-
-    def decoded(raws: list[bytes]) -> list[ResultRecord | None]:
-        return [ResultRecord.decode(raw, accept, signing, result.id) for raw in raws]
-
-    mailbox = result._mailbox
-    if mailbox is not None and mailbox.owner is backend:
-        position = 0
-
-        async def from_mailbox() -> list[ResultRecord | None]:
-            nonlocal position
-            raws = await mailbox.read_from(position)
-            position += len(raws)
-            return decoded(raws)
-
-        yield from_mailbox
-        return
-    async with backend.watch(result.id) as changes:
-        first: list[ResultRecord | None] | None = [await result._read()]
-
-        async def from_watch() -> list[ResultRecord | None]:
-            nonlocal first
-            if first is not None:
-                records, first = first, None
-                return records
-            return decoded([await changes.get()])
-
-        yield from_watch
