@@ -247,10 +247,14 @@ class Monitor:
             self.registered[hostname] = []
             self._spawn(self._ask_registered(hostname))
         admin = queue_admin(await self.app.broker())
-        known = [d.queue for d in await admin.queue_depths(None)]
-        consumed = [q for w in workers for q in w.queues]
-        names = sorted(set(known) | set(app_queues(self.app)) | set(consumed))
-        depths = await admin.queue_depths(names)
+        depths = list(await admin.queue_depths(None))  # every queue the broker holds anything for
+        # The app's queues and those the workers consume are shown even when empty; only they
+        # are asked for again, not every queue (one read when the broker holds them all).
+        missing = set(app_queues(self.app)).union(*(w.queues for w in workers))
+        missing -= {d.queue for d in depths}
+        if missing:
+            depths += await admin.queue_depths(sorted(missing))
+        depths.sort(key=lambda d: d.queue)
         if depths != self.queues:
             self._mark("queues")
         self.queues = depths

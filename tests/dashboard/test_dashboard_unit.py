@@ -303,6 +303,36 @@ async def test_every_page_answers_and_fragments_are_the_live_part(app: Aqueue) -
     await web.aclose()
 
 
+async def test_the_queues_page_lists_held_and_empty_queues_and_each_ones_dead_letters(
+    app: Aqueue,
+) -> None:
+    """Queues the broker holds messages for and the app's own (empty) default queue are both
+    sampled; the dead letters of every queue that has some are on the Queues page."""
+    broker = await app.broker()
+    sent = {}
+    for queue in ("dl-b", "dl-a", "busy"):
+        sent[queue] = await app.send_task("unit.add", [1, 2], {}, queue=queue)
+        if queue != "busy":
+            (delivery,) = await broker.fetch([queue], 1, 5.0)
+            await broker.dead_letter(delivery, f"set aside from {queue}")
+    web = Dashboard(app, persist=False)
+    async with client(web) as c:
+        await c.get("/")
+        await web.monitor.sample()
+        names = [d.queue for d in web.monitor.queues]
+        assert names == sorted(names)
+        depths = {d.queue: (d.ready, d.dead) for d in web.monitor.queues}
+        assert depths[app.conf.task_default_queue] == (0, 0)
+        assert depths["busy"] == (1, 0)
+        assert depths["dl-a"] == depths["dl-b"] == (0, 1)
+        text = (await c.get("/queues")).text
+        for queue in ("dl-a", "dl-b"):
+            assert f"set aside from {queue}" in text
+            assert sent[queue].id in text
+        assert sent["busy"].id not in text
+    await web.aclose()
+
+
 async def test_bad_action_input_is_refused_and_changes_nothing(app: Aqueue) -> None:
     async with acting(app) as (c, h):
         assert (await c.post("/actions/nope", json={}, headers=h)).status_code == 404
