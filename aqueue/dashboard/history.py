@@ -194,7 +194,7 @@ class TaskFilter:
     Attributes:
         state, name, queue, worker: exact values.
         search: part of a task id (or a whole one).
-        since, until: epoch seconds the task was last updated within.
+        since: epoch seconds the task was last updated at or after.
     """
 
     state: str = ""
@@ -203,13 +203,11 @@ class TaskFilter:
     worker: str = ""
     search: str = ""
     since: float | None = None
-    until: float | None = None
 
     @property
     def empty(self) -> bool:
-        return not (self.state or self.name or self.queue or self.worker or self.search) and (
-            self.since is None and self.until is None
-        )
+        fields = self.state or self.name or self.queue or self.worker or self.search
+        return not fields and self.since is None
 
     def matches(self, r: TaskRecord) -> bool:
         return (
@@ -219,7 +217,6 @@ class TaskFilter:
             and (not self.worker or r.worker == self.worker)
             and (not self.search or self.search in r.id)
             and (self.since is None or r.updated >= self.since)
-            and (self.until is None or r.updated <= self.until)
         )
 
 
