@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from aqueue.dependencies import Dependencies, after_ids
 from aqueue.exceptions import AqueueError, DecodeError
-from aqueue.results.record import ResultRecord
 from aqueue.results.result import AsyncResult
 from aqueue.sending.unique import UniqueLock, locks, sent_key, sent_ttl, unique_lock
 from aqueue.transports import Locks, has_locks
@@ -108,15 +107,12 @@ async def send_guarded(
 
 
 async def _finished(app: Aqueue, task_id: str) -> bool:
-    """True if ``task_id``'s stored record is final (SUCCESS, FAILURE, REVOKED)."""
-    [raw] = await (await app.result_backend()).get_many([task_id])
-    if raw is None:
-        return False
+    """True if ``task_id``'s stored record is final (SUCCESS, FAILURE, REVOKED); an unreadable
+    one is not."""
     try:
-        record = ResultRecord.decode(raw, app.accept_results, app.conf.signing, task_id)
+        return await AsyncResult(task_id, app).ready()
     except DecodeError:
         return False
-    return record.ready
 
 
 async def _backend(app: Aqueue) -> Any:
