@@ -52,6 +52,7 @@ from aqueue.transports import (
     ResultBackend,
     Waiters,
     has_waiters,
+    scheme,
     waiters_key,
 )
 
@@ -112,10 +113,9 @@ class Dependencies:
     def __init__(self, app: Aqueue, backend: ResultBackend) -> None:
         waiters: object = backend
         if not has_waiters(waiters):
-            scheme = backend.url.partition("://")[0]
             raise ConfigurationError(
                 f"after= needs a result backend that keeps waiter sets (redis://, sqlite://, "
-                f"memory://), not {scheme}://"
+                f"memory://), not {scheme(backend.url)}://"
             )
         self.app = app
         self.backend = backend

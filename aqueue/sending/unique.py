@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from aqueue.exceptions import ConfigurationError
-from aqueue.transports import Locks, ResultBackend, has_locks
+from aqueue.transports import Locks, ResultBackend, has_locks, scheme
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -132,7 +132,7 @@ def unique_lock(
         ConfigurationError: the key is not a non-empty string, or an option is invalid.
     """
     key = options.get("unique_key")
-    mode = getattr(task, "unique", False) if task is not None else False
+    mode = getattr(task, "unique", False)
     if key is None and not mode:
         return None
     if mode is not False and mode not in _MODES:
@@ -142,7 +142,7 @@ def unique_lock(
         key = make(*args, **kwargs) if make is not None else _digest(args, kwargs)
     if not isinstance(key, str) or not key:
         raise ConfigurationError(f"a unique key must be a non-empty string, not {key!r}")
-    ttl = getattr(task, "unique_ttl", None) if task is not None else None
+    ttl = getattr(task, "unique_ttl", None)
     _check_ttl(ttl)
     if ttl is None:
         ttl = DEFAULT_UNIQUE_TTL
@@ -179,8 +179,9 @@ def locks(backend: ResultBackend | None, what: str) -> Locks:
     """
     if backend is not None and has_locks(backend):
         return backend
-    scheme = backend.url.partition("://")[0] if backend is not None else ""
-    where = "no result backend" if backend is None else f"the result backend {scheme}://"
+    where = (
+        "no result backend" if backend is None else f"the result backend {scheme(backend.url)}://"
+    )
     raise ConfigurationError(
         f"{what} needs a result backend that keeps locks (redis://, sqlite://, memory://); "
         f"this app has {where}"
