@@ -110,12 +110,13 @@ class Sender:
         backend, reply_to, left = await self._prepare(1, retry, policy)
         message = self.build_message(name, args_t, kwargs_d, task, options, reply_to)
 
-        async def publish(message: Message) -> AsyncResult[Any]:
+        async def publish(message: Message, outgoing: Outgoing | None = None) -> AsyncResult[Any]:
             if self.wraps_publishing():
                 result = self._handle(message, backend)
                 await self._publish_wrapped([message], retry, policy, left)
                 return result
-            outgoing = self.outgoing(message)  # EncodeError (MessageTooLarge) before sending
+            if outgoing is None:
+                outgoing = self.outgoing(message)  # EncodeError (MessageTooLarge) before sending
             result = self._handle(message, backend)  # its mailbox exists before it is sent
             await self.publish_outgoing([outgoing], retry, policy, left)
             return result
@@ -123,10 +124,14 @@ class Sender:
         if not needs_guard(task, options):
             return await publish(message)
         message = with_guards(message, task, options)
-        self.outgoing(message)  # EncodeError (MessageTooLarge) before anything is taken
+        encoded = self.outgoing(message)  # EncodeError (MessageTooLarge) before anything is taken
         explicit = options.get("task_id") is not None
         return await send_guarded(
-            self.app, message, explicit, lambda m: self._handle(m, backend), publish
+            self.app,
+            message,
+            explicit,
+            lambda m: self._handle(m, backend),
+            lambda m: publish(m, encoded),  # send_guarded publishes this same message
         )
 
     async def send_many(
