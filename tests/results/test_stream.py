@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from aqueue import Aqueue, AsyncResult, Worker, states
-from aqueue.exceptions import StreamError
+from aqueue.exceptions import StreamError, TimeoutError
 from tests.conftest import _url
 from tests.transport_choice import chosen_transports
 
@@ -123,6 +123,20 @@ async def test_more_items_than_stream_max_items_fail_the_task(app: Aqueue) -> No
             async for item in r.stream(timeout=20):
                 got.append(item)
         assert got == [0, 1, 2]
+
+
+async def test_no_next_item_within_the_timeout_raises_timeout_error(app: Aqueue) -> None:
+    key = gates(3)
+    async with Worker(app, concurrency=4, shutdown_timeout=5):
+        r = await app.tasks["stream.tokens"].delay(key, 3)
+        reader = r.stream(timeout=0.3)
+        assert await anext(reader) == "t0"  # the task now waits on gate 0: no item comes
+        with pytest.raises(TimeoutError, match=r"streamed no item within 0.3s \(1 item\(s\)"):
+            await anext(reader)
+        assert not ENDED[key].is_set()
+        for gate in GATES[key]:
+            gate.set()
+        assert await r.get(timeout=20) == ["t0", "t1", "t2"]
 
 
 @pytest.fixture(params=chosen_transports(["sqlite", "redis"]))
