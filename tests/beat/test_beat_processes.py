@@ -7,6 +7,7 @@ configured by environment variables so each test gets its own namespace and queu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import os
@@ -16,7 +17,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -108,6 +109,25 @@ def beat_env(url: str, backend: str | None = None) -> dict[str, str]:
     }
 
 
+@contextlib.asynccontextmanager
+async def beat_processes(env: dict[str, str], n: int = 3) -> AsyncIterator[list[BeatProcess]]:
+    """``n`` beats on ``env``, started together; on exit, any still running is killed."""
+    beats = [BeatProcess(env) for _ in range(n)]
+    try:
+        await asyncio.gather(*(b.__aenter__() for b in beats))
+        yield beats
+    finally:
+        for b in beats:
+            await b.__aexit__(None, None, None)
+
+
+async def stop_beats(beats: Sequence[BeatProcess]) -> list[int]:
+    """SIGTERM every one of ``beats``; their exit statuses, once each has exited."""
+    for b in beats:
+        b.signal(signal.SIGTERM)
+    return [await b.wait() for b in beats]
+
+
 async def drain(url: str, queue: str) -> list[str]:
     """Take every message off ``queue``; their task ids."""
     reader = Aqueue("drain", broker=url, backend=url)
@@ -137,9 +157,7 @@ async def first_to_send(beats: Sequence[BeatProcess]) -> BeatProcess:
 async def test_three_beats_send_each_tick_once_even_when_one_is_killed(redis_server: str) -> None:
     url = f"{redis_server}/0"
     env = beat_env(url)
-    beats = [BeatProcess(env) for _ in range(3)]
-    try:
-        await asyncio.gather(*(b.__aenter__() for b in beats))
+    async with beat_processes(env) as beats:
         all_ready = time.time()
         await asyncio.sleep(2.5)  # the span measured, not a synchronisation
         # Killed just after it sent a tick: the next ticks are the others' to send.
@@ -150,12 +168,7 @@ async def test_three_beats_send_each_tick_once_even_when_one_is_killed(redis_ser
         await asyncio.sleep(2.5)
         survivors = [b for b in beats if b is not victim]
         stopping = time.time()
-        for b in survivors:
-            b.signal(signal.SIGTERM)
-        assert [await b.wait() for b in survivors] == [0, 0]
-    finally:
-        for b in beats:
-            await b.__aexit__(None, None, None)
+        assert await stop_beats(survivors) == [0, 0]
 
     records, ticks = each_tick_once(beats)
     assert ticks[0] <= math.ceil(all_ready)  # from the start...

@@ -29,7 +29,14 @@ from aqueue import Aqueue, chord
 from aqueue.transports import ReplyChannels, backend_from_url
 from aqueue.transports.redis.keys import CLUSTER
 from tests.apps.redis_cluster_tasks import RUNS, build
-from tests.beat.test_beat_processes import _QUEUE, BeatProcess, beat_env, drain, each_tick_once
+from tests.beat.test_beat_processes import (
+    _QUEUE,
+    beat_env,
+    beat_processes,
+    drain,
+    each_tick_once,
+    stop_beats,
+)
 from tests.transports.redis_cluster import RedisClusterGroup
 from tests.workerproc import WorkerProcess
 
@@ -169,18 +176,11 @@ async def test_a_chord_of_1000(app: Aqueue, queues: dict[str, int]) -> None:
 async def test_three_beats_send_each_tick_once(redis_cluster: RedisClusterGroup) -> None:
     url = redis_cluster.url
     env = beat_env(url)
-    beats = [BeatProcess(env) for _ in range(3)]
-    try:
-        await asyncio.gather(*(b.__aenter__() for b in beats))
+    async with beat_processes(env) as beats:
         all_ready = time.time()
         await asyncio.sleep(5)  # the span measured, not a synchronisation
         stopping = time.time()
-        for b in beats:
-            b.signal(15)
-        assert [await b.wait() for b in beats] == [0, 0, 0]
-    finally:
-        for b in beats:
-            await b.__aexit__(None, None, None)
+        assert await stop_beats(beats) == [0, 0, 0]
     records, ticks = each_tick_once(beats)
     assert ticks[0] <= all_ready + 1 and ticks[-1] >= stopping - 2.0
     assert len(ticks) >= 4
