@@ -213,9 +213,11 @@ class RpcBackend:
             BrokerConnectionError: RabbitMQ cannot be reached, or did not answer in time.
         """
         reply = self._reply
-        if reply is not None and reply.done() and not reply.cancelled() and not reply.exception():
-            return reply.result()  # declared: what every send after the first one finds
-        if reply is None or (reply.done() and (reply.cancelled() or reply.exception())):
+        if reply is not None and reply.done():
+            if not reply.cancelled() and reply.exception() is None:
+                return reply.result()  # declared: what every send after the first one finds
+            reply = None  # the last declaration failed: declare again
+        if reply is None:
             reply = self._reply = asyncio.ensure_future(self._declare_reply())
         return await asyncio.shield(reply)
 
