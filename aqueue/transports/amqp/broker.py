@@ -912,23 +912,28 @@ class AMQPBroker:
         if idling is not None:
             await asyncio.shield(idling)
             return
-        if not self._consumers:
-            return
-        with amqp_errors(self._url, "release"):
-            await self._stop_consuming()
-            await self._republish(self._buffer.drain(), "release")
+        if self._consumers:
+            await self._release()
 
     async def _go_idle(self) -> None:
-        """Nobody fetched for a while (the worker stopped, the app lives on): stop consuming and
-        hand back what waits in the buffer, rather than hold it from other consumers."""
+        """Nobody fetched for a while (the worker stopped, the app lives on): release, rather
+        than hold what waits in the buffer from other consumers."""
         try:
-            with amqp_errors(self._url, "release"):
-                await self._stop_consuming()
-                await self._republish(self._buffer.drain(), "release")
+            await self._release()
         except (AqueueError, TimeoutError) as exc:
             log.warning("%r: releasing idle deliveries failed: %s", self, exc)
         finally:
             self._idling = None
+
+    async def _release(self) -> None:
+        """Stop consuming and re-publish what waits in the buffer (:meth:`_republish`).
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        with amqp_errors(self._url, "release"):
+            await self._stop_consuming()
+            await self._republish(self._buffer.drain(), "release")
 
     async def _on_message(self, queue: str, message: aiormq.abc.DeliveredMessage) -> None:
         """Buffer a pushed delivery, or first re-publish it when it is early or uncounted."""
