@@ -254,7 +254,7 @@ class RedisBroker(RedisRole):
                 buffered, self._buffer = self._buffer, []
                 if buffered:
                     await self._release(scripts, buffered)
-                for streams in _by_shard(sorted(self._groups), self._keys.shard):
+                for streams in self._by_stream_shard(sorted(self._groups), str):
                     await scripts.forget(keys=streams, args=[keys.GROUP, self._consumer])
         except BrokerError as exc:
             log.warning("closing %r: %s", self, exc)
@@ -266,8 +266,10 @@ class RedisBroker(RedisRole):
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Add ready messages to their streams and delayed ones to the delayed set.
 
-        One publish script run (EVALSHA) per call, whatever the number of messages. A priority
-        outside 0..9 is clamped to the nearest level.
+        One publish script run (EVALSHA) per call on one server (a batch past
+        :data:`_PUBLISH_CHUNK` messages is split, to bound how long one run holds the server);
+        on a cluster one per queue, on their nodes at once. A priority outside 0..9 is clamped
+        to the nearest level.
 
         Raises:
             BrokerConnectionError: the server cannot be reached; nothing may be assumed stored.
@@ -278,12 +280,16 @@ class RedisBroker(RedisRole):
         now = time.time()
         earliest = math.inf
         runs: list[tuple[list[Any], list[Any]]] = []
-        for batch in _by_shard(messages, lambda m: self._keys.delayed(m.queue)):
-            streams: list[str] = [self._keys.delayed(batch[0].queue)]
+        layout = self._keys
+        stream_key = layout.stream
+        # A script run per delayed set: one per queue on a cluster, the only one on one server.
+        batches = _by_shard(messages, _queue_of) if layout.cluster else (messages,)
+        for batch in batches:
+            streams: list[str] = [layout.delayed(batch[0].queue)]
             bodies: list[Any] = []
             delayed: list[Any] = []
             for m in batch:
-                stream = self._keys.stream(m.queue, min(max(m.priority, 0), 9))
+                stream = stream_key(m.queue, min(max(m.priority, 0), 9))
                 if m.eta is not None and m.eta > now:
                     delayed.append(m.eta * 1000)
                     delayed.append(_delayed_member(stream, m.message_id, m.body))
@@ -425,7 +431,7 @@ class RedisBroker(RedisRole):
             groups.setdefault((3 if isolated else 2, lease.stream), []).append(lease.entry_id)
         ordered = sorted(groups.items(), key=lambda g: g[0][0])  # acks first
         calls = []
-        for shard in _by_shard(ordered, lambda g: self._keys.shard(g[0][1])):
+        for shard in self._by_stream_shard(ordered, lambda g: g[0][1]):
             streams: list[str] = []
             acked = 0
             args: list[bytes | str | int] = []
@@ -829,7 +835,7 @@ class RedisBroker(RedisRole):
         running isolated; see lua/renew.lua); per delivery, whether it is still ours."""
         leases: list[_Lease] = [d.token for d in deliveries]
         pairs = list(zip(leases, marks, strict=True))
-        shards = _by_shard(range(len(pairs)), lambda i: self._keys.shard(leases[i].stream))
+        shards = self._by_stream_shard(range(len(pairs)), lambda i: leases[i].stream)
         calls = []
         for shard in shards:
             args: list[bytes | str | int] = [keys.GROUP, self._consumer]
@@ -846,13 +852,28 @@ class RedisBroker(RedisRole):
                 delivery.token = _Lease(lease.stream, lease.entry_id, now)
         return [bool(flag) for flag in flags]
 
+    def _by_stream_shard(
+        self, items: Sequence[_T], stream: Callable[[_T], str]
+    ) -> Sequence[Sequence[_T]]:
+        """``items`` grouped by the cluster slot of their stream (``stream(item)``), one group
+        per script run (:func:`_by_shard`); on one server, all in one group, with no per-item
+        lookup."""
+        if not self._keys.cluster:
+            return [items] if items else []
+        shard = self._keys.shard
+        return _by_shard(items, lambda item: shard(stream(item)))
+
     async def _release(self, scripts: _Scripts, deliveries: Sequence[Delivery]) -> None:
         calls = []
-        for shard in _by_shard(deliveries, lambda d: self._keys.shard(d.token.stream)):
+        for shard in self._by_stream_shard(deliveries, lambda d: d.token.stream):
             args: list[bytes | str] = [keys.GROUP, self._consumer]
             args += [d.token.entry_id for d in shard]
             calls.append(scripts.release(keys=[d.token.stream for d in shard], args=args))
         await _gather(calls)
+
+
+def _queue_of(message: Outgoing) -> str:
+    return message.queue
 
 
 async def _gather(calls: Iterable[Awaitable[_T]]) -> list[_T]:
