@@ -562,14 +562,13 @@ class RedisBackend(RedisRole):
             replied = bool(channel and channel.startswith(keys.REPLY_PREFIX))
             if channel and replied:
                 replies.setdefault(channel, []).append((task_id, record))
-            layout = self._keys
             runs.append(
                 (
-                    layout.result(task_id),
+                    CLUSTER.result(task_id),
                     CLUSTER.watched(task_id),
                     px,
                     record,
-                    layout.result_channel(task_id),
+                    CLUSTER.result_channel(task_id),
                     b"1" if replied else b"0",
                 )
             )
