@@ -35,6 +35,7 @@ When D runs, the worker reads its dependencies' results (one ``get_many``) into
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -142,8 +143,8 @@ class Dependencies:
         held = ResultRecord(held_key(msg.id), states.PENDING, {"message": body}, name=msg.task)
         await self.backend.store([(held.task_id, self._encode(held))], expires)
         deps = list(msg.options["after"])
-        for dep in deps:
-            await self.waiters.add_waiter(dep, msg.id, expires)
+        # Concurrent: one round trip of latency whatever the number of dependencies.
+        await asyncio.gather(*(self.waiters.add_waiter(dep, msg.id, expires) for dep in deps))
         found = await self.backend.get_many(deps)
         await self.settle_stored({dep: raw for dep, raw in zip(deps, found, strict=True) if raw})
 
