@@ -173,7 +173,7 @@ class AccessMiddleware:
                     status_code=401,
                     headers={"WWW-Authenticate": 'Basic realm="aqueue dashboard"'},
                 )
-            if method == "GET" and not path.startswith(("/stream", "/api/")):
+            if method == "GET" and not path.startswith("/stream"):
                 root = conn.scope.get("root_path", "")
                 return RedirectResponse(f"{root}/login", status_code=303)
             return PlainTextResponse("Authentication required.", status_code=401)

@@ -38,9 +38,6 @@ class WorkflowIndex:
         self.members: dict[str, list[str]] = {}
         self._groups: dict[str, str] = {}
 
-    def __len__(self) -> int:
-        return len(self.members)
-
     def add(self, r: TaskRecord) -> None:
         """Place ``r`` (a task with workflow links) in its workflow; a task without links is
         left out until a child names it as parent."""
