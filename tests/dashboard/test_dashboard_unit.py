@@ -349,6 +349,40 @@ async def test_bad_action_input_is_refused_and_changes_nothing(app: Aqueue) -> N
         assert queued.json() == {"ok": True, "message": "purged 1 message(s) from default"}
 
 
+async def test_resend_worker_and_dead_letter_actions_do_what_they_say(app: Aqueue) -> None:
+    web = Dashboard(app, persist=False)
+    web.monitor.apply(received("r1", time.time(), name="unit.add", queue="again", args="(20, 22)"))
+    broker = await app.broker()
+    await app.send_task("unit.add", [1, 2], {}, queue="dl")
+    (delivery,) = await broker.fetch(["dl"], 1, 5.0)
+    await broker.dead_letter(delivery, "set aside")
+    async with client(web) as c:
+        await c.get("/")
+        h = {"X-CSRF-Token": c.cookies["aqueue_csrf"]}
+
+        async def act(action: str, **body: str) -> str:
+            answer = await c.post(f"/actions/{action}", json=body, headers=h)
+            assert answer.status_code == 200, answer.text
+            message: str = answer.json()["message"]
+            return message
+
+        resent = await act("resend", task_id="r1")
+        assert resent.startswith("sent again as ")
+        async with Worker(app, queues=["again"], hostname="w-dash", shutdown_timeout=5):
+            result = app.AsyncResult(resent.split()[-1])
+            assert await result.get(timeout=10) == 42  # same task, arguments and queue
+            replied = "w-dash replied"
+            added = await act("add_consumer", hostname="w-dash", queue="extra")
+            assert added == f"add consumer extra: {replied}"
+            cancelled = await act("cancel_consumer", hostname="w-dash", queue="extra")
+            assert cancelled == f"cancel consumer extra: {replied}"
+            limited = await act("rate_limit", hostname="w-dash", task="unit.add", rate="10/s")
+            assert limited == f"rate limit unit.add = 10/s: {replied}"
+        assert await act("dlq_purge", queue="dl", confirm="dl") == "deleted 1 dead letter(s) of dl"
+        assert await broker.dead_letters("dl", 10) == []
+    await web.aclose()
+
+
 async def test_beat_entries_can_be_added_disabled_enabled_and_removed(app: Aqueue) -> None:
     async with acting(app) as (c, h):
 
