@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from aqueue.batching import Batcher
-from aqueue.transports import Broker, Delivery, RunTracking, has_waiters
+from aqueue.transports import Broker, Delivery, RunTracking
 
 if TYPE_CHECKING:
-    from aqueue.transports import ResultBackend
+    from aqueue.transports import Records, ReplyTo, ResultBackend
 
 Run = tuple[Delivery, bool]  # a delivery about to run, and whether as an isolated suspect
 _Item = tuple[Sequence[tuple[str, bytes]], Sequence[Delivery], str | None, Run | None]
@@ -51,9 +51,10 @@ class Completer:
         self.tracker = broker if isinstance(broker, RunTracking) else None
         self._batcher: Batcher[_Item] = Batcher(self._flush, max_batch)
         self._lost: set[int] = set()  # ids of runs whose lease was found lost when marked
-        # Called with the records just stored that other tasks wait for (after=), before the acks
-        # (aqueue.dependencies); set by the executor when the backend keeps waiter sets.
-        self.on_waited: Callable[[dict[str, bytes]], Awaitable[None]] | None = None
+        # Stores the records in place of the backend's plain store and settles the tasks sent
+        # after= them, before the acks (aqueue.dependencies); set by the executor when the
+        # backend keeps waiter sets.
+        self.on_waited: Callable[[Records, ReplyTo | None], Awaitable[None]] | None = None
 
     async def finish(
         self,
@@ -88,15 +89,10 @@ class Completer:
         acks = [d for _, ds, _, _ in items for d in ds]
         replies = {r[0]: reply for recs, _, reply, _ in items if reply for r in recs}
         starts = [run for *_, run in items if run is not None]
-        if records and self.backend is not None and self.on_waited is not None:
-            waiters = self.backend
-            assert has_waiters(waiters)
-            waited = await waiters.store_waited(records, self.expires, replies or None)
-            if waited:
-                stored = dict(records)
-                await self.on_waited({task_id: stored[task_id] for task_id in waited})
-        elif records and self.backend is not None:
-            if replies:
+        if records and self.backend is not None:
+            if self.on_waited is not None:
+                await self.on_waited(records, replies or None)
+            elif replies:
                 await self.backend.store(records, self.expires, replies)
             else:  # the plain call: backends written before reply channels take it too
                 await self.backend.store(records, self.expires)
