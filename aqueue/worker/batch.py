@@ -42,13 +42,12 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aqueue import signals, states
 from aqueue.exceptions import BrokerError, DependencyFailed, Retry
-from aqueue.middleware import chain_run
 from aqueue.task import Request, Task
 from aqueue.worker.invoke import invoke
 
@@ -235,7 +234,7 @@ class Batches:
         tb: str | None = None
         try:
             try:
-                values = await _invocation(ex, task, batch, time_limit, soft_limit)
+                values = await ex._body(task, batch, time_limit, soft_limit)
             except Retry as retry:
                 tb = traceback.format_exc()
                 pairs = zip(calls, requests, strict=True)
@@ -304,25 +303,6 @@ async def invoke_one(task: Task[Any, Any], request: Request, time_limit: float |
     if isinstance(value, BaseException):
         raise value
     return value
-
-
-async def _invocation(
-    ex: Executor,
-    task: Task[Any, Any],
-    batch: Request,
-    time_limit: float | None,
-    soft_limit: float | None,
-) -> Any:
-    """The one call of the function, inside the app's middleware (which sees the batch's
-    request) as any task's run is."""
-    middleware = ex.app.middleware
-    if not middleware:
-        return await invoke(task, batch, time_limit, ex.threads, soft_limit)
-
-    def run() -> Awaitable[Any]:
-        return invoke(task, batch, time_limit, ex.threads, soft_limit)
-
-    return await chain_run(middleware, task, batch, run)
 
 
 def per_call(task: Task[Any, Any], values: Any, count: int) -> list[Any]:

@@ -27,7 +27,7 @@ import inspect
 import logging
 import time
 import traceback
-from collections.abc import Callable, Container
+from collections.abc import Awaitable, Callable, Container
 from concurrent.futures import Executor as ThreadExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -59,7 +59,7 @@ from aqueue.worker.completer import Completer
 from aqueue.worker.invoke import invoke
 from aqueue.worker.locks import RunLocks
 from aqueue.worker.revoke import Terminable, Terminated, revocation_record
-from aqueue.worker.stream import StreamWriter
+from aqueue.worker.stream import Emit, StreamWriter
 from aqueue.worker.workflow import Workflow
 
 if TYPE_CHECKING:
@@ -461,15 +461,7 @@ class Executor:
             if "after" in msg.options and self.dependencies is not None:
                 request.dependencies = await self.dependencies.results(msg)
             # terminable.run: revoke(terminate=True) cancels the body and raises Terminated here.
-            if self.app.middleware:
-                body = chain_run(
-                    self.app.middleware,
-                    task,
-                    request,
-                    lambda: invoke(task, request, time_limit, self.threads, soft_limit, emit),
-                )
-            else:
-                body = invoke(task, request, time_limit, self.threads, soft_limit, emit)
+            body = self._body(task, request, time_limit, soft_limit, emit)
             value = await self.terminable.run(msg.id, body)
         except Terminated:
             state = states.REVOKED
@@ -506,6 +498,25 @@ class Executor:
                 task, task_id=msg.id, task=task, args=msg.args, kwargs=msg.kwargs,
                 retval=retval, state=state, request=request,
             )  # fmt: skip
+
+    def _body(
+        self,
+        task: Task[Any, Any],
+        request: Request,
+        time_limit: float | None,
+        soft_limit: float | None,
+        emit: Emit | None = None,
+    ) -> Awaitable[Any]:
+        """The invocation of ``task`` for ``request`` (:func:`invoke`), inside the app's
+        middleware when it has any (which sees ``request``)."""
+        if not self.app.middleware:
+            return invoke(task, request, time_limit, self.threads, soft_limit, emit)
+        return chain_run(
+            self.app.middleware,
+            task,
+            request,
+            lambda: invoke(task, request, time_limit, self.threads, soft_limit, emit),
+        )
 
     async def _retried(
         self,
