@@ -83,9 +83,9 @@ class RunLocks:
 
     def drop(self, delivery: Delivery) -> None:
         """Stop renewing ``delivery``'s lock without freeing it (its message stays leased and
-        comes back; the lock expires within one lease)."""
-        self._running.pop(id(delivery), None)
-        if not self._running:
+        comes back; the lock expires within one lease). Called for every delivery the
+        executor finishes: for one without a lock it is one dict lookup."""
+        if self._running.pop(id(delivery), None) is not None and not self._running:
             self._idle.set()
 
     def _lock_of(self, msg: Message) -> UniqueLock | None:
