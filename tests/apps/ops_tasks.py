@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -58,6 +59,34 @@ class OpsTasks:
     starts: list[tuple[str, float]] = field(default_factory=list)  # (task id, epoch start)
     finished: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+
+
+def env_of(t: OpsTasks) -> dict[str, str]:
+    """The environment of a worker or ``aqueue`` process that loads ``t``'s app
+    (``-A tests.apps.ops_tasks:app``)."""
+    return {
+        "AQUEUE_BROKER_URL": t.app.conf.broker_url or "",
+        "AQUEUE_OPS_QUEUE": t.app.conf.task_default_queue,
+    }
+
+
+async def run_aqueue(
+    t: OpsTasks, *args: str, stdin: bytes | None = None, timeout: float = 30
+) -> tuple[int, str, str]:
+    """Run ``aqueue <args>`` for ``t``'s app; return (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "aqueue",
+        *args,
+        env={**os.environ, **env_of(t)},
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 def build(url: str, queue: str, tag: str = "", **settings: Any) -> OpsTasks:

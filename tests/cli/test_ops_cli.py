@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.apps.ops_tasks import SHARED_TRANSPORTS, OpsTasks, build, url_for
+from tests.apps.ops_tasks import SHARED_TRANSPORTS, OpsTasks, build, env_of, run_aqueue, url_for
 from tests.workerproc import WorkerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -41,52 +41,26 @@ def depth(t: OpsTasks, ready: int, delayed: int, dead: int = 0) -> dict[str, int
     return {"ready": ready, "delayed": delayed, "unacked": 0, "dead": dead, "consumers": None}
 
 
-def env_of(t: OpsTasks) -> dict[str, str]:
-    return {
-        "AQUEUE_BROKER_URL": t.app.conf.broker_url or "",
-        "AQUEUE_OPS_QUEUE": t.app.conf.task_default_queue,
-    }
-
-
-async def aqueue(
-    t: OpsTasks, *args: str, stdin: bytes | None = None, timeout: float = 30
-) -> tuple[int, str, str]:
-    """Run ``aqueue <args>`` for ``t``'s app; return (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "aqueue",
-        *args,
-        env={**os.environ, **env_of(t)},
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_status_purge_and_the_dead_letter_queue(t: OpsTasks) -> None:
     queue = t.app.conf.task_default_queue
     for i in range(4):
         await t.add.delay(i, i)
     await t.add.apply_async((9, 9), countdown=600)
-    code, out, err = await aqueue(t, "status", "-A", APP, "-Q", queue, "--json")
+    code, out, err = await run_aqueue(t, "status", "-A", APP, "-Q", queue, "--json")
     assert code == 0, err
     status = orjson.loads(out)
     assert status["queues"] == [{"queue": queue, **depth(t, ready=4, delayed=1)}]
-    code, out, _ = await aqueue(t, "status", "-A", APP, "-Q", queue)  # the table
+    code, out, _ = await run_aqueue(t, "status", "-A", APP, "-Q", queue)  # the table
     assert code == 0 and queue in out and "Workers:" in out
 
     # RabbitMQ: the delayed message waits in the shared delay chain, which a queue's purge
     # leaves alone (`aqueue purge -Q aqueue.delay.*` empties the chain).
     waiting = 4 if (t.app.conf.broker_url or "").startswith("amqp") else 5
-    code, out, _ = await aqueue(t, "purge", "-A", APP, "-Q", queue, stdin=b"n\n")
+    code, out, _ = await run_aqueue(t, "purge", "-A", APP, "-Q", queue, stdin=b"n\n")
     assert code == 1 and f"Purge {waiting} message(s) from" in out  # declined: nothing removed
-    code, out, _ = await aqueue(t, "purge", "-A", APP, "-Q", queue, "-f")
+    code, out, _ = await run_aqueue(t, "purge", "-A", APP, "-Q", queue, "-f")
     assert code == 0 and f"Purged {waiting} message(s) from 1 queue(s) ({queue})." in out
-    code, out, _ = await aqueue(t, "purge", "-A", APP, "-Q", queue, "-f")
+    code, out, _ = await run_aqueue(t, "purge", "-A", APP, "-Q", queue, "-f")
     assert f"No messages to purge in {queue}." in out
 
     bad = await t.app.send_task("ops.not_registered")
@@ -95,13 +69,13 @@ async def test_status_purge_and_the_dead_letter_queue(t: OpsTasks) -> None:
             await bad.get(timeout=20)
         w.signal(signal.SIGTERM)  # a warm stop: it finishes moving the message to the DLQ
         assert await w.wait() == 0
-    code, out, _ = await aqueue(t, "dlq", "list", "-A", APP, "--json")
+    code, out, _ = await run_aqueue(t, "dlq", "list", "-A", APP, "--json")
     [letter] = orjson.loads(out)
     assert (letter["id"], letter["task"], letter["queue"]) == (bad.id, bad.task_name, queue)
     assert "unknown task" in letter["reason"]
-    code, out, _ = await aqueue(t, "dlq", "replay", "-A", APP, "-f")
+    code, out, _ = await run_aqueue(t, "dlq", "replay", "-A", APP, "-f")
     assert code == 0 and "Replayed 1 dead letter(s)" in out
-    code, out, _ = await aqueue(t, "status", "-A", APP, "-Q", queue, "--json")
+    code, out, _ = await run_aqueue(t, "status", "-A", APP, "-Q", queue, "--json")
     assert orjson.loads(out)["queues"][0] == {"queue": queue, **depth(t, ready=1, delayed=0)}
 
 
@@ -110,46 +84,46 @@ async def test_inspect_and_control_a_running_worker(t: OpsTasks, tmp_path: Path)
     marks.mkdir()
     args = ["-c", "4", "-n", "cli@test"]
     async with WorkerProcess(APP, args, env_of(t)) as w:
-        code, out, err = await aqueue(t, "control", "-A", APP, "ping")
+        code, out, err = await run_aqueue(t, "control", "-A", APP, "ping")
         assert code == 0, err
         assert "cli@test" in out and "pong" in out
-        code, out, _ = await aqueue(t, "status", "-A", APP, "--json")
+        code, out, _ = await run_aqueue(t, "status", "-A", APP, "--json")
         [me] = [s for s in orjson.loads(out)["workers"] if s["hostname"] == "cli@test"]
         assert w.proc is not None and me["pid"] == w.proc.pid
         assert (me["concurrency"], me["queues"]) == (4, [t.app.conf.task_default_queue])
 
         r = await t.block.delay(30, str(marks))
         await w.wait_for(f"ops.block[{r.id}] started")
-        code, out, _ = await aqueue(t, "inspect", "active", "-A", APP, "--json")
+        code, out, _ = await run_aqueue(t, "inspect", "active", "-A", APP, "--json")
         [active] = orjson.loads(out)["cli@test"]
         assert (active["id"], active["name"], active["args"]) == (
             r.id,
             "ops.block",
             [30, str(marks)],
         )
-        code, out, _ = await aqueue(t, "inspect", "active", "-A", APP)  # the table
+        code, out, _ = await run_aqueue(t, "inspect", "active", "-A", APP)  # the table
         assert r.id in out and "running" in out
 
-        code, out, _ = await aqueue(t, "control", "-A", APP, "revoke", r.id, "--terminate")
+        code, out, _ = await run_aqueue(t, "control", "-A", APP, "revoke", r.id, "--terminate")
         assert code == 0 and "flagged as revoked" in out
         await w.wait_for(f"ops.block[{r.id}] revoked: terminated")
         assert await r.state() == "REVOKED"
         assert list(marks.iterdir()) == []  # cancelled before its end
 
-        code, out, _ = await aqueue(t, "control", "-A", APP, "rate_limit", "ops.add", "10/m")
+        code, out, _ = await run_aqueue(t, "control", "-A", APP, "rate_limit", "ops.add", "10/m")
         assert code == 0 and "new rate limit set successfully" in out
-        code, out, _ = await aqueue(t, "inspect", "registered", "-A", APP, "--json")
+        code, out, _ = await run_aqueue(t, "inspect", "registered", "-A", APP, "--json")
         assert "ops.add [rate_limit=10/m]" in orjson.loads(out)["cli@test"]
-        code, out, _ = await aqueue(t, "control", "-A", APP, "rate_limit", "ops.add", "0")
+        code, out, _ = await run_aqueue(t, "control", "-A", APP, "rate_limit", "ops.add", "0")
         assert code == 0
 
-        code, _, err = await aqueue(t, "control", "-A", APP, "rate_limit", "ops.add")
+        code, _, err = await run_aqueue(t, "control", "-A", APP, "rate_limit", "ops.add")
         assert code == 2 and "usage" in err
 
-        code, out, _ = await aqueue(t, "control", "-A", APP, "shutdown")
+        code, out, _ = await run_aqueue(t, "control", "-A", APP, "shutdown")
         assert code == 0 and "shutting down" in out
         assert await w.wait() == 0
-    code, _, err = await aqueue(t, "inspect", "ping", "-A", APP, "-t", "0.3", "-d", "cli@test")
+    code, _, err = await run_aqueue(t, "inspect", "ping", "-A", APP, "-t", "0.3", "-d", "cli@test")
     assert code == 1 and "no worker replied within 0.3s" in err
 
 
@@ -175,7 +149,7 @@ async def test_call_wait_shows_progress_and_events_streams_json_lines(t: OpsTask
         assert b"listening for events" in line
         # The countdown lets `call` subscribe before the first progress report.
         call = ["call", "-A", APP, "ops.progress", "--args", "[4, 0.05]", "--countdown", "0.5"]
-        code, out, err = await aqueue(t, *call, "--wait", "--timeout", "20")
+        code, out, err = await run_aqueue(t, *call, "--wait", "--timeout", "20")
         assert code == 0, err
         assert out.strip() == '"done"'
         lines = err.splitlines()

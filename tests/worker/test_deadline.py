@@ -17,8 +17,15 @@ import pytest
 from aqueue import Aqueue, Worker, signals
 from aqueue.cli.ops import _running
 from aqueue.control.queues import cluster_status
-from tests.apps.ops_tasks import OPS_TRANSPORTS, SHARED_TRANSPORTS, EventLog, build, url_for
-from tests.cli.test_ops_cli import aqueue as run_aqueue
+from tests.apps.ops_tasks import (
+    OPS_TRANSPORTS,
+    SHARED_TRANSPORTS,
+    EventLog,
+    build,
+    env_of,
+    run_aqueue,
+    url_for,
+)
 from tests.conftest import until
 from tests.workerproc import WorkerProcess
 
@@ -120,7 +127,7 @@ def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 async def test_a_killed_worker_shows_as_lost_in_status(shared_url: str) -> None:
     queue = f"q-{uuid.uuid4().hex[:12]}"
     t = build(shared_url, queue)
-    env = {"AQUEUE_BROKER_URL": shared_url, "AQUEUE_OPS_QUEUE": queue}
+    env = env_of(t)
     try:
         host = f"doomed-{uuid.uuid4().hex[:6]}@test"
         async with WorkerProcess("tests.apps.ops_tasks:app", ["-n", host], env) as proc:

@@ -19,6 +19,7 @@ from tests.apps.ops_tasks import (
     EventLog,
     OpsTasks,
     build,
+    env_of,
     url_for,
 )
 from tests.workerproc import WorkerProcess
@@ -118,13 +119,6 @@ async def shared(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     tasks = build(url_for(request.param, request, tmp_path), f"q-{uuid.uuid4().hex[:12]}")
     yield tasks
     await tasks.app.close()
-
-
-def env_of(t: OpsTasks) -> dict[str, str]:
-    return {
-        "AQUEUE_BROKER_URL": t.app.conf.broker_url or "",
-        "AQUEUE_OPS_QUEUE": t.app.conf.task_default_queue,
-    }
 
 
 @pytest.mark.slow
