@@ -834,18 +834,23 @@ class RedisBroker(RedisRole):
         """Renew each lease still ours, setting its run mark (0: unchanged, 2: running, 3:
         running isolated; see lua/renew.lua); per delivery, whether it is still ours."""
         leases: list[_Lease] = [d.token for d in deliveries]
-        pairs = list(zip(leases, marks, strict=True))
-        shards = self._by_stream_shard(range(len(pairs)), lambda i: leases[i].stream)
+        if len(marks) != len(leases):
+            raise ValueError(f"{len(marks)} marks for {len(leases)} deliveries")
+        shards = self._by_stream_shard(range(len(leases)), lambda i: leases[i].stream)
         calls = []
         for shard in shards:
             args: list[bytes | str | int] = [keys.GROUP, self._consumer]
             for i in shard:
-                args += [pairs[i][0].entry_id, pairs[i][1]]
+                args += [leases[i].entry_id, marks[i]]
             calls.append(scripts.renew(keys=[leases[i].stream for i in shard], args=args))
-        flags = [0] * len(leases)
-        for shard, answer in zip(shards, await _gather(calls), strict=True):
-            for i, flag in zip(shard, answer, strict=True):
-                flags[i] = flag
+        answers = await _gather(calls)
+        if len(shards) == 1:  # one server: the flags in the deliveries' order
+            flags = list(answers[0])
+        else:
+            flags = [0] * len(leases)
+            for shard, answer in zip(shards, answers, strict=True):
+                for i, flag in zip(shard, answer, strict=True):
+                    flags[i] = flag
         now = time.monotonic()
         for delivery, lease, flag in zip(deliveries, leases, flags, strict=True):
             if flag:
