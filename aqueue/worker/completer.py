@@ -92,12 +92,25 @@ class Completer:
         if records and self.backend is not None:
             if self.on_waited is not None:
                 await self.on_waited(records, replies or None)
-            elif replies:
-                await self.backend.store(records, self.expires, replies)
-            else:  # the plain call: backends written before reply channels take it too
-                await self.backend.store(records, self.expires)
+            else:
+                await store(self.backend, records, self.expires, replies)
         if starts and self.tracker is not None:
             kept = await self.tracker.start(starts, acks)
             self._lost.update(id(d) for (d, _), ours in zip(starts, kept, strict=True) if not ours)
         elif acks:
             await self.broker.ack(acks)
+
+
+async def store(
+    backend: ResultBackend, records: Records, expires: float | None, replies: ReplyTo | None
+) -> None:
+    """``backend.store(records, expires, replies)``, without ``replies`` when there are none:
+    the plain call, which backends written before reply channels take too.
+
+    Raises:
+        BrokerConnectionError (or any error of the backend): the records were not stored.
+    """
+    if replies:
+        await backend.store(records, expires, replies)
+    else:
+        await backend.store(records, expires)

@@ -26,6 +26,7 @@ from aqueue import states
 from aqueue.exceptions import StreamError
 from aqueue.results.record import ResultRecord
 from aqueue.results.stream import item_key
+from aqueue.worker.completer import store
 
 if TYPE_CHECKING:
     from aqueue.message import Message
@@ -80,10 +81,7 @@ class StreamWriter:
         )  # fmt: skip
         data = record.encode(self._serializer, self._signing)
         pairs = [(item_key(msg.id, number - 1), data), (msg.id, data)]
-        if self._reply is None:
-            await self._backend.store(pairs, self._expires)
-        else:
-            await self._backend.store(pairs, self._expires, self._reply)
+        await store(self._backend, pairs, self._expires, self._reply)
         self.count = number
 
 
