@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from aqueue import message, states
 from aqueue.exceptions import EncodeError, Retry
-from aqueue.results.record import ResultRecord, describe_exception, rebuild_exception
+from aqueue.results.record import ResultRecord, describe_exception, outcome
 from aqueue.results.result import AsyncResult
 from aqueue.task import Request, Task
 from aqueue.worker.batch import invoke_one
@@ -57,7 +57,7 @@ async def _items(record: ResultRecord | None) -> AsyncIterator[Any]:
         for item in record.result if record.streamed is not None else [record.result]:
             yield item
     elif record is not None:
-        raise rebuild_exception(record.result, record.traceback)
+        raise outcome(record)
 
 
 async def apply_eager(
