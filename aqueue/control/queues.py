@@ -34,6 +34,7 @@ __all__ = [
     "live_workers",
     "lost_workers",
     "purge",
+    "queue_depths",
     "replay_dead_letters",
 ]
 
@@ -50,6 +51,9 @@ class WorkerStatus:
         uptime: seconds since it started (at the last heartbeat).
         queues: the queues it consumes.
         last_seen: seconds since its last heartbeat.
+        held: messages fetched and not started (prefetched, or waiting for a rate-limit token).
+        prefetch: how many messages it fetches ahead at most.
+        events: whether it sends task events (``-E``).
     """
 
     hostname: str
@@ -61,6 +65,9 @@ class WorkerStatus:
     uptime: float
     queues: list[str] = field(default_factory=list)
     last_seen: float = 0.0
+    held: int = 0
+    prefetch: int = 0
+    events: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         fields = asdict(self)
@@ -162,9 +169,12 @@ def _workers(entries: dict[str, bytes]) -> list[WorkerStatus]:
                     uptime=float(beat.get("uptime", 0.0)),
                     queues=[str(q) for q in beat.get("queues", [])],
                     last_seen=max(0.0, now - float(beat.get("timestamp", now))),
+                    held=int(beat.get("held", 0)),
+                    prefetch=int(beat.get("prefetch", 0)),
+                    events=bool(beat.get("events")),
                 )
             )
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             continue
     return sorted(workers, key=lambda w: (w.hostname, w.pid))
 
@@ -180,14 +190,31 @@ async def cluster_status(app: Aqueue, queues: Sequence[str] | None = None) -> Cl
         BrokerConnectionError: the broker or the control transport cannot be reached.
         ConfigurationError: the broker cannot report queue depths.
     """
-    admin = queue_admin(await app.broker())
     workers = await live_workers(app)
     lost = await lost_workers(app, workers)
     if queues is None:
-        known = [d.queue for d in await admin.queue_depths(None)]
-        consumed = [q for w in workers for q in w.queues]
-        queues = sorted(set(known) | set(app_queues(app)) | set(consumed))
-    return ClusterStatus(await admin.queue_depths(list(queues)), workers, lost)
+        depths = await queue_depths(app, workers)
+    else:
+        depths = list(await queue_admin(await app.broker()).queue_depths(list(queues)))
+    return ClusterStatus(depths, workers, lost)
+
+
+async def queue_depths(app: Aqueue, workers: Sequence[WorkerStatus]) -> list[QueueDepth]:
+    """The depths of every queue the broker holds messages for, the app's own queues and those
+    ``workers`` consume (these even when empty), sorted by queue: one read when the broker
+    reports them all, a second for the empty ones it does not.
+
+    Raises:
+        BrokerConnectionError: the broker cannot be reached.
+        ConfigurationError: the broker cannot report queue depths.
+    """
+    admin = queue_admin(await app.broker())
+    depths = list(await admin.queue_depths(None))
+    missing = set(app_queues(app)).union(*(w.queues for w in workers))
+    missing -= {d.queue for d in depths}
+    if missing:
+        depths += await admin.queue_depths(sorted(missing))
+    return sorted(depths, key=lambda d: d.queue)
 
 
 async def purge(app: Aqueue, queues: Sequence[str]) -> int:

@@ -19,23 +19,21 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from aqueue.control.events import events
-from aqueue.control.protocol import Table
-from aqueue.control.queues import app_queues
+from aqueue.control.queues import WorkerStatus, live_workers, queue_depths
 from aqueue.dashboard.history import TaskHistory
 from aqueue.dashboard.store import HistoryStore
 from aqueue.exceptions import AqueueError
-from aqueue.transports.base import QueueDepth, queue_admin
+from aqueue.transports.base import QueueDepth
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
 
-__all__ = ["SAMPLE_INTERVAL", "Monitor", "WorkerInfo"]
+__all__ = ["SAMPLE_INTERVAL", "Monitor"]
 
 logger = logging.getLogger("aqueue.dashboard")
 
@@ -49,47 +47,6 @@ START_TIMEOUT = 5.0
 DEPTH_SAMPLES = 900
 #: Seconds between two history writes.
 SAVE_INTERVAL = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerInfo:
-    """A live worker, from its heartbeat: the fields of ``worker.stats()`` plus its age.
-
-    Attributes:
-        heartbeat_age: seconds since its last heartbeat.
-        held: messages fetched and not started (prefetched, or waiting for a rate-limit token).
-    """
-
-    hostname: str
-    pid: int
-    node: str
-    concurrency: int
-    active: int
-    held: int
-    prefetch: int
-    processed: int
-    uptime: float
-    queues: list[str]
-    events: bool
-    heartbeat_age: float
-
-    @classmethod
-    def from_beat(cls, node: str, beat: dict[str, Any], now: float) -> WorkerInfo:
-        """Raises: KeyError, TypeError, ValueError: not a heartbeat."""
-        return cls(
-            hostname=str(beat["hostname"]),
-            pid=int(beat["pid"]),
-            node=node,
-            concurrency=int(beat.get("concurrency", 0)),
-            active=int(beat.get("active", 0)),
-            held=int(beat.get("held", 0)),
-            prefetch=int(beat.get("prefetch", 0)),
-            processed=int(beat.get("processed", 0)),
-            uptime=float(beat.get("uptime", 0.0)),
-            queues=[str(q) for q in beat.get("queues", [])],
-            events=bool(beat.get("events")),
-            heartbeat_age=max(0.0, now - float(beat.get("timestamp", now))),
-        )
 
 
 class Monitor:
@@ -113,7 +70,7 @@ class Monitor:
         self.app = app
         self.history = TaskHistory(max_tasks, max_age)
         self.persist = persist
-        self.workers: list[WorkerInfo] = []
+        self.workers: list[WorkerStatus] = []
         self.registered: dict[str, list[str]] = {}
         self.queues: list[QueueDepth] = []
         self.depths: deque[tuple[float, dict[str, QueueDepth]]] = deque(maxlen=DEPTH_SAMPLES)
@@ -228,16 +185,8 @@ class Monitor:
         Raises:
             BrokerConnectionError: a server cannot be reached.
         """
-        transport = await self.app.control_transport()
-        _, entries = await transport.read(Table.WORKERS)
         now = time.time()
-        workers = []
-        for node, raw in entries.items():
-            try:
-                workers.append(WorkerInfo.from_beat(node, orjson.loads(raw), now))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-                continue
-        workers.sort(key=lambda w: (w.hostname, w.pid))
+        workers = await live_workers(self.app)
         if [(w.node, w.active, w.processed) for w in workers] != [
             (w.node, w.active, w.processed) for w in self.workers
         ]:
@@ -246,15 +195,7 @@ class Monitor:
         for hostname in {w.hostname for w in workers} - set(self.registered):
             self.registered[hostname] = []
             self._spawn(self._ask_registered(hostname))
-        admin = queue_admin(await self.app.broker())
-        depths = list(await admin.queue_depths(None))  # every queue the broker holds anything for
-        # The app's queues and those the workers consume are shown even when empty; only they
-        # are asked for again, not every queue (one read when the broker holds them all).
-        missing = set(app_queues(self.app)).union(*(w.queues for w in workers))
-        missing -= {d.queue for d in depths}
-        if missing:
-            depths += await admin.queue_depths(sorted(missing))
-        depths.sort(key=lambda d: d.queue)
+        depths = await queue_depths(self.app, workers)
         if depths != self.queues:
             self._mark("queues")
         self.queues = depths

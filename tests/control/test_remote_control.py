@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from aqueue import Worker
-from aqueue.control.queues import cluster_status, purge, replay_dead_letters
+from aqueue.control.protocol import Table
+from aqueue.control.queues import cluster_status, live_workers, purge, replay_dead_letters
 from aqueue.transports.base import QueueDepth
 from tests.apps.ops_tasks import OPS_TRANSPORTS, EventLog, OpsTasks, build, url_for
 
@@ -102,6 +103,23 @@ async def test_status_shows_the_depths_of_what_was_sent_and_the_live_workers(
     assert await replay_dead_letters(t.app, queue) == 1
     assert (await cluster_status(t.app, [queue])).queues == [QueueDepth(queue, ready=1)]
     assert await t.app.AsyncResult(bad.id).state() == "PENDING"  # FAILURE forgotten
+
+
+async def test_malformed_heartbeats_are_skipped_not_fatal(t: OpsTasks) -> None:
+    transport = await t.app.control_transport()
+    node = f"n-{uuid.uuid4().hex[:8]}"
+    beats = {
+        f"{node}-list": b"[1, 2]",  # JSON, not an object
+        f"{node}-text": b"not json",
+        f"{node}-nopid": b'{"hostname": "x@rc"}',
+        f"{node}-ok": b'{"hostname": "ok@rc", "pid": 7, "held": 3, "events": true}',
+    }
+    for key, raw in beats.items():
+        await transport.put(Table.WORKERS, key, raw, 60)
+    mine = [w for w in await live_workers(t.app) if w.node.startswith(node)]
+    assert [(w.node, w.hostname, w.pid, w.held, w.events) for w in mine] == [
+        (f"{node}-ok", "ok@rc", 7, 3, True)
+    ]
 
 
 async def test_events_describe_a_task_from_receipt_to_success(t: OpsTasks) -> None:
