@@ -14,9 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from aqueue.control.protocol import CONTROL_CHANNEL, Command, Reply, Table, dumps
+from aqueue.control.protocol import CONTROL_CHANNEL, Command, Reply, Table, dumps, heartbeats
 from aqueue.exceptions import DecodeError, SecurityError
 from aqueue.results.record import ResultRecord
 from aqueue.worker.ratelimit import parse_rate
@@ -112,15 +110,11 @@ class Control:
         """Node ids of the workers whose heartbeat is current (narrowed by ``destination``)."""
         transport = await self.app.control_transport()
         _, entries = await transport.read(Table.WORKERS)
-        nodes: set[str] = set()
-        for node, raw in entries.items():
-            try:
-                beat = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue
-            if destination is None or beat.get("hostname") in destination:
-                nodes.add(node)
-        return nodes
+        return {
+            node
+            for node, beat in heartbeats(entries).items()
+            if destination is None or beat.get("hostname") in destination
+        }
 
     def inspect(
         self, timeout: float = DEFAULT_TIMEOUT, destination: Iterable[str] | None = None

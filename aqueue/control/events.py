@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from aqueue.control.protocol import EVENTS_CHANNEL, Table, dumps
+from aqueue.control.protocol import EVENTS_CHANNEL, Table, dumps, heartbeats
 from aqueue.exceptions import AqueueError
 from aqueue.transports.base import ControlTransport
 
@@ -177,13 +177,5 @@ async def event_senders(app: Aqueue) -> tuple[int, int]:
     """
     transport = await app.control_transport()
     _, entries = await transport.read(Table.WORKERS)
-    live = sending = 0
-    for raw in entries.values():
-        try:
-            beat = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(beat, dict):
-            live += 1
-            sending += bool(beat.get("events"))
-    return live, sending
+    beats = heartbeats(entries).values()
+    return len(beats), sum(bool(beat.get("events")) for beat in beats)

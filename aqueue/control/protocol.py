@@ -67,6 +67,19 @@ def _loads(raw: bytes, what: str) -> dict[str, Any]:
     return value
 
 
+def heartbeats(entries: dict[str, bytes]) -> dict[str, dict[str, Any]]:
+    """The heartbeats of a ``WORKERS`` or ``SEEN`` table read (node id -> raw entry), decoded:
+    node id -> beat object. An entry that is not a JSON object is skipped, so one bad write to
+    the table cannot stop ``status``, ``inspect`` or the dashboard."""
+    beats = {}
+    for node, raw in entries.items():
+        try:
+            beats[node] = _loads(raw, "heartbeat")
+        except DecodeError:
+            continue
+    return beats
+
+
 @dataclass(frozen=True, slots=True)
 class Command:
     """A control command for workers.

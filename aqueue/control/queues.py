@@ -15,9 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from aqueue.control.protocol import Table
+from aqueue.control.protocol import Table, heartbeats
 from aqueue.exceptions import SerializationError
 from aqueue.message import decode_envelope
 from aqueue.transports import Outgoing
@@ -155,9 +153,8 @@ def _workers(entries: dict[str, bytes]) -> list[WorkerStatus]:
     """The workers of heartbeat entries (node -> beat), sorted; malformed ones skipped."""
     now = time.time()
     workers = []
-    for node, raw in entries.items():
+    for node, beat in heartbeats(entries).items():
         try:
-            beat = orjson.loads(raw)
             workers.append(
                 WorkerStatus(
                     hostname=str(beat["hostname"]),
@@ -174,7 +171,7 @@ def _workers(entries: dict[str, bytes]) -> list[WorkerStatus]:
                     events=bool(beat.get("events")),
                 )
             )
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        except (KeyError, TypeError, ValueError):
             continue
     return sorted(workers, key=lambda w: (w.hostname, w.pid))
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from aqueue import Worker
+from aqueue.control.events import event_senders
 from aqueue.control.protocol import Table
 from aqueue.control.queues import cluster_status, live_workers, purge, replay_dead_letters
 from aqueue.transports.base import QueueDepth
@@ -116,10 +117,18 @@ async def test_malformed_heartbeats_are_skipped_not_fatal(t: OpsTasks) -> None:
     }
     for key, raw in beats.items():
         await transport.put(Table.WORKERS, key, raw, 60)
-    mine = [w for w in await live_workers(t.app) if w.node.startswith(node)]
-    assert [(w.node, w.hostname, w.pid, w.held, w.events) for w in mine] == [
-        (f"{node}-ok", "ok@rc", 7, 3, True)
-    ]
+    try:
+        mine = [w for w in await live_workers(t.app) if w.node.startswith(node)]
+        assert [(w.node, w.hostname, w.pid, w.held, w.events) for w in mine] == [
+            (f"{node}-ok", "ok@rc", 7, 3, True)
+        ]
+        live, sending = await event_senders(t.app)  # the object beats count, the others not
+        assert live >= 2 and sending >= 1
+        # inspect aims at the live nodes named: the bad entries neither stop nor join it.
+        assert await t.app.control.inspect(timeout=0.2, destination=["x@rc"]).ping() == {}
+    finally:
+        for key in beats:  # the table is shared by the rest of the session
+            await transport.put(Table.WORKERS, key, None, None)
 
 
 async def test_events_describe_a_task_from_receipt_to_success(t: OpsTasks) -> None:
