@@ -1,7 +1,8 @@
 """streaq runner (its own virtualenv).
 
-Producer: ``worker.enqueue_many`` (one Redis pipeline) per 1,000 tasks, streaq's bulk path;
-``await task.enqueue()`` one at a time for the paced latency workload. Completion is read in send
+Producer: ``await task.enqueue()`` (one Redis call per task) 1,000 at a time with
+``asyncio.gather``, streaq's single-message path, as every peer's; ``worker.enqueue_many`` (one
+Redis pipeline) per 1,000 tasks in the bulk workload. Completion is read in send
 order with ``Task.status()`` (polled every 10 ms while not done), then the values in one
 ``get_tasks_by_status(DONE)``: ``Task.result()`` opens a pub/sub subscription per call that takes
 0.1 s to close (coredis's unsubscribe timeout), and past ~30 at once it exhausts the 64-connection
@@ -18,7 +19,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from _common import Adapter, main
+from _common import Adapter, gather_batched, main
 
 POLL = 0.01  # seconds between status checks of an unfinished task
 
@@ -26,7 +27,8 @@ POLL = 0.01  # seconds between status checks of an unfinished task
 class StreaqAdapter(Adapter):
     name = "streaq"
     notes = (
-        "enqueue_many per 1,000 tasks (bulk pipeline); completion via Task.status() polling, "
+        "enqueue() gathered 1,000 at a time (bulk: enqueue_many per 1,000, one pipeline); "
+        "completion via Task.status() polling, "
         "values via get_tasks_by_status (Task.result() costs 0.1 s per call)"
     )
 
@@ -55,10 +57,10 @@ class StreaqAdapter(Adapter):
         return out
 
     async def send_noop(self, n: int) -> list[Any]:
-        return await self._bulk(self.t.noop, n)
+        return await gather_batched(self.t.noop.enqueue, n, self.batch)
 
     async def send_sleep(self, n: int) -> list[Any]:
-        return await self._bulk(self.t.sleep10, n)
+        return await gather_batched(self.t.sleep10.enqueue, n, self.batch)
 
     async def send_one(self) -> Any:
         return await self.t.noop.enqueue()

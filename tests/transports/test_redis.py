@@ -157,6 +157,82 @@ async def test_fetch_with_ready_messages_is_one_round_trip(
     assert sent == ["EVALSHA"]
 
 
+async def test_fetch_after_a_blocking_read_that_emptied_the_queue_blocks_at_once(
+    url: str, brokers: list[RedisBroker], queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A light load: each task arrives while the worker blocks. The fetch that follows goes
+    # straight back to XREADGROUP: the script would find nothing, at a round trip per task.
+    broker = await new_broker(brokers, url)
+    producer = await new_broker(brokers, url)
+    await broker.ack(await broker.fetch([queue_name], 10, 0.05))  # groups, script loaded
+    client, _ = await broker._session()
+    sent: list[Any] = []
+    blocking = asyncio.Event()
+    original: Any = client.execute_command
+
+    async def spy(*args: Any, **options: Any) -> Any:
+        sent.append(args[0])
+        if args[0] == "XREADGROUP":
+            blocking.set()
+        return await original(*args, **options)
+
+    monkeypatch.setattr(client, "execute_command", spy)
+    fetching = asyncio.create_task(broker.fetch([queue_name], 10, 5))
+    await blocking.wait()  # the script ran, found nothing; now it blocks
+    await producer.publish([out(queue_name, b"one")])
+    first = await fetching
+    sent.clear()
+    fetching = asyncio.create_task(broker.fetch([queue_name], 10, 5))
+    await producer.publish([out(queue_name, b"two")])
+    second = await fetching
+
+    assert [d.body for d in first + second] == [b"one", b"two"]
+    assert sent == ["XREADGROUP"]
+    await broker.ack(first + second)
+
+
+async def test_a_trickle_of_ready_messages_does_not_hold_up_a_delayed_one(
+    url: str, brokers: list[RedisBroker], queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Delayed messages are moved by the fetch script, which the fetches that block again at
+    # once skip: it must still run at least every second, or another producer's delayed
+    # message would wait for the trickle to stop.
+    worker = await new_broker(brokers, url)
+    producer = await new_broker(brokers, url)
+    await worker.ack(await worker.fetch([queue_name], 10, 0.05))
+    client, _ = await worker._session()
+    blocking = asyncio.Event()
+    original: Any = client.execute_command
+
+    async def spy(*args: Any, **options: Any) -> Any:
+        if args[0] == "XREADGROUP":
+            blocking.set()
+        return await original(*args, **options)
+
+    monkeypatch.setattr(client, "execute_command", spy)
+    seen: list[bytes] = []
+    skipped = 0
+    for i in range(250):  # about 5 s of trickle; the delayed message is due 0.3 s into it
+        if i == 3:  # once the worker skips the script: it has not seen this one
+            await producer.publish([out(queue_name, b"later", eta=time.time() + 0.3)])
+        blocking.clear()
+        skipped += worker._drained is not None
+        fetching = asyncio.create_task(worker.fetch([queue_name], 10, 5))
+        waiting = asyncio.create_task(blocking.wait())
+        await asyncio.wait({fetching, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if not fetching.done():  # each message arrives while the worker blocks
+            await asyncio.sleep(0.02)
+            await producer.publish([out(queue_name, b"now")])
+        got = await fetching
+        await worker.ack(got)
+        seen += [d.body for d in got]
+        if b"later" in seen:
+            break
+    assert b"later" in seen
+    assert skipped > 10  # the fetches did skip the script in between
+
+
 async def test_surplus_of_a_blocking_read_is_buffered_then_released_on_close(
     url: str, brokers: list[RedisBroker], queue_name: str
 ) -> None:
