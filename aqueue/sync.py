@@ -54,6 +54,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
 
+from aqueue import loops
 from aqueue.app import Aqueue
 from aqueue.results.result import AsyncResult as _AsyncResult
 from aqueue.results.result import OnMessageArg, TaskInfo
@@ -84,7 +85,7 @@ class _Portal:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
+        self.loop = loops.new_event_loop()  # uvloop's where installed (AQUEUE_LOOP)
         self.apps: weakref.WeakSet[Aqueue] = weakref.WeakSet()
         self.thread = threading.Thread(target=self._run, name="aqueue-sync", daemon=True)
         self.thread.start()

@@ -177,7 +177,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="run the first configuration once under cProfile and print its TOP functions",
     )
     parser.add_argument("--sort", default="tottime", help="pstats order for --profile")
-    asyncio.run(run(parser.parse_args(argv)))
+    parser.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the worker's loop"
+    )
+    args = parser.parse_args(argv)
+    factory = None
+    if args.loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(run(args))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Two setups, each against throwaway servers on free loopback ports (``benchmarks/
     python benchmarks/producer_cpu.py                 # Redis only
     python benchmarks/producer_cpu.py --amqp          # Redis, then AMQP
     python benchmarks/producer_cpu.py --profile       # plus a cProfile top-15 (by own time)
+    python benchmarks/producer_cpu.py --loop uvloop   # the client on uvloop (default: asyncio's)
 
 Prints the machine, then microseconds of producer CPU per ``delay()`` for each setup.
 """
@@ -82,20 +83,32 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--amqp", action="store_true", help="also RabbitMQ as broker")
     parser.add_argument("--profile", action="store_true", help="print a cProfile top-15")
+    parser.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the client's loop"
+    )
     args = parser.parse_args()
+    factory = None
+    if args.loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+
+    def run(broker: str, backend: str) -> list[float]:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(measure(broker, backend, args))
 
     work = Path(tempfile.mkdtemp(prefix="aqueue-producer-cpu-"))
     services = bench.Services(work, f"producer-cpu-{time.time_ns()}")
     try:
         redis = services.start_redis()
-        print(bench.machine(redis))
-        report("redis", asyncio.run(measure(redis, redis, args)))
+        print(f"{bench.machine(redis)}; client loop: {args.loop}")
+        report("redis", run(redis, redis))
         if args.amqp:
             if not Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists():
                 print("amqp: skipped (rabbitmq-server is not installed)")
             else:
                 amqp = services.start_rabbitmq()
-                report("amqp (results in redis)", asyncio.run(measure(amqp, redis, args)))
+                report("amqp (results in redis)", run(amqp, redis))
     finally:
         services.stop()
 

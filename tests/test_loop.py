@@ -1,4 +1,4 @@
-"""AQUEUE_LOOP: which event loop the CLI runs on (aqueue.cli.loop)."""
+"""AQUEUE_LOOP: which event loop the CLI runs on (aqueue.loops)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from aqueue.cli import loop
+from aqueue import loops as loop
 from aqueue.exceptions import ConfigurationError
 
 

@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 import typer
 
 from aqueue import logs, signals
+from aqueue import loops as aqueue_loop
 from aqueue.app import Aqueue
-from aqueue.cli import loop as aqueue_loop
 from aqueue.exceptions import AqueueError, ConfigurationError
 
 __all__ = [
@@ -212,7 +212,7 @@ def setup_logging(
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """Run ``main`` on the CLI's event loop (:mod:`aqueue.cli.loop`); an aqueue error exits with
+    """Run ``main`` on the CLI's event loop (:mod:`aqueue.loops`); an aqueue error exits with
     code 2."""
     try:
         return aqueue_loop.run(main)

@@ -1,9 +1,16 @@
-"""Running the CLI's event loop: uvloop's when it is installed (``pip install aqueue[uvloop]``).
+"""The event loop aqueue runs its own code on: uvloop's where it is installed, else asyncio's.
 
 uvloop runs the same asyncio code on libuv, with less overhead per callback and per socket
-read, which a worker spends most of its time in. ``AQUEUE_LOOP`` chooses: ``auto`` (the default:
-uvloop if importable, else asyncio's own), ``uvloop`` (an error if it is missing) or ``asyncio``.
-Library use (``await add.delay()`` in your app) runs on whatever loop your app runs.
+read. It is an extra (``pip install aqueue[uvloop]``), not a dependency: aqueue's worker makes
+few loop callbacks per task, and uvloop saved it about 3% of its CPU per task in the
+measurements of docs/performance.md (*The event loop*). ``AQUEUE_LOOP`` chooses: ``auto``
+(the default: uvloop if importable, else asyncio's own), ``uvloop`` (an error if it is missing)
+or ``asyncio``.
+
+It applies to the loops aqueue owns: the CLI's (``aqueue worker``, ``beat``, the operations
+commands) and the sync client's background loop (:mod:`aqueue.sync`). Library use (``await
+add.delay()`` in your app) runs on whatever loop your app runs; uvicorn, for one, picks uvloop
+by itself when it is installed.
 """
 
 from __future__ import annotations
@@ -43,6 +50,15 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
     return factory
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A new event loop of the kind :func:`loop_factory` picks.
+
+    Raises:
+        ConfigurationError: see :func:`loop_factory`.
+    """
+    return (loop_factory() or asyncio.new_event_loop)()
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
