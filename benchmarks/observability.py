@@ -19,8 +19,8 @@ them, not of shipping them). Not a test: it asserts nothing but that every task 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import cProfile
+import os
 import platform
 import pstats
 import statistics
@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aqueue import Aqueue, Worker
+from aqueue import Aqueue, Worker, loops
 from benchmarks.throughput import _cpu_model, redis_server
 
 TASK_SIGNALS = ("task_received", "task_prerun", "task_postrun", "task_success")
@@ -181,13 +181,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the worker's loop"
     )
     args = parser.parse_args(argv)
-    factory = None
-    if args.loop == "uvloop":
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(run(args))
+    os.environ[loops.LOOP_ENV] = args.loop  # aqueue.loops picks it (uvloop missing: an error)
+    loops.run(run(args))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import os
 import pstats
 import statistics
 import sys
@@ -39,7 +40,7 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks" / "peers"))
 
 import bench  # type: ignore[import-not-found]  # noqa: E402  (benchmarks/peers/bench.py)
 
-from aqueue import Aqueue  # noqa: E402
+from aqueue import Aqueue, loops  # noqa: E402
 
 
 async def measure(broker: str, backend: str, args: argparse.Namespace) -> list[float]:
@@ -87,15 +88,10 @@ def main() -> None:
         "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the client's loop"
     )
     args = parser.parse_args()
-    factory = None
-    if args.loop == "uvloop":
-        import uvloop
-
-        factory = uvloop.new_event_loop
+    os.environ[loops.LOOP_ENV] = args.loop  # aqueue.loops picks it (uvloop missing: an error)
 
     def run(broker: str, backend: str) -> list[float]:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(measure(broker, backend, args))
+        return loops.run(measure(broker, backend, args))
 
     work = Path(tempfile.mkdtemp(prefix="aqueue-producer-cpu-"))
     services = bench.Services(work, f"producer-cpu-{time.time_ns()}")
