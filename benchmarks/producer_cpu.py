@@ -15,14 +15,21 @@ Two setups, each against throwaway servers on free loopback ports (``benchmarks/
     python benchmarks/producer_cpu.py --amqp          # Redis, then AMQP
     python benchmarks/producer_cpu.py --profile       # plus a cProfile top-15 (by own time)
     python benchmarks/producer_cpu.py --loop uvloop   # the client on uvloop (default: asyncio's)
+    python benchmarks/producer_cpu.py --live          # plus what a waiting delay() keeps alive
 
-Prints the machine, then microseconds of producer CPU per ``delay()`` for each setup.
+Prints the machine, then microseconds of producer CPU per ``delay()`` for each setup, and the
+broker server's (redis-server's, or RabbitMQ's processes') over all rounds. With
+``--live``, also the objects the garbage collector tracks that one ``delay()`` keeps alive while
+it waits for its publish to be answered (100 calls held at the broker, counted by type, less
+the benchmark's own ``gather``): each one is scanned by every collection that runs meanwhile, and
+the more there are, the more often collections run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import cProfile
 import gc
 import os
@@ -32,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script: import this checkout's aqueue
@@ -41,10 +49,26 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks" / "peers"))
 import bench  # type: ignore[import-not-found]  # noqa: E402  (benchmarks/peers/bench.py)
 
 from aqueue import Aqueue, loops  # noqa: E402
+from benchmarks.throughput import tree_cpu  # noqa: E402
+
+# What asyncio.gather() keeps per call, as any caller's task waiting on a future would (a Task,
+# two contexts, its weak reference in asyncio's task set, its wake-up callback, the iterator of
+# the future it awaits; measured with plain coroutines awaiting plain futures): not aqueue's.
+GATHER_OWN = {
+    "Task": 1,
+    "Context": 2,
+    "ReferenceType": 1,
+    "builtin_function_or_method": 1,
+    "FutureIter": 1,
+}
 
 
-async def measure(broker: str, backend: str, args: argparse.Namespace) -> list[float]:
-    """µs of CPU per ``delay()`` for each round; with ``--profile``, print a profile of one."""
+async def measure(
+    broker: str, backend: str, args: argparse.Namespace, server: int | None = None
+) -> tuple[list[float], float | None]:
+    """µs of CPU per ``delay()`` for each round, and the broker server's (process ``server``
+    and its children, all rounds together; ``None`` without one); with ``--profile``, print a
+    profile of one round."""
     app = Aqueue("producer-cpu", broker=broker, backend=backend)
 
     @app.task(name="producer_cpu.noop")
@@ -52,15 +76,21 @@ async def measure(broker: str, backend: str, args: argparse.Namespace) -> list[f
         """Never runs: no worker is started, only the producer is measured."""
 
     await noop.delay()  # connects, subscribes the reply channel
+    if args.live:  # first: later, the rounds' garbage would blur the count
+        await live_objects(app, noop)
     for _ in range(args.n // args.gather):  # warm-up round
         await asyncio.gather(*(noop.delay() for _ in range(args.gather)))
     per_call = []
+    server_before = tree_cpu(server) if server is not None else 0.0
     for _ in range(args.rounds):
         gc.collect()
         start = time.process_time()
         for _ in range(args.n // args.gather):
             await asyncio.gather(*(noop.delay() for _ in range(args.gather)))
         per_call.append((time.process_time() - start) / args.n * 1e6)
+    server_us = None
+    if server is not None:
+        server_us = (tree_cpu(server) - server_before) / (args.n * args.rounds) * 1e6
     if args.profile:
         profile = cProfile.Profile()
         profile.enable()
@@ -69,12 +99,46 @@ async def measure(broker: str, backend: str, args: argparse.Namespace) -> list[f
         profile.disable()
         pstats.Stats(profile).sort_stats("tottime").print_stats(15)
     await app.close()
-    return per_call
+    return per_call, server_us
 
 
-def report(name: str, per_call: list[float]) -> None:
+async def live_objects(app: Aqueue, noop: Any) -> None:
+    """Print the GC-tracked objects one waiting ``delay()`` keeps alive (see the docstring)."""
+    broker = await app.broker()
+    publish = broker.publish
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def holding(outgoing: Any) -> Any:
+        held.set()
+        await release.wait()
+        return await publish(outgoing)
+
+    broker.publish = holding  # type: ignore[method-assign]
+    gc.collect()
+    gc.disable()
+    try:
+        before = collections.Counter(type(o).__name__ for o in gc.get_objects())
+        calls = 100
+        sending = asyncio.gather(*(noop.delay() for _ in range(calls)))
+        await held.wait()
+        after = collections.Counter(type(o).__name__ for o in gc.get_objects())
+        release.set()
+        await sending
+    finally:
+        gc.enable()
+        broker.publish = publish  # type: ignore[method-assign]
+    alive = {k: (v - GATHER_OWN.get(k, 0) * calls) / calls for k, v in (after - before).items()}
+    shown = {k: v for k, v in sorted(alive.items(), key=lambda kv: -kv[1]) if v >= 0.5}
+    print(f"objects alive per waiting delay(): {sum(shown.values()):.1f}", end=" (")
+    print(", ".join(f"{k} {v:g}" for k, v in shown.items()) + ")")
+
+
+def report(name: str, measured: tuple[list[float], float | None]) -> None:
+    per_call, server_us = measured
     rounds = ", ".join(f"{v:.1f}" for v in per_call)
     print(f"{name}: {statistics.median(per_call):.1f} µs CPU per delay() (median; rounds {rounds})")
+    if server_us is not None:
+        print(f"  the broker server's CPU per delay(), all rounds: {server_us:.1f} µs")
 
 
 def main() -> None:
@@ -84,27 +148,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--amqp", action="store_true", help="also RabbitMQ as broker")
     parser.add_argument("--profile", action="store_true", help="print a cProfile top-15")
+    parser.add_argument("--live", action="store_true", help="count objects a delay() keeps")
     parser.add_argument(
         "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the client's loop"
     )
     args = parser.parse_args()
     os.environ[loops.LOOP_ENV] = args.loop  # aqueue.loops picks it (uvloop missing: an error)
 
-    def run(broker: str, backend: str) -> list[float]:
-        return loops.run(measure(broker, backend, args))
+    def run(broker: str, backend: str, server: str) -> tuple[list[float], float | None]:
+        pid = next((p.pid for name, p in services.procs if name == server), None)
+        return loops.run(measure(broker, backend, args, pid))
 
     work = Path(tempfile.mkdtemp(prefix="aqueue-producer-cpu-"))
     services = bench.Services(work, f"producer-cpu-{time.time_ns()}")
     try:
         redis = services.start_redis()
         print(f"{bench.machine(redis)}; client loop: {args.loop}")
-        report("redis", run(redis, redis))
+        report("redis", run(redis, redis, "redis-server"))
         if args.amqp:
             if not Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists():
                 print("amqp: skipped (rabbitmq-server is not installed)")
             else:
                 amqp = services.start_rabbitmq()
-                report("amqp (results in redis)", run(amqp, redis))
+                report("amqp (results in redis)", run(amqp, redis, "rabbitmq-server"))
     finally:
         services.stop()
 

@@ -30,7 +30,10 @@ worker running (and without a reply channel: reading 20,000 results a second bac
 most of a core from the workers on a 2-core machine), then the worker is started; drained
 tasks/s is n over the time from the earliest task start (so the worker's boot is not counted)
 to the queue holding nothing, ready or leased (read every 10 ms). The ratio of the two is
-printed (issue #20's target: ``--processes 2`` >= 1.6x one process on 2 cores).
+printed (issue #20's target: ``--processes 2`` >= 1.6x one process on 2 cores), with the CPU
+each drain took per task - the worker's (its processes', from ``/proc``) and the Redis
+server's - and the ceiling they set: when the workers and Redis share the cores, no more than
+``cores / (worker + Redis CPU per task)`` tasks/s, however well the processes scale.
 
 Not a test: it asserts nothing but that every task finished.
 """
@@ -184,12 +187,13 @@ async def worker_process(
     concurrency: int,
     loglevel: str = "warning",
     extra: Sequence[str] = (),
+    app: str = WORKER_APP,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """``aqueue worker -A benchmarks.bench_tasks`` until the block exits; enters (yielding the
-    process) once it is ready."""
+    """``aqueue worker -A <app>`` (``benchmarks.bench_tasks`` by default) until the block
+    exits; enters (yielding the process) once it is ready."""
     exe = Path(sys.executable).with_name("aqueue")
     cmd = [str(exe) if exe.exists() else (shutil.which("aqueue") or "aqueue")]
-    cmd += ["worker", "-A", WORKER_APP, "-c", str(concurrency), "-l", loglevel, *extra]
+    cmd += ["worker", "-A", app, "-c", str(concurrency), "-l", loglevel, *extra]
     proc = await asyncio.create_subprocess_exec(
         *cmd,
         env=env,
@@ -313,17 +317,42 @@ async def prefilled_drain(
         return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
     cpu_before = await redis_cpu()
-    async with worker:
+    async with worker as proc:
+        worker_before = tree_cpu(proc.pid)
         while True:
             [depth] = await admin.queue_depths([queue])
             if not depth.ready and not depth.unacked and not depth.delayed:
                 break
             await asyncio.sleep(0.01)  # a poll of the broker, not a synchronisation
         done = time.time()
+        worker_us = (tree_cpu(proc.pid) - worker_before) / n * 1e6
     redis_us = (await redis_cpu() - cpu_before) / n * 1e6
     await server.aclose()
     first = await asyncio.gather(*(app.AsyncResult(i).get(timeout=60) for i in ids[:batch]))
-    return n / (done - min(first)), redis_us
+    return n / (done - min(first)), redis_us, worker_us
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) used so far by ``root`` and its live descendants (the
+    worker: with ``--processes``, its supervisor and children), from ``/proc``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    used: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        pid = int(stat.parent.name)
+        parent[pid] = int(fields[1])  # the fields after the name: state ppid ... utime stime
+        used[pid] = int(fields[11]) + int(fields[12])
+    total = 0
+    for pid, ticks in used.items():
+        ancestor = pid
+        while ancestor not in (root, 0, 1) and ancestor in parent:
+            ancestor = parent[ancestor]
+        total += ticks if ancestor == root else 0
+    return total / tick
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -365,6 +394,10 @@ async def run(args: argparse.Namespace) -> None:
         f"{_cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, {servers}"
     )
     if args.processes is not None:
+        cores = min(os.cpu_count() or 1, args.processes + 1)
+        ceiling = min(
+            cores * 1e6 / (drains[0][2] + drains[0][1]), args.processes * 1e6 / drains[0][2]
+        )
         _print_rows(
             [
                 ("machine", machine),
@@ -376,12 +409,18 @@ async def run(args: argparse.Namespace) -> None:
                 (
                     "1 process",
                     f"{drains[0][0]:>9,.0f} tasks/s  (first task start to the queue empty; "
-                    f"Redis CPU {drains[0][1]:.1f} µs per task, boot included)",
+                    f"CPU per task: worker {drains[0][2]:.1f} µs, Redis {drains[0][1]:.1f} µs)",
                 ),
                 (
                     f"{args.processes} processes",
                     f"{drains[1][0]:>9,.0f} tasks/s  ({drains[1][0] / drains[0][0]:.2f}x one "
-                    f"process; Redis CPU {drains[1][1]:.1f} µs per task)",
+                    f"process; CPU per task: workers {drains[1][2]:.1f} µs, Redis "
+                    f"{drains[1][1]:.1f} µs)",
+                ),
+                (
+                    "ceiling",
+                    f"{ceiling:>9,.0f} tasks/s  ({ceiling / drains[0][0]:.2f}x one process: "
+                    f"{cores} cores shared by the workers and Redis at one process's CPU per task)",
                 ),
             ]
         )

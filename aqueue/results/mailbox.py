@@ -23,6 +23,9 @@ import asyncio
 import weakref
 from collections.abc import Sequence
 
+# The records of every mailbox that has none yet: never appended to (put() replaces it).
+_NO_RECORDS: list[bytes] = []
+
 
 class Mailbox:
     """Every record that arrived for one task id, in order, for any number of readers.
@@ -45,8 +48,10 @@ class Mailbox:
         task_id: str = "",
     ) -> None:
         self.owner = owner
-        self._records: list[bytes] = []
-        self._waiters: list[asyncio.Future[None]] = []
+        # Both made on first use: most mailboxes get one record and no waiter, and each list
+        # is one more object per waiting send for the garbage collector to scan.
+        self._records: list[bytes] = _NO_RECORDS
+        self._waiters: list[asyncio.Future[None]] | None = None
         self._boxes = boxes  # the inbox's entries (by task_id), which this leaves when dropped
         self._task_id = task_id
 
@@ -70,8 +75,11 @@ class Mailbox:
 
     def put(self, record: bytes) -> None:
         """Add ``record`` (an encoded result record) and wake every reader."""
-        self._records.append(record)
-        waiters, self._waiters = self._waiters, []
+        if self._records is _NO_RECORDS:
+            self._records = [record]
+        else:
+            self._records.append(record)
+        waiters, self._waiters = self._waiters or (), None
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -83,12 +91,14 @@ class Mailbox:
         """
         while len(self._records) <= position:
             waiter = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
             self._waiters.append(waiter)
             try:
                 await waiter
             finally:
-                if waiter in self._waiters:  # cancelled or timed out before a put
-                    self._waiters.remove(waiter)
+                if self._waiters is not None and waiter in self._waiters:
+                    self._waiters.remove(waiter)  # cancelled or timed out before a put
         return self._records[position:]
 
 

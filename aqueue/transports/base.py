@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, Protocol, TypeGuard, runtime_checkable
@@ -55,6 +55,7 @@ __all__ = [
     "Snapshot",
     "Transport",
     "Waiters",
+    "WrittenStarts",
     "dead_letter_queue",
     "has_locks",
     "has_waiters",
@@ -387,6 +388,30 @@ class RunTracking(Protocol):
 
         Raises:
             BrokerConnectionError: the server cannot be reached.
+        """
+        ...
+
+
+@runtime_checkable
+class WrittenStarts(Protocol):
+    """Optional, beside :class:`RunTracking`: a start mark that need not wait for its answer.
+
+    A lease a worker took less than half a visibility timeout ago is still its own, so its mark
+    needs no answer before the task runs: once the command is written to the server's socket
+    the operating system delivers it even if the worker dies next (a killed process's socket is
+    closed after what was written to it is sent). A worker that starts its task then saves the
+    round trip at a light load, and reads the answer meanwhile.
+    """
+
+    async def start_written(self, runs: Sequence[tuple[Delivery, bool]]) -> Awaitable[None] | None:
+        """Send the marks of ``runs`` (as :meth:`RunTracking.start`, no acks) and return once
+        they are written, with the awaitable of the server's answer (it raises
+        :class:`~aqueue.exceptions.BrokerConnectionError` if none came); ``None``, having sent
+        nothing, when these runs need :meth:`RunTracking.start` (a lease old enough to need an
+        owner check, or a layout that cannot).
+
+        Raises:
+            BrokerConnectionError: the marks could not be written.
         """
         ...
 

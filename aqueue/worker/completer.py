@@ -10,19 +10,25 @@ that finish in the same turn of the event loop share one ``backend.store`` call 
 On a broker that tracks runs (:class:`~aqueue.transports.base.RunTracking`) the marks of runs
 about to start travel here too, in the same broker call as the acks: a runner that finishes
 one message hands in the start of its next one with the ack, so marking costs neither a round
-trip nor a wait of its own.
+trip nor a wait of its own. Marks with no ack to ride on (the runners of an idle worker
+starting) are, where the broker can (:class:`~aqueue.transports.base.WrittenStarts`), only
+written: the tasks start at once, and the answer is read while they run.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from aqueue.batching import Batcher
-from aqueue.transports import Broker, Delivery, RunTracking
+from aqueue.transports import Broker, Delivery, RunTracking, WrittenStarts
 
 if TYPE_CHECKING:
     from aqueue.transports import Records, ReplyTo, ResultBackend
+
+logger = logging.getLogger(__name__)
 
 Run = tuple[Delivery, bool]  # a delivery about to run, and whether as an isolated suspect
 _Item = tuple[Sequence[tuple[str, bytes]], Sequence[Delivery], str | None, Run | None]
@@ -49,7 +55,9 @@ class Completer:
         self.backend = backend
         self.expires = expires
         self.tracker = broker if isinstance(broker, RunTracking) else None
+        self.early = broker if self.tracker and isinstance(broker, WrittenStarts) else None
         self._batcher: Batcher[_Item] = Batcher(self._flush, max_batch)
+        self._answers: set[asyncio.Future[None]] = set()  # of marks written, not answered yet
         self._lost: set[int] = set()  # ids of runs whose lease was found lost when marked
         # Stores the records in place of the backend's plain store and settles the tasks sent
         # after= them, before the acks (aqueue.dependencies); set by the executor when the
@@ -84,6 +92,51 @@ class Completer:
         self._lost.discard(id(start[0]))
         return False
 
+    async def settled(self) -> None:
+        """Wait for the answers to the marks only written (:meth:`premark`, and batches of
+        marks alone): before a worker hands back what it holds, so that no mark is still on its
+        way."""
+        if self._answers:
+            await asyncio.gather(*self._answers, return_exceptions=True)
+
+    async def premark(self, runs: Sequence[Run]) -> bool:
+        """Write the marks of ``runs``, about to be taken by idle runners, without waiting for
+        the answer (a :class:`~aqueue.transports.base.WrittenStarts` broker): the fetcher
+        marks what it hands straight to runners, which then start them at once.
+
+        Returns:
+            True if the marks were written; False if this broker or these leases cannot be
+            marked so (each run is then marked by its runner, as usual).
+
+        Raises:
+            BrokerConnectionError: the marks could not be written.
+        """
+        if self.early is None:
+            return False
+        answer = await self.early.start_written(runs)
+        if answer is None:
+            return False
+        self._await_answer(answer, len(runs))
+        return True
+
+    def _await_answer(self, answer: Awaitable[None], runs: int) -> None:
+        """Read ``answer`` (to ``runs`` marks written) in the background, until :meth:`settled`."""
+        pending = asyncio.ensure_future(answer)
+        self._answers.add(pending)
+        pending.add_done_callback(lambda done: self._answered(done, runs))
+
+    def _answered(self, answer: asyncio.Future[None], runs: int) -> None:
+        self._answers.discard(answer)
+        if answer.cancelled() or answer.exception() is None:
+            return
+        # Written before the tasks started, so in all likelihood set; should it not be, a
+        # worker dying during these runs would not count against their messages.
+        logger.warning(
+            "the start marks of %d run(s) were written but not answered: %s",
+            runs,
+            answer.exception(),
+        )
+
     async def _flush(self, items: list[_Item]) -> None:
         records = [r for recs, _, _, _ in items for r in recs]
         acks = [d for _, ds, _, _ in items for d in ds]
@@ -95,6 +148,13 @@ class Completer:
             else:
                 await store(self.backend, records, self.expires, replies)
         if starts and self.tracker is not None:
+            if self.early is not None and not acks and not records:
+                # Marks alone (runners of an idle worker starting): the runners go on once
+                # they are written, and the answer is read meanwhile.
+                answer = await self.early.start_written(starts)
+                if answer is not None:
+                    self._await_answer(answer, len(starts))
+                    return
             kept = await self.tracker.start(starts, acks)
             self._lost.update(id(d) for (d, _), ours in zip(starts, kept, strict=True) if not ours)
         elif acks:

@@ -150,6 +150,10 @@ class Worker:
         # the others, parked in a heap: most strikes first, then in arrival order.
         self._suspect: Delivery | None = None
         self._parked: list[tuple[int, int, Delivery]] = []
+        self._idle = 0  # runners waiting for a delivery
+        # ids of the deliveries in the buffer whose run the fetcher marked already (the ones it
+        # handed straight to idle runners, see _handed)
+        self._premarked: set[int] = set()
         self._arrivals = itertools.count()
         self._helpers: list[asyncio.Task[None]] = []
         self._fetcher: asyncio.Task[None] | None = None
@@ -429,6 +433,7 @@ class Worker:
             d = self._buffer.get_nowait()
             self._held.pop(id(d), None)
             unstarted.append(d)
+        self._premarked.clear()
         if self._runners:
             for _ in self._runners:  # a sentinel-free wake-up: runners see _stopping once idle
                 self._buffer.put_nowait(_STOP)
@@ -452,6 +457,8 @@ class Worker:
                     "%d running task(s) cancelled at shutdown, released for redelivery",
                     len(pending),
                 )
+        if self.executor is not None:
+            await self.executor.completer.settled()  # no mark on its way during the release
         leftover = unstarted + list(self._held.values())
         self._held.clear()
         if self.broker is not None and pushes_deliveries(self.broker):
@@ -616,22 +623,47 @@ class Worker:
                 logger.warning("fetching from the broker works again")
                 failures = 0
             gate = self.gate if self.gate is not None and self.gate.active else None
+            ready = []
             for delivery in batch:
                 self._held[id(delivery)] = delivery
-                if gate is None or not self._park(gate, delivery):
-                    self._enqueue(delivery)
+                gated = gate is not None and self._park(gate, delivery)
+                if not gated and not self._parks_suspect(delivery):
+                    ready.append(delivery)
+            if await self._handed(ready):
+                await asyncio.sleep(0)  # the runners start them before the next fetch is sent
             self._next_suspect()
             await self._release_surplus()
 
     def _enqueue(self, delivery: Delivery) -> None:
         """Hand ``delivery`` to the runners; a suspect is parked for the suspect slot instead
         (given out by :meth:`_next_suspect`, once the whole batch is parked)."""
+        if not self._parks_suspect(delivery):
+            self._buffer.put_nowait(delivery)
+
+    def _parks_suspect(self, delivery: Delivery) -> bool:
+        """Park ``delivery`` for the suspect slot if it is a suspect; False if it is not."""
         assert self.executor is not None
         if delivery.delivery_count > 1 and self.executor.tracks_runs:
             entry = (-delivery.strikes, next(self._arrivals), delivery)
             heapq.heappush(self._parked, entry)
-        else:
+            return True
+        return False
+
+    async def _handed(self, ready: list[Delivery]) -> bool:
+        """Put ``ready`` (fetched, neither gated nor suspects) in the buffer. When idle runners
+        will take them all at once, their runs are marked first, by one write that is not
+        waited on (:meth:`~aqueue.worker.completer.Completer.premark`): the runners then start
+        them without a round trip. True if they were so marked."""
+        assert self.executor is not None
+        marked = False
+        if ready and self._buffer.empty() and self._idle >= len(ready):
+            with contextlib.suppress(AqueueError):  # the runners mark them as usual
+                marked = await self.executor.completer.premark([(d, False) for d in ready])
+        for delivery in ready:
+            if marked:
+                self._premarked.add(id(delivery))
             self._buffer.put_nowait(delivery)
+        return marked
 
     def _ungated(self, delivery: Delivery) -> None:
         """The rate gate lets ``delivery`` through."""
@@ -720,9 +752,15 @@ class Worker:
             if delivery is None:
                 if not self._may_take():
                     return  # this worker is being recycled: stop() follows
-                delivery, premarked = await self._buffer.get(), False
+                self._idle += 1
+                try:
+                    delivery = await self._buffer.get()
+                finally:
+                    self._idle -= 1
                 if delivery is _STOP:
                     return
+                premarked = id(delivery) in self._premarked
+                self._premarked.discard(id(delivery))
                 self._taken += 1
             if after is not None:
                 after.taken = None
@@ -751,6 +789,7 @@ class Worker:
         if delivery is _STOP:
             self._buffer.put_nowait(delivery)
             return None
+        self._premarked.discard(id(delivery))  # marked again with the ack: no harm
         self._taken += 1
         return delivery, delivery is self._suspect
 

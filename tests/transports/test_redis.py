@@ -7,6 +7,7 @@ recovery from a flushed database and from a dropped or half-open pub/sub connect
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import time
 import uuid
@@ -487,3 +488,75 @@ async def test_a_burst_beyond_the_pool_bound_waits_instead_of_failing(url: str) 
         assert len(pool._available_connections) + len(pool._in_use_connections) <= MAX_CONNECTIONS
     finally:
         await client.aclose()
+
+
+async def _pending_counts(client: aioredis.Redis, queue: str) -> list[int]:
+    pending = await client.xpending_range(keys.stream(queue, 0), keys.GROUP, "-", "+", 10)
+    return [p["times_delivered"] for p in pending]
+
+
+async def test_a_written_start_mark_sets_the_counter_and_is_answered(
+    url: str, client: aioredis.Redis, brokers: list[RedisBroker], queue_name: str
+) -> None:
+    broker = await new_broker(brokers, url)
+    await broker.publish([out(queue_name, b"a"), out(queue_name, b"b")])
+    got = await broker.fetch([queue_name], 2, 5)
+
+    answer = await broker.start_written([(got[0], False), (got[1], True)])
+
+    assert answer is not None
+    await answer
+    assert await _pending_counts(client, queue_name) == [2, 3]  # running; running isolated
+    await broker.ack(got)
+
+
+async def test_a_stale_lease_is_not_marked_unanswered(
+    url: str, client: aioredis.Redis, brokers: list[RedisBroker], queue_name: str
+) -> None:
+    broker = await new_broker(brokers, url, visibility_timeout=0.4)
+    await broker.publish([out(queue_name, b"a")])
+    [got] = await broker.fetch([queue_name], 1, 5)
+    # Taken longer ago than half the visibility timeout: its mark needs an owner check.
+    older = dataclasses.replace(got.token, received=got.token.received - 0.3)
+    stale = dataclasses.replace(got, token=older)
+
+    assert await broker.start_written([(stale, False)]) is None
+    assert await _pending_counts(client, queue_name) == [1]  # nothing was sent
+    await broker.ack([got])
+
+
+async def test_a_written_mark_after_a_script_flush_is_set_all_the_same(
+    url: str, client: aioredis.Redis, brokers: list[RedisBroker], queue_name: str
+) -> None:
+    broker = await new_broker(brokers, url)
+    await broker.publish([out(queue_name, b"a")])
+    [got] = await broker.fetch([queue_name], 1, 5)
+    await client.script_flush()  # as after a restart: EVALSHA answers NOSCRIPT
+
+    answer = await broker.start_written([(got, False)])
+
+    assert answer is not None
+    await answer
+    assert await _pending_counts(client, queue_name) == [2]
+    await broker.ack([got])
+
+
+async def test_a_written_mark_whose_answer_is_cut_off_raises_and_frees_the_pool(
+    redis_server: str, brokers: list[RedisBroker], queue_name: str
+) -> None:
+    proxy = FaultProxy(int(redis_server.rsplit(":", 1)[1]))
+    proxy.start()
+    try:
+        broker = await new_broker(brokers, proxy.url(0))
+        await broker.publish([out(queue_name, b"a")])
+        [got] = await broker.fetch([queue_name], 1, 5)
+        proxy.set_latency(0.5)  # the answer is still on its way when the connection is cut
+        answer = await broker.start_written([(got, False)])
+        assert answer is not None
+        proxy.drop_all()
+        with pytest.raises(BrokerConnectionError):
+            await answer
+        proxy.set_latency(0.0)
+        await broker.ack([got])  # the pool works on: the cut connection was dropped
+    finally:
+        proxy.close()

@@ -198,6 +198,60 @@ async def test_marks_ride_with_the_acks() -> None:
     assert await broker.fetch(["q"], 200, 0) == []  # the other 100 still leased (running)
 
 
+# -- Redis: an idle worker's runs are marked as the fetcher hands them out ----------------------
+
+
+async def test_an_idle_workers_runs_are_marked_by_one_unawaited_write(redis_server: str) -> None:
+    """What an idle worker fetches for idle runners is marked with one write, not waited on:
+    no round trip of its own before the task starts (WrittenStarts)."""
+    app = poison_tasks.build(f"{redis_server}/0", f"q-{uuid.uuid4().hex[:12]}", 30)
+    nap = app.tasks["poison.nap"]
+    broker = await app.broker()
+    calls: list[tuple[str, int]] = []
+    written, start = broker.start_written, broker.start  # type: ignore[attr-defined]
+
+    async def counted_written(runs: Sequence[tuple[Delivery, bool]]) -> Any:
+        calls.append(("written", len(runs)))
+        return await written(runs)
+
+    async def counted_start(runs: Sequence[tuple[Delivery, bool]], acks: Any = ()) -> Any:
+        calls.append(("start", len(runs)))
+        return await start(runs, acks)
+
+    broker.start_written, broker.start = counted_written, counted_start  # type: ignore[attr-defined]
+    try:
+        async with Worker(app, concurrency=4) as worker:
+            for i in range(3):  # one at a time, each to an idle worker
+                assert await (await nap.delay(i, 0)).get(timeout=10) == i
+            await asyncio.wait_for(worker.wait_processed(3), 10)
+        assert calls == [("written", 1)] * 3
+    finally:
+        await app.close()
+
+
+async def test_a_worker_killed_by_a_run_marked_unawaited_blames_it(redis_server: str) -> None:
+    """The write is made before the task starts, so a worker that dies at the task's first
+    line still counts against the message (it comes back as a suspect)."""
+    url, queue = f"{redis_server}/0", f"q-{uuid.uuid4().hex[:12]}"
+    producer = poison_tasks.build(url, queue, 1.0)
+    env = {
+        "AQUEUE_BROKER_URL": url,
+        "AQUEUE_POISON_QUEUE": queue,
+        "AQUEUE_POISON_VISIBILITY": "1.0",
+    }
+    try:
+        async with WorkerProcess("tests.apps.poison_tasks:app", ["-c", "4"], env) as worker:
+            assert worker.proc is not None
+            await producer.tasks["poison.crash"].delay()
+            assert await asyncio.wait_for(worker.proc.wait(), 20) == 1
+        broker = await producer.broker()
+        [back] = await broker.fetch([queue], 1, 10)  # once the dead worker's lease ran out
+        assert back.delivery_count == 2  # it was running: a suspect now
+        await broker.ack([back])
+    finally:
+        await producer.close()
+
+
 # -- RabbitMQ: what it allows ------------------------------------------------------------------
 
 

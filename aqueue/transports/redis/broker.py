@@ -19,6 +19,9 @@ Relies on these Redis (>= 6.2) semantics; key names are in :mod:`aqueue.transpor
   counter: still 1 (never started, e.g. prefetched) - the entry is handed out unchanged; 2 or 3
   - it is added again with ``n`` one higher (and ``k`` for 3) and the old entry removed.
   :meth:`RedisBroker.release` (a graceful hand-back) copies the counts unchanged.
+  :meth:`RedisBroker.start_written` sets the same marks without waiting for the answer (an idle
+  worker's runs, :class:`~aqueue.transports.base.WrittenStarts`): the command written to the
+  socket is the record, delivered even if the worker dies next.
 - **Nothing trusted.** Fields ``n`` and ``k`` are checked here (a malformed one becomes the
   delivery's :attr:`~aqueue.transports.base.Delivery.defect`, which the worker dead-letters);
   a malformed delayed member is moved to ``aqueue:delayed-rejected`` with the reason and logged,
@@ -426,14 +429,70 @@ class RedisBroker(RedisRole):
         lost = {id(d) for (d, _), ours in zip(stale, kept, strict=True) if not ours}
         return [id(d) not in lost for d, _ in runs]
 
-    async def _ack_and_mark(
+    async def start_written(self, runs: Sequence[tuple[Delivery, bool]]) -> Awaitable[None] | None:
+        """Write the start marks of ``runs`` (see :meth:`start`) and return once the command is
+        handed to the operating system, before Redis answers, with the awaitable of the answer
+        (:class:`~aqueue.transports.base.WrittenStarts`). ``None``, having sent nothing, when
+        a lease is older than half a visibility timeout (its mark needs an owner check: call
+        :meth:`start`) or on Redis Cluster.
+
+        Raises:
+            BrokerConnectionError: the command could not be written.
+        """
+        fresh_since = time.monotonic() - self._visibility / 2
+        if self._keys.cluster or any(d.token.received < fresh_since for d, _ in runs):
+            return None
+        client, scripts = await self._session()
+        [(streams, args)] = self._ack_runs((), runs)
+        pool = client.connection_pool
+        with redis_errors(self._url, "start"):
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call, unused-ignore]
+            try:
+                await conn.send_command("EVALSHA", scripts.ack.sha, len(streams), *streams, *args)
+            except BaseException:
+                await conn.disconnect()
+                await pool.release(conn)
+                raise
+        return self._start_answer(pool, conn, runs)
+
+    async def _start_answer(
         self,
-        scripts: _Scripts,
-        acks: Sequence[Delivery],
+        pool: aioredis.ConnectionPool,
+        conn: aioredis.connection.AbstractConnection,
         runs: Sequence[tuple[Delivery, bool]],
     ) -> None:
-        """Run the ack script: XACK + XDEL ``acks``, then mark ``runs`` (leases known to be
-        ours) as running; one XACK/XDEL or XCLAIM per stream and kind (see lua/ack.lua)."""
+        """Read the answer to :meth:`start_written`'s command, then give the connection back
+        (dropped if the answer was not read whole). After a server restart the script is not
+        loaded yet (``NOSCRIPT``): the marks are then set again through the registered script.
+
+        Raises:
+            BrokerConnectionError: no answer (the mark may or may not have been set).
+            BrokerError: Redis refused the command.
+        """
+        reusable = False
+        try:
+            with redis_errors(self._url, "start"):
+                try:
+                    await conn.read_response()
+                except redis.exceptions.NoScriptError:
+                    reusable = True
+                    _, scripts = await self._session()
+                    await self._ack_and_mark(scripts, (), runs)
+                except redis.exceptions.ResponseError:
+                    reusable = True
+                    raise
+                else:
+                    reusable = True
+        finally:
+            if not reusable:
+                await conn.disconnect()
+            await pool.release(conn)
+
+    def _ack_runs(
+        self, acks: Sequence[Delivery], runs: Sequence[tuple[Delivery, bool]]
+    ) -> list[tuple[list[str], list[bytes | str | int]]]:
+        """The ack script's ``(KEYS, ARGV)`` per run (one per cluster shard touched) that acks
+        ``acks`` then marks ``runs`` as running (see lua/ack.lua)."""
         groups: dict[tuple[int, str], list[bytes]] = {}  # (mark, stream): 0 marks the acks
         for delivery in acks:
             groups.setdefault((0, delivery.token.stream), []).append(delivery.token.entry_id)
@@ -441,7 +500,7 @@ class RedisBroker(RedisRole):
             lease: _Lease = delivery.token
             groups.setdefault((3 if isolated else 2, lease.stream), []).append(lease.entry_id)
         ordered = sorted(groups.items(), key=lambda g: g[0][0])  # acks first
-        calls = []
+        found = []
         for shard in self._by_stream_shard(ordered, lambda g: g[0][1]):
             streams: list[str] = []
             acked = 0
@@ -452,7 +511,18 @@ class RedisBroker(RedisRole):
                     streams.append(stream)
                     args += [mark, len(chunk), *chunk] if mark else [len(chunk), *chunk]
                     acked += not mark
-            calls.append(scripts.ack(keys=streams, args=[keys.GROUP, self._consumer, acked, *args]))
+            found.append((streams, [keys.GROUP, self._consumer, acked, *args]))
+        return found
+
+    async def _ack_and_mark(
+        self,
+        scripts: _Scripts,
+        acks: Sequence[Delivery],
+        runs: Sequence[tuple[Delivery, bool]],
+    ) -> None:
+        """Run the ack script: XACK + XDEL ``acks``, then mark ``runs`` (leases known to be
+        ours) as running; one XACK/XDEL or XCLAIM per stream and kind (see lua/ack.lua)."""
+        calls = [scripts.ack(keys=k, args=a) for k, a in self._ack_runs(acks, runs)]
         await _gather(calls)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
