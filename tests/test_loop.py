@@ -48,3 +48,19 @@ def test_uvloop_asked_for_but_missing_says_how_to_install(monkeypatch: pytest.Mo
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import fails as if not installed
     with pytest.raises(ConfigurationError, match=r"aqueue\[uvloop\]"):
         loop.loop_factory()
+
+
+@pytest.mark.parametrize("choice", ["asyncio", "uvloop"])
+def test_the_sync_clients_loop_follows_the_choice(
+    monkeypatch: pytest.MonkeyPatch, choice: str
+) -> None:
+    from aqueue import sync
+
+    if choice == "uvloop":
+        pytest.importorskip("uvloop")
+    monkeypatch.setenv(loop.LOOP_ENV, choice)
+    sync.shutdown()  # a portal made before this test keeps its loop: start a new one
+    try:
+        assert sync.call(_loop_type).startswith(choice)
+    finally:
+        sync.shutdown()

@@ -92,7 +92,7 @@ TARGETS = {
     "p99 ms": ("ratio", 1.0),
     "Redis cmds/task": ("value", 3.0),
 }
-TARGETS_TITLE = "issue #5 targets for aqueue:"
+TARGETS_TITLE = "issues #5 and #20 targets for aqueue:"
 AMQP_TARGETS = {
     "enqueue/s": ("ratio", 3.0),
     "no-op drain/s": ("ratio", 3.0),
