@@ -55,7 +55,8 @@ class Completer:
         self.backend = backend
         self.expires = expires
         self.tracker = broker if isinstance(broker, RunTracking) else None
-        self.early = broker if self.tracker and isinstance(broker, WrittenStarts) else None
+        tracks = self.tracker is not None
+        self.early = broker if tracks and isinstance(broker, WrittenStarts) else None
         self._batcher: Batcher[_Item] = Batcher(self._flush, max_batch)
         self._answers: set[asyncio.Future[None]] = set()  # of marks written, not answered yet
         self._lost: set[int] = set()  # ids of runs whose lease was found lost when marked

@@ -469,22 +469,20 @@ class RedisBroker(RedisRole):
             BrokerConnectionError: no answer (the mark may or may not have been set).
             BrokerError: Redis refused the command.
         """
-        reusable = False
+        answered = False  # read whole, error or not: the connection can serve again
         try:
             with redis_errors(self._url, "start"):
                 try:
                     await conn.read_response()
-                except redis.exceptions.NoScriptError:
-                    reusable = True
+                except redis.exceptions.ResponseError as exc:
+                    answered = True
+                    if not isinstance(exc, redis.exceptions.NoScriptError):
+                        raise
                     _, scripts = await self._session()
                     await self._ack_and_mark(scripts, (), runs)
-                except redis.exceptions.ResponseError:
-                    reusable = True
-                    raise
-                else:
-                    reusable = True
+                answered = True
         finally:
-            if not reusable:
+            if not answered:
                 await conn.disconnect()
             await pool.release(conn)
 
