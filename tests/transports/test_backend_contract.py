@@ -53,6 +53,22 @@ async def test_store_and_get_many(backend: ResultBackend) -> None:
     assert await backend.get_many([]) == []
 
 
+async def test_a_burst_beyond_the_connection_bound_waits_instead_of_failing(
+    backend: ResultBackend,
+) -> None:
+    """Three times the Redis clients' connection bound of reads at once, all of one key (so
+    one node of a cluster): the ones past the bound wait for a connection, on one server, over
+    Sentinel and on Redis Cluster alike (whose own pools would fail them)."""
+    from aqueue.transports.redis.client import MAX_CONNECTIONS
+
+    task_id = new_id()
+    await backend.store([(task_id, b"SUCCESS")], 60)
+    answers = await asyncio.gather(
+        *(backend.get_many([task_id]) for _ in range(3 * MAX_CONNECTIONS))
+    )
+    assert answers == [[b"SUCCESS"]] * (3 * MAX_CONNECTIONS)
+
+
 async def test_store_replaces(backend: ResultBackend) -> None:
     task_id = new_id()
     await backend.store([(task_id, b"STARTED")], expires=None)

@@ -26,16 +26,17 @@ changes in behaviour:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import ClusterNode, ClusterPubSub, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, ClusterPubSub, RedisCluster
 from redis.asyncio.connection import parse_url
 
 from aqueue.exceptions import ConfigurationError
@@ -44,6 +45,7 @@ from aqueue.transports.base import ConnectionOptions
 from aqueue.transports.redis import keys
 from aqueue.transports.redis.client import (
     MAX_CONNECTIONS,
+    POOL_TIMEOUT,
     PUBSUB_BACKOFF,
     SHARDED_CHANNELS,
     SharedClient,
@@ -119,6 +121,80 @@ def parse_cluster_url(url: str) -> ClusterURL:
     return ClusterURL(nodes, name == "rediss+cluster", options)
 
 
+T = TypeVar("T")
+
+# Connections a node's pool may open beyond the bound on concurrent commands: sharded pub/sub
+# and pipelines take theirs beside the commands the bound counts.
+_NODE_HEADROOM = 32
+
+
+class BoundedRedisCluster(RedisCluster):
+    """redis-py's cluster client, with at most ``limit`` commands and pipelines in flight at
+    once: one past the bound waits (up to ``timeout`` seconds) for one to finish, as on one
+    server (:class:`~aqueue.transports.redis.client.BoundedPool`), instead of failing with
+    ``MaxConnectionsError`` once a node's pool is full (redis-py's cluster pools do not wait).
+    Each node's pool may open ``limit`` connections and some more, for sharded pub/sub and for
+    pipelines spread over several nodes.
+    """
+
+    def __init__(
+        self, *args: Any, limit: int = MAX_CONNECTIONS, timeout: float = POOL_TIMEOUT, **kwargs: Any
+    ) -> None:
+        kwargs["max_connections"] = limit + _NODE_HEADROOM
+        super().__init__(*args, **kwargs)
+        self._slots = asyncio.Semaphore(limit)
+        self._wait_timeout = timeout
+
+    async def bounded(self, call: Awaitable[T]) -> T:
+        """``await call`` holding one of the client's slots (waiting for one if need be).
+
+        Raises:
+            redis.exceptions.ConnectionError: no slot came free within the timeout (``call`` is
+                closed, never run).
+        """
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(self._wait_timeout):
+                    await self._slots.acquire()
+            except TimeoutError:
+                if inspect.iscoroutine(call):
+                    call.close()
+                raise redis.exceptions.ConnectionError(
+                    f"no free connection in the pool within {self._wait_timeout:g}s"
+                ) from None
+        else:
+            await self._slots.acquire()
+        try:
+            return await call
+        finally:
+            self._slots.release()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.bounded(super().execute_command(*args, **kwargs))
+
+    def pipeline(
+        self, transaction: Any | None = None, shard_hint: Any | None = None
+    ) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # redis-py's error
+        return _BoundedPipeline(self, transaction)  # type: ignore[abstract]
+
+
+class _BoundedPipeline(ClusterPipeline):
+    """A cluster pipeline that runs holding one of its client's slots."""
+
+    _bounded_client: BoundedRedisCluster
+
+    def __init__(self, client: BoundedRedisCluster, transaction: Any | None = None) -> None:
+        super().__init__(client, transaction)
+        self._bounded_client = client
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        return await self._bounded_client.bounded(
+            super().execute(raise_on_error, allow_redirections)
+        )
+
+
 def open_cluster_client(url: str, connection: ConnectionOptions | None = None) -> RedisCluster:
     """A redis-py cluster client for ``url`` (not yet connected; bytes responses).
 
@@ -135,7 +211,7 @@ def open_cluster_client(url: str, connection: ConnectionOptions | None = None) -
     arguments: dict[str, Any] = {
         "socket_timeout": options.socket_timeout,
         "socket_connect_timeout": options.connect_timeout,
-        "max_connections": options.max_connections or MAX_CONNECTIONS,
+        "limit": options.max_connections or MAX_CONNECTIONS,
     }
     tls = tls_arguments(options.tls)
     if tls or parsed.tls:
@@ -143,9 +219,11 @@ def open_cluster_client(url: str, connection: ConnectionOptions | None = None) -
         arguments["ssl"] = True
     arguments.update(tls)
     arguments.update(parsed.options)
+    if "max_connections" in arguments:  # the URL's ?max_connections= is the bound
+        arguments["limit"] = int(arguments.pop("max_connections"))
     check_socket_timeout(url, arguments.get("socket_timeout"))
     try:
-        return RedisCluster(
+        return BoundedRedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in parsed.nodes], **arguments
         )
     except (TypeError, redis.exceptions.RedisClusterException) as exc:
