@@ -113,6 +113,26 @@ def _connection_failure(url: str, action: str, exc: Exception) -> str:
     return f"{where} unreachable during {action}: {type(exc).__name__}: {exc}"
 
 
+async def take_slot(slots: asyncio.Semaphore, timeout: float) -> None:
+    """Acquire one of ``slots``, waiting ``timeout`` seconds at most when none is free (an
+    uncontended semaphore costs no timer).
+
+    Raises:
+        redis.exceptions.ConnectionError: none came free in time (as redis-py's own pools
+            say a full pool; callers translate it with :func:`redis_errors`).
+    """
+    if not slots.locked():
+        await slots.acquire()
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            await slots.acquire()
+    except TimeoutError:
+        raise redis.exceptions.ConnectionError(
+            f"no free connection in the pool within {timeout:g}s"
+        ) from None
+
+
 class BoundedPool:
     """A redis-py connection pool with at most ``limit`` connections out at once; a caller past
     the bound waits (up to ``timeout`` seconds) instead of failing. Mixed into a redis-py pool
@@ -135,16 +155,7 @@ class BoundedPool:
         self._checked_out: set[int] = set()
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        if self._slots.locked():
-            try:
-                async with asyncio.timeout(self._wait_timeout):
-                    await self._slots.acquire()
-            except TimeoutError:
-                raise redis.exceptions.ConnectionError(
-                    f"no free connection in the pool within {self._wait_timeout:g}s"
-                ) from None
-        else:
-            await self._slots.acquire()
+        await take_slot(self._slots, self._wait_timeout)
         try:
             connection = await super().get_connection(*args, **kwargs)  # type: ignore[misc]
         except BaseException:

@@ -50,6 +50,7 @@ from aqueue.transports.redis.client import (
     SHARDED_CHANNELS,
     SharedClient,
     check_socket_timeout,
+    take_slot,
     tls_arguments,
 )
 from aqueue.transports.redis.sentinel import server_address
@@ -152,18 +153,12 @@ class BoundedRedisCluster(RedisCluster):
             redis.exceptions.ConnectionError: no slot came free within the timeout (``call`` is
                 closed, never run).
         """
-        if self._slots.locked():
-            try:
-                async with asyncio.timeout(self._wait_timeout):
-                    await self._slots.acquire()
-            except TimeoutError:
-                if inspect.iscoroutine(call):
-                    call.close()
-                raise redis.exceptions.ConnectionError(
-                    f"no free connection in the pool within {self._wait_timeout:g}s"
-                ) from None
-        else:
-            await self._slots.acquire()
+        try:
+            await take_slot(self._slots, self._wait_timeout)
+        except BaseException:
+            if inspect.iscoroutine(call):
+                call.close()
+            raise
         try:
             return await call
         finally:
