@@ -23,7 +23,12 @@ from aqueue.transports import (
 )
 from aqueue.transports.redis import Transport
 from aqueue.transports.redis.client import PLAIN_CHANNELS, SHARDED_CHANNELS, shared_client
-from aqueue.transports.redis.cluster import ClusterClient, open_cluster_client, parse_cluster_url
+from aqueue.transports.redis.cluster import (
+    BoundedRedisCluster,
+    ClusterClient,
+    open_cluster_client,
+    parse_cluster_url,
+)
 from aqueue.transports.redis.keys import CLUSTER, SINGLE, hash_tag
 from tests.net import free_port
 
@@ -121,7 +126,8 @@ def test_a_cluster_client_speaks_tls_for_rediss_and_takes_the_pool_size() -> Non
         "redis+cluster://127.0.0.1:7000", ConnectionOptions(max_connections=7, socket_timeout=9)
     )
     assert plain.connection_kwargs["connection_class"] is not SSLConnection
-    assert plain.connection_kwargs["max_connections"] == 7
+    assert isinstance(plain, BoundedRedisCluster) and plain.limit == 7  # in flight at once
+    assert plain.connection_kwargs["max_connections"] > 7  # per node: room for pub/sub too
     assert plain.connection_kwargs["socket_timeout"] == 9
 
 

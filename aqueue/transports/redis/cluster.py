@@ -143,6 +143,7 @@ class BoundedRedisCluster(RedisCluster):
     ) -> None:
         kwargs["max_connections"] = limit + _NODE_HEADROOM
         super().__init__(*args, **kwargs)
+        self.limit = limit  # commands and pipelines in flight at once
         self._slots = asyncio.Semaphore(limit)
         self._wait_timeout = timeout
 
