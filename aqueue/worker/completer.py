@@ -149,13 +149,10 @@ class Completer:
             else:
                 await store(self.backend, records, self.expires, replies)
         if starts and self.tracker is not None:
-            if self.early is not None and not acks and not records:
-                # Marks alone (runners of an idle worker starting): the runners go on once
-                # they are written, and the answer is read meanwhile.
-                answer = await self.early.start_written(starts)
-                if answer is not None:
-                    self._await_answer(answer, len(starts))
-                    return
+            # Marks alone (runners of an idle worker starting): the runners go on once they
+            # are written, and the answer is read meanwhile.
+            if self.early is not None and not acks and not records and await self.premark(starts):
+                return
             kept = await self.tracker.start(starts, acks)
             self._lost.update(id(d) for (d, _), ours in zip(starts, kept, strict=True) if not ours)
         elif acks:

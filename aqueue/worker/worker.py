@@ -659,9 +659,9 @@ class Worker:
         if ready and self._buffer.empty() and self._idle >= len(ready):
             with contextlib.suppress(AqueueError):  # the runners mark them as usual
                 marked = await self.executor.completer.premark([(d, False) for d in ready])
+        if marked:
+            self._premarked.update(id(d) for d in ready)
         for delivery in ready:
-            if marked:
-                self._premarked.add(id(delivery))
             self._buffer.put_nowait(delivery)
         return marked
 
