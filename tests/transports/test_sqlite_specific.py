@@ -199,6 +199,34 @@ async def test_add_member_is_atomic_across_processes(url: str) -> None:
     assert sorted(values) == list(range(1, 601))
 
 
+@pytest.mark.parametrize(
+    "make", [lambda url: SQLiteBroker(url, {}), SQLiteBackend], ids=["broker", "backend"]
+)
+async def test_opening_waits_while_another_connection_writes_a_new_database(
+    tmp_path: Path, make: Callable[[str], SQLiteBroker | SQLiteBackend]
+) -> None:
+    """Putting a database in WAL mode needs an exclusive lock, and while another connection
+    holds a write lock SQLite refuses at once rather than wait out busy_timeout: two processes
+    opening one new database together failed this way. Opening now waits for the lock."""
+    path = tmp_path / "aqueue.db"
+    holding = 0.3
+    with closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("CREATE TABLE other (x)")
+        other.execute("BEGIN IMMEDIATE")  # the write lock, as another opener's schema holds it
+        other.execute("INSERT INTO other VALUES (1)")
+        loop = asyncio.get_running_loop()
+        loop.call_later(holding, other.execute, "COMMIT")
+        started = loop.time()
+        store = make(f"sqlite:///{path}")
+        try:
+            await store.connect()
+            assert loop.time() - started >= holding  # it waited for the lock, then opened
+        finally:
+            await store.close()
+    with closing(sqlite3.connect(path)) as check:
+        assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
 def _broker(url: str) -> SQLiteBroker:
     return SQLiteBroker(url, {})
 

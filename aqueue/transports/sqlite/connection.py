@@ -16,6 +16,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -92,6 +93,29 @@ def transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[N
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _to_wal(conn: sqlite3.Connection) -> str:
+    """Put the database in WAL mode (it stays so, in the file); the journal mode it is in after.
+
+    The change needs an exclusive lock. While another connection holds a write lock (another
+    process opening the same new database, writing its schema), SQLite answers ``SQLITE_BUSY``
+    at once, without waiting through ``busy_timeout``: its busy handler does not run where
+    waiting could deadlock. So the change is tried again, every 10 ms, for up to
+    :data:`BUSY_TIMEOUT` seconds.
+
+    Raises:
+        sqlite3.OperationalError: still locked after that, or any other failure.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.01)  # in the connection's own thread, not the event loop's
 
 
 class _Session:
@@ -181,7 +205,7 @@ class SQLiteConnection:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _to_wal(conn)
             if str(mode).lower() != "wal":
                 # Network file systems refuse WAL; SQLite then stays correct, only slower.
                 log.warning("SQLite %s %r is not in WAL mode (%s)", self.role, self.path, mode)
