@@ -19,8 +19,9 @@ import pytest
 from aqueue import Aqueue, Worker
 from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 from aqueue.transports import Outgoing, broker_from_url
-from aqueue.transports.amqp import delay
+from aqueue.transports.amqp import delay, publisher
 from aqueue.transports.amqp.broker import AMQPBroker
+from aqueue.transports.amqp.ledger import Ledger
 from tests.apps import tasks as e2e
 from tests.conftest import RabbitNode
 from tests.net import free_port
@@ -421,3 +422,58 @@ async def test_a_stopped_worker_hands_its_prefetched_messages_back_at_once(
         assert depth.ready == 30  # 2 cancelled runs and every prefetched message, all back
     finally:
         await app.close()
+
+
+async def fetch_all(broker: AMQPBroker, queue: str, n: int) -> list[Any]:
+    got: list[Any] = []
+    while len(got) < n:
+        batch = await broker.fetch([queue], n - len(got), 5)
+        assert batch
+        got += batch
+    return got
+
+
+async def test_one_multiple_ack_settles_the_oldest_deliveries_and_nothing_else(
+    make: Make, queue_name: str, queue_type: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acks of a channel's oldest unacked deliveries go as one ``multiple`` ack; a delivery
+    not acked, older or newer, stays leased and comes back when its holder dies."""
+    sent: list[tuple[list[int], int]] = []
+    acknowledge = publisher.acknowledge
+
+    async def spy(channel: Any, tags: Any, upto: int = 0) -> None:
+        sent.append((list(tags), upto))
+        await acknowledge(channel, tags, upto)
+
+    monkeypatch.setattr(publisher, "acknowledge", spy)
+    producer = await make(queue_type=queue_type)
+    await producer.publish([out(queue_name, b"%d" % i) for i in range(12)])
+    holder = await make(queue_type=queue_type, prefetch_count=12)
+    got = sorted(await fetch_all(holder, queue_name, 12), key=lambda d: int(d.body))
+    tags = [d.token.delivery_tag for d in got]
+    assert tags == sorted(tags)
+
+    await holder.ack(got[0:4] + got[5:8])  # 4 is held: 0-3 in one ack, 5-7 one by one
+    assert sent[-1] == (tags[5:8], tags[3])
+    await holder.ack([got[4], got[8]])  # now 4..8 are the oldest: one ack
+    assert sent[-1] == ([], tags[8])
+    await holder.ack([got[10]])  # 9 and 11 held
+    assert sent[-1] == ([tags[10]], 0)
+    await holder.close()  # dies holding 9 and 11
+
+    again = await fetch_all(await make(queue_type=queue_type), queue_name, 2)
+    assert sorted(d.body for d in again) == [b"11", b"9"]
+    assert {d.delivery_count for d in again} == {2}
+
+
+def test_the_ledger_covers_only_a_run_it_has_seen_whole() -> None:
+    ledger = Ledger()
+    for tag in (1, 2, 3, 4):
+        ledger.add(tag)
+    assert ledger.settle([2, 1, 4]) == (2, [4])  # 3 is still held
+    assert ledger.settle([3]) == (0, [3])  # one alone needs no multiple
+    assert len(ledger) == 0
+    ledger.add(6)  # 5 never reached the ledger: it cannot know what else the channel holds
+    ledger.add(7)
+    assert not ledger.exact
+    assert ledger.settle([6, 7]) == (0, [6, 7])

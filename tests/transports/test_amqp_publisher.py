@@ -125,6 +125,8 @@ def test_frames_are_those_of_basic_publish(p: Publication) -> None:
 def test_acks_are_those_of_basic_ack() -> None:
     expected = b"".join(marshal(commands.Basic.Ack(delivery_tag=t), 3) for t in (1, 7, 2**40))
     assert ack_frames(3, [1, 7, 2**40]) == expected
+    multiple = marshal(commands.Basic.Ack(delivery_tag=5, multiple=True), 3)
+    assert ack_frames(3, [1, 7, 2**40], upto=5) == multiple + expected
 
 
 def test_names_longer_than_amqp_allows_are_refused_before_anything_is_sent() -> None:

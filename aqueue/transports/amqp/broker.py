@@ -462,7 +462,9 @@ class AMQPBroker:
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         """``basic.ack`` each delivery on its channel, those of one channel in one write (no
-        reply to wait for). Acking twice is harmless.
+        reply to wait for); where they are all the channel's oldest unacked deliveries, one
+        ``multiple`` ack covers them (:class:`~aqueue.transports.amqp.ledger.Ledger`). Acking
+        twice is harmless.
 
         Raises:
             BrokerConnectionError: a delivery's channel has closed (the connection dropped):
@@ -478,7 +480,10 @@ class AMQPBroker:
                 by_channel.setdefault(channel, []).append(arrival)
         for channel, arrivals in by_channel.items():
             try:
-                await publisher.acknowledge(channel, [a.delivery_tag for a in arrivals])
+                if channel.is_closed:  # checked before the ledger: they are back in the queue
+                    raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+                upto, singles = arrivals[0].ledger.settle([a.delivery_tag for a in arrivals])
+                await publisher.acknowledge(channel, singles, upto)
             except aiormq.exceptions.ChannelInvalidStateError:
                 lost += len(arrivals)
                 continue

@@ -18,6 +18,8 @@ from typing import Any
 import aiormq.abc
 from aiormq import spec
 
+from aqueue.transports.amqp.ledger import Ledger
+
 __all__ = ["Arrival", "Buffer"]
 
 
@@ -30,6 +32,7 @@ class Arrival:
         queue: the queue it came from.
         count: its delivery count (see :mod:`aqueue.transports.amqp.broker`).
         seq: its arrival number in this buffer: older first among equal priorities.
+        ledger: the unacked deliveries of its channel, this one included until acked.
         done: acked, or handed back.
     """
 
@@ -37,6 +40,7 @@ class Arrival:
     queue: str
     count: int
     seq: int
+    ledger: Ledger
     done: bool = False
 
     @property
@@ -73,6 +77,7 @@ class Arrival:
         if not self.done:
             # No wait for the socket to drain: an ack has no reply, and order is kept anyway.
             await self.channel.basic_ack(self.delivery_tag, wait=False)
+            self.ledger.discard(self.delivery_tag)
             self.done = True
 
 
@@ -88,16 +93,29 @@ class Buffer:
         self._seq = itertools.count()
         self._expected: dict[str, int] = {}  # queue -> arrivals still expected since its start
         self._settle_until = 0.0  # loop time
+        self._ledgers: dict[aiormq.abc.AbstractChannel, Ledger] = {}  # by consumer channel
 
     def arrival(self, message: aiormq.abc.DeliveredMessage, queue: str) -> Arrival:
-        """A new arrival (count 0) for ``message``; counts towards ``queue``'s settling."""
+        """A new arrival (count 0) for ``message``, noted unacked in its channel's ledger;
+        counts towards ``queue``'s settling. Called for every delivery as it comes, in order
+        (the ledger of a channel whose deliveries skip it stops covering many per ack)."""
         expected = self._expected.get(queue)
         if expected is not None:
             if expected > 1:
                 self._expected[queue] = expected - 1
             else:
                 del self._expected[queue]
-        return Arrival(message, queue, 0, next(self._seq))
+        channel = message.channel
+        ledger = self._ledgers.get(channel)
+        if ledger is None:
+            # A new consumer channel (after a reopening): the closed ones' ledgers go.
+            for old in [c for c in self._ledgers if c.is_closed]:
+                del self._ledgers[old]
+            ledger = self._ledgers[channel] = Ledger()
+        tag = message.delivery_tag
+        assert tag is not None
+        ledger.add(tag)
+        return Arrival(message, queue, 0, next(self._seq), ledger)
 
     def push(self, arrival: Arrival) -> None:
         heapq.heappush(

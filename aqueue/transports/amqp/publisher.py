@@ -135,14 +135,19 @@ def encode(p: Publication, message_id: str, channel: int, max_body: int) -> byte
     return b"".join(parts)
 
 
-def ack_frames(channel: int, tags: Sequence[int]) -> bytes:
-    """The frames of one ``basic.ack`` per delivery tag (not ``multiple``), on ``channel``."""
-    return b"".join(_frame(_METHOD, channel, _ACK.pack(60, 80, tag, 0)) for tag in tags)
+def ack_frames(channel: int, tags: Sequence[int], upto: int = 0) -> bytes:
+    """The frames, on ``channel``, of one ``basic.ack`` with ``multiple`` set for ``upto``
+    (every delivery up to and including it; none when 0), then one ``basic.ack`` per delivery
+    tag of ``tags``."""
+    frames = [_frame(_METHOD, channel, _ACK.pack(60, 80, upto, 1))] if upto else []
+    frames.extend(_frame(_METHOD, channel, _ACK.pack(60, 80, tag, 0)) for tag in tags)
+    return b"".join(frames)
 
 
-async def acknowledge(channel: aiormq.Channel, tags: Sequence[int]) -> None:
-    """``basic.ack`` each delivery tag on ``channel``, all in one write (an ack has no reply;
-    aiormq's ``basic_ack`` writes each on its own).
+async def acknowledge(channel: aiormq.Channel, tags: Sequence[int], upto: int = 0) -> None:
+    """``basic.ack`` on ``channel``: every delivery up to ``upto`` with one ``multiple`` ack
+    (0: none), then each of ``tags``, all in one write (an ack has no reply; aiormq's
+    ``basic_ack`` writes each on its own).
 
     Raises:
         aiormq.exceptions.ChannelInvalidStateError: the channel is closed: RabbitMQ has put the
@@ -150,8 +155,8 @@ async def acknowledge(channel: aiormq.Channel, tags: Sequence[int]) -> None:
     """
     if channel.is_closed:
         raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
-    if tags:
-        frames = ack_frames(channel.number, tags)
+    if tags or upto:
+        frames = ack_frames(channel.number, tags, upto)
         await _write(channel, ChannelFrame(payload=frames, should_close=False))
 
 
