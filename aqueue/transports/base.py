@@ -400,12 +400,15 @@ class WrittenStarts(Protocol):
     needs no answer before the task runs: once the command is written to the server's socket
     the operating system delivers it even if the worker dies next (a killed process's socket is
     closed after what was written to it is sent). A worker that starts its task then saves the
-    round trip at a light load, and reads the answer meanwhile.
+    round trip, and reads the answer meanwhile: at a light load, and for the acks its runners'
+    next marks ride with (written once their results are stored).
     """
 
-    async def start_written(self, runs: Sequence[tuple[Delivery, bool]]) -> Awaitable[None] | None:
-        """Send the marks of ``runs`` (as :meth:`RunTracking.start`, no acks) and return once
-        they are written, with the awaitable of the server's answer (it raises
+    async def start_written(
+        self, runs: Sequence[tuple[Delivery, bool]], acks: Sequence[Delivery] = ()
+    ) -> Awaitable[None] | None:
+        """Send the acks of ``acks`` and the marks of ``runs`` (as :meth:`RunTracking.start`)
+        and return once they are written, with the awaitable of the server's answer (it raises
         :class:`~aqueue.exceptions.BrokerConnectionError` if none came); ``None``, having sent
         nothing, when these runs need :meth:`RunTracking.start` (a lease old enough to need an
         owner check, or a layout that cannot).

@@ -10,9 +10,11 @@ that finish in the same turn of the event loop share one ``backend.store`` call 
 On a broker that tracks runs (:class:`~aqueue.transports.base.RunTracking`) the marks of runs
 about to start travel here too, in the same broker call as the acks: a runner that finishes
 one message hands in the start of its next one with the ack, so marking costs neither a round
-trip nor a wait of its own. Marks with no ack to ride on (the runners of an idle worker
-starting) are, where the broker can (:class:`~aqueue.transports.base.WrittenStarts`), only
-written: the tasks start at once, and the answer is read while they run.
+trip nor a wait of its own. Where the broker can (:class:`~aqueue.transports.base.WrittenStarts`)
+that call is only written, once the results are stored: the runners go on to their next tasks
+without waiting for its answer, which is read while they run, so a busy runner waits for one
+round trip per task (the store), not two. Marks with no ack to ride on (the runners of an idle
+worker starting) are only written too.
 """
 
 from __future__ import annotations
@@ -100,40 +102,46 @@ class Completer:
         if self._answers:
             await asyncio.gather(*self._answers, return_exceptions=True)
 
-    async def premark(self, runs: Sequence[Run]) -> bool:
-        """Write the marks of ``runs``, about to be taken by idle runners, without waiting for
-        the answer (a :class:`~aqueue.transports.base.WrittenStarts` broker): the fetcher
-        marks what it hands straight to runners, which then start them at once.
+    async def premark(self, runs: Sequence[Run], acks: Sequence[Delivery] = ()) -> bool:
+        """Write the acks of ``acks`` and the marks of ``runs``, about to be taken by runners,
+        without waiting for the answer (a :class:`~aqueue.transports.base.WrittenStarts`
+        broker): the fetcher marks what it hands straight to idle runners, and a flush the
+        next runs of the runners whose results it stored, which then start them at once.
 
         Returns:
-            True if the marks were written; False if this broker or these leases cannot be
-            marked so (each run is then marked by its runner, as usual).
+            True if the command was written; False if this broker or these leases cannot be
+            marked so (nothing was sent: mark and ack them with an answer, as usual).
 
         Raises:
-            BrokerConnectionError: the marks could not be written.
+            BrokerConnectionError: the command could not be written.
         """
         if self.early is None:
             return False
-        answer = await self.early.start_written(runs)
+        answer = await self.early.start_written(runs, acks)
         if answer is None:
             return False
-        self._await_answer(answer, len(runs))
+        self._await_answer(answer, len(runs), len(acks))
         return True
 
-    def _await_answer(self, answer: Awaitable[None], runs: int) -> None:
-        """Read ``answer`` (to ``runs`` marks written) in the background, until :meth:`settled`."""
+    def _await_answer(self, answer: Awaitable[None], runs: int, acks: int) -> None:
+        """Read ``answer`` (to ``acks`` acks and ``runs`` marks written) in the background,
+        until :meth:`settled`."""
         pending = asyncio.ensure_future(answer)
         self._answers.add(pending)
-        pending.add_done_callback(lambda done: self._answered(done, runs))
+        pending.add_done_callback(lambda done: self._answered(done, runs, acks))
 
-    def _answered(self, answer: asyncio.Future[None], runs: int) -> None:
+    def _answered(self, answer: asyncio.Future[None], runs: int, acks: int) -> None:
         self._answers.discard(answer)
         if answer.cancelled() or answer.exception() is None:
             return
-        # Written before the tasks started, so in all likelihood set; should it not be, a
-        # worker dying during these runs would not count against their messages.
+        # Written before the tasks started, so in all likelihood done; should they not be, a
+        # worker dying during these runs would not count against their messages, and a
+        # message whose ack was lost is delivered again once its lease runs out (its result
+        # is stored already: at least once, as when a worker dies between store and ack).
         logger.warning(
-            "the start marks of %d run(s) were written but not answered: %s",
+            "the acks of %d message(s) and start marks of %d run(s) were written but not "
+            "answered: %s",
+            acks,
             runs,
             answer.exception(),
         )
@@ -149,9 +157,9 @@ class Completer:
             else:
                 await store(self.backend, records, self.expires, replies)
         if starts and self.tracker is not None:
-            # Marks alone (runners of an idle worker starting): the runners go on once they
-            # are written, and the answer is read meanwhile.
-            if self.early is not None and not acks and not records and await self.premark(starts):
+            # The results are stored: the acks and the next runs' marks need only be written,
+            # and the runners go on while the answer is read.
+            if await self.premark(starts, acks):
                 return
             kept = await self.tracker.start(starts, acks)
             self._lost.update(id(d) for (d, _), ours in zip(starts, kept, strict=True) if not ours)

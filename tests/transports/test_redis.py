@@ -525,20 +525,37 @@ async def test_a_stale_lease_is_not_marked_unanswered(
     await broker.ack([got])
 
 
-async def test_a_written_mark_after_a_script_flush_is_set_all_the_same(
+async def test_written_acks_and_marks_after_a_script_flush_are_made_all_the_same(
     url: str, client: aioredis.Redis, brokers: list[RedisBroker], queue_name: str
 ) -> None:
     broker = await new_broker(brokers, url)
-    await broker.publish([out(queue_name, b"a")])
-    [got] = await broker.fetch([queue_name], 1, 5)
+    await broker.publish([out(queue_name, b"a"), out(queue_name, b"b")])
+    done, following = await broker.fetch([queue_name], 2, 5)
     await client.script_flush()  # as after a restart: EVALSHA answers NOSCRIPT
 
-    answer = await broker.start_written([(got, False)])
+    answer = await broker.start_written([(following, False)], [done])
 
     assert answer is not None
     await answer
-    assert await _pending_counts(client, queue_name) == [2]
-    await broker.ack([got])
+    assert await _pending_counts(client, queue_name) == [2]  # "a" acked, "b" running
+    assert await client.xlen(keys.stream(queue_name, 0)) == 1  # and its entry deleted
+    await broker.ack([following])
+
+
+async def test_written_acks_ride_with_the_marks(
+    url: str, client: aioredis.Redis, brokers: list[RedisBroker], queue_name: str
+) -> None:
+    broker = await new_broker(brokers, url)
+    await broker.publish([out(queue_name, b"%d" % i) for i in range(4)])
+    got = await broker.fetch([queue_name], 4, 5)
+
+    answer = await broker.start_written([(got[2], False), (got[3], False)], got[:2])
+
+    assert answer is not None
+    await answer
+    assert await _pending_counts(client, queue_name) == [2, 2]
+    await broker.ack(got[2:])
+    assert await _pending_counts(client, queue_name) == []
 
 
 async def test_a_written_mark_whose_answer_is_cut_off_raises_and_frees_the_pool(

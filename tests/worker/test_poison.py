@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from aqueue import Aqueue, Worker
 from aqueue.transports import Delivery, Outgoing, RunTracking, broker_from_url
@@ -210,9 +211,9 @@ async def test_an_idle_workers_runs_are_marked_by_one_unawaited_write(redis_serv
     calls: list[tuple[str, int]] = []
     written, start = broker.start_written, broker.start  # type: ignore[attr-defined]
 
-    async def counted_written(runs: Sequence[tuple[Delivery, bool]]) -> Any:
+    async def counted_written(runs: Sequence[tuple[Delivery, bool]], acks: Any = ()) -> Any:
         calls.append(("written", len(runs)))
-        return await written(runs)
+        return await written(runs, acks)
 
     async def counted_start(runs: Sequence[tuple[Delivery, bool]], acks: Any = ()) -> Any:
         calls.append(("start", len(runs)))
@@ -229,16 +230,28 @@ async def test_an_idle_workers_runs_are_marked_by_one_unawaited_write(redis_serv
         await app.close()
 
 
+async def _worker_env(url: str, queue: str) -> dict[str, str]:
+    """A poison_tasks worker process's environment: a visibility timeout of 1 s. Redis's
+    scripts are flushed first, as on a server the worker's scripts never ran on (or that
+    restarted): a write it relies on must not need them loaded."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        await client.script_flush()
+    finally:
+        await client.aclose()
+    return {
+        "AQUEUE_BROKER_URL": url,
+        "AQUEUE_POISON_QUEUE": queue,
+        "AQUEUE_POISON_VISIBILITY": "1.0",
+    }
+
+
 async def test_a_worker_killed_by_a_run_marked_unawaited_blames_it(redis_server: str) -> None:
     """The write is made before the task starts, so a worker that dies at the task's first
     line still counts against the message (it comes back as a suspect)."""
     url, queue = f"{redis_server}/0", f"q-{uuid.uuid4().hex[:12]}"
     producer = poison_tasks.build(url, queue, 1.0)
-    env = {
-        "AQUEUE_BROKER_URL": url,
-        "AQUEUE_POISON_QUEUE": queue,
-        "AQUEUE_POISON_VISIBILITY": "1.0",
-    }
+    env = await _worker_env(url, queue)
     try:
         async with WorkerProcess("tests.apps.poison_tasks:app", ["-c", "4"], env) as worker:
             assert worker.proc is not None
@@ -248,6 +261,64 @@ async def test_a_worker_killed_by_a_run_marked_unawaited_blames_it(redis_server:
         [back] = await broker.fetch([queue], 1, 10)  # once the dead worker's lease ran out
         assert back.delivery_count == 2  # it was running: a suspect now
         await broker.ack([back])
+    finally:
+        await producer.close()
+
+
+async def test_a_busy_runners_ack_and_next_mark_are_written_not_awaited(
+    redis_server: str,
+) -> None:
+    """A runner that finishes a task with the next one waiting hands in its ack and the next
+    run's mark, which go to Redis in one write once the result is stored: the runner waits
+    for the store's round trip only, never for an answered start."""
+    app = poison_tasks.build(f"{redis_server}/0", f"q-{uuid.uuid4().hex[:12]}", 30)
+    nap = app.tasks["poison.nap"]
+    broker = await app.broker()
+    written_acks: list[int] = []
+    answered: list[int] = []
+    written, start = broker.start_written, broker.start  # type: ignore[attr-defined]
+
+    async def counted_written(runs: Sequence[tuple[Delivery, bool]], acks: Any = ()) -> Any:
+        written_acks.append(len(acks))
+        return await written(runs, acks)
+
+    async def counted_start(runs: Sequence[tuple[Delivery, bool]], acks: Any = ()) -> Any:
+        answered.append(len(runs))
+        return await start(runs, acks)
+
+    broker.start_written, broker.start = counted_written, counted_start  # type: ignore[attr-defined]
+    try:
+        results = [await nap.delay(i, 0) for i in range(40)]  # waiting before the worker starts
+        async with Worker(app, concurrency=2):
+            assert [await r.get(timeout=10) for r in results] == list(range(40))
+        assert answered == []
+        assert sum(written_acks) > 0  # acks rode with the next runs' marks
+        assert await broker.fetch([app.conf.task_default_queue], 10, 0.2) == []  # all acked
+    finally:
+        await app.close()
+
+
+async def test_a_worker_killed_by_a_next_run_marked_with_an_unawaited_ack_blames_it(
+    redis_server: str,
+) -> None:
+    """A runner's next run is marked by the write that acks its last one, before it starts:
+    a worker that dies at that task's first line counts against it, and the acked one is
+    not delivered again."""
+    url, queue = f"{redis_server}/0", f"q-{uuid.uuid4().hex[:12]}"
+    producer = poison_tasks.build(url, queue, 1.0)
+    env = await _worker_env(url, queue)
+    try:
+        innocent = await producer.tasks["poison.nap"].delay(7, 0)
+        await producer.tasks["poison.crash"].delay()  # both fetched at once by one runner
+        async with WorkerProcess("tests.apps.poison_tasks:app", ["-c", "1"], env) as worker:
+            assert worker.proc is not None
+            assert await asyncio.wait_for(worker.proc.wait(), 20) == 1
+        assert await innocent.get(timeout=5) == 7
+        broker = await producer.broker()
+        [back] = await broker.fetch([queue], 10, 10)  # once the dead worker's lease ran out
+        assert back.delivery_count == 2  # it was running: a suspect now
+        await broker.ack([back])
+        assert await broker.fetch([queue], 10, 1.5) == []  # the innocent one stayed acked
     finally:
         await producer.close()
 

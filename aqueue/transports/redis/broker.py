@@ -429,12 +429,15 @@ class RedisBroker(RedisRole):
         lost = {id(d) for (d, _), ours in zip(stale, kept, strict=True) if not ours}
         return [id(d) not in lost for d, _ in runs]
 
-    async def start_written(self, runs: Sequence[tuple[Delivery, bool]]) -> Awaitable[None] | None:
-        """Write the start marks of ``runs`` (see :meth:`start`) and return once the command is
-        handed to the operating system, before Redis answers, with the awaitable of the answer
+    async def start_written(
+        self, runs: Sequence[tuple[Delivery, bool]], acks: Sequence[Delivery] = ()
+    ) -> Awaitable[None] | None:
+        """Write the acks of ``acks`` and the start marks of ``runs`` (see :meth:`start`), one
+        script call, and return once the command is handed to the operating system, before
+        Redis answers, with the awaitable of the answer
         (:class:`~aqueue.transports.base.WrittenStarts`). ``None``, having sent nothing, when
-        a lease is older than half a visibility timeout (its mark needs an owner check: call
-        :meth:`start`) or on Redis Cluster.
+        a lease of ``runs`` is older than half a visibility timeout (its mark needs an owner
+        check: call :meth:`start`) or on Redis Cluster.
 
         Raises:
             BrokerConnectionError: the command could not be written.
@@ -443,30 +446,32 @@ class RedisBroker(RedisRole):
         if self._keys.cluster or any(d.token.received < fresh_since for d, _ in runs):
             return None
         client, scripts = await self._session()
-        [(streams, args)] = self._ack_runs((), runs)
+        [(streams, args)] = self._ack_runs(acks, runs)
         pool = client.connection_pool
         with redis_errors(self._url, "start"):
             conn = await pool.get_connection()  # type: ignore[no-untyped-call, unused-ignore]
             try:
-                await conn.send_command("EVALSHA", scripts.ack.sha, len(streams), *streams, *args)
+                # EVAL, the script's text, not EVALSHA: a Redis that has not loaded it (the
+                # first worker, a restart) would answer NOSCRIPT, and the marks would wait for
+                # that answer to be read, which a worker that dies meanwhile never does. Redis
+                # keeps the compiled script by its hash, so only the hash is computed again.
+                await conn.send_command("EVAL", scripts.ack.script, len(streams), *streams, *args)
             except BaseException:
                 await conn.disconnect()
                 await pool.release(conn)
                 raise
-        return self._start_answer(pool, conn, runs)
+        return self._start_answer(pool, conn)
 
     async def _start_answer(
         self,
         pool: aioredis.ConnectionPool,
         conn: aioredis.connection.AbstractConnection,
-        runs: Sequence[tuple[Delivery, bool]],
     ) -> None:
         """Read the answer to :meth:`start_written`'s command, then give the connection back
-        (dropped if the answer was not read whole). After a server restart the script is not
-        loaded yet (``NOSCRIPT``): the marks are then set again through the registered script.
+        (dropped if the answer was not read whole).
 
         Raises:
-            BrokerConnectionError: no answer (the mark may or may not have been set).
+            BrokerConnectionError: no answer (the acks and marks may or may not be made).
             BrokerError: Redis refused the command.
         """
         answered = False  # read whole, error or not: the connection can serve again
@@ -474,12 +479,9 @@ class RedisBroker(RedisRole):
             with redis_errors(self._url, "start"):
                 try:
                     await conn.read_response()
-                except redis.exceptions.ResponseError as exc:
+                except redis.exceptions.ResponseError:
                     answered = True
-                    if not isinstance(exc, redis.exceptions.NoScriptError):
-                        raise
-                    _, scripts = await self._session()
-                    await self._ack_and_mark(scripts, (), runs)
+                    raise
                 answered = True
         finally:
             if not answered:
