@@ -477,3 +477,39 @@ def test_the_ledger_covers_only_a_run_it_has_seen_whole() -> None:
     ledger.add(7)
     assert not ledger.exact
     assert ledger.settle([6, 7]) == (0, [6, 7])
+
+
+async def test_acks_reach_rabbitmq_in_the_order_they_were_settled(
+    make: Make, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two batches acked at once while the connection's writer is backed up: the second's
+    multiple ack, which covers the first's tags too, must not be written before the first's,
+    or RabbitMQ closes the channel on an ack of a tag it no longer knows."""
+    producer = await make()
+    await producer.publish([out(queue_name, b"%d" % i) for i in range(11)])
+    holder = await make(prefetch_count=11)
+    got = sorted(await fetch_all(holder, queue_name, 11), key=lambda d: int(d.body))
+    backed_up = asyncio.Event()
+    write = publisher._write
+    calls = 0
+
+    async def slow_first(channel: Any, frame: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the first batch's write waits, as for room in a full write queue
+            await backed_up.wait()
+        await write(channel, frame)
+
+    monkeypatch.setattr(publisher, "_write", slow_first)
+    first = asyncio.ensure_future(holder.ack(got[:5]))
+    second = asyncio.ensure_future(holder.ack(got[5:10]))
+    await asyncio.sleep(0.05)  # both under way; the second must wait for the first
+    backed_up.set()
+    await asyncio.gather(first, second)
+
+    await holder.ack([got[10]])  # on the same channel, still open
+    await holder.queue_depths([queue_name])  # a round trip on the connection
+    assert not got[10].token.channel.is_closed
+    await holder.close()  # what it had not acked would be back now
+    [depth] = await (await make()).queue_depths([queue_name])
+    assert depth.ready == 0

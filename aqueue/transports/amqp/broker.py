@@ -479,11 +479,13 @@ class AMQPBroker:
                 assert isinstance(channel, aiormq.Channel)
                 by_channel.setdefault(channel, []).append(arrival)
         for channel, arrivals in by_channel.items():
+            ledger = arrivals[0].ledger
             try:
-                if channel.is_closed:  # checked before the ledger: they are back in the queue
-                    raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
-                upto, singles = arrivals[0].ledger.settle([a.delivery_tag for a in arrivals])
-                await publisher.acknowledge(channel, singles, upto)
+                async with ledger.lock:  # written in the order settled (see Ledger.lock)
+                    if channel.is_closed:  # before the ledger: they are back in the queue
+                        raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+                    upto, singles = ledger.settle([a.delivery_tag for a in arrivals])
+                    await publisher.acknowledge(channel, singles, upto)
             except aiormq.exceptions.ChannelInvalidStateError:
                 lost += len(arrivals)
                 continue

@@ -16,6 +16,7 @@ else the channel holds, and from then on every ack on that channel names one tag
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 
 __all__ = ["Ledger"]
@@ -24,12 +25,16 @@ __all__ = ["Ledger"]
 class Ledger:
     """The unacked delivery tags of one channel, oldest first."""
 
-    __slots__ = ("_exact", "_next", "_tags")
+    __slots__ = ("_exact", "_next", "_tags", "lock")
 
     def __init__(self) -> None:
         self._tags: dict[int, None] = {}  # insertion order is delivery order
         self._next = 1  # the tag the next delivery must carry for the ledger to stay exact
         self._exact = True
+        # Held from settle() until its acks are written: acks must reach RabbitMQ in the order
+        # they were settled. A multiple ack written ahead of an earlier one would settle the
+        # earlier one's tags, and RabbitMQ closes the channel on an ack of an unknown tag.
+        self.lock = asyncio.Lock()
 
     def __len__(self) -> int:
         return len(self._tags)
