@@ -482,8 +482,8 @@ class AMQPBroker:
             ledger = arrivals[0].ledger
             try:
                 async with ledger.lock:  # written in the order settled (see Ledger.lock)
-                    if channel.is_closed:  # before the ledger: they are back in the queue
-                        raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+                    # On a closed channel acknowledge() raises: they are back in the queue, and
+                    # that channel's ledger is no longer used.
                     upto, singles = ledger.settle([a.delivery_tag for a in arrivals])
                     await publisher.acknowledge(channel, singles, upto)
             except aiormq.exceptions.ChannelInvalidStateError:
