@@ -280,7 +280,8 @@ _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     (
         "priorities 0..9 work on every broker with no setting (9 runs first); RabbitMQ classic "
-        "queues are declared with x-max-priority 9",
+        "queues are declared with x-max-priority 9, or without priorities with "
+        "broker_transport_options={'priorities': False}",
         ("task_queue_max_priority",),
     ),
     (

@@ -1,6 +1,8 @@
-"""RabbitMQ's CPU per delivery consumed and acked: one ``basic.ack`` per delivery, or one
-``multiple`` ack for each run of a channel's oldest deliveries (what the AMQP broker sends,
-``aqueue/transports/amqp/ledger.py``).
+"""RabbitMQ's CPU per message published and per delivery consumed and acked: one
+``basic.ack`` per delivery, or one ``multiple`` ack for each run of a channel's oldest
+deliveries (what the AMQP broker sends, ``aqueue/transports/amqp/ledger.py``); with
+``--priorities``, classic queues declared with ``x-max-priority`` or without (the
+``priorities`` transport option), both acked the AMQP broker's way.
 
 Each round fills a durable queue with ``--n`` persistent messages, then drains it through
 ``AMQPBroker.fetch`` and ``AMQPBroker.ack`` in batches of ``--batch`` (a worker's runners
@@ -11,8 +13,10 @@ Run from the repository root::
 
     python benchmarks/amqp_acks.py               # --n 20000 --batch 100 --rounds 5
     python benchmarks/amqp_acks.py --queue-type quorum
+    python benchmarks/amqp_acks.py --priorities   # classic queues with and without priorities
 
-Prints the machine, then per way: RabbitMQ's CPU per delivery (µs) and the drain rate.
+Prints the machine, then per way: RabbitMQ's CPU per message published and per delivery
+consumed (µs), and the drain rate.
 """
 
 from __future__ import annotations
@@ -46,17 +50,26 @@ def _one_by_one(ledger: Ledger, tags: Collection[int]) -> tuple[int, list[int]]:
     return 0, sorted(tags)
 
 
-async def drain(url: str, pid: int, args: argparse.Namespace, queue: str) -> tuple[float, float]:
-    """Fill ``queue``, then drain it; RabbitMQ's µs of CPU per delivery, and deliveries/s."""
-    options = {"queue_type": args.queue_type, "prefetch_count": args.batch * 2}
+async def drain(
+    url: str, pid: int, args: argparse.Namespace, queue: str, priorities: bool = True
+) -> tuple[float, float, float]:
+    """Fill ``queue``, then drain it; RabbitMQ's µs of CPU per message published and per
+    delivery consumed, and deliveries/s."""
+    options = {
+        "queue_type": args.queue_type,
+        "prefetch_count": args.batch * 2,
+        "priorities": priorities,
+    }
     producer, consumer = AMQPBroker(url, options), AMQPBroker(url, options)
     await producer.connect()
     await consumer.connect()
     try:
         body = b'{"task":"bench.noop","args":[],"kwargs":{}}' + b" " * 200
+        cpu = tree_cpu(pid)
         for start in range(0, args.n, 1000):
             count = min(1000, args.n - start)
             await producer.publish([Outgoing(queue, body, f"m{start + i}") for i in range(count)])
+        published = tree_cpu(pid) - cpu
         cpu, t0 = tree_cpu(pid), time.perf_counter()
         left = args.n
         while left:
@@ -69,7 +82,7 @@ async def drain(url: str, pid: int, args: argparse.Namespace, queue: str) -> tup
         await asyncio.sleep(0.5)  # the last acks reach the node
         used = tree_cpu(pid) - cpu
         await consumer.purge([queue])
-        return used / args.n * 1e6, args.n / elapsed
+        return published / args.n * 1e6, used / args.n * 1e6, args.n / elapsed
     finally:
         await consumer.close()
         await producer.close()
@@ -77,8 +90,19 @@ async def drain(url: str, pid: int, args: argparse.Namespace, queue: str) -> tup
 
 async def measure(
     url: str, pid: int, args: argparse.Namespace
-) -> dict[str, list[tuple[float, float]]]:
-    ways: dict[str, list[tuple[float, float]]] = {"one ack per delivery": [], "multiple acks": []}
+) -> dict[str, list[tuple[float, float, float]]]:
+    if args.priorities:
+        named = {"with priorities": True, "without priorities": False}
+        found: dict[str, list[tuple[float, float, float]]] = {way: [] for way in named}
+        for round_ in range(args.rounds):
+            for way, on in named.items():
+                queue = f"bench-prio-{round_}-{int(on)}"
+                found[way].append(await drain(url, pid, args, queue, on))
+        return found
+    ways: dict[str, list[tuple[float, float, float]]] = {
+        "one ack per delivery": [],
+        "multiple acks": [],
+    }
     for round_ in range(args.rounds):
         for way in ways:
             Ledger.settle = _one_by_one if way == "one ack per delivery" else _settle  # type: ignore[method-assign]
@@ -97,7 +121,14 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--queue-type", choices=("classic", "quorum"), default="classic")
+    parser.add_argument(
+        "--priorities",
+        action="store_true",
+        help="compare classic queues with and without x-max-priority instead",
+    )
     args = parser.parse_args()
+    if args.priorities and args.queue_type != "classic":
+        parser.error("--priorities compares classic queues")
     work = Path(tempfile.mkdtemp(prefix="aqueue-amqp-acks-"))
     services = bench.Services(work, f"amqp-acks-{time.time_ns()}")
     try:
@@ -106,9 +137,11 @@ def main() -> None:
         setup = f"{args.queue_type} queue, {args.n:,} messages, acks of {args.batch}"
         print(f"{bench.machine(None)}; {setup}")
         for way, figures in asyncio.run(measure(url, pid, args)).items():
-            cpu = statistics.median(f[0] for f in figures)
-            rate = statistics.median(f[1] for f in figures)
-            print(f"  {way:22s} RabbitMQ {cpu:6.1f} µs of CPU per delivery  {rate:8,.0f}/s")
+            sent, cpu, rate = (statistics.median(f[i] for f in figures) for i in range(3))
+            print(
+                f"  {way:22s} RabbitMQ CPU {sent:6.1f} µs per message published, {cpu:6.1f} µs "
+                f"per delivery consumed  {rate:8,.0f}/s"
+            )
     finally:
         services.stop()
 

@@ -1,17 +1,21 @@
 """The task module of ``benchmarks/throughput.py``: ``aqueue worker -A benchmarks.bench_tasks``.
 
 The broker and result backend come from ``$AQUEUE_BROKER_URL`` / ``$AQUEUE_RESULT_BACKEND``,
-which the benchmark sets for itself and for the worker it starts.
+which the benchmark sets for itself and for the worker it starts; ``$BENCH_AMQP_PRIORITIES=off``
+declares RabbitMQ's classic queues without priorities (``throughput.py --no-priorities``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 from aqueue import Aqueue
 
 app = Aqueue("bench")
+if os.environ.get("BENCH_AMQP_PRIORITIES") == "off":
+    app.conf.broker_transport_options = {"priorities": False}
 
 
 @app.task(name="bench.noop")

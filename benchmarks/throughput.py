@@ -5,6 +5,7 @@ Run from the repository root (``make bench``)::
     python benchmarks/throughput.py                       # starts a throwaway redis-server
     python benchmarks/throughput.py --n 50000 --broker redis://127.0.0.1:6379/15
     python benchmarks/throughput.py --broker amqp://guest:guest@127.0.0.1:5672/
+    python benchmarks/throughput.py --broker amqp://... --no-priorities   # FIFO classic queues
     python benchmarks/throughput.py --processes 2 --n 40000   # one process vs --processes 2
 
 With an ``amqp://`` broker (RabbitMQ), results go to a throwaway redis-server (RabbitMQ stores no
@@ -91,6 +92,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--batch", type=int, default=1_000, help="delay() calls gathered at once (default 1000)"
     )
     parser.add_argument(
+        "--no-priorities",
+        action="store_true",
+        help="with an amqp:// broker: classic queues declared without priorities "
+        "(broker_transport_options={'priorities': False}); use a vhost where the queue does "
+        "not exist with them",
+    )
+    parser.add_argument(
         "--processes",
         type=int,
         default=None,
@@ -107,6 +115,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ("redis://", "rediss://", "amqp://", "amqps://")
     ):
         parser.error("--broker must be a redis://, rediss://, amqp:// or amqps:// URL")
+    if args.no_priorities and not (args.broker or "").startswith(("amqp://", "amqps://")):
+        parser.error("--no-priorities needs an amqp:// --broker")
     return args
 
 
@@ -374,6 +384,9 @@ async def run(args: argparse.Namespace) -> None:
             servers = f"RabbitMQ {await _rabbitmq_version(url)}, results on {servers}"
         env = dict(os.environ)
         env["AQUEUE_BROKER_URL"], env["AQUEUE_RESULT_BACKEND"] = url, backend
+        if args.no_priorities:
+            env["BENCH_AMQP_PRIORITIES"] = "off"  # read by benchmarks.bench_tasks
+            app.conf.broker_transport_options = {"priorities": False}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         app.conf.update(broker_url=url, result_backend=backend)
         stack.push_async_callback(app.close)
@@ -430,7 +443,7 @@ async def run(args: argparse.Namespace) -> None:
         (
             "run",
             f"{args.n:,} no-op tasks, 1 worker process, concurrency {args.concurrency}, "
-            f"results stored",
+            f"results stored{', queues without priorities' if args.no_priorities else ''}",
         ),
         (
             "enqueue",

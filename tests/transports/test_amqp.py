@@ -8,6 +8,7 @@ errors: a refused login, an unreachable server, a queue declared with other argu
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -88,6 +89,7 @@ def test_amqp_urls_make_an_amqp_broker() -> None:
         ({"queue_type": "stream"}, "queue_type"),
         ({"prefetch_count": 0}, "prefetch_count"),
         ({"reconnect_interval": -1}, "reconnect_interval"),
+        ({"priorities": "no"}, "priorities"),
     ],
 )
 def test_bad_transport_options_are_configuration_errors(
@@ -192,6 +194,49 @@ async def test_unroutable_message_is_an_error_not_a_silent_drop(
     with pytest.raises(BrokerError, match="no queue is bound to exchange"):
         await broker.publish([lonely])
     await connection.close()
+
+
+async def test_classic_queues_without_priorities_deliver_in_publish_order(
+    url: str, make: Make, queue_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``priorities=False`` declares classic queues without ``x-max-priority``: a priority 9
+    message published after a priority 0 one comes after it, one warning says so, and a
+    broker with priorities on is refused that queue (its arguments differ), by name."""
+    caplog.set_level(logging.WARNING, logger="aqueue.transports.amqp.broker")
+    fifo = await make(priorities=False, prefetch_count=1)
+    await fifo.publish([out(queue_name, b"low", 0)])
+    await fifo.publish([out(queue_name, b"high", 9)])
+    await fifo.publish([out(queue_name, b"high again", 9)])  # warned once only
+    bodies = []
+    for _ in range(3):
+        [delivery] = await fifo.fetch([queue_name], 1, 5)
+        bodies.append(delivery.body)
+        await fifo.ack([delivery])
+    assert bodies == [b"low", b"high", b"high again"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "aqueue.transports.amqp.broker"]
+    assert len(warnings) == 1 and "declared without priorities" in warnings[0]
+    ranked = await make()
+    with pytest.raises(BrokerError, match="x-max-priority"):
+        await ranked.publish([out(queue_name, b"x", 9)])
+
+
+async def test_classic_queues_with_priorities_deliver_the_highest_first(
+    make: Make, queue_name: str
+) -> None:
+    """The default: classic queues are declared with ``x-max-priority: 9``, so a priority 9
+    message published after a priority 0 one is delivered first."""
+    broker = await make(prefetch_count=1)
+    await broker.publish([out(queue_name, b"blocker", 0)])
+    [blocker] = await broker.fetch([queue_name], 1, 5)  # holds the one prefetch slot
+    await broker.publish([out(queue_name, b"low", 0)])
+    await broker.publish([out(queue_name, b"high", 9)])
+    await broker.ack([blocker])
+    bodies = []
+    for _ in range(2):
+        [delivery] = await broker.fetch([queue_name], 1, 5)
+        bodies.append(delivery.body)
+        await broker.ack([delivery])
+    assert bodies == [b"high", b"low"]
 
 
 # -- delivery counts: a holder's channel closing returns the message -------------------------

@@ -3,7 +3,9 @@
 How the Broker Protocol maps onto AMQP 0-9-1 as RabbitMQ implements it:
 
 - **Queues** are durable; each has a dead-letter queue ``<queue>.dlq``. Classic queues (the
-  default) are declared with ``x-max-priority: 9``; ``queue_type="quorum"`` declares quorum
+  default) are declared with ``x-max-priority: 9``, or with none when the ``priorities``
+  option is ``False`` (first in, first out; RabbitMQ spends less per message on them);
+  ``queue_type="quorum"`` declares quorum
   queues instead: replicated, with ``x-delivery-limit`` = ``task_max_deliveries`` (RabbitMQ
   dead-letters a message returned more often, at least once), a delay chain of quorum queues,
   and no priorities before RabbitMQ 4 (a warning says so once): see docs/amqp.md.
@@ -114,6 +116,7 @@ _OPTIONS = frozenset(
     {
         "visibility_timeout",
         "queue_type",
+        "priorities",
         "prefetch_count",
         "reconnect_interval",
         "connect_timeout",
@@ -155,6 +158,9 @@ class AMQPBroker:
             :func:`~aqueue.transports.amqp.connection.open_connection`.
         options: broker transport options:
             ``queue_type`` (``"classic"``, default, or ``"quorum"``);
+            ``priorities`` (default ``True``: classic queues are declared with
+            ``x-max-priority: 9``; ``False``: without it, so they deliver in publish order and
+            cost RabbitMQ less per message; a queue keeps what it was declared with);
             ``prefetch_count`` (per consumed queue; default: the largest fetch ``limit`` seen,
             which is the worker's ``concurrency * worker_prefetch_multiplier``);
             ``reconnect_interval`` (seconds between reconnection attempts, default 1);
@@ -194,6 +200,12 @@ class AMQPBroker:
                 f", not {self._queue_type!r}"
             )
         self._quorum = self._queue_type == "quorum"
+        priorities = options.get("priorities", True)
+        if not isinstance(priorities, bool):
+            raise ConfigurationError(
+                f"broker_transport_options['priorities'] must be True or False, not {priorities!r}"
+            )
+        self._priorities = priorities
         prefetch = options.get("prefetch_count")
         if prefetch is not None and (
             isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1
@@ -217,9 +229,11 @@ class AMQPBroker:
             lambda: self._scratch_channel("declare"),
             self._timeout,
             max_deliveries,
+            priorities,
         )
         self._closes = 0  # close() calls so far: a waiting fetch returns when this changes
-        self._told_priorities = False  # the quorum-queue priority warning was given
+        # The warning that messages with a priority go to queues without priorities was given.
+        self._told_priorities = False
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._publisher: aio_pika.abc.AbstractRobustChannel | None = None  # confirms
         self._declarer: aio_pika.abc.AbstractRobustChannel | None = None  # declarations only
@@ -303,7 +317,7 @@ class AMQPBroker:
         if not messages:
             return
         await self._connect()
-        if self._quorum and not self._told_priorities:
+        if (self._quorum or not self._priorities) and not self._told_priorities:
             self._tell_priorities(messages)
         outcomes = await self._publish_once(messages, range(len(messages)))
         returned = [i for i, o in outcomes.items() if isinstance(o, aiormq.exceptions.PublishError)]
@@ -324,13 +338,22 @@ class AMQPBroker:
         )
 
     def _tell_priorities(self, messages: Sequence[Outgoing]) -> None:
-        """Warn once when messages with a priority go to quorum queues of a RabbitMQ before
-        4.0, which have no priorities (they are delivered in order; the priority still orders
-        what a worker has prefetched). RabbitMQ 4 quorum queues have two levels: 5..9 ahead of
-        0..4."""
+        """Warn once when messages with a priority go to queues without priorities: classic
+        queues with the ``priorities`` option off, or quorum queues of a RabbitMQ before 4.0
+        (they are delivered in order; the priority still orders what a worker has
+        prefetched). RabbitMQ 4 quorum queues have two levels: 5..9 ahead of 0..4."""
         if not any(m.priority > 0 for m in messages):
             return
         self._told_priorities = True
+        if not self._quorum:
+            log.warning(
+                "%r: messages with a priority go to classic queues declared without "
+                "priorities (broker_transport_options['priorities'] is False): they are "
+                "delivered in the order they were published (the priority only orders what a "
+                "worker has prefetched)",
+                self,
+            )
+            return
         version = self._server_version()
         if version is not None and version >= (4,):
             return

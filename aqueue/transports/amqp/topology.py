@@ -50,6 +50,7 @@ class Topology:
         scratch: opens a plain channel, for requests that may close it.
         timeout: seconds to wait for each reply.
         max_deliveries: quorum queues' ``x-delivery-limit`` (``task_max_deliveries``).
+        priorities: classic queues are declared with ``x-max-priority: 9``; ``False``: without.
     """
 
     def __init__(
@@ -60,9 +61,11 @@ class Topology:
         scratch: Callable[[], Awaitable[aiormq.abc.AbstractChannel]],
         timeout: float,
         max_deliveries: int = 5,
+        priorities: bool = True,
     ) -> None:
         self._url = url
         self._queue_type = queue_type
+        self._priorities = priorities
         self._max_deliveries = max_deliveries
         # Quorum queues found declared without aqueue's poison cap (an older aqueue, another
         # tool, another task_max_deliveries): used as they are, warned about once each.
@@ -94,7 +97,8 @@ class Topology:
         """The arguments of work queue ``queue``; ``None`` for a quorum queue found declared
         with other poison-cap arguments, which is used as it is (declared passively).
 
-        Both types dead-letter to ``<queue>.dlq``. Classic: ``x-max-priority: 9``. Quorum:
+        Both types dead-letter to ``<queue>.dlq``. Classic: ``x-max-priority: 9`` (none with
+        ``priorities`` off). Quorum:
         ``x-delivery-limit`` (``task_max_deliveries``: RabbitMQ dead-letters a message
         returned more often than that, so a message that kills every consumer before it can
         be counted still ends up there), and at-least-once dead-lettering
@@ -110,7 +114,7 @@ class Topology:
         if self._queue_type == "quorum":
             arguments["x-queue-type"] = "quorum"
             arguments.update(_POISON_CAP, **{"x-delivery-limit": self._max_deliveries})
-        else:
+        elif self._priorities:
             arguments["x-max-priority"] = MAX_PRIORITY
         return arguments
 
