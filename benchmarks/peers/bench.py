@@ -685,6 +685,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="Celery on RabbitMQ with publisher confirms (confirm_publish=True), as aqueue's "
         "delay() has them; Celery's default publishes without",
     )
+    p.add_argument(
+        "--aqueue-no-priorities",
+        action="store_true",
+        help="aqueue on RabbitMQ with classic queues declared without priorities "
+        "(broker_transport_options={'priorities': False}), as the peers declare theirs; "
+        "aqueue's default declares them with x-max-priority 9",
+    )
     p.add_argument("--json", metavar="PATH", help="also write every run's figures to PATH")
     args = p.parse_args(argv)
     if args.quick:
@@ -711,6 +718,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.celery_confirm:  # read by tasks_celery.py in the runner and the worker
         os.environ["BENCH_CELERY_CONFIRM"] = "1"
+    if args.aqueue_no_priorities:  # read by tasks_aqueue.py in the runner and the worker
+        os.environ["BENCH_AQUEUE_NO_PRIORITIES"] = "1"
     systems = [s for s in SYSTEMS if s in args.only]
     token = uuid.uuid4().hex
     logdir = Path(tempfile.mkdtemp(prefix="bench-peers-"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import sys
 import time
@@ -21,7 +22,11 @@ from _common import Adapter, gather_batched, main
 
 class AqueueAdapter(Adapter):
     name = "aqueue"
-    notes = "async tasks; delay() x1000 per gather (bulk: delay_many x1000); reply channel"
+    notes = "async tasks; delay() x1000 per gather (bulk: delay_many x1000); reply channel" + (
+        "; classic queues without priorities on RabbitMQ"
+        if os.environ.get("BENCH_AQUEUE_NO_PRIORITIES")
+        else ""
+    )
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)

@@ -1,6 +1,8 @@
 """aqueue's tasks for the peer benchmark: ``aqueue worker -A tasks_aqueue`` (cwd benchmarks/peers).
 
-URLs come from ``$BENCH_BROKER_URL`` / ``$BENCH_BACKEND_URL``, set by ``run_aqueue.py``.
+URLs come from ``$BENCH_BROKER_URL`` / ``$BENCH_BACKEND_URL``, set by ``run_aqueue.py``;
+``$BENCH_AQUEUE_NO_PRIORITIES`` (``bench.py --aqueue-no-priorities``) declares RabbitMQ's
+classic queues without priorities.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ app = Aqueue(
     broker=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0"),
     backend=os.environ.get("BENCH_BACKEND_URL") or None,
 )
+if os.environ.get("BENCH_AQUEUE_NO_PRIORITIES") and (app.conf.broker_url or "").startswith("amqp"):
+    app.conf.broker_transport_options = {"priorities": False}
 
 
 @app.task(name="bench.noop")
