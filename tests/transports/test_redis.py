@@ -367,6 +367,31 @@ async def test_watch_survives_a_dropped_pubsub_connection(url: str, client: aior
     await backend.close()
 
 
+async def test_a_record_is_published_on_its_own_channel_only_when_watched(
+    url: str, client: aioredis.Redis
+) -> None:
+    """The store script publishes a record on its task's channel only for a watcher (one that
+    went through ``watch``), whether or not it also goes to a reply channel: a plain
+    subscriber gets the marker published after the store first, a watcher gets the record."""
+    backend = RedisBackend(url)
+    unwatched, watched = str(uuid.uuid4()), str(uuid.uuid4())
+    pubsub = client.pubsub()
+    channel = keys.result_channel(unwatched)
+    await pubsub.subscribe(channel)
+    assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"
+    try:
+        async with backend.watch(watched) as queue:
+            await backend.store([(unwatched, b"NOBODY"), (watched, b"SUCCESS")], expires=60)
+            assert await asyncio.wait_for(queue.get(), 10) == b"SUCCESS"
+        await client.publish(channel, b"marker")  # after the store: arrives after the record
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+        assert message is not None and message["data"] == b"marker"
+        assert await client.get(keys.result(unwatched)) == b"NOBODY"  # stored all the same
+    finally:
+        await pubsub.aclose()
+        await backend.close()
+
+
 # -- reply channels (aqueue.results.mailbox) -------------------------------------------------
 
 

@@ -136,8 +136,8 @@ class RedisBackend(RedisRole):
         """SET each record (PX ``expires`` seconds) and PUBLISH it, in one script run.
 
         A record of an id in ``reply_to`` is published to that reply channel, one PUBLISH per
-        channel (:func:`~aqueue.results.mailbox.pack`), and to its own channel only if someone
-        watches it there (:meth:`watch`); other records are published to their own channel.
+        channel (:func:`~aqueue.results.mailbox.pack`); every record is published to its own
+        channel only if someone watches it there (:meth:`watch`).
         Reply channels not named ``aqueue:reply:*`` are ignored. A record of a task this client
         awaits reaches its mailbox here too.
 
@@ -172,21 +172,18 @@ class RedisBackend(RedisRole):
             return await self._waited(client, items) if waited else []
         names: list[str] = [_WATCHED]
         records: list[bytes] = []
-        replied = bytearray(b"0" * len(items))
         replies: dict[str, list[tuple[str, bytes]]] = {}
-        for i, (task_id, record) in enumerate(items):
+        for task_id, record in items:
             names.append(_RESULT_PREFIX + task_id)
             records.append(record)
             channel = reply_to.get(task_id) if reply_to else None
             if channel and channel.startswith(keys.REPLY_PREFIX):
                 replies.setdefault(channel, []).append((task_id, record))
-                replied[i] = 0x31  # "1"
         args: list[Any] = [
             0 if expires is None else _milliseconds(expires),
             len(_RESULT_PREFIX),
             _CHANNEL_PREFIX,
             int(time.time() * 1000),
-            bytes(replied),
             _WAITED if waited else "",
             *records,
         ]
@@ -559,8 +556,7 @@ class RedisBackend(RedisRole):
         runs: list[tuple[Any, ...]] = []
         for task_id, record in items:
             channel = reply_to.get(task_id) if reply_to else None
-            replied = bool(channel and channel.startswith(keys.REPLY_PREFIX))
-            if channel and replied:
+            if channel and channel.startswith(keys.REPLY_PREFIX):
                 replies.setdefault(channel, []).append((task_id, record))
             runs.append(
                 (
@@ -569,7 +565,6 @@ class RedisBackend(RedisRole):
                     px,
                     record,
                     CLUSTER.result_channel(task_id),
-                    b"1" if replied else b"0",
                 )
             )
         with redis_errors(self._url, "store"):
