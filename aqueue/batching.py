@@ -11,6 +11,7 @@ lone caller waits no longer than it would alone.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -51,6 +52,10 @@ class Batcher(Generic[T]):
             caller of the batch; returning errors by item index fails only the callers of
             those items (see :data:`ItemErrors`).
         max_batch: a batch with this many items is flushed at once.
+        in_flight: at most this many flushes at once (``None``: no bound). A batch opened
+            while that many are in flight stays open, taking every caller that comes, until
+            one of them ends: under load a batch then covers a flush's round trip, however the
+            callers trickle in, and a lone caller still waits for no flush but its own.
 
     A batch is flushed by a task started when it is opened, whose first step runs after every
     callback already queued in that turn of the loop, so callers woken together land in one
@@ -58,10 +63,16 @@ class Batcher(Generic[T]):
     """
 
     def __init__(
-        self, flush: Callable[[list[T]], Awaitable[ItemErrors]], max_batch: int = 1000
+        self,
+        flush: Callable[[list[T]], Awaitable[ItemErrors]],
+        max_batch: int = 1000,
+        in_flight: int | None = None,
     ) -> None:
         self._flush_fn = flush
         self.max_batch = max_batch
+        self._in_flight = in_flight
+        self._flushing = 0  # flushes in progress
+        self._turns: collections.deque[asyncio.Future[None]] = collections.deque()
         self._batch: _Batch[T] | None = None
         self._running: set[asyncio.Task[None]] = set()
 
@@ -95,8 +106,19 @@ class Batcher(Generic[T]):
                     raise error
 
     async def _run(self, batch: _Batch[T]) -> None:
+        if self._in_flight is not None and self._flushing >= self._in_flight:
+            turn = asyncio.get_running_loop().create_future()
+            self._turns.append(turn)
+            try:
+                await turn  # the batch stays open meanwhile, unless it fills up
+            except BaseException as exc:
+                if self._batch is batch:
+                    self._batch = None
+                batch.settle(None, exc)
+                raise
         if self._batch is batch:
             self._batch = None
+        self._flushing += 1
         try:
             errors = await self._flush_fn(batch.items)
         except BaseException as exc:
@@ -104,6 +126,17 @@ class Batcher(Generic[T]):
             raise
         else:
             batch.settle(errors)
+        finally:
+            self._flushing -= 1
+            self._next_turn()
+
+    def _next_turn(self) -> None:
+        """Let the oldest batch waiting for a flush to end go (one that is still waiting)."""
+        while self._turns:
+            turn = self._turns.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
 
 
 def _consume(fut: asyncio.Future[Any]) -> None:

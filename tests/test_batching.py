@@ -82,3 +82,59 @@ async def test_a_cancelled_caller_leaves_the_flush_and_the_others_alone(
     with caplog.at_level(logging.ERROR, "asyncio"):
         gc.collect()
     assert "never retrieved" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("bound", "expected"),
+    [(1, [[0], [1, 2, 3, 4], [5]]), (None, [[0], [1], [2], [3], [4], [5]])],
+)
+async def test_callers_trickling_in_while_a_flush_is_in_flight_share_the_next_one(
+    bound: int | None, expected: list[list[int]]
+) -> None:
+    """With ``in_flight=1``, callers arriving one loop turn apart while a flush is in flight
+    all wait in one open batch, flushed as a whole once the first ends; a caller that comes
+    when nothing is in flight is flushed at once. Without the bound, each is a flush."""
+    flushes: list[list[int]] = []
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def flush(items: list[int]) -> ItemErrors:
+        flushes.append(list(items))
+        if items[0] == 0:
+            started.set()
+            await release.wait()  # the first flush is in flight until released
+        return None
+
+    batcher = Batcher(flush, in_flight=bound)
+    first = asyncio.ensure_future(batcher.submit([0]))
+    await started.wait()
+    trickle = []
+    for i in range(1, 5):  # one loop turn apart, as deliveries finish one by one
+        trickle.append(asyncio.ensure_future(batcher.submit([i])))
+        await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(first, *trickle)
+    await batcher.submit([5])  # nothing in flight: flushed at once, alone
+    assert flushes == expected
+
+
+async def test_a_bounded_batcher_fails_the_callers_of_a_failed_flush_and_goes_on() -> None:
+    """A failed flush reaches its callers only; the batch waiting for it is flushed after it."""
+    flushes: list[list[int]] = []
+    started = asyncio.Event()
+
+    async def flush(items: list[int]) -> ItemErrors:
+        flushes.append(list(items))
+        if items == [0]:
+            started.set()
+            await asyncio.sleep(0)
+            raise ValueError("first flush failed")
+        return None
+
+    batcher = Batcher(flush, in_flight=1)
+    first = asyncio.ensure_future(batcher.submit([0]))
+    await started.wait()
+    second = asyncio.ensure_future(batcher.submit([1]))
+    with pytest.raises(ValueError, match="first flush failed"):
+        await first
+    await second
+    assert flushes == [[0], [1]]

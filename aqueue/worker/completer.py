@@ -15,6 +15,11 @@ that call is only written, once the results are stored: the runners go on to the
 without waiting for its answer, which is read while they run, so a busy runner waits for one
 round trip per task (the store), not two. Marks with no ack to ride on (the runners of an idle
 worker starting) are only written too.
+
+One batch is finished at a time: runners that finish while a batch is being stored and acked
+join the next one, which is finished as a whole when the first is done. On a broker that
+pushes deliveries one at a time (RabbitMQ) runners finish a few per loop turn, and batches
+then cover a round trip instead of a turn; a lone runner still waits for no batch but its own.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ class Completer:
         backend: where results go, or ``None`` when results are not stored.
         expires: seconds results are kept (the ``result_expires`` setting), or ``None``.
         max_batch: flush at once when a batch holds this many calls.
+
+    One batch is stored and acked at a time (:class:`~aqueue.batching.Batcher`'s
+    ``in_flight=1``); calls made meanwhile wait in the next batch.
     """
 
     def __init__(
@@ -59,7 +67,7 @@ class Completer:
         self.tracker = broker if isinstance(broker, RunTracking) else None
         tracks = self.tracker is not None
         self.early = broker if tracks and isinstance(broker, WrittenStarts) else None
-        self._batcher: Batcher[_Item] = Batcher(self._flush, max_batch)
+        self._batcher: Batcher[_Item] = Batcher(self._flush, max_batch, in_flight=1)
         self._answers: set[asyncio.Future[None]] = set()  # of marks written, not answered yet
         self._lost: set[int] = set()  # ids of runs whose lease was found lost when marked
         # Stores the records in place of the backend's plain store and settles the tasks sent
