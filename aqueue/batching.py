@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -90,8 +91,7 @@ class Batcher(Generic[T]):
             # (the other callers woken with us): it closes the batch, then flushes it.
             task = asyncio.ensure_future(self._run(batch))
             self._running.add(task)  # the loop keeps only weak references to tasks
-            task.add_done_callback(self._running.discard)
-            task.add_done_callback(_consume)
+            task.add_done_callback(functools.partial(self._ended, batch))
         first = len(batch.items)
         batch.items.extend(items)
         if len(batch.items) >= self.max_batch:
@@ -109,13 +109,7 @@ class Batcher(Generic[T]):
         if self._in_flight is not None and self._flushing >= self._in_flight:
             turn = asyncio.get_running_loop().create_future()
             self._turns.append(turn)
-            try:
-                await turn  # the batch stays open meanwhile, unless it fills up
-            except BaseException as exc:
-                if self._batch is batch:
-                    self._batch = None
-                batch.settle(None, exc)
-                raise
+            await turn  # the batch stays open meanwhile, unless it fills up
         if self._batch is batch:
             self._batch = None
         self._flushing += 1
@@ -139,7 +133,13 @@ class Batcher(Generic[T]):
                 return
 
 
-def _consume(fut: asyncio.Future[Any]) -> None:
-    # The error reached every caller through the batch's future; don't log it again.
-    if not fut.cancelled():
-        fut.exception()
+    def _ended(self, batch: _Batch[T], task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if task.cancelled():
+            # Cancelled (a shutdown) while waiting for its turn, or even before its first step,
+            # when none of ``_run`` ran: close the batch and cancel the callers still waiting.
+            if self._batch is batch:
+                self._batch = None
+            batch.settle(None, asyncio.CancelledError())
+        else:
+            task.exception()  # it reached every caller of the batch; don't log it again

@@ -138,3 +138,40 @@ async def test_a_bounded_batcher_fails_the_callers_of_a_failed_flush_and_goes_on
         await first
     await second
     assert flushes == [[0], [1]]
+
+
+@pytest.mark.parametrize("waiting_for_its_turn", [True, False])
+async def test_a_batch_cancelled_before_its_flush_cancels_its_callers(
+    waiting_for_its_turn: bool,
+) -> None:
+    """Cancelling a batch's task (a loop shutting down) while it waits for a flush to end, or
+    before its first step, cancels that batch's callers, flushes nothing of it, and leaves the
+    next caller a fresh batch."""
+    flushes: list[list[int]] = []
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def flush(items: list[int]) -> ItemErrors:
+        flushes.append(list(items))
+        if items == [0]:
+            started.set()
+            await release.wait()
+        return None
+
+    batcher = Batcher(flush, in_flight=1)
+    first = asyncio.ensure_future(batcher.submit([0]))
+    await started.wait()
+    flushing = set(batcher._running)
+    waiting = [asyncio.ensure_future(batcher.submit([i])) for i in (1, 2)]
+    await asyncio.sleep(0)  # the second batch opened; its task has not run yet
+    if waiting_for_its_turn:
+        await asyncio.sleep(0)
+    assert len(batcher._turns) == waiting_for_its_turn
+    (turn,) = batcher._running - flushing
+    turn.cancel()
+    for caller in waiting:
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+    release.set()
+    await first
+    await batcher.submit([3])
+    assert flushes == [[0], [3]]

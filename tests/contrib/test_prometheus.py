@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -142,9 +145,11 @@ async def test_liveness_fails_while_the_event_loop_is_blocked(app: Aqueue) -> No
                 await asyncio.sleep(0.01)
 
 
-async def test_the_cli_serves_metrics_of_its_processes(redis_server: str) -> None:
+async def test_the_cli_serves_metrics_of_its_processes(redis_server: str, tmp_path: Path) -> None:
+    """The supervisor serves its children's metrics summed, and removes their multi-process
+    directory (made under ``TMPDIR``) when it stops."""
     queue = f"q-{uuid.uuid4().hex[:12]}"
-    env = {"AQUEUE_BROKER_URL": redis_server, "AQUEUE_E2E_QUEUE": queue}
+    env = {"AQUEUE_BROKER_URL": redis_server, "AQUEUE_E2E_QUEUE": queue, "TMPDIR": str(tmp_path)}
     producer = Aqueue("p", broker=redis_server, backend=redis_server)
     port = free_port()
     args = ["-c", "4", "--processes", "2", "--metrics-port", str(port),
@@ -159,9 +164,13 @@ async def test_the_cli_serves_metrics_of_its_processes(redis_server: str) -> Non
                 await r.get(timeout=20)
             status, text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
             ready = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/readyz")
+            assert [n[:15] for n in os.listdir(tmp_path)] == ["aqueue-metrics-"]
+            proc.signal(signal.SIGTERM)
+            assert await proc.wait() == 0
     finally:
         await producer.close()
     assert status == 200 and ready[0] == 200
     samples = _samples(text)
     key = ("aqueue_tasks_succeeded_total", (("queue", queue), ("task", "logs.say")))
     assert samples[key] == 20  # summed over both children
+    assert os.listdir(tmp_path) == []  # the directory is gone

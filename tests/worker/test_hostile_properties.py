@@ -277,8 +277,9 @@ ROW_DEFECTS: dict[str, Any] = {"body": 12.5, "delivery_count": "x", "strikes": -
 @settings(SETTINGS, max_examples=10)
 @given(mix=message_mix(), columns=st.lists(st.sampled_from(sorted(ROW_DEFECTS)), max_size=3))
 def test_sqlite_worker_never_stalls(mix: list[tuple[str, Any]], columns: list[str]) -> None:
-    url = f"sqlite:///{tempfile.mkdtemp(prefix='aqueue-props-')}/props.db"
-    asyncio.run(feed(url, url, mix, _sqlite_rows(columns)))
+    with tempfile.TemporaryDirectory(prefix="aqueue-props-") as directory:
+        url = f"sqlite:///{directory}/props.db"
+        asyncio.run(feed(url, url, mix, _sqlite_rows(columns)))
 
 
 def _sqlite_rows(columns: list[str]) -> Corrupt:
