@@ -7,7 +7,8 @@ the moment the run's start mark is sent (written, where the broker does not wait
 answer; answered, where it does), and the task returns those stamps with the time of its
 first line. Against the sender's clock (one machine, one clock), per task:
 
-- ``delay()`` called -> the worker's read returns;
+- ``delay()`` called -> the publish written to the socket, in the sender (the client's share);
+- -> the worker's read returns (Redis, and waking the worker);
 - -> the start mark sent (decode, admit, mark);
 - -> the task's first line;
 - the total.
@@ -19,8 +20,9 @@ Run from the repository root::
 
 A throwaway redis-server (no persistence) is the broker and result backend. Prints the machine
 and p50/p99 in milliseconds per stage. The stamps are patched onto the Redis broker and the
-executor in the worker process only (``AQUEUE_LATENCY_STAGES=worker``); a task whose stamps are
-out of order (two messages in flight at once) is left out and counted.
+executor in the worker process (``AQUEUE_LATENCY_STAGES=worker``), and onto redis-py's
+connection in the sender (its first command written after each ``delay()`` call: the publish);
+a task whose stamps are out of order (two messages in flight at once) is left out and counted.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: import this checkout's aq
 from aqueue import Aqueue  # noqa: E402
 
 STAMPS: dict[str, float] = {"read": 0.0, "marked": 0.0}
+WRITTEN: dict[str, float] = {"at": 0.0}  # in the sender: its first write since it was reset
 
 app = Aqueue(
     "latency-stages",
@@ -82,6 +85,21 @@ if os.environ.get("AQUEUE_LATENCY_STAGES") == "worker":
     _stamp_after(Executor, "_start", "marked")  # the runner's own mark, answered
 
 
+def _stamp_writes() -> None:
+    """In the sender: stamp ``WRITTEN["at"]`` when a command has been written to Redis (redis-py
+    hands it to the socket, without waiting for the answer), unless already stamped."""
+    from redis.asyncio.connection import AbstractConnection
+
+    original = AbstractConnection.send_packed_command
+
+    async def stamped(self: Any, command: Any, check_health: bool = True) -> None:
+        await original(self, command, check_health)
+        if not WRITTEN["at"]:
+            WRITTEN["at"] = time.time()
+
+    AbstractConnection.send_packed_command = stamped  # type: ignore[method-assign]
+
+
 def _pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))] * 1000
@@ -96,7 +114,8 @@ async def measure(url: str, n: int, rate: float) -> dict[str, list[float]]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     app.conf.update(broker_url=url, result_backend=url)
     stages: dict[str, list[float]] = {
-        "delay() called -> the worker's read returns": [],
+        "delay() called -> the publish written": [],
+        "-> the worker's read returns": [],
         "-> the start mark sent": [],
         "-> the task's first line": [],
         "total": [],
@@ -105,22 +124,31 @@ async def measure(url: str, n: int, rate: float) -> dict[str, list[float]]:
     async with worker:
         for _ in range(50):  # warm-up: connections, the reply channel, the worker's loop
             await (await probe.delay()).get(timeout=10)
-        sent, handles = [], []
+        _stamp_writes()
+        sent, written, handles = [], [], []
         begin = time.monotonic()
         for i in range(n):
             pause = begin + i / rate - time.monotonic()
             if pause > 0:
                 await asyncio.sleep(pause)  # the pace of the load, not a synchronisation
+            WRITTEN["at"] = 0.0
             sent.append(time.time())
             handles.append(await probe.delay())
+            written.append(WRITTEN["at"])
         stamps = [await h.get(timeout=30) for h in handles]
     await app.close()
     skipped = 0
-    for at, s in zip(sent, stamps, strict=True):
-        if not at <= s["read"] <= s["marked"] <= s["start"]:
+    for at, out, s in zip(sent, written, stamps, strict=True):
+        if not at <= out <= s["read"] <= s["marked"] <= s["start"]:
             skipped += 1
             continue
-        row = (s["read"] - at, s["marked"] - s["read"], s["start"] - s["marked"], s["start"] - at)
+        row = (
+            out - at,
+            s["read"] - out,
+            s["marked"] - s["read"],
+            s["start"] - s["marked"],
+            s["start"] - at,
+        )
         for values, value in zip(stages.values(), row, strict=True):
             values.append(value)
     if skipped:
