@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import threading
 import uuid
@@ -23,6 +24,7 @@ from pamqp.header import ContentHeader
 from aqueue import Aqueue
 from aqueue.exceptions import BrokerConnectionError, BrokerError, PublishIncomplete
 from aqueue.transports import Outgoing
+from aqueue.transports.amqp import publisher
 from aqueue.transports.amqp.broker import AMQPBroker
 from aqueue.transports.amqp.publisher import Publication, ack_frames, encode
 from tests.conftest import RabbitNode, until
@@ -356,3 +358,41 @@ async def test_delays_that_return_are_delivered_when_the_connection_drops(
         f"all delivered; raised BrokerConnectionError: {len(raised[False])} with retry=False, "
         f"{len(raised[True])} with the default retry policy"
     )
+
+
+async def test_waiting_cancelled_after_a_nack_leaves_no_unretrieved_error(
+    rabbitmq_server: RabbitNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A send whose deadline cancels the wait for its confirms, after RabbitMQ nacked some of
+    them and while an earlier one is still pending, logs no "Future exception was never
+    retrieved" for the nacked ones."""
+    connection = await aiormq.connect(rabbitmq_server.url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        with rejecting_after_three(rabbitmq_server) as queue:
+            await channel.queue_declare(queue, durable=True)
+            sent = await publisher.publish(
+                channel, [Publication(b"%d" % i, "", queue) for i in range(5)]
+            )
+            async with asyncio.timeout(30):
+                while not all(f.done() for f in sent.futures):  # noqa: ASYNC110 - no event
+                    await asyncio.sleep(0.01)
+            # The two over the limit nacked (read from repr: exception() would retrieve them).
+            nacked = [f for f in sent.futures if "DeliveryError" in repr(f)]
+            assert nacked == sent.futures[3:]
+            # A confirm still to come ahead of them: the wait blocks on it, then is cancelled.
+            pending = asyncio.get_running_loop().create_future()
+            confirms = publisher.Confirms(channel, 1_000_000, ["a", "b", "c"], [pending, *nacked])
+            waiting = asyncio.ensure_future(confirms.outcomes(30))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await channel.queue_delete(queue)
+    finally:
+        await connection.close()
+    del sent, nacked, confirms, waiting, pending
+    with caplog.at_level(logging.ERROR, "asyncio"):
+        gc.collect()
+    assert "never retrieved" not in caplog.text

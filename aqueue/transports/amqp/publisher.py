@@ -267,7 +267,10 @@ class Confirms:
                 if confirmations.get(tag) is future:
                     del confirmations[tag]  # a late ack finds nothing to resolve
                 future.set_exception(reason)
-                future.exception()  # retrieved: a cancelled caller leaves no "never retrieved"
+            if not future.cancelled():
+                # Retrieved, nacked ones too: a caller cancelled while it waited (its send's
+                # deadline) leaves no "Future exception was never retrieved" in the log.
+                future.exception()
 
 
 _FIRST = asyncio.FIRST_COMPLETED
