@@ -90,9 +90,15 @@ async def setup(
     backend = f"{redis_server}/0"
     monkeypatch.setenv("AQUEUE_RESULT_BACKEND", backend)
     queue = f"cq-{uuid.uuid4().hex[:12]}"
+    nodes = sorted(n.name for n in rabbitmq_cluster.nodes)
+    # The tests take one node of three away from a queue with a member on each: so every node
+    # runs (one a test restarted may still be rejoining), and every member is online, first.
+    await until(lambda: _all_running(rabbitmq_cluster, nodes), 60, "every node running")
     warm = build(rabbitmq_cluster.url, queue)
     await warm.send_task("cluster.stamp", (0,), ignore_result=True)
     await warm.close()
+    assert queue_info(rabbitmq_cluster, queue).members == nodes
+    await until(lambda: _queue_whole(rabbitmq_cluster, queue), 60, "every member online")
     leader_name = queue_info(rabbitmq_cluster, queue).leader
     [leader] = [n for n in rabbitmq_cluster.nodes if n.name == leader_name]
     order = [leader, *(n for n in rabbitmq_cluster.nodes if n is not leader)]
@@ -173,6 +179,10 @@ async def test_a_node_stopped_mid_run_loses_nothing(
             await asyncio.gather(*pending)
             assert stopper is not None
             await asyncio.get_running_loop().run_in_executor(None, stopper.join)
+            # What the cluster says with the node away, for a failure's message.
+            away = await asyncio.get_running_loop().run_in_executor(
+                None, _queue_and_logs, rabbitmq_cluster, setup.queue
+            )
 
             sent = [s for s in sends if s.task_id is not None]
             handles = [setup.app.AsyncResult(s.task_id) for s in sent if s.task_id]
@@ -215,10 +225,35 @@ async def test_a_node_stopped_mid_run_loses_nothing(
             f"  consumers: longest pause in task starts {start_pause:.2f} s, resumed "
             f"{starts_back - asked:.2f} s after the stop began"
         )
-    assert not raised, raised[:3]
+    assert not raised, f"{raised[:3]}\n{away}"
     assert not lost, f"{len(lost)} sent tasks never ran"
     assert start_pause < 10, f"consumers were away {start_pause:.1f} s"
     await until(lambda: _queue_whole(rabbitmq_cluster, setup.queue), 60, "node rejoined")
+
+
+def _queue_and_logs(cluster: RabbitCluster, queue: str) -> str:
+    """``queue``'s members and leader, and the end of each running node's log."""
+    try:
+        info: object = queue_info(cluster, queue)
+    except AssertionError as exc:
+        info = exc
+    logs = [f"--- {n.name}:\n{n.log(40)}" for n in cluster.nodes if n.proc is not None]
+    return "\n".join([f"queue {queue}: {info}", *logs])
+
+
+async def _all_running(cluster: RabbitCluster, nodes: list[str]) -> bool:
+    """Every node of ``nodes`` running, as each running node sees the cluster."""
+
+    def ask() -> bool:
+        for node in cluster.nodes:
+            if node.proc is None:
+                return False
+            status = json.loads(node.ctl("cluster_status", "--formatter", "json"))
+            if sorted(map(str, status.get("running_nodes", []))) != nodes:
+                return False
+        return True
+
+    return await asyncio.get_running_loop().run_in_executor(None, ask)
 
 
 async def _queue_whole(cluster: RabbitCluster, queue: str) -> bool:
