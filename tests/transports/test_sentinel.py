@@ -9,6 +9,7 @@ test-cluster`` does).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,12 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.asyncio.sentinel import MasterNotFoundError
 
 from aqueue import Aqueue
 from aqueue.exceptions import BrokerConnectionError, ConfigurationError
 from aqueue.transports import broker_from_url
 from aqueue.transports.base import ConnectionOptions, Outgoing
-from aqueue.transports.redis.sentinel import SentinelClient, parse_sentinel_url
+from aqueue.transports.redis.sentinel import (
+    SentinelClient,
+    open_sentinel_client,
+    parse_sentinel_url,
+)
 from aqueue.transports.urls import redacted_url
 from tests.chaos import chaos_app
 from tests.chaos.harness import Ledger, worker, worker_env
@@ -157,6 +163,38 @@ async def test_every_role_works_through_the_sentinels(
         assert [d.queue for d in await broker.queue_depths([queue])] == [queue]  # type: ignore[attr-defined]
     finally:
         await app.close()
+
+
+@pytest.mark.parametrize("turns", [0, 1, 3])
+async def test_closing_the_sentinels_during_a_discovery_leaves_no_connection_open(
+    sentinel_group: SentinelGroup, turns: int
+) -> None:
+    """Closing while a round of questions is under way (``turns`` loop turns after it was
+    asked for: 0, not started yet) waits for it, so that no connection it opens is left open
+    in the closed clients' pools (a ResourceWarning once the loop is gone); a round asked for
+    after the close is refused."""
+    url = sentinel_group.url(0, sentinel_password=SENTINEL_PASSWORD)
+    sentinels, client, service = open_sentinel_client(url)
+    asking = asyncio.ensure_future(sentinels.discover_master(service))
+    for _ in range(turns):
+        await asyncio.sleep(0)  # the round under way, at some step of its questions
+    await sentinels.aclose()
+    [outcome] = await asyncio.gather(asking, return_exceptions=True)
+    await client.aclose()
+    left = [
+        connection
+        for sentinel in sentinels.sentinels
+        for connection in (
+            *sentinel.connection_pool._available_connections,
+            *sentinel.connection_pool._in_use_connections,
+        )
+        if connection.is_connected
+    ]
+    assert left == []
+    if turns == 0:
+        assert isinstance(outcome, MasterNotFoundError) and "closed" in str(outcome)
+    else:
+        assert isinstance(outcome, tuple) and outcome[1] in sentinel_group.data_ports, outcome
 
 
 async def test_a_wrong_sentinel_password_or_service_fails_at_once_naming_each_sentinel(

@@ -259,15 +259,26 @@ class Sentinels(Sentinel):
         super().__init__(*args, **kwargs)
         self._asking: dict[str, asyncio.Future[tuple[str, int]]] = {}
         self._late: set[asyncio.Future[Any]] = set()  # questions answered after the grace
+        self._closed = False
 
     async def aclose(self) -> None:
-        """Close every sentinel's client, after the questions still under way (at most
-        :data:`ANSWER_GRACE` seconds more, then they are cancelled)."""
+        """Close every sentinel's client, after the rounds of questions under way (each ends
+        within the sentinels' socket timeouts) and then the late answers of finished rounds (at
+        most :data:`ANSWER_GRACE` seconds more, then they are cancelled).
+
+        A round still running when the clients closed would open its connections again, and
+        leave them open in the closed clients' pools; no round starts once this is called."""
+        self._closed = True
+        rounds = set(self._asking.values())
+        if rounds:
+            await asyncio.wait(rounds)
         late, self._late = self._late, set()
         if late:
             _, pending = await asyncio.wait(late, timeout=ANSWER_GRACE)
             for ask in pending:
                 ask.cancel()
+            if pending:
+                await asyncio.wait(pending)  # ended, so that closing the clients closes all
         await super().aclose()
 
     async def discover_master(self, service_name: str) -> tuple[str, int]:
@@ -280,8 +291,11 @@ class Sentinels(Sentinel):
 
         Raises:
             MasterNotFoundError: no sentinel answered with a valid primary (a
-                :class:`redis.exceptions.ConnectionError`); names each sentinel's error.
+                :class:`redis.exceptions.ConnectionError`); names each sentinel's error; or
+                :meth:`aclose` was called.
         """
+        if self._closed:
+            raise MasterNotFoundError(f"the sentinels of {service_name!r} are closed")
         asking = self._asking.get(service_name)
         if asking is None:
             asking = self._asking[service_name] = asyncio.ensure_future(self._ask(service_name))
