@@ -132,7 +132,6 @@ class Batcher(Generic[T]):
                 turn.set_result(None)
                 return
 
-
     def _ended(self, batch: _Batch[T], task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         if task.cancelled():
