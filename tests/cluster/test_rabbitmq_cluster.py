@@ -234,6 +234,36 @@ async def test_a_node_stopped_mid_run_loses_nothing(
     await until(lambda: _queue_whole(rabbitmq_cluster, setup.queue), 60, "node rejoined")
 
 
+async def test_a_first_send_just_after_the_leader_died_goes_through(
+    setup: Setup, rabbitmq_cluster: RabbitCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The producer is connected to a node that stays, and sends its first task to the queue
+    just after the queue's leader was killed. RabbitMQ 3.10 nacks a channel's publishes to a
+    quorum queue for as long as the leader the queue's record named at the channel's first
+    publish is down; aqueue then publishes on a new channel (aqueue.transports.amqp.renewal).
+    The send goes through within its retry policy, once the new leader is recorded."""
+    stays = next(n for n in rabbitmq_cluster.nodes if n is not setup.leader)
+    app = build(stays.url, setup.queue)
+    stamp = app.tasks["cluster.stamp"]
+    loop = asyncio.get_running_loop()
+    took: float | None = None
+    try:
+        # Connected, its channels open; nothing sent to the queue yet (setup's one task waits).
+        [before] = (await cluster_status(app, [setup.queue])).queues
+        await loop.run_in_executor(None, setup.leader.kill)
+        began = time.monotonic()
+        await stamp.apply_async((0,), retry_policy=PATIENT)
+        took = time.monotonic() - began
+        [after] = (await cluster_status(app, [setup.queue])).queues
+        assert after.ready == before.ready + 1
+    finally:
+        await app.close()
+        await loop.run_in_executor(None, setup.leader.start)
+    with capsys.disabled():
+        print(f"\nthe first send after the leader's SIGKILL was confirmed in {took:.2f} s")
+    await until(lambda: _queue_whole(rabbitmq_cluster, setup.queue), 60, "node rejoined")
+
+
 def _queue_and_logs(cluster: RabbitCluster, queue: str) -> str:
     """``queue``'s members and leader, and the end of each running node's log."""
     try:

@@ -24,7 +24,7 @@ from pamqp.header import ContentHeader
 from aqueue import Aqueue
 from aqueue.exceptions import BrokerConnectionError, BrokerError, PublishIncomplete
 from aqueue.transports import Outgoing
-from aqueue.transports.amqp import publisher
+from aqueue.transports.amqp import publisher, renewal
 from aqueue.transports.amqp.broker import AMQPBroker
 from aqueue.transports.amqp.publisher import Publication, ack_frames, encode
 from tests.conftest import RabbitNode, until
@@ -396,3 +396,43 @@ async def test_waiting_cancelled_after_a_nack_leaves_no_unretrieved_error(
     with caplog.at_level(logging.ERROR, "asyncio"):
         gc.collect()
     assert "never retrieved" not in caplog.text
+
+
+async def test_after_a_nack_publishing_moves_to_a_new_channel_and_the_old_one_closes_later(
+    rabbitmq_server: RabbitNode, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RabbitMQ may nack every publish of a channel to a quorum queue whose leader died before
+    the channel first published to it (aqueue.transports.amqp.renewal, and the cluster test
+    tests/cluster/test_rabbitmq_cluster.py). So after a nack the broker publishes on a new
+    channel, and closes the old one once every wait for its confirms has ended
+    (``operation_timeout``); at most once per ``MIN_INTERVAL`` seconds. It reads the broker's
+    private ``_publisher``: which channel publishes is nowhere else to be seen."""
+    monkeypatch.setattr(renewal, "MIN_INTERVAL", 3600.0)
+    b = AMQPBroker(rabbitmq_server.url, {"operation_timeout": 1.0})
+    await b.connect()
+    try:
+        with rejecting_after_three(rabbitmq_server) as queue:
+            first = b._publisher
+            assert first is not None
+            closed = asyncio.Event()
+            first.close_callbacks.add(lambda *_: closed.set())
+            await b.publish([out(queue) for _ in range(3)])
+            assert b._publisher is first  # confirmed: the channel stays
+
+            with pytest.raises(BrokerConnectionError, match=r"basic\.nack"):
+                await b.publish([out(queue)])
+            second = b._publisher
+            assert second is not None and second is not first
+            assert not first.is_closed  # its confirms may still be awaited
+            with pytest.raises(BrokerConnectionError, match=r"basic\.nack"):
+                await b.publish([out(queue)])
+            assert b._publisher is second  # within MIN_INTERVAL of the renewal: kept
+
+            await asyncio.wait_for(closed.wait(), 10)  # after operation_timeout
+            assert not second.is_closed
+            message = out(queue_name)
+            await b.publish([message])
+            assert await queued_ids(rabbitmq_server.url, queue_name) == [message.message_id]
+    finally:
+        await b.close()
+    assert second.is_closed

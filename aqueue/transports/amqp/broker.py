@@ -96,6 +96,7 @@ from aqueue.transports.amqp.connection import (
     open_connection,
     redacted_url,
 )
+from aqueue.transports.amqp.renewal import Renewal
 from aqueue.transports.amqp.topology import MAX_PRIORITY, QUEUE_TYPES, Topology
 from aqueue.transports.base import (
     DeadLetter,
@@ -238,6 +239,7 @@ class AMQPBroker:
         self._publisher: aio_pika.abc.AbstractRobustChannel | None = None  # confirms
         self._declarer: aio_pika.abc.AbstractRobustChannel | None = None  # declarations only
         self._consumer: aio_pika.abc.AbstractRobustChannel | None = None
+        self._renewal = Renewal(self._open_publisher, self._timeout)
         self._reset()
 
     def _reset(self) -> None:
@@ -290,6 +292,7 @@ class AMQPBroker:
         except (AqueueError, TimeoutError) as exc:
             log.warning("closing %r: %s", self, exc)
         finally:
+            await self._renewal.aclose()
             self._connection = self._publisher = self._declarer = self._consumer = None
             self._reset()
             with contextlib.suppress(Exception):
@@ -409,7 +412,13 @@ class AMQPBroker:
             aiormq.exceptions.ChannelInvalidStateError: the channel closed; nothing was sent.
         """
         confirms = await publisher.publish(channel, publications)
-        return await confirms.outcomes(self._timeout)
+        outcomes = await confirms.outcomes(self._timeout)
+        current = self._publisher
+        if current is not None and any(map(publisher.nacked, outcomes)):
+            fresh = await self._renewal.renew(current, channel)
+            if fresh is not None and self._publisher is current:
+                self._publisher = fresh
+        return outcomes
 
     async def _confirm(
         self, channel: aiormq.Channel, publications: Sequence[publisher.Publication]
@@ -728,6 +737,24 @@ class AMQPBroker:
         self._declarer = await connection.channel(publisher_confirms=False)
         self._consumer = await connection.channel(publisher_confirms=False)
         self._consumer.reopen_callbacks.add(self._on_consumer_reopen)
+
+    async def _open_publisher(self) -> aio_pika.abc.AbstractRobustChannel:
+        """A new publishing channel (confirms on) on the open connection, for :class:`Renewal`.
+
+        Raises:
+            BrokerConnectionError: the connection is down.
+            TimeoutError: RabbitMQ did not open it within ``operation_timeout`` seconds.
+        """
+        self._check_connected("publish")
+        assert self._connection is not None
+        channel = self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        try:
+            await self._bounded(channel.initialize())
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise
+        return channel
 
     def _on_reconnect(self, *_: Any) -> None:
         # A broker reset meanwhile lost our declarations: make them again before the next use.

@@ -273,6 +273,14 @@ class Confirms:
                 future.exception()
 
 
+def nacked(outcome: BaseException | None) -> bool:
+    """Whether an outcome of :meth:`Confirms.outcomes` is RabbitMQ's ``basic.nack`` (not a
+    return, a timeout or a closed channel)."""
+    return isinstance(outcome, aiormq.exceptions.DeliveryError) and not isinstance(
+        outcome, aiormq.exceptions.PublishError
+    )
+
+
 _FIRST = asyncio.FIRST_COMPLETED
 
 
