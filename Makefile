@@ -72,6 +72,7 @@ chaos: test-servers $(SETUP)
 
 lint: $(SETUP)
 	$(PYTHON) -m ruff check aqueue tests examples benchmarks
+	$(PYTHON) -m ruff format --check aqueue tests examples benchmarks
 	$(PYTHON) -m mypy --strict aqueue
 
 # The documentation site (mkdocs.yml, the docs extra) into site/, in strict mode: a warning, a
