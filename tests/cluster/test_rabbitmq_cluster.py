@@ -135,7 +135,11 @@ class Send:
 
 @pytest.mark.parametrize("how", ["stop", "kill"])
 async def test_a_node_stopped_mid_run_loses_nothing(
-    setup: Setup, rabbitmq_cluster: RabbitCluster, capsys: pytest.CaptureFixture[str], how: str
+    setup: Setup,
+    rabbitmq_cluster: RabbitCluster,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    how: str,
 ) -> None:
     """2,400 tasks sent at ~200/s; a third of the way through, the node that leads the queue
     and that the producer and the worker are connected to goes: a clean shutdown (``stop``,
@@ -213,6 +217,7 @@ async def test_a_node_stopped_mid_run_loses_nothing(
         gaps = [(b - a, b) for a, b in itertools.pairwise(after)]
         return max(gaps) if gaps else (0.0, asked)
 
+    renewed = sum(1 for r in caplog.records if str(r.msg).startswith("RabbitMQ nacked"))
     send_pause, sends_back = longest_pause([s.ended for s in sent])
     start_pause, starts_back = longest_pause(list(starts))
     with capsys.disabled():
@@ -226,7 +231,8 @@ async def test_a_node_stopped_mid_run_loses_nothing(
             f"  sending: longest pause {send_pause:.2f} s, resumed {sends_back - asked:.2f} s "
             f"after the stop began\n"
             f"  consumers: longest pause in task starts {start_pause:.2f} s, resumed "
-            f"{starts_back - asked:.2f} s after the stop began"
+            f"{starts_back - asked:.2f} s after the stop began\n"
+            f"  the producer's publishing channel replaced after nacks {renewed} time(s)"
         )
     assert not raised, f"{raised[:3]}\n{away}"
     assert not lost, f"{len(lost)} sent tasks never ran"
