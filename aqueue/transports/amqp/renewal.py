@@ -1,12 +1,13 @@
 """A new publishing channel after RabbitMQ nacks publishes: a channel can be stuck nacking.
 
 RabbitMQ (3.10 at least) keeps, per channel and quorum queue, a client of the queue's Raft
-group. Before the channel's first publish to the queue, that client registers the channel as an
-enqueuer through the member the queue's record names as leader. When that node is down (the
-leader died, and the record does not yet name the new one), every publish is nacked, and as the
-client stays unregistered and keeps asking the same node, it goes on nacking every publish of
-that channel to that queue for as long as the node is down, whoever leads meanwhile. A new
-channel starts a new client, which reads the record again.
+group. At the channel's first publish to the queue, that client asks the node the queue's record
+names as leader (a remote call, for the queue's machine version) before it registers the
+channel as an enqueuer. When that node is down (the leader died, and the record does not yet
+name the new one), the publish is nacked and the client stays as it was: every later publish of
+that channel to that queue asks the same node again and is nacked, for as long as the node is
+down, whoever leads meanwhile (``rabbit_fifo_client:enqueue``). A new channel starts a new
+client, which reads the record again.
 
 So the broker replaces its publishing channel when a batch comes back with nacks: later batches
 go on a new channel, and the old one is closed once every wait for its confirms has ended. A
