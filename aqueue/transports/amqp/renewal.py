@@ -28,7 +28,7 @@ import aiormq
 log = logging.getLogger(__name__)
 
 #: Seconds between two renewals at least.
-MIN_INTERVAL = 1.0
+MIN_INTERVAL = 0.25
 
 
 class Renewal:
