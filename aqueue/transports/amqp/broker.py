@@ -733,7 +733,7 @@ class AMQPBroker:
             return self._connection
 
     async def _open_channels(self, connection: aio_pika.abc.AbstractRobustConnection) -> None:
-        self._publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._publisher = await _publishing(connection)
         self._declarer = await connection.channel(publisher_confirms=False)
         self._consumer = await connection.channel(publisher_confirms=False)
         self._consumer.reopen_callbacks.add(self._on_consumer_reopen)
@@ -747,7 +747,7 @@ class AMQPBroker:
         """
         self._check_connected("publish")
         assert self._connection is not None
-        channel = self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        channel = _publishing(self._connection)
         try:
             await self._bounded(channel.initialize())
         except BaseException:
@@ -1127,6 +1127,14 @@ def _header_defect(headers: Mapping[str, Any], quorum: bool) -> str | None:
         if value is not None and (type(value) is not int or value < 0):
             return f"AMQP header {name!r} must be a whole number >= 0, not {value!r:.40}"
     return None
+
+
+def _publishing(
+    connection: aio_pika.abc.AbstractRobustConnection,
+) -> aio_pika.abc.AbstractRobustChannel:
+    """A publishing channel of ``connection``, not opened yet (``await`` it, or
+    ``initialize()``): publisher confirms on, returned messages raise."""
+    return connection.channel(publisher_confirms=True, on_return_raises=True)
 
 
 _CHECKED = (COUNT_HEADER, delay.ETA_HEADER)  # headers read on a classic queue

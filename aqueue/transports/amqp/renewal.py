@@ -47,7 +47,7 @@ class Renewal:
     ) -> None:
         self._open = open_channel
         self._grace = grace
-        self._last = float("-inf")  # loop time of the last renewal
+        self._last = float("-inf")  # loop time of the last renewal tried
         self._retiring: set[asyncio.Task[None]] = set()
 
     async def renew(
@@ -55,8 +55,8 @@ class Renewal:
     ) -> aio_pika.abc.AbstractRobustChannel | None:
         """A new channel to publish on instead of ``current``, or ``None`` to keep it: when
         ``current`` is no longer the channel nacked on (renewed, or reopened after a
-        reconnection, already), when the last renewal is under :data:`MIN_INTERVAL` seconds
-        old, or when the new channel cannot be opened (logged; the next publish tells)."""
+        reconnection, already), when the last renewal tried is under :data:`MIN_INTERVAL`
+        seconds old, or when the new channel cannot be opened (logged; the next publish tells)."""
         loop = asyncio.get_running_loop()
         if loop.time() < self._last + MIN_INTERVAL:
             return None
