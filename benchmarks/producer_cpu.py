@@ -16,6 +16,7 @@ Two setups, each against throwaway servers on free loopback ports (``benchmarks/
     python benchmarks/producer_cpu.py --profile       # plus a cProfile top-15 (by own time)
     python benchmarks/producer_cpu.py --loop uvloop   # the client on uvloop (default: asyncio's)
     python benchmarks/producer_cpu.py --live          # plus what a waiting delay() keeps alive
+    python benchmarks/producer_cpu.py --rate 200 --n 1000 --rounds 3   # one call at a time
 
 Prints the machine, then microseconds of producer CPU per ``delay()`` for each setup, and the
 broker server's (redis-server's, or RabbitMQ's processes') over all rounds. With
@@ -23,6 +24,12 @@ broker server's (redis-server's, or RabbitMQ's processes') over all rounds. With
 it waits for its publish to be answered (100 calls held at the broker, counted by type, less
 the benchmark's own ``gather``): each one is scanned by every collection that runs meanwhile, and
 the more there are, the more often collections run.
+
+With ``--rate R``, the calls are made one at a time instead, each awaited before the next, at
+``R`` calls a second (``0``: back to back), as a web app at a light load makes them: the CPU
+counted is only that of each call, from ``delay()`` called to it returning (the pauses between
+calls are not). Between two calls at 200/s the process is idle for about 5 ms, and its first
+instructions after that run on a cold core.
 """
 
 from __future__ import annotations
@@ -84,6 +91,9 @@ async def measure(
     server_before = tree_cpu(server) if server is not None else 0.0
     for _ in range(args.rounds):
         gc.collect()
+        if args.rate is not None:
+            per_call.append(await paced(noop, args.n, args.rate) / args.n * 1e6)
+            continue
         start = time.process_time()
         for _ in range(args.n // args.gather):
             await asyncio.gather(*(noop.delay() for _ in range(args.gather)))
@@ -100,6 +110,23 @@ async def measure(
         pstats.Stats(profile).sort_stats("tottime").print_stats(15)
     await app.close()
     return per_call, server_us
+
+
+async def paced(noop: Any, n: int, rate: float) -> float:
+    """``n`` calls of ``noop.delay()``, one at a time at ``rate`` calls a second (``0``: back to
+    back); the process's CPU seconds spent inside the calls, the pauses left out."""
+    loop = asyncio.get_running_loop()
+    begin = loop.time()
+    used = 0.0
+    for i in range(n):
+        if rate:
+            pause = begin + i / rate - loop.time()
+            if pause > 0:
+                await asyncio.sleep(pause)  # the pace of the load, not a synchronisation
+        start = time.process_time()
+        await noop.delay()
+        used += time.process_time() - start
+    return used
 
 
 async def live_objects(app: Aqueue, noop: Any) -> None:
@@ -150,9 +177,17 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print a cProfile top-15")
     parser.add_argument("--live", action="store_true", help="count objects a delay() keeps")
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="instead of gathers: one call at a time, at this many a second (0: back to back)",
+    )
+    parser.add_argument(
         "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the client's loop"
     )
     args = parser.parse_args()
+    if args.rate is not None and args.rate < 0:
+        parser.error("--rate must be 0 or more")
     os.environ[loops.LOOP_ENV] = args.loop  # aqueue.loops picks it (uvloop missing: an error)
 
     def run(broker: str, backend: str, server: str) -> tuple[list[float], float | None]:
@@ -164,6 +199,11 @@ def main() -> None:
     try:
         redis = services.start_redis()
         print(f"{bench.machine(redis)}; client loop: {args.loop}")
+        if args.rate is None:
+            print(f"calls: in gathers of {args.gather}, {args.n:,} a round")
+        else:
+            pace = f"at {args.rate:g}/s" if args.rate else "back to back"
+            print(f"calls: one at a time, {pace}, {args.n:,} a round")
         report("redis", run(redis, redis, "redis-server"))
         if args.amqp:
             if not Path("/usr/lib/rabbitmq/bin/rabbitmq-server").exists():
