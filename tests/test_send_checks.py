@@ -110,6 +110,24 @@ async def test_delay_many_refuses_the_batch_when_one_call_does_not_fit(app: Aque
     assert await queued(app) == []
 
 
+@pytest.mark.parametrize(
+    ("calls", "error"),
+    [([(1, 2), (1, 2, 3, 4), (5, 6)], ArgumentsError), ([(1, 2), (object(), 1)], EncodeError)],
+    ids=["arguments", "encoding"],
+)
+async def test_delay_many_of_a_unique_task_refuses_the_batch_whole(
+    app: Aqueue, calls: list[tuple[Any, ...]], error: type[Exception]
+) -> None:
+    """A unique task's calls are sent one by one (each takes its lock): every one is checked
+    and encoded before the first is published, so a bad item sends nothing."""
+    add = register(app, unique=True)
+    with pytest.raises(error):
+        await add.delay_many(calls)
+    assert await queued(app) == []
+    sent = await add.delay_many([(1, 2), (3, 4)])  # the locks were not taken: both go
+    assert sorted(m.id for m in await queued(app)) == sorted(r.id for r in sent)
+
+
 async def test_a_bound_task_is_checked_without_its_self(app: Aqueue) -> None:
     @app.task(bind=True, name="checks.bound")
     async def bound(self: Task[Any, Any], x: int) -> int:

@@ -184,13 +184,19 @@ class Sender:
         if options.get("task_id") is not None:
             raise ConfigurationError("send_many() makes one task id per call: drop task_id=")
         task = task or self.app.tasks.get(name)
-        if needs_guard(task, options):  # unique or held calls each consult the result backend
-            sends = [self.send(name, call, None, task, options) for call in arguments]
-            return list(await asyncio.gather(*sends))
         calls = [tuple(a) for a in arguments]
         if task is not None and task.typing:
             for call in calls:
                 task.check_arguments(call, {})
+        if needs_guard(task, options):  # unique or held calls each consult the result backend
+            if not self.app.conf.task_always_eager:
+                # Each call is sent on its own: encode every one first, so that an item that
+                # cannot be encoded fails the call before any of the others is published.
+                for call in calls:
+                    message = self.build_message(name, call, {}, task, options)
+                    self.outgoing(with_guards(message, task, options))
+            sends = [self.send(name, call, None, task, options) for call in calls]
+            return list(await asyncio.gather(*sends))
         if self.app.conf.task_always_eager:
             return [await self.send(name, call, None, task, options) for call in calls]
         retry, policy = options.get("retry", True), options.get("retry_policy")
