@@ -14,11 +14,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from aqueue import Worker
-from aqueue.exceptions import ConfigurationError, DependencyFailed
+from aqueue.exceptions import BrokerConnectionError, ConfigurationError, DependencyFailed
+from aqueue.message import decode
+from aqueue.sending import guard
 from aqueue.sending.unique import unique_lock
 from aqueue.transports import has_locks
 from tests.apps import semantics_tasks as sem
@@ -156,6 +159,49 @@ async def test_50_duplicate_sends_of_one_task_id_run_once(st: SemanticsTasks) ->
         assert await late.get(timeout=30) == f"charged 1999 for {order}"
     assert results == [f"charged 1999 for {order}"] * 50
     assert sem.RUNS["charge", order] == 1
+
+
+@pytest.mark.parametrize("lands", [True, False], ids=["publish-lands", "publish-fails"])
+async def test_a_cancelled_idempotent_send_keeps_its_mark_only_if_the_message_lands(
+    lands: bool,
+) -> None:
+    """A caller gives up on ``apply_async(task_id=X)`` (its request timed out) while the
+    publish is in flight. The publish goes on: if it lands, a retry with the same id publishes
+    nothing (the message is queued once); if it fails, the mark is freed and the retry sends."""
+    url = f"memory://cancelled-{uuid.uuid4().hex[:8]}"
+    t = sem.build(url, queue=f"q-{uuid.uuid4().hex[:12]}")
+    try:
+        broker = await t.app.broker()
+        publish = broker.publish
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def slow(outgoing: Any) -> Any:  # a broker slow to answer, then right or wrong
+            held.set()
+            await release.wait()
+            if not lands:
+                raise BrokerConnectionError("dropped")
+            return await publish(outgoing)
+
+        broker.publish = slow  # type: ignore[method-assign]
+        order = f"order-{uuid.uuid4().hex[:8]}"
+        sending = asyncio.ensure_future(t.charge.apply_async((order, 5), task_id=order))
+        await held.wait()
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        release.set()
+        publisher = t.app.sender._loops.get().publisher
+        assert publisher is not None
+        await asyncio.gather(*list(publisher._running), return_exceptions=True)
+        # The publish, and the freeing of its marks if it failed (sets of the guard's own).
+        await asyncio.gather(*getattr(guard, "_LEFT", ()), *getattr(guard, "_FREEING", ()))
+        broker.publish = publish  # type: ignore[method-assign]
+        retry = await t.charge.apply_async((order, 5), task_id=order)
+        assert retry.id == order
+        queued = await broker.fetch([t.app.conf.task_default_queue], 100, 0.05)
+        assert [decode(d.body).id for d in queued] == [order]  # once, either way
+    finally:
+        await t.app.close()
 
 
 async def test_unique_key_per_call_returns_the_first_handle(st: SemanticsTasks) -> None:

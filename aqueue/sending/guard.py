@@ -8,6 +8,7 @@ locks (:mod:`aqueue.sending.unique`), then publishes or holds the message
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -100,10 +101,51 @@ async def send_guarded(
             result = handle(msg)  # its mailbox exists before the message may be published
             await deps.hold(msg)
             return result
-        return await publish(msg)
+        return await _published(publish(msg), taken)
     except BaseException:
         await _free(taken)
         raise
+
+
+async def _published(
+    publishing: Awaitable[AsyncResult[Any]], taken: list[tuple[Locks, str, str]]
+) -> AsyncResult[Any]:
+    """Await ``publishing``; when the caller is cancelled meanwhile (a web request given up
+    on), the publish goes on, as it would in the batch it shares with other sends, and what
+    the send took is freed only once that publish has failed: freed at once, a retry of the
+    same ``task_id`` would publish the message a second time, and a second call of a unique
+    task would be sent while the first is queued. ``taken`` is emptied when its fate is left
+    to the publish."""
+    task = asyncio.ensure_future(publishing)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if task.done() and task.cancelled():
+            raise  # the publish itself was cancelled (the loop is closing): free at once
+        if task.done() and task.exception() is not None:
+            raise
+        held = list(taken)
+        taken.clear()
+        if not task.done():
+            _LEFT.add(task)
+            task.add_done_callback(lambda done: _settle(done, held))
+        raise
+
+
+#: Publishes whose callers were cancelled, kept until they end (the loop holds tasks weakly).
+_LEFT: set[asyncio.Future[Any]] = set()
+#: Frees of what a failed publish had taken, kept until they end.
+_FREEING: set[asyncio.Future[None]] = set()
+
+
+def _settle(done: asyncio.Future[Any], held: list[tuple[Locks, str, str]]) -> None:
+    """A publish whose caller was cancelled has ended: free what its send took if it failed."""
+    _LEFT.discard(done)
+    if not done.cancelled() and done.exception() is None:
+        return
+    freeing = asyncio.ensure_future(_free(held))
+    _FREEING.add(freeing)
+    freeing.add_done_callback(_FREEING.discard)
 
 
 async def _finished(app: Aqueue, task_id: str) -> bool:
