@@ -278,10 +278,15 @@ class GroupResult:
             ConfigurationError: no result backend is configured.
         """
         members = await self._members()
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 await self._wait(members, propagate)
         except builtins.TimeoutError as exc:
+            if not deadline.expired():
+                # A member's own exception (an asyncio.wait_for in the task ran out): raised
+                # as it is, as documented, not as a group timeout.
+                raise
             done = sum(1 for r in members if r._record is not None and r._record.ready)
             raise TimeoutError(
                 f"group {self.id}: {done} of {len(members)} tasks finished within {timeout:g}s"

@@ -180,10 +180,14 @@ class AsyncResult(Generic[R]):
         return value  # type: ignore[no-any-return]
 
     async def _wait(self, timeout: float | None, on_message: OnMessage | None) -> ResultRecord:
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout), self._updates() as more:
+            async with deadline, self._updates() as more:
                 return await self._follow(more, on_message)
         except builtins.TimeoutError as exc:
+            if not deadline.expired():
+                # Not the deadline: raised inside (by on_message, say), so raised as it is.
+                raise
             state = self._record.status if self._record else states.PENDING
             raise TimeoutError(
                 f"task {self.id} did not finish within {timeout:g}s (state {state})"

@@ -356,9 +356,8 @@ class RedisBackend(RedisRole):
         """
         channel = self._keys.result_channel(task_id).encode()
         queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self._watched_ids[channel] = task_id
         try:
-            await self._subscribe(channel, queue)
+            await self._subscribe(channel, queue, task_id)
             # After subscribing, before the caller reads the record (see lua/store.lua).
             await self._mark_watched([task_id])
             if self._remarker is None or self._remarker.done():
@@ -395,14 +394,25 @@ class RedisBackend(RedisRole):
                 except BrokerError as exc:
                     log.warning("%r: cannot renew watches: %s", self, exc)
 
-    async def _subscribe(self, channel: bytes, queue: asyncio.Queue[bytes]) -> None:
-        """Add ``queue`` as a watcher of ``channel``; return once the subscription is live."""
+    async def _subscribe(
+        self, channel: bytes, queue: asyncio.Queue[bytes], task_id: str | None = None
+    ) -> None:
+        """Add ``queue`` as a watcher of ``channel`` (of ``task_id``'s record, if given); return
+        once the subscription is live.
+
+        A channel with watchers has a SUBSCRIBE that was sent: confirmed when no confirmation
+        of it is pending (a SUBSCRIBE that failed to go out took its watcher back, under the
+        same lock), so a joiner is live at once, or once the pending confirmation arrives.
+        """
         client = await self._connection()
         # Serialised with _unsubscribe so SUBSCRIBE and UNSUBSCRIBE of one channel reach the
         # server in the order the watcher counts changed.
         async with self._subscribing:
             watchers = self._watchers.setdefault(channel, [])
             watchers.append(queue)
+            if task_id is not None:
+                # Under the lock: a last watcher leaving meanwhile would drop it (_forget).
+                self._watched_ids[channel] = task_id
             if len(watchers) == 1:
                 confirmed = asyncio.get_running_loop().create_future()
                 waiting = self._confirmations.setdefault(channel, collections.deque())
@@ -412,10 +422,16 @@ class RedisBackend(RedisRole):
                 try:
                     with redis_errors(self._url, "subscribe"):
                         await getattr(self._pubsub, self._channels.subscribe)(channel)
-                except BaseException:
+                except BaseException:  # failed, or cancelled (maybe while connecting)
                     waiting.remove(confirmed)
                     if not waiting:
                         del self._confirmations[channel]
+                    # Before the lock is released: a watcher waiting for it must not join a
+                    # subscription that was never made, but send its own SUBSCRIBE. No
+                    # UNSUBSCRIBE: redis-py did not record the channel, so does not subscribe
+                    # it again after a reconnect; if the command did reach the server, its
+                    # messages only go to the reader, which drops them.
+                    self._forget(channel, queue)
                     raise
                 if self._reader is None or self._reader.done():
                     self._reader = asyncio.create_task(self._read(self._pubsub))
@@ -437,16 +453,9 @@ class RedisBackend(RedisRole):
     async def _unsubscribe(self, channel: bytes, queue: asyncio.Queue[bytes]) -> None:
         """Remove ``queue``; the last watcher of ``channel`` leaving sends UNSUBSCRIBE."""
         async with self._subscribing:
-            watchers = self._watchers.get(channel)
-            if watchers is None or queue not in watchers:  # close() ended every watch
-                return
-            watchers.remove(queue)
-            if watchers:
-                return
-            del self._watchers[channel]
-            self._messages_seen.pop(channel, None)
-            self._watched_ids.pop(channel, None)
-            if self._pubsub is None:
+            # Nothing to send while others watch, or when the queue is gone already: close()
+            # ended every watch, or its SUBSCRIBE failed (_subscribe took it back).
+            if not self._forget(channel, queue) or self._pubsub is None:
                 return
             try:
                 with redis_errors(self._url, "unsubscribe"):
@@ -455,6 +464,20 @@ class RedisBackend(RedisRole):
                 # Not raised: leaving a watch should not fail. A subscription left behind only
                 # brings messages nobody waits for, which the reader drops.
                 log.warning("%r: %s", self, exc)
+
+    def _forget(self, channel: bytes, queue: asyncio.Queue[bytes]) -> bool:
+        """Remove ``queue`` from ``channel``'s watchers (``self._subscribing`` held); True if
+        it was the last one (its channel's state is dropped too)."""
+        watchers = self._watchers.get(channel)
+        if watchers is None or queue not in watchers:
+            return False
+        watchers.remove(queue)
+        if watchers:
+            return False
+        del self._watchers[channel]
+        self._messages_seen.pop(channel, None)
+        self._watched_ids.pop(channel, None)
+        return True
 
     async def _read(self, pubsub: PubSub) -> None:
         """Dispatch every pub/sub message to its watchers, until cancelled.
