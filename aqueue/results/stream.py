@@ -58,10 +58,13 @@ async def follow(result: AsyncResult[Any], timeout: float | None) -> AsyncIterat
     reader = _Reader(result, backend)
     async with result._updates() as more:
         while True:
+            deadline = asyncio.timeout(timeout)
             try:
-                async with asyncio.timeout(timeout):
+                async with deadline:
                     records = await more()
             except builtins.TimeoutError as exc:
+                if not deadline.expired():
+                    raise  # not this wait's deadline: raised as it is
                 raise TimeoutError(
                     f"task {result.id} streamed no item within {timeout:g}s "
                     f"({reader.position} item(s) so far)"
