@@ -154,6 +154,14 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _lossy_text(value: bytes | str) -> str:
+    """``value`` as text for a log line, undecodable bytes replaced: what the fetch script
+    reports comes from members and consumer names anyone may have written, and a reason it
+    cut at 80 bytes may end mid-character; a strict decode would fail the fetch that leased
+    messages in the same script run."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
 _COUNT = re.compile(rb"[1-9][0-9]{0,8}")  # field n: a delivery count, 1 .. 999,999,999
 _STRIKES = re.compile(rb"0|[1-9][0-9]{0,8}")  # field k: strikes, 0 .. 999,999,999
 
@@ -348,14 +356,17 @@ class RedisBroker(RedisRole):
                 # Right after a blocking read that left nothing behind, the script would find
                 # nothing new unless a check is due: block again at once, which saves a
                 # round trip (and the wake-ups it costs) on every task at a light load. The
-                # script still runs at least every _MAX_BLOCK seconds.
+                # script still runs at least every _MAX_BLOCK seconds, and whenever no
+                # blocking read follows (a poll, timeout 0, or a check due now): skipping
+                # both would return nothing while messages are ready.
                 drained, self._drained = self._drained == plan.streams, None
                 try:
-                    if not drained:
+                    wait = min(deadline - time.monotonic(), self._until_next_check())
+                    if not drained or wait <= 0:
                         found = await self._read_ready(scripts, plan, limit)
                         if found:
                             return found
-                    wait = min(deadline - time.monotonic(), self._until_next_check())
+                        wait = min(deadline - time.monotonic(), self._until_next_check())
                     if wait > 0:
                         found = await self._read_blocking(client, plan, limit, wait)
                         if found:
@@ -722,9 +733,23 @@ class RedisBroker(RedisRole):
             pause = 0.0 if incomplete else self._visibility / 4
             self._next_reclaim = time.monotonic() + pause
         self._next_due = next_due if next_due < math.inf else 0.0
+        if found and self._buffer:
+            self._unbuffer(found)
         # Stable: within a stream, reclaimed (older) entries stay ahead of fresh ones.
         found.sort(key=lambda d: plan.origin[d.token.stream][2])
         return found
+
+    def _unbuffer(self, found: Sequence[Delivery]) -> None:
+        """Drop from the buffer the entries the fetch script just leased again.
+
+        A buffered lease is not renewed while it waits; after a visibility timeout the
+        script's reclaim pass may take it over for this very consumer (XAUTOCLAIM does not
+        skip the claimant's own entries) and hand it out. The buffered copy would then be
+        handed out too, its renewal succeeding since the lease is ours: the same message run
+        twice at once by one worker (or released on close while it runs).
+        """
+        leased = {(d.token.stream, d.token.entry_id) for d in found}
+        self._buffer = [d for d in self._buffer if (d.token.stream, d.token.entry_id) not in leased]
 
     async def _read_part(
         self,
@@ -757,11 +782,11 @@ class RedisBroker(RedisRole):
             log.error(
                 "malformed delayed message set aside in %s: %s (member starts %r)",
                 part.rejected,
-                _text(set_aside[i + 1]),
+                _lossy_text(set_aside[i + 1]),
                 bytes(set_aside[i]),
             )
         if removed:
-            gone = sorted({_text(removed[i + 1]) for i in range(0, len(removed), 2)})
+            gone = sorted({_lossy_text(removed[i + 1]) for i in range(0, len(removed), 2)})
             log.info("removed dead consumer(s) holding nothing: %s", ", ".join(gone))
         if reclaim:
             self._cursors.update(zip(part.streams, cursors, strict=True))
