@@ -248,3 +248,20 @@ async def test_a_poll_right_after_a_blocking_read_that_drained_the_queue_finds_a
 
     assert [d.body for d in second] == [b"two"]
     await broker.ack(first + second)
+
+
+# -- dead letters written by hand ------------------------------------------------------------
+
+
+async def test_a_dead_letter_written_by_hand_is_listed_with_the_others(
+    url: str, client: aioredis.Redis, brokers: list[RedisBroker], queue_name: str
+) -> None:
+    """An entry of the dead-letter stream with an undecodable reason and a time that is no
+    number is listed as well as it can be read, and the entries after it are listed too."""
+    broker = await new_broker(brokers, url)
+    dlq = broker._keys.dlq(queue_name)
+    await client.xadd(dlq, {b"b": b"body-1", b"r": b"\xffbad", b"t": b"soon"})
+    await client.xadd(dlq, {b"b": b"body-2", b"r": b"no handler", b"t": b"1700000000.5"})
+    first, second = await broker.dead_letters(queue_name)
+    assert (first.body, first.reason, first.time) == (b"body-1", "\ufffdbad", 0.0)
+    assert (second.body, second.reason, second.time) == (b"body-2", "no handler", 1700000000.5)

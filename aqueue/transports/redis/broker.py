@@ -162,6 +162,15 @@ def _lossy_text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
+def _epoch(value: bytes | None) -> float:
+    """A dead letter's time (epoch seconds), 0.0 when missing or not a number: an entry
+    written by hand must not fail the listing of the others."""
+    try:
+        return float(value) if value is not None else 0.0
+    except ValueError:
+        return 0.0
+
+
 _COUNT = re.compile(rb"[1-9][0-9]{0,8}")  # field n: a delivery count, 1 .. 999,999,999
 _STRIKES = re.compile(rb"0|[1-9][0-9]{0,8}")  # field k: strikes, 0 .. 999,999,999
 
@@ -557,6 +566,9 @@ class RedisBroker(RedisRole):
     async def dead_letters(self, queue: str, limit: int = 100) -> list[DeadLetter]:
         """Read up to ``limit`` of ``queue``'s dead letters, oldest first (XRANGE).
 
+        An entry not written by aqueue is listed as it can be read: undecodable reason bytes
+        replaced, a missing or malformed time as 0.0.
+
         Raises:
             BrokerConnectionError: the server cannot be reached.
         """
@@ -569,8 +581,8 @@ class RedisBroker(RedisRole):
             DeadLetter(
                 queue=queue,
                 body=bytes(fields.get(b"b", b"")),
-                reason=_text(fields.get(b"r", b"")),
-                time=float(fields.get(b"t", 0.0)),
+                reason=_lossy_text(fields.get(b"r", b"")),
+                time=_epoch(fields.get(b"t")),
             )
             for _, fields in entries or []
         ]
