@@ -271,3 +271,69 @@ async def test_absolute_url_and_wal_mode(tmp_path: Path) -> None:
     await broker.close()
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+# -- rows written by another tool (the sqlite3 shell) ----------------------------------------
+
+
+def _write(url: str, sql: str, params: tuple[object, ...] = ()) -> None:
+    """Run ``sql`` on the database file behind ``url`` with a connection of its own."""
+    with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn:
+        conn.execute(sql, params)
+        conn.commit()
+
+
+async def test_a_priority_that_is_no_number_runs_at_0_and_holds_nothing_up(url: str) -> None:
+    """A message row whose priority is text (SQLite stores it in an integer column) is
+    claimed as priority 0, and the messages beside it are delivered: before, the claim
+    raised TypeError, on every fetch of the queue."""
+    broker = SQLiteBroker(url)
+    await broker.connect()
+    try:
+        await broker.publish([Outgoing("q", b"good", "id-good", 5, None)])
+        _write(
+            url,
+            "INSERT INTO messages (queue, priority, body, visible_at, message_id)"
+            " VALUES ('q', 'high', x'00', 0, 'id-text')",
+        )
+        got = await broker.fetch(["q"], 10, 0)
+        assert [d.body for d in got] == [b"good", b"\x00"]  # 5 before 0
+    finally:
+        await broker.close()
+
+
+async def test_a_visible_at_that_is_no_number_fails_no_fetch(url: str) -> None:
+    """A message row whose visible_at is text is never due (SQLite sorts text after every
+    number): a fetch of its queue returns what else is ready, and nothing when it is alone,
+    instead of raising TypeError."""
+    broker = SQLiteBroker(url)
+    await broker.connect()
+    try:
+        _write(
+            url,
+            "INSERT INTO messages (queue, priority, body, visible_at, message_id)"
+            " VALUES ('q', 0, x'00', 'soon', 'id-text')",
+        )
+        assert await broker.fetch(["q"], 10, 0) == []
+        await broker.publish([Outgoing("q", b"good", "id-good", 0, None)])
+        assert [d.body for d in await broker.fetch(["q"], 10, 0)] == [b"good"]
+    finally:
+        await broker.close()
+
+
+async def test_a_result_row_of_text_stops_no_other_waiter(url: str) -> None:
+    """A watched id whose results row holds text, not bytes, must not end the poller that
+    brings every other process's stores to this backend's waiters: the good record still
+    arrives, and the text one is handed over as its UTF-8 bytes."""
+    waiting, storing = SQLiteBackend(url), SQLiteBackend(url)  # two processes' connections
+    await waiting.connect()
+    await storing.connect()
+    try:
+        async with waiting.watch("good") as good, waiting.watch("text") as text:
+            _write(url, "INSERT INTO results (task_id, data) VALUES ('text', 'not bytes')")
+            await storing.store([("good", b"record")], None)
+            assert await asyncio.wait_for(good.get(), 10) == b"record"
+            assert await asyncio.wait_for(text.get(), 10) == b"not bytes"
+    finally:
+        await waiting.close()
+        await storing.close()

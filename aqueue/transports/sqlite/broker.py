@@ -419,7 +419,9 @@ def _claim(conn: sqlite3.Connection, queues: list[str], limit: int, vt: float) -
     """Lease up to ``limit`` ready rows of ``queues`` (runs in the database thread)."""
     now = time.time()
     dues = [conn.execute(_SELECT_DUE, (q,)).fetchone()[0] for q in queues]
-    next_due = min((d for d in dues if d is not None), default=None)
+    # A row written by hand may hold text: SQLite sorts it after every number, so it is the
+    # minimum only of a queue with no other row; such a row is never due (nor claimed).
+    next_due = min((d for d in dues if isinstance(d, int | float)), default=None)
     if next_due is None or next_due > now:
         return _Claim([], next_due)  # nothing ready: no write lock taken
     with transaction(conn):
@@ -428,7 +430,10 @@ def _claim(conn: sqlite3.Connection, queues: list[str], limit: int, vt: float) -
         candidates: list[tuple[int, int, int]] = []
         for position, queue in enumerate(queues):
             for rowid, priority in conn.execute(_SELECT_READY, (queue, now, limit)):
-                candidates.append((-priority, position, rowid))
+                # A priority that is no number (a row written by hand) counts as 0: the
+                # message runs, and the others are not held up by it.
+                level = priority if type(priority) is int else 0
+                candidates.append((-level, position, rowid))
         candidates.sort()
         chosen = [rowid for _, _, rowid in candidates[:limit]]
         if not chosen:

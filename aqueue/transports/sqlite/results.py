@@ -59,6 +59,9 @@ _UNEXPIRED = "(expires_at IS NULL OR expires_at > ?)"
 
 #: Seconds between two polls for other processes' stores while anything is watched.
 _POLL_INTERVAL = 0.02
+#: Seconds the poller waits after an unexpected error before it polls again (one log line
+#: a second at most, not fifty).
+_POLL_ERROR_PAUSE = 1.0
 
 #: Seconds between two deletions of expired rows (run inside a store).
 _PURGE_INTERVAL = 60.0
@@ -357,6 +360,12 @@ class SQLiteBackend(SQLiteRole):
                 except BrokerError as exc:
                     log.warning("polling SQLite results in %r failed: %s", self.path, exc)
                     data_version = None
+                except Exception:
+                    # A bug, or a row no check foresaw: this one poller serves every watched
+                    # id of this backend, so it logs and polls again rather than end.
+                    log.exception("polling SQLite results in %r failed", self.path)
+                    data_version = None
+                    await asyncio.sleep(_POLL_ERROR_PAUSE)
                 else:
                     if poll is not None:
                         data_version, subscribed = poll.data_version, now_subscribed
@@ -396,8 +405,19 @@ def _read(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, bytes]:
                 f" AND {_UNEXPIRED}",
                 (*part, now),
             )
-            found.update((task_id, bytes(data)) for task_id, data in rows)
+            found.update((task_id, _record(data)) for task_id, data in rows)
     return found
+
+
+def _record(data: object) -> bytes:
+    """A ``results.data`` column as bytes: text as UTF-8 (a row written by hand, as
+    sqlite3's shell stores it); anything else as its ``repr``, which decodes as no record, so
+    that only its own waiter meets the error (a ``DecodeError``), not every other one."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, str):
+        return data.encode("utf-8", "surrogateescape")
+    return repr(data).encode()
 
 
 def _waited(conn: sqlite3.Connection, ids: Sequence[str], now: float) -> list[str]:
