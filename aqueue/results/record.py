@@ -206,9 +206,13 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
 def rebuild_exception(info: Any, traceback: str | None = None) -> BaseException:
     """Turn an exception description back into an exception instance.
 
-    The original type is used when its module is already imported in this process and calling
-    it with the stored args works; otherwise a :class:`TaskError` carries the type name, message
-    and traceback. Modules are never imported on the strength of stored data.
+    The original type is used when its module is already imported in this process, it is an
+    :class:`Exception`, and calling it with the stored args works; otherwise a
+    :class:`TaskError` carries the type name, message and traceback. Modules are never
+    imported on the strength of stored data. A task that failed with a ``BaseException`` that
+    is no ``Exception`` (an ``asyncio.CancelledError`` it let out, a ``GeneratorExit``) gives
+    a ``TaskError`` too: raised in the caller, the original would read as the caller's own
+    cancellation or exit.
     """
     if not isinstance(info, dict):
         return TaskError("Exception", str(info), traceback)
@@ -219,7 +223,7 @@ def rebuild_exception(info: Any, traceback: str | None = None) -> BaseException:
     obj: Any = sys.modules.get(module_name)
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
-    if isinstance(obj, type) and issubclass(obj, BaseException):
+    if isinstance(obj, type) and issubclass(obj, Exception):
         try:
             exc = obj(*info.get("exc_args", [message]))
         except Exception:

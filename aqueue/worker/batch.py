@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from aqueue import signals, states
 from aqueue.exceptions import BrokerError, DependencyFailed, Retry
 from aqueue.task import Request, Task
-from aqueue.worker.invoke import invoke
+from aqueue.worker.invoke import invoke, is_task_failure
 
 if TYPE_CHECKING:
     from aqueue.message import Message
@@ -145,7 +145,11 @@ class Batches:
             return
         if pending.timer is not None:
             pending.timer.cancel()
-        run = asyncio.get_running_loop().create_task(self._run(pending.task, pending.calls))
+        # Named for the log of a shutdown waiting for it (Worker.stop).
+        name = f"a batch of {len(pending.calls)} call(s) of {pending.task.name}"
+        run = asyncio.get_running_loop().create_task(
+            self._run(pending.task, pending.calls), name=name
+        )
         self._running.add(run)
         run.add_done_callback(self._running.discard)
 
@@ -153,17 +157,24 @@ class Batches:
 
     async def _run(self, task: Task[Any, Any], calls: list[_Call]) -> None:
         """Run one batch to the end; every call is finished, whatever happens (but a
-        shutdown's cancellation, which leaves them to be released)."""
+        shutdown's cancellation, which leaves them to be released).
+
+        Raises:
+            asyncio.CancelledError: only when this batch's cancellation was requested (the
+                worker is stopping); KeyboardInterrupt and SystemExit pass through too.
+        """
         try:
             live = await self._admit(task, calls)
             if live:
                 self.invocations += 1
                 await self._invoke(task, live)
-        except asyncio.CancelledError:
-            raise
         except BrokerError as exc:  # left leased: delivered again after the visibility timeout
             logger.error("could not start a batch of %s: %s", task.name, exc)
-        except Exception:  # a bug: the calls are left to their leases (delivered again)
+        except BaseException as exc:
+            # Its cancellation (a shutdown) leaves the calls to be released. Anything else is
+            # a bug (a stray CancelledError too): the calls are left to their leases.
+            if not is_task_failure(exc):
+                raise
             logger.exception("a batch of %s failed in the worker", task.name)
         for call in calls:
             self._finish(call)
@@ -232,6 +243,8 @@ class Batches:
         )
         started = time.monotonic()
         tb: str | None = None
+        current = asyncio.current_task()
+        entered = 0 if current is None else current.cancelling()  # see is_task_failure
         try:
             try:
                 values = await ex._body(task, batch, time_limit, soft_limit)
@@ -242,7 +255,12 @@ class Batches:
                 await _each(ex, calls, retries)
                 await self._unlock(calls, states.RETRY)
                 return
-            except Exception as exc:
+            except BaseException as exc:
+                # A CancelledError the function let out with no cancellation of this batch
+                # requested (a helper it cancelled), a GeneratorExit...: every call's failure,
+                # as any exception. A shutdown's cancellation leaves the calls to be released.
+                if not is_task_failure(exc, entered):
+                    raise
                 values = [exc] * len(calls)
                 tb = traceback.format_exc()
             else:

@@ -22,6 +22,7 @@ trip of its own in the common case: a runner finishing one message takes its nex
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import logging
@@ -56,7 +57,7 @@ from aqueue.task import Request, Task, current_request
 from aqueue.transports import Broker, Delivery
 from aqueue.worker.batch import Batches
 from aqueue.worker.completer import Completer
-from aqueue.worker.invoke import invoke
+from aqueue.worker.invoke import invoke, is_task_failure
 from aqueue.worker.locks import RunLocks
 from aqueue.worker.revoke import Terminable, Terminated, revocation_record
 from aqueue.worker.stream import Emit, StreamWriter
@@ -149,9 +150,14 @@ class Executor:
             True once the delivery is done with; False when it waits in a batch.
 
         Raises:
-            asyncio.CancelledError: only that (the worker is stopping); nothing else escapes.
+            asyncio.CancelledError: only that, and only when the runner's cancellation was
+                requested (the worker is stopping); a ``CancelledError`` raised by the task's
+                own code is its failure. KeyboardInterrupt and SystemExit pass through too.
         """
         batched = False
+        # The runner's cancelling() now: a CancelledError with no cancellation requested
+        # beyond it is not a shutdown (see is_task_failure).
+        entered = _cancelling()
         try:
             if self.signing is not None:
                 try:
@@ -186,7 +192,11 @@ class Executor:
             # The broker or backend failed while storing an outcome: leave the message leased,
             # so it is delivered again after the visibility timeout (nothing is lost).
             logger.error("could not finish message from %s: %s", delivery.queue, exc)
-        except Exception as exc:
+        except BaseException as exc:
+            # Not only Exception: a stray CancelledError or GeneratorExit from a signal
+            # receiver or the like must not end the runner with this message still leased.
+            if not is_task_failure(exc, entered):
+                raise  # a shutdown (or KeyboardInterrupt): the message is handed back
             await self._give_up(delivery, exc)
         finally:
             if not batched:
@@ -195,7 +205,7 @@ class Executor:
                 self.locks.drop(delivery)
         return True
 
-    async def _give_up(self, delivery: Delivery, exc: Exception) -> None:
+    async def _give_up(self, delivery: Delivery, exc: BaseException) -> None:
         """An unexpected error while handling ``delivery`` (a bug, not bad input): log it with
         its traceback and dead-letter the message, so that it cannot stall the worker."""
         reason = f"the worker failed while handling it: {type(exc).__name__}: {exc}"
@@ -457,6 +467,7 @@ class Executor:
         state: str = states.FAILURE
         retval: Any = None
         emit = self._stream_writer(msg) if task.is_stream else None
+        entered = _cancelling()  # see is_task_failure: what a shutdown would raise above
         try:
             if "after" in msg.options and self.dependencies is not None:
                 request.dependencies = await self.dependencies.results(msg)
@@ -469,7 +480,12 @@ class Executor:
         except Retry as retry:
             state, retval = states.RETRY, retry
             await self._retried(delivery, msg, task, request, retry, traceback.format_exc())
-        except Exception as exc:
+        except BaseException as exc:
+            # A CancelledError the task let out while no cancellation of this runner was
+            # requested (a helper it cancelled and awaited), a GeneratorExit...: the task's
+            # failure like any exception. A shutdown's cancellation goes on to the runner.
+            if not is_task_failure(exc, entered):
+                raise
             tb, retval = traceback.format_exc(), exc
             if task.autoretry_for and isinstance(exc, task.autoretry_for):
                 limit = (task.retry_kwargs or {}).get("max_retries", task.effective_max_retries())
@@ -679,11 +695,16 @@ class Executor:
         await self._apply_link(sig, (request.id,), _parent_of(request))
 
     async def _hook(self, hook: Callable[..., Any], *args: Any) -> None:
+        """Call a task's hook (``on_success``...); what it raises is logged, not raised, but a
+        shutdown's cancellation (see :func:`is_task_failure`)."""
+        entered = _cancelling()
         try:
             value = hook(*args)
             if inspect.isawaitable(value):
                 await value
-        except Exception:
+        except BaseException as exc:
+            if not is_task_failure(exc, entered):
+                raise
             logger.exception("hook %s raised", getattr(hook, "__qualname__", hook))
 
     async def _start(self, delivery: Delivery, isolated: bool) -> bool:
@@ -767,6 +788,12 @@ class NextRun:
         found = self._take()
         self.taken = None if found is None else Handoff(*found)
         return self.taken
+
+
+def _cancelling() -> int:
+    """The running ``asyncio.Task``'s ``cancelling()`` (0 outside a task)."""
+    current = asyncio.current_task()
+    return 0 if current is None else current.cancelling()
 
 
 def _rejects_on_lost(task: Task[Any, Any], app: Aqueue) -> bool:

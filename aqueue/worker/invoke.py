@@ -16,6 +16,32 @@ from aqueue.worker.stream import Emit, drain
 
 logger = logging.getLogger("aqueue.worker")
 
+#: What a task may raise that is not its failure but must end the process, as everywhere.
+_FATAL = (KeyboardInterrupt, SystemExit)
+
+
+def is_task_failure(exc: BaseException, cancelling: int = 0) -> bool:
+    """True if ``exc``, raised out of a task's code, is the task's own failure, to be recorded
+    as any exception is; False if it must propagate.
+
+    Every :class:`Exception` is a failure, and so is any other :class:`BaseException` but
+    :class:`KeyboardInterrupt` and :class:`SystemExit` (a ``GeneratorExit`` raised by hand, a
+    library's own base exception), and an :class:`asyncio.CancelledError` raised while no
+    cancellation of the running ``asyncio.Task`` was requested beyond ``cancelling`` (its
+    ``cancelling()`` when the run began): a task that cancels a helper task and awaits it
+    without suppressing the error. A ``CancelledError`` that comes while the running task's
+    cancellation was requested (a worker shutdown) is not: it must reach the runner, whose
+    message is then handed back.
+    """
+    if isinstance(exc, Exception):
+        return True
+    if isinstance(exc, _FATAL):
+        return False
+    if isinstance(exc, asyncio.CancelledError):
+        current = asyncio.current_task()
+        return current is not None and current.cancelling() <= cancelling
+    return True
+
 
 async def invoke(
     task: Task[Any, Any],
@@ -122,10 +148,16 @@ class _Interruptible:
     seconds: float  # the soft limit
     fired: bool = False
     delivered: bool = False
+    # The task's cancelling() before the soft limit's cancel: a count above it once ours is
+    # taken back means another cancellation (shutdown, the hard limit, terminate) came too.
+    # Compared with this, not with 0, so that a cancellation the task absorbed before (the
+    # count left raised) cannot make every later soft limit look like a shutdown.
+    before: int = 0
 
     def fire(self) -> None:
         """The soft limit: wake the task with a cancellation this driver will convert."""
         self.fired = True
+        self.before = self.task.cancelling()
         self.task.cancel()
 
     def __await__(self) -> Generator[Any, Any, Any]:
@@ -151,7 +183,7 @@ class _Interruptible:
                 thrown = exc
                 if self.fired and not self.delivered:
                     self.delivered = True
-                    if self.task.uncancel() == 0:  # ours alone: not a shutdown as well
+                    if self.task.uncancel() <= self.before:  # ours alone: not a shutdown too
                         thrown = SoftTimeLimitExceeded(
                             f"{self.what} exceeded its soft time limit of {self.seconds:g}s"
                         )

@@ -120,46 +120,65 @@ class Terminable:
 
     No ``asyncio.Task`` is made per message: the runner coroutine itself is cancelled, and
     :meth:`run` turns exactly that cancellation into :class:`Terminated` (``Task.uncancel``),
-    while any other cancellation (worker shutdown) still propagates.
+    while any other cancellation (worker shutdown) still propagates. A body that catches the
+    cancellation and returns (or raises something else) keeps its outcome; the cancellation
+    request is taken back all the same, so that the runner's next task can be terminated (or
+    reach its soft time limit) as usual.
     """
 
     def __init__(self) -> None:
         self._running: dict[str, asyncio.Task[Any]] = {}
-        self._requested: set[str] = set()
+        # task id -> the runner cancelled for it by terminate(), until its run ends
+        self._requested: dict[str, asyncio.Task[Any]] = {}
         self.started: dict[str, float] = {}  # task id -> when its body started (epoch seconds)
 
     async def run(self, task_id: str, body: Awaitable[T]) -> T:
         """Await ``body`` (the task's invocation) as the running body of ``task_id``.
 
         Raises:
-            Terminated: :meth:`terminate` was called for ``task_id`` meanwhile.
+            Terminated: :meth:`terminate` was called for ``task_id`` meanwhile, and the body
+                let the cancellation out (and no other cancellation, a shutdown, came too).
             Whatever ``body`` raises.
         """
         current = asyncio.current_task()
         if current is None:
             return await body
+        # Cancellations requested before this run (one the previous task absorbed) are not
+        # this run's: only a count above this one means a shutdown came as well.
+        entered = current.cancelling()
         self._running[task_id] = current
         self.started[task_id] = time.time()
         try:
             return await body
         except asyncio.CancelledError:
-            if task_id in self._requested and current.uncancel() == 0:
-                raise Terminated(f"task {task_id} was terminated (revoked)") from None
+            if self._requested.get(task_id) is current:
+                del self._requested[task_id]
+                if current.uncancel() <= entered:
+                    raise Terminated(f"task {task_id} was terminated (revoked)") from None
             raise
         finally:
+            if self._requested.get(task_id) is current:
+                # Terminated, but the body absorbed the cancellation: take the request back,
+                # or the runner's cancelling() stays raised and its next terminate or soft
+                # time limit would be taken for a shutdown.
+                del self._requested[task_id]
+                current.uncancel()
             if self._running.get(task_id) is current:
                 del self._running[task_id]
                 self.started.pop(task_id, None)
-            self._requested.discard(task_id)
 
     def terminate(self, task_id: str) -> bool:
         """Cancel ``task_id``'s body if it is running here; True if it was."""
         runner = self._running.get(task_id)
         if runner is None or task_id in self._requested:
             return runner is not None
-        self._requested.add(task_id)
+        self._requested[task_id] = runner
         runner.cancel(msg=f"task {task_id} revoked with terminate=True")
         return True
+
+    def runners(self) -> dict[asyncio.Task[Any], str]:
+        """The task id each runner (``asyncio.Task``) is running a body of, now."""
+        return {runner: task_id for task_id, runner in self._running.items()}
 
     def running(self) -> list[str]:
         """Ids of the task bodies running now."""

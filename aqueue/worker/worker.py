@@ -32,7 +32,9 @@ retries with a capped backoff (one log line per outage) and starts consuming onc
 Shutdown (SIGTERM/SIGINT or :meth:`Worker.stop`) is graceful: fetching stops, messages not yet
 started are released to the broker at once, running tasks get ``worker_shutdown_timeout``
 seconds to finish, and any still running then are cancelled and released (not acked), so they
-run again elsewhere. Nothing is lost.
+run again elsewhere. Nothing is lost. A task that absorbs the cancellation is cancelled again
+each :data:`CANCEL_INTERVAL` seconds, named in the log, up to :data:`CANCEL_ROUNDS` times; then
+the worker stops without it, handing its message back all the same (see :meth:`Worker.stop`).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from aqueue.transports.urls import redacted_url
 from aqueue.worker.batch import prefetch_for
 from aqueue.worker.deadline import DeadlineWatch
 from aqueue.worker.execute import Executor, NextRun
+from aqueue.worker.invoke import is_task_failure
 from aqueue.worker.lifespan import current_state
 from aqueue.worker.ratelimit import Bucket, LocalBucket, RateGate, SharedBucket, parse_rate
 from aqueue.worker.remote import HEARTBEAT_INTERVAL, Remote
@@ -83,6 +86,11 @@ CONNECT_BACKOFF = (0.1, 2.0)
 # Seconds before a crashed internal loop is started again: the first pause, doubled up to the
 # last while it keeps crashing; a loop that ran longer than the last starts from the first.
 RESTART_BACKOFF = (0.1, 5.0)
+# Cold shutdown: seconds between the cancellations of the tasks still running after the
+# shutdown timeout (one may absorb a cancellation: some client libraries do), and how many
+# cancellations they get before the worker stops without them.
+CANCEL_INTERVAL = 1.0
+CANCEL_ROUNDS = 10
 
 
 class Worker:
@@ -222,7 +230,9 @@ class Worker:
         await self._start_operations(rates)
         self._runners = [
             asyncio.create_task(
-                self._supervise(f"runner {i}", self._run_one), context=self._context.copy()
+                self._supervise(f"runner {i}", self._run_one),
+                context=self._context.copy(),
+                name=f"runner {i}",  # named in the log of a shutdown waiting for it
             )
             for i in range(self.concurrency)
         ]
@@ -342,7 +352,8 @@ class Worker:
 
         Pauses between restarts back off (:data:`RESTART_BACKOFF`) while the loop keeps
         crashing, and end early when the worker stops (the loop then sees the stop and
-        returns). Cancellation is not caught.
+        returns). Its own cancellation is not caught (nor KeyboardInterrupt, SystemExit); a
+        ``CancelledError`` with no cancellation of this task requested is a crash like any.
         """
         pause = RESTART_BACKOFF[0]
         while True:
@@ -350,7 +361,11 @@ class Worker:
             try:
                 await loop()
                 return
-            except Exception:
+            except BaseException as exc:
+                # Not only Exception: a stray CancelledError or GeneratorExit (a task's, had it
+                # got through) must not end a runner for good, a concurrency slot lost.
+                if not is_task_failure(exc):
+                    raise
                 logger.exception(
                     "%s: internal task %s crashed; restarting it in %gs", self.hostname, name, pause
                 )
@@ -411,6 +426,14 @@ class Worker:
     async def stop(self, timeout: float | None = None) -> None:
         """Stop gracefully: no new fetches; unstarted messages released; running tasks get
         ``timeout`` seconds (default ``shutdown_timeout``) before they are cancelled and released.
+
+        A task that absorbs its cancellation (catches ``CancelledError`` and goes on) is named
+        in the log and cancelled again every :data:`CANCEL_INTERVAL` seconds; after
+        :data:`CANCEL_ROUNDS` cancellations the worker stops without it: its message is handed
+        back like the others (it runs again elsewhere), and the task is left running in this
+        event loop, where it may still finish (a run twice: at least once, never lost). So
+        ``stop()`` returns within ``timeout + CANCEL_ROUNDS * CANCEL_INTERVAL`` seconds, plus
+        the broker calls of the release.
         """
         if self._stopping.is_set():
             await self._stopped.wait()
@@ -449,14 +472,8 @@ class Worker:
             )
             forced.cancel()
             pending = {t for t in running if not t.done()}
-            for task in pending:
-                task.cancel()
             if pending:
-                await asyncio.wait(pending)
-                logger.warning(
-                    "%d running task(s) cancelled at shutdown, released for redelivery",
-                    len(pending),
-                )
+                await self._cancel_running(pending)
         if self.executor is not None:
             await self.executor.completer.settled()  # no mark on its way during the release
         leftover = unstarted + list(self._held.values())
@@ -484,6 +501,52 @@ class Worker:
         logger.info("%s stopped (%d tasks processed)", self.hostname, self.processed)
         await signals.worker_shutdown.send(self)
         self._stopped.set()
+
+    async def _cancel_running(self, pending: set[asyncio.Task[Any]]) -> None:
+        """Cancel the runners and batches in ``pending`` (still running when the shutdown
+        timeout ran out) and wait for them, cancelling again each :data:`CANCEL_INTERVAL`
+        seconds those that absorb it, naming them in the log, at most :data:`CANCEL_ROUNDS`
+        times; then give them up (left running). Their messages stay held: :meth:`stop`
+        hands them back after this, whether or not they stopped."""
+        count = len(pending)
+        for round_ in range(1, CANCEL_ROUNDS + 1):
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=CANCEL_INTERVAL)
+            if not pending:
+                break
+            if round_ == CANCEL_ROUNDS:
+                continue  # given up: said below
+            logger.warning(
+                "%d task(s) still running %gs after being cancelled at shutdown (the "
+                "cancellation was absorbed), cancelling again: %s",
+                len(pending),
+                CANCEL_INTERVAL,
+                self._running_in(pending),
+            )
+        else:
+            logger.error(
+                "%d task(s) still running after %d cancellations at shutdown, stopping without "
+                "them: their messages are handed back to run again (they may finish here "
+                "too): %s",
+                len(pending),
+                CANCEL_ROUNDS,
+                self._running_in(pending),
+            )
+        logger.warning("%d running task(s) cancelled at shutdown, released for redelivery", count)
+
+    def _running_in(self, tasks: set[asyncio.Task[Any]]) -> str:
+        """What ``tasks`` (runners, batches) are running, for the log: ``runner 0 (name[id])``."""
+        assert self.executor is not None
+        bodies = self.executor.terminable.runners()
+        active = self.executor.active
+        names = []
+        for task in tasks:
+            task_id = bodies.get(task)
+            request = active.get(task_id) if task_id is not None else None
+            what = f" ({request.task}[{task_id}])" if request is not None else ""
+            names.append(f"{task.get_name()}{what}")
+        return ", ".join(sorted(names))
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -768,13 +831,16 @@ class Worker:
                 done = await self.executor.handle(
                     delivery, delivery is self._suspect, premarked, after
                 )
-            except asyncio.CancelledError:
-                # Cancelled at shutdown mid-task: stays in _held, released by stop().
-                raise
-            except Exception:
-                # handle() lets nothing through; should a bug, its message is still let go
-                # (its lease runs out), and the supervisor restarts this runner.
+            except BaseException as exc:
+                if not is_task_failure(exc):
+                    # Cancelled at shutdown mid-task: stays in _held, released by stop() (so
+                    # does a next delivery taken meanwhile).
+                    raise
+                # handle() lets nothing else through; should a bug, its message is still let
+                # go (its lease runs out), a next delivery taken meanwhile goes back to the
+                # other runners, and the supervisor restarts this runner.
                 self._finished(delivery)
+                self._give_back(after)
                 raise
             if done:  # else it waits in a batch, which finishes it (aqueue.worker.batch)
                 self._finished(delivery)
@@ -806,10 +872,34 @@ class Worker:
         if taken is None:
             return None, False
         if taken.marked is False:
-            logger.warning("a message was not started: its lease ran out and another worker has it")
-            self._finished(taken.delivery)
+            self._lost(taken.delivery)
             return None, False
         return taken.delivery, bool(taken.marked)
+
+    def _lost(self, delivery: Delivery) -> None:
+        """A delivery taken by a runner (counted in ``_taken``) whose lease was found lost: let
+        go, and counted as processed, as :meth:`Executor.handle` counts one it finds lost.
+        Otherwise, with ``max_tasks_per_child``, the runners would stop taking work at the
+        limit while :attr:`processed` never reached it: a worker neither working nor
+        recycled."""
+        assert self.executor is not None
+        logger.warning("a message was not started: its lease ran out and another worker has it")
+        self.executor.done += 1
+        self._finished(delivery)
+
+    def _give_back(self, after: NextRun | None) -> None:
+        """The next delivery a runner took (:class:`NextRun`) when the runner ends before
+        running it (a bug): back to the buffer for another runner, no longer counted as taken;
+        one whose lease was found lost is let go (:meth:`_lost`)."""
+        taken = after.taken if after is not None else None
+        if after is None or taken is None:
+            return
+        after.taken = None
+        if taken.marked is False:
+            self._lost(taken.delivery)
+            return
+        self._taken -= 1
+        self._buffer.put_nowait(taken.delivery)  # still held: stop() releases it if need be
 
     def _finished(self, delivery: Delivery) -> None:
         """``delivery`` is done with (acked, dead-lettered, or left to its lease)."""
