@@ -251,6 +251,35 @@ async def test_no_confirm_in_time_is_an_error(rabbitmq_server: RabbitNode, queue
     assert after[-1].message_id in ids
 
 
+async def test_a_batch_whose_wait_ended_early_leaves_the_others_confirms_alone(
+    rabbitmq_server: RabbitNode, queue_name: str
+) -> None:
+    """Two batches on one channel; the second's wait is cancelled (a send's deadline, a task
+    cancelled at shutdown) before any confirm came. RabbitMQ then confirms many tags per frame
+    (multiple=true), the last of them the second batch's: the first batch is confirmed all the
+    same. Before, the ended wait took its tags out of the channel's table, aiormq dropped the
+    frames naming them, and the first batch, stored, failed after its timeout (then sent again
+    by the retry policy)."""
+    connection = await aiormq.connect(rabbitmq_server.url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.queue_declare(queue_name, durable=True)
+        n = 200
+        first = await publisher.publish(channel, [Publication(b"a", "", queue_name)] * n)
+        second = await publisher.publish(channel, [Publication(b"b", "", queue_name)] * n)
+        waiting = asyncio.ensure_future(second.outcomes(30))
+        await asyncio.sleep(0)  # the second wait starts, and is cancelled before any confirm
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        outcomes = await first.outcomes(10)
+        assert outcomes == [None] * n
+        declared = await channel.queue_declare(queue_name, passive=True)
+        assert declared.message_count == 2 * n
+    finally:
+        await connection.close()
+
+
 # -- a connection dropped mid-batch -----------------------------------------------------------
 
 

@@ -223,6 +223,7 @@ class Confirms:
         self._first = first
         self._ids = ids
         self.futures = futures
+        self._failed: dict[int, BaseException] = {}  # index -> why its wait ended unconfirmed
 
     async def outcomes(self, timeout: float) -> list[BaseException | None]:
         """Wait for every confirm; return each message's outcome, in order.
@@ -250,23 +251,32 @@ class Confirms:
         finally:
             closing.cancel()  # an observer of this call only (aiormq's Base.closing)
             self._settle(closing, timeout)
-        return [f.exception() if not f.cancelled() else _closed() for f in self.futures]
+        failed = self._failed
+        return [
+            failed[i] if i in failed else f.exception() if not f.cancelled() else _closed()
+            for i, f in enumerate(self.futures)
+        ]
 
     def _settle(self, closing: asyncio.Future[Any], timeout: float) -> None:
-        """Fail the confirms still pending (the channel closed, or the time is up), and forget
-        every message of the batch in the channel's tables."""
+        """Fail the confirms still pending (the channel closed, or the time is up: recorded
+        as their outcome, their futures cancelled), and forget every message of the batch in
+        the channel's table of returns."""
         reason: BaseException = TimeoutError(f"no confirm from RabbitMQ within {timeout:g}s")
         if closing.done() and not closing.cancelled():
             reason = closing.exception() or _closed()
-        confirmations = self._channel.confirmations
         returns = self._channel.message_id_delivery_tag
-        for tag, message_id, future in zip(itertools.count(self._first), self._ids, self.futures):
+        batch = zip(itertools.count(self._first), self._ids, self.futures)
+        for i, (tag, message_id, future) in enumerate(batch):
             if returns.get(message_id) == tag:
                 del returns[message_id]
             if not future.done():
-                if confirmations.get(tag) is future:
-                    del confirmations[tag]  # a late ack finds nothing to resolve
-                future.set_exception(reason)
+                # Cancelled, not taken out of the channel's table: RabbitMQ confirms many tags
+                # in one frame (multiple=true), and aiormq drops a whole frame whose last tag
+                # it does not know, which would leave other batches on this channel waiting
+                # for confirms of messages that were stored. A late confirm of this one is
+                # then ignored (aiormq logs it at debug level).
+                future.cancel()
+                self._failed[i] = reason
             if not future.cancelled():
                 # Retrieved, nacked ones too: a caller cancelled while it waited (its send's
                 # deadline) leaves no "Future exception was never retrieved" in the log.
