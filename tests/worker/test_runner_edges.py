@@ -23,10 +23,18 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _app(broker: str, **conf: Any) -> Aqueue:
-    return Aqueue(
+    """An app on ``broker`` with a queue of its own and ``edges.ok``, a task that returns "ok"
+    (what runs next on a runner, to show it goes on)."""
+    app = Aqueue(
         "edges", broker=broker, backend=broker, task_default_queue=f"q-{uuid.uuid4().hex[:12]}",
         **conf,
     )  # fmt: skip
+
+    @app.task(name="edges.ok")
+    async def ok() -> str:
+        return "ok"
+
+    return app
 
 
 @pytest.fixture
@@ -93,9 +101,7 @@ async def test_a_task_raising_a_base_exception_fails_and_its_runner_goes_on(
     async def bad() -> None:
         await body()
 
-    @app.task(name="edges.ok")
-    async def ok() -> str:
-        return "ok"
+    ok = app.tasks["edges.ok"]
 
     async with Worker(app, concurrency=1, shutdown_timeout=2) as worker:
         r_bad = await bad.delay()
@@ -217,9 +223,7 @@ async def test_a_terminate_after_a_swallowed_one_on_the_same_runner_still_revoke
         await asyncio.Event().wait()
         return "never"
 
-    @app.task(name="edges.ok")
-    async def ok() -> str:
-        return "ok"
+    ok = app.tasks["edges.ok"]
 
     async with Worker(app, concurrency=1, shutdown_timeout=1) as worker:
         await _swallow_one_terminate(app, worker)
@@ -245,9 +249,7 @@ async def test_a_soft_time_limit_after_a_swallowed_terminate_still_raises_in_the
             return "soft"
         return "never"
 
-    @app.task(name="edges.ok")
-    async def ok() -> str:
-        return "ok"
+    ok = app.tasks["edges.ok"]
 
     async with Worker(app, concurrency=1, shutdown_timeout=1) as worker:
         await _swallow_one_terminate(app, worker)
