@@ -41,7 +41,10 @@ How the Broker Protocol maps onto AMQP 0-9-1 as RabbitMQ implements it:
   ``worker_prefetch_multiplier=1`` keeps what a worker holds close to what it runs.
 - **Headers are checked** as a delivery arrives: a count or eta header that is not a whole
   number is the delivery's :attr:`~aqueue.transports.base.Delivery.defect` (the worker
-  dead-letters it) instead of being read as 0.
+  dead-letters it) instead of being read as 0; so are headers that could not be published
+  again (pamqp decodes some valid AMQP values, such as a long string that is not UTF-8, into
+  Python values it cannot encode), since re-delaying, re-counting or releasing the delivery
+  re-publishes them.
 - **Delayed messages** go through :mod:`aqueue.transports.amqp.delay` (TTL queues, no plugin).
   What is declared, and when, is :mod:`aqueue.transports.amqp.topology`; the local buffer is
   :mod:`aqueue.transports.amqp.buffer`.
@@ -80,6 +83,7 @@ import aiormq
 import aiormq.abc
 import aiormq.exceptions
 from aiormq import spec
+from pamqp.encode import field_table
 
 from aqueue.exceptions import (
     AqueueError,
@@ -467,6 +471,10 @@ class AMQPBroker:
         loop = asyncio.get_running_loop()
         rank = {q: i for i, q in enumerate(names)}
         while True:
+            if self._closes != closes:
+                # close() ran (it wakes this wait): return, rather than start consumers again
+                # on the connection being closed.
+                return []
             # Each round: consumers lost with a channel (reconnection) are started again.
             with amqp_errors(self._url, "fetch"):
                 await self._consume(names, limit)
@@ -488,7 +496,7 @@ class AMQPBroker:
                 await asyncio.wait_for(arrived.wait(), wait)
 
     def _delivery(self, arrival: Arrival) -> Delivery:
-        defect = _header_defect(arrival.headers, self._quorum)
+        defect = arrival.defect
         count = 1 if defect else arrival.count
         return Delivery(arrival.queue, arrival.message.body, count, arrival, count - 1, defect)
 
@@ -819,18 +827,43 @@ class AMQPBroker:
 
         The copy says it was delivered ``before`` times (default: the arrival's count less one,
         so that its next delivery has the same count). An arrival whose copy was not confirmed
-        stays unacked: it comes back when its channel closes.
+        stays unacked: it comes back when its channel closes. An arrival whose copy cannot be
+        encoded is put back in its queue instead (``basic.reject`` with ``requeue``), so that
+        the others still go.
 
         Raises:
             aiormq.exceptions.AMQPError: no copy was confirmed.
         """
-        live = [a for a in arrivals if not a.done and not a.channel.is_closed]
+        live: list[Arrival] = []
+        copies: list[publisher.Publication] = []
+        for arrival in arrivals:
+            if arrival.done or arrival.channel.is_closed:
+                continue
+            copy = self._copy(arrival, arrival.count - 1 if before is None else before)
+            problem = _unencodable(copy.headers)
+            if problem is None:
+                live.append(arrival)
+                copies.append(copy)
+                continue
+            # Encoded with the others, it would fail the whole batch (which the buffer no
+            # longer holds: the good ones would stay leased, delivered to no one). Put back
+            # rather than dead-lettered here: whoever receives it next sees the same defect as
+            # it arrives and hands it out, and the worker dead-letters it with the reason. The
+            # consume path never gets here (the arrival check flags the same headers), so this
+            # cannot loop on one consumer.
+            log.warning(
+                "%r: a delivery of %r cannot be re-published (%s); put back in its queue",
+                self,
+                arrival.queue,
+                problem,
+            )
+            with contextlib.suppress(aiormq.exceptions.ChannelInvalidStateError):
+                await arrival.requeue()  # a closed channel has put it back already
         if not live:
             return
         for arrival in live:
             await self._topology.ensure_queue(arrival.queue)
         channel = await self._underlay(self._publisher, action)
-        copies = [self._copy(a, a.count - 1 if before is None else before) for a in live]
         confirmed = await self._confirm(channel, copies)
         for arrival, stored in zip(live, confirmed, strict=True):
             if stored:
@@ -996,30 +1029,35 @@ class AMQPBroker:
         """Buffer a pushed delivery, or first re-publish it when it is early or uncounted."""
         arrival = self._buffer.arrival(message, queue)
         headers = arrival.headers
-        if _header_defect(headers, self._quorum) is not None:
+        arrival.defect = _header_defect(headers, self._quorum)
+        if arrival.defect is not None:
             # Neither re-delayed nor re-counted: handed out as it is, the worker dead-letters it.
             if not message.channel.is_closed:
                 self._buffer.push(arrival)
-            return
-        eta = _int(headers.get(delay.ETA_HEADER)) / 1000
-        if eta and eta - time.time() > _EARLY:
-            await self._handoff(self._redelay(arrival, eta))
             return
         before = _int(headers.get(COUNT_HEADER))
         if self._quorum:
             arrival.count = before + _int(headers.get("x-delivery-count")) + 1
         elif message.redelivered:
-            # A classic queue gives no count: the copy carries this delivery in its header, so
-            # a message whose consumer keeps dying reaches task_max_deliveries.
-            await self._handoff(self._republish([arrival], "consume", before + 1))
-            return
+            arrival.count = before + 2  # as its re-counted copy (below) would be delivered
         else:
             arrival.count = before + 1
+        eta = _int(headers.get(delay.ETA_HEADER)) / 1000
+        if eta and eta - time.time() > _EARLY:
+            await self._handoff(arrival, self._redelay(arrival, eta))
+            return
+        if message.redelivered and not self._quorum:
+            # A classic queue gives no count: the copy carries this delivery in its header, so
+            # a message whose consumer keeps dying reaches task_max_deliveries.
+            await self._handoff(arrival, self._republish([arrival], "consume", before + 1))
+            return
         if message.channel.is_closed:
             return  # RabbitMQ has put it back already
         self._buffer.push(arrival)
 
-    async def _handoff(self, work: Awaitable[None]) -> None:
+    async def _handoff(self, arrival: Arrival, work: Awaitable[None]) -> None:
+        """Await ``work``, which re-publishes ``arrival`` and acks it, in its consumer callback
+        (where :meth:`_stop_consuming` waits for it)."""
         task = asyncio.current_task()
         if task is not None:
             self._handoffs.add(task)
@@ -1029,6 +1067,18 @@ class AMQPBroker:
         except AqueueError as exc:
             # Not acked, so not lost: it comes back when the channel closes.
             log.warning("could not re-publish a delivery: %s", exc)
+        except Exception:
+            # Not an error of the connection: a message this broker could not re-publish
+            # (the arrival check missed why), or a bug. Neither acked nor buffered, it would
+            # hold a prefetch slot for as long as the channel lives and never run: handed out
+            # as it is instead (early, or with its count not carried in a header).
+            log.exception(
+                "%r: could not re-publish a delivery of %r; handing it out as it is",
+                self,
+                arrival.queue,
+            )
+            if not arrival.done and not arrival.channel.is_closed:
+                self._buffer.push(arrival)
         finally:
             if task is not None:
                 self._handoffs.discard(task)
@@ -1120,12 +1170,32 @@ def _forget_task(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]
 
 
 def _header_defect(headers: Mapping[str, Any], quorum: bool) -> str | None:
-    """Why a delivery's headers cannot be read (naming the header), or ``None``."""
+    """Why a delivery's headers cannot be read (naming the header) or re-published, or
+    ``None``."""
     names = (COUNT_HEADER, delay.ETA_HEADER, "x-delivery-count") if quorum else _CHECKED
     for name in names:
         value = headers.get(name)
         if value is not None and (type(value) is not int or value < 0):
             return f"AMQP header {name!r} must be a whole number >= 0, not {value!r:.40}"
+    # Re-delaying, re-counting and releasing publish these headers again (with whole numbers
+    # added): what cannot be encoded now would fail there, out of any error handling meant
+    # for the connection.
+    return _unencodable(headers)
+
+
+#: Header values pamqp decodes only from what it can encode again (a text that was not UTF-8
+#: comes back as bytes; tables, arrays, timestamps and decimals are checked by encoding them).
+_PLAIN = (str, int)
+
+
+def _unencodable(headers: Mapping[str, Any] | None) -> str | None:
+    """Why ``headers`` cannot be encoded as an AMQP table, as a publish would, or ``None``."""
+    if not headers or all(type(v) in _PLAIN for v in headers.values()):
+        return None  # what aqueue writes itself: no need to encode them to know (3.8 µs)
+    try:
+        field_table(dict(headers))
+    except Exception as exc:  # pamqp raises TypeError mostly; any failure is one
+        return f"AMQP headers cannot be re-published: {exc!s:.80}"
     return None
 
 

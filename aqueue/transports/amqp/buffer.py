@@ -34,6 +34,8 @@ class Arrival:
         seq: its arrival number in this buffer: older first among equal priorities.
         ledger: the unacked deliveries of its channel, this one included until acked.
         done: acked, or handed back.
+        defect: why its headers cannot be read or re-published (naming the header), checked
+            as it arrives; the worker dead-letters a delivery with a defect.
     """
 
     message: aiormq.abc.DeliveredMessage
@@ -42,6 +44,7 @@ class Arrival:
     seq: int
     ledger: Ledger
     done: bool = False
+    defect: str | None = None
 
     @property
     def channel(self) -> aiormq.abc.AbstractChannel:
@@ -77,6 +80,20 @@ class Arrival:
         if not self.done:
             # No wait for the socket to drain: an ack has no reply, and order is kept anyway.
             await self.channel.basic_ack(self.delivery_tag, wait=False)
+            self.ledger.discard(self.delivery_tag)
+            self.done = True
+
+    async def requeue(self) -> None:
+        """``basic.reject`` with ``requeue`` on the channel it came on, once: RabbitMQ puts it
+        back in its queue, where it was, and delivers it again (``redelivered``).
+
+        Raises:
+            aiormq.exceptions.ChannelInvalidStateError: that channel has closed.
+        """
+        if not self.done:
+            # Written before the tag leaves the ledger, as ack() does: a multiple ack settled
+            # later is written after it, and RabbitMQ skips a tag it no longer holds.
+            await self.channel.basic_reject(self.delivery_tag, requeue=True, wait=False)
             self.ledger.discard(self.delivery_tag)
             self.done = True
 

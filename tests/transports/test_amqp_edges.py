@@ -1,0 +1,219 @@
+"""RabbitMQ broker edges: headers it cannot publish again, and close() during a waiting fetch.
+
+pamqp decodes some valid AMQP header values into Python values it cannot encode back (a long
+string that is not UTF-8 comes back as ``bytes``; kombu and py-amqp publish ``bytes`` header
+values that way). The broker re-publishes received headers when it re-counts, re-delays or
+releases a delivery: such a message must not wedge the consumer nor strand other messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import aiormq
+import pytest
+
+from aqueue.transports import Outgoing
+from aqueue.transports.amqp import publisher
+from aqueue.transports.amqp.broker import AMQPBroker
+from aqueue.transports.amqp.publisher import Publication
+from aqueue.transports.base import Delivery
+from tests.conftest import RabbitNode
+
+pytestmark = pytest.mark.timeout(90)
+
+# A header table {"blob": <long string of the bytes 0xff 0xfe>}: valid AMQP, not UTF-8.
+_ITEM = b"\x04blob" + b"S" + struct.pack(">I", 2) + b"\xff\xfe"
+_RAW_TABLE = struct.pack(">I", len(_ITEM)) + _ITEM
+
+
+@pytest.fixture
+def url(rabbitmq_server: RabbitNode) -> str:
+    return rabbitmq_server.url
+
+
+@pytest.fixture
+async def queue(url: str) -> AsyncIterator[str]:
+    """A fresh declared, empty queue."""
+    name = f"edges-{uuid.uuid4().hex}"
+    declaring = AMQPBroker(url, {})
+    await declaring.publish([Outgoing(name, b"declare", uuid.uuid4().hex)])
+    [d] = await declaring.fetch([name], 1, 5)
+    await declaring.ack([d])
+    await declaring.close()
+    yield name
+
+
+async def publish_raw(
+    url: str, queue: str, bodies: Sequence[tuple[bytes, bool]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publish each ``(body, binary)`` to ``queue`` in order, confirmed, on a connection of its
+    own; ``binary``: with the header table :data:`_RAW_TABLE` (pamqp cannot write it)."""
+    connection = await aiormq.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        for body, binary in bodies:
+            with monkeypatch.context() as patch:
+                if binary:
+                    patch.setattr(publisher, "field_table", lambda _: _RAW_TABLE)
+                confirms = await publisher.publish(
+                    channel, [Publication(body, "", queue, uuid.uuid4().hex, 0, {"x": 1})]
+                )
+            assert await confirms.outcomes(10) == [None]
+    finally:
+        await connection.close()
+
+
+async def fetch_all(broker: AMQPBroker, queue: str, count: int, seconds: float) -> list[Delivery]:
+    """Fetch (and ack) until ``count`` deliveries came, or ``seconds`` passed."""
+    got: list[Delivery] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while len(got) < count and (left := deadline - loop.time()) > 0:
+        for d in await broker.fetch([queue], 10, min(left, 1.0)):
+            got.append(d)
+            await broker.ack([d])
+    return got
+
+
+async def buffered(broker: AMQPBroker, count: int) -> None:
+    """Wait until ``broker``'s buffer holds ``count`` deliveries (woken by each arrival)."""
+    buffer = broker._buffer
+    while sum(len(heap) for heap in buffer._heaps.values()) < count:
+        buffer.arrived.clear()
+        await asyncio.wait_for(buffer.arrived.wait(), 10)
+
+
+async def test_unencodable_headers_are_a_defect_and_dead_lettered(
+    url: str, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery whose headers cannot be encoded again is handed out with a ``defect``
+    naming why (the worker dead-letters it), and dead-lettering it works: the dead letter
+    gets fresh headers."""
+    await publish_raw(url, queue, [(b"bad", True)], monkeypatch)
+    broker = AMQPBroker(url, {})
+    try:
+        [d] = await broker.fetch([queue], 1, 5)
+        assert d.body == b"bad"
+        assert d.defect is not None and "cannot be re-published" in d.defect
+        assert d.delivery_count == 1
+        await broker.dead_letter(d, d.defect)
+        [letter] = await broker.dead_letters(queue)
+        assert letter.body == b"bad" and "cannot be re-published" in letter.reason
+    finally:
+        await broker.close()
+
+
+async def test_redelivered_unencodable_message_does_not_stall_the_consumer(
+    url: str, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Classic queue, prefetch 1: a redelivered message is re-published with a higher count.
+    Re-encoding its headers used to raise TypeError in the consumer callback: the delivery was
+    neither buffered nor acked and held the only prefetch slot, so nothing else on the queue
+    was delivered while the connection lived. Now it comes out (as a defect), and so does the
+    message behind it."""
+    await publish_raw(url, queue, [(b"bad", True), (b"good", False)], monkeypatch)
+    first = AMQPBroker(url, {"prefetch_count": 1})
+    [held] = await first.fetch([queue], 1, 5)
+    assert held.body == b"bad"
+    await first.close()  # the worker died: "bad" goes back, redelivered
+    second = AMQPBroker(url, {"prefetch_count": 1})
+    try:
+        got = await fetch_all(second, queue, 2, 10)
+        assert [d.body for d in got] == [b"bad", b"good"]
+        assert got[0].defect is not None and got[1].defect is None
+    finally:
+        await second.close()
+
+
+@pytest.mark.parametrize("how", ["stop_fetching", "close"])
+async def test_releasing_a_buffer_with_an_unencodable_message_strands_nothing(
+    url: str, queue: str, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """stop_fetching (like the idle release) and close() re-publish what the buffer holds as
+    one batch; one message whose headers cannot be encoded used to fail the whole batch with
+    a TypeError after the buffer was drained: the good messages stayed leased to nobody (and
+    close() raised). Now the release succeeds, the bad message is put back in its queue and
+    the good one re-published: another consumer gets both."""
+    await publish_raw(
+        url, queue, [(b"first", False), (b"bad", True), (b"good", False)], monkeypatch
+    )
+    holder = AMQPBroker(url, {"prefetch_count": 10})
+    other = AMQPBroker(url, {})
+    try:
+        [d] = await holder.fetch([queue], 1, 5)
+        assert d.body == b"first"
+        await holder.ack([d])
+        await buffered(holder, 2)
+        if how == "close":
+            await holder.close()
+        else:
+            await holder.stop_fetching()  # holder stays connected (an app living on)
+        got = await fetch_all(other, queue, 2, 10)
+        assert sorted(d.body for d in got) == [b"bad", b"good"]
+        assert [d.body for d in got if d.defect is not None] == [b"bad"]
+    finally:
+        await holder.close()
+        await other.close()
+
+
+async def test_unexpected_error_re_publishing_hands_the_delivery_out(
+    url: str, queue: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error re-publishing a redelivered message that is not the connection's (a bug, a
+    message the arrival check missed) used to kill the consumer callback and orphan the
+    delivery (prefetch 1: the queue stalled). Now it is logged and the delivery handed out as
+    it is, counted as its copy would have been; the next message follows."""
+    broker = AMQPBroker(url, {"prefetch_count": 1})
+    await broker.publish(
+        [Outgoing(queue, b"again", uuid.uuid4().hex), Outgoing(queue, b"next", uuid.uuid4().hex)]
+    )
+    [held] = await broker.fetch([queue], 1, 5)
+    assert held.body == b"again"
+    await broker.close()  # "again" goes back, redelivered
+
+    second = AMQPBroker(url, {"prefetch_count": 1})
+
+    def broken(*_: Any) -> Publication:
+        raise ValueError("cannot copy")
+
+    monkeypatch.setattr(second, "_copy", broken)
+    try:
+        with caplog.at_level(logging.ERROR, logger="aqueue.transports.amqp.broker"):
+            got = await fetch_all(second, queue, 2, 10)
+        assert [(d.body, d.delivery_count) for d in got] == [(b"again", 2), (b"next", 1)]
+        assert any("handing it out as it is" in r.getMessage() for r in caplog.records)
+    finally:
+        await second.close()
+
+
+async def test_close_makes_a_waiting_fetch_return_empty(url: str, monkeypatch: Any) -> None:
+    """A fetch waiting for deliveries when close() runs returns ``[]``, as its docstring says,
+    instead of starting consumers on the closing connection and raising
+    BrokerConnectionError."""
+    queue = f"edges-{uuid.uuid4().hex}"
+    broker = AMQPBroker(url, {})
+    try:
+        await broker.publish([Outgoing(queue, b"x", uuid.uuid4().hex)])
+        [d] = await broker.fetch([queue], 1, 5)
+        await broker.ack([d])
+        arrived = broker._buffer.arrived
+        real_wait = arrived.wait
+        waiting = asyncio.Event()
+
+        async def wait() -> bool:
+            waiting.set()
+            return await real_wait()
+
+        monkeypatch.setattr(arrived, "wait", wait)
+        fetching = asyncio.ensure_future(broker.fetch([queue], 1, 30))
+        await asyncio.wait_for(waiting.wait(), 10)  # the fetch waits for an arrival
+        await broker.close()
+        assert await asyncio.wait_for(fetching, 10) == []
+    finally:
+        await broker.close()
