@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(30)
 SCRIPTS = sorted(
     p.name.removesuffix(".lua")
     for p in resources.files("aqueue.transports.redis.lua").iterdir()
-    if p.name.endswith(".lua")
+    if p.name.endswith(".lua") and not p.name.startswith("_")  # _x.lua: a shared piece
 )
 
 
@@ -38,6 +38,13 @@ def test_every_script_names_its_keys_and_argv() -> None:
         assert header is not None, f"{name}.lua has no header comment"
         assert "KEYS" in header.group(0), f"{name}.lua: header does not name its KEYS"
         assert "ARGV" in header.group(0), f"{name}.lua: header does not name its ARGV"
+
+
+def test_shared_pieces_are_put_in_where_a_script_names_them() -> None:
+    for name in ("fetch", "count_delayed", "purge_delayed"):
+        text = lua.source(name)
+        assert not re.search(r"^-- include:", text, re.MULTILINE), name
+        assert text.count("local function framed(member, pos)") == 1, name
 
 
 def test_no_lua_left_inline_in_the_redis_transport() -> None:

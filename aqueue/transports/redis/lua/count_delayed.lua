@@ -10,16 +10,7 @@
 -- script sets it aside once it is due (its check also needs the stream prefix, which this
 -- script is not given).
 
--- "<len>:<text>" at pos: the text and the position after it, or nil (as in fetch.lua).
-local function framed(member, pos)
-  local colon = string.find(member, ':', pos, true)
-  if not colon or colon == pos or colon - pos > 9 then return nil end
-  local digits = string.sub(member, pos, colon - 1)
-  if not string.match(digits, '^%d+$') then return nil end
-  local stop = colon + tonumber(digits)
-  if stop > #member then return nil end
-  return string.sub(member, colon + 1, stop), stop + 1
-end
+-- include: _framed
 
 -- Whether s is UTF-8 as a strict decoder takes it: no overlong forms, no surrogates, nothing
 -- past U+10FFFF. Per lead byte: how many continuation bytes, and the range of the first one.

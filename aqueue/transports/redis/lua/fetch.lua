@@ -23,16 +23,7 @@ local limit, now = tonumber(ARGV[3]), ARGV[4]
 local reclaim_idle, prefix, forget_idle = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
 local STREAMS = 3 -- KEYS index of the first queue stream
 
--- "<len>:<text>" at pos: the text and the position after it, or nil.
-local function framed(member, pos)
-  local colon = string.find(member, ':', pos, true)
-  if not colon or colon == pos or colon - pos > 9 then return nil end
-  local digits = string.sub(member, pos, colon - 1)
-  if not string.match(digits, '^%d+$') then return nil end
-  local stop = colon + tonumber(digits)
-  if stop > #member then return nil end
-  return string.sub(member, colon + 1, stop), stop + 1
-end
+-- include: _framed
 
 -- A delayed member "<len>:<stream><len>:<message id><body>": its stream and body, or nil and
 -- why not.

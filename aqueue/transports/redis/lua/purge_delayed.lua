@@ -8,16 +8,7 @@
 -- queue_depths showed. A malformed member (anyone can write to the set) is left where it
 -- is, even one naming a purged stream: the fetch script sets it aside, logged, once due.
 
--- "<len>:<text>" at pos: the text and the position after it, or nil (as in fetch.lua).
-local function framed(member, pos)
-  local colon = string.find(member, ':', pos, true)
-  if not colon or colon == pos or colon - pos > 9 then return nil end
-  local digits = string.sub(member, pos, colon - 1)
-  if not string.match(digits, '^%d+$') then return nil end
-  local stop = colon + tonumber(digits)
-  if stop > #member then return nil end
-  return string.sub(member, colon + 1, stop), stop + 1
-end
+-- include: _framed
 
 local targets = {}
 for i = 3, #ARGV do targets[ARGV[i]] = true end
