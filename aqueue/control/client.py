@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aqueue.control.protocol import CONTROL_CHANNEL, Command, Reply, Table, dumps, heartbeats
 from aqueue.exceptions import DecodeError, SecurityError
 from aqueue.results.record import ResultRecord
+from aqueue.transports.base import SharedReplies
 from aqueue.worker.ratelimit import parse_rate
 from aqueue.worker.revoke import WAITING, revocation_record
 
@@ -138,7 +139,9 @@ class Control:
     ) -> list[Reply]:
         """Revoke tasks on every worker, now and later (the steps are in
         :mod:`aqueue.worker.revoke`): store each id in the ``revoked`` table, store ``REVOKED``
-        for those still waiting, then broadcast.
+        for those still waiting, then broadcast. Every handle of a task stored ``REVOKED`` learns
+        it at once, the sender's own included when the result backend has a shared reply
+        channel (:class:`~aqueue.transports.base.SharedReplies`: Redis).
 
         Args:
             task_ids: one id or several.
@@ -197,7 +200,12 @@ class Control:
                 revoked = revocation_record(task_id, "revoked", retries, name)
                 items.append((task_id, revoked.encode("json", signing)))
         if items:
-            await backend.store(items, app.conf.result_expires)
+            # The sender's handle waits on its own reply channel, which only it knows: the
+            # shared one reaches it wherever it is (SharedReplies).
+            reply_to = None
+            if isinstance(backend, SharedReplies):
+                reply_to = dict.fromkeys([tid for tid, _ in items], backend.shared_reply_channel)
+            await backend.store(items, app.conf.result_expires, reply_to)
 
     async def rate_limit(
         self,

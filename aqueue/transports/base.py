@@ -52,6 +52,7 @@ __all__ = [
     "ReplyTo",
     "ResultBackend",
     "RunTracking",
+    "SharedReplies",
     "Snapshot",
     "Transport",
     "Waiters",
@@ -521,6 +522,23 @@ class ReplyChannels(Protocol):
         Called before the message naming the reply channel is published; the mailbox lives as
         long as a reference to it does (the result handle holds it).
         """
+        ...
+
+
+@runtime_checkable
+class SharedReplies(Protocol):
+    """Optional, beside :class:`ReplyChannels`: a reply channel every client of the backend
+    listens on beside its own, for records whose sender is not known.
+
+    A revocation made by another client than the task's sender stores ``REVOKED`` with this
+    channel as the ``reply_to`` of each id, so that the sender's handle (which waits on its
+    own reply channel, not on the task's) learns it at once rather than when a worker meets
+    the message (for a ``countdown`` of an hour, an hour later).
+    """
+
+    @property
+    def shared_reply_channel(self) -> str:
+        """The shared reply channel's name, as :meth:`ResultBackend.store` takes it."""
         ...
 
 

@@ -22,9 +22,12 @@ from tests.apps.ops_tasks import (
     env_of,
     url_for,
 )
+from tests.transport_choice import chosen_transports
 from tests.workerproc import WorkerProcess
 
 pytestmark = pytest.mark.timeout(60)
+
+WAIT = 10.0  # seconds a wait that should end at once may take
 
 
 @pytest.fixture(params=OPS_TRANSPORTS)
@@ -119,6 +122,24 @@ async def shared(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     tasks = build(url_for(request.param, request, tmp_path), f"q-{uuid.uuid4().hex[:12]}")
     yield tasks
     await tasks.app.close()
+
+
+# Transports one process's apps share (not memory://), and in `make test-cluster` the one named.
+@pytest.mark.parametrize("t", chosen_transports(SHARED_TRANSPORTS), indirect=True)
+async def test_a_revoke_from_another_client_reaches_the_senders_own_handle_at_once(
+    t: OpsTasks,
+) -> None:
+    """The handle ``apply_async`` returned waits on its client's reply channel (Redis), not on
+    the task's: a revocation made by another client must reach it too, not an hour later when
+    a worker meets the message."""
+    r = await t.record.apply_async(("late",), countdown=3600)
+    other = build(t.app.conf.broker_url or "", t.app.conf.task_default_queue)
+    try:
+        await other.app.control.revoke(r.id)
+    finally:
+        await other.app.close()
+    with pytest.raises(TaskRevokedError):
+        await r.get(timeout=WAIT)  # no worker runs: only the revocation can end this wait
 
 
 @pytest.mark.slow

@@ -63,6 +63,9 @@ _WATCHED = keys.watched()
 _WAITED = keys.waited()
 # Seconds a watcher's entry in the watched set lasts; live watches renew it every third.
 _WATCH_TTL = 3600.0
+# The reply channel every client listens on beside its own (no client token is this word): a
+# record whose sender is not known, such as a revocation made by another client, goes there.
+_SHARED_REPLY = keys.reply_channel("everyone")
 
 
 def _milliseconds(seconds: float) -> int:
@@ -95,6 +98,7 @@ class RedisBackend(RedisRole):
         self._reply = keys.reply_channel(secrets.token_hex(8)).encode()
         self._reply_name = self._reply.decode()
         self._reply_subscribed: asyncio.Task[None] | None = None
+        self._shared_reply = _SHARED_REPLY.encode()
         self._inbox = Inbox()
 
     async def close(self) -> None:
@@ -326,12 +330,27 @@ class RedisBackend(RedisRole):
         if task is not None and task.done() and not task.cancelled() and not task.exception():
             return self._reply_name  # subscribed: what every send after the first one finds
         if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
-            queue: asyncio.Queue[bytes] = asyncio.Queue()  # unused: _dispatch routes replies
-            task = self._reply_subscribed = asyncio.ensure_future(
-                self._subscribe(self._reply, queue)
-            )
+            task = self._reply_subscribed = asyncio.ensure_future(self._subscribe_replies())
         await asyncio.shield(task)
         return self._reply_name
+
+    @property
+    def shared_reply_channel(self) -> str:
+        """The reply channel every client of this backend listens on beside its own
+        (``aqueue:reply:everyone``): records stored for it reach the mailbox of their task id
+        in whichever client sent the task (a revocation made elsewhere, see
+        :meth:`aqueue.control.client.Control.revoke`)."""
+        return _SHARED_REPLY
+
+    async def _subscribe_replies(self) -> None:
+        """Subscribe this client's reply channel and the shared one; both or neither."""
+        queue: asyncio.Queue[bytes] = asyncio.Queue()  # unused: _dispatch routes replies
+        await self._subscribe(self._reply, queue)
+        try:
+            await self._subscribe(self._shared_reply, queue)
+        except BaseException:
+            await self._unsubscribe(self._reply, queue)
+            raise
 
     def expect(self, task_id: str) -> Mailbox:
         """The mailbox that records of ``task_id`` arriving on the reply channel go to.
@@ -494,7 +513,7 @@ class RedisBackend(RedisRole):
             kind = "message"
         elif kind == self._channels.subscribed:
             kind = "subscribe"
-        if kind == "message" and channel == self._reply:
+        if kind == "message" and (channel == self._reply or channel == self._shared_reply):
             try:
                 self._inbox.deliver(data)
             except ValueError as exc:
@@ -528,6 +547,8 @@ class RedisBackend(RedisRole):
         if channel == self._reply:
             await self._refresh_inbox()
             return
+        if channel == self._shared_reply:
+            return  # what it brought is read back with the reply channel's records
         seen = self._messages_seen.get(channel, 0)
         task_id = self._watched_ids.get(channel)
         if task_id is None:  # no longer watched
