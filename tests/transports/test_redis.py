@@ -823,3 +823,41 @@ async def test_a_dead_letter_written_by_hand_is_listed_with_the_others(
     first, second = await broker.dead_letters(queue_name)
     assert (first.body, first.reason, first.time) == (b"body-1", "\ufffdbad", 0.0)
     assert (second.body, second.reason, second.time) == (b"body-2", "no handler", 1700000000.5)
+
+
+async def test_a_fetch_cancelled_while_renewing_buffered_leases_keeps_them(
+    url: str, client: aioredis.Redis, brokers: list[RedisBroker], queue_name: str
+) -> None:
+    """A fetch renews buffered leases that waited long before handing them out; cancelled
+    there (a worker stopping), it must leave them in the buffer, which close() releases, not
+    out of it and leased to no one until the visibility timeout."""
+    a = await new_broker(brokers, url)
+    await a.publish([out(queue_name, b"p1", 1), out(queue_name, b"p0", 0)])
+    plan = a._plan([queue_name])
+    raw, _ = await a._session()
+    await a._ensure_groups(raw, plan.streams)
+    [p1] = await a._read_blocking(raw, plan, 1, 0.1)
+    [buffered] = a._buffer
+    buffered.token = dataclasses.replace(
+        buffered.token, received=buffered.token.received - a._visibility
+    )
+    pool: Any = raw.connection_pool
+    idle = len(pool._in_use_connections)
+    # The renewal waits on the server for 1 s (CLIENT UNPAUSE would wait out the pause too).
+    await client.client_pause(1000)
+    fetch = asyncio.ensure_future(a.fetch([queue_name], 1, 0))
+    for _ in range(500):  # until the renewal holds a connection: it is on the server
+        if len(pool._in_use_connections) > idle or fetch.done():
+            break
+        await asyncio.sleep(0.001)
+    assert not fetch.done()
+    fetch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await fetch
+    assert a._buffer == [buffered]
+    await a.ack([p1])
+    await a.close()  # releases the buffer: ready again at once
+    c = await new_broker(brokers, url)
+    [again] = await c.fetch([queue_name], 1, 1.0)
+    assert again.body == b"p0"
+    await c.ack([again])

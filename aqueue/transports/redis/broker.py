@@ -941,7 +941,13 @@ class RedisBroker(RedisRole):
         stale = [d for d in taken if d.token.received < cutoff]
         if not stale:
             return taken
-        kept = await self._renew(scripts, stale)
+        try:
+            kept = await self._renew(scripts, stale)
+        except BaseException:
+            # Failed or cancelled (a worker stopping): not handed out, so back in the buffer,
+            # which the next fetch or close() sees, not left to the visibility timeout.
+            self._buffer.extend(taken)
+            raise
         lost = {id(d) for d in stale} - {id(d) for d in kept}
         return [d for d in taken if id(d) not in lost]
 
