@@ -861,3 +861,55 @@ async def test_a_fetch_cancelled_while_renewing_buffered_leases_keeps_them(
     [again] = await c.fetch([queue_name], 1, 1.0)
     assert again.body == b"p0"
     await c.ack([again])
+
+
+# Busy on the server for 300 ms: commands other connections send meanwhile wait their turn.
+BUSY_SCRIPT = """
+local t = redis.call('TIME')
+while true do
+    local n = redis.call('TIME')
+    if (n[1] - t[1]) * 1000000 + (n[2] - t[2]) > 300000 then return 1 end
+end
+"""
+
+
+async def test_a_fetch_cancelled_while_its_script_runs_loses_no_lease(
+    url: str, client: aioredis.Redis, brokers: list[RedisBroker], queue_name: str
+) -> None:
+    """A worker's stop cancels its fetch. Redis still runs a fetch script whose command it
+    received (redis-py only drops the connection), leasing the batch: what it leased must
+    reach the buffer, which close() releases, not wait out the visibility timeout."""
+    a = await new_broker(brokers, url)
+    assert await a.fetch([queue_name], 10, 0) == []  # the server has the script, the groups
+    await a.publish([out(queue_name, b"m%d" % i, 0) for i in range(3)])
+    raw, _ = await a._session()
+    pool: Any = raw.connection_pool
+    busy = asyncio.ensure_future(client.eval(BUSY_SCRIPT, 0))
+    # Until the busy script runs: a PING on a connection of its own then waits behind it.
+    probe = aioredis.Redis.from_url(url)
+    try:
+        for _ in range(100):
+            try:
+                await asyncio.wait_for(probe.ping(), 0.05)
+            except TimeoutError:
+                break
+        else:
+            raise AssertionError("setup: the busy script never held the server")
+    finally:
+        await probe.aclose()
+    idle = len(pool._in_use_connections)
+    fetch = asyncio.ensure_future(a.fetch([queue_name], 10, 0))
+    for _ in range(500):  # until the script run holds a connection: its command is sent
+        if len(pool._in_use_connections) > idle or fetch.done():
+            break
+        await asyncio.sleep(0.001)
+    assert not fetch.done(), "setup: the fetch did not wait behind the busy script"
+    fetch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await fetch
+    assert await busy == 1
+    await a.close()
+    c = await new_broker(brokers, url)
+    got = await c.fetch([queue_name], 10, 1.0)
+    assert sorted(d.body for d in got) == [b"m0", b"m1", b"m2"]
+    await c.ack(got)

@@ -58,7 +58,15 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Hashable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from typing import Any, TypeVar
@@ -260,6 +268,8 @@ class RedisBroker(RedisRole):
         # fetch); and the time.monotonic() of the last fetch script run.
         self._drained: tuple[str, ...] | None = None
         self._script_ran = 0.0
+        # Fetch script runs whose fetch was cancelled, until they end and buffer their leases.
+        self._orphans: set[asyncio.Task[list[Delivery]]] = set()
 
     def __repr__(self) -> str:
         return f"RedisBroker({redacted_url(self._url)!r}, consumer={self._consumer!r})"
@@ -275,6 +285,7 @@ class RedisBroker(RedisRole):
             return
         try:
             with redis_errors(self._url, "close"):
+                await self._finish_orphans()
                 await self._finish_reads()
                 buffered, self._buffer = self._buffer, []
                 if buffered:
@@ -372,7 +383,7 @@ class RedisBroker(RedisRole):
                 try:
                     wait = min(deadline - time.monotonic(), self._until_next_check())
                     if not drained or wait <= 0:
-                        found = await self._read_ready(scripts, plan, limit)
+                        found = await self._kept(self._read_ready(scripts, plan, limit))
                         if found:
                             return found
                         wait = min(deadline - time.monotonic(), self._until_next_check())
@@ -923,6 +934,51 @@ class RedisBroker(RedisRole):
             self._harvest_reads()
         except redis.exceptions.RedisError as exc:
             log.warning("closing %r: a blocking read failed: %s", self, exc)
+
+    async def _kept(self, run: Coroutine[Any, Any, list[Delivery]]) -> list[Delivery]:
+        """Await ``run`` (fetch script runs) so that cancelling the fetch loses nothing.
+
+        Redis runs a command it received even when the connection is closed before the reply
+        is read, and redis-py drops a connection whose reply a cancelled command left unread:
+        a worker stopping while its fetch script ran left the batch leased to no one until the
+        visibility timeout. Cancelled, the fetch returns at once; the run goes on and its
+        deliveries go to the buffer, for the next fetch or :meth:`close` (which waits for it).
+        """
+        task = asyncio.ensure_future(run)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                self._orphans.add(task)
+                task.add_done_callback(self._adopt)
+            raise
+
+    def _adopt(self, task: asyncio.Task[list[Delivery]]) -> None:
+        """Buffer what an orphaned fetch script run leased (once per run)."""
+        if task not in self._orphans:
+            return
+        self._orphans.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            self._buffer.extend(task.result())
+        else:
+            log.warning("%r: a cancelled fetch's script run failed: %s", self, error)
+
+    async def _finish_orphans(self) -> None:
+        """Wait for orphaned fetch script runs (a round trip each) and buffer their leases."""
+        tasks = list(self._orphans)
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=_MAX_BLOCK + 1.0)
+        for task in tasks:
+            if task in late:
+                task.cancel()  # what it leased is delivered again after the visibility timeout
+            else:
+                self._adopt(task)
+        if late:
+            await asyncio.wait(late)
 
     async def _take_buffered(self, scripts: _Scripts, plan: _Plan, limit: int) -> list[Delivery]:
         """Hand out buffered deliveries of the plan's streams, best first.
