@@ -3,7 +3,8 @@
 - :mod:`.schedules`: intervals and ``crontab``, with the daylight-saving rule;
 - :mod:`.entry`: a checked periodic entry (``beat_schedule``, ``app.add_periodic_task``);
 - :mod:`.scheduler`: :class:`Beat`, which claims and sends due ticks;
-- :mod:`.store`: what beats share - claims, last ticks, stored entries - one module per backend;
+- what beats share (claims, last ticks, stored entries) is each transport's ``beat.py``, behind
+  :class:`~aqueue.transports.base.BeatStore`;
 - :mod:`.control`: ``app.beat``, entries added and removed at runtime;
 - :mod:`.cli`: ``aqueue beat`` and ``aqueue worker -B``.
 

@@ -120,7 +120,7 @@ class BeatControl:
         entries = static_entries(self.app)
         for name, data in snapshot.entries.items():
             try:
-                entries[name] = decode_entry(name, data, self.app.conf.signing)
+                entries[name] = decode_entry(self.app, name, data)
             except (ConfigurationError, SecurityError):
                 continue  # unreadable or not signed with the key: beats skip it too, and log why
         out = []

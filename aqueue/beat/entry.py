@@ -22,9 +22,10 @@ missed tick, oldest first) or ``"none"`` (drop them; only a tick found within
 from __future__ import annotations
 
 import difflib
+import math
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Unpack
 
@@ -37,7 +38,6 @@ from aqueue.sending.options import SEND_OPTIONS, SendOptions
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
-    from aqueue.signing import Signing
 
 __all__ = [
     "CATCH_UP",
@@ -56,6 +56,9 @@ CATCH_UP = ("once", "all", "none")
 ON_TIME = 5.0
 
 _KEYS = ("task", "schedule", "args", "kwargs", "options", "catch_up")
+
+# The key a signed stored entry carries its signature under (aqueue.signing).
+_SIGNATURE_KEY = "hmac"
 
 # Options beat sets itself on every message it sends.
 _OWN_OPTIONS = frozenset({"task_id", "eta"})
@@ -132,42 +135,62 @@ class Entry:
             ) from exc
 
 
-def decode_entry(name: str, data: bytes, signing: Signing | None = None) -> Entry:
+def decode_entry(app: Aqueue, name: str, data: bytes) -> Entry:
     """Read back an entry stored by :meth:`Entry.encode` (signed by ``app.beat.add`` when
-    ``task_signing_key`` is set; ``signing``, the app's ``conf.signing``, checks that).
+    ``task_signing_key`` is set, and then verified), checked as :func:`parse_entry` checks a
+    ``beat_schedule`` entry: a stored entry is not always what ``app.beat.add`` wrote.
 
     Raises:
-        ConfigurationError: ``data`` is not a stored entry.
-        SecurityError: with ``signing``, the entry is unsigned or its signature is bad.
+        ConfigurationError: ``data`` is not a stored entry (not JSON, an unknown key, a value
+            of the wrong type); the message names the entry and the key.
+        SecurityError: with signing, the entry is unsigned or its signature is bad.
     """
+    signing = app.conf.signing
     if signing is not None:
         signing.beat.verify(data)
+    where = f"stored beat entry {name!r}"
     try:
         spec = orjson.loads(data)
-        schedule = schedule_from_dict(spec["schedule"])
-        return Entry(
-            name=name,
-            task=str(spec["task"]),
-            schedule=schedule,
-            args=tuple(spec.get("args") or ()),
-            kwargs=dict(spec.get("kwargs") or {}),
-            options=dict(spec.get("options") or {}),
-            catch_up=str(spec.get("catch_up") or "once"),
-            dynamic=True,
-            since=spec.get("since"),
-        )
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ConfigurationError(f"stored beat entry {name!r} is unreadable: {exc}") from exc
+    except orjson.JSONDecodeError as exc:
+        raise ConfigurationError(f"{where} is unreadable: not JSON ({exc})") from None
+    if not isinstance(spec, dict):
+        raise ConfigurationError(f"{where} is unreadable: not a JSON object")
+    spec.pop(_SIGNATURE_KEY, None)
+    since = spec.pop("since", None)
+    if since is not None and (
+        isinstance(since, bool) or not isinstance(since, int | float) or not math.isfinite(since)
+    ):
+        raise ConfigurationError(f"{where}: 'since' must be epoch seconds, not {since!r}")
+    try:
+        spec["schedule"] = schedule_from_dict(spec.get("schedule"))
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
+    try:
+        entry = parse_entry(app, name, spec, dynamic=True, what="stored beat entry")
+    except (TypeError, ValueError) as exc:  # an option of the wrong type, met building a message
+        raise ConfigurationError(f"{where}: {exc}") from None
+    expires = entry.options.get("expires")
+    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, int | float)):
+        raise ConfigurationError(f"{where}: 'expires' must be a number of seconds")
+    return replace(entry, since=since)
 
 
-def parse_entry(app: Aqueue, name: str, spec: Mapping[str, Any], *, dynamic: bool = False) -> Entry:
-    """Check a ``beat_schedule`` entry and build its :class:`Entry`.
+def parse_entry(
+    app: Aqueue,
+    name: str,
+    spec: Mapping[str, Any],
+    *,
+    dynamic: bool = False,
+    what: str = "beat_schedule entry",
+) -> Entry:
+    """Check a ``beat_schedule`` entry (or, ``what`` says, another kind) and build its
+    :class:`Entry`.
 
     Raises:
         ConfigurationError: a key is unknown or missing, or a value is invalid; the message
             names the entry and the key.
     """
-    where = f"beat_schedule entry {name!r}"
+    where = f"{what} {name!r}"
     if not isinstance(name, str) or not name:
         raise ConfigurationError(f"a beat entry's name must be a non-empty string, not {name!r}")
     if not isinstance(spec, Mapping):

@@ -14,6 +14,11 @@ A tick is sent exactly once, except in two crash windows, both a few millisecond
 - a beat that dies after publishing and before confirming does the same, so that tick is sent
   twice - with the same task id.
 
+A publish still in flight when the lease runs out (``broker_connection_timeout`` or a
+``retry_policy`` of 10 s or more; 4 s by default) likewise lets another beat send the same tick,
+with the same task id (docs/beat.md). A store row beat did not write is skipped and logged once
+(:mod:`aqueue.transports.beat_rows`); an entry whose last tick cannot be read starts from now.
+
 Catching up (Celery's beat would send nothing, or a burst): each entry's last tick is kept in
 the store, so after a downtime the ticks missed are handled by the entry's ``catch_up``:
 ``"once"`` sends the latest missed tick once, ``"all"`` every missed tick oldest first, ``"none"``
@@ -236,8 +241,12 @@ class Beat:
             for name in list(self._states):
                 if name not in entries:
                     del self._states[name]
+            lost = snapshot.unreadable
             wakes = await asyncio.gather(
-                *(self._visit(e, snapshot.last.get(e.name), now) for e in entries.values())
+                *(
+                    self._visit(e, snapshot.last.get(e.name), e.name in lost, now)
+                    for e in entries.values()
+                )
             )
             wake = min([now + self.max_interval, *wakes])
             return min(self.max_interval, max(0.0, wake - self.clock()))
@@ -256,7 +265,7 @@ class Beat:
             cached = self._decoded.get(name)
             if cached is None or cached[0] != data:
                 try:
-                    cached = (data, decode_entry(name, data, self.app.conf.signing))
+                    cached = (data, decode_entry(self.app, name, data))
                 except (ConfigurationError, SecurityError) as exc:
                     logger.error("beat: skipping stored entry %r: %s", name, exc)
                     cached = (data, None)
@@ -265,11 +274,17 @@ class Beat:
                 entries[name] = cached[1]
         return entries
 
-    async def _visit(self, entry: Entry, last_ms: int | None, now: float) -> float:
-        """Settle ``entry``'s open ticks and take up its due tick; return when to look again."""
+    async def _visit(self, entry: Entry, last_ms: int | None, lost: bool, now: float) -> float:
+        """Settle ``entry``'s open ticks and take up its due tick; return when to look again.
+
+        ``lost``: the store holds a last tick for ``entry`` that cannot be read. The entry then
+        starts from now, even a stored one (not from when it was added): the ticks before now
+        may have been sent, and their claims may be gone, so only now is known to be safe.
+        """
         try:
             state = self._states.setdefault(entry.name, _State())
-            known = [state.cursor, entry.since, None if last_ms is None else last_ms / 1000]
+            since = None if lost else entry.since
+            known = [state.cursor, since, None if last_ms is None else last_ms / 1000]
             floor = [t for t in known if t is not None]
             state.cursor = max(floor) if floor else now  # first sight: from now on
             for tick in sorted(state.open):
@@ -338,10 +353,25 @@ class Beat:
                 )
 
     async def _send(self, entry: Entry, tick: float, task_id: str, expires: float | None) -> None:
+        """Publish ``entry``'s message for ``tick``.
+
+        Raises:
+            BrokerError: the broker cannot be reached (the tick is tried again).
+            AqueueError: the message cannot be sent as it is; any other error is raised as a
+                :class:`ConfigurationError` - an option of the wrong type that only publishing
+                meets (``"retry_policy": 5``) must not stop the entry at this tick for good.
+        """
         options = dict(entry.options)
         if expires is not None:
             options["expires"] = datetime.fromtimestamp(expires, UTC)
-        await self.app.send_task(entry.task, entry.args, entry.kwargs, task_id=task_id, **options)
+        try:
+            await self.app.send_task(
+                entry.task, entry.args, entry.kwargs, task_id=task_id, **options
+            )
+        except AqueueError:
+            raise
+        except Exception as exc:
+            raise ConfigurationError(f"{type(exc).__name__}: {exc}") from exc
 
     def _time(self, tick: float) -> str:
         """A tick as an ISO time in the app's time zone (milliseconds only when not whole)."""

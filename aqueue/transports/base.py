@@ -844,10 +844,14 @@ class Snapshot:
     Attributes:
         entries: stored entries, name -> :meth:`Entry.encode` bytes.
         last: the last confirmed tick of each entry, in epoch milliseconds.
+        unreadable: entries whose stored last tick could not be read (a row beat did not
+            write, left out of ``last``): beat starts them from now
+            (:mod:`aqueue.transports.beat_rows`).
     """
 
     entries: dict[str, bytes]
     last: dict[str, int]
+    unreadable: frozenset[str] = frozenset()
 
 
 class BeatStore(Protocol):

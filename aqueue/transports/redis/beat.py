@@ -6,6 +6,7 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
 from aqueue.transports.base import Claim, Snapshot
+from aqueue.transports.beat_rows import UnreadableRows
 from aqueue.transports.redis import lua
 from aqueue.transports.redis.client import SharedClient, as_bytes, redis_errors
 from aqueue.transports.redis.role import RedisRole
@@ -30,6 +31,7 @@ class RedisStore(RedisRole):
         self._ns = namespace
         self._claim: AsyncScript | None = None
         self._confirm: AsyncScript | None = None
+        self._rows = UnreadableRows(f"redis beat store of app {namespace!r}")
 
     async def close(self) -> None:
         """Close the client."""
@@ -41,16 +43,26 @@ class RedisStore(RedisRole):
         self._confirm = lua.register(client, "beat_confirm")
 
     async def load(self) -> Snapshot:
-        """HGETALL both hashes in one pipeline."""
+        """HGETALL both hashes in one pipeline; a field beat did not write (a name that is not
+        UTF-8, a last tick that is not an integer) is left out and logged once."""
         client = await self._connection()
         with redis_errors(self._url, "beat load"):
             async with client.pipeline(transaction=True) as pipe:
                 pipe.hgetall(self._keys.beat_entries(self._ns))
                 pipe.hgetall(self._keys.beat_last(self._ns))
                 entries, last = await pipe.execute()
-        return Snapshot(
-            {as_bytes(k).decode(): as_bytes(v) for k, v in entries.items()},
-            {as_bytes(k).decode(): int(v) for k, v in last.items()},
+        rows = self._rows
+        return rows.snapshot(
+            dict(
+                row
+                for k, v in entries.items()
+                if (row := rows.entry(as_bytes(k), as_bytes(v))) is not None
+            ),
+            dict(
+                tick
+                for k, v in last.items()
+                if (tick := rows.last(as_bytes(k), as_bytes(v))) is not None
+            ),
         )
 
     async def put(self, name: str, data: bytes) -> None:

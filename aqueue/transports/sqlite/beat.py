@@ -6,6 +6,7 @@ import sqlite3
 import time
 
 from aqueue.transports.base import Claim, Snapshot
+from aqueue.transports.beat_rows import UnreadableRows
 from aqueue.transports.sqlite.connection import SQLiteConnection, transaction
 from aqueue.transports.sqlite.role import SQLiteRole
 
@@ -16,6 +17,14 @@ _CLAIM_UPSERT = (
     "INSERT INTO beat_claims (app, name, tick, done, token, expires_at) VALUES (?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (app, name, tick) DO UPDATE SET"
     " done = excluded.done, token = excluded.token, expires_at = excluded.expires_at"
+)
+
+# The last tick only rises; one that is not an integer (a row beat did not write, which load
+# leaves out) is overwritten: SQLite's max() would keep a TEXT or BLOB value, or NULL, forever.
+_LAST_RAISE = (
+    "INSERT INTO beat_last (app, name, tick) VALUES (?, ?, ?)"
+    " ON CONFLICT (app, name) DO UPDATE SET tick = CASE WHEN typeof(tick) = 'integer'"
+    " THEN max(tick, excluded.tick) ELSE excluded.tick END"
 )
 
 
@@ -35,15 +44,17 @@ class SQLiteStore(SQLiteRole):
         super().__init__(url, "beat store", db)
         self._ns = namespace
         self._purged = 0.0  # touched only in the database thread
+        self._rows = UnreadableRows(f"sqlite beat store of app {namespace!r}")
 
     async def close(self) -> None:
         """Close the connection."""
         await self._close_db()
 
     async def load(self) -> Snapshot:
-        """Read the entries and last ticks in one snapshot."""
+        """Read the entries and last ticks in one snapshot; a row beat did not write (a TEXT
+        entry, a last tick that is not an integer) is left out and logged once."""
 
-        def read(conn: sqlite3.Connection) -> Snapshot:
+        def read(conn: sqlite3.Connection) -> tuple[list[tuple[object, object]], ...]:
             with transaction(conn, "DEFERRED"):
                 entries = conn.execute(
                     "SELECT name, data FROM beat_entries WHERE app = ?", (self._ns,)
@@ -51,9 +62,14 @@ class SQLiteStore(SQLiteRole):
                 last = conn.execute(
                     "SELECT name, tick FROM beat_last WHERE app = ?", (self._ns,)
                 ).fetchall()
-            return Snapshot({n: bytes(d) for n, d in entries}, {n: int(t) for n, t in last})
+            return entries, last
 
-        return await self._db.call(read)
+        entries, last = await self._db.call(read)
+        rows = self._rows
+        return rows.snapshot(
+            dict(row for n, d in entries if (row := rows.entry(n, d)) is not None),
+            dict(tick for n, t in last if (tick := rows.last(n, t)) is not None),
+        )
 
     async def put(self, name: str, data: bytes) -> None:
         """Upsert the entry."""
@@ -110,10 +126,6 @@ class SQLiteStore(SQLiteRole):
         def mark(conn: sqlite3.Connection) -> None:
             with transaction(conn):
                 conn.execute(_CLAIM_UPSERT, (self._ns, name, tick, 1, token, time.time() + keep))
-                conn.execute(
-                    "INSERT INTO beat_last (app, name, tick) VALUES (?, ?, ?)"
-                    " ON CONFLICT (app, name) DO UPDATE SET tick = max(tick, excluded.tick)",
-                    (self._ns, name, tick),
-                )
+                conn.execute(_LAST_RAISE, (self._ns, name, tick))
 
         await self._db.call(mark)
