@@ -1,23 +1,27 @@
-"""RabbitMQ broker edges: headers it cannot publish again, and close() during a waiting fetch.
+"""RabbitMQ broker edges: headers it cannot publish again, properties that are not UTF-8,
+copies RabbitMQ refuses, and close() during a waiting fetch.
 
 pamqp decodes some valid AMQP header values into Python values it cannot encode back (a long
 string that is not UTF-8 comes back as ``bytes``; kombu and py-amqp publish ``bytes`` header
 values that way). The broker re-publishes received headers when it re-counts, re-delays or
-releases a delivery: such a message must not wedge the consumer nor strand other messages.
+releases a delivery: such a message must not wedge the consumer nor strand other messages, and
+neither must a copy that RabbitMQ itself does not take (nacked by a queue at its max-length).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import aiormq
 import pytest
 
+from aqueue.exceptions import BrokerConnectionError
 from aqueue.transports import Outgoing
 from aqueue.transports.amqp import publisher
 from aqueue.transports.amqp.broker import AMQPBroker
@@ -87,6 +91,20 @@ async def buffered(broker: AMQPBroker, count: int) -> None:
     while sum(len(heap) for heap in buffer._heaps.values()) < count:
         buffer.arrived.clear()
         await asyncio.wait_for(buffer.arrived.wait(), 10)
+
+
+@contextlib.contextmanager
+def max_length_one(node: RabbitNode, queue: str) -> Iterator[None]:
+    """A policy making ``queue`` take one ready message and nack the rest (RabbitMQ's own
+    refusal: max-length 1, overflow=reject-publish; unacked messages do not count); cleared
+    at the end."""
+    policy = f"aqueue-test-{queue}"
+    limits = '{"max-length": 1, "overflow": "reject-publish"}'
+    node.ctl("set_policy", policy, f"^{queue}$", limits, "--apply-to", "queues")
+    try:
+        yield
+    finally:
+        node.ctl("clear_policy", policy)
 
 
 async def test_unencodable_headers_are_a_defect_and_dead_lettered(
@@ -217,3 +235,123 @@ async def test_close_makes_a_waiting_fetch_return_empty(url: str, monkeypatch: A
         assert await asyncio.wait_for(fetching, 10) == []
     finally:
         await broker.close()
+
+
+async def test_redelivered_message_whose_copy_is_nacked_is_handed_out(
+    url: str, queue: str, rabbitmq_server: RabbitNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Classic queue, prefetch 1: a redelivered message is re-published with its count, and
+    RabbitMQ refuses the copy (a nack: the queue is at its max-length with
+    overflow=reject-publish). The delivery used to be left neither acked nor buffered: it held
+    the only prefetch slot, so nothing more of the queue was delivered while the connection
+    lived. Now it is handed out as it is, counted as its copy would have been, and the message
+    behind it follows."""
+    first = AMQPBroker(url, {"prefetch_count": 1})
+    second = AMQPBroker(url, {"prefetch_count": 1})
+    try:
+        with max_length_one(rabbitmq_server, queue):
+            await first.publish([Outgoing(queue, b"again", uuid.uuid4().hex)])
+            [held] = await first.fetch([queue], 1, 5)
+            assert held.body == b"again"
+            # Accepted: only ready messages count towards max-length, and "again" is unacked.
+            await first.publish([Outgoing(queue, b"next", uuid.uuid4().hex)])
+            await first.close()  # the worker died: "again" goes back, redelivered, first
+            # "next" is ready: the re-counted copy of "again" is over the limit, and nacked.
+            with caplog.at_level(logging.WARNING, logger="aqueue.transports.amqp.broker"):
+                got = await fetch_all(second, queue, 2, 10)
+        assert [(d.body, d.delivery_count) for d in got] == [(b"again", 2), (b"next", 1)]
+        assert any("handing it out as it is" in r.getMessage() for r in caplog.records)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_release_whose_copy_is_nacked_gives_the_delivery_back(
+    url: str, queue: str, rabbitmq_server: RabbitNode
+) -> None:
+    """release() publishes a copy and acks the original. When RabbitMQ nacks the copy, the
+    original used to stay leased to the live connection, handed out to nobody (the worker
+    has let go of it), holding the prefetch slot: nothing more of the queue was delivered.
+    Now it is put back in its queue (counted once more) and delivered again."""
+    broker = AMQPBroker(url, {"prefetch_count": 1})
+    try:
+        with max_length_one(rabbitmq_server, queue):
+            await broker.publish([Outgoing(queue, b"held", uuid.uuid4().hex)])
+            [held] = await broker.fetch([queue], 1, 5)
+            await broker.publish([Outgoing(queue, b"next", uuid.uuid4().hex)])
+            with pytest.raises(BrokerConnectionError, match=r"basic\.nack"):
+                await broker.release([held])  # "next" is ready: the copy is over the limit
+            got = await fetch_all(broker, queue, 2, 10)
+        assert [d.body for d in got] == [b"held", b"next"]
+        assert got[0].delivery_count == 2  # given back rather than re-published: counted
+    finally:
+        await broker.close()
+
+
+async def test_stop_fetching_whose_copies_are_nacked_strands_nothing(
+    url: str, queue: str, rabbitmq_server: RabbitNode
+) -> None:
+    """stop_fetching (like the idle release) re-publishes what the buffer holds and acks the
+    originals. A copy RabbitMQ nacked used to leave its original leased to the live connection,
+    its consumer cancelled and the buffer emptied: delivered to no one, silently (the others
+    were confirmed, so nothing was raised). Now it is put back in its queue."""
+    holder = AMQPBroker(url, {"prefetch_count": 10})
+    other = AMQPBroker(url, {})
+    try:
+        with max_length_one(rabbitmq_server, queue):
+            for body in (b"first", b"a", b"b"):
+                # One at a time: each is delivered (unacked) before the next is published.
+                await holder.publish([Outgoing(queue, body, uuid.uuid4().hex)])
+                if body == b"first":
+                    [d] = await holder.fetch([queue], 1, 5)
+                    await holder.ack([d])
+                else:
+                    await buffered(holder, 1 if body == b"a" else 2)
+            await holder.stop_fetching()  # the second copy is over the limit: nacked
+            got = await fetch_all(other, queue, 2, 10)
+        assert sorted(d.body for d in got) == [b"a", b"b"]
+    finally:
+        await holder.close()
+        await other.close()
+
+
+async def test_a_property_that_is_not_utf8_is_read_and_published_again_as_it_is(
+    url: str, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AMQP short strings (correlation_id here) are octets, which RabbitMQ passes on as they
+    are; one that is not UTF-8 used to fail the decoding of the frame in the connection's
+    reader: the connection dropped, the message was delivered again on the new one and dropped
+    it again, for ever, and nothing else was consumed. Now it is read as bytes, and
+    re-counting and dead-lettering publish it again unchanged; the next message follows."""
+    connection = await aiormq.connect(url)
+    first = AMQPBroker(url, {"prefetch_count": 1})
+    second = AMQPBroker(url, {"prefetch_count": 1})
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        real = publisher._short
+
+        def not_utf8(text: str, what: str) -> bytes:
+            return b"\x02\xff\xfe" if what == "correlation id" else real(text, what)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(publisher, "_short", not_utf8)
+            sent = await publisher.publish(channel, [Publication(b"odd", "", queue, "id")])
+        assert await sent.outcomes(10) == [None]
+        await first.publish([Outgoing(queue, b"next", uuid.uuid4().hex)])
+        [odd] = await first.fetch([queue], 1, 5)
+        assert (odd.body, odd.delivery_count, odd.defect) == (b"odd", 1, None)
+        await first.close()  # the worker died: the next consumer re-counts it, re-publishing
+        # it to the end of the queue, behind "next".
+        [following] = await second.fetch([queue], 1, 5)
+        assert following.body == b"next"
+        await second.ack([following])
+        [odd] = await second.fetch([queue], 1, 5)
+        assert (odd.body, odd.delivery_count, odd.defect) == (b"odd", 2, None)
+        assert odd.token.properties.correlation_id == b"\xff\xfe"
+        await second.dead_letter(odd, "poison")
+        [letter] = await second.dead_letters(queue)
+        assert (letter.body, letter.reason) == (b"odd", "poison")
+    finally:
+        await first.close()
+        await second.close()
+        await connection.close()

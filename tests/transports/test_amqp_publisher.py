@@ -251,6 +251,34 @@ async def test_no_confirm_in_time_is_an_error(rabbitmq_server: RabbitNode, queue
     assert after[-1].message_id in ids
 
 
+async def test_sends_and_acks_during_a_memory_alarm_are_bounded(
+    rabbitmq_server: RabbitNode, queue_name: str
+) -> None:
+    """Under a memory alarm RabbitMQ stops reading the connection's socket. Far more sends
+    than aiormq's write queue holds (10 frames), each its own publish, all fail with
+    BrokerConnectionError after operation_timeout, and an ack (on the same connection, through
+    the same write queue) returns at once: nothing waits for room in the write queue, since
+    the connection's writer hands every frame to the socket's buffer without waiting for it
+    to drain."""
+    broker = AMQPBroker(rabbitmq_server.url, {"operation_timeout": 1})
+    try:
+        await broker.publish([out(queue_name, b"held")])
+        [held] = await broker.fetch([queue_name], 1, 5)
+        rabbitmq_server.ctl("set_vm_memory_high_watermark", "0.0000001")
+        try:
+            async with asyncio.timeout(10):
+                outcomes = await asyncio.gather(
+                    *(broker.publish([out(queue_name, b"%d" % i)]) for i in range(50)),
+                    return_exceptions=True,
+                )
+                await broker.ack([held])
+        finally:
+            rabbitmq_server.ctl("set_vm_memory_high_watermark", "0.4")
+        assert all(isinstance(o, BrokerConnectionError) for o in outcomes), outcomes
+    finally:
+        await broker.close()
+
+
 async def test_a_batch_whose_wait_ended_early_leaves_the_others_confirms_alone(
     rabbitmq_server: RabbitNode, queue_name: str
 ) -> None:

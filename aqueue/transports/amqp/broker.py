@@ -31,8 +31,10 @@ How the Broker Protocol maps onto AMQP 0-9-1 as RabbitMQ implements it:
   ``aqueue-deliveries + x-delivery-count + 1``. Classic queues count nothing, so a delivery
   with ``redelivered`` set is never handed out: it is published again with
   ``aqueue-deliveries`` one higher and the original acked, and the copy is what the worker gets
-  (``aqueue-deliveries + 1``). :meth:`AMQPBroker.release` publishes a copy the same way with the
-  count kept, and acks the original.
+  (``aqueue-deliveries + 1``); a delivery whose copy RabbitMQ does not take is handed out as
+  it is (:meth:`AMQPBroker._handoff` says why). :meth:`AMQPBroker.release` publishes a copy the
+  same way with the count kept, and acks the original; one whose copy RabbitMQ does not take
+  is put back in its queue.
 - **Blame.** RabbitMQ gives a consumer no way to mark a delivery it holds as started, and
   returns every unacked delivery of a closed channel alike (``redelivered``; quorum queues
   count each return in ``x-delivery-count``). So this broker is not a
@@ -292,7 +294,7 @@ class AMQPBroker:
                 await self._idling
             with amqp_errors(self._url, "close"):
                 await self._stop_consuming()
-                await self._republish(self._buffer.drain(), "release")
+                await self._give_back(self._buffer.drain(), "release")
         except (AqueueError, TimeoutError) as exc:
             log.warning("closing %r: %s", self, exc)
         finally:
@@ -541,15 +543,21 @@ class AMQPBroker:
         """Give deliveries back, delivery count kept: publish a copy to the end of the queue,
         then ack the original. Deliveries of a closed channel are already back in their queue.
 
+        A delivery whose copy RabbitMQ did not confirm (it nacked or refused it, or no confirm
+        came in ``operation_timeout`` seconds) is put back in its queue instead (``basic.reject``
+        with ``requeue``): its next delivery counts one more.
+
         Raises:
             BrokerConnectionError: the server cannot be reached (the originals stay leased to
-                this connection and come back, counted, when it closes).
+                this connection and come back, counted, when it closes), or no copy was
+                confirmed (the originals were put back in their queue).
+            BrokerError: RabbitMQ refused every copy (the originals were put back).
         """
         if not deliveries:
             return
         await self._connect()
         with amqp_errors(self._url, "release"):
-            await self._republish([d.token for d in deliveries], "release")
+            await self._give_back([d.token for d in deliveries], "release")
 
     async def renew(self, deliveries: Sequence[Delivery]) -> None:
         """Nothing to do: an AMQP delivery stays leased until acked or its channel closes."""
@@ -820,6 +828,35 @@ class AMQPBroker:
         priority = min(max(m.priority, 0), MAX_PRIORITY)
         return publisher.Publication(m.body, exchange, key, m.message_id, priority, headers)
 
+    async def _give_back(self, arrivals: Sequence[Arrival], action: str) -> None:
+        """Give ``arrivals`` back, count kept (:meth:`_republish`); those whose copy RabbitMQ
+        did not confirm (nacked, refused, no confirm in time) are put back in their queue
+        instead (``basic.reject`` with ``requeue``), and so counted once more.
+
+        Without that they would stay unacked on a channel that may live on (the app outlives
+        its worker, or the worker hands back surplus deliveries while it runs), delivered to
+        no one and holding prefetch slots until the connection closes. A consumer never gives
+        its own deliveries back this way (see :meth:`_handoff`), so this cannot loop.
+
+        Raises:
+            aiormq.exceptions.AMQPError: no copy was confirmed (the arrivals are given back).
+        """
+        try:
+            await self._republish(arrivals, action)
+        finally:
+            kept = [a for a in arrivals if not a.done and not a.channel.is_closed]
+            if kept:
+                log.warning(
+                    "%r: %d delivery(ies) not re-published during %s; put back in their queue",
+                    self,
+                    len(kept),
+                    action,
+                )
+            for arrival in kept:
+                # A channel closed meanwhile has put it back already.
+                with contextlib.suppress(aiormq.exceptions.ChannelInvalidStateError):
+                    await arrival.requeue()
+
     async def _republish(
         self, arrivals: Sequence[Arrival], action: str, before: int | None = None
     ) -> None:
@@ -827,9 +864,9 @@ class AMQPBroker:
 
         The copy says it was delivered ``before`` times (default: the arrival's count less one,
         so that its next delivery has the same count). An arrival whose copy was not confirmed
-        stays unacked: it comes back when its channel closes. An arrival whose copy cannot be
-        encoded is put back in its queue instead (``basic.reject`` with ``requeue``), so that
-        the others still go.
+        stays unacked, for the caller to settle (:meth:`_give_back`, :meth:`_handoff`). An
+        arrival whose copy cannot be encoded is put back in its queue instead (``basic.reject``
+        with ``requeue``), so that the others still go.
 
         Raises:
             aiormq.exceptions.AMQPError: no copy was confirmed.
@@ -1023,7 +1060,7 @@ class AMQPBroker:
         """
         with amqp_errors(self._url, "release"):
             await self._stop_consuming()
-            await self._republish(self._buffer.drain(), "release")
+            await self._give_back(self._buffer.drain(), "release")
 
     async def _on_message(self, queue: str, message: aiormq.abc.DeliveredMessage) -> None:
         """Buffer a pushed delivery, or first re-publish it when it is early or uncounted."""
@@ -1057,28 +1094,40 @@ class AMQPBroker:
 
     async def _handoff(self, arrival: Arrival, work: Awaitable[None]) -> None:
         """Await ``work``, which re-publishes ``arrival`` and acks it, in its consumer callback
-        (where :meth:`_stop_consuming` waits for it)."""
+        (where :meth:`_stop_consuming` waits for it); should it fail with ``arrival`` still
+        unacked on its open channel, buffer ``arrival`` as it is. Errors are logged."""
         task = asyncio.current_task()
         if task is not None:
             self._handoffs.add(task)
         try:
             with amqp_errors(self._url, "consume"):
                 await work
-        except AqueueError as exc:
-            # Not acked, so not lost: it comes back when the channel closes.
-            log.warning("could not re-publish a delivery: %s", exc)
-        except Exception:
-            # Not an error of the connection: a message this broker could not re-publish
-            # (the arrival check missed why), or a bug. Neither acked nor buffered, it would
-            # hold a prefetch slot for as long as the channel lives and never run: handed out
-            # as it is instead (early, or with its count not carried in a header).
-            log.exception(
-                "%r: could not re-publish a delivery of %r; handing it out as it is",
-                self,
-                arrival.queue,
-            )
+        except Exception as exc:
+            # Neither acked nor buffered, the arrival would hold a prefetch slot for as long as
+            # its channel lives (RabbitMQ refused the copy, nacked it or did not confirm it in
+            # time, and the channel stays open; or a bug), and never run: with prefetch 1 the
+            # whole queue stalls. So it is handed out as it is: early, or counted as its copy
+            # would have been (the copy's header is what failed to move). Not given back
+            # (reject with requeue): RabbitMQ would deliver it again at once, to this consumer,
+            # redelivered, to be re-published and refused again, a loop that neither runs nor
+            # counts it. Handed out, it runs (at-least-once; should the copy have been stored
+            # after all, it runs twice), and a worker dying on it still sends it back counted
+            # at least this much; the count moves on once re-publishing works again.
+            if isinstance(exc, AqueueError):
+                log.warning(
+                    "%r: could not re-publish a delivery of %r (%s); handing it out as it is",
+                    self,
+                    arrival.queue,
+                    exc,
+                )
+            else:  # not the broker's doing: the arrival check missed why, or a bug
+                log.exception(
+                    "%r: could not re-publish a delivery of %r; handing it out as it is",
+                    self,
+                    arrival.queue,
+                )
             if not arrival.done and not arrival.channel.is_closed:
-                self._buffer.push(arrival)
+                self._buffer.push(arrival)  # a closed channel has put it back already
         finally:
             if task is not None:
                 self._handoffs.discard(task)

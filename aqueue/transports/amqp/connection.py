@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 import aio_pika
 import aio_pika.abc
 import aiormq.exceptions
+import pamqp.decode
 from aio_pika.connection import make_url
 from yarl import URL
 
@@ -28,6 +29,31 @@ from aqueue.transports.urls import redacted_url as _redacted
 __all__ = ["amqp_error", "amqp_errors", "open_connection", "redacted_url"]
 
 log = logging.getLogger(__name__)
+
+
+def _short_str(value: bytes) -> tuple[int, str | bytes]:
+    """pamqp's decoder of AMQP short strings (``shortstr``: message properties such as
+    ``correlation_id`` and ``message_id``, a delivery's routing key), except that one that is
+    not UTF-8 comes back as ``bytes``, as pamqp's decoder of long strings already does.
+
+    AMQP's short strings are octets; RabbitMQ passes them on unchecked. pamqp's own decoder
+    raises on one that is not UTF-8, which fails the whole frame in aiormq's reader: the
+    connection drops, RabbitMQ delivers the message again on the new one, which drops in turn,
+    for ever, and nothing else is consumed.
+
+    Raises:
+        ValueError: the data is too short.
+    """
+    try:
+        return _PAMQP_SHORT_STR(value)
+    except UnicodeDecodeError:
+        length = value[0]
+        return length + 1, bytes(value[1 : length + 1])
+
+
+_PAMQP_SHORT_STR = pamqp.decode.short_str
+# pamqp decodes a property or method field through this table (pamqp.decode.by_type).
+pamqp.decode.METHODS["shortstr"] = _short_str
 
 
 def redacted_url(url: str) -> str:

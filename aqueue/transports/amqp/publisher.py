@@ -64,7 +64,8 @@ class Publication:
         exchange: the exchange (``""``: the default exchange, which routes to the queue named by
             the routing key).
         routing_key: the routing key (at most 255 bytes).
-        correlation_id: AMQP ``correlation_id`` (aqueue: the task id), or ``None``.
+        correlation_id: AMQP ``correlation_id`` (aqueue: the task id), or ``None``; ``bytes``
+            when it was received so (not UTF-8).
         priority: AMQP priority 0..9 (0 to 255 on the wire).
         headers: AMQP headers table, or ``None``.
         persistent: ``delivery_mode`` 2 (written to disk by RabbitMQ) rather than 1.
@@ -75,20 +76,22 @@ class Publication:
     body: bytes
     exchange: str
     routing_key: str
-    correlation_id: str | None = None
+    correlation_id: str | bytes | None = None
     priority: int = 0
     headers: Mapping[str, Any] | None = None
     persistent: bool = True
     mandatory: bool = True
 
 
-def _short(text: str, what: str) -> bytes:
-    """An AMQP ``shortstr``: one length octet, then at most 255 bytes of UTF-8.
+def _short(text: str | bytes, what: str) -> bytes:
+    """An AMQP ``shortstr``: one length octet, then at most 255 bytes: ``text`` in UTF-8, or
+    as it is when it is ``bytes`` (a property received that was not UTF-8, published again
+    unchanged).
 
     Raises:
         ValueError: longer than 255 bytes.
     """
-    data = text.encode()
+    data = text if isinstance(text, bytes) else text.encode()
     if len(data) > 255:
         raise ValueError(f"AMQP {what} {text[:40]!r}... is longer than 255 bytes")
     return bytes((len(data),)) + data
