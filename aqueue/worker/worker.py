@@ -35,6 +35,8 @@ seconds to finish, and any still running then are cancelled and released (not ac
 run again elsewhere. Nothing is lost. A task that absorbs the cancellation is cancelled again
 each :data:`CANCEL_INTERVAL` seconds, named in the log, up to :data:`CANCEL_ROUNDS` times; then
 the worker stops without it, handing its message back all the same (see :meth:`Worker.stop`).
+A second signal stops at once: the running tasks get one last cancellation and one turn of the
+loop, and their messages are handed back.
 """
 
 from __future__ import annotations
@@ -167,6 +169,9 @@ class Worker:
         self._fetcher: asyncio.Task[None] | None = None
         self._fetch: asyncio.Future[list[Delivery]] | None = None  # the fetch under way
         self._main: asyncio.Task[None] | None = None
+        self._start_task: asyncio.Task[Any] | None = None  # the task running start()
+        self._start_ended = asyncio.Event()  # start() has returned or raised
+        self._stop_task: asyncio.Future[None] | None = None  # the shutdown, once begun
         self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="aqueue-task")
         self.executor: Executor | None = None
         self.broker: Broker | None = None
@@ -203,22 +208,41 @@ class Worker:
         trying again with a capped backoff (:data:`CONNECT_BACKOFF`) and logging once per
         outage; a :meth:`stop` meanwhile ends the wait and the worker never starts.
 
+        Starting either finishes or is undone: should it fail, or be cancelled, once the
+        lifespan has started (a server gone, ``asyncio.wait_for(worker.start(), ...)`` timing
+        out), the worker is stopped (:meth:`stop`: the lifespan's shutdown runs, nothing is
+        left running) before the error is raised. A :meth:`stop` from another task while this
+        runs waits for it to reach a step where it gives up, then undoes what it did.
+
         Raises:
             ConfigurationError: a task's ``rate_limit`` is not a rate, or a URL is invalid.
+            Exception: whatever the lifespan's startup raises, or a server error while
+                starting (``BrokerConnectionError`` with the connection retries off).
         """
+        self._start_task = asyncio.current_task()
+        try:
+            await self._start()
+        except BaseException:
+            self._start_ended.set()
+            if self._lifespan is not None or self.executor is not None:
+                await self.stop()  # undo: the lifespan's shutdown runs, nothing is left running
+            raise
+        finally:
+            self._start_ended.set()
+
+    async def _start(self) -> None:
+        """The steps of :meth:`start`; returns early once a stop has come."""
         self.app.apply_annotations()
         rates = {name: parse_rate(task.rate_limit) for name, task in self.app.tasks.items()}
         if _SUPERVISED[0]:
             await signals.worker_process_init.send(None)
         await signals.worker_init.send(self)
         connected = await self._connect()
-        if connected is None:
+        if connected is None or self._stopped_while_starting():
             return  # stopped while waiting for the broker
         self.broker, backend = connected
         await self._enter_lifespan()
-        if self._stopping.is_set():  # stopped while the lifespan started: undo it, never run
-            await self._exit_lifespan()
-            self._stopped.set()
+        if self._stopped_while_starting():  # stopped while the lifespan started
             return
         if backend is None:
             logger.warning("no result backend configured: task results will not be stored")
@@ -228,6 +252,8 @@ class Worker:
         self.prefetch = prefetch_for(self.app.tasks.values(), self.prefetch, self.concurrency)
         self.started_at = time.time()
         await self._start_operations(rates)
+        if self._stopped_while_starting():
+            return
         self._runners = [
             asyncio.create_task(
                 self._supervise(f"runner {i}", self._run_one),
@@ -257,6 +283,11 @@ class Worker:
             redacted_url(backend_url) if backend_url else "disabled",
             sum(not name.startswith("aqueue.") for name in self.app.tasks),  # not the builtins
         )
+
+    def _stopped_while_starting(self) -> bool:
+        """True if a stop has come: :meth:`start` then goes no further, and the shutdown,
+        which waits for start to end, stops what it did (the lifespan included)."""
+        return self._stopping.is_set()
 
     def _watch_deadlines(self) -> None:
         """Start the soft-deadline watch if any task has a deadline (:mod:`.deadline`)."""
@@ -433,19 +464,34 @@ class Worker:
         back like the others (it runs again elsewhere), and the task is left running in this
         event loop, where it may still finish (a run twice: at least once, never lost). So
         ``stop()`` returns within ``timeout + CANCEL_ROUNDS * CANCEL_INTERVAL`` seconds, plus
-        the broker calls of the release.
+        the broker calls of the release; a second signal ends the wait at once.
+
+        The shutdown runs in a task of its own, once: further calls wait for it, and a call
+        that is cancelled (``asyncio.wait_for(worker.stop(), ...)`` timing out) leaves it
+        running to its end (:meth:`wait_stopped`). During a :meth:`start` it begins once
+        start has stopped at its next step, and stops what start did; called from start
+        itself (a ``worker_init`` receiver, the lifespan's startup), it returns at once.
         """
-        if self._stopping.is_set():
-            await self._stopped.wait()
-            return
-        self._stopping.set()
-        self._slot_free.set()
-        if self._fetch is not None:
-            self._fetch.cancel()  # a no-op once it is done: its batch is kept
+        if self._stop_task is None:
+            self._stopping.set()
+            self._slot_free.set()
+            if self._fetch is not None:
+                self._fetch.cancel()  # a no-op once it is done: its batch is kept
+            self._stop_task = asyncio.ensure_future(self._shutdown(timeout))
+        if asyncio.current_task() is self._start_task and not self._start_ended.is_set():
+            return  # waiting here would wait for this very start() to end
+        await asyncio.shield(self._stop_task)
+
+    async def _shutdown(self, timeout: float | None) -> None:
+        """The shutdown :meth:`stop` describes, run once in a task of its own."""
         await signals.worker_shutting_down.send(
             self.hostname, sig=self._stop_signal, how="Warm", exitcode=0
         )
         grace = self.shutdown_timeout if timeout is None else timeout
+        # A start under way ends at its next step (it sees _stopping): what it started is
+        # then stopped here, not left running after stop() returns.
+        if self._start_task is not None:
+            await self._start_ended.wait()
         if self._fetcher is not None:
             await asyncio.gather(self._fetcher, return_exceptions=True)  # supervised: ends
         if self.gate is not None:
@@ -506,34 +552,63 @@ class Worker:
         """Cancel the runners and batches in ``pending`` (still running when the shutdown
         timeout ran out) and wait for them, cancelling again each :data:`CANCEL_INTERVAL`
         seconds those that absorb it, naming them in the log, at most :data:`CANCEL_ROUNDS`
-        times; then give them up (left running). Their messages stay held: :meth:`stop`
-        hands them back after this, whether or not they stopped."""
+        times; then give them up (left running). A second signal (:meth:`_on_signal`) ends
+        the rounds at once (:meth:`_cancel_once_more`). Their messages stay held:
+        :meth:`stop` hands them back after this, whether or not they stopped."""
         count = len(pending)
-        for round_ in range(1, CANCEL_ROUNDS + 1):
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=CANCEL_INTERVAL)
-            if not pending:
-                break
-            if round_ == CANCEL_ROUNDS:
-                continue  # given up: said below
-            logger.warning(
-                "%d task(s) still running %gs after being cancelled at shutdown (the "
-                "cancellation was absorbed), cancelling again: %s",
-                len(pending),
-                CANCEL_INTERVAL,
-                self._running_in(pending),
-            )
-        else:
-            logger.error(
-                "%d task(s) still running after %d cancellations at shutdown, stopping without "
-                "them: their messages are handed back to run again (they may finish here "
-                "too): %s",
-                len(pending),
-                CANCEL_ROUNDS,
-                self._running_in(pending),
-            )
+        forced: asyncio.Future[Any] = asyncio.ensure_future(self._force.wait())
+        try:
+            for round_ in range(1, CANCEL_ROUNDS + 1):
+                if self._force.is_set():
+                    await self._cancel_once_more(pending)
+                    break
+                for task in pending:
+                    task.cancel()
+                ended: asyncio.Future[Any] = asyncio.gather(*pending, return_exceptions=True)
+                await asyncio.wait(
+                    [ended, forced], timeout=CANCEL_INTERVAL, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending = {task for task in pending if not task.done()}
+                if not pending:
+                    break
+                if self._force.is_set():
+                    await self._cancel_once_more(pending)
+                    break
+                if round_ == CANCEL_ROUNDS:
+                    logger.error(
+                        "%d task(s) still running after %d cancellations at shutdown, stopping "
+                        "without them: their messages are handed back to run again (they may "
+                        "finish here too): %s",
+                        len(pending),
+                        CANCEL_ROUNDS,
+                        self._running_in(pending),
+                    )
+                    break
+                logger.warning(
+                    "%d task(s) still running %gs after being cancelled at shutdown (the "
+                    "cancellation was absorbed), cancelling again: %s",
+                    len(pending),
+                    CANCEL_INTERVAL,
+                    self._running_in(pending),
+                )
+        finally:
+            forced.cancel()
         logger.warning("%d running task(s) cancelled at shutdown, released for redelivery", count)
+
+    async def _cancel_once_more(self, pending: set[asyncio.Task[Any]]) -> None:
+        """After a second signal: cancel ``pending`` a last time and give them one turn of the
+        loop to end in (no waiting: the user asked to stop now); those still running are
+        named in the log and given up."""
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0)
+        if pending:
+            logger.error(
+                "%d task(s) still running after a second signal, stopping without them: their "
+                "messages are handed back to run again (they may finish here too): %s",
+                len(pending),
+                self._running_in(pending),
+            )
 
     def _running_in(self, tasks: set[asyncio.Task[Any]]) -> str:
         """What ``tasks`` (runners, batches) are running, for the log: ``runner 0 (name[id])``."""

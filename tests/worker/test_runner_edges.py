@@ -6,6 +6,8 @@ real shutdown still hands running messages back instead of failing them."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -382,3 +384,89 @@ async def test_stop_gives_up_on_a_task_absorbing_every_cancellation_and_hands_it
     finally:
         release.set()
         await asyncio.wait(worker._runners, timeout=10)  # it ends before the app closes
+
+
+async def test_a_second_signal_during_the_cancel_rounds_stops_at_once(
+    memory_app: Aqueue, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second SIGTERM (or Ctrl-C) while a task absorbs the cold shutdown's cancellations
+    ends the shutdown at once, as it says ("stopping now"): the message is handed back and the
+    worker stops, without the rest of the CANCEL_ROUNDS. Before, it still waited for them
+    (here 10 rounds of 5 s)."""
+    monkeypatch.setattr(worker_module, "CANCEL_INTERVAL", 5.0)
+    app = memory_app
+    started, absorbed, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    @app.task(name="edges.deaf_to_signals")
+    async def deaf() -> str:
+        started.set()
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                absorbed.set()
+        return "done"
+
+    loop = asyncio.get_running_loop()
+    worker = Worker(app, concurrency=1, shutdown_timeout=0.1)
+    running = asyncio.ensure_future(worker.run(install_signal_handlers=True))
+    try:
+        await deaf.delay()
+        await asyncio.wait_for(started.wait(), 10)
+        os.kill(os.getpid(), signal.SIGTERM)  # warm shutdown: 0.1 s, then the cancel rounds
+        await asyncio.wait_for(absorbed.wait(), 10)
+        os.kill(os.getpid(), signal.SIGTERM)  # the second one: stop now
+        await asyncio.wait_for(running, 3)  # not 10 rounds of 5 s
+        assert "second SIGTERM" in caplog.text
+        assert "still running after a second signal" in caplog.text  # named, given up
+        assert await _waiting(app) == 1  # handed back: runs again
+    finally:
+        release.set()
+        loop.remove_signal_handler(signal.SIGTERM)
+        loop.remove_signal_handler(signal.SIGINT)
+        if not running.done():
+            running.cancel()
+        await asyncio.wait([running, *worker._runners], timeout=10)
+
+
+# -- a cancelled stop() --------------------------------------------------------------------
+
+
+async def test_a_cancelled_stop_call_still_stops_the_worker_and_hands_back(
+    memory_app: Aqueue,
+) -> None:
+    """Cancelling a stop() call (``asyncio.wait_for(worker.stop(), 5)`` timing out) does not
+    cut the shutdown short: it goes on, the running task finishes, the message that had not
+    started is handed back, and ``wait_stopped()`` returns. Before, the shutdown died with
+    the call: that message was neither run nor handed back (left to its lease) and
+    ``wait_stopped()`` never returned."""
+    app = memory_app
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @app.task(name="edges.blocker")
+    async def blocker() -> str:
+        started.set()
+        await release.wait()
+        return "released"
+
+    @app.task(name="edges.later")
+    async def later() -> str:
+        return "later"
+
+    running = await blocker.delay()
+    waiting = await later.delay()
+    worker = Worker(app, concurrency=1, shutdown_timeout=10)
+    await worker.start()
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        assert len(worker.held()) == 2  # the second one waits for the only runner
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(worker.stop(), 0.2)
+        release.set()
+        await asyncio.wait_for(worker.wait_stopped(), 10)
+        assert await running.get(timeout=5) == "released"
+        assert await waiting.state() == "PENDING"
+        assert await _waiting(app) == 1  # handed back, to run elsewhere
+    finally:
+        release.set()
+        await asyncio.wait(worker._runners, timeout=10)

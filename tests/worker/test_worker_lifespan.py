@@ -145,6 +145,73 @@ async def test_a_failing_lifespan_startup_keeps_the_worker_from_starting() -> No
     assert worker.executor is None
 
 
+def _redis_app_with_pool(redis_server: str) -> tuple[Aqueue, list[FakePool], asyncio.Event]:
+    """An app on Redis whose lifespan opens a FakePool (listed) and sets the event once open."""
+    app = Aqueue(
+        "t", broker=redis_server, backend=redis_server,
+        task_default_queue=f"q-{uuid.uuid4().hex[:12]}",
+    )  # fmt: skip
+    pools: list[FakePool] = []
+    entered = asyncio.Event()
+
+    @app.worker_lifespan
+    async def lifespan(worker: Worker) -> AsyncIterator[FakePool]:
+        pool = FakePool()
+        pools.append(pool)
+        try:
+            entered.set()  # start() goes on to the control transport's round trips
+            yield pool
+        finally:
+            await pool.close()
+
+    return app, pools, entered
+
+
+async def test_a_start_cancelled_after_the_lifespan_started_runs_its_shutdown(
+    redis_server: str,
+) -> None:
+    """A start() cancelled once the lifespan is open (here while it subscribes to remote
+    control, e.g. by ``asyncio.wait_for(worker.start(), ...)``) undoes it: the lifespan's
+    shutdown runs, the pool it opened is closed. Before, it stayed open."""
+    app, pools, entered = _redis_app_with_pool(redis_server)
+    worker = Worker(app, hostname=f"w-{uuid.uuid4().hex[:8]}@x")
+    try:
+        starting = asyncio.ensure_future(worker.start())
+        await asyncio.wait_for(entered.wait(), 10)
+        assert not starting.done()
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        assert [p.is_closed for p in pools] == [True]
+        assert await app.control.ping(timeout=0.5, destination=[worker.hostname]) == []
+    finally:
+        await app.close()
+
+
+async def test_a_stop_during_start_after_the_lifespan_leaves_nothing_running(
+    redis_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop() (SIGTERM) while start() is past the lifespan's startup: once both return, the
+    worker is stopped for good - no "ready" after "stopped", no runner left waiting, no remote
+    control answering for it - and the lifespan closed. Before, start() went on after stop()
+    had begun: the worker logged "ready" with its pool closed, its runners left waiting."""
+    caplog.set_level(logging.INFO, logger="aqueue.worker")
+    app, pools, entered = _redis_app_with_pool(redis_server)
+    worker = Worker(app, hostname=f"w-{uuid.uuid4().hex[:8]}@x")
+    try:
+        starting = asyncio.ensure_future(worker.start())
+        await asyncio.wait_for(entered.wait(), 10)
+        assert not starting.done()
+        await asyncio.wait_for(worker.stop(), 10)
+        await asyncio.wait_for(starting, 10)
+        assert [p.is_closed for p in pools] == [True]
+        assert f"{worker.hostname} ready" not in caplog.text
+        assert all(runner.done() for runner in worker._runners)
+        assert await app.control.ping(timeout=0.5, destination=[worker.hostname]) == []
+    finally:
+        await app.close()
+
+
 def test_a_coroutine_function_is_refused_as_lifespan() -> None:
     app = memory_app()
 
