@@ -34,6 +34,11 @@ pytestmark = pytest.mark.timeout(90)
 # A header table {"blob": <long string of the bytes 0xff 0xfe>}: valid AMQP, not UTF-8.
 _ITEM = b"\x04blob" + b"S" + struct.pack(">I", 2) + b"\xff\xfe"
 _RAW_TABLE = struct.pack(">I", len(_ITEM)) + _ITEM
+# A header table whose one key is the bytes 0xff 0xfe (a field name is a short string: octets),
+# holding {"x": 1} in a nested table: valid AMQP, not UTF-8.
+_NESTED = b"\x01x" + b"b" + b"\x01"
+_KEY_ITEM = b"\x02\xff\xfe" + b"F" + struct.pack(">I", len(_NESTED)) + _NESTED
+_RAW_KEY_TABLE = struct.pack(">I", len(_KEY_ITEM)) + _KEY_ITEM
 
 
 @pytest.fixture
@@ -54,17 +59,21 @@ async def queue(url: str) -> AsyncIterator[str]:
 
 
 async def publish_raw(
-    url: str, queue: str, bodies: Sequence[tuple[bytes, bool]], monkeypatch: pytest.MonkeyPatch
+    url: str,
+    queue: str,
+    bodies: Sequence[tuple[bytes, bool]],
+    monkeypatch: pytest.MonkeyPatch,
+    table: bytes = _RAW_TABLE,
 ) -> None:
     """Publish each ``(body, binary)`` to ``queue`` in order, confirmed, on a connection of its
-    own; ``binary``: with the header table :data:`_RAW_TABLE` (pamqp cannot write it)."""
+    own; ``binary``: with the header table ``table`` as it is (pamqp cannot write it)."""
     connection = await aiormq.connect(url)
     try:
         channel = await connection.channel(publisher_confirms=True)
         for body, binary in bodies:
             with monkeypatch.context() as patch:
                 if binary:
-                    patch.setattr(publisher, "field_table", lambda _: _RAW_TABLE)
+                    patch.setattr(publisher, "field_table", lambda _: table)
                 confirms = await publisher.publish(
                     channel, [Publication(body, "", queue, uuid.uuid4().hex, 0, {"x": 1})]
                 )
@@ -355,3 +364,23 @@ async def test_a_property_that_is_not_utf8_is_read_and_published_again_as_it_is(
         await first.close()
         await second.close()
         await connection.close()
+
+
+async def test_a_header_key_that_is_not_utf8_is_a_defect_not_a_dropped_connection(
+    url: str, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A header table's field names are short strings, octets RabbitMQ passes on unchecked;
+    pamqp's table decoder raised on one that is not UTF-8, failing the frame in the
+    connection's reader: the connection dropped, and every consumer that got the message again
+    dropped in turn. It is read now, a defect the worker dead-letters, and the next message
+    follows."""
+    await publish_raw(url, queue, [(b"odd", True), (b"next", False)], monkeypatch, _RAW_KEY_TABLE)
+    broker = AMQPBroker(url, {"prefetch_count": 1})
+    try:
+        got = await fetch_all(broker, queue, 2, 10)
+        assert [d.body for d in got] == [b"odd", b"next"]
+        odd = got[0]
+        assert odd.defect is not None and "headers" in odd.defect
+        assert odd.token.properties.headers == {b"\xff\xfe": {"x": 1}}
+    finally:
+        await broker.close()

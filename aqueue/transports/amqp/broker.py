@@ -1239,7 +1239,7 @@ _PLAIN = (str, int)
 
 def _unencodable(headers: Mapping[str, Any] | None) -> str | None:
     """Why ``headers`` cannot be encoded as an AMQP table, as a publish would, or ``None``."""
-    if not headers or all(type(v) in _PLAIN for v in headers.values()):
+    if not headers or all(type(k) is str and type(v) in _PLAIN for k, v in headers.items()):
         return None  # what aqueue writes itself: no need to encode them to know (3.8 µs)
     try:
         field_table(dict(headers))

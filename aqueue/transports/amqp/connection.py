@@ -12,6 +12,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import aio_pika
@@ -51,9 +52,48 @@ def _short_str(value: bytes) -> tuple[int, str | bytes]:
         return length + 1, bytes(value[1 : length + 1])
 
 
+def _field_table(value: bytes) -> tuple[int, Any]:
+    """pamqp's decoder of AMQP field tables (message headers, nested tables), except that a
+    field name that is not UTF-8 comes back as ``bytes`` (a field name is a short string:
+    octets, passed on by RabbitMQ unchecked, failing the frame as :func:`_short_str` says).
+    Such headers cannot be published again: the broker's arrival check makes the delivery a
+    defect, which the worker dead-letters.
+
+    Raises:
+        ValueError: the table is cut short or malformed.
+    """
+    try:
+        return _PAMQP_FIELD_TABLE(value)
+    except UnicodeDecodeError:
+        pass  # a field name (values have decoders of their own, lenient as this is)
+    try:
+        end = 4 + int.from_bytes(value[:4], "big")
+        if end > len(value):
+            raise ValueError("field table length exceeds the data")
+        table: dict[str | bytes, Any] = {}
+        offset = 4
+        while offset < end:
+            size = value[offset]
+            name = bytes(value[offset + 1 : offset + 1 + size])
+            offset += 1 + size
+            consumed, item = pamqp.decode.embedded_value(value[offset:end])
+            offset += consumed
+            try:
+                table[name.decode()] = item
+            except UnicodeDecodeError:
+                table[name] = item
+        return end, table
+    except IndexError as exc:
+        raise ValueError("field table cut short") from exc
+
+
 _PAMQP_SHORT_STR = pamqp.decode.short_str
-# pamqp decodes a property or method field through this table (pamqp.decode.by_type).
+_PAMQP_FIELD_TABLE = pamqp.decode.field_table
+# pamqp decodes a property or method field through METHODS (pamqp.decode.by_type), and a
+# value inside a table or array through TABLE_MAPPING, by its type octet ("F": a table).
 pamqp.decode.METHODS["shortstr"] = _short_str
+pamqp.decode.METHODS["table"] = _field_table
+pamqp.decode.TABLE_MAPPING[b"F"] = _field_table
 
 
 def redacted_url(url: str) -> str:
