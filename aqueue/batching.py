@@ -109,7 +109,12 @@ class Batcher(Generic[T]):
         if self._in_flight is not None and self._flushing >= self._in_flight:
             turn = asyncio.get_running_loop().create_future()
             self._turns.append(turn)
-            await turn  # the batch stays open meanwhile, unless it fills up
+            try:
+                await turn  # the batch stays open meanwhile, unless it fills up
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._next_turn()  # given its turn, then cancelled: the next batch's now
+                raise
         if self._batch is batch:
             self._batch = None
         self._flushing += 1

@@ -175,3 +175,43 @@ async def test_a_batch_cancelled_before_its_flush_cancels_its_callers(
     await first
     await batcher.submit([3])
     assert flushes == [[0], [3]]
+
+
+async def test_a_batch_cancelled_after_it_was_given_its_turn_passes_the_turn_on() -> None:
+    """Two batches wait for the one flush allowed at a time. The first is given its turn as the
+    flush in flight ends, and is cancelled before it runs (a loop shutting down): the turn must
+    go on to the next batch, which otherwise waited for a flush that never came."""
+    flushes: list[list[int]] = []
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def flush(items: list[int]) -> ItemErrors:
+        flushes.append(list(items))
+        if items == [0]:
+            started.set()
+            await release.wait()
+        return None
+
+    batcher = Batcher(flush, max_batch=1, in_flight=1)
+    first = asyncio.ensure_future(batcher.submit([0]))
+    await started.wait()
+    flushing = set(batcher._running)
+    given = asyncio.ensure_future(batcher.submit([1]))
+    await asyncio.sleep(0)  # its batch's task starts, and waits for its turn
+    (given_task,) = batcher._running - flushing
+    last = asyncio.ensure_future(batcher.submit([2]))
+    await asyncio.sleep(0)  # its batch's task starts too
+    assert len(batcher._turns) == 2  # both batches wait for their turn
+    real_next_turn = batcher._next_turn
+
+    def next_turn_then_cancel() -> None:
+        real_next_turn()  # the first flush ended: the second batch is given its turn...
+        given_task.cancel()  # ...and cancelled before it runs
+
+    batcher._next_turn = next_turn_then_cancel  # type: ignore[method-assign]
+    release.set()
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await given
+    batcher._next_turn = real_next_turn  # type: ignore[method-assign]
+    await asyncio.wait_for(last, 5)
+    assert flushes == [[0], [2]]
