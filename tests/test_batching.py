@@ -199,7 +199,8 @@ async def test_a_batch_cancelled_after_it_was_given_its_turn_passes_the_turn_on(
     await asyncio.sleep(0)  # its batch's task starts, and waits for its turn
     (given_task,) = batcher._running - flushing
     last = asyncio.ensure_future(batcher.submit([2]))
-    await asyncio.sleep(0)  # its batch's task starts too
+    await asyncio.sleep(0)  # the caller opens its batch...
+    await asyncio.sleep(0)  # ...whose task starts
     assert len(batcher._turns) == 2  # both batches wait for their turn
     real_next_turn = batcher._next_turn
 
