@@ -27,11 +27,12 @@ refused: counting a header needs a result store.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aqueue.canvas.primitives import Canvas, Signature, _as_list, chain, chord, from_dict, group
-from aqueue.exceptions import ConfigurationError
+from aqueue.exceptions import AqueueError, ConfigurationError
 from aqueue.results.group import GroupResult, encode_meta, meta_key
 from aqueue.results.result import AsyncResult
 from aqueue.sending.options import SEND_OPTIONS
@@ -57,8 +58,9 @@ async def apply(
     """Send ``sig`` with partial ``args``/``kwargs`` and ``options``; return its result handle.
 
     Raises:
-        ConfigurationError: no app, an unknown option, an unsupported shape, or a chord with
-            no result backend.
+        ConfigurationError: no app, an unknown option or one with a bad value (on any part,
+            callbacks included), a task id used for two tasks, an unsupported shape, or a chord
+            with no result backend.
         BrokerConnectionError: the broker or result backend cannot be reached.
     """
     app = sig.require_app()
@@ -264,9 +266,16 @@ class Plan:
             options.setdefault(key, value)
         reply_to = options.pop("reply_to", None)  # from the context: the caller's reply queue
         task = self.app.tasks.get(sig.task)
-        return self.app.sender.build_message(
-            sig.task, sig.args, sig.kwargs, task, options, reply_to
-        )
+        try:
+            return self.app.sender.build_message(
+                sig.task, sig.args, sig.kwargs, task, options, reply_to
+            )
+        except AqueueError:
+            raise
+        except (TypeError, ValueError) as exc:
+            # A bad option value (countdown="soon"): a clear error, and one a worker continuing
+            # a chain reports as the chain's failure instead of losing the step before it.
+            raise ConfigurationError(f"cannot send {sig!r}: {exc}") from exc
 
     async def run(self, retry: bool = True, retry_policy: dict[str, Any] | None = None) -> None:
         """Encode every message, store the group records, then publish the messages in batches
@@ -317,25 +326,115 @@ def _flat_steps(c: chain) -> list[Canvas]:
 
 
 def _check_options(sig: Canvas) -> None:
-    """Raise ConfigurationError for an unknown send option anywhere in ``sig``, or one that only
-    a single send takes (``unique_key``, ``after``)."""
+    """Refuse ``sig`` before anything of it is sent if a worker could not send a part later.
 
+    Later chain steps, chord bodies and ``link``/``link_error`` callbacks are sent by the
+    worker that finishes the task before them; a part it cannot build would leave the result
+    of the chain or chord waiting. So this checks every part and callback: its option names,
+    the values of the options that are converted when it is sent (:data:`_VALUE_CHECKS`), that
+    callbacks are task signatures, the options that only a single send takes (``unique_key``,
+    ``after``), and that no task id stands for two tasks of ``sig`` (a frozen signature used
+    twice: a chord counts distinct ids and would wait for ever, and two tasks would share one
+    result).
+
+    Raises:
+        ConfigurationError: naming the part and the option or the task id.
+    """
+    _check_tree(sig, set())
+
+
+def _check_tree(sig: Canvas, ids: set[str] | None) -> None:
+    """:func:`_check_options` for ``sig``; ``ids``: the task ids met so far (``None``: do not
+    check ids, for callbacks, which may be given to several tasks)."""
     parts: list[Canvas] = [sig]
     while parts:
         part = parts.pop()
         for own in ("unique_key", "after"):  # sending one task only (aqueue.sending.guard)
             if part.options.get(own) is not None:
                 raise ConfigurationError(f"{own}= sends one task, not a canvas: {part!r}")
+        for callback in _callbacks(part):
+            _check_tree(callback, None)
         if isinstance(part, Signature):
             unknown = set(part.options) - SEND_OPTIONS - {"chord"}
             if unknown:
                 raise ConfigurationError(f"unknown option {sorted(unknown)[0]!r} on {part!r}")
+            _check_values(part)
+            if ids is not None and part.id is not None:
+                if part.id in ids:
+                    raise ConfigurationError(
+                        f"task id {part.id} is used twice in one canvas ({part!r}): give each "
+                        f"task its own signature (a frozen signature keeps its id when cloned)"
+                    )
+                ids.add(part.id)
         elif isinstance(part, chain | group):
             parts.extend(part.tasks)
         elif isinstance(part, chord):
             parts.append(part.header)
             if part.body is not None:
                 parts.append(part.body)
+
+
+def _callbacks(part: Canvas) -> list[Signature]:
+    """``part``'s ``link`` and ``link_error`` signatures.
+
+    Raises:
+        ConfigurationError: one is not a task signature (a chain, a group, anything else).
+    """
+    found: list[Signature] = []
+    for key in ("link", "link_error"):
+        for item in _as_list(part.options.get(key)):
+            if isinstance(item, Signature):
+                found.append(item)
+            elif isinstance(item, dict) and "task" in item:
+                found.append(Signature.from_dict(item, part.app))
+            else:
+                raise ConfigurationError(
+                    f"{key} takes task signatures (task.s(...)), not {item!r} (on {part!r})"
+                )
+    return found
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _float_ok(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _dict_ok(value: Any) -> bool:
+    try:
+        dict(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+#: The send options whose values are converted when a message is built, each with the test its
+#: value must pass and what it must be (as ``Sender.build_message`` takes them).
+_VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "countdown": (_float_ok, "a number of seconds"),
+    "eta": (lambda v: isinstance(v, datetime) or _is_number(v), "a datetime or epoch seconds"),
+    "expires": (lambda v: isinstance(v, int | float | datetime), "seconds or a datetime"),
+    "priority": (
+        lambda v: _is_number(v) and isinstance(v, int) and 0 <= v <= 9,
+        "a whole number 0..9",
+    ),
+    "headers": (_dict_ok, "a dict"),
+}
+
+
+def _check_values(sig: Signature) -> None:
+    """Raise ConfigurationError for an option value that ``sig``'s message cannot be built
+    with (``None`` means "not given" and always passes)."""
+    for key, (valid, wanted) in _VALUE_CHECKS.items():
+        value = sig.options.get(key)
+        if value is not None and not valid(value):
+            raise ConfigurationError(f"option {key}={value!r} on {sig!r} must be {wanted}")
 
 
 def _id(sig: Canvas) -> str:

@@ -163,7 +163,9 @@ class Canvas:
         of 1,000 messages per broker call.
 
         Raises:
-            ConfigurationError: no app, an unknown option, or a chord with no result backend.
+            ConfigurationError: no app, an unknown option or one with a bad value (on any part,
+                callbacks included), a task id used for two tasks (a frozen signature used
+                twice), or a chord with no result backend.
             BrokerConnectionError: the broker or result backend cannot be reached.
             EncodeError: arguments cannot be serialised.
         """

@@ -33,10 +33,14 @@ One crash window remains, and it errs on the side of never running the body twic
 that dies after claiming but before the body is published leaves the claim taken, so its
 redelivered message cannot send the body and the chord's result stays PENDING. A claimer that
 dies after publishing is harmless: its redelivered run sees the claim taken and sends nothing.
+So the claimer does not leave the body to a redelivery: a broker that fails the send is tried
+again until it takes it (or the worker stops), and a body that cannot be sent at all (too large,
+not encodable) fails the chord with a :class:`~aqueue.exceptions.ChordError`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -57,6 +61,10 @@ if TYPE_CHECKING:
     from aqueue.transports import Records, ReplyTo, ResultBackend
 
 logger = logging.getLogger("aqueue.worker")
+
+#: Seconds before a chord body the broker failed is sent again, doubling up to BODY_RETRY_MAX.
+BODY_RETRY_FIRST = 0.5
+BODY_RETRY_MAX = 10.0
 
 #: Calls an errback signature with ``(request, exc, traceback)`` (the executor's own way).
 Errback = Callable[[Signature, Request, BaseException, str], Awaitable[None]]
@@ -141,10 +149,40 @@ class Workflow:
         if values is None:
             return
         body = from_dict(info["body"], self.app).clone((values,))
-        plan = Plan(self.app)
-        plan.add(body, (), _context(msg))
-        await plan.run()
-        logger.info("chord %s complete: body %r sent", group_id, body)
+        await self._send_body(info, body, msg)
+
+    async def _send_body(self, info: dict[str, Any], body: Canvas, msg: Message) -> None:
+        """Send the body of the chord this run claimed.
+
+        The claim is this run's alone: a redelivered message of this member could not send the
+        body any more. So a send the broker fails (:class:`BrokerConnectionError`, once the
+        send's own retry policy is spent) is tried again here, with a pause growing to
+        :data:`BODY_RETRY_MAX` seconds, until it goes through; only this worker stopping ends
+        it (the crash window in the module docstring). A body that cannot be sent at all (it
+        cannot be encoded, it is over ``task_max_message_size``) fails the chord instead.
+        """
+        group_id = info["id"]
+        pause = BODY_RETRY_FIRST
+        while True:
+            plan = Plan(self.app)
+            try:
+                plan.add(body, (), _context(msg))
+                await plan.run()
+            except BrokerConnectionError as exc:
+                logger.warning(
+                    "chord %s: its body could not be sent (%s); trying again in %gs",
+                    group_id,
+                    exc,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, BODY_RETRY_MAX)
+                continue
+            except AqueueError as exc:
+                await self._fail_body(info, ChordError(f"chord {group_id}: body not sent: {exc}"))
+                return
+            logger.info("chord %s complete: body %r sent", group_id, body)
+            return
 
     async def _header_values(
         self, backend: ResultBackend, info: dict[str, Any]
