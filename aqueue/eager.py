@@ -2,7 +2,16 @@
 
 As in Celery, the call runs at once in the caller's loop and the returned result is already
 finished; nothing touches the broker or the result backend. Retries (``self.retry`` and
-``autoretry_for``) run again immediately, up to the task's ``max_retries``.
+``autoretry_for``) run again immediately, up to the task's ``max_retries`` (for
+``autoretry_for``, ``retry_kwargs["max_retries"]`` first, as in the worker). The time limits
+apply as in the worker (``soft_time_limit`` raises ``SoftTimeLimitExceeded`` inside a coroutine),
+and what the task raises counts as in the worker: a ``CancelledError`` of its own (a helper it
+cancelled and awaited) is its failure, raised to the caller as a ``TaskError`` naming it.
+``link`` and ``link_error`` are called as the worker calls them, inline: a link with the result
+(its own failure is logged, the parent's result stands), an errback task of this app with the
+failed call's ``(request, exc, traceback)`` before the failure is raised or returned; so are
+the task's ``on_success``, ``on_failure``, ``on_retry`` and ``after_return`` hooks (what they
+raise is logged). The worker's signals and middleware are not run.
 
 Unlike Celery, the arguments and the result go through the serializer on the way, as they would
 through a broker (``task_eager_serializes``, default True): the message is built, encoded and
@@ -15,6 +24,7 @@ it. Set ``task_eager_serializes=False`` to pass the objects through untouched.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import traceback
 import uuid
@@ -22,15 +32,18 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from aqueue import message, states
-from aqueue.exceptions import EncodeError, Retry
+from aqueue.exceptions import ConfigurationError, EncodeError, Retry
 from aqueue.results.record import ResultRecord, describe_exception, outcome
 from aqueue.results.result import AsyncResult
 from aqueue.task import Request, Task
 from aqueue.worker.batch import invoke_one
-from aqueue.worker.invoke import invoke
+from aqueue.worker.invoke import call_hook, cancelling, invoke, is_task_failure
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
+    from aqueue.canvas.primitives import Signature
+
+logger = logging.getLogger("aqueue.eager")
 
 
 class EagerResult(AsyncResult[Any]):
@@ -70,16 +83,23 @@ async def apply_eager(
     """Run ``task`` now and return its finished result.
 
     Raises:
-        The task's exception when ``task_eager_propagates`` is True (the default); otherwise the
+        The task's exception when ``task_eager_propagates`` is True (the default), a
+        ``TaskError`` for a ``BaseException`` that is not an ``Exception``; otherwise the
         failure is kept in the returned result. An :class:`EncodeError` for a result that
         cannot be serialised likewise.
         EncodeError, DecodeError, ContentDisallowed: with ``task_eager_serializes``, the
             arguments cannot travel as the message would carry them (raised before running).
+        ConfigurationError: ``link`` or ``link_error`` holds something not a signature.
     """
     task_id = options.get("task_id") or str(uuid.uuid4())
     if app.conf.task_eager_serializes:
         args, kwargs = _over_the_wire(app, task, args, kwargs, options)
     time_limit = options.get("time_limit") or task.time_limit or app.conf.task_time_limit
+    # As the worker reads them (worker/execute.py): the soft limit is a task option only.
+    soft_limit = getattr(task, "soft_time_limit", None) or app.conf.task_soft_time_limit
+    retry_limit = (task.retry_kwargs or {}).get("max_retries", task.effective_max_retries())
+    links = _signatures(app, options.get("link"))
+    errbacks = _signatures(app, options.get("link_error"))
     retries = 0
     while True:
         request = Request(
@@ -92,25 +112,30 @@ async def apply_eager(
             is_eager=True,
             called_directly=False,
         )
+        entered = cancelling()
         try:
             if task.batch_size is None:
-                value = await invoke(task, request, time_limit)
+                value = await invoke(task, request, time_limit, soft_time_limit=soft_limit)
             else:
                 value = await invoke_one(task, request, time_limit)
-        except Retry:
+        except Retry as retry:
+            reason = retry.exc if retry.exc is not None else retry
+            await _retried(task, request, reason, traceback.format_exc())
             retries += 1
             continue
-        except Exception as exc:
-            limit = task.effective_max_retries()
+        except BaseException as exc:
+            # As in the worker: a CancelledError of the task's own (a helper it cancelled and
+            # awaited), a GeneratorExit... is its failure; the caller's cancellation is not.
+            if not is_task_failure(exc, entered):
+                raise
             if (
                 task.autoretry_for
                 and isinstance(exc, task.autoretry_for)
-                and (limit is None or retries < limit)
+                and (retry_limit is None or retries < retry_limit)
             ):
+                await _retried(task, request, exc, traceback.format_exc())
                 retries += 1
                 continue
-            if app.conf.task_eager_propagates:
-                raise
             record = ResultRecord(
                 task_id,
                 states.FAILURE,
@@ -120,6 +145,18 @@ async def apply_eager(
                 retries,
                 task.name,
             )
+            tb = record.traceback
+            await _errbacks(app, errbacks, request, exc, tb)
+            await call_hook(task.on_failure, exc, task_id, request.args, request.kwargs, tb)
+            await call_hook(
+                task.after_return, states.FAILURE, exc, task_id, request.args, request.kwargs, tb
+            )
+            if app.conf.task_eager_propagates:
+                if isinstance(exc, Exception):
+                    raise
+                # Raised as itself, a CancelledError would read as the caller's own
+                # cancellation: raised as the worker's caller would get it (a TaskError).
+                raise outcome(record) from exc
             return EagerResult(task_id, app, record)
         record = ResultRecord(task_id, states.SUCCESS, value, None, time.time(), retries, task.name)
         if task.is_stream:
@@ -131,6 +168,11 @@ async def apply_eager(
                 if app.conf.task_eager_propagates:
                     raise
                 return EagerResult(task_id, app, _failure(task_id, exc, retries, task.name))
+        await _links(links, (record.result,), task_id, options)
+        await call_hook(task.on_success, value, task_id, request.args, request.kwargs)
+        await call_hook(
+            task.after_return, states.SUCCESS, value, task_id, request.args, request.kwargs, None
+        )
         return EagerResult(task_id, app, record)
 
 
@@ -164,4 +206,66 @@ def _stored(app: Aqueue, record: ResultRecord) -> ResultRecord:
 def _failure(task_id: str, exc: BaseException, retries: int, name: str) -> ResultRecord:
     return ResultRecord(
         task_id, states.FAILURE, describe_exception(exc), None, time.time(), retries, name
+    )
+
+
+def _signatures(app: Aqueue, value: Any) -> list[Signature]:
+    """The ``link``/``link_error`` option as signatures (one, a dict, or a list of them).
+
+    Raises:
+        ConfigurationError: an item is not a signature (as sending checks).
+    """
+    from aqueue.canvas.primitives import Signature
+
+    items = value if isinstance(value, list | tuple) else [] if value is None else [value]
+    out: list[Signature] = []
+    for item in items:
+        if isinstance(item, Signature):
+            out.append(item)
+        elif isinstance(item, dict) and "task" in item:
+            out.append(Signature.from_dict(item, app))
+        else:
+            raise ConfigurationError(f"link/link_error take signatures (task.s(...)), not {item!r}")
+    return out
+
+
+async def _links(
+    links: list[Signature], args: tuple[Any, ...], task_id: str, options: dict[str, Any]
+) -> None:
+    """Call each ``link`` with ``args`` (the result), inline, as the worker sends them. A link
+    that fails is its own failure, logged: the parent's result stands."""
+    for sig in links:
+        try:
+            await sig.apply_async(
+                args, parent_id=task_id, root_id=options.get("root_id") or task_id
+            )
+        except Exception:
+            logger.exception("link %r of %s failed (task_always_eager)", sig, task_id)
+
+
+async def _errbacks(
+    app: Aqueue, errbacks: list[Signature], request: Request, exc: BaseException, tb: str | None
+) -> None:
+    """Call each ``link_error`` as the worker does: a task of this app with the failed call's
+    ``(request, exc, traceback)``, any other sent with its task id. What one raises is logged."""
+    for sig in errbacks:
+        errback = app.tasks.get(sig.task)
+        try:
+            if errback is None:
+                await sig.apply_async((request.id,), parent_id=request.id)
+                continue
+            call = Request(
+                id=request.id, task=sig.task, args=(request, exc, tb), kwargs=sig.kwargs,
+                is_eager=True, called_directly=False,
+            )  # fmt: skip
+            await invoke(errback, call, None)
+        except Exception:
+            logger.exception("errback %r of %s failed (task_always_eager)", sig, request.id)
+
+
+async def _retried(task: Task[Any, Any], request: Request, exc: BaseException, tb: str) -> None:
+    """The hooks of a retry, as the worker calls them: ``on_retry``, then ``after_return``."""
+    await call_hook(task.on_retry, exc, request.id, request.args, request.kwargs, tb)
+    await call_hook(
+        task.after_return, states.RETRY, exc, request.id, request.args, request.kwargs, tb
     )

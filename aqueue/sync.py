@@ -38,8 +38,11 @@ for every call.
   are kept aside, untouched, so nothing closes the parent's sockets), and the child's first call
   starts its own loop and connects anew. A result handle made before the fork is rebound.
 - **Exit**: :func:`shutdown` closes the connections of the apps used here, stops the loop and
-  joins the thread; it runs at interpreter exit (:mod:`atexit`) and may be called earlier (the
-  next call starts afresh).
+  joins the thread; it runs at interpreter exit (:mod:`atexit`), once the other non-daemon
+  threads have finished (their calls complete, as the rest of their code does), and may be
+  called earlier (the next call starts afresh).
+- A ``SystemExit`` or ``KeyboardInterrupt`` raised by the awaited code is raised in the calling
+  thread; the loop goes on serving the others.
 - Calling from async code (a thread whose event loop is running) raises ``RuntimeError``:
   ``await`` the async API there instead of blocking the loop.
 """
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures.thread
 import os
 import threading
 import weakref
@@ -80,6 +84,15 @@ T = TypeVar("T")
 _JOIN_TIMEOUT = 10.0  # seconds shutdown() waits for the loop's thread to finish
 
 
+class _Exit:
+    """A ``KeyboardInterrupt`` or ``SystemExit`` a call raised, carried to its caller."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
 class _Portal:
     """One event loop running in a daemon thread, and the apps used on it."""
 
@@ -106,19 +119,27 @@ class _Portal:
 
         Raises:
             RuntimeError: called from the loop's own thread, or from a running event loop.
-            Exception: whatever ``fn`` raises.
+            BaseException: whatever ``fn`` raises (``SystemExit`` too: here, not on the loop).
         """
         self._check_caller()
 
-        async def run() -> T:
-            return await fn(*args, **kwargs)
+        async def run() -> T | _Exit:
+            try:
+                return await fn(*args, **kwargs)
+            except (KeyboardInterrupt, SystemExit) as exc:
+                # Out of the coroutine, asyncio raises these out of the loop: the loop ends,
+                # for every thread of the process. They are the caller's, raised in its thread.
+                return _Exit(exc)
 
         future = asyncio.run_coroutine_threadsafe(run(), self.loop)
         try:
-            return future.result()
+            value = future.result()
         except BaseException:
             future.cancel()  # KeyboardInterrupt in the caller: the coroutine is cancelled too
             raise
+        if isinstance(value, _Exit):
+            raise value.exc
+        return value
 
     def _check_caller(self) -> None:
         if threading.get_ident() == self.thread.ident:
@@ -159,17 +180,19 @@ _portal: _Portal | None = None
 # Portals inherited across fork: their thread is gone and their sockets are the parent's, so
 # they are kept referenced (never closed, never used) rather than finalised in the child.
 _inherited: list[_Portal] = []
+_started_in: int | None = None  # the process id a portal was last started in
 
 
 def _current(app: Aqueue | None = None) -> _Portal:
     """This process's portal (started on first use), with ``app`` noted for :func:`shutdown`."""
-    global _portal
+    global _portal, _started_in
     portal = _portal
     if portal is None:
         with _lock:
             portal = _portal
             if portal is None:
                 portal = _portal = _Portal()
+                _started_in = portal.pid
     if app is not None:
         portal.apps.add(app)
     return portal
@@ -201,10 +224,37 @@ def shutdown() -> None:
         portal.stop()
 
 
+def _at_exit() -> None:
+    """:func:`shutdown` at interpreter exit, once the other threads that may still call this
+    module have finished.
+
+    Python joins the non-daemon threads only after this hook has run: closing at once would
+    cancel their calls in flight (``CancelledError``) and leave their next ones on a loop
+    nobody closes, or failing (a ThreadPoolExecutor refuses work once its own exit hook ran).
+    So they are joined first, as the interpreter would join them anyway. Not the workers of
+    ThreadPoolExecutors: idle, they wait for that executor exit hook, which runs after this one.
+    """
+    if _started_in != os.getpid():
+        return  # never used in this process: nothing to close, no one to wait for
+    skip = {threading.current_thread(), threading.main_thread()}
+    while True:
+        pool = getattr(concurrent.futures.thread, "_threads_queues", {})
+        waited = [
+            thread
+            for thread in threading.enumerate()
+            if thread not in skip and not thread.daemon and thread not in pool
+        ]
+        if not waited:
+            break
+        for thread in waited:
+            thread.join()  # a thread that started others: they are seen on the next round
+    shutdown()
+
+
 # Before the interpreter shuts down ThreadPoolExecutors (which a transport may need to close its
 # connections): threading's own exit hooks run before atexit's, newest first.
 _register_exit = getattr(threading, "_register_atexit", atexit.register)
-_register_exit(shutdown)
+_register_exit(_at_exit)
 
 
 # -- results --------------------------------------------------------------------------------------

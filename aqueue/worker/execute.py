@@ -22,9 +22,7 @@ trip of its own in the common case: a runner finishing one message takes its nex
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import inspect
 import logging
 import time
 import traceback
@@ -57,7 +55,7 @@ from aqueue.task import Request, Task, current_request
 from aqueue.transports import Broker, Delivery
 from aqueue.worker.batch import Batches
 from aqueue.worker.completer import Completer
-from aqueue.worker.invoke import invoke, is_task_failure
+from aqueue.worker.invoke import call_hook, cancelling, invoke, is_task_failure
 from aqueue.worker.locks import RunLocks
 from aqueue.worker.revoke import Terminable, Terminated, revocation_record
 from aqueue.worker.stream import Emit, StreamWriter
@@ -157,7 +155,7 @@ class Executor:
         batched = False
         # The runner's cancelling() now: a CancelledError with no cancellation requested
         # beyond it is not a shutdown (see is_task_failure).
-        entered = _cancelling()
+        entered = cancelling()
         try:
             if self.signing is not None:
                 try:
@@ -467,7 +465,7 @@ class Executor:
         state: str = states.FAILURE
         retval: Any = None
         emit = self._stream_writer(msg) if task.is_stream else None
-        entered = _cancelling()  # see is_task_failure: what a shutdown would raise above
+        entered = cancelling()  # see is_task_failure: what a shutdown would raise above
         try:
             if "after" in msg.options and self.dependencies is not None:
                 request.dependencies = await self.dependencies.results(msg)
@@ -594,8 +592,8 @@ class Executor:
         for link in msg.link:
             await self._apply_link(Signature.from_dict(link, self.app), (value,), msg)
         await self.workflow.succeeded(msg, value)
-        await self._hook(task.on_success, value, msg.id, msg.args, msg.kwargs)
-        await self._hook(
+        await call_hook(task.on_success, value, msg.id, msg.args, msg.kwargs)
+        await call_hook(
             task.after_return, states.SUCCESS, value, msg.id, msg.args, msg.kwargs, None
         )
         await self._ack(delivery)
@@ -624,8 +622,8 @@ class Executor:
         for errback in msg.link_error:
             await self._apply_errback(Signature.from_dict(errback, self.app), request, exc, tb)
         await self.workflow.failed(msg, exc, tb)
-        await self._hook(task.on_failure, exc, msg.id, msg.args, msg.kwargs, tb)
-        await self._hook(task.after_return, states.FAILURE, exc, msg.id, msg.args, msg.kwargs, tb)
+        await call_hook(task.on_failure, exc, msg.id, msg.args, msg.kwargs, tb)
+        await call_hook(task.after_return, states.FAILURE, exc, msg.id, msg.args, msg.kwargs, tb)
         await self._ack(delivery)
 
     async def _store_exception(self, msg: Message, state: str, exc: BaseException, tb: str) -> None:
@@ -659,8 +657,8 @@ class Executor:
         if self.on_event is not None:
             self.on_event("task-retried", msg, {"exception": repr(exc), "traceback": tb})
         await self._store_exception(msg, states.RETRY, exc, tb)
-        await self._hook(task.on_retry, exc, msg.id, msg.args, msg.kwargs, tb)
-        await self._hook(task.after_return, states.RETRY, exc, msg.id, msg.args, msg.kwargs, tb)
+        await call_hook(task.on_retry, exc, msg.id, msg.args, msg.kwargs, tb)
+        await call_hook(task.after_return, states.RETRY, exc, msg.id, msg.args, msg.kwargs, tb)
         await self._ack(delivery)
 
     # -- links and hooks ---------------------------------------------------------------------
@@ -693,19 +691,6 @@ class Executor:
                 logger.exception("errback %r of %s[%s] failed", sig, request.task, request.id)
             return
         await self._apply_link(sig, (request.id,), _parent_of(request))
-
-    async def _hook(self, hook: Callable[..., Any], *args: Any) -> None:
-        """Call a task's hook (``on_success``...); what it raises is logged, not raised, but a
-        shutdown's cancellation (see :func:`is_task_failure`)."""
-        entered = _cancelling()
-        try:
-            value = hook(*args)
-            if inspect.isawaitable(value):
-                await value
-        except BaseException as exc:
-            if not is_task_failure(exc, entered):
-                raise
-            logger.exception("hook %s raised", getattr(hook, "__qualname__", hook))
 
     async def _start(self, delivery: Delivery, isolated: bool) -> bool:
         """Mark ``delivery`` as running (batched with other runners' marks and acks); False if
@@ -788,12 +773,6 @@ class NextRun:
         found = self._take()
         self.taken = None if found is None else Handoff(*found)
         return self.taken
-
-
-def _cancelling() -> int:
-    """The running ``asyncio.Task``'s ``cancelling()`` (0 outside a task)."""
-    current = asyncio.current_task()
-    return 0 if current is None else current.cancelling()
 
 
 def _rejects_on_lost(task: Task[Any, Any], app: Aqueue) -> bool:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,28 @@ def is_task_failure(exc: BaseException, cancelling: int = 0) -> bool:
         current = asyncio.current_task()
         return current is not None and current.cancelling() <= cancelling
     return True
+
+
+def cancelling() -> int:
+    """The running ``asyncio.Task``'s ``cancelling()`` (0 outside a task): what
+    :func:`is_task_failure` compares with."""
+    current = asyncio.current_task()
+    return 0 if current is None else current.cancelling()
+
+
+async def call_hook(hook: Callable[..., Any], *args: Any) -> None:
+    """Call a task's hook (``on_success``, ``on_failure``, ``on_retry``, ``after_return``), sync
+    or async; what it raises is logged, not raised, but a cancellation of the caller (see
+    :func:`is_task_failure`)."""
+    entered = cancelling()
+    try:
+        value = hook(*args)
+        if inspect.isawaitable(value):
+            await value
+    except BaseException as exc:
+        if not is_task_failure(exc, entered):
+            raise
+        logger.exception("hook %s raised", getattr(hook, "__qualname__", hook))
 
 
 async def invoke(
