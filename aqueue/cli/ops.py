@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -31,8 +32,24 @@ if TYPE_CHECKING:
 __all__ = ["COMMANDS", "control", "dlq", "events", "inspect", "purge", "status"]
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _check_seconds(value: float | None) -> float | None:
+    """A ``--timeout`` value, if it is a finite number of seconds, 0 or more (``None``: none
+    given).
+
+    Raises:
+        typer.BadParameter: ``nan``, ``inf`` or a negative number; typer prints it with the
+            usage and exits with code 2 (``inf`` would wait forever when no worker is alive).
+    """
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"{value:g} is not a number of seconds (0 or more)")
+    return value
+
+
 TimeoutOption = Annotated[
-    float, typer.Option("--timeout", "-t", help="Seconds to wait for replies.")
+    float,
+    typer.Option("--timeout", "-t", callback=_check_seconds, help="Seconds to wait for replies."),
 ]
 DestinationOption = Annotated[
     str | None,
@@ -375,7 +392,8 @@ def dlq(
     app: AppOption = None,
     queues: QueuesOption = None,
     limit: Annotated[
-        int | None, typer.Option("--limit", "-n", help="At most this many, oldest first.")
+        int | None,
+        typer.Option("--limit", "-n", min=1, help="At most this many, oldest first."),
     ] = None,
     force: ForceOption = False,
     as_json: JsonOption = False,
@@ -459,10 +477,13 @@ def events(
     ctx: typer.Context,
     app: AppOption = None,
     limit: Annotated[
-        int | None, typer.Option("--limit", "-n", help="Stop after this many events.")
+        int | None, typer.Option("--limit", "-n", min=1, help="Stop after this many events.")
     ] = None,
     duration: Annotated[
-        float | None, typer.Option("--timeout", "-t", help="Stop after this many seconds.")
+        float | None,
+        typer.Option(
+            "--timeout", "-t", callback=_check_seconds, help="Stop after this many seconds."
+        ),
     ] = None,
 ) -> None:
     """Print the workers' events (start workers with -E) as JSON lines until Ctrl-C."""

@@ -100,7 +100,8 @@ def worker(
         str | None, typer.Option("-n", "--hostname", help="This worker's name.")
     ] = None,
     prefetch_multiplier: Annotated[
-        int | None, typer.Option("--prefetch-multiplier", help="Messages held per slot.")
+        int | None,
+        typer.Option("--prefetch-multiplier", min=1, help="Messages held per slot."),
     ] = None,
     beat: Annotated[
         bool, typer.Option("-B", "--beat", help="Also run beat (periodic tasks) in this process.")

@@ -5,7 +5,8 @@ A command, published on :data:`CONTROL_CHANNEL` to every worker::
     {"id": "…", "command": "rate_limit", "arguments": {"task": "proj.add", "rate": "10/m"},
      "destination": null, "reply_to": "reply.…"}
 
-``destination`` lists the hostnames that should act (``null``: all). A worker answers on the
+``destination`` lists the hostnames that should act (``null``: all; one name alone is a list of
+one). A message that does not fit this shape is skipped by the worker. A worker answers on the
 ``reply_to`` channel (none: no answer is wanted)::
 
     {"id": "…", "hostname": "aqueue@host", "pid": 123, "node": "…", "reply": {...}}
@@ -80,6 +81,21 @@ def heartbeats(entries: dict[str, bytes]) -> dict[str, dict[str, Any]]:
     return beats
 
 
+def _destination(value: Any) -> tuple[str, ...] | None:
+    """A command's ``destination``: ``None`` (every worker), one hostname, or a list of them.
+
+    Raises:
+        DecodeError: anything else.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):  # one name, not its characters
+        return (value,)
+    if isinstance(value, list) and all(isinstance(name, str) for name in value):
+        return tuple(value)
+    raise DecodeError("control command's destination is not a list of hostnames")
+
+
 @dataclass(frozen=True, slots=True)
 class Command:
     """A control command for workers.
@@ -111,17 +127,24 @@ class Command:
 
     @classmethod
     def decode(cls, raw: bytes) -> Command:
-        """Raises: DecodeError: not a command."""
+        """Raises: DecodeError: not a command, or a field of the wrong type (``arguments`` not
+        an object, ``destination`` not a list of names, ``reply_to`` not a channel name): a
+        listener skips it rather than fail on it."""
         data = _loads(raw, "control command")
         if not isinstance(data.get("id"), str) or not isinstance(data.get("command"), str):
             raise DecodeError("control command has no id or command name")
-        destination = data.get("destination")
+        arguments = data.get("arguments") or {}
+        if not isinstance(arguments, dict):
+            raise DecodeError("control command's arguments are not a JSON object")
+        reply_to = data.get("reply_to")
+        if reply_to is not None and not isinstance(reply_to, str):
+            raise DecodeError("control command's reply_to is not a channel name")
         return cls(
             id=data["id"],
             command=data["command"],
-            arguments=dict(data.get("arguments") or {}),
-            destination=tuple(destination) if destination is not None else None,
-            reply_to=data.get("reply_to"),
+            arguments=arguments,
+            destination=_destination(data.get("destination")),
+            reply_to=reply_to,
         )
 
     def for_worker(self, hostname: str) -> bool:

@@ -10,6 +10,7 @@ transport's ``workers`` table, lost ones from the longer-kept ``seen`` table (se
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 from aqueue.control.protocol import Table, heartbeats
 from aqueue.exceptions import SerializationError
 from aqueue.message import decode_envelope
+from aqueue.perloop import PerLoop
 from aqueue.transports import Outgoing
-from aqueue.transports.base import QueueDepth, queue_admin
+from aqueue.transports.base import Broker, QueueDepth, queue_admin
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -224,6 +226,12 @@ async def purge(app: Aqueue, queues: Sequence[str]) -> int:
     return await queue_admin(await app.broker()).purge(queues)
 
 
+#: One replay at a time per broker and queue in this process (and event loop): two at once
+#: would read the same oldest letters, send them both, then delete twice as many - the letters
+#: after them lost. (Replays from two processes at the same moment are not kept apart.)
+_REPLAYING: PerLoop[dict[tuple[str, str], asyncio.Lock]] = PerLoop(dict)
+
+
 async def replay_dead_letters(app: Aqueue, queue: str, limit: int | None = None) -> int:
     """Send the oldest ``limit`` (default all) dead letters of ``queue`` back to it; return how
     many. Each is published again as it was (a fresh delivery count), its stored ``FAILURE``
@@ -235,6 +243,12 @@ async def replay_dead_letters(app: Aqueue, queue: str, limit: int | None = None)
         ConfigurationError: the broker cannot purge dead letters.
     """
     broker = await app.broker()
+    async with _REPLAYING.get().setdefault((broker.url, queue), asyncio.Lock()):
+        return await _replay(app, broker, queue, limit)
+
+
+async def _replay(app: Aqueue, broker: Broker, queue: str, limit: int | None) -> int:
+    """:func:`replay_dead_letters`, its lock held."""
     admin = queue_admin(broker)
     letters = await broker.dead_letters(queue, limit if limit is not None else 1_000_000)
     if not letters:

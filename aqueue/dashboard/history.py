@@ -91,26 +91,25 @@ class TaskRecord:
     def from_json(cls, data: Mapping[str, Any]) -> TaskRecord:
         """Read back :meth:`to_json`; unknown keys are ignored.
 
+        Every field is checked against its type, so that a row written by something else
+        cannot break the pages and filters later (``null`` stands for a field's default).
+
         Raises:
-            KeyError, TypeError, ValueError: ``data`` has no ``id``, is not a mapping, or its
+            KeyError, TypeError, ValueError: ``data`` has no ``id``, is not a mapping, a field
+                has the wrong type (text not a string, a time not a number...), or its
                 timeline is not a list of ``[event, time, worker]``.
         """
         known = {k: v for k, v in data.items() if k in cls.__slots__}
         record = cls(id=str(known.pop("id")))
         for name, value in known.items():
-            setattr(record, name, value)
+            if value is not None:
+                _check_field(name, value)
+                setattr(record, name, value)
         for name in ("name", "queue", "worker", "state"):  # shared, as in apply()
             value = getattr(record, name)
             if isinstance(value, str):
                 setattr(record, name, sys.intern(value))
-        record.timeline = [
-            [
-                sys.intern(k) if isinstance(k, str) else k,
-                t,
-                sys.intern(w) if isinstance(w, str) else w,
-            ]
-            for k, t, w in record.timeline
-        ]
+        record.timeline = [_moment(item) for item in record.timeline]
         return record
 
     @property
@@ -119,6 +118,40 @@ class TaskRecord:
         if self.received is None or self.started is None:
             return None
         return max(0.0, self.started - self.received)
+
+
+#: The fields of a stored record that are text.
+_STRINGS = frozenset({*_TEXT_FIELDS, "state", "worker", "parent_id", "root_id", "group_id"})
+#: The fields that are epoch seconds or durations.
+_NUMBERS = frozenset({"runtime", "received", "started", "finished", "updated"})
+
+
+def _check_field(name: str, value: Any) -> None:
+    """Raises: TypeError: ``value`` is not of field ``name``'s type (the timeline: a list)."""
+    if name in _STRINGS:
+        ok = isinstance(value, str)
+    elif name in _NUMBERS:
+        ok = _number(value) is not None
+    elif name == "retries":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:  # the timeline; its items are checked by _moment
+        ok = isinstance(value, list)
+    if not ok:
+        raise TypeError(f"{name} is a {type(value).__name__}")
+
+
+def _moment(item: Any) -> list[Any]:
+    """One stored ``[event type, epoch seconds, worker]``, its strings shared.
+
+    Raises:
+        TypeError, ValueError: not a list of an event name, a number and a name or ``null``.
+    """
+    kind, when, worker = item
+    if not isinstance(kind, str) or _number(when) is None:
+        raise TypeError(f"timeline item {item!r} is not [event, time, worker]")
+    if worker is not None and not isinstance(worker, str):
+        raise TypeError(f"timeline item {item!r} names no worker")
+    return [sys.intern(kind), when, None if worker is None else sys.intern(worker)]
 
 
 @dataclass(slots=True)

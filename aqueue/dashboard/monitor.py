@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from aqueue.control.events import events
+from aqueue.control.protocol import Reply
 from aqueue.control.queues import WorkerStatus, live_workers, queue_depths
 from aqueue.dashboard.history import TaskHistory
 from aqueue.dashboard.store import HistoryStore
@@ -72,6 +73,7 @@ class Monitor:
         self.persist = persist
         self.workers: list[WorkerStatus] = []
         self.registered: dict[str, list[str]] = {}
+        self._asked: dict[str, frozenset[str]] = {}  # hostname -> its workers (nodes) asked
         self.queues: list[QueueDepth] = []
         self.depths: deque[tuple[float, dict[str, QueueDepth]]] = deque(maxlen=DEPTH_SAMPLES)
         self.error: str | None = None
@@ -192,9 +194,7 @@ class Monitor:
         ]:
             self._mark("workers")
         self.workers = workers
-        for hostname in {w.hostname for w in workers} - set(self.registered):
-            self.registered[hostname] = []
-            self._spawn(self._ask_registered(hostname))
+        self._ask_new_workers(workers)
         depths = await queue_depths(self.app, workers)
         if depths != self.queues:
             self._mark("queues")
@@ -217,14 +217,36 @@ class Monitor:
 
         self._spawn(resample())
 
-    async def _ask_registered(self, hostname: str) -> None:
+    def _ask_new_workers(self, workers: list[WorkerStatus]) -> None:
+        """Ask for the registered tasks of each hostname whose workers changed: one seen for
+        the first time, or started again under its name (a new release may run other tasks);
+        forget the hostnames no longer live."""
+        nodes: dict[str, frozenset[str]] = {}
+        for w in workers:
+            nodes[w.hostname] = nodes.get(w.hostname, frozenset()) | {w.node}
+        for gone in set(self._asked) - set(nodes):
+            del self._asked[gone]
+        for gone in set(self.registered) - set(nodes):
+            del self.registered[gone]
+        for hostname, now in nodes.items():
+            if self._asked.get(hostname) != now:
+                self._asked[hostname] = now
+                self.registered.setdefault(hostname, [])
+                self._spawn(self._ask_registered(hostname, now))
+
+    async def _ask_registered(self, hostname: str, nodes: frozenset[str]) -> None:
+        """Ask ``hostname`` for its registered tasks; with no answer, the next sample asks
+        again (``nodes``: its workers when asked)."""
+        replies: list[Reply] = []
         with contextlib.suppress(AqueueError):
             replies = await self.app.control.broadcast(
                 "registered", destination=[hostname], timeout=2.0, limit=1
             )
-            if replies and isinstance(replies[0].value, list):
-                self.registered[hostname] = [str(v) for v in replies[0].value]
-                self._mark("workers")
+        if replies and isinstance(replies[0].value, list):
+            self.registered[hostname] = [str(v) for v in replies[0].value]
+            self._mark("workers")
+        elif self._asked.get(hostname) == nodes:
+            del self._asked[hostname]
 
     # -- notifying and saving ----------------------------------------------------------------
 

@@ -59,7 +59,10 @@ def _ago(epoch: float | None) -> str:
 def _clock(epoch: float | None) -> str:
     if epoch is None:
         return "-"
-    return datetime.fromtimestamp(epoch).strftime("%H:%M:%S.%f")[:-3]
+    try:
+        return datetime.fromtimestamp(epoch).strftime("%H:%M:%S.%f")[:-3]
+    except (OverflowError, OSError, ValueError):  # a time no date holds: a worker's bad clock
+        return "?"
 
 
 def _seconds(value: float | None) -> str:

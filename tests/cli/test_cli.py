@@ -128,6 +128,65 @@ def test_concurrency_below_one_is_refused() -> None:
         assert code == 2 and "'-c' / '--concurrency'" in text and "1" in text
 
 
+async def test_a_prefetch_multiplier_below_one_is_refused(tmp_path: Path) -> None:
+    # Taken as given, -1 made a worker that fetched nothing, ever, without a word.
+    env = {"AQUEUE_BROKER_URL": f"sqlite:///{tmp_path}/cli.db"}
+    for value in ("0", "-1"):
+        proc = await start("worker", "-A", SUBPROCESS_APP, "--prefetch-multiplier", value, env=env)
+        assert proc.stderr is not None
+        async with asyncio.timeout(20):
+            err = b""
+            while line := await proc.stderr.readline():  # ends at exit, or at the ready line
+                err += line
+                if b" ready: consuming " in line:
+                    proc.kill()
+                    break
+            await proc.wait()
+        text = flat(err.decode())
+        assert proc.returncode == 2, text
+        assert "'--prefetch-multiplier'" in text and "Traceback" not in text
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["inspect", "ping", "-t", "nan"],
+        ["inspect", "ping", "-t", "inf"],  # with no worker alive: would wait forever
+        ["inspect", "ping", "-t", "-1"],
+        ["control", "ping", "-t", "nan"],
+        ["events", "-t", "nan"],
+        ["events", "-t", "-2"],
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_a_timeout_that_is_not_a_number_of_seconds_is_refused(args: list[str]) -> None:
+    done = run_aqueue(*args, "-A", MEMORY)  # a process: the command must exit, not hang
+    text = flat(done.stdout + done.stderr)
+    assert done.returncode == 2, text
+    assert (
+        "Invalid value for '--timeout' / '-t'" in text
+        and "not a number of seconds" in text
+        and "Traceback" not in text
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["dlq", "list", "-n", "-1"],  # listed none of the dead letters: "Dead letters: 0"
+        ["dlq", "replay", "-f", "-n", "0"],  # said "No dead letters in ..."
+        ["dlq", "purge", "-f", "--limit", "-3"],
+        ["events", "-n", "0", "-t", "0.2"],  # printed one event when one came
+    ],
+    ids=lambda a: " ".join(a),
+)
+def test_a_limit_below_one_is_refused(args: list[str]) -> None:
+    code, out, err = invoke(*args, "-A", MEMORY)
+    text = flat(out + err)
+    assert code == 2, text
+    assert "Invalid value for '--limit' / '-n'" in text and "Traceback" not in text
+
+
 # -- -A errors -----------------------------------------------------------------------------------
 
 

@@ -13,8 +13,9 @@ import pytest
 
 from aqueue import Worker
 from aqueue.control.events import event_senders
-from aqueue.control.protocol import Table
+from aqueue.control.protocol import CONTROL_CHANNEL, Command, Table
 from aqueue.control.queues import cluster_status, live_workers, purge, replay_dead_letters
+from aqueue.message import decode_envelope
 from aqueue.transports.base import QueueDepth
 from tests.apps.ops_tasks import OPS_TRANSPORTS, EventLog, OpsTasks, build, url_for
 
@@ -106,6 +107,22 @@ async def test_status_shows_the_depths_of_what_was_sent_and_the_live_workers(
     assert await t.app.AsyncResult(bad.id).state() == "PENDING"  # FAILURE forgotten
 
 
+async def test_replays_at_once_neither_lose_nor_duplicate_a_dead_letter(t: OpsTasks) -> None:
+    # Two operators (or a double click on the dashboard) replaying one letter each at once:
+    # each must send back its own letter, not both the oldest one and drop the second.
+    queue = t.app.conf.task_default_queue
+    broker = await t.app.broker()
+    sent = [await t.add.delay(i, i) for i in range(2)]
+    for delivery in await broker.fetch([queue], 2, 5.0):
+        await broker.dead_letter(delivery, "set aside by the test")
+    assert len(await broker.dead_letters(queue)) == 2
+    done = await asyncio.gather(*(replay_dead_letters(t.app, queue, 1) for _ in range(2)))
+    assert done == [1, 1]
+    assert await broker.dead_letters(queue) == []
+    again = await broker.fetch([queue], 10, 5.0)
+    assert sorted(decode_envelope(d.body)["id"] for d in again) == sorted(r.id for r in sent)
+
+
 async def test_malformed_heartbeats_are_skipped_not_fatal(t: OpsTasks) -> None:
     transport = await t.app.control_transport()
     node = f"n-{uuid.uuid4().hex[:8]}"
@@ -129,6 +146,26 @@ async def test_malformed_heartbeats_are_skipped_not_fatal(t: OpsTasks) -> None:
     finally:
         for key in beats:  # the table is shared by the rest of the session
             await transport.put(Table.WORKERS, key, None, None)
+
+
+async def test_a_malformed_command_is_skipped_and_the_worker_still_answers(t: OpsTasks) -> None:
+    name = f"a-{uuid.uuid4().hex[:6]}@rc"
+    bad = [
+        b'{"id": "1", "command": "ping", "arguments": [1, 2]}',  # not an object
+        b'{"id": "2", "command": "ping", "arguments": "ab"}',
+        b'{"id": "3", "command": "ping", "destination": 5}',  # not a list of names
+        b'{"id": "4", "command": "ping", "destination": [1]}',
+        b'{"id": "5", "command": "ping", "reply_to": ["x"]}',  # not a channel name
+    ]
+    async with Worker(t.app, hostname=name, shutdown_timeout=5):
+        transport = await t.app.control_transport()
+        await transport.publish(CONTROL_CHANNEL, bad)
+        # In order after the bad ones: the listener reads them first, and must live on.
+        inspect = t.app.control.inspect(timeout=10, destination=[name])
+        assert await inspect.ping() == {name: "pong"}
+    # One hostname as a string names that worker, not its characters.
+    one = Command.decode(b'{"id": "6", "command": "ping", "destination": "a@rc"}')
+    assert one.for_worker("a@rc") and not one.for_worker("a")
 
 
 async def test_events_describe_a_task_from_receipt_to_success(t: OpsTasks) -> None:

@@ -177,6 +177,63 @@ async def test_unreadable_journal_entries_are_skipped(
     assert caplog.text.count("skipped an unreadable history entry") == 2
 
 
+async def test_malformed_journal_rows_and_events_break_no_page(app: Aqueue) -> None:
+    transport = await app.control_transport()
+    rows = [
+        b'[{"id": "b1", "timeline": [["task-received", "x", "w"]]}]',  # time not a number
+        b'[{"id": "b2", "name": ["x"]}]',  # unhashable: the filters' counters
+        b'[{"id": "b3", "state": {"x": 1}}]',
+        b'[{"id": "b4", "updated": "x"}]',  # compared with the time-range filter
+        b'[{"id": "b5", "received": "x"}]',  # printed as a clock time
+        b'[{"id": "b6", "retries": "x", "runtime": [1]}]',
+        b'[{"id": "b7", "received": 1e30, "updated": 1e30}]',  # past any date
+        b'[{"id": "b8", "timeline": [["task-received", 1e30, "w"]]}]',
+    ]
+    for i, row in enumerate(rows):
+        await transport.put(TABLE, f"{i + 1:020d}", row, None)
+    await transport.put(TABLE, f"{len(rows) + 1:020d}", b'[{"id": "ok", "state": "SUCCESS"}]', None)
+    web = Dashboard(app)
+    async with client(web) as c:
+        assert (await c.get("/")).status_code == 200
+        # The rows of the wrong types are skipped; far-off times are shown as they can be.
+        assert list(web.monitor.history.tasks) == ["b7", "b8", "ok"]
+        # A live event from a worker with an absurd clock: kept, and every page still answers.
+        web.monitor.apply(received("far", 1e30))
+        web.monitor.apply(event("task-succeeded", "far", 1e30, runtime=1e30))
+        paths = ["/", "/workers", "/tasks", "/tasks?range=5m", "/tasks/far", "/tasks/b8"]
+        for path in [*paths, "/workflows", "/queues", "/beat"]:
+            assert (await c.get(path)).status_code == 200, path
+    await web.aclose()
+
+
+async def test_a_worker_restarted_under_its_name_is_asked_for_its_tasks_again(
+    app: Aqueue,
+) -> None:
+    web = Dashboard(app, persist=False)
+    registered = web.monitor.registered
+
+    async def until_registered(name: str) -> None:
+        async with asyncio.timeout(10):
+            while name not in registered.get("w@unit", []):
+                await notes.get()  # a note follows every answer
+
+    async with client(web) as c:
+        assert (await c.get("/workers")).status_code == 200
+        async with web.monitor.subscribe() as notes:
+            async with Worker(app, hostname="w@unit", shutdown_timeout=5):
+                await web.monitor.sample()
+                await until_registered("unit.add")
+
+            @app.task(name="unit.mul")  # the new release of the code
+            async def mul(x: int, y: int) -> int:
+                return x * y
+
+            async with Worker(app, hostname="w@unit", shutdown_timeout=5):
+                await web.monitor.sample()
+                await until_registered("unit.mul")
+    await web.aclose()
+
+
 # -- workflows -----------------------------------------------------------------------------------
 
 
