@@ -180,7 +180,7 @@ class Remote:
                 if asyncio.iscoroutine(value):
                     value = await value
                 reply = Reply(reply.hostname, reply.pid, reply.node, value)
-            except (AqueueError, KeyError, TypeError, ValueError) as exc:
+            except Exception as exc:  # a bad command or a handler's bug: answered, never fatal
                 reply = Reply(reply.hostname, reply.pid, reply.node, error=str(exc))
         logger.info(
             "control: %s from a client%s",
@@ -197,8 +197,12 @@ class Remote:
             self.worker.app.spawn(self.worker.stop())
 
     def _revoke(self, args: dict[str, Any]) -> dict[str, Any]:
-        ids = [str(i) for i in args["task_ids"]]
+        given = args["task_ids"]
+        ids = [given] if isinstance(given, str) else [str(i) for i in given]
         expires = args.get("expires")
+        if isinstance(expires, bool) or not isinstance(expires, int | float):
+            # Not epoch seconds (a foreign client's): every revocation check would fail on it.
+            expires = None
         if expires is None and self.worker.app.conf.result_expires is not None:
             expires = time.time() + self.worker.app.conf.result_expires
         self.worker.revocations.add(ids, expires)

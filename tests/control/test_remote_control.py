@@ -16,7 +16,7 @@ from aqueue.control.events import event_senders
 from aqueue.control.protocol import CONTROL_CHANNEL, Command, Table
 from aqueue.control.queues import cluster_status, live_workers, purge, replay_dead_letters
 from aqueue.message import decode_envelope
-from aqueue.transports.base import QueueDepth
+from aqueue.transports.base import QueueDepth, queue_admin
 from tests.apps.ops_tasks import OPS_TRANSPORTS, EventLog, OpsTasks, build, url_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -166,6 +166,38 @@ async def test_a_malformed_command_is_skipped_and_the_worker_still_answers(t: Op
     # One hostname as a string names that worker, not its characters.
     one = Command.decode(b'{"id": "6", "command": "ping", "destination": "a@rc"}')
     assert one.for_worker("a@rc") and not one.for_worker("a")
+
+
+async def test_a_revoke_with_a_bad_expiry_revokes_and_dead_letters_nothing(t: OpsTasks) -> None:
+    """A revoke command whose ``expires`` is not epoch seconds (a foreign client's) was taken as
+    it was: the worker then failed on every message's revocation check, dead-lettering the
+    revoked task as a worker failure. Its ids are revoked for the default time instead, and
+    a ``task_ids`` given as one id is that id, not its characters."""
+    name = f"a-{uuid.uuid4().hex[:6]}@rc"
+    revoked, kept = str(uuid.uuid4()), str(uuid.uuid4())
+    commands = [
+        b'{"id": "1", "command": "revoke", "arguments": {"task_ids": ["%s"], "expires": "x"}}'
+        % revoked.encode(),
+        b'{"id": "2", "command": "revoke", "arguments": {"task_ids": "%s"}}' % kept.encode(),
+    ]
+    async with (
+        EventLog(t.app) as log,
+        Worker(t.app, hostname=name, send_events=True, shutdown_timeout=5) as worker,
+    ):
+        transport = await t.app.control_transport()
+        await transport.publish(CONTROL_CHANNEL, commands)
+        inspect = t.app.control.inspect(timeout=10, destination=[name])
+        assert await inspect.ping() == {name: "pong"}  # read after the revokes
+        assert kept in worker.revocations and len(worker.revocations) == 2
+        r = await t.record.apply_async(("never",), task_id=revoked)
+        event = await log.wait(type="task-revoked", uuid=r.id)
+        assert event["reason"] == "revoked"
+        assert await t.add.delay(1, 2) is not None
+        await log.wait(type="task-succeeded", name="ops.add")
+    assert revoked not in dict(t.starts)
+    assert await r.state() == "REVOKED"
+    admin = queue_admin(await t.app.broker())
+    assert await admin.dead_letters(t.app.conf.task_default_queue) == []
 
 
 async def test_events_describe_a_task_from_receipt_to_success(t: OpsTasks) -> None:
