@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from aqueue import message, states
-from aqueue.exceptions import ConfigurationError, EncodeError, Retry
+from aqueue.exceptions import EncodeError, Retry
 from aqueue.results.record import ResultRecord, describe_exception, outcome
 from aqueue.results.result import AsyncResult
 from aqueue.task import Request, Task
@@ -98,8 +98,10 @@ async def apply_eager(
     # As the worker reads them (worker/execute.py): the soft limit is a task option only.
     soft_limit = getattr(task, "soft_time_limit", None) or app.conf.task_soft_time_limit
     retry_limit = (task.retry_kwargs or {}).get("max_retries", task.effective_max_retries())
-    links = _signatures(app, options.get("link"))
-    errbacks = _signatures(app, options.get("link_error"))
+    from aqueue.canvas.primitives import callbacks  # canvas imports this module's callers
+
+    links = callbacks(options.get("link"), app, "link")
+    errbacks = callbacks(options.get("link_error"), app, "link_error")
     retries = 0
     while True:
         request = Request(
@@ -207,26 +209,6 @@ def _failure(task_id: str, exc: BaseException, retries: int, name: str) -> Resul
     return ResultRecord(
         task_id, states.FAILURE, describe_exception(exc), None, time.time(), retries, name
     )
-
-
-def _signatures(app: Aqueue, value: Any) -> list[Signature]:
-    """The ``link``/``link_error`` option as signatures (one, a dict, or a list of them).
-
-    Raises:
-        ConfigurationError: an item is not a signature (as sending checks).
-    """
-    from aqueue.canvas.primitives import Signature
-
-    items = value if isinstance(value, list | tuple) else [] if value is None else [value]
-    out: list[Signature] = []
-    for item in items:
-        if isinstance(item, Signature):
-            out.append(item)
-        elif isinstance(item, dict) and "task" in item:
-            out.append(Signature.from_dict(item, app))
-        else:
-            raise ConfigurationError(f"link/link_error take signatures (task.s(...)), not {item!r}")
-    return out
 
 
 async def _links(

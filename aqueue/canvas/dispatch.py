@@ -31,7 +31,16 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from aqueue.canvas.primitives import Canvas, Signature, _as_list, chain, chord, from_dict, group
+from aqueue.canvas.primitives import (
+    Canvas,
+    Signature,
+    _as_list,
+    callbacks,
+    chain,
+    chord,
+    from_dict,
+    group,
+)
 from aqueue.exceptions import AqueueError, ConfigurationError
 from aqueue.results.group import GroupResult, encode_meta, meta_key
 from aqueue.results.result import AsyncResult
@@ -380,18 +389,11 @@ def _callbacks(part: Canvas) -> list[Signature]:
     Raises:
         ConfigurationError: one is not a task signature (a chain, a group, anything else).
     """
-    found: list[Signature] = []
-    for key in ("link", "link_error"):
-        for item in _as_list(part.options.get(key)):
-            if isinstance(item, Signature):
-                found.append(item)
-            elif isinstance(item, dict) and "task" in item:
-                found.append(Signature.from_dict(item, part.app))
-            else:
-                raise ConfigurationError(
-                    f"{key} takes task signatures (task.s(...)), not {item!r} (on {part!r})"
-                )
-    return found
+    return [
+        sig
+        for key in ("link", "link_error")
+        for sig in callbacks(part.options.get(key), part.app, f"{key} on {part!r}")
+    ]
 
 
 def _is_number(value: Any) -> bool:

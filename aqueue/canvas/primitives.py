@@ -627,6 +627,25 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
+def callbacks(value: Any, app: Aqueue | None, what: str = "link") -> list[Signature]:
+    """A ``link`` or ``link_error`` option (``None``, one signature or its dict, or a list of
+    them) as signatures.
+
+    Raises:
+        ConfigurationError: an item is not a task signature (a chain, a group, anything else);
+            the message starts with ``what``.
+    """
+    found: list[Signature] = []
+    for item in _as_list(value):
+        if isinstance(item, Signature):
+            found.append(item)
+        elif isinstance(item, dict) and "task" in item:
+            found.append(Signature.from_dict(item, app))
+        else:
+            raise ConfigurationError(f"{what} takes task signatures (task.s(...)), not {item!r}")
+    return found
+
+
 def _first_app(tasks: list[Canvas]) -> Aqueue | None:
     for task in tasks:
         if task.app is not None:
