@@ -50,7 +50,7 @@ from aqueue.exceptions import (
 )
 from aqueue.message import Message
 from aqueue.middleware import chain_run
-from aqueue.results.record import ResultRecord, describe_exception
+from aqueue.results.record import ResultRecord, describe_exception, outcome
 from aqueue.task import Request, Task, current_request
 from aqueue.transports import Broker, Delivery
 from aqueue.worker.batch import Batches
@@ -312,7 +312,28 @@ class Executor:
         """``task_reject_on_worker_lost=False`` (Celery's meaning): a message that was running
         when its worker died is not run again; its result is a ``WorkerLostError`` FAILURE,
         and it is acked. Only on a broker that marks runs (RunTracking), where
-        ``delivery_count > 1`` means exactly that (docs/poison.md)."""
+        ``delivery_count > 1`` means exactly that (docs/poison.md).
+
+        A run that finished before its worker died (its outcome stored, the message not acked
+        yet) is not lost: its stored outcome stands, the workflow steps after it are taken
+        (again: at least once, as for any redelivery), and the message is acked."""
+        finished = await self._finished(msg)
+        if finished is not None:
+            logger.warning(
+                "Task %s[%s] finished (%s) before its worker died: acked, not run again",
+                msg.task,
+                msg.id,
+                finished.status,
+            )
+            if finished.status == states.SUCCESS:
+                await self.workflow.succeeded(msg, finished.result)
+            else:
+                done = outcome(finished)
+                if not isinstance(done, BaseException):
+                    done = WorkerLostError(f"{msg.task}[{msg.id}] ended {finished.status}")
+                await self.workflow.failed(msg, done, finished.traceback)
+            await self._ack(delivery)
+            return
         deaths = delivery.delivery_count - 1
         reason = (
             f"Worker exited prematurely: {deaths} worker(s) died while running "
@@ -322,6 +343,20 @@ class Executor:
         exc = WorkerLostError(reason)
         await self._fail(msg, exc)
         await self._ack(delivery)
+
+    async def _finished(self, msg: Message) -> ResultRecord | None:
+        """``msg``'s stored record if it is ready (SUCCESS, FAILURE, REVOKED), else ``None``
+        (also with no result backend, an ignored result, or a record that cannot be read)."""
+        if self.backend is None or msg.ignore_result:
+            return None
+        [raw] = await self.backend.get_many([msg.id])
+        if raw is None:
+            return None
+        try:
+            record = ResultRecord.decode(raw, self.app.accept_results, self.signing, msg.id)
+        except DecodeError:
+            return None
+        return record if record.ready else None
 
     async def _revoke(
         self,

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import re
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,8 @@ from aqueue.exceptions import (
     TimeLimitExceeded,
     WorkerLostError,
 )
+from aqueue.results.record import ResultRecord
+from aqueue.transports.base import RunTracking, queue_admin
 from aqueue.worker.worker import resident_kib
 from tests.workerproc import WorkerProcess
 
@@ -507,3 +510,44 @@ async def test_the_example_pool_is_shared_and_closed() -> None:
     finally:
         await example.app.close()
         example.app.conf.update(broker_url=saved[0], result_backend=saved[1])
+
+
+@pytest.mark.timeout(60)
+async def test_a_run_that_finished_before_its_worker_died_keeps_its_result(
+    tmp_path: Path,
+) -> None:
+    """``task_reject_on_worker_lost=False``: a worker stored a task's SUCCESS and died before
+    acking its message. The message comes back as from a dead worker, but the run was over:
+    its result must stand (not be overwritten with a WorkerLostError), and the message acked."""
+    url = f"sqlite:///{tmp_path}/lost.db"
+    app = Aqueue("lost", broker=url, backend=url)
+    app.conf.task_reject_on_worker_lost = False
+    app.conf.broker_transport_options = {"visibility_timeout": 0.5}
+
+    @app.task(name="lost.answer")
+    async def answer() -> int:
+        return 42
+
+    try:
+        r = await answer.delay()
+        # The first worker: leases the message, marks its run, stores its result, and dies.
+        broker = await app.broker()
+        assert isinstance(broker, RunTracking)
+        queue = app.conf.task_default_queue
+        [delivery] = await broker.fetch([queue], 1, 5)
+        assert await broker.start([(delivery, False)]) == [True]
+        done = ResultRecord(r.id, "SUCCESS", 42, None, time.time(), 0, "lost.answer")
+        backend = await app.result_backend()
+        await backend.store([(r.id, done.encode("json", None))], None)
+        async with Worker(app, hostname="second@lost", shutdown_timeout=5):
+            admin = queue_admin(broker)
+            for _ in range(1000):  # until the lease ran out and the worker settled the message
+                [depth] = await admin.queue_depths([queue])
+                if depth.waiting == depth.unacked == 0:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the message was not settled")
+        assert await r.get(timeout=5) == 42
+    finally:
+        await app.close()
