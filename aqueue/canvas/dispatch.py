@@ -27,8 +27,7 @@ refused: counting a header needs a result store.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from aqueue.canvas.primitives import (
@@ -44,7 +43,7 @@ from aqueue.canvas.primitives import (
 from aqueue.exceptions import AqueueError, ConfigurationError
 from aqueue.results.group import GroupResult, encode_meta, meta_key
 from aqueue.results.result import AsyncResult
-from aqueue.sending.options import SEND_OPTIONS
+from aqueue.sending.options import SEND_OPTIONS, check_option_values
 from aqueue.transports import ReplyChannels
 from aqueue.transports.rpc import COUNT_A_CHORD, is_rpc, rpc_cannot
 
@@ -396,47 +395,13 @@ def _callbacks(part: Canvas) -> list[Signature]:
     ]
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _float_ok(value: Any) -> bool:
-    try:
-        float(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def _dict_ok(value: Any) -> bool:
-    try:
-        dict(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-#: The send options whose values are converted when a message is built, each with the test its
-#: value must pass and what it must be (as ``Sender.build_message`` takes them).
-_VALUE_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "countdown": (_float_ok, "a number of seconds"),
-    "eta": (lambda v: isinstance(v, datetime) or _is_number(v), "a datetime or epoch seconds"),
-    "expires": (lambda v: isinstance(v, int | float | datetime), "seconds or a datetime"),
-    "priority": (
-        lambda v: _is_number(v) and isinstance(v, int) and 0 <= v <= 9,
-        "a whole number 0..9",
-    ),
-    "headers": (_dict_ok, "a dict"),
-}
-
-
 def _check_values(sig: Signature) -> None:
     """Raise ConfigurationError for an option value that ``sig``'s message cannot be built
-    with (``None`` means "not given" and always passes)."""
-    for key, (valid, wanted) in _VALUE_CHECKS.items():
-        value = sig.options.get(key)
-        if value is not None and not valid(value):
-            raise ConfigurationError(f"option {key}={value!r} on {sig!r} must be {wanted}")
+    with (the sender's own converters: :func:`aqueue.sending.options.check_option_values`)."""
+    try:
+        check_option_values(sig.options)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{exc} (on {sig!r})") from None
 
 
 def _id(sig: Canvas) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from aqueue.exceptions import ConfigurationError
@@ -27,8 +27,13 @@ __all__ = [
     "RetryPolicy",
     "SendOptions",
     "TaskOptions",
+    "check_option_values",
     "check_send_options",
     "check_task_options",
+    "epoch_value",
+    "headers_value",
+    "priority_value",
+    "seconds_value",
 ]
 
 
@@ -209,3 +214,75 @@ def check_task_options(options: Mapping[str, Any]) -> None:
         ConfigurationError: an unknown option, with the closest valid name.
     """
     _check(options, TASK_OPTIONS, "task")
+
+
+def check_option_values(options: Mapping[str, Any]) -> None:
+    """Check the values :meth:`Sender.build_message` converts (``priority``, ``eta``,
+    ``countdown``, ``expires``, ``headers``) with its own converters, building nothing: for
+    the parts of a workflow that a worker sends later (:mod:`aqueue.canvas.dispatch`).
+
+    Raises:
+        ConfigurationError: a value no message can be built with.
+    """
+    if options.get("priority") is not None:
+        priority_value(options["priority"])
+    epoch_value(options.get("eta"), "eta")
+    if options.get("countdown") is not None:
+        seconds_value(options["countdown"], "countdown")
+    expires = options.get("expires")
+    if not isinstance(expires, int | float):
+        epoch_value(expires, "expires")
+    headers_value(options.get("headers"))
+
+
+def priority_value(value: Any) -> int:
+    """A ``priority`` option: a whole number 0..9.
+
+    Raises:
+        ConfigurationError: anything else.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
+        raise ConfigurationError(f"priority must be a whole number 0..9, not {value!r}")
+    return value
+
+
+def seconds_value(value: Any, option: str) -> float:
+    """``option`` (``countdown``) as a number of seconds.
+
+    Raises:
+        ConfigurationError: not a number.
+    """
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{option} must be a number of seconds, not {value!r}") from None
+
+
+def headers_value(value: Any) -> dict[str, Any]:
+    """A ``headers`` option as a new dict (``None``: empty).
+
+    Raises:
+        ConfigurationError: not a mapping.
+    """
+    try:
+        return dict(value or {})
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"headers must be a dict, not {value!r}") from None
+
+
+def epoch_value(value: Any, option: str) -> float | None:
+    """``option`` (``eta``, ``expires``) as epoch seconds: a datetime (naive: UTC) or a
+    number; ``None`` stays ``None``.
+
+    Raises:
+        ConfigurationError: anything else.
+    """
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return float(value.timestamp())
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigurationError(f"{option} must be a datetime, not {type(value).__name__}")

@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 from aqueue import signals
@@ -39,7 +38,15 @@ from aqueue.results.mailbox import Mailbox
 from aqueue.results.result import AsyncResult
 from aqueue.sending import routing
 from aqueue.sending.guard import needs_guard, send_guarded, with_guards
-from aqueue.sending.options import AnyRetryPolicy, RetryPolicy, check_send_options
+from aqueue.sending.options import (
+    AnyRetryPolicy,
+    RetryPolicy,
+    check_send_options,
+    epoch_value,
+    headers_value,
+    priority_value,
+    seconds_value,
+)
 from aqueue.transports import Binding, Outgoing, ReplyChannels, ResultBackend, tls_hint
 
 if TYPE_CHECKING:
@@ -313,20 +320,18 @@ class Sender:
             value = getattr(task, key, None)
             return default if value is None else value
 
-        priority = pick("priority", conf.task_default_priority)
-        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
-            raise ConfigurationError(f"priority must be a whole number 0..9, not {priority!r}")
+        priority = priority_value(pick("priority", conf.task_default_priority))
         now = time.time()
         eta = options.get("eta")
         if eta is not None:
-            eta = _epoch(eta, "eta")
+            eta = epoch_value(eta, "eta")
         if options.get("countdown") is not None:
-            eta = now + float(options["countdown"])
+            eta = now + seconds_value(options["countdown"], "countdown")
         expires = pick("expires")
         if isinstance(expires, int | float):
             expires = now + float(expires)
         elif expires is not None:
-            expires = _epoch(expires, "expires")
+            expires = epoch_value(expires, "expires")
         ignore_result = pick("ignore_result", conf.task_ignore_result)
         queue = pick("queue", conf.task_default_queue)
         extra: dict[str, Any] = dict(options.get("options") or {})
@@ -351,7 +356,7 @@ class Sender:
             eta,
             expires,
             0,  # retries
-            dict(options.get("headers") or {}),
+            headers_value(options.get("headers")),
             [] if link is None else _signatures(link),
             [] if link_error is None else _signatures(link_error),
             options.get("time_limit"),
@@ -685,18 +690,6 @@ def _pauses(policy: Mapping[str, Any]) -> float:
             return total + pause * (retries - attempt)  # the same from here on
         total += pause
     return total
-
-
-def _epoch(value: Any, option: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return float(value.timestamp())
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    raise ConfigurationError(f"{option} must be a datetime, not {type(value).__name__}")
 
 
 def _signatures(value: Any) -> list[dict[str, Any]]:
