@@ -10,7 +10,12 @@ uses for its header, one set of each per held task ``D``:
   The send adds D to the set of each dependency, then reads their records;
 - ``after:<D>``: the dependencies of D that succeeded, a set (a dependency run twice, or a
   call retried, counts once);
-- ``after:<D>:claim``: the first member decides D's fate, once: published, or failed.
+- ``after:<D>:claim``: a lock (:class:`~aqueue.transports.base.Locks`) whose first taker
+  decides D's fate, once: published, or failed. A release whose publish fails on the broker
+  frees it again, so the next try (the dependency's message delivered again, or the send
+  retried with its ``task_id``) releases D; a publish refused otherwise (the app's middleware
+  raised, the message cannot be encoded) never succeeds, so D fails with that error - or, at
+  send time, the sender gets it.
 
 A worker stores outcomes with :meth:`~aqueue.transports.base.Waiters.store_waited`, which says
 which of the stored ids have waiters (on Redis in the same round trip; nothing else is read for
@@ -45,13 +50,15 @@ from typing import TYPE_CHECKING, Any
 
 from aqueue import message as wire
 from aqueue import states
-from aqueue.exceptions import ConfigurationError, DecodeError, DependencyFailed
+from aqueue.exceptions import BrokerError, ConfigurationError, DecodeError, DependencyFailed
 from aqueue.results.record import ResultRecord, describe_exception, rebuild_exception
 from aqueue.transports import (
+    Locks,
     Records,
     ReplyTo,
     ResultBackend,
     Waiters,
+    has_locks,
     has_waiters,
     scheme,
     waiters_key,
@@ -64,6 +71,9 @@ if TYPE_CHECKING:
 __all__ = ["Dependencies", "after_ids", "held_key"]
 
 logger = logging.getLogger("aqueue.dependencies")
+
+#: Seconds a claim lasts when records never expire (``result_expires=None``): ten years.
+_CLAIM_FOREVER = 10 * 365 * 86400.0
 
 
 def held_key(task_id: str) -> str:
@@ -121,6 +131,9 @@ class Dependencies:
         self.app = app
         self.backend = backend
         self.waiters: Waiters = waiters
+        # Claims are locks where the backend keeps them (Redis, SQLite, memory), so a release
+        # that could not be published is claimed again; else (a third-party backend) sets.
+        self.locks: Locks | None = backend if has_locks(backend) else None
 
     @classmethod
     def of(cls, app: Aqueue, backend: ResultBackend | None) -> Dependencies | None:
@@ -146,13 +159,17 @@ class Dependencies:
         # Concurrent: one round trip of latency whatever the number of dependencies.
         await asyncio.gather(*(self.waiters.add_waiter(dep, msg.id, expires) for dep in deps))
         found = await self.backend.get_many(deps)
-        await self.settle_stored({dep: raw for dep, raw in zip(deps, found, strict=True) if raw})
+        ready = {dep: raw for dep, raw in zip(deps, found, strict=True) if raw}
+        await self.settle_stored(ready, sending=True)
 
     # -- finishing ---------------------------------------------------------------------------------
 
-    async def settle_stored(self, records: Mapping[str, bytes]) -> None:
+    async def settle_stored(self, records: Mapping[str, bytes], sending: bool = False) -> None:
         """For each ``task id -> record`` just stored (or read) that tasks wait for, settle its
         waiters if the record is final (SUCCESS, FAILURE, REVOKED).
+
+        Args:
+            sending: called by the send of a held task (see :meth:`settle`).
 
         Raises:
             BrokerConnectionError: the result backend or the broker cannot be reached; the
@@ -162,7 +179,7 @@ class Dependencies:
             rec = self._decode(raw, task_id)
             if rec is not None and rec.ready:
                 waiting = await self.waiters.members(waiters_key(task_id))
-                await self.settle(task_id, rec, waiting)
+                await self.settle(task_id, rec, waiting, sending)
 
     async def store(self, items: Records, reply_to: ReplyTo | None = None) -> None:
         """Store records (``result_expires``) as a worker does, then settle the tasks waiting
@@ -176,9 +193,20 @@ class Dependencies:
             stored = dict(items)
             await self.settle_stored({task_id: stored[task_id] for task_id in waited})
 
-    async def settle(self, dep: str, rec: ResultRecord, waiting: Iterable[str]) -> None:
+    async def settle(
+        self, dep: str, rec: ResultRecord, waiting: Iterable[str], sending: bool = False
+    ) -> None:
         """Dependency ``dep`` finished with ``rec``: count it for each task in ``waiting``,
-        publishing those it completes, or fail them all if it did not succeed."""
+        publishing those it completes, or fail them all if it did not succeed.
+
+        Args:
+            sending: called by the send of a held task: a publish refused for another reason
+                than the broker is raised to the sender instead of failing the task.
+
+        Raises:
+            BrokerConnectionError: the result backend or the broker cannot be reached (the
+                claim of a task whose publish failed is freed first: the next try releases it).
+        """
         expires = self.app.conf.result_expires
         for task_id in waiting:
             held = await self._held(task_id)
@@ -186,12 +214,30 @@ class Dependencies:
                 continue  # released or failed already, or expired
             if rec.status == states.SUCCESS:
                 done = await self.backend.add_member(_done_key(task_id), dep, expires)
-                if done < len(held.options.get("after") or ()) or not await self._claim(task_id):
-                    continue
-                await self.app.publish([held])
-                logger.info("Task %s[%s] released: its dependencies succeeded", held.task, task_id)
-            elif await self._claim(task_id):
+                if done >= len(held.options.get("after") or ()):
+                    await self._release(held, sending)
+            elif await self._claim(task_id) is not None:
                 await self._fail(held, dep, rec)
+
+    async def _release(self, held: Message, sending: bool) -> None:
+        """Claim ``held`` and publish it; see :meth:`settle`."""
+        token = await self._claim(held.id)
+        if token is None:
+            return  # another worker (or the send) released or failed it
+        try:
+            await self.app.publish([held])
+        except BrokerError:
+            await self._unclaim(held.id, token)
+            raise
+        except Exception as exc:
+            if sending:
+                await self._unclaim(held.id, token)
+                raise
+            # Refused (middleware, encoding): it would be refused again on every try.
+            logger.error("Task %s[%s] could not be released: %s", held.task, held.id, exc)
+            await self._store_failure(held, exc)
+            return
+        logger.info("Task %s[%s] released: its dependencies succeeded", held.task, held.id)
 
     async def _fail(self, held: Message, dep: str, rec: ResultRecord) -> None:
         """Store ``held``'s result as a DependencyFailed naming ``dep``; its own waiters follow."""
@@ -202,18 +248,39 @@ class Dependencies:
             why = f"failed: {type(exc).__name__}: {exc}"
         err = DependencyFailed(f"dependency {rec.name or 'task'}[{dep}] {why}")
         logger.error("Task %s[%s] not run: %s", held.task, held.id, err)
+        await self._store_failure(held, err)
+
+    async def _store_failure(self, held: Message, err: BaseException) -> None:
+        """Store ``held``'s result as a FAILURE with ``err``; its own waiters follow."""
         record = ResultRecord(
             held.id, states.FAILURE, describe_exception(err), None, time.time(), 0, held.task
         )
         reply = {held.id: held.reply_to} if held.reply_to else None
         await self.store([(held.id, self._encode(record))], reply)
 
-    async def _claim(self, task_id: str) -> bool:
+    async def _claim(self, task_id: str) -> str | None:
+        """Take the claim of ``task_id``: its token, or ``None`` when it was taken before."""
         token = f"{task_id}:{uuid.uuid4().hex}"
-        claimed = await self.backend.add_member(
-            _claim_key(task_id), token, self.app.conf.result_expires
-        )
-        return claimed == 1
+        expires = self.app.conf.result_expires
+        if self.locks is not None:
+            ttl = expires if expires is not None else _CLAIM_FOREVER
+            return (
+                token if await self.locks.lock(_claim_key(task_id), token, ttl) == token else None
+            )
+        claimed = await self.backend.add_member(_claim_key(task_id), token, expires)
+        return token if claimed == 1 else None
+
+    async def _unclaim(self, task_id: str, token: str) -> None:
+        """Free the claim ``token`` of ``task_id`` after a failed release, so that the next try
+        can release it (kept where claims are sets: the task then stays held)."""
+        if self.locks is None:
+            logger.error("Task %s stays held: its release failed (no locks to retry)", task_id)
+            return
+        try:
+            await self.locks.unlock(_claim_key(task_id), token)
+        except BrokerError as exc:
+            # Left claimed: the task stays held until its records expire, as after a crash.
+            logger.error("the claim of held task %s could not be freed: %s", task_id, exc)
 
     async def _held(self, task_id: str) -> Message | None:
         """The held message of ``task_id``, or ``None`` when none is stored (or it is unreadable,

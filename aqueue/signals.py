@@ -14,9 +14,10 @@ that arguments added later do not break it::
     def added(sender, result, **kwargs): ...
 
 Receivers run in the order they were connected, on the event loop of whatever sends the
-signal (a worker's loop for the task signals). A receiver that raises is logged (logger
-``aqueue.signals``, with its traceback) and never fails the task, the send or the worker; the
-other receivers still run. A signal with no receiver costs one attribute check at its call site.
+signal (a worker's loop for the task signals). A receiver that raises (even a
+``CancelledError`` of its own) is logged (logger ``aqueue.signals``, with its traceback) and
+never fails the task, the send or the worker; the other receivers still run. A signal with
+no receiver costs one attribute check at its call site.
 
 Differences from Celery: receivers may be coroutine functions (awaited in turn); references to
 receivers are strong (``weak=False`` is the only mode: a receiver defined inside a function stays
@@ -31,6 +32,8 @@ import inspect
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
+
+from aqueue.cancellation import cancelling, is_task_failure
 
 __all__ = [
     "Signal",
@@ -104,8 +107,10 @@ class Signal:
         Args:
             receiver: called with keyword arguments on every send.
             sender: only sends from this sender (a task, or a task's name, for task signals).
-            dispatch_uid: connecting again with the same id replaces nothing and adds nothing
-                (Celery's way to connect once from a module imported twice).
+                As in Celery, a receiver is connected once per sender: connected for two tasks,
+                it hears both.
+            dispatch_uid: connecting again with the same id (and sender) replaces nothing and
+                adds nothing (Celery's way to connect once from a module imported twice).
 
         Returns:
             ``receiver`` itself (or a decorator that returns it).
@@ -118,10 +123,9 @@ class Signal:
             if not callable(fn):
                 raise TypeError(f"a {self.name} receiver must be callable, not {fn!r}")
             key = None if sender is None else _sender_key(sender)
-            for existing, _, uid in self.receivers:
-                if (dispatch_uid is not None and uid == dispatch_uid) or (
-                    dispatch_uid is None and existing == fn
-                ):
+            for existing, wanted, uid in self.receivers:
+                same = uid == dispatch_uid if dispatch_uid is not None else existing == fn
+                if same and wanted == key:
                     return fn
             self.receivers = [*self.receivers, (fn, key, dispatch_uid)]  # copy: sends iterate
             return fn
@@ -158,6 +162,7 @@ class Signal:
         if not self.receivers:
             return []
         key = _sender_key(sender)
+        entered = cancelling()
         responses: list[tuple[Receiver, Any]] = []
         for receiver, wanted, _ in self.receivers:
             if wanted is not None and wanted != key:
@@ -166,7 +171,11 @@ class Signal:
                 response = receiver(sender=sender, signal=self, **named)
                 if inspect.isawaitable(response):
                     response = await response
-            except Exception as exc:  # one receiver never fails the others or the caller
+            except BaseException as exc:  # one receiver never fails the others or the caller
+                # A receiver's own error, even a CancelledError it let out (it awaited something
+                # cancelled), as a task's; a worker stopping still reaches the caller.
+                if not is_task_failure(exc, entered):
+                    raise
                 log.exception("Signal %s: receiver %r raised", self.name, receiver)
                 response = exc
             responses.append((receiver, response))

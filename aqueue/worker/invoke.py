@@ -11,44 +11,14 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
+from aqueue.cancellation import cancelling, is_task_failure
 from aqueue.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from aqueue.task import Request, Task, current_request
 from aqueue.worker.stream import Emit, drain
 
 logger = logging.getLogger("aqueue.worker")
 
-#: What a task may raise that is not its failure but must end the process, as everywhere.
-_FATAL = (KeyboardInterrupt, SystemExit)
-
-
-def is_task_failure(exc: BaseException, cancelling: int = 0) -> bool:
-    """True if ``exc``, raised out of a task's code, is the task's own failure, to be recorded
-    as any exception is; False if it must propagate.
-
-    Every :class:`Exception` is a failure, and so is any other :class:`BaseException` but
-    :class:`KeyboardInterrupt` and :class:`SystemExit` (a ``GeneratorExit`` raised by hand, a
-    library's own base exception), and an :class:`asyncio.CancelledError` raised while no
-    cancellation of the running ``asyncio.Task`` was requested beyond ``cancelling`` (its
-    ``cancelling()`` when the run began): a task that cancels a helper task and awaits it
-    without suppressing the error. A ``CancelledError`` that comes while the running task's
-    cancellation was requested (a worker shutdown) is not: it must reach the runner, whose
-    message is then handed back.
-    """
-    if isinstance(exc, Exception):
-        return True
-    if isinstance(exc, _FATAL):
-        return False
-    if isinstance(exc, asyncio.CancelledError):
-        current = asyncio.current_task()
-        return current is not None and current.cancelling() <= cancelling
-    return True
-
-
-def cancelling() -> int:
-    """The running ``asyncio.Task``'s ``cancelling()`` (0 outside a task): what
-    :func:`is_task_failure` compares with."""
-    current = asyncio.current_task()
-    return 0 if current is None else current.cancelling()
+__all__ = ["call_hook", "cancelling", "invoke", "is_task_failure"]
 
 
 async def call_hook(hook: Callable[..., Any], *args: Any) -> None:
