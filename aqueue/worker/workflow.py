@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 from aqueue import states
 from aqueue.canvas.dispatch import Plan, final_tasks
 from aqueue.canvas.primitives import Canvas, Signature, chain, chord, from_dict
-from aqueue.exceptions import AqueueError, BrokerConnectionError, ChordError, DecodeError
+from aqueue.exceptions import BrokerConnectionError, ChordError, DecodeError
 from aqueue.results.group import load_ids
 from aqueue.results.record import ResultRecord, describe_exception
 from aqueue.task import Request
@@ -116,8 +116,9 @@ class Workflow:
                 await plan.run()
             except BrokerConnectionError:
                 raise
-            except AqueueError as exc:
-                # Not transient (a bad option, an unencodable argument): retrying cannot help.
+            except Exception as exc:
+                # Not transient (a bad option, an unencodable argument, the app's middleware
+                # refusing it): it would fail again on every try, so the chain fails with it.
                 logger.error("chain after %s[%s] cannot continue: %s", msg.task, msg.id, exc)
                 await self._abandon(rest, exc, None, msg.reply_to)
         chord_info = msg.options.get("chord")
@@ -159,7 +160,8 @@ class Workflow:
         send's own retry policy is spent) is tried again here, with a pause growing to
         :data:`BODY_RETRY_MAX` seconds, until it goes through; only this worker stopping ends
         it (the crash window in the module docstring). A body that cannot be sent at all (it
-        cannot be encoded, it is over ``task_max_message_size``) fails the chord instead.
+        cannot be encoded, it is over ``task_max_message_size``, the app's middleware refuses
+        it) fails the chord instead.
         """
         group_id = info["id"]
         pause = BODY_RETRY_FIRST
@@ -178,7 +180,7 @@ class Workflow:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, BODY_RETRY_MAX)
                 continue
-            except AqueueError as exc:
+            except Exception as exc:  # lasting: too large, not encodable, refused by middleware
                 await self._fail_body(info, ChordError(f"chord {group_id}: body not sent: {exc}"))
                 return
             logger.info("chord %s complete: body %r sent", group_id, body)

@@ -192,3 +192,28 @@ async def test_chord_body_is_sent_after_a_broker_error(shared_url: str) -> None:
         assert canvas_tasks.BODY_RUNS[tok] == 1
     finally:
         await t.app.close()
+
+
+class _RefuseStep(Middleware):
+    """The app's publish middleware refuses a chain's second step (not a broker error)."""
+
+    async def publish(self, messages: list[Message], call_next: PublishNext) -> None:
+        if any(m.task == "canvas.tsum" for m in messages):
+            raise RuntimeError("refused by policy")
+        await call_next(messages)
+
+
+async def test_a_chain_step_refused_by_middleware_fails_the_chain(transport_url: str) -> None:
+    """A worker sends the next step of a chain; the app's middleware refusing it (any error but
+    the broker's) will refuse it again on every try. The chain must fail with that error and
+    the step before it stay a success, not be dead-lettered as a worker failure."""
+    t = canvas_tasks.build(transport_url, queue=f"q-{uuid.uuid4().hex[:12]}")
+    t.app.add_middleware(_RefuseStep())
+    try:
+        async with Worker(t.app, concurrency=4, shutdown_timeout=5):
+            r = await (t.add.s(1, 1) | t.tsum.s()).delay()
+            with pytest.raises(RuntimeError, match="refused by policy"):
+                await r.get(timeout=WAIT)
+            assert await r.parent.get(timeout=WAIT) == 2  # type: ignore[union-attr]
+    finally:
+        await t.app.close()
