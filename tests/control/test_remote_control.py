@@ -188,7 +188,9 @@ async def test_a_revoke_with_a_bad_expiry_revokes_and_dead_letters_nothing(t: Op
         await transport.publish(CONTROL_CHANNEL, commands)
         inspect = t.app.control.inspect(timeout=10, destination=[name])
         assert await inspect.ping() == {name: "pong"}  # read after the revokes
-        assert kept in worker.revocations and len(worker.revocations) == 2
+        # The whole id, not its characters (the server's revoked table is shared by the
+        # session's tests: other ids may be there).
+        assert kept in worker.revocations and kept[0] not in worker.revocations
         r = await t.record.apply_async(("never",), task_id=revoked)
         event = await log.wait(type="task-revoked", uuid=r.id)
         assert event["reason"] == "revoked"
