@@ -87,6 +87,7 @@ class _Reader:
         self.result = result
         self.backend = backend
         self.position = 0  # items handed out so far
+        self.written = 0.0  # when the last item handed out was stored (epoch seconds)
         self.done = False
         self.failed: BaseException | None = None
 
@@ -101,6 +102,7 @@ class _Reader:
             items = await self._stored(index) if index > self.position else []
             items.append(rec.result)
             self.position += len(items)
+            self.written = rec.date_done
             return items
         if not rec.ready:
             return []  # STARTED, RETRY, a custom state: no item
@@ -112,14 +114,15 @@ class _Reader:
             rest = list(rec.result[self.position :]) if isinstance(rec.result, list) else []
             self.position += len(rest)
             return rest
-        items = await self._stored(None)
+        items = await self._stored(None, rec)
         self.position += len(items)
         self.failed = outcome(rec)
         return items
 
-    async def _stored(self, end: int | None) -> list[Any]:
+    async def _stored(self, end: int | None, final: ResultRecord | None = None) -> list[Any]:
         """The stored items from :attr:`position` up to ``end`` (excluded; ``None``: up to the
-        first missing one).
+        first missing one, or with ``final`` - the record the run ended with - up to the first
+        one not stored by that run: see :func:`_stale`).
 
         Raises:
             StreamError: with an ``end``, an item before it is missing.
@@ -127,6 +130,7 @@ class _Reader:
         result, start = self.result, self.position
         accept, signing = result.app.accept_results, result.app.conf.signing
         items: list[Any] = []
+        written = self.written
         while end is None or start < end:
             stop = start + CHUNK if end is None else min(end, start + CHUNK)
             keys = [item_key(result.id, i) for i in range(start, stop)]
@@ -137,7 +141,7 @@ class _Reader:
                 return items
             for number, raw in enumerate(found, start + 1):
                 rec = None if raw is None else ResultRecord.decode(raw, accept, signing, result.id)
-                if rec is None or rec.streamed != number:
+                if rec is None or rec.streamed != number or _stale(rec, final, written):
                     if end is None:
                         return items
                     raise StreamError(
@@ -145,5 +149,19 @@ class _Reader:
                         f"with result_expires, or forgotten)"
                     )
                 items.append(rec.result)
+                written = rec.date_done
             start = stop
         return items
+
+
+def _stale(rec: ResultRecord, final: ResultRecord | None, written: float) -> bool:
+    """True if item record ``rec`` was left by an earlier run than the one that ended with
+    ``final`` (``None``: any run's item is taken), its previous item being stored at
+    ``written`` (epoch seconds; 0: it is the first).
+
+    A run stores its items from number 0, over those of a run before it (retried, or whose
+    worker died), and only as far as it gets: the keys past its last item may still hold an
+    earlier run's. Such an item has fewer ``retries`` (a retry), or was stored before the item
+    before it (a run again after a dead worker: its lease had to run out first).
+    """
+    return final is not None and (rec.retries != final.retries or rec.date_done < written)

@@ -33,7 +33,9 @@ inside it is a request for the batch (``args`` is the calls' list, ``id`` ``None
 Calls wait in the worker's memory, leased (their leases renewed), so the worker raises its
 prefetch bound to hold two full batches beside its concurrency (:func:`prefetch_for`). On
 shutdown, calls still waiting are released at once; a batch running gets the shutdown timeout
-like any task, then its calls are released to run again (at least once).
+like any task, then its calls are released to run again (at least once). A call that comes back
+as a suspect (running when a worker died: it is run isolated) runs alone and at once, as a batch
+of one: no other suspect could join it, and a death while it runs is blamed on it alone.
 """
 
 from __future__ import annotations
@@ -116,12 +118,20 @@ class Batches:
         After :meth:`close` the call is left alone (still leased: released by the shutdown)."""
         if self._closed:
             return
+        call = _Call(delivery, msg, isolated, premarked)
+        if isolated:
+            # A suspect (it was running when a worker died) runs alone, so that a death while
+            # it runs is blamed on it alone; and at once: no other suspect can join it (the
+            # worker runs one at a time), so waiting batch_timeout would only delay it - and
+            # every suspect after it.
+            self._start(task, [call], f"a suspect call of {task.name}, alone")
+            return
         pending = self._pending.get(task.name)
         if pending is None:
             pending = self._pending[task.name] = _Pending(task)
             loop = asyncio.get_running_loop()
             pending.timer = loop.call_later(task.batch_timeout, self._flush, task.name)
-        pending.calls.append(_Call(delivery, msg, isolated, premarked))
+        pending.calls.append(call)
         if len(pending.calls) >= (task.batch_size or 1):
             self._flush(task.name)
 
@@ -145,11 +155,16 @@ class Batches:
             return
         if pending.timer is not None:
             pending.timer.cancel()
-        # Named for the log of a shutdown waiting for it (Worker.stop).
-        name = f"a batch of {len(pending.calls)} call(s) of {pending.task.name}"
-        run = asyncio.get_running_loop().create_task(
-            self._run(pending.task, pending.calls), name=name
+        self._start(
+            pending.task,
+            pending.calls,
+            f"a batch of {len(pending.calls)} call(s) of {pending.task.name}",
         )
+
+    def _start(self, task: Task[Any, Any], calls: list[_Call], name: str) -> None:
+        """Run ``calls`` of ``task`` as one batch, in an ``asyncio.Task`` named ``name`` (for
+        the log of a shutdown waiting for it: Worker.stop)."""
+        run = asyncio.get_running_loop().create_task(self._run(task, calls), name=name)
         self._running.add(run)
         run.add_done_callback(self._running.discard)
 

@@ -54,7 +54,9 @@ class DeadlineWatch:
     def __init__(self, executor: Executor, default: float | None) -> None:
         self.executor = executor
         self.default = default
-        self._reported: set[str] = set()  # ids of runs reported, while they run
+        # Runs reported, while they run: task id -> the run's start (epoch seconds). Keyed by
+        # the start too, as a retry runs again under the same id: a new run, reported anew.
+        self._reported: dict[str, float] = {}
 
     @classmethod
     def interval_for(cls, tasks: Iterable[Task[Any, Any]], default: float | None) -> float | None:
@@ -80,13 +82,14 @@ class DeadlineWatch:
         found = []
         for task_id, request in list(executor.active.items()):
             since = started.get(task_id)
-            if since is None or task_id in self._reported:
+            if since is None or self._reported.get(task_id) == since:
                 continue
             deadline = soft_deadline(tasks.get(request.task or ""), self.default)
             if deadline is not None and now - since > deadline:
-                self._reported.add(task_id)
+                self._reported[task_id] = since
                 found.append((request, now - since, deadline))
-        self._reported.intersection_update(executor.active)
+        for task_id in self._reported.keys() - executor.active.keys():
+            del self._reported[task_id]
         return found
 
     async def report(self, request: Request, runtime: float, deadline: float) -> None:
