@@ -538,7 +538,9 @@ class Executor:
                 if signals.task_success.receivers:
                     await signals.task_success.send(task, result=value, request=request)
         finally:
-            self.active.pop(msg.id, None)
+            # Its own entry only: its retry, published above, may run already on another runner.
+            if self.active.get(msg.id) is request:
+                del self.active[msg.id]
             current_request.reset(token)
         if "unique" in msg.options:
             await self.locks.finish(delivery, msg, state)

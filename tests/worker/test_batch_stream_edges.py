@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from aqueue import Aqueue, Request, Worker
+from aqueue import Aqueue, Request, Worker, signals
 from aqueue import message as wire
 from aqueue.transports import RunTracking
 from aqueue.worker.deadline import DeadlineWatch
@@ -175,3 +175,37 @@ async def test_a_late_reader_of_a_stream_rerun_after_its_worker_died_gets_only_i
         async for item in app.AsyncResult(r.id).stream(timeout=10):
             got.append(item)
     assert got == ["x"]  # not "b", "c", "d": the dead run's, still stored under their keys
+
+
+async def test_a_retry_running_while_its_first_run_ends_stays_active(
+    edges: Edges, clean_signals: None
+) -> None:
+    """A run publishes its retry, which another runner may start before the first run has
+    left ``executor.active``: the first run leaving must not take the retry's entry with it
+    (``inspect active`` and the deadline watch read it)."""
+    for retries in (0, 1):
+        edges.gates[retries] = asyncio.Event()
+    async with Worker(edges.app, concurrency=2, shutdown_timeout=5) as worker:
+        executor = worker.executor
+        assert executor is not None
+        r = await edges.app.tasks["edges.twice"].delay()
+
+        async def running(retries: int) -> bool:
+            request = executor.active.get(r.id)
+            return request is not None and request.retries == retries
+
+        @signals.task_retry.connect
+        async def hold(**_: Any) -> None:
+            # Sent by the first run after its retry is published, before it leaves.
+            await until(lambda: running(1), 20, "the retry started")
+
+        await until(lambda: running(0), 20, "the first run")
+        edges.gates[0].set()
+        await until(lambda: _done(executor), 20, "the first run left (after the retry started)")
+        assert await running(1), "the retry's entry went with the first run"
+        edges.gates[1].set()
+        assert await r.get(timeout=20) == "second run"
+
+
+async def _done(executor: Any) -> bool:
+    return bool(executor.done >= 1)
