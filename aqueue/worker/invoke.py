@@ -7,7 +7,7 @@ import contextvars
 import inspect
 import logging
 from collections.abc import Callable, Coroutine, Generator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,10 +15,23 @@ from aqueue.cancellation import cancelling, is_task_failure
 from aqueue.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from aqueue.task import Request, Task, current_request
 from aqueue.worker.stream import Emit, drain
+from aqueue.worker.threads import TaskThreads
 
 logger = logging.getLogger("aqueue.worker")
 
 __all__ = ["call_hook", "cancelling", "invoke", "is_task_failure"]
+
+
+async def _given_up_on_cancel(
+    waiting: asyncio.Future[Any], running: Future[Any], threads: TaskThreads
+) -> Any:
+    """Await a thread's run; cancelled (a time limit, a terminate, a shutdown) while the thread
+    is still in it, hand the run over as given up on (:meth:`TaskThreads.give_up`)."""
+    try:
+        return await waiting
+    except asyncio.CancelledError:
+        threads.give_up(running)
+        raise
 
 
 async def call_hook(hook: Callable[..., Any], *args: Any) -> None:
@@ -80,9 +93,13 @@ async def invoke(
         else:
             loop = asyncio.get_running_loop()
             ctx = contextvars.copy_context()
-            call = loop.run_in_executor(
-                threads, lambda: ctx.run(task, *request.args, **request.kwargs)
-            )
+            if isinstance(threads, TaskThreads):
+                running = threads.submit(ctx.run, task, *request.args, **request.kwargs)
+                call = _given_up_on_cancel(asyncio.wrap_future(running), running, threads)
+            else:
+                call = loop.run_in_executor(
+                    threads, lambda: ctx.run(task, *request.args, **request.kwargs)
+                )
             if soft is not None:
                 warning = loop.call_later(
                     soft,

@@ -55,7 +55,6 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -73,6 +72,7 @@ from aqueue.worker.lifespan import current_state
 from aqueue.worker.ratelimit import Bucket, LocalBucket, RateGate, SharedBucket, parse_rate
 from aqueue.worker.remote import HEARTBEAT_INTERVAL, Remote
 from aqueue.worker.revoke import Revocations
+from aqueue.worker.threads import TaskThreads
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -172,7 +172,7 @@ class Worker:
         self._start_task: asyncio.Task[Any] | None = None  # the task running start()
         self._start_ended = asyncio.Event()  # start() has returned or raised
         self._stop_task: asyncio.Future[None] | None = None  # the shutdown, once begun
-        self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="aqueue-task")
+        self._threads = TaskThreads(self.concurrency)
         self.executor: Executor | None = None
         self.broker: Broker | None = None
         self.pid = os.getpid()

@@ -470,3 +470,41 @@ async def test_a_cancelled_stop_call_still_stops_the_worker_and_hands_back(
     finally:
         release.set()
         await asyncio.wait(worker._runners, timeout=10)
+
+
+# -- threads given up on -------------------------------------------------------------------------
+
+
+async def test_a_thread_kept_by_a_run_past_its_time_limit_is_not_one_of_the_next_runs(
+    tmp_path: Any,
+) -> None:
+    """A plain function past its ``time_limit`` runs on in its thread (it cannot be
+    interrupted). With one thread per concurrency slot, the next plain task waited for that
+    thread and failed its own time limit without having started; it runs now."""
+    import threading
+
+    from aqueue.exceptions import TimeLimitExceeded
+
+    url = f"sqlite:///{tmp_path}/threads.db"
+    app = Aqueue("threads", broker=url, backend=url)
+    release = threading.Event()
+
+    @app.task(name="threads.stuck", time_limit=0.5)
+    def stuck() -> str:
+        release.wait(30)
+        return "late"
+
+    @app.task(name="threads.quick", time_limit=5)
+    def quick() -> str:
+        return "quick"
+
+    try:
+        async with Worker(app, concurrency=1, shutdown_timeout=1):
+            first = await stuck.delay()
+            with pytest.raises(TimeLimitExceeded):
+                await first.get(timeout=10)
+            second = await quick.delay()
+            assert await second.get(timeout=10) == "quick"
+    finally:
+        release.set()
+        await app.close()
