@@ -189,7 +189,7 @@ async def memory_rig() -> AsyncIterator[tuple[Aqueue, str, Clock, MemoryStore]]:
         ({"args": "abc"}, "args"),
         ({"catch_up": "twice"}, "catch_up"),
         ({"schedule": {"every": "often"}}, "often"),
-        ({"options": {"headers": 5}}, "not iterable"),
+        ({"options": {"headers": 5}}, "headers must be a dict"),
         ({"options": {"countdown": "soon"}}, "soon"),
     ],
 )
