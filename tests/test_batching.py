@@ -10,12 +10,31 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from aqueue.batching import Batcher, ItemErrors
 
 pytestmark = pytest.mark.timeout(10)
+
+
+def gated_flush() -> tuple[
+    list[list[int]], asyncio.Event, asyncio.Event, Callable[[list[int]], Awaitable[ItemErrors]]
+]:
+    """A flush function recording its batches, whose flush of ``[0]`` sets ``started`` and then
+    waits for ``release``; with the list, the two events and the function."""
+    flushes: list[list[int]] = []
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def flush(items: list[int]) -> ItemErrors:
+        flushes.append(list(items))
+        if items == [0]:
+            started.set()
+            await release.wait()
+        return None
+
+    return flushes, started, release, flush
 
 
 async def test_concurrent_callers_share_one_flush() -> None:
@@ -147,16 +166,7 @@ async def test_a_batch_cancelled_before_its_flush_cancels_its_callers(
     """Cancelling a batch's task (a loop shutting down) while it waits for a flush to end, or
     before its first step, cancels that batch's callers, flushes nothing of it, and leaves the
     next caller a fresh batch."""
-    flushes: list[list[int]] = []
-    started, release = asyncio.Event(), asyncio.Event()
-
-    async def flush(items: list[int]) -> ItemErrors:
-        flushes.append(list(items))
-        if items == [0]:
-            started.set()
-            await release.wait()
-        return None
-
+    flushes, started, release, flush = gated_flush()
     batcher = Batcher(flush, in_flight=1)
     first = asyncio.ensure_future(batcher.submit([0]))
     await started.wait()
@@ -181,16 +191,7 @@ async def test_a_batch_cancelled_after_it_was_given_its_turn_passes_the_turn_on(
     """Two batches wait for the one flush allowed at a time. The first is given its turn as the
     flush in flight ends, and is cancelled before it runs (a loop shutting down): the turn must
     go on to the next batch, which otherwise waited for a flush that never came."""
-    flushes: list[list[int]] = []
-    started, release = asyncio.Event(), asyncio.Event()
-
-    async def flush(items: list[int]) -> ItemErrors:
-        flushes.append(list(items))
-        if items == [0]:
-            started.set()
-            await release.wait()
-        return None
-
+    flushes, started, release, flush = gated_flush()
     batcher = Batcher(flush, max_batch=1, in_flight=1)
     first = asyncio.ensure_future(batcher.submit([0]))
     await started.wait()

@@ -30,14 +30,6 @@ WAIT = 20.0  # seconds any single result may take
 
 
 @pytest.fixture
-async def c(transport_url: str) -> AsyncIterator[CanvasTasks]:
-    """The canvas tasks on a fresh queue of the transport under test."""
-    tasks = canvas_tasks.build(transport_url, queue=f"q-{uuid.uuid4().hex[:12]}")
-    yield tasks
-    await tasks.app.close()
-
-
-@pytest.fixture
 async def worker(c: CanvasTasks) -> AsyncIterator[Worker]:
     async with Worker(c.app, concurrency=20, shutdown_timeout=5) as w:
         yield w

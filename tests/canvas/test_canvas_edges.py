@@ -30,14 +30,6 @@ STUCK = 3.0  # seconds after which a result that should have been decided is tak
 
 
 @pytest.fixture
-async def c(transport_url: str) -> AsyncIterator[CanvasTasks]:
-    """The canvas tasks on a fresh queue of the transport under test."""
-    tasks = canvas_tasks.build(transport_url, queue=f"q-{uuid.uuid4().hex[:12]}")
-    yield tasks
-    await tasks.app.close()
-
-
-@pytest.fixture
 async def local(tmp_path: Path) -> AsyncIterator[CanvasTasks]:
     """The canvas tasks on a fresh SQLite broker: for canvases refused before sending."""
     tasks = canvas_tasks.build(f"sqlite:///{tmp_path}/edges.db", queue="edges")
