@@ -36,6 +36,7 @@ class TaskThreads(Executor):
         self._prefix = prefix
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(size, thread_name_prefix=prefix)
+        self._closed = False
         self.given_up = 0  # runs given up on while their thread ran (diagnostics)
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
@@ -49,6 +50,8 @@ class TaskThreads(Executor):
         if run.done() or run.cancel():  # over, or never started: no thread kept
             return
         with self._lock:
+            if self._closed:  # shut down: no later runs to make room for
+                return
             old, self._pool = (
                 self._pool,
                 ThreadPoolExecutor(self._size, thread_name_prefix=self._prefix),
@@ -60,5 +63,5 @@ class TaskThreads(Executor):
         """Shut the current pool down (see :meth:`ThreadPoolExecutor.shutdown`); pools handed
         over before end with their last run."""
         with self._lock:
-            pool = self._pool
+            pool, self._closed = self._pool, True
         pool.shutdown(wait=wait, cancel_futures=cancel_futures)

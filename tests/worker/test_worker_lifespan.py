@@ -170,25 +170,35 @@ def _redis_app_with_pool(redis_server: str) -> tuple[Aqueue, list[FakePool], asy
     return app, pools, entered
 
 
-async def test_a_start_cancelled_after_the_lifespan_started_runs_its_shutdown(
+@asynccontextmanager
+async def _started_past_lifespan(
     redis_server: str,
-) -> None:
-    """A start() cancelled once the lifespan is open (here while it subscribes to remote
-    control, e.g. by ``asyncio.wait_for(worker.start(), ...)``) undoes it: the lifespan's
-    shutdown runs, the pool it opened is closed. Before, it stayed open."""
+) -> AsyncIterator[tuple[Aqueue, list[FakePool], Worker, asyncio.Future[None]]]:
+    """A worker's ``start()`` under way, past its lifespan's startup (the pool opened), with
+    the app, the pools opened and the start; the app is closed after."""
     app, pools, entered = _redis_app_with_pool(redis_server)
     worker = Worker(app, hostname=f"w-{uuid.uuid4().hex[:8]}@x")
     try:
         starting = asyncio.ensure_future(worker.start())
         await asyncio.wait_for(entered.wait(), 10)
         assert not starting.done()
+        yield app, pools, worker, starting
+    finally:
+        await app.close()
+
+
+async def test_a_start_cancelled_after_the_lifespan_started_runs_its_shutdown(
+    redis_server: str,
+) -> None:
+    """A start() cancelled once the lifespan is open (here while it subscribes to remote
+    control, e.g. by ``asyncio.wait_for(worker.start(), ...)``) undoes it: the lifespan's
+    shutdown runs, the pool it opened is closed. Before, it stayed open."""
+    async with _started_past_lifespan(redis_server) as (app, pools, worker, starting):
         starting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await starting
         assert [p.is_closed for p in pools] == [True]
         assert await app.control.ping(timeout=0.5, destination=[worker.hostname]) == []
-    finally:
-        await app.close()
 
 
 async def test_a_stop_during_start_after_the_lifespan_leaves_nothing_running(
@@ -199,20 +209,13 @@ async def test_a_stop_during_start_after_the_lifespan_leaves_nothing_running(
     control answering for it - and the lifespan closed. Before, start() went on after stop()
     had begun: the worker logged "ready" with its pool closed, its runners left waiting."""
     caplog.set_level(logging.INFO, logger="aqueue.worker")
-    app, pools, entered = _redis_app_with_pool(redis_server)
-    worker = Worker(app, hostname=f"w-{uuid.uuid4().hex[:8]}@x")
-    try:
-        starting = asyncio.ensure_future(worker.start())
-        await asyncio.wait_for(entered.wait(), 10)
-        assert not starting.done()
+    async with _started_past_lifespan(redis_server) as (app, pools, worker, starting):
         await asyncio.wait_for(worker.stop(), 10)
         await asyncio.wait_for(starting, 10)
         assert [p.is_closed for p in pools] == [True]
         assert f"{worker.hostname} ready" not in caplog.text
         assert all(runner.done() for runner in worker._runners)
         assert await app.control.ping(timeout=0.5, destination=[worker.hostname]) == []
-    finally:
-        await app.close()
 
 
 def test_a_coroutine_function_is_refused_as_lifespan() -> None:
