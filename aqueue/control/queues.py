@@ -21,7 +21,7 @@ from aqueue.exceptions import SerializationError
 from aqueue.message import decode_envelope
 from aqueue.perloop import PerLoop
 from aqueue.transports import Outgoing
-from aqueue.transports.base import Broker, QueueDepth, queue_admin
+from aqueue.transports.base import Broker, DeadLetter, DeadLetterTakes, QueueDepth, queue_admin
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -227,32 +227,52 @@ async def purge(app: Aqueue, queues: Sequence[str]) -> int:
 
 
 #: One replay at a time per broker and queue in this process (and event loop): two at once
-#: would read the same oldest letters, send them both, then delete twice as many - the letters
-#: after them lost. (Replays from two processes at the same moment are not kept apart.)
+#: would read the same oldest letters and send them both (a broker without
+#: :class:`~aqueue.transports.base.DeadLetterTakes` would then delete twice as many - the
+#: letters after them lost).
 _REPLAYING: PerLoop[dict[tuple[str, str], asyncio.Lock]] = PerLoop(dict)
 
 
 async def replay_dead_letters(app: Aqueue, queue: str, limit: int | None = None) -> int:
     """Send the oldest ``limit`` (default all) dead letters of ``queue`` back to it; return how
-    many. Each is published again as it was (a fresh delivery count), its stored ``FAILURE``
-    is forgotten (the state reads ``PENDING`` until it runs again), then it leaves the
-    dead-letter queue. Publish comes first: a crash in between leaves it in both, never lost.
+    many. In this order: each letter's stored ``FAILURE`` is forgotten (the state reads
+    ``PENDING`` until it runs again), it is published again as it was (a fresh delivery
+    count), then it leaves the dead-letter queue. So a worker that runs it at once stores a
+    record nothing deletes after, and a crash before the end leaves it in the dead-letter
+    queue (published too, if the crash came after), never lost.
+
+    Replays at once lose no letter. On a broker that implements
+    :class:`~aqueue.transports.base.DeadLetterTakes` (all of aqueue's do), a replay deletes
+    exactly the letters it sent; replays of one queue in one process take turns, and two from
+    two processes at the same moment may send a letter twice (SQLite and Redis; RabbitMQ
+    hands each letter to one of them).
 
     Raises:
         BrokerConnectionError: the broker or result backend cannot be reached.
         ConfigurationError: the broker cannot purge dead letters.
     """
     broker = await app.broker()
-    async with _REPLAYING.get().setdefault((broker.url, queue), asyncio.Lock()):
-        return await _replay(app, broker, queue, limit)
-
-
-async def _replay(app: Aqueue, broker: Broker, queue: str, limit: int | None) -> int:
-    """:func:`replay_dead_letters`, its lock held."""
     admin = queue_admin(broker)
-    letters = await broker.dead_letters(queue, limit if limit is not None else 1_000_000)
-    if not letters:
-        return 0
+    count = limit if limit is not None else 1_000_000
+    async with _REPLAYING.get().setdefault((broker.url, queue), asyncio.Lock()):
+        if isinstance(broker, DeadLetterTakes):
+            return await broker.take_dead_letters(
+                queue, count, lambda letters: _send_back(app, broker, letters)
+            )
+        letters = await broker.dead_letters(queue, count)
+        if letters:
+            await _send_back(app, broker, letters)
+            await admin.purge_dead_letters(queue, len(letters))
+        return len(letters)
+
+
+async def _send_back(app: Aqueue, broker: Broker, letters: list[DeadLetter]) -> None:
+    """Forget the stored records of ``letters``, then publish them to their queues as they
+    were.
+
+    Raises:
+        BrokerConnectionError: the broker or result backend cannot be reached.
+    """
     outgoing: list[Outgoing] = []
     ids: list[str] = []
     for letter in letters:
@@ -269,8 +289,6 @@ async def _replay(app: Aqueue, broker: Broker, queue: str, limit: int | None) ->
                 letter.queue, letter.body, env["id"], priority if isinstance(priority, int) else 0
             )
         )
-    await broker.publish(outgoing)
     if ids and app.has_result_backend:
         await (await app.result_backend()).delete(ids)
-    await admin.purge_dead_letters(queue, len(letters))
-    return len(letters)
+    await broker.publish(outgoing)

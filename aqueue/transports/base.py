@@ -9,7 +9,8 @@ connection per app, event loop and URL (:class:`Transport`):
 - :class:`ResultBackend`: stores task records and tells waiting clients when one changes;
   optionally :class:`ReplyChannels`, one subscription per client for the results of the tasks
   it sent.
-- :class:`QueueAdmin` (optional, beside a broker): queue depths, purge, dead-letter clean-up.
+- :class:`QueueAdmin` (optional, beside a broker): queue depths, purge, dead-letter clean-up;
+  :class:`DeadLetterTakes` (optional too): dead letters taken for a replay, none lost.
 - :class:`ControlTransport`: channels, shared tables and token buckets for remote control,
   revocations, heartbeats, events and global rate limits.
 - :class:`BeatStore`: what beat processes share - stored entries, last ticks, tick claims.
@@ -41,6 +42,7 @@ __all__ = [
     "ConnectionOptions",
     "ControlTransport",
     "DeadLetter",
+    "DeadLetterTakes",
     "Delivery",
     "Locks",
     "Outgoing",
@@ -52,6 +54,7 @@ __all__ = [
     "ReplyTo",
     "ResultBackend",
     "RunTracking",
+    "SendLetters",
     "SharedReplies",
     "Snapshot",
     "Transport",
@@ -707,6 +710,38 @@ class QueueAdmin(Protocol):
 
         Raises:
             BrokerConnectionError: the broker cannot be reached.
+        """
+        ...
+
+
+#: What :meth:`DeadLetterTakes.take_dead_letters` hands the letters it took to.
+SendLetters = Callable[[list[DeadLetter]], Awaitable[None]]
+
+
+@runtime_checkable
+class DeadLetterTakes(Protocol):
+    """Optional, beside :class:`QueueAdmin`: take dead letters to send them back, so that two
+    replays at once - from two processes too - lose none.
+
+    A replay that reads the oldest letters, sends them, then deletes "the oldest N" loses
+    letters when another replay ran in between: both send the same ones, then together
+    delete twice as many. A take deletes exactly the letters it handed out, and only once
+    ``send`` returned.
+    """
+
+    async def take_dead_letters(self, queue: str, limit: int, send: SendLetters) -> int:
+        """Take up to ``limit`` of ``queue``'s oldest dead letters, await ``send(letters)``,
+        then delete exactly those letters; return how many were sent (0: none, and ``send``
+        is not called). If ``send`` raises, every letter stays, and the error propagates.
+
+        Where the server can hold messages for one client (AMQP's unacked ``basic.get``, the
+        memory broker), letters held by one take are not handed to another at the same time.
+        Elsewhere (SQLite, Redis) two takes at the same moment may both send a letter: sent
+        twice (the same task id), as a redelivery can be, never lost.
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached (nothing is deleted if the
+                error comes before ``send`` returned).
         """
         ...
 

@@ -17,7 +17,7 @@ import pytest
 
 from aqueue.exceptions import ConfigurationError
 from aqueue.transports import Broker, Outgoing, broker_from_url
-from aqueue.transports.base import QueueAdmin, QueueDepth, queue_admin
+from aqueue.transports.base import DeadLetter, DeadLetterTakes, QueueAdmin, QueueDepth, queue_admin
 from tests.apps.ops_tasks import OPS_TRANSPORTS, url_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -109,3 +109,64 @@ def test_a_broker_without_queue_admin_is_refused_with_a_clear_error() -> None:
     with pytest.raises(ConfigurationError, match="does not support queue administration"):
         queue_admin(Bare())  # type: ignore[arg-type]
     assert not isinstance(Bare(), QueueAdmin)
+
+
+async def test_take_dead_letters_deletes_exactly_what_it_sent(broker: Broker) -> None:
+    assert isinstance(broker, DeadLetterTakes)
+    q = f"q-{uuid.uuid4().hex}"
+    sent: list[list[bytes]] = []
+
+    async def send(letters: list[DeadLetter]) -> None:
+        sent.append([letter.body for letter in letters])
+
+    assert await broker.take_dead_letters(q, 10, send) == 0
+    assert sent == []  # nothing to take: send is not called
+    await broker.publish([out(q, b"%d" % i) for i in range(4)])
+    await dead_letter_each(broker, q, 4)
+
+    async def fail(letters: list[DeadLetter]) -> None:
+        raise RuntimeError("the broker refused")
+
+    with pytest.raises(RuntimeError, match="refused"):
+        await broker.take_dead_letters(q, 2, fail)
+    assert [d.body for d in await broker.dead_letters(q)] == [b"0", b"1", b"2", b"3"]
+    assert await broker.take_dead_letters(q, 2, send) == 2
+    assert sent == [[b"0", b"1"]]
+    assert [d.body for d in await broker.dead_letters(q)] == [b"2", b"3"]
+    assert await broker.take_dead_letters(q, 10, send) == 2
+    assert sent[-1] == [b"2", b"3"] and await broker.dead_letters(q) == []
+
+
+async def test_a_take_deletes_its_own_letters_whatever_another_take_did(broker: Broker) -> None:
+    # A second take runs to the end while the first is sending: the first still deletes only
+    # what it took. Where the server holds letters for a taker (AMQP, memory), the second
+    # gets the others; elsewhere it may send the same ones again.
+    q = f"q-{uuid.uuid4().hex}"
+    await broker.publish([out(q, b"%d" % i) for i in range(4)])
+    await dead_letter_each(broker, q, 4)
+    second: list[bytes] = []
+
+    async def record(letters: list[DeadLetter]) -> None:
+        second.extend(letter.body for letter in letters)
+
+    async def send_after_another_take(letters: list[DeadLetter]) -> None:
+        assert isinstance(broker, DeadLetterTakes)
+        assert await broker.take_dead_letters(q, 2, record) == 2
+
+    assert isinstance(broker, DeadLetterTakes)
+    assert await broker.take_dead_letters(q, 2, send_after_another_take) == 2
+    left = [d.body for d in await broker.dead_letters(q)]
+    if is_amqp(broker) or broker.url.startswith("memory"):
+        assert second == [b"2", b"3"] and left == []
+    else:
+        assert second == [b"0", b"1"] and left == [b"2", b"3"]
+
+
+async def dead_letter_each(broker: Broker, q: str, count: int) -> None:
+    """Fetch ``count`` messages of ``q`` and dead-letter each, in order."""
+    while count:
+        deliveries = await broker.fetch([q], count, 5)
+        assert deliveries
+        for delivery in deliveries:
+            await broker.dead_letter(delivery, "bad")
+        count -= len(deliveries)

@@ -109,6 +109,7 @@ from aqueue.transports.base import (
     Delivery,
     Outgoing,
     QueueDepth,
+    SendLetters,
     dead_letter_queue,
 )
 from aqueue.transports.tls import TLSOptions
@@ -608,23 +609,67 @@ class AMQPBroker:
         await self._connect()
         with amqp_errors(self._url, "dead_letters"):
             channel = await self._scratch_channel("dead_letters")
-            found: list[DeadLetter] = []
             try:
-                for _ in range(limit):
-                    got = await self._bounded(
-                        channel.basic_get(dead_letter_queue(queue), no_ack=False)
-                    )
-                    if not isinstance(got.delivery, spec.Basic.GetOk):
-                        break
-                    headers = dict(got.header.properties.headers or {})
-                    reason, when = _death(headers)
-                    found.append(DeadLetter(queue, bytes(got.body), reason, when))
-            except aiormq.exceptions.ChannelNotFoundEntity:
-                pass  # no such queue (never declared): no dead letters
+                found, _ = await self._get_dead_letters(channel, queue, limit)
             finally:
                 with contextlib.suppress(Exception):
                     await channel.close()
         return found
+
+    async def _get_dead_letters(
+        self, channel: aiormq.abc.AbstractChannel, queue: str, limit: int
+    ) -> tuple[list[DeadLetter], int]:
+        """Up to ``limit`` of ``queue``'s dead letters by unacked ``basic.get`` on ``channel``,
+        and the delivery tag of the last (0: none). A queue never declared has none.
+
+        Raises:
+            aiormq.exceptions.AMQPError: the connection failed.
+            asyncio.TimeoutError: the server did not answer within the connection timeout.
+        """
+        found: list[DeadLetter] = []
+        last = 0
+        try:
+            for _ in range(limit):
+                got = await self._bounded(channel.basic_get(dead_letter_queue(queue), no_ack=False))
+                if not isinstance(got.delivery, spec.Basic.GetOk):
+                    break
+                reason, when = _death(dict(got.header.properties.headers or {}))
+                found.append(DeadLetter(queue, bytes(got.body), reason, when))
+                last = got.delivery.delivery_tag or 0
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            pass  # no such queue (never declared): no dead letters
+        return found, last
+
+    async def take_dead_letters(self, queue: str, limit: int, send: SendLetters) -> int:
+        """Take up to ``limit`` of ``queue``'s dead letters with ``basic.get`` (unacked, on a
+        channel of its own), await ``send(letters)``, then ack them. RabbitMQ holds them for
+        this channel meanwhile, so another take (from any process) gets others. If ``send``
+        raises, the channel closes and RabbitMQ puts them back (see
+        :class:`~aqueue.transports.base.DeadLetterTakes`).
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        if limit <= 0:
+            return 0
+        await self._connect()
+        with amqp_errors(self._url, "take_dead_letters"):
+            channel = await self._scratch_channel("take_dead_letters")
+        try:
+            with amqp_errors(self._url, "take_dead_letters"):
+                found, last = await self._get_dead_letters(channel, queue, limit)
+            if not found:
+                return 0
+            await send(found)  # its own errors are not the broker's
+            with amqp_errors(self._url, "take_dead_letters"):
+                await channel.basic_ack(last, multiple=True)
+                # basic.ack has no reply: a round trip on the channel makes sure RabbitMQ has
+                # it before the channel closes (a close would put the letters back).
+                await self._bounded(channel.basic_qos(prefetch_count=0))
+            return len(found)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     # -- queue administration (QueueAdmin) -------------------------------------------------
 

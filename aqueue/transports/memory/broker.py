@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aqueue.transports import visibility_timeout as _visibility_timeout
-from aqueue.transports.base import DeadLetter, Delivery, Outgoing, QueueDepth, dead_letter_queue
+from aqueue.transports.base import (
+    DeadLetter,
+    Delivery,
+    Outgoing,
+    QueueDepth,
+    SendLetters,
+    dead_letter_queue,
+)
 
 
 @dataclass(slots=True)
@@ -70,6 +77,7 @@ class MemoryBroker:
         self._delayed: list[tuple[float, int, str, _Stored]] = []
         self._seq = itertools.count()
         self._waiters: set[asyncio.Future[None]] = set()
+        self._taken: set[int] = set()  # id() of the dead letters a replay holds
 
     async def connect(self) -> None:
         """Nothing to open."""
@@ -237,6 +245,28 @@ class MemoryBroker:
         with self._lock:
             q = self._queues.get(dead_letter_queue(queue))
             return list(q.dead[:limit]) if q else []
+
+    async def take_dead_letters(self, queue: str, limit: int, send: SendLetters) -> int:
+        """Take the oldest ``limit`` dead letters of ``queue`` that no other take holds, await
+        ``send(letters)``, then drop exactly those (see
+        :class:`~aqueue.transports.base.DeadLetterTakes`)."""
+        with self._lock:
+            q = self._queues.get(dead_letter_queue(queue))
+            free = [letter for letter in q.dead if id(letter) not in self._taken] if q else []
+            letters = free[: max(limit, 0)]
+            self._taken.update(id(letter) for letter in letters)
+        if not letters:
+            return 0
+        mine = {id(letter) for letter in letters}
+        try:
+            await send(list(letters))
+            with self._lock:
+                dead = self._queues[dead_letter_queue(queue)].dead
+                dead[:] = [letter for letter in dead if id(letter) not in mine]
+        finally:
+            with self._lock:
+                self._taken -= mine
+        return len(letters)
 
     # -- administration (aqueue.transports.base.QueueAdmin) -----------------------------------
 

@@ -77,7 +77,14 @@ from redis.commands.core import AsyncScript
 
 from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 from aqueue.transports import SENTINEL_OPTIONS, SENTINEL_SCHEMES, scheme, visibility_timeout
-from aqueue.transports.base import ConnectionOptions, DeadLetter, Delivery, Outgoing, QueueDepth
+from aqueue.transports.base import (
+    ConnectionOptions,
+    DeadLetter,
+    Delivery,
+    Outgoing,
+    QueueDepth,
+    SendLetters,
+)
 from aqueue.transports.redis import admin as redis_admin
 from aqueue.transports.redis import keys, lua
 from aqueue.transports.redis.client import SharedClient, redacted_url, redis_errors
@@ -583,19 +590,51 @@ class RedisBroker(RedisRole):
         Raises:
             BrokerConnectionError: the server cannot be reached.
         """
+        return [letter for _, letter in await self._read_dead_letters(queue, limit)]
+
+    async def take_dead_letters(self, queue: str, limit: int, send: SendLetters) -> int:
+        """Read the oldest ``limit`` dead letters of ``queue`` (XRANGE), await
+        ``send(letters)``, then XDEL exactly those entries (see
+        :class:`~aqueue.transports.base.DeadLetterTakes`: two takes from two processes at
+        the same moment may both send a letter, never lose one).
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
+        taken = await self._read_dead_letters(queue, limit)
+        if not taken:
+            return 0
+        await send([letter for _, letter in taken])
+        client, _ = await self._session()
+        key = self._keys.dlq(queue)
+        ids = [entry_id for entry_id, _ in taken]
+        with redis_errors(self._url, "take_dead_letters"):
+            for start in range(0, len(ids), 1_000):
+                await client.xdel(key, *ids[start : start + 1_000])
+        return len(taken)
+
+    async def _read_dead_letters(self, queue: str, limit: int) -> list[tuple[bytes, DeadLetter]]:
+        """The oldest ``limit`` dead letters of ``queue`` with their stream entry ids.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached.
+        """
         if limit <= 0:
             return []
         client, _ = await self._session()
         with redis_errors(self._url, "dead_letters"):
             entries: Any = await client.xrange(self._keys.dlq(queue), count=limit)
         return [
-            DeadLetter(
-                queue=queue,
-                body=bytes(fields.get(b"b", b"")),
-                reason=_lossy_text(fields.get(b"r", b"")),
-                time=_epoch(fields.get(b"t")),
+            (
+                bytes(entry_id),
+                DeadLetter(
+                    queue=queue,
+                    body=bytes(fields.get(b"b", b"")),
+                    reason=_lossy_text(fields.get(b"r", b"")),
+                    time=_epoch(fields.get(b"t")),
+                ),
             )
-            for _, fields in entries or []
+            for entry_id, fields in entries or []
         ]
 
     # -- administration (QueueAdmin; done in aqueue.transports.redis.admin) -------------------

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aqueue.transports import visibility_timeout as _visibility_timeout
-from aqueue.transports.base import DeadLetter, Delivery, Outgoing, QueueDepth
+from aqueue.transports.base import DeadLetter, Delivery, Outgoing, QueueDepth, SendLetters
 from aqueue.transports.sqlite.connection import SQLiteConnection, chunks, placeholders, transaction
 from aqueue.transports.sqlite.role import SQLiteRole
 
@@ -321,6 +321,40 @@ class SQLiteBroker(SQLiteRole):
             return [DeadLetter(q, bytes(body), reason, t) for q, body, reason, t in rows]
 
         return await self._db.call(read)
+
+    async def take_dead_letters(self, queue: str, limit: int, send: SendLetters) -> int:
+        """Read the oldest ``limit`` dead letters of ``queue``, await ``send(letters)``, then
+        delete those rows by id, in one transaction (see
+        :class:`~aqueue.transports.base.DeadLetterTakes`: two takes from two processes at
+        the same moment may both send a letter, never lose one).
+
+        Raises:
+            BrokerConnectionError: the file cannot be opened or stays locked past busy_timeout.
+        """
+
+        def read(conn: sqlite3.Connection) -> list[tuple[int, DeadLetter]]:
+            rows = conn.execute(
+                "SELECT id, queue, body, reason, time FROM dead_letters WHERE queue = ?"
+                " ORDER BY id LIMIT ?",
+                (queue, max(limit, 0)),
+            )
+            return [(i, DeadLetter(q, bytes(body), reason, t)) for i, q, body, reason, t in rows]
+
+        taken = await self._db.call(read)
+        if not taken:
+            return 0
+        await send([letter for _, letter in taken])
+        ids = [i for i, _ in taken]
+
+        def delete(conn: sqlite3.Connection) -> None:
+            with transaction(conn):
+                for part in chunks(ids):
+                    conn.execute(
+                        f"DELETE FROM dead_letters WHERE id IN ({placeholders(len(part))})", part
+                    )
+
+        await self._db.call(delete)
+        return len(taken)
 
     # -- administration (aqueue.transports.base.QueueAdmin) -----------------------------------
 
