@@ -161,6 +161,30 @@ async def test_fetch_with_ready_messages_is_one_round_trip(
     assert sent == ["EVALSHA"]
 
 
+async def spy_commands(
+    monkeypatch: pytest.MonkeyPatch, broker: RedisBroker, blocking: asyncio.Event
+) -> list[Any]:
+    """The names of the commands ``broker`` sends from now on, as they go; ``blocking`` is set
+    as each blocking XREADGROUP goes (on its own connection, not through execute_command)."""
+    client, _ = await broker._session()
+    sent: list[Any] = []
+    execute: Any = client.execute_command
+    read: Any = broker._wakeable_read
+
+    async def spy(*args: Any, **options: Any) -> Any:
+        sent.append(args[0])
+        return await execute(*args, **options)
+
+    async def spy_read(*args: Any) -> Any:
+        sent.append("XREADGROUP")
+        blocking.set()
+        return await read(*args)
+
+    monkeypatch.setattr(client, "execute_command", spy)
+    monkeypatch.setattr(broker, "_wakeable_read", spy_read)
+    return sent
+
+
 async def test_fetch_after_a_blocking_read_that_emptied_the_queue_blocks_at_once(
     url: str, brokers: list[RedisBroker], queue_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -169,18 +193,8 @@ async def test_fetch_after_a_blocking_read_that_emptied_the_queue_blocks_at_once
     broker = await new_broker(brokers, url)
     producer = await new_broker(brokers, url)
     await broker.ack(await broker.fetch([queue_name], 10, 0.05))  # groups, script loaded
-    client, _ = await broker._session()
-    sent: list[Any] = []
     blocking = asyncio.Event()
-    original: Any = client.execute_command
-
-    async def spy(*args: Any, **options: Any) -> Any:
-        sent.append(args[0])
-        if args[0] == "XREADGROUP":
-            blocking.set()
-        return await original(*args, **options)
-
-    monkeypatch.setattr(client, "execute_command", spy)
+    sent = await spy_commands(monkeypatch, broker, blocking)
     fetching = asyncio.create_task(broker.fetch([queue_name], 10, 5))
     await blocking.wait()  # the script ran, found nothing; now it blocks
     await producer.publish([out(queue_name, b"one")])
@@ -204,16 +218,8 @@ async def test_a_trickle_of_ready_messages_does_not_hold_up_a_delayed_one(
     worker = await new_broker(brokers, url)
     producer = await new_broker(brokers, url)
     await worker.ack(await worker.fetch([queue_name], 10, 0.05))
-    client, _ = await worker._session()
     blocking = asyncio.Event()
-    original: Any = client.execute_command
-
-    async def spy(*args: Any, **options: Any) -> Any:
-        if args[0] == "XREADGROUP":
-            blocking.set()
-        return await original(*args, **options)
-
-    monkeypatch.setattr(client, "execute_command", spy)
+    await spy_commands(monkeypatch, worker, blocking)
     seen: list[bytes] = []
     skipped = 0
     for i in range(250):  # about 5 s of trickle; the delayed message is due 0.3 s into it
@@ -873,6 +879,69 @@ end
 """
 
 
+async def hold_the_server(client: aioredis.Redis, url: str) -> asyncio.Future[Any]:
+    """Start :data:`BUSY_SCRIPT` on ``client``; return once it holds the server."""
+    busy = asyncio.ensure_future(client.eval(BUSY_SCRIPT, 0))
+    # Until the busy script runs: a PING on a connection of its own then waits behind it.
+    probe = aioredis.Redis.from_url(url)
+    try:
+        for _ in range(100):
+            try:
+                await asyncio.wait_for(probe.ping(), 0.05)
+            except TimeoutError:
+                return busy
+        raise AssertionError("setup: the busy script never held the server")
+    finally:
+        await probe.aclose()
+
+
+async def until_sent(pool: Any, idle: int, call: asyncio.Future[Any]) -> None:
+    """Wait until ``call`` holds one more connection of ``pool`` than ``idle``: its command
+    is on its way to the server."""
+    for _ in range(500):
+        if len(pool._in_use_connections) > idle or call.done():
+            break
+        await asyncio.sleep(0.001)
+    assert not call.done(), "setup: the call did not wait behind the busy script"
+
+
+async def test_a_blocking_read_cancelled_as_an_entry_arrives_loses_no_lease(
+    url: str, client: aioredis.Redis, brokers: list[RedisBroker], queue_name: str
+) -> None:
+    """A worker's stop cancels its fetch, which may be blocked in XREADGROUP. If Redis served
+    the read before the cancellation reached it, the entry is leased to this consumer: it
+    must reach the buffer, which close() releases, not wait out the visibility timeout."""
+    a, b = await new_broker(brokers, url), await new_broker(brokers, url)
+    assert await a.fetch([queue_name], 10, 0) == []  # the server has the script, the groups
+    await b.publish([out(f"{queue_name}-warm", b"w", 0)])  # b's client and script are ready
+    blocked = int((await client.info("clients"))["blocked_clients"])
+    fetch = asyncio.ensure_future(a.fetch([queue_name], 10, 5.0))
+    for _ in range(500):  # until a's read blocks on the server
+        if int((await client.info("clients"))["blocked_clients"]) > blocked:
+            break
+        await asyncio.sleep(0.001)
+    else:
+        raise AssertionError("setup: the fetch never blocked")
+    busy = await hold_the_server(client, url)
+    # Behind the busy script: the publish, then whatever the cancellation sends. The server
+    # takes them in that order, so the publish serves the blocked read first.
+    raw, _ = await b._session()
+    pool: Any = raw.connection_pool
+    idle = len(pool._in_use_connections)
+    publish = asyncio.ensure_future(b.publish([out(queue_name, b"late", 0)]))
+    await until_sent(pool, idle, publish)
+    fetch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await fetch
+    assert await busy == 1
+    await publish
+    await a.close()  # releases what the woken read leased: ready again at once
+    c = await new_broker(brokers, url)
+    got = await c.fetch([queue_name], 10, 1.0)
+    assert [d.body for d in got] == [b"late"]
+    await c.ack(got)
+
+
 async def test_a_fetch_cancelled_while_its_script_runs_loses_no_lease(
     url: str, client: aioredis.Redis, brokers: list[RedisBroker], queue_name: str
 ) -> None:
@@ -884,26 +953,10 @@ async def test_a_fetch_cancelled_while_its_script_runs_loses_no_lease(
     await a.publish([out(queue_name, b"m%d" % i, 0) for i in range(3)])
     raw, _ = await a._session()
     pool: Any = raw.connection_pool
-    busy = asyncio.ensure_future(client.eval(BUSY_SCRIPT, 0))
-    # Until the busy script runs: a PING on a connection of its own then waits behind it.
-    probe = aioredis.Redis.from_url(url)
-    try:
-        for _ in range(100):
-            try:
-                await asyncio.wait_for(probe.ping(), 0.05)
-            except TimeoutError:
-                break
-        else:
-            raise AssertionError("setup: the busy script never held the server")
-    finally:
-        await probe.aclose()
+    busy = await hold_the_server(client, url)
     idle = len(pool._in_use_connections)
     fetch = asyncio.ensure_future(a.fetch([queue_name], 10, 0))
-    for _ in range(500):  # until the script run holds a connection: its command is sent
-        if len(pool._in_use_connections) > idle or fetch.done():
-            break
-        await asyncio.sleep(0.001)
-    assert not fetch.done(), "setup: the fetch did not wait behind the busy script"
+    await until_sent(pool, idle, fetch)  # the script run's command is on its way
     fetch.cancel()
     with pytest.raises(asyncio.CancelledError):
         await fetch

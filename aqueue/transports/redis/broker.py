@@ -261,6 +261,7 @@ class RedisBroker(RedisRole):
         # Unique per instance: the group's pending list tells leases apart by consumer name.
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self._scripts: _Scripts | None = None
+        self._unblock_refused = False  # the ACL user may not CLIENT UNBLOCK (see _woken)
         self._groups: set[str] = set()  # streams whose consumer group exists
         self._plans: dict[tuple[str, ...], _Plan] = {}
         # Leased deliveries a blocking read returned beyond `limit`, handed out by later fetches.
@@ -913,14 +914,101 @@ class RedisBroker(RedisRole):
         wait: float,
     ) -> list[Delivery]:
         """One blocking XREADGROUP over ``streams`` (of one slot on a cluster), up to
-        ``limit`` entries per stream, for up to ``wait`` seconds."""
-        response: Any = await client.xreadgroup(
-            keys.GROUP,
-            self._consumer,
-            dict.fromkeys(streams, ">"),
-            count=limit,
-            block=max(1, int(wait * 1000)),
-        )
+        ``limit`` entries per stream, for up to ``wait`` seconds.
+
+        On one server (or Sentinel's primary) a cancelled read is woken, not dropped (see
+        :meth:`_wakeable_read`); a cluster client's is dropped (its read runs in a task of
+        its own, which a fetch does not cancel: :meth:`_read_blocking`).
+        """
+        block = max(1, int(wait * 1000))
+        pool = getattr(client, "connection_pool", None)
+        if pool is None:  # a cluster client: the node comes from the keys
+            response: Any = await client.xreadgroup(
+                keys.GROUP, self._consumer, dict.fromkeys(streams, ">"), count=limit, block=block
+            )
+        else:
+            args = ["XREADGROUP", "GROUP", keys.GROUP, self._consumer, "COUNT", limit]
+            args += ["BLOCK", block, "STREAMS", *streams, *(">" * len(streams))]
+            response = await self._wakeable_read(client, pool, args, plan)
+        return self._read_deliveries(plan, response)
+
+    async def _wakeable_read(
+        self, client: aioredis.Redis, pool: Any, args: list[Any], plan: _Plan
+    ) -> Any:
+        """Send the blocking XREADGROUP ``args`` on a connection of ``pool``, after a
+        ``CLIENT ID`` in the same write, and return its parsed reply.
+
+        Cancelled while it blocks, the read is not dropped: Redis may have served it already,
+        and what it leased would wait out the visibility timeout, leased to a reader gone. The
+        connection's id lets ``CLIENT UNBLOCK`` (on another connection) end the wait at once;
+        the reply that follows - empty, or the entries served just before - is read, its
+        deliveries go to the buffer (which the next fetch or :meth:`close` takes), and the
+        cancellation goes on. A dropped connection is tried again once, as redis-py's own
+        retry does (:func:`~aqueue.transports.redis.client.dropped_connection_retry`).
+
+        Raises:
+            redis.exceptions.RedisError: the read failed.
+        """
+        conn = await pool.get_connection()
+
+        async def attempt() -> Any:
+            await conn.send_packed_command(conn.pack_commands([("CLIENT", "ID"), args]))
+            client_id = await conn.read_response()
+            try:
+                return await conn.read_response(disconnect_on_error=False)
+            except asyncio.CancelledError:
+                late = await self._woken(client, conn, client_id)
+                if late:
+                    self._buffer.extend(self._read_deliveries(plan, _parsed(client, late)))
+                raise
+            except redis.exceptions.ResponseError:
+                raise  # an error reply: the connection is sound
+            except BaseException:
+                await conn.disconnect(nowait=True)
+                raise
+
+        async def dropped(_: Exception) -> None:
+            await conn.disconnect()
+
+        try:
+            return _parsed(client, await conn.retry.call_with_retry(attempt, dropped))
+        finally:
+            await pool.release(conn)
+
+    async def _woken(self, client: aioredis.Redis, conn: Any, client_id: Any) -> Any:
+        """End the blocking read that ``conn`` (of ``CLIENT ID`` ``client_id``) waits in, with
+        ``CLIENT UNBLOCK`` on another connection of ``client``, and return its raw reply:
+        ``None`` (woken) or the entries it was served first.
+
+        Whatever fails here (a second cancellation too) drops ``conn``, as redis-py would
+        have: what the read leased comes back after the visibility timeout. So does a user
+        whose ACL lacks ``+client|unblock`` (an optional grant, docs/security.md), said once
+        in the log.
+        """
+        try:
+            if not self._unblock_refused:
+                try:
+                    await client.client_unblock(int(client_id))
+                except redis.exceptions.NoPermissionError:
+                    self._unblock_refused = True
+                    log.info(
+                        "%r: the ACL user may not CLIENT UNBLOCK, so a stopping worker's "
+                        "blocking read is dropped, not woken: a message it was served in that "
+                        "instant waits out the visibility timeout (docs/security.md)",
+                        self,
+                    )
+            if self._unblock_refused:
+                await conn.disconnect(nowait=True)
+                return None
+            return await asyncio.wait_for(
+                conn.read_response(disconnect_on_error=False), _MAX_BLOCK + 1.0
+            )
+        except BaseException:  # a second cancellation too: the first one goes on anyway
+            await conn.disconnect(nowait=True)
+            return None
+
+    def _read_deliveries(self, plan: _Plan, response: Any) -> list[Delivery]:
+        """The deliveries in a parsed XREADGROUP ``response`` (redis-py's list or dict)."""
         if not response:
             return []
         now = time.monotonic()
@@ -1098,6 +1186,12 @@ class RedisBroker(RedisRole):
             args += [d.token.entry_id for d in shard]
             calls.append(scripts.release(keys=[d.token.stream for d in shard], args=args))
         await _gather(calls)
+
+
+def _parsed(client: aioredis.Redis, raw: Any) -> Any:
+    """A raw XREADGROUP reply as ``client.xreadgroup`` returns it (its response callback)."""
+    callback = client.response_callbacks.get("XREADGROUP")
+    return callback(raw) if callback is not None else raw
 
 
 def _queue_of(message: Outgoing) -> str:
