@@ -166,7 +166,7 @@ def _workers(entries: dict[str, bytes]) -> list[WorkerStatus]:
                     active=int(beat.get("active", 0)),
                     processed=int(beat.get("processed", 0)),
                     uptime=float(beat.get("uptime", 0.0)),
-                    queues=[str(q) for q in beat.get("queues", [])],
+                    queues=_queue_names(beat.get("queues", [])),
                     last_seen=max(0.0, now - float(beat.get("timestamp", now))),
                     held=int(beat.get("held", 0)),
                     prefetch=int(beat.get("prefetch", 0)),
@@ -176,6 +176,20 @@ def _workers(entries: dict[str, bytes]) -> list[WorkerStatus]:
         except (KeyError, TypeError, ValueError):
             continue
     return sorted(workers, key=lambda w: (w.hostname, w.pid))
+
+
+def _queue_names(value: Any) -> list[str]:
+    """A heartbeat's ``queues``: a list of names (one name alone, from another writer, is a
+    list of one, not of its characters).
+
+    Raises:
+        TypeError: neither a list nor a string (the heartbeat is skipped).
+    """
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise TypeError(f"queues must be a list, not {type(value).__name__}")
+    return [str(q) for q in value]
 
 
 async def cluster_status(app: Aqueue, queues: Sequence[str] | None = None) -> ClusterStatus:

@@ -131,14 +131,19 @@ async def test_malformed_heartbeats_are_skipped_not_fatal(t: OpsTasks) -> None:
         f"{node}-text": b"not json",
         f"{node}-nopid": b'{"hostname": "x@rc"}',
         f"{node}-ok": b'{"hostname": "ok@rc", "pid": 7, "held": 3, "events": true}',
+        f"{node}-one": b'{"hostname": "one@rc", "pid": 8, "queues": "default"}',
+        f"{node}-qmap": b'{"hostname": "qmap@rc", "pid": 9, "queues": {"a": 1}}',
     }
     for key, raw in beats.items():
         await transport.put(Table.WORKERS, key, raw, 60)
     try:
         mine = [w for w in await live_workers(t.app) if w.node.startswith(node)]
         assert [(w.node, w.hostname, w.pid, w.held, w.events) for w in mine] == [
-            (f"{node}-ok", "ok@rc", 7, 3, True)
+            (f"{node}-ok", "ok@rc", 7, 3, True),
+            (f"{node}-one", "one@rc", 8, 0, False),
         ]
+        # Another writer's single queue name is one queue, not one per character.
+        assert [w.queues for w in mine] == [[], ["default"]]
         live, sending = await event_senders(t.app)  # the object beats count, the others not
         assert live >= 2 and sending >= 1
         # inspect aims at the live nodes named: the bad entries neither stop nor join it.
