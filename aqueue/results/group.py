@@ -206,7 +206,7 @@ class GroupResult:
         backend = await self.app.result_backend()
         await backend.delete([meta_key(self.id), *(r.id for r in members)])
         for r in members:
-            r._record = None
+            r._forgot()
 
     # -- state -------------------------------------------------------------------------------
 

@@ -151,6 +151,7 @@ class ResultRecord:
             signing.results.verify(raw)
         try:
             rec = serialization.loads_document(raw)
+            _check_shape(rec)
             if "body" in rec:
                 serialization.check_accepted(rec["ct"], accept)
                 result = serialization.loads(base64.b64decode(rec["body"]), rec["ct"])
@@ -177,6 +178,21 @@ class ResultRecord:
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise DecodeError(f"malformed result record: {exc}") from exc
+
+
+def _check_shape(rec: Any) -> None:
+    """Check that a parsed record is an object naming its task and state as strings: anything
+    else under a task id (another program's value, a row written by hand) would otherwise fail
+    later and elsewhere (an ``AttributeError`` in a waiter, a null state that never finishes).
+
+    Raises:
+        ValueError: it is not.
+    """
+    if type(rec) is not dict:
+        raise ValueError(f"a JSON {type(rec).__name__}, not an object")
+    for key in ("task_id", "status"):
+        if not isinstance(rec.get(key), str):
+            raise ValueError(f"{key!r} is {str(rec.get(key))[:100]!r}, not a string")
 
 
 def _count(value: Any) -> int | None:

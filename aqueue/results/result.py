@@ -89,6 +89,7 @@ class AsyncResult(Generic[R]):
         self.parent: AsyncResult[Any] | GroupResult | None = None  # what ran before, in a chain
         self._record: ResultRecord | None = None
         self._mailbox = mailbox
+        self._forgotten = 0  # records of the mailbox that arrived before forget(): skipped
 
     def __repr__(self) -> str:
         return f"<AsyncResult {self.id}>"
@@ -211,7 +212,7 @@ class AsyncResult(Generic[R]):
 
         mailbox = self._mailbox
         if mailbox is not None and mailbox.owner is backend:
-            position = 0
+            position = self._forgotten
 
             async def from_mailbox() -> list[ResultRecord | None]:
                 nonlocal position
@@ -310,13 +311,21 @@ class AsyncResult(Generic[R]):
 
     async def forget(self) -> None:
         """Delete the stored record (and the stored items of a streamed task this handle has
-        seen, :meth:`stream`); the state reads PENDING afterwards."""
+        seen, :meth:`stream`); the state reads PENDING afterwards, and :meth:`get` waits for a
+        record stored after this (the task run again under its id), as for any pending task."""
         backend = await self.app.result_backend()
         rec, ids = self._record, [self.id]
         if rec is not None and rec.streamed:
             ids += [item_key(self.id, i) for i in range(rec.streamed)]
         await backend.delete(ids)
+        self._forgot()
+
+    def _forgot(self) -> None:
+        """Drop what this handle saw of its task (its records were deleted)."""
         self._record = None
+        if self._mailbox is not None:
+            # What came before reads as forgotten too: a wait sees only later records.
+            self._forgotten = self._mailbox.size()
 
     async def revoke(self, terminate: bool = False) -> None:
         """Make sure the task never runs: its state becomes ``REVOKED``, on every worker, also

@@ -93,6 +93,7 @@ class RedisBackend(RedisRole):
         self._messages_seen: dict[bytes, int] = {}  # channel -> messages dispatched so far
         self._watched_ids: dict[bytes, str] = {}  # a watched task's channel -> its id
         self._refreshes: set[asyncio.Task[None]] = set()
+        self._leaving: set[asyncio.Future[None]] = set()  # watches unsubscribing (see watch)
         self._remarker: asyncio.Task[None] | None = None
         # This client's reply channel: subscribed on first use, by one task all callers await.
         self._reply = keys.reply_channel(secrets.token_hex(8)).encode()
@@ -106,7 +107,11 @@ class RedisBackend(RedisRole):
 
         Watches still entered get no more records; entering one later reconnects.
         """
-        tasks = [t for t in (self._reader, self._remarker, *self._refreshes) if t is not None]
+        tasks = [
+            t
+            for t in (self._reader, self._remarker, *self._refreshes, *self._leaving)
+            if t is not None
+        ]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -115,6 +120,7 @@ class RedisBackend(RedisRole):
             await asyncio.wait(tasks)
         self._reader = self._remarker = None
         self._refreshes.clear()
+        self._leaving.clear()
         if self._reply_subscribed is not None:
             self._reply_subscribed.cancel()
             await asyncio.wait([self._reply_subscribed])
@@ -383,7 +389,13 @@ class RedisBackend(RedisRole):
                 self._remarker = asyncio.create_task(self._remark_loop())
             yield queue
         finally:
-            await self._unsubscribe(channel, queue)
+            # In a task of its own: the caller cancelled again while it waits for the lock
+            # (its deadline, then its own caller) must not leave the watch behind - its channel
+            # subscribed and its id renewed in the watched set for the client's whole life.
+            leaving = asyncio.ensure_future(self._unsubscribe(channel, queue))
+            self._leaving.add(leaving)
+            leaving.add_done_callback(self._leaving.discard)
+            await asyncio.shield(leaving)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -462,7 +474,11 @@ class RedisBackend(RedisRole):
                 confirmed = pending[-1]
         try:
             # Shielded: one watcher giving up must not cancel the confirmation others await.
-            await asyncio.wait_for(asyncio.shield(confirmed), _SUBSCRIBE_TIMEOUT)
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for swallows a cancellation
+            # (a get()'s deadline) that comes as the confirmation arrives, and the waiter then
+            # waits for ever.
+            async with asyncio.timeout(_SUBSCRIBE_TIMEOUT):
+                await asyncio.shield(confirmed)
         except TimeoutError:
             raise BrokerConnectionError(
                 f"Redis at {redacted_url(self._url)} did not confirm SUBSCRIBE "
