@@ -17,14 +17,14 @@ import random
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, Unpack
 
 from aqueue import serialization
 from aqueue.canvas.primitives import Signature, group, xmap, xstarmap
 from aqueue.canvas.primitives import chunks as canvas_chunks
 from aqueue.exceptions import ArgumentsError, ConfigurationError, MaxRetriesExceededError, Retry
-from aqueue.sending.options import SendOptions
+from aqueue.sending.options import SendOptions, epoch_value, seconds_value
 
 if TYPE_CHECKING:
     from aqueue.app import Aqueue
@@ -347,16 +347,19 @@ class Task(Generic[P, R]):
         self,
         exc: BaseException | None = None,
         countdown: float | None = None,
-        eta: datetime | None = None,
+        eta: datetime | float | None = None,
         max_retries: int | None = None,
         **options: Any,
     ) -> Retry:
         """Build the :class:`Retry` to raise: ``raise self.retry(exc=e, countdown=2)``.
 
         The worker publishes the task again with ``retries + 1`` after ``countdown`` seconds (or at
-        ``eta``; default ``default_retry_delay``) and stores state RETRY.
+        ``eta``; default ``default_retry_delay``) and stores state RETRY. ``eta`` is read as
+        ``apply_async`` reads it: a naive datetime is UTC, a number is epoch seconds.
 
         Raises:
+            ConfigurationError: ``countdown`` or ``eta`` is not a finite time (``nan`` would
+                run the task again at once).
             MaxRetriesExceededError: the task has already used ``max_retries`` retries and no
                 ``exc`` was given, as in Celery.
             Exception: the original ``exc``, when the task has already used ``max_retries``
@@ -372,9 +375,10 @@ class Task(Generic[P, R]):
             )
         when: float | datetime
         if eta is not None:
-            when = eta
+            # The worker takes when.timestamp(): a naive datetime would be local time there.
+            when = datetime.fromtimestamp(epoch_value(eta, "eta") or 0.0, UTC)
         elif countdown is not None:
-            when = float(countdown)
+            when = seconds_value(countdown, "countdown")
         else:
             when = self.effective_retry_delay()
         return Retry(exc=exc, when=when, **options)

@@ -3,13 +3,17 @@ unique (``unique_key=``, ``@app.task(unique=...)``) and held (``after=``).
 
 :func:`needs_guard` is the one check a plain send pays; :func:`send_guarded` takes the marks and
 locks (:mod:`aqueue.sending.unique`), then publishes or holds the message
-(:mod:`aqueue.dependencies`), and frees what it took if that fails.
+(:mod:`aqueue.dependencies`), and frees what it took if that fails. A send whose caller is
+cancelled goes on to its end all the same: once its mark or lock may be taken, other sends may
+have returned its handle.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -26,6 +30,8 @@ if TYPE_CHECKING:
     from aqueue.task import Task
 
 __all__ = ["needs_guard", "send_guarded", "with_guards"]
+
+logger = logging.getLogger("aqueue.app")
 
 
 def needs_guard(task: Task[Any, Any] | None, options: Mapping[str, Any]) -> bool:
@@ -45,7 +51,7 @@ def with_guards(msg: Message, task: Task[Any, Any] | None, options: Mapping[str,
         ConfigurationError: a unique option or ``after`` is invalid.
     """
     extra = dict(msg.options)
-    lock = unique_lock(msg.task, msg.args, msg.kwargs, task, options, msg.expires)
+    lock = unique_lock(msg.task, msg.args, msg.kwargs, task, options, msg.expires, msg.eta)
     if lock is not None:
         extra["unique"] = lock.to_dict()
     if options.get("after") is not None:
@@ -63,6 +69,12 @@ async def send_guarded(
     """Send ``msg`` (built by :func:`with_guards`) unless its id was sent already or a call
     with its unique key is pending, whose handle is then returned instead.
 
+    A caller cancelled meanwhile (a web request given up on) gets ``CancelledError`` at once,
+    and the send goes on to its end: other sends of the same id or key may have found its
+    mark or lock already and returned its handle, so it must be published (or, failing, free
+    what it took); and a lock request may have reached the server, which would hold it for its
+    whole TTL with nothing published.
+
     Args:
         explicit_id: the caller chose the task id (``task_id=``): the send is idempotent when
             the result backend keeps locks.
@@ -75,6 +87,25 @@ async def send_guarded(
         BrokerConnectionError: the result backend or the broker cannot be reached; nothing
             taken is left held.
     """
+    sending = asyncio.ensure_future(_send(app, msg, explicit_id, handle, publish))
+    try:
+        return await asyncio.shield(sending)
+    except asyncio.CancelledError:
+        if sending.done():
+            raise  # cancelled itself (the loop is closing): it freed what it took
+        _LEFT.add(sending)
+        sending.add_done_callback(functools.partial(_ended, msg))
+        raise
+
+
+async def _send(
+    app: Aqueue,
+    msg: Message,
+    explicit_id: bool,
+    handle: Callable[[Message], AsyncResult[Any]],
+    publish: Callable[[Message], Awaitable[AsyncResult[Any]]],
+) -> AsyncResult[Any]:
+    """:func:`send_guarded`'s work, which its caller's cancellation does not stop."""
     taken: list[tuple[Locks, str, str]] = []
     try:
         if explicit_id and app.has_result_backend:
@@ -101,51 +132,31 @@ async def send_guarded(
             result = handle(msg)  # its mailbox exists before the message may be published
             await deps.hold(msg)
             return result
-        return await _published(publish(msg), taken)
+        return await publish(msg)
     except BaseException:
         await _free(taken)
         raise
 
 
-async def _published(
-    publishing: Awaitable[AsyncResult[Any]], taken: list[tuple[Locks, str, str]]
-) -> AsyncResult[Any]:
-    """Await ``publishing``; when the caller is cancelled meanwhile (a web request given up
-    on), the publish goes on, as it would in the batch it shares with other sends, and what
-    the send took is freed only once that publish has failed: freed at once, a retry of the
-    same ``task_id`` would publish the message a second time, and a second call of a unique
-    task would be sent while the first is queued. ``taken`` is emptied when its fate is left
-    to the publish."""
-    task = asyncio.ensure_future(publishing)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        if task.done() and task.cancelled():
-            raise  # the publish itself was cancelled (the loop is closing): free at once
-        if task.done() and task.exception() is not None:
-            raise
-        held = list(taken)
-        taken.clear()
-        if not task.done():
-            _LEFT.add(task)
-            task.add_done_callback(lambda done: _settle(done, held))
-        raise
-
-
-#: Publishes whose callers were cancelled, kept until they end (the loop holds tasks weakly).
+#: Guarded sends whose callers were cancelled, kept until they end (the loop holds tasks
+#: weakly).
 _LEFT: set[asyncio.Future[Any]] = set()
-#: Frees of what a failed publish had taken, kept until they end.
-_FREEING: set[asyncio.Future[None]] = set()
 
 
-def _settle(done: asyncio.Future[Any], held: list[tuple[Locks, str, str]]) -> None:
-    """A publish whose caller was cancelled has ended: free what its send took if it failed."""
-    _LEFT.discard(done)
-    if not done.cancelled() and done.exception() is None:
+def _ended(msg: Message, sending: asyncio.Future[Any]) -> None:
+    """A guarded send whose caller was cancelled has ended: its failure has nobody else to
+    reach, so it is logged (what it took is freed already)."""
+    _LEFT.discard(sending)
+    if sending.cancelled():
         return
-    freeing = asyncio.ensure_future(_free(held))
-    _FREEING.add(freeing)
-    freeing.add_done_callback(_FREEING.discard)
+    exc = sending.exception()
+    if exc is not None:
+        logger.warning(
+            "send of %s[%s], given up on by its caller, failed: %s; nothing of it is held",
+            msg.task,
+            msg.id,
+            exc,
+        )
 
 
 async def _finished(app: Aqueue, task_id: str) -> bool:

@@ -11,6 +11,7 @@ the two cannot drift apart.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -34,6 +35,8 @@ __all__ = [
     "headers_value",
     "priority_value",
     "seconds_value",
+    "text_value",
+    "time_limit_value",
 ]
 
 
@@ -230,9 +233,19 @@ def check_option_values(options: Mapping[str, Any]) -> None:
     if options.get("countdown") is not None:
         seconds_value(options["countdown"], "countdown")
     expires = options.get("expires")
-    if not isinstance(expires, int | float):
+    if isinstance(expires, int | float):
+        seconds_value(expires, "expires")
+    else:
         epoch_value(expires, "expires")
     headers_value(options.get("headers"))
+    time_limit_value(options.get("time_limit"))
+    for option in ("task_id", "parent_id", "root_id", "group_id"):
+        text_value(options.get(option), option)
+    if options.get("queue") is not None:
+        text_value(options["queue"], "queue")
+    extra = options.get("options")
+    if extra is not None and not isinstance(extra, Mapping):
+        raise ConfigurationError(f"options must be a dict, not {extra!r}")
 
 
 def priority_value(value: Any) -> int:
@@ -247,15 +260,52 @@ def priority_value(value: Any) -> int:
 
 
 def seconds_value(value: Any, option: str) -> float:
-    """``option`` (``countdown``) as a number of seconds.
+    """``option`` (``countdown``, ``expires``) as a finite number of seconds.
 
     Raises:
-        ConfigurationError: not a number.
+        ConfigurationError: not a number, or not finite (``nan`` would reach the wire as
+            ``null``: a countdown of ``nan`` would run the task at once).
     """
     try:
-        return float(value)
+        seconds = float(value)
     except (TypeError, ValueError):
         raise ConfigurationError(f"{option} must be a number of seconds, not {value!r}") from None
+    if not math.isfinite(seconds):
+        raise ConfigurationError(f"{option} must be a finite number of seconds, not {value!r}")
+    return seconds
+
+
+def time_limit_value(value: Any) -> float | None:
+    """A ``time_limit`` option: seconds > 0, finite, or ``None`` (the task's own).
+
+    Raises:
+        ConfigurationError: anything else (a worker would drop the message as malformed).
+    """
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value < math.inf  # False for nan
+    ):
+        raise ConfigurationError(
+            f"time_limit must be a finite number of seconds > 0 or None, not {value!r}"
+        )
+    return value
+
+
+def text_value(value: Any, option: str) -> Any:
+    """``value`` of ``option`` (``task_id``, ``parent_id``, ``root_id``, ``group_id``,
+    ``queue``) when it is ``None`` or a string (non-empty for ``queue``).
+
+    Raises:
+        ConfigurationError: anything else (a worker would drop the message as malformed, or it
+            would go to a queue nobody reads).
+    """
+    if value is None or (type(value) is str and (value or option != "queue")):
+        return value
+    what = "a non-empty string" if option == "queue" else "a string"
+    raise ConfigurationError(f"{option} must be {what}, not {value!r}")
 
 
 def headers_value(value: Any) -> dict[str, Any]:
@@ -284,5 +334,7 @@ def epoch_value(value: Any, option: str) -> float | None:
             value = value.replace(tzinfo=UTC)
         return float(value.timestamp())
     if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):  # on the wire it would be null: no eta, no expiry
+            raise ConfigurationError(f"{option} must be a finite number, not {value!r}")
         return float(value)
     raise ConfigurationError(f"{option} must be a datetime, not {type(value).__name__}")

@@ -11,6 +11,8 @@ import fnmatch
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from aqueue.exceptions import ConfigurationError
+
 
 def _match(table: Mapping[str, Any], name: str) -> Any:
     if name in table:
@@ -31,6 +33,12 @@ def lookup(
     """The options ``setting`` gives task ``name`` (``{}`` when none match).
 
     The first matching entry wins, as in Celery.
+
+    Raises:
+        ConfigurationError: an entry is neither a dict nor a function, or the matching entry
+            gives something other than a queue name, a dict of options or ``None``; the
+            message names the task (else the call would go to a queue not meant for it).
+        Exception: what a router function raises.
     """
     if not setting:
         return {}
@@ -43,9 +51,18 @@ def lookup(
             router: Callable[..., Any] = entry
             found = router(name, args, dict(kwargs or {}), dict(options or {}))
         else:
-            found = None
+            raise ConfigurationError(
+                f"routing task {name!r}: an entry of task_routes / task_annotations must be a "
+                f"dict or a function, not {entry!r}"
+            )
         if isinstance(found, str):
             return {"queue": found}
-        if found:
-            return dict(found)
+        if isinstance(found, Mapping):
+            if found:
+                return dict(found)
+        elif found is not None:
+            raise ConfigurationError(
+                f"routing task {name!r}: a route must be a queue name, a dict of options or "
+                f"None, not {found!r}"
+            )
     return {}

@@ -24,6 +24,7 @@ from aqueue.batching import Batcher, ItemErrors
 from aqueue.canvas.primitives import Signature
 from aqueue.eager import apply_eager
 from aqueue.exceptions import (
+    ArgumentsError,
     BrokerConnectionError,
     BrokerError,
     ConfigurationError,
@@ -46,6 +47,8 @@ from aqueue.sending.options import (
     headers_value,
     priority_value,
     seconds_value,
+    text_value,
+    time_limit_value,
 )
 from aqueue.transports import Binding, Outgoing, ReplyChannels, ResultBackend, tls_hint
 
@@ -102,7 +105,7 @@ class Sender:
         options: Mapping[str, Any],
     ) -> AsyncResult[Any]:
         """Publish one call; see :meth:`aqueue.Aqueue.send_task` (same errors)."""
-
+        _check_name(name)
         check_send_options(options)
         task = task or self.app.tasks.get(name)
         args_t = tuple(args or ())
@@ -187,6 +190,7 @@ class Sender:
         options: Mapping[str, Any],
     ) -> list[AsyncResult[Any]]:
         """Publish one call per item in one round trip; see :meth:`aqueue.Aqueue.send_many`."""
+        _check_name(name)
         check_send_options(options)
         if options.get("task_id") is not None:
             raise ConfigurationError("send_many() makes one task id per call: drop task_id=")
@@ -309,6 +313,11 @@ class Sender:
         the task's decorator options > the app's settings.
         """
         conf = self.app.conf
+        if kwargs and any(type(key) is not str for key in kwargs):  # no worker could read it
+            raise ArgumentsError(
+                f"keyword argument names of {name} must be strings, not "
+                f"{next(k for k in kwargs if type(k) is not str)!r}"
+            )
         route = routing.lookup(conf.task_routes, name, args, kwargs, options)
         annotated = self.app.task_options(name)
         sources = [s for s in (options, route, annotated) if s]
@@ -329,12 +338,18 @@ class Sender:
             eta = now + seconds_value(options["countdown"], "countdown")
         expires = pick("expires")
         if isinstance(expires, int | float):
-            expires = now + float(expires)
+            expires = now + seconds_value(expires, "expires")
         elif expires is not None:
             expires = epoch_value(expires, "expires")
         ignore_result = pick("ignore_result", conf.task_ignore_result)
         queue = pick("queue", conf.task_default_queue)
-        extra: dict[str, Any] = dict(options.get("options") or {})
+        if type(queue) is not str or not queue:  # else a queue nobody reads, or a wrong one
+            raise ConfigurationError(f"queue of {name} must be a non-empty string, not {queue!r}")
+        ids = tuple(map(options.get, _IDS))  # task_id, parent_id, root_id, group_id
+        if ids != _NO_IDS:
+            for key, value in zip(_IDS, ids, strict=True):
+                text_value(value, key)  # not a string: a worker would drop the message
+        extra: dict[str, Any] = _extra_options(options.get("options"))
         if options.get("shadow") is not None:
             extra["shadow"] = options["shadow"]
         # Celery's routing: a queue listed in task_queues is reached through its exchange.
@@ -347,7 +362,7 @@ class Sender:
                         break
         link, link_error = options.get("link"), options.get("link_error")
         return make_message(
-            options.get("task_id") or new_id(),
+            ids[0] or new_id(),
             name,
             args,
             kwargs,
@@ -357,13 +372,13 @@ class Sender:
             expires,
             0,  # retries
             headers_value(options.get("headers")),
-            [] if link is None else _signatures(link),
-            [] if link_error is None else _signatures(link_error),
-            options.get("time_limit"),
+            [] if link is None else _signatures(link, "link"),
+            [] if link_error is None else _signatures(link_error, "link_error"),
+            time_limit_value(options.get("time_limit")),
             bool(ignore_result),
-            options.get("parent_id"),
-            options.get("root_id"),
-            options.get("group_id"),
+            ids[1],
+            ids[2],
+            ids[3],
             extra,
             None if ignore_result else reply_to,
             pick("serializer", conf.task_serializer),
@@ -650,6 +665,10 @@ class Sender:
         return body
 
 
+#: The id options of a send, all strings (or None).
+_IDS = ("task_id", "parent_id", "root_id", "group_id")
+_NO_IDS = (None,) * len(_IDS)
+
 _REPLY_KINDS: dict[type, bool] = {}
 
 
@@ -692,7 +711,37 @@ def _pauses(policy: Mapping[str, Any]) -> float:
     return total
 
 
-def _signatures(value: Any) -> list[dict[str, Any]]:
+def _check_name(name: Any) -> None:
+    """Check that ``name`` can name a task.
+
+    Raises:
+        ConfigurationError: it is not a non-empty string (a worker could not run the message).
+    """
+    if type(name) is not str or not name:
+        raise ConfigurationError(f"a task name must be a non-empty string, not {name!r}")
+
+
+def _extra_options(value: Any) -> dict[str, Any]:
+    """The ``options`` option as a new dict (``None``: empty).
+
+    Raises:
+        ConfigurationError: not a dict.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"options must be a dict, not {value!r}")
+    return dict(value)
+
+
+def _signatures(value: Any, option: str) -> list[dict[str, Any]]:
+    """``option`` (``link``, ``link_error``): signatures, or their dicts, as a list of dicts.
+
+    Raises:
+        ConfigurationError: an item is neither, or a dict a worker could not read (its
+            ``task`` not a string, its ``args`` not a list, its ``kwargs`` or ``options`` not
+            dicts).
+    """
     if value is None:
         return []
     items = value if isinstance(value, list | tuple) else [value]
@@ -700,8 +749,20 @@ def _signatures(value: Any) -> list[dict[str, Any]]:
     for item in items:
         if isinstance(item, Signature):
             out.append(item.to_dict())
-        elif isinstance(item, dict) and "task" in item:
+        elif isinstance(item, dict) and _readable(item):
             out.append(item)
         else:
-            raise ConfigurationError(f"link/link_error take signatures (task.s(...)), not {item!r}")
+            raise ConfigurationError(
+                f"{option} takes signatures (task.s(...)) or their dicts, not {item!r}"
+            )
     return out
+
+
+def _readable(sig: dict[str, Any]) -> bool:
+    """True when signature dict ``sig`` has the shape a worker reads (its fields' types)."""
+    return (
+        type(sig.get("task")) is str
+        and isinstance(sig.get("args", ()), list | tuple)
+        and isinstance(sig.get("kwargs") or {}, dict)
+        and isinstance(sig.get("options") or {}, dict)
+    )

@@ -46,7 +46,8 @@ __all__ = [
     "unique_lock",
 ]
 
-#: Seconds a queued unique call keeps its lock when neither ``unique_ttl`` nor ``expires`` is set.
+#: Seconds a queued unique call keeps its lock, from when it is due, when neither ``unique_ttl``
+#: nor ``expires`` is set.
 DEFAULT_UNIQUE_TTL = 3600.0
 #: Seconds an idempotent send's mark lasts when results never expire (``result_expires=None``).
 _SENT_TTL = 86400.0
@@ -118,6 +119,7 @@ def unique_lock(
     task: Task[Any, Any] | None,
     options: Mapping[str, Any],
     expires: float | None,
+    eta: float | None = None,
 ) -> UniqueLock | None:
     """The lock a send of ``name`` must take, or ``None`` when the call is not unique.
 
@@ -127,6 +129,9 @@ def unique_lock(
 
     Args:
         expires: the message's expiry (epoch seconds) or ``None``: a queued lock lasts no longer.
+        eta: when the message is due (epoch seconds) or ``None``: without ``unique_ttl`` or
+            ``expires``, its lock lasts :data:`DEFAULT_UNIQUE_TTL` from then, not from now (a
+            call due in two hours stays locked until it runs).
 
     Raises:
         ConfigurationError: the key is not a non-empty string, or an option is invalid.
@@ -145,9 +150,11 @@ def unique_lock(
     ttl = getattr(task, "unique_ttl", None)
     _check_ttl(ttl)
     if ttl is None:
-        ttl = DEFAULT_UNIQUE_TTL
+        now = time.time()
         if expires is not None:
-            ttl = max(expires - time.time(), 0.001)
+            ttl = max(expires - now, 0.001)
+        else:
+            ttl = DEFAULT_UNIQUE_TTL + (max(eta - now, 0.0) if eta is not None else 0.0)
     return UniqueLock(f"unique:{name}:{key}", _MODES.get(mode, "running"), float(ttl))
 
 
