@@ -39,6 +39,7 @@ priority.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import sqlite3
 import threading
@@ -49,7 +50,14 @@ from typing import Any
 
 from aqueue.transports import visibility_timeout as _visibility_timeout
 from aqueue.transports.base import DeadLetter, Delivery, Outgoing, QueueDepth, SendLetters
-from aqueue.transports.sqlite.connection import SQLiteConnection, chunks, placeholders, transaction
+from aqueue.transports.sqlite.connection import (
+    SQLiteConnection,
+    as_bytes,
+    chunks,
+    placeholders,
+    to_bytes,
+    transaction,
+)
 from aqueue.transports.sqlite.role import SQLiteRole
 
 __all__ = ["SQLiteBroker"]
@@ -197,7 +205,10 @@ class SQLiteBroker(SQLiteRole):
             self._version += 1
             waiters, self._waiters = self._waiters, set()
         for waiter in waiters:
-            waiter.get_loop().call_soon_threadsafe(_set_result, waiter)
+            # RuntimeError: its loop was closed with the fetch still waiting, so nobody is left
+            # to wake; a publish that committed must not raise (a retry would send it twice).
+            with contextlib.suppress(RuntimeError):
+                waiter.get_loop().call_soon_threadsafe(_set_result, waiter)
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Delete the messages in one transaction; a lease that is no longer ours is skipped.
@@ -300,7 +311,7 @@ class SQLiteBroker(SQLiteRole):
                 conn.execute(
                     "INSERT INTO dead_letters (queue, body, reason, time, message_id)"
                     " VALUES (?, ?, ?, ?, ?)",
-                    (row[0], _blob(row[1]) or b"", reason, time.time(), str(row[2])),
+                    (row[0], as_bytes(row[1]) or b"", reason, time.time(), str(row[2])),
                 )
 
         await self._db.call(move)
@@ -318,7 +329,7 @@ class SQLiteBroker(SQLiteRole):
                 " ORDER BY id LIMIT ?",
                 (queue, max(limit, 0)),
             )
-            return [DeadLetter(q, bytes(body), reason, t) for q, body, reason, t in rows]
+            return [_letter(row) for row in rows]
 
         return await self._db.call(read)
 
@@ -338,7 +349,7 @@ class SQLiteBroker(SQLiteRole):
                 " ORDER BY id LIMIT ?",
                 (queue, max(limit, 0)),
             )
-            return [(i, DeadLetter(q, bytes(body), reason, t)) for i, q, body, reason, t in rows]
+            return [(row[0], _letter(row[1:])) for row in rows]
 
         taken = await self._db.call(read)
         if not taken:
@@ -499,7 +510,7 @@ def _delivery(row: tuple[Any, ...], lease: int) -> Delivery:
     """The delivery of a claimed row ``(id, queue, body, delivery_count, strikes)``, each
     column checked: a wrong one becomes the delivery's defect, naming the column."""
     rowid, queue, raw, deaths, strikes = row
-    body = _blob(raw)
+    body = as_bytes(raw)
     defect = None
     if body is None:
         defect = f"messages.body must be bytes, not {type(raw).__name__}"
@@ -512,13 +523,12 @@ def _delivery(row: tuple[Any, ...], lease: int) -> Delivery:
     return Delivery(str(queue), body, deaths + 1, (rowid, lease), strikes)
 
 
-def _blob(value: Any) -> bytes | None:
-    """A body column as bytes (text as UTF-8, as sqlite3's shell stores it); None otherwise."""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
-    return None
+def _letter(row: tuple[Any, ...]) -> DeadLetter:
+    """The dead letter of a row ``(queue, body, reason, time)``; a body written by another
+    tool as text (or a number) is handed over as its UTF-8 bytes, not refused: one such row
+    must not fail every read (and take) of the queue's dead letters."""
+    queue, body, reason, when = row
+    return DeadLetter(str(queue), to_bytes(body), str(reason), when)
 
 
 def _add_blame_columns(conn: sqlite3.Connection) -> None:

@@ -20,11 +20,19 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Generic, TypeVar, cast
 
 from aqueue.exceptions import BrokerConnectionError, BrokerError, ConfigurationError
 
-__all__ = ["SQLiteConnection", "chunks", "placeholders", "sqlite_path", "transaction"]
+__all__ = [
+    "SQLiteConnection",
+    "as_bytes",
+    "chunks",
+    "placeholders",
+    "sqlite_path",
+    "to_bytes",
+    "transaction",
+]
 
 T = TypeVar("T")
 
@@ -46,12 +54,15 @@ def sqlite_path(url: str) -> str:
     move the database.
 
     Raises:
-        ConfigurationError: not a ``sqlite://`` URL, no path, or ``:memory:`` (which other
-            processes cannot share: use ``memory://`` for a single process).
+        ConfigurationError: not a ``sqlite://`` URL, no path, a NUL character in it, or
+            ``:memory:`` (which other processes cannot share: use ``memory://`` for a single
+            process).
     """
     scheme, sep, rest = url.partition("://")
     if scheme.lower() != "sqlite" or not sep:
         raise ConfigurationError(f"{url!r} is not a sqlite:// URL: use sqlite:///path/to/file.db")
+    if "\x00" in rest:  # no file has one; sqlite3 would raise ValueError on every operation
+        raise ConfigurationError(f"{url!r}: a file path cannot contain a NUL character")
     if ":memory:" in rest or "mode=memory" in rest:
         raise ConfigurationError(
             f"{url!r}: an in-memory SQLite database cannot be shared by a worker and its "
@@ -74,6 +85,24 @@ def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
 def placeholders(n: int) -> str:
     """``"?, ?, ?"`` with ``n`` parameters."""
     return ", ".join("?" * n)
+
+
+def as_bytes(value: object) -> bytes | None:
+    """A column meant to hold bytes, as bytes: text (which the sqlite3 shell stores for a
+    quoted string) as UTF-8; ``None`` for anything else (a number, NULL)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    return None
+
+
+def to_bytes(value: object) -> bytes:
+    """Like :func:`as_bytes`, but anything else as its text form (``b"12"``): for rows that
+    are handed over as they are (dead letters, control data), where a wrong type written by
+    another tool must not make the whole read fail."""
+    data = as_bytes(value)
+    return str(value).encode("utf-8", "surrogateescape") if data is None else data
 
 
 @contextmanager
@@ -128,6 +157,35 @@ class _Session:
         self.conn: sqlite3.Connection | None = None
         # Jobs run in submission order, so every later call queues up behind the connect.
         self.opening: Future[None] = self.executor.submit(connect, self)
+
+
+class _Handover(Generic[T]):
+    """Whether the result of an undoable call reached its caller or was abandoned (the caller
+    was cancelled first): decided once, under a lock, between the database thread and the
+    event loop, so that the result is undone exactly when nobody received it."""
+
+    __slots__ = ("_lock", "abandoned", "delivered", "result")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.abandoned = False
+        self.delivered = False
+        self.result: T | None = None
+
+    def deliver(self, result: T) -> bool:
+        """In the database thread: keep ``result``; False if the caller already gave up."""
+        with self._lock:
+            if self.abandoned:
+                return False
+            self.delivered, self.result = True, result
+            return True
+
+    def abandon(self) -> tuple[bool, T | None]:
+        """In the event loop, when the caller is cancelled: whether a result was delivered
+        (then it is the caller's to undo) and that result."""
+        with self._lock:
+            self.abandoned = True
+            return self.delivered, self.result
 
 
 class SQLiteConnection:
@@ -253,20 +311,34 @@ class SQLiteConnection:
 
         The thread cannot be interrupted, so ``fn`` completes anyway; ``undo(connection, result)``
         then runs in the database thread so that nothing ``fn`` took is lost (``fetch``: a
-        worker cancelled mid-fetch gives its new leases straight back).
+        worker cancelled mid-fetch gives its new leases straight back). A cancellation seen
+        before ``fn`` ends is undone by the same job, so a :meth:`close` that follows the
+        cancellation (queued behind it) cannot drop the undo; one seen after is undone at once.
         """
-        future = await self._submit(fn)
+        handover: _Handover[T] = _Handover()
+
+        def run(conn: sqlite3.Connection) -> T:
+            result = fn(conn)
+            if not handover.deliver(result):
+                self._run_undo(conn, undo, result)  # its caller is gone: undo before any later job
+            return result
+
+        future = await self._submit(run)
         try:
             return await self._await(asyncio.shield(future))
         except asyncio.CancelledError:
-            future.add_done_callback(lambda done: self._undo(done, undo))
+            delivered, result = handover.abandon()
+            if delivered:  # fn ended first: its result has not reached us yet, but is known
+                self.submit_nowait(lambda conn: self._run_undo(conn, undo, cast(T, result)))
             raise
 
-    def _undo(self, done: asyncio.Future[T], undo: Callable[[sqlite3.Connection, T], None]) -> None:
-        if done.cancelled() or done.exception() is not None:
-            return
-        result = done.result()
-        self.submit_nowait(lambda conn: undo(conn, result))
+    def _run_undo(
+        self, conn: sqlite3.Connection, undo: Callable[[sqlite3.Connection, T], None], result: T
+    ) -> None:
+        try:
+            undo(conn, result)
+        except Exception:
+            log.warning("undoing a cancelled SQLite call failed on %r", self.path, exc_info=True)
 
     def submit_nowait(self, fn: Callable[[sqlite3.Connection], object]) -> None:
         """Queue ``fn(connection)`` in the database thread without waiting; failures are logged.

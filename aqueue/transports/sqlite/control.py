@@ -28,9 +28,10 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from aqueue.exceptions import BrokerError
-from aqueue.transports.sqlite.connection import SQLiteConnection, transaction
+from aqueue.transports.sqlite.connection import SQLiteConnection, to_bytes, transaction
 from aqueue.transports.sqlite.role import SQLiteRole
 from aqueue.transports.sqlite.schema import upsert
 from aqueue.worker.ratelimit import refill
@@ -133,6 +134,10 @@ class SQLiteControl(SQLiteRole):
                 )
             )
             sub.ready = True
+            # A poll asked for before this was ready did not look for its channel, yet may have
+            # read data_version after another process's commit for it: without a poll that
+            # ignores data_version, that message would wait for some unrelated commit.
+            self._dirty.set()
             if self._poller is None or self._poller.done():
                 self._poller = asyncio.create_task(self._poll_loop())
             yield sub.queue
@@ -160,11 +165,7 @@ class SQLiteControl(SQLiteRole):
                     data_version = None
                 if polled is not None:
                     data_version, rows = polled
-                    for row_id, row_channel, data in rows:
-                        for sub in ready:
-                            if sub.channel == row_channel and row_id > sub.last:
-                                sub.last = row_id
-                                sub.queue.put_nowait(data)
+                    _deliver(ready, rows)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), POLL_INTERVAL)
 
@@ -211,7 +212,9 @@ class SQLiteControl(SQLiteRole):
                     " AND (expires_at IS NULL OR expires_at > ?)",
                     (table, time.time()),
                 ).fetchall()
-            return version, {key: bytes(value) for key, value in rows}
+            # A value written by another tool as text is read as UTF-8: one such entry must
+            # not fail every read of the table (a worker's revocation checks).
+            return version, {str(key): to_bytes(value) for key, value in rows}
 
         return await self._db.call(select)
 
@@ -237,7 +240,7 @@ class SQLiteControl(SQLiteRole):
             with transaction(conn):
                 now = time.time()
                 row = conn.execute(_GET_BUCKET, (bucket,)).fetchone()
-                tokens, updated = (capacity, now) if row is None else (float(row[0]), float(row[1]))
+                tokens, updated = _bucket_state(bucket, row, capacity, now)
                 tokens, wait = refill(tokens, updated, now, rate, capacity)
                 conn.execute(_PUT_BUCKET, (bucket, tokens, now))
             return wait
@@ -252,6 +255,34 @@ class SQLiteControl(SQLiteRole):
         conn.execute("DELETE FROM control_messages WHERE time < ?", (now - RETENTION,))
         conn.execute("DELETE FROM control_state WHERE expires_at <= ?", (now,))
         conn.execute("DELETE FROM rate_buckets WHERE updated < ?", (now - _BUCKET_IDLE,))
+
+
+def _deliver(ready: list[_Subscriber], rows: list[tuple[int, str, bytes]]) -> None:
+    """Put each polled row ``(id, channel, data)`` (in id order) on the queues of the ``ready``
+    subscribers of its channel that have not seen it, then move every one of them past the
+    last id read."""
+    for row_id, row_channel, data in rows:
+        for sub in ready:
+            if sub.channel == row_channel and row_id > sub.last:
+                sub.queue.put_nowait(data)
+    if rows:
+        # The poll read every row of their channels up to it: a subscriber whose channel is
+        # quiet must not make every later poll read a busy channel's rows again.
+        top = rows[-1][0]
+        for sub in ready:
+            sub.last = max(sub.last, top)
+
+
+def _bucket_state(bucket: str, row: Any, capacity: float, now: float) -> tuple[float, float]:
+    """The ``(tokens, updated)`` of a bucket's row (``None``: no row); a new bucket, or a row
+    that holds no numbers (written by another tool), starts full at ``now`` (the caller then
+    rewrites the row)."""
+    if row is not None:
+        try:
+            return float(row[0]), float(row[1])
+        except (TypeError, ValueError):
+            log.warning("token bucket %r holds no numbers (%.60r): it starts full", bucket, row)
+    return capacity, now
 
 
 def _version(conn: sqlite3.Connection, table: str) -> int:
@@ -274,4 +305,6 @@ def _poll(
         " ORDER BY id",
         (since, *channels),
     ).fetchall()
-    return data_version, [(int(i), str(c), bytes(d)) for i, c, d in rows]
+    # Data written by another tool as text is handed over as UTF-8: a TypeError here would
+    # end the poller, and every subscriber of the instance would hear nothing again.
+    return data_version, [(int(i), str(c), to_bytes(d)) for i, c, d in rows]
