@@ -85,7 +85,9 @@ class TaskFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``time`` (epoch seconds), ``level``, ``logger``, ``process``,
     ``message``, then ``task_name`` and ``task_id`` inside a task, ``exception`` (the formatted
-    traceback) when there is one, and the record's ``extra`` fields that JSON can carry."""
+    traceback) when there is one, and the record's ``extra`` fields: as JSON when JSON can carry
+    them (the keys of a dict as strings), else as their ``repr`` (an object, an integer over 64
+    bits) - never a lost line."""
 
     _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -105,7 +107,33 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in self._STANDARD and key not in ("task_name", "task_id"):
                 line[key] = value
-        return orjson.dumps(line, default=repr).decode()
+        try:
+            return orjson.dumps(line, default=repr).decode()
+        except TypeError:  # orjson.JSONEncodeError: a key that is not a string, a big integer...
+            return orjson.dumps(_carryable(line), default=repr, option=_LENIENT).decode()
+
+
+_LENIENT = orjson.OPT_NON_STR_KEYS  # only for the lines that need it: it slows the others
+
+
+def _carryable(line: dict[str, Any]) -> dict[str, Any]:
+    """``line`` with each value that JSON cannot carry, even with keys made strings, replaced
+    by its ``repr``."""
+    fixed: dict[str, Any] = {}
+    for key, value in line.items():
+        try:
+            orjson.dumps(value, default=repr, option=_LENIENT)
+        except TypeError:
+            value = _repr(value)
+        fixed[key] = value
+    return fixed
+
+
+def _repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:  # a broken __repr__ must not lose the line either
+        return f"<{type(value).__name__} object>"
 
 
 def get_task_logger(name: str) -> logging.Logger:

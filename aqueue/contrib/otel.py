@@ -16,10 +16,16 @@ Attributes follow OpenTelemetry's messaging semantic conventions: ``messaging.sy
 ``messaging.message.id`` (the task id), plus ``aqueue.task.name``, ``aqueue.task.retries`` and,
 on failure, the exception as a span event with an error status. A retry is not an error: its
 span gets ``aqueue.task.outcome = "retry"``.
+
+A message's headers are whatever its sender wrote: trace headers that are not strings, or that
+the propagator cannot read, are ignored (the run's span then starts a new trace), never the
+run's failure.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aqueue import signals
@@ -31,6 +37,7 @@ from aqueue.task import current_request
 try:
     from opentelemetry import context as otel_context
     from opentelemetry import propagate, trace
+    from opentelemetry.propagators.textmap import Getter
     from opentelemetry.trace import SpanKind, Status, StatusCode
 except ImportError as exc:  # pragma: no cover - the extra is installed in the tests
     raise missing_extra(__name__, "opentelemetry-api", "otel") from exc
@@ -43,6 +50,33 @@ if TYPE_CHECKING:
 __all__ = ["OpenTelemetry"]
 
 _SYSTEM = "aqueue"
+
+log = logging.getLogger("aqueue.contrib.otel")
+
+
+class _TextHeaders(Getter[Mapping[str, Any]]):
+    """Reads a message's headers for the propagator: only string values (a header of another
+    type, which a propagator would fail on, is absent)."""
+
+    def get(self, carrier: Mapping[str, Any], key: str) -> list[str] | None:
+        value = carrier.get(key)
+        return [value] if isinstance(value, str) else None
+
+    def keys(self, carrier: Mapping[str, Any]) -> list[str]:
+        return [key for key in carrier if isinstance(key, str)]
+
+
+_TEXT_HEADERS = _TextHeaders()
+
+
+def _extract(headers: Mapping[str, Any]) -> otel_context.Context:
+    """The trace context a message's ``headers`` carry; an empty one (a new trace) when they
+    carry none that can be read."""
+    try:
+        return propagate.extract(headers, getter=_TEXT_HEADERS)
+    except Exception as exc:  # a propagator of the app's that fails on what a sender wrote
+        log.warning("tracing: cannot read the trace context of a message: %r", exc)
+        return otel_context.Context()
 
 
 class OpenTelemetry(Middleware):
@@ -116,7 +150,7 @@ class OpenTelemetry(Middleware):
                 span.end()
 
     async def run(self, task: Task[Any, Any], request: Request, call_next: RunNext) -> Any:
-        parent = propagate.extract(request.headers)
+        parent = _extract(request.headers)
         span = self._start("process", SpanKind.CONSUMER, parent, request)
         span.set_attribute("aqueue.task.delivery_count", request.delivery_count)
         here = trace.set_span_in_context(span, parent)

@@ -7,7 +7,9 @@ Metrics (labels ``task`` and ``queue`` unless said otherwise):
   ``aqueue_tasks_failed_total``, ``aqueue_tasks_retried_total``,
   ``aqueue_tasks_revoked_total``, ``aqueue_tasks_dead_lettered_total``: counters of messages
   received and of each outcome (a message dead-lettered before it was decoded has ``task`` and
-  ``queue`` as far as they are known, else ``"?"``);
+  ``queue`` as far as they are known, else ``"?"``; a message naming a task this worker does not
+  know has its name as ``task`` for the first :data:`MAX_UNKNOWN_NAMES` such names, then
+  ``"?"``, as any sender may write any name and each label value is a series kept forever);
 - ``aqueue_task_runtime_seconds``: a histogram of run times (successes and failures);
 - ``aqueue_task_queue_wait_seconds``: a histogram of the time from sending (or from the eta, for
   a delayed message) to the start of the run;
@@ -35,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -57,13 +60,15 @@ if TYPE_CHECKING:
     from aqueue.task import Request, Task
     from aqueue.worker import Worker
 
-__all__ = ["Metrics", "MetricsServer", "serve"]
+__all__ = ["MAX_UNKNOWN_NAMES", "Metrics", "MetricsServer", "serve"]
 
 log = logging.getLogger("aqueue.contrib.prometheus")
 
 #: Run-time and queue-wait buckets, seconds: from a no-op task to a long batch job.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 _UNKNOWN = "?"
+#: How many names of tasks not registered in the app get a ``task`` label of their own.
+MAX_UNKNOWN_NAMES = 100
 _LABELS = ("task", "queue")
 
 
@@ -115,6 +120,9 @@ class Metrics(Middleware):
         self._sampler: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._worker: Worker | None = None
+        self._app: Aqueue | None = None
+        self._names: set[str] = set()  # task names labelled as they are
+        self._unknown_names = 0  # of them, names of tasks the app does not have
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -123,6 +131,7 @@ class Metrics(Middleware):
         however often it is called)."""
         if self not in app.middleware:
             app.add_middleware(self)
+        self._app = app
         uid = f"aqueue.contrib.prometheus:{id(self)}"
         receivers: Iterable[tuple[signals.Signal, Callable[..., Any]]] = (
             (signals.task_received, self._counting(self.received)),
@@ -177,17 +186,32 @@ class Metrics(Middleware):
 
     # -- the signal receivers --------------------------------------------------------------
 
-    @staticmethod
-    def _counting(counter: prom.Counter) -> Callable[..., None]:
+    def _task_label(self, name: str | None) -> str:
+        """The ``task`` label of a message naming ``name``: the name of a task of the app, or
+        one of the first :data:`MAX_UNKNOWN_NAMES` other names; else ``"?"``."""
+        if name in self._names:
+            return name
+        if not name:
+            return _UNKNOWN
+        if self._app is not None and name in self._app.tasks:
+            self._names.add(name)
+            return name
+        if self._unknown_names < MAX_UNKNOWN_NAMES:
+            self._unknown_names += 1
+            self._names.add(name)
+            return name
+        return _UNKNOWN
+
+    def _counting(self, counter: prom.Counter) -> Callable[..., None]:
         """A receiver of a task signal that counts it in ``counter`` by task and queue."""
 
         def count(request: Request, **_: Any) -> None:
-            counter.labels(request.task or _UNKNOWN, request.queue or _UNKNOWN).inc()
+            counter.labels(self._task_label(request.task), request.queue or _UNKNOWN).inc()
 
         return count
 
     def _on_dead_lettered(self, name: str | None, queue: str | None, **_: Any) -> None:
-        self.dead_lettered.labels(name or _UNKNOWN, queue or _UNKNOWN).inc()
+        self.dead_lettered.labels(self._task_label(name), queue or _UNKNOWN).inc()
 
     def _on_worker_ready(self, sender: Worker, **_: Any) -> None:
         self.watch(sender)
@@ -233,8 +257,20 @@ class Metrics(Middleware):
 # -- the HTTP endpoint ---------------------------------------------------------------------------
 
 
-class MetricsServer(WSGIServer):
-    """The endpoint's server (standard library WSGI); :meth:`close` stops and closes it."""
+#: Seconds a connection may stay silent (no request, or no reading of the answer) before it
+#: is dropped.
+CONNECTION_TIMEOUT = 10.0
+
+
+class MetricsServer(socketserver.ThreadingMixIn, WSGIServer):
+    """The endpoint's server (standard library WSGI); :meth:`close` stops and closes it.
+
+    Each connection is served in a thread of its own (as prometheus_client's own server does),
+    so a client that sends nothing - a TCP probe, a stalled scraper - neither keeps the others
+    waiting, /healthz included, nor holds :meth:`close` up.
+    """
+
+    daemon_threads = True  # close() does not wait for them
 
     def close(self) -> None:
         """Stop serving and close the socket. Idempotent."""
@@ -243,6 +279,8 @@ class MetricsServer(WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = CONNECTION_TIMEOUT  # seconds; a silent connection does not hold a thread forever
+
     def log_message(self, format: str, *args: Any) -> None:  # scrapes are not log lines
         pass
 

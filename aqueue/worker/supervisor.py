@@ -9,6 +9,10 @@ and then only watches:
   Its unfinished messages are delivered again after the visibility timeout, as for any worker
   that died. A child that exits cleanly by itself (``aqueue control shutdown``) is not
   restarted; when every child has, the supervisor exits too.
+- **A child that cannot start** - it died :data:`MAX_FAILED_STARTS` times in a row before it
+  was ready (an app that no longer imports, a bad setting) - is not started again: the
+  supervisor says so, stops the other children (warm shutdown) and exits with that child's
+  exit code (1 if it was killed by a signal), as a single worker would have.
 - **A child that reached its limit** (``worker_max_tasks_per_child`` messages, or more than
   ``worker_max_memory_per_child`` KiB resident after a task) stops taking messages, hands back
   the ones it had not started, lets its running tasks finish (``worker_shutdown_timeout``),
@@ -20,6 +24,9 @@ and then only watches:
 - **Its own death**: children run in their own session, so a terminal's Ctrl-C reaches only
   the supervisor (which forwards it once); on Linux each child asks the kernel for SIGTERM when
   the supervisor dies (``PR_SET_PDEATHSIG``), so none is left behind even after a SIGKILL.
+
+The supervisor's exit code is 0 when every child stopped cleanly; 1 when one had to be killed
+or died during the shutdown; that of a child that could not start, above.
 
 The children's log lines pass through the supervisor's stderr. It logs one line containing
 ``ready`` once all N children are ready, as a single worker does.
@@ -39,7 +46,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RECYCLE_EXIT", "Supervisor", "child_hostname"]
+__all__ = ["MAX_FAILED_STARTS", "RECYCLE_EXIT", "Supervisor", "child_hostname"]
 
 logger = logging.getLogger("aqueue.worker.supervisor")
 
@@ -47,9 +54,16 @@ _PARENT_ENV = "AQUEUE_SUPERVISOR_PID"
 #: A child that dies sooner than this (seconds) after starting counts as failing to start.
 _QUICK_DEATH = 5.0
 _MAX_BACKOFF = 30.0
+#: A child that died this many times in a row before it was ready is not started again.
+MAX_FAILED_STARTS = 5
 _KILL_GRACE = 10.0  # seconds past the shutdown timeout before children are killed
+_DRAIN = 1.0  # seconds the log of a child that exited is still read, at most
+_LINE_LIMIT = 2**16  # bytes of a log line relayed at once (a longer one goes in pieces)
 #: The exit code of a child that stopped to be replaced (a per-child limit): EX_TEMPFAIL.
 RECYCLE_EXIT = 75
+#: The exit codes of a child that stopped cleanly when told to: its warm shutdown, or its
+#: recycling, or SIGTERM itself before the child had set up its handler (nothing running yet).
+_STOPPED = frozenset({0, RECYCLE_EXIT, -signal.SIGTERM})
 
 
 def child_hostname(hostname: str | None, index: int) -> str:
@@ -67,6 +81,7 @@ class _Child:
     proc: asyncio.subprocess.Process | None = None
     started: float = 0.0
     failures: int = 0  # quick deaths in a row
+    failed_starts: int = 0  # deaths before ready, in a row
     restarts: int = 0  # starts so far
     recycled: int = 0  # replaced after reaching a per-child limit
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -107,6 +122,10 @@ class Supervisor:
         self.on_exit = on_exit
         self._stopping = asyncio.Event()
         self._signals = 0
+        self._unclean = False  # a child did not stop cleanly when told to (killed, crashed)
+        self._gave_up: int | None = None  # the exit code of a child that cannot start
+        # Relays of the log of children that exited, whose stderr a process they started holds.
+        self._leftover_logs: set[asyncio.Task[None]] = set()
 
     def ready(self) -> bool:
         """True while every child is ready and no shutdown has begun (readiness; safe to call
@@ -114,7 +133,8 @@ class Supervisor:
         return not self._stopping.is_set() and all(c.ready.is_set() for c in self.children)
 
     def run(self) -> int:
-        """Run until every child has stopped; return the exit code (0: clean)."""
+        """Run until every child has stopped; return the exit code (0: clean; 1: a child had
+        to be killed or died in the shutdown; a child's code: it could not start)."""
         return asyncio.run(self.main())
 
     async def main(self) -> int:
@@ -140,6 +160,15 @@ class Supervisor:
             announce.cancel()
             if killer is not None:
                 killer.cancel()
+            for relay in list(self._leftover_logs):
+                relay.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await relay
+        if self._gave_up is not None:
+            return self._gave_up
+        if self._unclean:
+            logger.error("worker processes stopped, but some did not stop cleanly (exit code 1)")
+            return 1
         logger.info("all worker processes stopped")
         return 0
 
@@ -156,13 +185,8 @@ class Supervisor:
         while not self._stopping.is_set():
             child.ready.clear()
             child.started = time.monotonic()
-            child.proc = await asyncio.create_subprocess_exec(
-                *self._command(child),
-                stdin=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-                env={**os.environ, _PARENT_ENV: str(os.getpid())},
-                start_new_session=True,
-            )
+            log = await self._start(child)
+            assert child.proc is not None
             if child.restarts:
                 logger.info(
                     "worker process %d started again (pid %d, restart %d)",
@@ -175,11 +199,12 @@ class Supervisor:
             child.restarts += 1
             if self._stopping.is_set():  # a signal came while it was starting
                 _send(child.proc, signal.SIGTERM)
-            await self._relay(child)
-            code = await child.proc.wait()
+            code = await self._relay_until_exit(child, log)
             if self.on_exit is not None:
                 self.on_exit(child.proc.pid)
             if self._stopping.is_set():
+                if code not in _STOPPED:
+                    self._unclean = True
                 return
             if code == RECYCLE_EXIT:
                 child.recycled += 1
@@ -193,6 +218,10 @@ class Supervisor:
             if code == 0:
                 logger.info("worker process %d (pid %d) exited", child.index, child.proc.pid)
                 child.done = True
+                return
+            child.failed_starts = 0 if child.ready.is_set() else child.failed_starts + 1
+            if child.failed_starts >= MAX_FAILED_STARTS:
+                self._give_up(child, code)
                 return
             lived = time.monotonic() - child.started
             child.failures = child.failures + 1 if lived < _QUICK_DEATH else 0
@@ -208,15 +237,91 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), pause)
 
-    async def _relay(self, child: _Child) -> None:
-        """Copy the child's stderr to ours, line by line, noting its ``ready`` line."""
-        assert child.proc is not None and child.proc.stderr is not None
-        out = sys.stderr.buffer
-        async for line in child.proc.stderr:
-            out.write(line)
-            out.flush()
-            if not child.ready.is_set() and b" ready: consuming " in line:
-                child.ready.set()
+    async def _start(self, child: _Child) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+        """Start ``child``'s process (``child.proc``) with its stderr on a pipe of ours.
+
+        The pipe is not the subprocess's own: a process the child starts inherits its stderr
+        and may hold it open after the child died, and the child's exit must be seen then too.
+
+        Returns:
+            The reader of the child's stderr and the pipe's transport (to close).
+
+        Raises:
+            OSError: the process or the pipe cannot be made (no file descriptors left...).
+        """
+        read_fd, write_fd = os.pipe()
+        try:
+            child.proc = await asyncio.create_subprocess_exec(
+                *self._command(child),
+                stdin=asyncio.subprocess.DEVNULL,
+                stderr=write_fd,
+                env={**os.environ, _PARENT_ENV: str(os.getpid())},
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        reader = asyncio.StreamReader(limit=_LINE_LIMIT)
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
+        )
+        return reader, transport
+
+    async def _relay_until_exit(
+        self, child: _Child, log: tuple[asyncio.StreamReader, asyncio.BaseTransport]
+    ) -> int:
+        """Relay ``child``'s log until its process exits; return its exit code.
+
+        Its last lines are relayed before this returns, unless a process it started holds
+        its stderr open: then what comes is relayed on in the background, while it does.
+        """
+        proc = child.proc
+        assert proc is not None
+        relay = asyncio.create_task(self._relay(child, proc, *log))
+        try:
+            code = await proc.wait()
+        except BaseException:
+            relay.cancel()
+            log[1].close()  # (the relay's own close does not run if it never started)
+            raise
+        await asyncio.wait([relay], timeout=_DRAIN)
+        if not relay.done():
+            self._leftover_logs.add(relay)
+            relay.add_done_callback(self._leftover_logs.discard)
+        return code
+
+    async def _relay(
+        self,
+        child: _Child,
+        proc: asyncio.subprocess.Process,
+        reader: asyncio.StreamReader,
+        pipe: asyncio.BaseTransport,
+    ) -> None:
+        """Copy ``proc``'s stderr to ours, line by line (a line longer than
+        :data:`_LINE_LIMIT` bytes in pieces), noting its ``ready`` line, until the end of
+        the pipe; then close it."""
+        try:
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError as end:  # the pipe is closed
+                    _write(end.partial)
+                    return
+                except asyncio.LimitOverrunError:
+                    _write(await reader.read(_LINE_LIMIT))  # a piece of a very long line
+                    continue
+                _write(line)
+                if (
+                    not child.ready.is_set()
+                    and b" ready: consuming " in line
+                    and child.proc is proc
+                    and proc.returncode is None
+                ):
+                    child.ready.set()
+        finally:
+            pipe.close()
 
     async def _announce_ready(self) -> None:
         await asyncio.gather(*(child.ready.wait() for child in self.children))
@@ -236,9 +341,28 @@ class Supervisor:
             logger.info("%s received: warm shutdown of %d worker processes", sig.name, len(live))
         else:
             logger.warning("second %s: stopping worker processes now", sig.name)
+        self._stop_children()
+
+    def _give_up(self, child: _Child, code: int) -> None:
+        """Stop everything: ``child`` died ``code`` before it was ready too often in a row."""
+        assert child.proc is not None
+        logger.critical(
+            "worker process %d failed to start %d times in a row (last: %s, pid %d; its error "
+            "is above): not starting it again; stopping the other worker processes",
+            child.index,
+            child.failed_starts,
+            _describe(code),
+            child.proc.pid,
+        )
+        self._gave_up = code if 0 < code < 256 else 1
+        self._stop_children()
+
+    def _stop_children(self) -> None:
+        """Begin the shutdown: SIGTERM to every live child (once more on a second call)."""
         self._stopping.set()
-        for proc in live:
-            _send(proc, signal.SIGTERM)
+        for c in self.children:
+            if c.proc is not None and c.proc.returncode is None:
+                _send(c.proc, signal.SIGTERM)
 
     async def _kill_late(self) -> None:
         await asyncio.sleep(self.shutdown_timeout + _KILL_GRACE)
@@ -255,6 +379,15 @@ class Supervisor:
 def _send(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(sig)
+
+
+def _write(data: bytes) -> None:
+    """Write ``data`` to our stderr; a stderr that fails (closed, full disk) is ignored, so
+    that the children's pipes are still read and they never block on a log line."""
+    with contextlib.suppress(OSError, ValueError):
+        out = sys.stderr.buffer
+        out.write(data)
+        out.flush()
 
 
 def _describe(code: int) -> str:
