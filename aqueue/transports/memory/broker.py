@@ -13,6 +13,7 @@ instance may be used from several loops (e.g. a test's loop and a thread's).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import threading
@@ -178,7 +179,7 @@ class MemoryBroker:
         with self._lock:
             waiters, self._waiters = self._waiters, set()
         for fut in waiters:
-            fut.get_loop().call_soon_threadsafe(_set_result, fut)
+            _wake(fut)
 
     def _leased(self, delivery: Delivery) -> _Stored | None:
         seq, lease = delivery.token
@@ -320,6 +321,13 @@ class MemoryBroker:
             count = len(q.dead) if limit is None else min(max(limit, 0), len(q.dead))
             del q.dead[:count]
             return count
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    """Resolve ``fut`` on its own event loop, from any thread; a loop already closed is skipped
+    (the fetch waiting there can never resume, and must not fail the publish waking it)."""
+    with contextlib.suppress(RuntimeError):  # "Event loop is closed" (even just now)
+        fut.get_loop().call_soon_threadsafe(_set_result, fut)
 
 
 def _set_result(fut: asyncio.Future[None]) -> None:

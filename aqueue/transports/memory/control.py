@@ -78,8 +78,10 @@ class MemoryControl:
 
     async def acquire(self, bucket: str, rate: float, capacity: float) -> float:
         """Take a token under the lock (see :func:`aqueue.worker.ratelimit.refill`)."""
-        now = time.monotonic()
         with self._lock:
+            # Read under the lock: a time read before another thread's acquire would move
+            # the bucket's time back, and its refill would be counted twice.
+            now = time.monotonic()
             tokens, updated = self._buckets.get(bucket, (capacity, now))
             tokens, wait = refill(tokens, updated, now, rate, capacity)
             self._buckets[bucket] = (tokens, now)
