@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import math
 import os
 import sys
 import zoneinfo
@@ -30,6 +31,7 @@ from types import FrameType
 from typing import Any
 
 from aqueue.celery_settings import CELERY_3_NAMES, CELERY_ONLY
+from aqueue.discovery import is_missing
 from aqueue.exceptions import ConfigurationError, UnknownSetting
 from aqueue.serialization import COMPRESSIONS, is_content_type, serializer_names
 from aqueue.signing import Signing, check_key_setting
@@ -103,10 +105,10 @@ def _seconds(allow_none: bool) -> Callable[[str, Any], None]:
             return
         if isinstance(value, timedelta):
             value = value.total_seconds()
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        if not _finite(value) or value < 0:
             raise ConfigurationError(
                 f"{name} must be a number of seconds >= 0{' or None' if allow_none else ''}, "
-                f"not {value!r}"
+                f"not {value!r}{_not_finite(value, allow_none)}"
             )
 
     return check
@@ -120,19 +122,29 @@ def _timeout(allow_none: bool, minimum: float = 0.0) -> Callable[[str, Any], Non
             return
         if isinstance(value, timedelta):
             value = value.total_seconds()
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or value <= 0
-            or value < minimum
-        ):
+        if not _finite(value) or value <= 0 or value < minimum:
             least = f">= {minimum:g}" if minimum else "> 0"
             raise ConfigurationError(
                 f"{name} must be a number of seconds {least}{' or None' if allow_none else ''}, "
-                f"not {value!r}"
+                f"not {value!r}{_not_finite(value, allow_none)}"
             )
 
     return check
+
+
+def _finite(value: Any) -> bool:
+    """True for an int or a float that is neither NaN nor infinite (NaN passes ``< 0``; an
+    infinity reaches Redis as ``int(inf)``, a retry's eta as JSON null): not a bool."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def _not_finite(value: Any, allow_none: bool) -> str:
+    """What to add to the error for a NaN or an infinity (nothing for other values)."""
+    if not isinstance(value, float) or math.isfinite(value):
+        return ""
+    return " (a finite number: None means no limit)" if allow_none else " (a finite number)"
 
 
 def _optional(check: Callable[[str, Any], None]) -> Callable[[str, Any], None]:
@@ -166,6 +178,13 @@ def _non_negative_int(name: str, value: Any) -> None:
         raise ConfigurationError(f"{name} must be a whole number >= 0, not {value!r}")
 
 
+def _priority(name: str, value: Any) -> None:
+    """A priority, 0..9 (9 first) as a send's ``priority=`` is: checked here so that a bad
+    default fails at startup, naming the setting, not every send."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
+        raise ConfigurationError(f"{name} must be a whole number 0..9 (9 first), not {value!r}")
+
+
 def _boolean(name: str, value: Any) -> None:
     if not isinstance(value, bool):
         raise ConfigurationError(f"{name} must be True or False, not {value!r}")
@@ -188,7 +207,15 @@ def _sentinel_mapping(name: str, value: Any) -> None:
 
 
 def _routes(name: str, value: Any) -> None:
-    if value is None or isinstance(value, Mapping | list | tuple) or callable(value):
+    if isinstance(value, list | tuple):
+        for i, entry in enumerate(value):
+            if not (isinstance(entry, Mapping) or callable(entry)):
+                raise ConfigurationError(
+                    f"{name}[{i}] must be a dict or a function, not {entry!r} (every entry of "
+                    f"the list is one, tried in order)"
+                )
+        return
+    if value is None or isinstance(value, Mapping) or callable(value):
         return
     raise ConfigurationError(f"{name} must be a dict, a list of dicts or a function")
 
@@ -235,7 +262,9 @@ def _task_queues(name: str, value: Any) -> None:
 
 
 def _accept(name: str, value: Any) -> None:
-    if isinstance(value, str) or not all(is_content_type(v) for v in value):
+    if not isinstance(value, list | tuple | set | frozenset) or not all(
+        isinstance(v, str) and is_content_type(v) for v in value
+    ):
         raise ConfigurationError(
             f"{name} must be a list of content types from {', '.join(serializer_names())} "
             f"(names or MIME types), e.g. ['json'], not {value!r}"
@@ -285,7 +314,7 @@ _CHECKS: dict[str, Callable[[str, Any], None]] = {
     "result_expires": _seconds(allow_none=True),
     "task_acks_late": _boolean,
     "task_default_queue": _queue_name,
-    "task_default_priority": _non_negative_int,
+    "task_default_priority": _priority,
     "task_routes": _routes,
     "task_queues": _task_queues,
     "task_annotations": _routes,
@@ -427,6 +456,8 @@ class Settings(Mapping[str, Any]):
         check(name, value)
         if isinstance(value, timedelta):
             value = value.total_seconds()
+        elif value is None and name in _EMPTY_WHEN_NONE:
+            value = {}  # Celery's default for it: what reads it takes a dict
         elif name == "task_signing_key":
             object.__setattr__(self, "signing", Signing.from_setting(value))
         object.__setattr__(self, name, value)
@@ -500,13 +531,7 @@ class Settings(Mapping[str, Any]):
             ConfigurationError: the module cannot be imported, or a setting is wrong.
         """
         if isinstance(obj, str):
-            try:
-                obj = importlib.import_module(obj)
-            except ImportError as exc:
-                raise ConfigurationError(
-                    f"config_from_object({obj!r}): cannot import it ({exc}); "
-                    f"give a module path importable from the working directory"
-                ) from exc
+            obj = _import_config(obj)
         found: dict[str, Any] = {}
         for name in dir(obj):
             if name.startswith("_"):
@@ -537,8 +562,13 @@ class Settings(Mapping[str, Any]):
 
     def resolved_broker_url(self) -> str:
         """``broker_url``, else ``$AQUEUE_BROKER_URL``, else the embedded default (see
-        :meth:`locate_default`)."""
-        return self.broker_url or os.environ.get(BROKER_ENV) or self._default_url
+        :meth:`locate_default`).
+
+        Raises:
+            ConfigurationError: ``$AQUEUE_BROKER_URL`` is used and is not a broker URL (the
+                message names the variable, as a bad ``broker_url`` names the setting).
+        """
+        return self.broker_url or _from_env(BROKER_ENV, BROKER_SCHEMES) or self._default_url
 
     def resolved_backend_url(self) -> str | None:
         """The result backend's URL, or ``None`` when there is none.
@@ -547,8 +577,12 @@ class Settings(Mapping[str, Any]):
         broker can also store results (memory, SQLite, Redis). An AMQP broker with no result
         backend set has none: results cannot be awaited until one is configured. ``rpc://`` is
         returned as given (the app resolves it to the AMQP broker's transport).
+
+        Raises:
+            ConfigurationError: ``$AQUEUE_RESULT_BACKEND`` (or ``$AQUEUE_BROKER_URL``) is used
+                and is not a URL of that role.
         """
-        url = self.result_backend or os.environ.get(BACKEND_ENV)
+        url = self.result_backend or _from_env(BACKEND_ENV, BACKEND_SCHEMES)
         if url:
             return url
         broker = self.resolved_broker_url()
@@ -643,6 +677,30 @@ class Settings(Mapping[str, Any]):
         return next(iter(found.values()), None)
 
 
+#: The dict settings that ``None`` sets to ``{}``.
+_EMPTY_WHEN_NONE = frozenset(
+    {"beat_schedule", "broker_transport_options", "result_backend_transport_options"}
+)
+#: The environment URLs checked already, as (variable, value): read on every send, checked once.
+_ENV_CHECKED: set[tuple[str, str]] = set()
+
+
+def _from_env(variable: str, schemes: tuple[str, ...]) -> str | None:
+    """``$variable`` when set and not empty, else ``None``.
+
+    Raises:
+        ConfigurationError: it is not a URL with one of ``schemes``; the message names the
+            variable (a setting, which would override it, names itself).
+    """
+    value = os.environ.get(variable)
+    if not value:
+        return None
+    if (variable, value) not in _ENV_CHECKED:
+        _url(schemes)(f"${variable}", value)
+        _ENV_CHECKED.add((variable, value))
+    return value
+
+
 def _setting_names() -> tuple[str, ...]:
     """The settings' names in declaration order (the dataclass fields that are settings)."""
     global _NAMES
@@ -672,6 +730,34 @@ def _unknown(name: object) -> str:
     close = difflib.get_close_matches(text, _CHECKS, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else "; see the README for the list"
     return f"unknown setting {text!r}{hint}"
+
+
+def _import_config(path: str) -> object:
+    """Import the module ``path`` of ``config_from_object``.
+
+    Raises:
+        ConfigurationError: it (or a package above it) is not found, or it was found and its
+            own code raised (a missing dependency, a ``NameError``...): the message says which,
+            and the error raised is its ``__cause__`` (its traceback is the user's).
+    """
+    try:
+        return importlib.import_module(path)
+    except ModuleNotFoundError as exc:
+        if is_missing(exc, path):
+            raise ConfigurationError(
+                f"config_from_object({path!r}): cannot import it ({exc}); "
+                f"give a module path importable from the working directory"
+            ) from exc
+        raise _config_failed(path, exc) from exc
+    except Exception as exc:  # whatever the module's own code raised while it was imported
+        raise _config_failed(path, exc) from exc
+
+
+def _config_failed(path: str, exc: Exception) -> ConfigurationError:
+    return ConfigurationError(
+        f"config_from_object({path!r}): the module was found but its import failed: "
+        f"{type(exc).__name__}: {exc}"
+    )
 
 
 def caller_directory() -> str | None:

@@ -29,7 +29,7 @@ def import_modules(modules: Iterable[str]) -> None:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != name:
+            if not is_missing(exc, name):
                 raise _import_failed("include", name, exc) from exc
             raise ConfigurationError(
                 f"include: module {name!r} not found; give a module path importable from the "
@@ -59,13 +59,19 @@ def autodiscover(packages: Packages, related_name: str = "tasks") -> None:
         except ModuleNotFoundError as exc:
             if exc.name == module:
                 continue  # a package without tasks
-            if exc.name == package:
+            if is_missing(exc, package):
                 raise ConfigurationError(
                     f"autodiscover_tasks: package {package!r} not found"
                 ) from exc
             raise _import_failed("autodiscover_tasks", module, exc) from exc
         except Exception as exc:
             raise _import_failed("autodiscover_tasks", module, exc) from exc
+
+
+def is_missing(exc: ModuleNotFoundError, module: str) -> bool:
+    """True when ``exc`` says ``module`` itself, or a package above it, does not exist (rather
+    than a module that ``module``'s own code imports)."""
+    return exc.name is not None and f"{module}.".startswith(f"{exc.name}.")
 
 
 def _import_failed(where: str, module: str, exc: BaseException) -> ConfigurationError:

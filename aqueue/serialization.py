@@ -10,8 +10,9 @@ Faithful types
 --------------
 ``json`` and ``msgpack`` give back the types that were sent, not their JSON look-alikes:
 ``datetime``, ``date`` and ``time`` (time zone kept), ``timedelta``, ``UUID``, ``Decimal``,
-``bytes``/``bytearray``, ``set``/``frozenset``, integers beyond 64 bits, dicts with keys that are
-not strings (``{1: "a"}`` stays ``{1: "a"}``), and every type given to :func:`register_type`
+``bytes``/``bytearray`` (msgpack gives a ``bytearray`` back as ``bytes``: it packs both as
+binary), ``set``/``frozenset``, integers beyond 64 bits, dicts with keys that are not strings
+(``{1: "a"}`` stays ``{1: "a"}``), and every type given to :func:`register_type`
 (dataclasses and Pydantic models in one line: ``register_type(Point)``). In JSON a typed value is
 the object ``{"__type__": name, "__value__": value}`` (kombu's shape); in msgpack it is an
 extension type. A value that no rule covers raises :class:`EncodeError` naming its type and where
@@ -385,11 +386,15 @@ def _has_uuid(raw: bytes) -> bool:
     return b"-" in raw and _UUID_TAIL.search(raw) is not None
 
 
+#: Why a value that nests deeper than the serializer (or Python's stack) allows is refused.
+_TOO_DEEP = "it nests too deep (or contains itself)"
+
+
 def _json_dumps_tagged(value: Any) -> bytes:
     try:
         return orjson.dumps(_to_json(value))
     except RecursionError:
-        raise _Refused(value, "it nests too deep (or contains itself)") from None
+        raise _Refused(value, _TOO_DEEP) from None
 
 
 def _json_loads(data: bytes) -> Any:
@@ -608,9 +613,15 @@ def _encode(value: Any, serializer: str, where: Callable[[list[str]], str]) -> b
     try:
         return codec.dumps(value)
     except _Refused as exc:  # msgpack's default() knows no path: find it
+        if exc.reason == _TOO_DEEP:  # looking for the path would nest as deep again
+            raise _encode_error(value, serializer, where([]), _TOO_DEEP) from None
         path = exc.path[::-1] or _locate(value, codec.dumps)[0]
         raise _encode_error(exc.value, serializer, where(path), exc.reason) from None
+    except RecursionError:  # pickle's, msgpack's: the same answer, with no search for a path
+        raise _encode_error(value, serializer, where([]), _TOO_DEEP) from None
     except (TypeError, ValueError, OverflowError, pickle.PicklingError, AttributeError) as exc:
+        if "recursion" in str(exc).lower():  # orjson's and msgpack's own depth limits
+            raise _encode_error(value, serializer, where([]), _TOO_DEEP) from exc
         path, culprit = _locate(value, codec.dumps)
         raise _encode_error(culprit, serializer, where(path), str(exc)) from exc
 
@@ -699,7 +710,7 @@ def dumps_message(env: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(env)
     except TypeError:  # an integer beyond 64 bits
-        return _dumps_fields(env)
+        return _dumps_fields(env, big_ints=True)
 
 
 def dumps_record(rec: dict[str, Any]) -> bytes:
@@ -714,7 +725,7 @@ def dumps_record(rec: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(rec)
     except TypeError:  # an integer beyond 64 bits
-        return _dumps_fields(rec)
+        return _dumps_fields(rec, big_ints=True)
 
 
 def _dumps_one(doc: dict[str, Any], key: str, value: Any) -> bytes:
@@ -726,7 +737,7 @@ def _dumps_one(doc: dict[str, Any], key: str, value: Any) -> bytes:
     try:
         return orjson.dumps(doc)
     except TypeError:  # an integer beyond 64 bits elsewhere
-        return _dumps_fields(doc)
+        return _dumps_fields(doc, big_ints=True)
 
 
 def _flat(value: Any) -> bool:
@@ -741,20 +752,33 @@ def _flat(value: Any) -> bool:
     return False
 
 
-def _dumps_fields(doc: dict[str, Any]) -> bytes:
-    """``doc`` with each user value that is not flat encoded on its own (the careful path)."""
+def _dumps_fields(doc: dict[str, Any], big_ints: bool = False) -> bytes:
+    """``doc`` with each user value that is not flat encoded on its own (the careful path).
+
+    Args:
+        big_ints: orjson refused ``doc`` for an integer beyond 64 bits: flat values are encoded
+            on their own too, since such an integer is flat to :func:`_flat` (a scalar, or in a
+            list of scalars) yet orjson cannot write it inline.
+    """
     tagged: list[str] = doc.get(TAGGED_KEY) or []
     for key in _DATA_KEYS:
         value = doc.get(key)
-        if not value or type(value) is orjson.Fragment or (_flat(value) and _plain_keys(value)):
-            continue  # absent, empty, a falsy scalar, done, or flat: orjson writes it inline
+        if not value or type(value) is orjson.Fragment:
+            continue  # absent, empty, a falsy scalar, or done
+        if not big_ints and _flat(value) and _plain_keys(value):
+            continue  # flat: orjson writes it inline
         raw, walked = _dumps_field(value, key, doc)
         doc[key] = orjson.Fragment(raw)
         if walked:
             tagged.append(key)
     if tagged:
         doc[TAGGED_KEY] = tagged
-    return orjson.dumps(doc)
+    try:
+        return orjson.dumps(doc)
+    except TypeError:  # an integer beyond 64 bits in a flat value (or outside the user's data)
+        if big_ints:
+            raise
+        return _dumps_fields(doc, big_ints=True)
 
 
 def _plain_keys(value: Any) -> bool:
