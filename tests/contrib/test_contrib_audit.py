@@ -59,7 +59,13 @@ async def apps(redis_server: str, clean_signals: None) -> AsyncIterator[tuple[Aq
 async def test_trace_headers_of_another_type_do_not_fail_the_task(
     apps: tuple[Aqueue, Aqueue], headers: dict[str, object]
 ) -> None:
-    app, producer = apps
+    span = await traced_run(*apps, headers)
+    assert dict(span.attributes or {})["aqueue.task.outcome"] == "success"
+
+
+async def traced_run(app: Aqueue, producer: Aqueue, headers: dict[str, object]) -> Any:
+    """Run task ``t.ok`` on a worker of ``app`` traced with OpenTelemetry, sent by
+    ``producer`` with ``headers``; return its span once the run returned 42."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -73,7 +79,7 @@ async def test_trace_headers_of_another_type_do_not_fail_the_task(
         r = await producer.send_task("t.ok", headers=headers)
         assert await r.get(timeout=10) == 42
     [span] = [s for s in exporter.get_finished_spans() if s.name == "process t.ok"]
-    assert dict(span.attributes or {})["aqueue.task.outcome"] == "success"
+    return span
 
 
 class Failing(TraceContextTextMapPropagator):
@@ -95,20 +101,7 @@ def failing_propagator() -> Iterator[None]:
 async def test_a_propagator_that_fails_starts_a_new_trace(
     apps: tuple[Aqueue, Aqueue], failing_propagator: None
 ) -> None:
-    app, producer = apps
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    OpenTelemetry(provider).install(app)
-
-    @app.task(name="t.ok")
-    async def ok() -> int:
-        return 42
-
-    async with Worker(app, concurrency=2):
-        r = await producer.send_task("t.ok")
-        assert await r.get(timeout=10) == 42
-    [span] = [s for s in exporter.get_finished_spans() if s.name == "process t.ok"]
+    span = await traced_run(*apps, {})
     assert span.parent is None  # a trace of its own
 
 
