@@ -29,7 +29,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
-from aqueue.batching import Batcher
+from aqueue.batching import Batcher, ItemErrors
+from aqueue.exceptions import BrokerConnectionError, BrokerError
 from aqueue.transports import Broker, Delivery, RunTracking, WrittenStarts
 
 if TYPE_CHECKING:
@@ -39,6 +40,31 @@ logger = logging.getLogger(__name__)
 
 Run = tuple[Delivery, bool]  # a delivery about to run, and whether as an isolated suspect
 _Item = tuple[Sequence[tuple[str, bytes]], Sequence[Delivery], str | None, Run | None]
+
+
+class NotStored(BrokerError):
+    """The records of a :meth:`Completer.finish` call were not stored, so none of its messages
+    was acked (they stay leased: delivered again after the visibility timeout).
+
+    Attributes:
+        reason: the result backend's error for these records (a ``BrokerConnectionError``, a
+            ``SerializationError``, or any error the backend raised).
+    """
+
+    def __init__(self, reason: Exception) -> None:
+        super().__init__(f"result not stored: {reason}")
+        self.reason = reason
+
+
+class BackendUnreachable(NotStored, BrokerConnectionError):
+    """:class:`NotStored` because the result backend could not be reached (``reason``)."""
+
+
+def not_stored(reason: Exception) -> NotStored:
+    """The :class:`NotStored` of ``reason``: a ``BrokerConnectionError`` too if it is one."""
+    if isinstance(reason, BrokerConnectionError):
+        return BackendUnreachable(reason)
+    return NotStored(reason)
 
 
 class Completer:
@@ -93,9 +119,14 @@ class Completer:
             it must not run here); True otherwise.
 
         Raises:
-            BrokerConnectionError (or any error of the backend or broker): the batch failed;
-            every caller in it gets the error, and its messages stay leased, so they are
-            delivered again after the visibility timeout (nothing is lost).
+            NotStored: ``records`` were not stored (the backend failed, or refused one of
+                them); nothing of this call was acked. The records of the other callers in
+                the batch are stored alone then, so that one record the backend refuses (too
+                large, not storable) fails only its own caller.
+            BrokerConnectionError (or any error of the broker): the records were stored but
+                the acks failed; every caller in the batch gets the error, and its messages
+                stay leased, so they are delivered again after the visibility timeout
+                (nothing is lost).
         """
         await self._batcher.submit([(records, acks, reply_to, start)])
         if start is None or id(start[0]) not in self._lost:
@@ -154,25 +185,68 @@ class Completer:
             answer.exception(),
         )
 
-    async def _flush(self, items: list[_Item]) -> None:
-        records = [r for recs, _, _, _ in items for r in recs]
-        acks = [d for _, ds, _, _ in items for d in ds]
-        replies = {r[0]: reply for recs, _, reply, _ in items if reply for r in recs}
-        starts = [run for *_, run in items if run is not None]
-        if records and self.backend is not None:
-            if self.on_waited is not None:
-                await self.on_waited(records, replies or None)
-            else:
-                await store(self.backend, records, self.expires, replies)
+    async def _flush(self, items: list[_Item]) -> ItemErrors:
+        errors = await self._store(items) if self.backend is not None else {}
+        done = [item for i, item in enumerate(items) if i not in errors] if errors else items
+        acks = [d for _, ds, _, _ in done for d in ds]
+        starts = [run for *_, run in done if run is not None]
         if starts and self.tracker is not None:
             # The results are stored: the acks and the next runs' marks need only be written,
             # and the runners go on while the answer is read.
-            if await self.premark(starts, acks):
-                return
-            kept = await self.tracker.start(starts, acks)
-            self._lost.update(id(d) for (d, _), ours in zip(starts, kept, strict=True) if not ours)
+            if not await self.premark(starts, acks):
+                kept = await self.tracker.start(starts, acks)
+                lost = (d for (d, _), ours in zip(starts, kept, strict=True) if not ours)
+                self._lost.update(id(d) for d in lost)
         elif acks:
             await self.broker.ack(acks)
+        return errors or None
+
+    async def _store(self, items: Sequence[_Item]) -> dict[int, BaseException]:
+        """Store the records of ``items`` in one call; the errors of those not stored, by
+        index in ``items`` (:class:`NotStored`): all of them when the one call failed for a
+        lone caller, or each caller's own when they were stored one by one after it."""
+        holders = [i for i, (recs, _, _, _) in enumerate(items) if recs]
+        if not holders:
+            return {}
+        try:
+            await self._store_records(items)
+        except Exception as exc:
+            if len(holders) == 1:
+                return {holders[0]: not_stored(exc)}
+            return await self._store_each(items, holders)
+        return {}
+
+    async def _store_each(
+        self, items: Sequence[_Item], holders: list[int]
+    ) -> dict[int, BaseException]:
+        """After a batch's store failed: store each caller's records alone, smallest first,
+        so one record the backend refuses fails no other. Should the smallest fail to reach
+        the backend too, it is down (not one record): the others fail with that error,
+        without a round trip each."""
+        errors: dict[int, BaseException] = {}
+        holders = sorted(holders, key=lambda i: sum(len(data) for _, data in items[i][0]))
+        stored = False
+        for n, index in enumerate(holders):
+            try:
+                await self._store_records([items[index]])
+            except Exception as exc:
+                errors[index] = not_stored(exc)
+                if not stored and isinstance(exc, BrokerConnectionError):
+                    errors.update((i, not_stored(exc)) for i in holders[n + 1 :])
+                    break
+            else:
+                stored = True
+        return errors
+
+    async def _store_records(self, items: Sequence[_Item]) -> None:
+        """Store the records of ``items`` (and settle the tasks waiting for them)."""
+        assert self.backend is not None
+        records = [r for recs, _, _, _ in items for r in recs]
+        replies = {r[0]: reply for recs, _, reply, _ in items if reply for r in recs}
+        if self.on_waited is not None:
+            await self.on_waited(records, replies or None)
+        else:
+            await store(self.backend, records, self.expires, replies)
 
 
 async def store(

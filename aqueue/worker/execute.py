@@ -54,7 +54,7 @@ from aqueue.results.record import ResultRecord, describe_exception, outcome
 from aqueue.task import Request, Task, current_request
 from aqueue.transports import Broker, Delivery
 from aqueue.worker.batch import Batches
-from aqueue.worker.completer import Completer
+from aqueue.worker.completer import Completer, NotStored
 from aqueue.worker.invoke import call_hook, cancelling, invoke, is_task_failure
 from aqueue.worker.locks import RunLocks
 from aqueue.worker.revoke import Terminable, Terminated, revocation_record
@@ -619,13 +619,19 @@ class Executor:
             # with the start of this runner's next run when one is waiting.
             nxt = after.take() if after is not None else None
             start = (nxt.delivery, nxt.isolated) if nxt is not None else None
-            ours = await self.completer.finish(
-                records, self._unacked(delivery), msg.reply_to, start
-            )
+            acks = self._unacked(delivery)
+            try:
+                ours = await self.completer.finish(records, acks, msg.reply_to, start)
+            except NotStored as exc:
+                return await self._not_stored(delivery, msg, records, acks, exc)
             if nxt is not None:
                 nxt.marked = ours
             return True
-        await self.completer.finish(records, (), msg.reply_to)
+        try:
+            await self.completer.finish(records, (), msg.reply_to)
+        except NotStored as exc:
+            if not await self._not_stored(delivery, msg, records, (), exc):
+                return False
         for link in msg.link:
             await self._apply_link(Signature.from_dict(link, self.app), (value,), msg)
         await self.workflow.succeeded(msg, value)
@@ -634,6 +640,43 @@ class Executor:
             task.after_return, states.SUCCESS, value, msg.id, msg.args, msg.kwargs, None
         )
         await self._ack(delivery)
+        return True
+
+    async def _not_stored(
+        self,
+        delivery: Delivery,
+        msg: Message,
+        records: list[tuple[str, bytes]],
+        acks: tuple[Delivery, ...],
+        exc: NotStored,
+    ) -> bool:
+        """The result of ``msg`` (``records``, to be stored before ``acks``) was not stored
+        (``exc``). It is tried once more, alone: a backend away for a moment (a restart, a
+        dropped connection) takes it now. Failing again while a FAILURE record saying so can
+        be stored, the backend refuses this result itself (too large for it, or not storable
+        there): that FAILURE stands and the message is dead-lettered, rather than run again
+        each visibility timeout for ever with its caller never answered.
+
+        Returns:
+            True if the result was stored (and ``acks`` acked) on the second try; False if the
+            message was dead-lettered.
+
+        Raises:
+            BrokerConnectionError: the FAILURE could not be stored either: the backend is
+                down, so the message stays leased and is delivered again after the visibility
+                timeout. Any other error of the backend's storing it likewise.
+        """
+        logger.warning("Task %s[%s]: %s; trying once more", msg.task, msg.id, exc)
+        try:
+            await self.completer.finish(records, acks, msg.reply_to)
+        except NotStored as again:
+            size = sum(len(data) for _, data in records)
+            reason = (
+                f"its result ({size} bytes encoded) could not be stored in the result "
+                f"backend: {again.reason}"
+            )
+            await self._dead_letter(delivery, msg, reason, BrokerError(reason))
+            return False
         return True
 
     async def _failure(
@@ -768,7 +811,10 @@ class Executor:
         # exception description or plain meta, always serialisable.
         data = record.encode(self.app.conf.result_serializer, self.signing)
         reply = msg.reply_to if msg is not None else reply_to
-        await self.completer.finish([(record.task_id, data)], (), reply)
+        try:
+            await self.completer.finish([(record.task_id, data)], (), reply)
+        except NotStored as exc:
+            raise exc.reason from exc  # the backend's own error, as the callers expect
 
     def _extend(self, record: ResultRecord, msg: Message) -> ResultRecord:
         """``record`` with ``result_extended``'s fields (Celery's): args, kwargs, the worker

@@ -67,7 +67,7 @@ from aqueue.transports.urls import redacted_url
 from aqueue.worker.batch import prefetch_for
 from aqueue.worker.deadline import DeadlineWatch
 from aqueue.worker.execute import Executor, NextRun
-from aqueue.worker.invoke import is_task_failure
+from aqueue.worker.invoke import cancelling, is_task_failure
 from aqueue.worker.lifespan import current_state
 from aqueue.worker.ratelimit import Bucket, LocalBucket, RateGate, SharedBucket, parse_rate
 from aqueue.worker.remote import HEARTBEAT_INTERVAL, Remote
@@ -93,6 +93,7 @@ RESTART_BACKOFF = (0.1, 5.0)
 # cancellations they get before the worker stops without them.
 CANCEL_INTERVAL = 1.0
 CANCEL_ROUNDS = 10
+_MAX_PRIORITY = 255  # the highest priority a message may carry (aqueue.message checks it)
 
 
 class Worker:
@@ -795,8 +796,14 @@ class Worker:
         assert self.executor is not None
         marked = False
         if ready and self._buffer.empty() and self._idle >= len(ready):
-            with contextlib.suppress(AqueueError):  # the runners mark them as usual
+            try:
                 marked = await self.executor.completer.premark([(d, False) for d in ready])
+            except AqueueError:
+                pass  # the runners mark them as usual
+            except Exception:
+                # A bug of the broker's, say: still the runners get them (mark them), else
+                # they would stay held, their leases renewed, never run, for ever.
+                logger.exception("marking the runs of %d fetched message(s) failed", len(ready))
         if marked:
             self._premarked.update(id(d) for d in ready)
         for delivery in ready:
@@ -849,7 +856,9 @@ class Worker:
         if env is None:
             return False
         priority = env.get("priority")
-        if type(priority) is not int:  # checked when it runs; here only the broker's level
+        # Checked when it runs (a bad one is dead-lettered then); here only the broker's
+        # level, which must be one the broker can store (SQLite: a 64-bit integer).
+        if type(priority) is not int or not 0 <= priority <= _MAX_PRIORITY:
             priority = 0
         again = Outgoing(delivery.queue, delivery.body, env["id"], priority, eta)
         try:
@@ -857,6 +866,10 @@ class Worker:
             await self.broker.ack([delivery])
         except AqueueError as exc:
             logger.warning("could not defer rate-limited task %s: %s", env["id"], exc)
+            return False
+        except Exception:
+            # Not deferred, kept here (the gate parks it): else it would stay held, never run.
+            logger.exception("could not defer rate-limited task %s", env["id"])
             return False
         self._held.pop(id(delivery), None)
         self._slot_free.set()
@@ -1085,10 +1098,17 @@ def _retry_policy(conf: Settings, startup: bool) -> tuple[bool, int | None]:
 @contextlib.contextmanager
 def _logged(action: str) -> Iterator[None]:
     """Log (with its traceback) an error of a shutdown step instead of raising it, so that
-    stopping always reaches its end."""
+    stopping always reaches its end. Not only an ``Exception``: a stray ``CancelledError``
+    (user code, such as the lifespan's shutdown, that cancelled a helper and awaited it)
+    would end the shutdown half-way, the worker never stopped (see
+    :func:`~aqueue.cancellation.is_task_failure`); a real cancellation, KeyboardInterrupt and
+    SystemExit still propagate."""
+    entered = cancelling()
     try:
         yield
-    except Exception:
+    except BaseException as exc:
+        if not is_task_failure(exc, entered):
+            raise
         logger.exception("error while %s", action)
 
 
