@@ -9,6 +9,7 @@ queue is fed through its own loop (:class:`LoopQueue`); :class:`Subscriptions` k
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,14 +32,18 @@ class LoopQueue:
     queue: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
 
     def put(self, data: bytes) -> None:
-        """Put ``data`` on the queue from any thread or loop; dropped if that loop is closed."""
+        """Put ``data`` on the queue from any thread or loop; dropped if that loop is closed
+        (even if it closes during the call: never raises for it)."""
         try:
             same_loop = asyncio.get_running_loop() is self.loop
         except RuntimeError:
             same_loop = False
         if same_loop:
             self.queue.put_nowait(data)
-        elif not self.loop.is_closed():
+            return
+        # No is_closed() check first: the loop's own thread may close it right after one, and
+        # a publisher must not fail (after storing) for a subscriber that is gone.
+        with contextlib.suppress(RuntimeError):  # "Event loop is closed"
             self.loop.call_soon_threadsafe(self.queue.put_nowait, data)
 
 
@@ -61,9 +66,19 @@ class Subscriptions(Generic[S]):
         return bool(self._by_key)
 
     def of(self, key: str) -> list[S]:
-        """The subscribers of ``key`` (a copy; call with the lock held or accept a moment's
-        staleness)."""
-        return list(self._by_key.get(key, ()))
+        """The subscribers of ``key`` (a copy; call with the lock held). Those whose loop is
+        closed are removed: nobody will read their queue, and a subscription whose loop was
+        closed under it never leaves by itself."""
+        subscribers = self._by_key.get(key)
+        if not subscribers:
+            return []
+        live = [s for s in subscribers if not s.loop.is_closed()]
+        if len(live) != len(subscribers):
+            if live:
+                self._by_key[key] = live
+            else:
+                del self._by_key[key]
+        return live
 
     def keys(self) -> list[str]:
         """The keys with at least one subscriber."""

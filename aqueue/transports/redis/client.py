@@ -32,6 +32,7 @@ __all__ = [
     "SharedClient",
     "as_bytes",
     "check_socket_timeout",
+    "drop_connection",
     "dropped_connection_retry",
     "open_client",
     "pubsub_messages",
@@ -498,6 +499,9 @@ async def pubsub_messages(pubsub: PubSub, owner: object) -> AsyncIterator[dict[s
     against ``owner`` (its repr names the role and the redacted URL). A connection that stays
     silent is PINGed, and one that does not answer is reconnected (see
     :data:`PUBSUB_LIVENESS`): a half-open connection would otherwise be read from for ever.
+    A command the server refuses (a re-subscription after an ACL change took a channel away:
+    ``NOPERM``) is logged, and the connection is dropped and subscribed again with the same
+    pause, until the server accepts it: the reader never ends by itself.
     """
     pause = PUBSUB_BACKOFF[0]
     quiet = pubsub.connection_pool.connection_kwargs.get("socket_timeout") or PUBSUB_LIVENESS
@@ -512,8 +516,7 @@ async def pubsub_messages(pubsub: PubSub, owner: object) -> AsyncIterator[dict[s
                     quiet,
                 )
                 pinged = False
-                connection: Any = pubsub.connection  # redis-py types it as always None
-                await connection.disconnect()  # the next read reconnects and re-subscribes
+                await drop_connection(pubsub)
                 continue
             if message is None:
                 pinged = True
@@ -521,10 +524,32 @@ async def pubsub_messages(pubsub: PubSub, owner: object) -> AsyncIterator[dict[s
                 continue
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             log.warning("%r: pub/sub connection lost, retrying in %gs", owner, pause)
+        except redis.exceptions.RedisError as exc:
+            # A refused command, such as a re-subscription after an ACL change took the
+            # channel away (NOPERM): the connection stays up without the subscription, so it is
+            # dropped, and the next read reconnects and subscribes again (refused until the
+            # server allows it). Ending here would leave every consumer waiting for ever.
+            log.warning(
+                "%r: pub/sub failed (%s: %s), subscribing again in %gs",
+                owner,
+                type(exc).__name__,
+                exc,
+                pause,
+            )
+            await drop_connection(pubsub)
+        else:
+            pause = PUBSUB_BACKOFF[0]
             pinged = False
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, PUBSUB_BACKOFF[1])
+            yield message
             continue
-        pause = PUBSUB_BACKOFF[0]
         pinged = False
-        yield message
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, PUBSUB_BACKOFF[1])
+
+
+async def drop_connection(pubsub: PubSub) -> None:
+    """Disconnect ``pubsub``'s connection, if it has one: its next read reconnects and
+    subscribes again to every channel it had."""
+    connection: Any = pubsub.connection  # redis-py types it as always None
+    if connection is not None:
+        await connection.disconnect()

@@ -50,6 +50,7 @@ from aqueue.transports.redis.client import (
     SHARDED_CHANNELS,
     SharedClient,
     check_socket_timeout,
+    drop_connection,
     take_slot,
     tls_arguments,
 )
@@ -266,7 +267,9 @@ async def sharded_messages(pubsub: ClusterPubSub, owner: object) -> AsyncIterato
 
     redis-py keeps one connection per node subscribed on, reconnects and subscribes again by
     itself, and moves a channel to the new owner of its slot; while no node answers, this
-    retries with a pause doubling from 0.1 s to 2 s, logging each retry against ``owner``.
+    retries with a pause doubling from 0.1 s to 2 s, logging each retry against ``owner``. A
+    command a node refuses (a re-subscription after an ACL change: ``NOPERM``) is logged, and
+    every node's connection is dropped and subscribed again with the same pause.
     """
     pause = PUBSUB_BACKOFF[0]
     while True:
@@ -277,9 +280,25 @@ async def sharded_messages(pubsub: ClusterPubSub, owner: object) -> AsyncIterato
             message = await pubsub.get_sharded_message(timeout=SHARDED_POLL)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             log.warning("%r: sharded pub/sub connection lost, retrying in %gs", owner, pause)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, PUBSUB_BACKOFF[1])
+        except redis.exceptions.RedisError as exc:
+            # A refused command, such as a re-subscription after an ACL change took the
+            # channel away (NOPERM): the node's connection stays up without the subscription,
+            # so every node's is dropped, and the next read reconnects and subscribes again
+            # (refused until the server allows it). Ending here would leave every consumer
+            # waiting for ever.
+            log.warning(
+                "%r: sharded pub/sub failed (%s: %s), subscribing again in %gs",
+                owner,
+                type(exc).__name__,
+                exc,
+                pause,
+            )
+            for node_pubsub in list(pubsub.node_pubsub_mapping.values()):
+                await drop_connection(node_pubsub)
+        else:
+            pause = PUBSUB_BACKOFF[0]
+            if message is not None:
+                yield message
             continue
-        pause = PUBSUB_BACKOFF[0]
-        if message is not None:
-            yield message
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, PUBSUB_BACKOFF[1])

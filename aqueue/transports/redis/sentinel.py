@@ -546,8 +546,11 @@ class PrimaryWatch:
                 return False
             moved = self._moved
             self.check_soon()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that comes as the move is announced, and a cancelled send would go on.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(moved.wait(), min(FOLLOW_EVERY, left))
+                async with asyncio.timeout(min(FOLLOW_EVERY, left)):
+                    await moved.wait()
         return True
 
     async def aclose(self) -> None:
