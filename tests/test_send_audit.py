@@ -209,7 +209,6 @@ def _router(value: Any) -> Any:
         _router(5),
         _router(["q"]),
         _router({"queue": b"q"}),
-        [{"other.*": "q"}, "proj.routers.no_such_router"],
     ],
 )
 async def test_a_route_that_gives_no_queue_is_a_clear_error_and_nothing_is_sent(
