@@ -96,7 +96,10 @@ class Control:
                 if remaining <= 0:
                     break
                 try:
-                    raw = await asyncio.wait_for(queue.get(), remaining)
+                    # Not wait_for: on 3.11 it loses a cancel that comes with a reply, and the
+                    # call would then wait out its timeout for a caller that gave up.
+                    async with asyncio.timeout(remaining):
+                        raw = await queue.get()
                 except TimeoutError:
                     break
                 try:

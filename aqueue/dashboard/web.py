@@ -218,7 +218,10 @@ class Dashboard:
                 yield b"retry: 2000\n\n" + b'data: {"kinds": ["*"], "tasks": []}\n\n'
                 while True:
                     try:
-                        note = await asyncio.wait_for(queue.get(), KEEPALIVE)
+                        # Not wait_for: on 3.11 it loses the server's cancel when a note comes
+                        # in the same step, and the stream would go on for a closed page.
+                        async with asyncio.timeout(KEEPALIVE):
+                            note = await queue.get()
                     except TimeoutError:
                         yield b": keep-alive\n\n"
                         continue

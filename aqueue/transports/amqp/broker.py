@@ -495,8 +495,11 @@ class AMQPBroker:
                 return []
             arrived = self._buffer.arrived
             arrived.clear()
+            # Not wait_for: on 3.11 it loses a cancel that comes as the wait ends, and the
+            # fetch would go on waiting and taking deliveries for a caller that gave up.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(arrived.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await arrived.wait()
 
     def _delivery(self, arrival: Arrival) -> Delivery:
         defect = arrival.defect

@@ -168,7 +168,10 @@ class MemoryBroker:
             if next_due is not None:
                 remaining = min(remaining, max(next_due - now, 0.001))
             try:
-                await asyncio.wait_for(waiter, remaining)
+                # Not wait_for: on 3.11 it loses a cancel that comes as the waiter is woken,
+                # and the fetch would then lease messages for a caller that gave up.
+                async with asyncio.timeout(remaining):
+                    await waiter
             except TimeoutError:
                 pass
             finally:

@@ -192,7 +192,10 @@ class SQLiteBroker(SQLiteRole):
                 return True
             self._waiters.add(waiter)
         try:
-            await asyncio.wait_for(waiter, timeout)
+            # Not wait_for: on 3.11 it loses a cancel that comes as the waiter is woken, and
+            # fetch() would then claim messages for a caller that gave up.
+            async with asyncio.timeout(timeout):
+                await waiter
         except TimeoutError:
             return False
         finally:
