@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -94,17 +94,28 @@ async def test_control_subscription_survives_a_refused_resubscription(
             assert not reader.done(), f"the reader ended: {reader.exception()!r}"
             acl_user.allow_channels()
 
-            async def heard() -> bool:
-                await sender.publish("audit", [b"after"])
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.1):
-                        return await queue.get() == b"after"
-                return False
-
-            await until(heard, 20, "a message after the ACL allowed the channel again")
+            await until(
+                hears(sender, queue, "audit"), 20, "a message after the ACL allowed the channel"
+            )
     finally:
         await listener.close()
         await sender.close()
+
+
+def hears(
+    sender: RedisControl, queue: asyncio.Queue[bytes], channel: str
+) -> Callable[[], Awaitable[bool]]:
+    """A check for :func:`until`: ``sender`` publishes ``b"after"`` on ``channel``; true once
+    ``queue`` (a subscription to it) gets it within 0.1 s."""
+
+    async def heard() -> bool:
+        await sender.publish(channel, [b"after"])
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.1):
+                return await queue.get() == b"after"
+        return False
+
+    return heard
 
 
 async def test_result_watch_gets_a_record_stored_while_its_channel_was_refused(
@@ -238,14 +249,9 @@ async def test_a_subscription_and_a_publisher_follow_a_failover(tmp_path: Path) 
                 old, new, _ = await asyncio.to_thread(group.failover)
                 assert old != new
 
-                async def heard() -> bool:
-                    await sender.publish("failover", [b"after"])
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(0.1):
-                            return await queue.get() == b"after"
-                    return False
-
-                await until(heard, 20, "a message published after the failover")
+                await until(
+                    hears(sender, queue, "failover"), 20, "a message published after the failover"
+                )
                 for role in (listener, sender):
                     assert role._shared.primary() == ("127.0.0.1", new)
         finally:
