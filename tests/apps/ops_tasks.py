@@ -21,6 +21,7 @@ import pytest
 
 from aqueue import Aqueue, Task
 from aqueue.control.events import events
+from aqueue.transports import Broker
 from tests.transport_choice import chosen_transports
 
 OPS_TRANSPORTS = chosen_transports(["memory", "sqlite", "redis"])
@@ -203,3 +204,14 @@ app = build(
         "visibility_timeout": float(os.environ.get("AQUEUE_OPS_VISIBILITY", "30"))
     },
 ).app
+
+
+async def dead_letter_all(broker: Broker, queue: str, count: int) -> None:
+    """Fetch ``count`` messages of ``queue`` and dead-letter each, in the order fetched."""
+    taken = 0
+    while taken < count:
+        deliveries = await broker.fetch([queue], count - taken, 5.0)
+        assert deliveries, "the messages sent never arrived"
+        for delivery in deliveries:
+            await broker.dead_letter(delivery, "set aside by the test")
+        taken += len(deliveries)

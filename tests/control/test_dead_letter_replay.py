@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -15,20 +15,9 @@ from aqueue import Worker
 from aqueue.control.queues import replay_dead_letters
 from aqueue.message import decode_envelope
 from aqueue.transports import Broker, Outgoing
-from tests.apps.ops_tasks import OPS_TRANSPORTS, SHARED_TRANSPORTS, OpsTasks, build, url_for
+from tests.apps.ops_tasks import SHARED_TRANSPORTS, OpsTasks, build, dead_letter_all, url_for
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def dead_letter_all(broker: Broker, queue: str, count: int) -> None:
-    """Fetch ``count`` messages of ``queue`` and dead-letter each."""
-    taken = 0
-    while taken < count:
-        deliveries = await broker.fetch([queue], count - taken, 5.0)
-        assert deliveries, "the messages sent never arrived"
-        for delivery in deliveries:
-            await broker.dead_letter(delivery, "set aside by the test")
-        taken += len(deliveries)
 
 
 async def drain_ids(broker: Broker, queue: str) -> list[str]:
@@ -86,13 +75,6 @@ async def test_replays_from_two_processes_at_once_lose_no_dead_letter(
             assert sorted(waiting) == sorted(sent) and dead == []
     finally:
         await here.app.close()
-
-
-@pytest.fixture(params=OPS_TRANSPORTS)
-async def t(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpsTasks]:
-    tasks = build(url_for(request.param, request, tmp_path), f"q-{uuid.uuid4().hex[:12]}")
-    yield tasks
-    await tasks.app.close()
 
 
 async def test_a_replayed_task_that_runs_at_once_keeps_its_new_result(

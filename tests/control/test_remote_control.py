@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -17,16 +15,9 @@ from aqueue.control.protocol import CONTROL_CHANNEL, Command, Table
 from aqueue.control.queues import cluster_status, live_workers, purge, replay_dead_letters
 from aqueue.message import decode_envelope
 from aqueue.transports.base import QueueDepth, queue_admin
-from tests.apps.ops_tasks import OPS_TRANSPORTS, EventLog, OpsTasks, build, url_for
+from tests.apps.ops_tasks import EventLog, OpsTasks
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(params=OPS_TRANSPORTS)
-async def t(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpsTasks]:
-    tasks = build(url_for(request.param, request, tmp_path), f"q-{uuid.uuid4().hex[:12]}")
-    yield tasks
-    await tasks.app.close()
 
 
 async def test_every_live_worker_answers_and_the_call_returns_once_all_have(t: OpsTasks) -> None:

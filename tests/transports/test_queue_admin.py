@@ -18,7 +18,7 @@ import pytest
 from aqueue.exceptions import ConfigurationError
 from aqueue.transports import Broker, Outgoing, broker_from_url
 from aqueue.transports.base import DeadLetter, DeadLetterTakes, QueueAdmin, QueueDepth, queue_admin
-from tests.apps.ops_tasks import OPS_TRANSPORTS, url_for
+from tests.apps.ops_tasks import OPS_TRANSPORTS, dead_letter_all, url_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -122,7 +122,7 @@ async def test_take_dead_letters_deletes_exactly_what_it_sent(broker: Broker) ->
     assert await broker.take_dead_letters(q, 10, send) == 0
     assert sent == []  # nothing to take: send is not called
     await broker.publish([out(q, b"%d" % i) for i in range(4)])
-    await dead_letter_each(broker, q, 4)
+    await dead_letter_all(broker, q, 4)
 
     async def fail(letters: list[DeadLetter]) -> None:
         raise RuntimeError("the broker refused")
@@ -143,7 +143,7 @@ async def test_a_take_deletes_its_own_letters_whatever_another_take_did(broker: 
     # gets the others; elsewhere it may send the same ones again.
     q = f"q-{uuid.uuid4().hex}"
     await broker.publish([out(q, b"%d" % i) for i in range(4)])
-    await dead_letter_each(broker, q, 4)
+    await dead_letter_all(broker, q, 4)
     second: list[bytes] = []
 
     async def record(letters: list[DeadLetter]) -> None:
@@ -160,13 +160,3 @@ async def test_a_take_deletes_its_own_letters_whatever_another_take_did(broker: 
         assert second == [b"2", b"3"] and left == []
     else:
         assert second == [b"0", b"1"] and left == [b"2", b"3"]
-
-
-async def dead_letter_each(broker: Broker, q: str, count: int) -> None:
-    """Fetch ``count`` messages of ``q`` and dead-letter each, in order."""
-    while count:
-        deliveries = await broker.fetch([q], count, 5)
-        assert deliveries
-        for delivery in deliveries:
-            await broker.dead_letter(delivery, "bad")
-        count -= len(deliveries)
