@@ -11,7 +11,10 @@ cancelled and awaited) is its failure, raised to the caller as a ``TaskError`` n
 (its own failure is logged, the parent's result stands), an errback task of this app with the
 failed call's ``(request, exc, traceback)`` before the failure is raised or returned; so are
 the task's ``on_success``, ``on_failure``, ``on_retry`` and ``after_return`` hooks (what they
-raise is logged). The worker's signals and middleware are not run.
+raise is logged). As in Celery's eager ``apply()``, the task signals are sent: ``task_prerun``
+and ``task_postrun`` around every attempt, ``task_retry`` for a retry, ``task_success`` or
+``task_failure`` for the outcome. The worker's own signals (``task_received``,
+``task_revoked``...) and middleware are not run.
 
 Unlike Celery, the arguments and the result go through the serializer on the way, as they would
 through a broker (``task_eager_serializes``, default True): the message is built, encoded and
@@ -31,7 +34,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from aqueue import message, states
+from aqueue import message, signals, states
 from aqueue.exceptions import EncodeError, Retry
 from aqueue.results.record import ResultRecord, describe_exception, outcome
 from aqueue.results.result import AsyncResult
@@ -114,6 +117,7 @@ async def apply_eager(
             is_eager=True,
             called_directly=False,
         )
+        await _prerun(task, request)
         entered = cancelling()
         try:
             if task.batch_size is None:
@@ -123,6 +127,7 @@ async def apply_eager(
         except Retry as retry:
             reason = retry.exc if retry.exc is not None else retry
             await _retried(task, request, reason, traceback.format_exc())
+            await _postrun(task, request, retry, states.RETRY)
             retries += 1
             continue
         except BaseException as exc:
@@ -136,6 +141,7 @@ async def apply_eager(
                 and (retry_limit is None or retries < retry_limit)
             ):
                 await _retried(task, request, exc, traceback.format_exc())
+                await _postrun(task, request, exc, states.RETRY)
                 retries += 1
                 continue
             record = ResultRecord(
@@ -148,11 +154,17 @@ async def apply_eager(
                 task.name,
             )
             tb = record.traceback
+            if signals.task_failure.receivers:
+                await signals.task_failure.send(
+                    task, task_id=task_id, exception=exc, args=request.args,
+                    kwargs=request.kwargs, traceback=tb, einfo=tb, request=request,
+                )  # fmt: skip
             await _errbacks(app, errbacks, request, exc, tb)
             await call_hook(task.on_failure, exc, task_id, request.args, request.kwargs, tb)
             await call_hook(
                 task.after_return, states.FAILURE, exc, task_id, request.args, request.kwargs, tb
             )
+            await _postrun(task, request, exc, states.FAILURE)
             if app.conf.task_eager_propagates:
                 if isinstance(exc, Exception):
                     raise
@@ -167,6 +179,7 @@ async def apply_eager(
             try:
                 record = _stored(app, record)
             except EncodeError as exc:
+                await _postrun(task, request, exc, states.FAILURE)
                 if app.conf.task_eager_propagates:
                     raise
                 return EagerResult(task_id, app, _failure(task_id, exc, retries, task.name))
@@ -175,6 +188,9 @@ async def apply_eager(
         await call_hook(
             task.after_return, states.SUCCESS, value, task_id, request.args, request.kwargs, None
         )
+        if signals.task_success.receivers:
+            await signals.task_success.send(task, result=value, request=request)
+        await _postrun(task, request, value, states.SUCCESS)
         return EagerResult(task_id, app, record)
 
 
@@ -245,9 +261,30 @@ async def _errbacks(
             logger.exception("errback %r of %s failed (task_always_eager)", sig, request.id)
 
 
+async def _prerun(task: Task[Any, Any], request: Request) -> None:
+    """``task_prerun``, as the worker sends it before a run."""
+    if signals.task_prerun.receivers:
+        await signals.task_prerun.send(
+            task, task_id=request.id, task=task, args=request.args, kwargs=request.kwargs,
+            request=request,
+        )  # fmt: skip
+
+
+async def _postrun(task: Task[Any, Any], request: Request, retval: Any, state: str) -> None:
+    """``task_postrun``, as the worker sends it after a run, whatever its outcome."""
+    if signals.task_postrun.receivers:
+        await signals.task_postrun.send(
+            task, task_id=request.id, task=task, args=request.args, kwargs=request.kwargs,
+            retval=retval, state=state, request=request,
+        )  # fmt: skip
+
+
 async def _retried(task: Task[Any, Any], request: Request, exc: BaseException, tb: str) -> None:
-    """The hooks of a retry, as the worker calls them: ``on_retry``, then ``after_return``."""
+    """The hooks of a retry, as the worker calls them: ``on_retry``, then ``after_return``,
+    then the ``task_retry`` signal."""
     await call_hook(task.on_retry, exc, request.id, request.args, request.kwargs, tb)
     await call_hook(
         task.after_return, states.RETRY, exc, request.id, request.args, request.kwargs, tb
     )
+    if signals.task_retry.receivers:
+        await signals.task_retry.send(task, request=request, reason=exc, einfo=tb)

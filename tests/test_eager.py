@@ -212,3 +212,64 @@ async def test_eager_calls_the_outcome_hooks_as_a_worker_does() -> None:
         ("failure", "b", "ValueError('no')"),
         ("after_return", "b", "FAILURE"),
     ]
+
+
+async def test_eager_sends_the_task_signals_as_celery_does() -> None:
+    """As Celery's eager ``apply()`` does: ``task_prerun`` and ``task_postrun`` around every
+    attempt, ``task_retry`` for a retry, then ``task_success`` or ``task_failure``."""
+    from aqueue import signals
+
+    app = make_app()
+    app.conf.task_eager_propagates = False
+    seen: list[tuple[str, str, Any]] = []
+
+    def prerun(sender: Any, task_id: str, **kw: Any) -> None:
+        seen.append(("prerun", task_id, kw["request"].retries))
+
+    def postrun(sender: Any, task_id: str, state: str, **kw: Any) -> None:
+        seen.append(("postrun", task_id, state))
+
+    def success(sender: Any, result: Any, request: Any, **kw: Any) -> None:
+        seen.append(("success", request.id, result))
+
+    def failure(sender: Any, task_id: str, exception: BaseException, **kw: Any) -> None:
+        seen.append(("failure", task_id, repr(exception)))
+
+    def retry(sender: Any, request: Any, reason: BaseException, **kw: Any) -> None:
+        seen.append(("retry", request.id, repr(reason)))
+
+    receivers = [
+        (signals.task_prerun, prerun),
+        (signals.task_postrun, postrun),
+        (signals.task_success, success),
+        (signals.task_failure, failure),
+        (signals.task_retry, retry),
+    ]
+    for sig, receiver in receivers:
+        sig.connect(receiver)
+    try:
+
+        @app.task
+        async def add(x: int, y: int) -> int:
+            return x + y
+
+        @app.task(autoretry_for=(ValueError,), max_retries=1)
+        async def boom() -> None:
+            raise ValueError("no")
+
+        await add.apply_async((1, 2), task_id="a")
+        await boom.apply_async(task_id="b")
+    finally:
+        for sig, receiver in receivers:
+            sig.disconnect(receiver)
+    assert seen == [
+        ("prerun", "a", 0),
+        ("success", "a", 3),
+        ("postrun", "a", "SUCCESS"),
+        ("prerun", "b", 0),
+        ("retry", "b", "ValueError('no')"),
+        ("postrun", "b", "RETRY"),
+        ("prerun", "b", 1),
+        ("failure", "b", "ValueError('no')"),
+        ("postrun", "b", "FAILURE"),
+    ]
