@@ -398,7 +398,19 @@ def test_delay_routing_key_spells_the_delay_in_binary() -> None:
     assert delay.delay_ms(10**9) == delay.MAX_DELAY_MS
 
 
-async def test_delays_arrive_in_eta_order_and_never_early(make: Make, queue_name: str) -> None:
+async def test_delays_are_never_early_and_in_eta_order_beyond_their_lateness(
+    make: Make, queue_name: str
+) -> None:
+    """Each delayed message arrives never early and less than ``late`` seconds late; so those
+    due ``late`` or more apart arrive in eta order, and closer ones need not.
+
+    Why not strict order: a message's lateness is its own. It waits its set bits' TTLs one after
+    the other, each counted from when it entered that level; a stall of the node (a loaded
+    machine, a long GC) makes late only the hops that fall due during it. A 1.0 s message
+    (6 hops: 512, 256, ... ms) whose 512 ms hop ends in a 0.45 s stall arrives at ~1.45 s,
+    while the 1.3 s one (1024 ms first) waited through the stall in one hop and arrives at 1.3 s.
+    """
+    late = 0.5
     broker = await make()
     # Declared first (creating durable queues takes milliseconds), so that publishing is quick.
     await broker.publish([out(queue_name, b"warm-up", eta=time.time() + 0.002)])
@@ -412,9 +424,15 @@ async def test_delays_arrive_in_eta_order_and_never_early(make: Make, queue_name
         for d in await broker.fetch([queue_name], 10, 5):
             arrived.append((d.body, time.time() - now))
             await broker.ack([d])
-    assert [body for body, _ in arrived] == [b"%g" % s for s in sorted(delays)]
-    for (_, late), wanted in zip(arrived, sorted(delays), strict=True):
-        assert wanted - 0.001 <= late < wanted + 0.5
+    when = dict(arrived)
+    assert sorted(when) == sorted(b"%g" % s for s in delays)
+    for wanted in delays:
+        assert wanted - 0.001 <= when[b"%g" % wanted] < wanted + late, wanted
+    position = {body: i for i, (body, _) in enumerate(arrived)}
+    for first in delays:
+        for then in delays:
+            if then - first >= late:
+                assert position[b"%g" % first] < position[b"%g" % then], (first, then)
 
 
 async def test_an_eta_header_in_the_future_is_delayed_again(

@@ -840,11 +840,7 @@ class AMQPBroker:
         """The open aiormq channel under ``channel``, or an error at once if disconnected."""
         self._check_connected(action)
         assert channel is not None
-        # A channel closed by a refused request (PRECONDITION_FAILED...) reopens by itself.
-        await self._bounded(channel.ready())
-        underlay = await channel.get_underlay_channel()
-        assert isinstance(underlay, aiormq.Channel)
-        return underlay
+        return await self._bounded(_open_underlay(channel))
 
     async def _scratch_channel(self, action: str) -> aiormq.abc.AbstractChannel:
         """A plain (not robust) channel, for requests that may close it or must not outlive it."""
@@ -853,7 +849,15 @@ class AMQPBroker:
         return await self._bounded(self._connection.transport.connection.channel())
 
     async def _bounded(self, awaitable: Awaitable[T]) -> T:
-        return await asyncio.wait_for(awaitable, self._timeout)
+        """``awaitable``'s result, within ``operation_timeout`` seconds.
+
+        Raises:
+            TimeoutError: it took longer (it is cancelled).
+        """
+        # Not wait_for: on 3.11 it loses a cancellation that comes as the wait ends, and the
+        # caller goes on as if it had not been cancelled.
+        async with asyncio.timeout(self._timeout):
+            return await awaitable
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -1231,7 +1235,8 @@ class _Passive:
         """
         channel = await self._ready()
         try:
-            ok = await asyncio.wait_for(channel.queue_declare(queue, passive=True), self._timeout)
+            async with asyncio.timeout(self._timeout):  # not wait_for: see AMQPBroker._bounded
+                ok = await channel.queue_declare(queue, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             return 0, None
         return ok.message_count or 0, ok.consumer_count or 0
@@ -1245,7 +1250,8 @@ class _Passive:
         if (await self.count(queue))[1] is None:
             return 0
         channel = await self._ready()
-        purged = await asyncio.wait_for(channel.queue_purge(queue), self._timeout)
+        async with asyncio.timeout(self._timeout):
+            purged = await channel.queue_purge(queue)
         return purged.message_count or 0
 
     async def close(self) -> None:
@@ -1253,6 +1259,38 @@ class _Passive:
         if self._channel is not None:
             with contextlib.suppress(Exception):
                 await self._channel.close()
+
+
+async def _open_underlay(channel: aio_pika.abc.AbstractRobustChannel) -> aiormq.Channel:
+    """The open aiormq channel under ``channel``, once it is open (not bounded in time).
+
+    A channel closed by a refused request (``PRECONDITION_FAILED``...) reopens by itself, but
+    aio-pika learns of the close in a task of its own, some loop steps after the refusal was
+    raised: until then ``ready()`` returns at once and the underlay is the closed channel. So
+    a closed underlay is waited past, until the channel has reopened.
+    """
+    while True:
+        await channel.ready()
+        underlay = await channel.get_underlay_channel()
+        if not underlay.is_closed:
+            assert isinstance(underlay, aiormq.Channel)
+            return underlay
+        # No step between seeing it closed and waiting: its reopening cannot be missed.
+        await _reopened(channel)
+
+
+async def _reopened(channel: aio_pika.abc.AbstractRobustChannel) -> None:
+    """Return when ``channel`` has next reopened (not bounded in time)."""
+    reopened = asyncio.Event()
+
+    def on_reopen(*_: Any) -> None:
+        reopened.set()
+
+    channel.reopen_callbacks.add(on_reopen)
+    try:
+        await reopened.wait()
+    finally:
+        channel.reopen_callbacks.discard(on_reopen)
 
 
 def _forget_task(tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:

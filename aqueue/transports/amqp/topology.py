@@ -260,4 +260,11 @@ class Topology:
         self._delay_targets.add(target)
 
     async def _bounded(self, awaitable: Awaitable[T]) -> T:
-        return await asyncio.wait_for(awaitable, self._timeout)
+        """``awaitable``'s result, within the timeout (seconds).
+
+        Raises:
+            TimeoutError: it took longer (it is cancelled).
+        """
+        # Not wait_for: on 3.11 it loses a cancellation that comes as the wait ends.
+        async with asyncio.timeout(self._timeout):
+            return await awaitable
