@@ -43,6 +43,8 @@ class _Stored:
     strikes: int = 0  # leases that ran out while it ran as an isolated suspect
     running: int = 0  # 0: the current lease did not start it; 2: running; 3: running isolated
     lease: str | None = None
+    # time.monotonic() when the lease runs out: a lease never leaves the process, so a step of
+    # the wall clock (NTP) must neither expire it early nor extend it.
     lease_until: float = 0.0
     seq: int = 0
 
@@ -109,23 +111,31 @@ class MemoryBroker:
                     self._push_ready(m.queue, stored)
         self._wake_all()
 
-    def _move_due(self, now: float) -> None:
+    def _move_due(self, now: float, clock: float) -> None:
+        """Make ready the delayed messages due at ``now`` (epoch seconds: an eta comes from
+        the message) and the leased ones whose lease ran out by ``clock`` (``time.monotonic()``)."""
         while self._delayed and self._delayed[0][0] <= now:
             _, _, queue, stored = heapq.heappop(self._delayed)
             self._push_ready(queue, stored)
         for name, q in self._queues.items():
-            expired = [k for k, s in q.leased.items() if s.lease_until <= now]
+            expired = [k for k, s in q.leased.items() if s.lease_until <= clock]
             for key in expired:
                 stored = q.leased.pop(key)
                 stored.blame()
                 self._push_ready(name, stored)
 
-    def _next_due(self) -> float | None:
-        times = [self._delayed[0][0]] if self._delayed else []
-        times.extend(s.lease_until for q in self._queues.values() for s in q.leased.values())
-        return min(times) if times else None
+    def _until_next_due(self, now: float, clock: float) -> float | None:
+        """Seconds until the next delayed message is due or lease runs out (``None``: neither
+        pending), from ``now`` (epoch seconds) and ``clock`` (``time.monotonic()``)."""
+        waits = [self._delayed[0][0] - now] if self._delayed else []
+        leases = [s.lease_until for q in self._queues.values() for s in q.leased.values()]
+        if leases:
+            waits.append(min(leases) - clock)
+        return min(waits) if waits else None
 
-    def _take(self, queues: Sequence[str], limit: int, now: float) -> list[Delivery]:
+    def _take(self, queues: Sequence[str], limit: int, clock: float) -> list[Delivery]:
+        """Lease up to ``limit`` ready messages, best first, until ``clock`` (``time.monotonic()``)
+        plus the visibility timeout."""
         out: list[Delivery] = []
         while len(out) < limit:
             best: tuple[int, int, str] | None = None
@@ -141,7 +151,7 @@ class MemoryBroker:
             q = self._queues[best[2]]
             _, seq, stored = heapq.heappop(q.ready)
             stored.lease = uuid.uuid4().hex
-            stored.lease_until = now + self.visibility_timeout
+            stored.lease_until = clock + self.visibility_timeout
             q.leased[seq] = stored
             token = (seq, stored.lease)
             out.append(Delivery(best[2], stored.body, stored.delivery_count, token, stored.strikes))
@@ -152,21 +162,21 @@ class MemoryBroker:
         deadline = time.monotonic() + timeout
         loop = asyncio.get_running_loop()
         while True:
-            now = time.time()
+            now, clock = time.time(), time.monotonic()
             waiter: asyncio.Future[None] = loop.create_future()
             with self._lock:
-                self._move_due(now)
-                got = self._take(queues, limit, now)
+                self._move_due(now, clock)
+                got = self._take(queues, limit, clock)
                 if got:
                     return got
-                next_due = self._next_due()
+                next_due = self._until_next_due(now, clock)
                 self._waiters.add(waiter)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._waiters.discard(waiter)
                 return []
             if next_due is not None:
-                remaining = min(remaining, max(next_due - now, 0.001))
+                remaining = min(remaining, max(next_due, 0.001))
             try:
                 # Not wait_for: on 3.11 it loses a cancel that comes as the waiter is woken,
                 # and the fetch would then lease messages for a caller that gave up.
@@ -215,7 +225,7 @@ class MemoryBroker:
         """Ack ``acks``, then mark leased messages as running (isolated: as the worker's one
         suspect) and renew their leases; False for a lease that is no longer ours."""
         await self.ack(acks)
-        until = time.time() + self.visibility_timeout
+        until = time.monotonic() + self.visibility_timeout
         kept = []
         with self._lock:
             for delivery, isolated in runs:
@@ -228,7 +238,7 @@ class MemoryBroker:
 
     async def renew(self, deliveries: Sequence[Delivery]) -> None:
         """Push the lease of each message ``visibility_timeout`` seconds into the future."""
-        until = time.time() + self.visibility_timeout
+        until = time.monotonic() + self.visibility_timeout
         with self._lock:
             for d in deliveries:
                 stored = self._leased(d)
@@ -276,7 +286,7 @@ class MemoryBroker:
 
     async def queue_depths(self, queues: Sequence[str] | None = None) -> list[QueueDepth]:
         """Count each queue's messages; a lease that ran out counts as ready."""
-        now = time.time()
+        clock = time.monotonic()
         with self._lock:
             delayed = Counter(queue for _, _, queue, _ in self._delayed)
             if queues is None:
@@ -286,7 +296,7 @@ class MemoryBroker:
             out = []
             for name in queues:
                 q = self._queues.get(name) or _Queue()
-                unacked = sum(1 for s in q.leased.values() if s.lease_until > now)
+                unacked = sum(1 for s in q.leased.values() if s.lease_until > clock)
                 dlq = self._queues.get(dead_letter_queue(name))
                 out.append(
                     QueueDepth(

@@ -264,7 +264,8 @@ class RedisBroker(RedisRole):
         self._unblock_refused = False  # the ACL user may not CLIENT UNBLOCK (see _woken)
         self._groups: set[str] = set()  # streams whose consumer group exists
         self._plans: dict[tuple[str, ...], _Plan] = {}
-        # Leased deliveries a blocking read returned beyond `limit`, handed out by later fetches.
+        # Leased deliveries a blocking read returned beyond `limit`, handed out by later fetches
+        # (or handed back by renew(): a consumer that renews without fetching is busy).
         self._buffer: list[Delivery] = []
         self._next_due = 0.0  # epoch seconds of the earliest delayed message known (0: unknown)
         self._next_reclaim = 0.0  # time.monotonic() of the next XAUTOCLAIM pass
@@ -433,11 +434,17 @@ class RedisBroker(RedisRole):
         """Reset the idle time of the entries this consumer still holds (one script run).
 
         A delivery whose lease was already taken over by another consumer is left alone.
+        Buffered deliveries (leased beyond what a fetch asked for, and not handed out yet) are
+        handed back at the same time (one more script run, only when there are some): a
+        consumer that renews without fetching is busy, and its buffer would otherwise stay
+        leased to it, unrenewed, until the visibility timeout gave it to another.
 
         Raises:
             BrokerConnectionError: the server cannot be reached.
         """
         await self._on_leases("renew", self._renew, deliveries)
+        if self._buffer:
+            await self._hand_back_buffer()
 
     async def start(
         self, runs: Sequence[tuple[Delivery, bool]], acks: Sequence[Delivery] = ()
@@ -719,6 +726,28 @@ class RedisBroker(RedisRole):
             _, scripts = await self._session()
             with redis_errors(self._url, action):
                 await run(scripts, deliveries)
+
+    async def _hand_back_buffer(self) -> None:
+        """Release every buffered delivery (see :meth:`renew`): ready again at once, for any
+        consumer, with its counts kept.
+
+        Raises:
+            BrokerConnectionError: the server cannot be reached; the deliveries stay buffered.
+        """
+        _, scripts = await self._session()
+        buffered, self._buffer = self._buffer, []
+        try:
+            with redis_errors(self._url, "renew"):
+                await self._release(scripts, buffered)
+        except BaseException:
+            # Failed or cancelled: Redis may have run the release all the same (it runs a
+            # command it received). Back in the buffer, aged so that handing one out or
+            # starting it first checks that the lease is still ours (_take_buffered, start):
+            # a released entry is gone, its copy re-added, and must not run twice.
+            for delivery in buffered:
+                delivery.token = _Lease(delivery.token.stream, delivery.token.entry_id, -math.inf)
+            self._buffer.extend(buffered)
+            raise
 
     async def _ack_only(self, scripts: _Scripts, deliveries: Sequence[Delivery]) -> None:
         await self._ack_and_mark(scripts, deliveries, ())
