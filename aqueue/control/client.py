@@ -73,6 +73,10 @@ class Control:
 
         Returns:
             The replies that arrived, in arrival order.
+
+        Raises:
+            BrokerConnectionError: the control transport cannot be reached, or was closed
+                while waiting for replies.
         """
         transport = await self.app.control_transport()
         dest = tuple(destination) if destination is not None else None

@@ -149,7 +149,8 @@ async def events(
             all seen).
 
     Raises:
-        BrokerConnectionError: the control transport cannot be reached.
+        BrokerConnectionError: the control transport cannot be reached, or was closed (the
+            app closed on this loop): the subscription ended.
         ConfigurationError: the app has no server for control.
     """
     transport = await app.control_transport()

@@ -802,9 +802,14 @@ class ControlTransport(Protocol):
     def subscribe(self, channel: str) -> AbstractAsyncContextManager[asyncio.Queue[bytes]]:
         """Listen on ``channel``: on entering, the subscription is live, and every message
         published afterwards is put on the returned queue, in order. Leaving unsubscribes.
+        :meth:`close` ends the subscription (a transport shared by event loops: those of the
+        closing loop): the queue's ``get()`` then hands out what arrived before, then raises
+        :class:`BrokerConnectionError` on every call, waking a consumer waiting on it (see
+        :class:`aqueue.transports.fanout.SubscriberQueue`).
 
         Raises:
-            BrokerConnectionError: the server cannot be reached.
+            BrokerConnectionError: the server cannot be reached, or :meth:`close` was called
+                while subscribing.
         """
         ...
 

@@ -1,10 +1,11 @@
-"""Edge cases of the control transports (Redis, memory) and of the memory broker.
+"""Edge cases of the control transports (Redis, SQLite, memory) and of the memory broker.
 
 Each test pins a failure a task queue must not have: a waiter on a closed event loop breaking
 everyone else's publish, a field written by another program stopping a table's readers, one
 host's clock expiring entries for every other, a reader deleting an entry just put again, a
-subscription coming alive after close(), a very slow rate failing every acquire, and racing
-threads taking more tokens than the rate gives.
+subscription coming alive after close(), a consumer waiting for ever on a subscription its
+transport closed (or one loop's close ending another loop's), a very slow rate failing every
+acquire, and racing threads taking more tokens than the rate gives.
 """
 
 from __future__ import annotations
@@ -15,16 +16,20 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
+from aqueue.control.events import events
 from aqueue.exceptions import BrokerConnectionError
 from aqueue.transports import Outgoing, transport_for
 from aqueue.transports.memory import MemoryBroker, MemoryControl
 from aqueue.transports.redis import keys
 from aqueue.transports.redis.control import RedisControl
+from aqueue.transports.sqlite.control import SQLiteControl
+from tests.apps.ops_tasks import OPS_TRANSPORTS, build, url_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -206,6 +211,106 @@ async def test_redis_close_while_subscribing_leaves_no_subscription_behind(
     assert not entered
     assert not control._readers
     assert await _subscribers(raw, channel) == 0
+
+
+# -- ending subscriptions -------------------------------------------------------------------
+
+
+async def test_sqlite_close_while_subscribing_fails_the_subscribe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() while a subscribe reads its starting point: the subscribe fails with
+    BrokerConnectionError instead of handing out a queue nobody feeds (its consumer would
+    wait for ever)."""
+    control = SQLiteControl(f"sqlite:///{tmp_path}/control.db")
+    await control.connect()
+    reading, release = asyncio.Event(), asyncio.Event()
+    call = control._db.call
+
+    async def held_call(fn: Any) -> Any:
+        reading.set()
+        await release.wait()
+        return await call(fn)
+
+    monkeypatch.setattr(control._db, "call", held_call)
+    entered = False
+
+    async def enter() -> None:
+        nonlocal entered
+        async with control.subscribe(name()) as queue:
+            entered = True
+            await queue.get()
+
+    entering = asyncio.create_task(enter())
+    await reading.wait()
+    await control.close()
+    release.set()
+    try:
+        with pytest.raises(BrokerConnectionError, match="closed"):
+            await asyncio.wait_for(entering, 10)
+        assert not entered
+    finally:
+        monkeypatch.undo()
+        await control.close()
+
+
+def test_memory_close_ends_only_the_closing_loops_subscriptions() -> None:
+    """The memory control transport is shared by every loop of the process (a worker's
+    thread and the caller's), each closing it with the app: one loop's close must not end
+    another loop's subscription (a worker's remote control)."""
+    control = MemoryControl(f"memory://{name()}")
+    channel = name()
+    subscribed, go_on = threading.Event(), threading.Event()
+    got: list[bytes] = []
+
+    async def listen() -> None:
+        async with control.subscribe(channel) as queue:
+            subscribed.set()
+            await asyncio.get_running_loop().run_in_executor(None, go_on.wait)
+            got.append(await asyncio.wait_for(queue.get(), 10))
+
+    thread = threading.Thread(target=asyncio.run, args=(listen(),))
+    thread.start()
+    try:
+        assert subscribed.wait(10)
+
+        async def close_then_publish() -> None:
+            async with control.subscribe(channel) as mine:
+                await control.close()
+                with pytest.raises(BrokerConnectionError, match="closed"):
+                    mine.get_nowait()
+            await control.publish(channel, [b"still heard"])
+
+        asyncio.run(close_then_publish())
+    finally:
+        go_on.set()
+        thread.join(10)
+    assert got == [b"still heard"]
+
+
+@pytest.mark.parametrize("transport", OPS_TRANSPORTS)
+async def test_an_events_listener_ends_when_its_app_closes(
+    transport: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """``events()`` (``aqueue events``, the dashboard) waiting for the next event when the app
+    closes on its loop raises instead of waiting for ever."""
+    app = build(url_for(transport, request, tmp_path), f"q-{name()}").app
+    live = asyncio.Event()
+
+    async def listen() -> None:
+        async for _ in events(app, on_ready=live.set):
+            pass
+
+    listening = asyncio.create_task(listen())
+    try:
+        await asyncio.wait_for(live.wait(), 10)
+        await app.close()
+        with pytest.raises(BrokerConnectionError, match="closed"):
+            await asyncio.wait_for(listening, 10)
+    finally:
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
+        await app.close()
 
 
 # -- token buckets --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from aqueue.exceptions import BrokerConnectionError
 from aqueue.transports import transport_for
 from aqueue.transports.base import ControlTransport
 from tests.apps.ops_tasks import OPS_TRANSPORTS, url_for
@@ -121,3 +122,23 @@ async def test_concurrent_clients_never_take_more_tokens_than_the_bucket_gives(
     waits = await asyncio.gather(*(c.acquire(bucket, 0.01, 1.0) for c in [first, second] * 20))
     assert sum(1 for w in waits if w == 0) == 1
     assert all(50 < w <= 100 for w in waits if w != 0)  # each told when the next one comes
+
+
+async def test_close_ends_every_open_subscription(
+    transports: tuple[ControlTransport, ControlTransport],
+) -> None:
+    """A consumer waiting on its queue when the transport closes is told (it would otherwise
+    wait for ever): what arrived before is still read, then every get raises."""
+    publisher, listener = transports
+    channel = name()
+    async with listener.subscribe(channel) as queue:
+        await publisher.publish(channel, [b"one"])
+        assert await asyncio.wait_for(queue.get(), 5) == b"one"
+        waiting = asyncio.create_task(queue.get())
+        await asyncio.sleep(0)  # one loop step: the get is now parked on the empty queue
+        assert not waiting.done()
+        await listener.close()
+        with pytest.raises(BrokerConnectionError, match="closed"):
+            await asyncio.wait_for(waiting, 10)
+        with pytest.raises(BrokerConnectionError, match="closed"):
+            await asyncio.wait_for(queue.get(), 10)  # a later get too, not only the waiter

@@ -30,11 +30,20 @@ class MemoryControl:
         self._versions: dict[str, int] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
     async def connect(self) -> None:
         """Nothing to open."""
 
     async def close(self) -> None:
-        """Nothing to release: the state is shared by every user of the URL."""
+        """End the subscriptions of the calling event loop: their consumers' ``get()`` raises
+        :class:`~aqueue.exceptions.BrokerConnectionError` once they read what arrived before.
+        The state is kept, and other loops' subscriptions go on: the instance is shared by
+        every user of the URL, each loop closing its own. A later subscribe works again."""
+        self._subscribers.end(
+            asyncio.get_running_loop(), f"{self!r} was closed: the subscription ended"
+        )
 
     async def publish(self, channel: str, messages: Sequence[bytes]) -> None:
         """Put ``messages`` on every current subscriber's queue."""
@@ -46,7 +55,8 @@ class MemoryControl:
 
     @asynccontextmanager
     async def subscribe(self, channel: str) -> AsyncIterator[asyncio.Queue[bytes]]:
-        """Yield a queue receiving what is published on ``channel`` from now on."""
+        """Yield a queue receiving what is published on ``channel`` from now on, until
+        :meth:`close` on this loop ends it (see :class:`.fanout.SubscriberQueue`)."""
         with self._subscribers.holding(channel, LoopQueue(asyncio.get_running_loop())) as sub:
             yield sub.queue
 

@@ -36,6 +36,7 @@ from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
 
 from aqueue.exceptions import BrokerConnectionError
+from aqueue.transports.fanout import SubscriberQueue
 from aqueue.transports.redis import keys, lua
 from aqueue.transports.redis.client import (
     SharedClient,
@@ -86,7 +87,8 @@ class RedisControl(RedisRole):
 
     async def close(self) -> None:
         """Stop every subscription's reader and close the client; a subscribe still waiting
-        for its confirmation fails. Idempotent."""
+        for its confirmation fails, and the consumers of open subscriptions are told (see
+        :meth:`subscribe`). Idempotent."""
         self._closes += 1
         readers = list(self._readers)
         for reader in readers:
@@ -119,7 +121,9 @@ class RedisControl(RedisRole):
 
     @asynccontextmanager
     async def subscribe(self, channel: str) -> AsyncIterator[asyncio.Queue[bytes]]:
-        """SUBSCRIBE on a connection of its own; yield once the server confirmed it.
+        """SUBSCRIBE on a connection of its own; yield once the server confirmed it. After
+        :meth:`close`, the queue's ``get()`` raises :class:`BrokerConnectionError` once the
+        messages read before are taken (a consumer waiting on it is woken).
 
         Raises:
             BrokerConnectionError: the server cannot be reached or did not confirm in 10 s,
@@ -129,7 +133,7 @@ class RedisControl(RedisRole):
         client = await self._connection()
         name = keys.control_channel(channel)
         pubsub = client.pubsub()
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        queue = SubscriberQueue()
         reader: asyncio.Task[None] | None = None
         try:
             with redis_errors(self._url, "subscribe"):
@@ -139,7 +143,7 @@ class RedisControl(RedisRole):
                 # redis-py reconnected the connection close() cut, and subscribed it again:
                 # nobody would end a reader started now.
                 raise BrokerConnectionError(f"{self!r} was closed while subscribing to {name}")
-            reader = asyncio.create_task(self._read(pubsub, queue))
+            reader = asyncio.create_task(self._read(pubsub, queue, name))
             self._readers.add(reader)
             reader.add_done_callback(self._readers.discard)
             yield queue
@@ -165,12 +169,21 @@ class RedisControl(RedisRole):
             if message is not None and message["type"] == self._channels.subscribed:
                 return
 
-    async def _read(self, pubsub: PubSub, queue: asyncio.Queue[bytes]) -> None:
-        """Put every message on ``queue`` until cancelled; redis-py re-subscribes after a
-        reconnect, and this retries with a growing pause while the server is away."""
-        async for message in self._shared.messages(pubsub, self):
-            if message["type"] == self._channels.message:
-                queue.put_nowait(as_bytes(message["data"]))
+    async def _read(self, pubsub: PubSub, queue: SubscriberQueue, name: str) -> None:
+        """Put every message on ``queue`` until cancelled, then end it; redis-py re-subscribes
+        after a reconnect, and this retries with a growing pause while the server is away."""
+        why = "was closed"
+        try:
+            async for message in self._shared.messages(pubsub, self):
+                if message["type"] == self._channels.message:
+                    queue.put_nowait(as_bytes(message["data"]))
+        except Exception as exc:
+            why = f"stopped reading ({exc!r})"
+            raise
+        finally:
+            # Cancelled by close() (or by leaving the subscription: then nobody reads on), or
+            # failed: nothing more comes, and a consumer waiting on the queue must hear it.
+            queue.end(f"{self!r} {why}: the subscription to {name} ended")
 
     # -- tables ------------------------------------------------------------------------------
 

@@ -30,7 +30,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from aqueue.exceptions import BrokerError
+from aqueue.exceptions import BrokerConnectionError, BrokerError
+from aqueue.transports.fanout import SubscriberQueue
 from aqueue.transports.sqlite.connection import SQLiteConnection, to_bytes, transaction
 from aqueue.transports.sqlite.role import SQLiteRole
 from aqueue.transports.sqlite.schema import upsert
@@ -62,7 +63,7 @@ _BUCKET_IDLE = 3600.0
 @dataclass(slots=True, eq=False)
 class _Subscriber:
     channel: str
-    queue: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+    queue: SubscriberQueue = field(default_factory=SubscriberQueue)
     last: int = 0  # the highest message id seen
     ready: bool = False  # `last` is set: the poller may deliver
 
@@ -84,10 +85,16 @@ class SQLiteControl(SQLiteRole):
         self._dirty = asyncio.Event()  # set by a publish through this instance
         self._cleaned_at = 0.0  # touched only in the database thread
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._db.path!r})"
+
     async def close(self) -> None:
-        """Stop the poller, end subscriptions and close the connection. Idempotent."""
+        """Stop the poller, end subscriptions (see :meth:`subscribe`) and close the connection.
+        Idempotent."""
         poller, self._poller = self._poller, None
-        self._subscribers.clear()
+        subscribers, self._subscribers = self._subscribers, []
+        for sub in subscribers:
+            sub.queue.end(f"{self!r} was closed: the subscription to {sub.channel} ended")
         if poller is not None:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -121,9 +128,12 @@ class SQLiteControl(SQLiteRole):
     @asynccontextmanager
     async def subscribe(self, channel: str) -> AsyncIterator[asyncio.Queue[bytes]]:
         """Yield a queue receiving every message published on ``channel`` after entering.
+        After :meth:`close`, its ``get()`` raises :class:`BrokerConnectionError` once the
+        messages delivered before are taken (a consumer waiting on it is woken).
 
         Raises:
-            BrokerConnectionError: the file cannot be opened.
+            BrokerConnectionError: the file cannot be opened, or :meth:`close` was called
+                meanwhile.
         """
         sub = _Subscriber(channel)
         self._subscribers.append(sub)
@@ -133,6 +143,9 @@ class SQLiteControl(SQLiteRole):
                     conn.execute("SELECT coalesce(max(id), 0) FROM control_messages").fetchone()[0]
                 )
             )
+            if sub not in self._subscribers:
+                # close() ended it meanwhile: no poller would feed the queue handed out now.
+                raise BrokerConnectionError(f"{self!r} was closed while subscribing to {channel}")
             sub.ready = True
             # A poll asked for before this was ready did not look for its channel, yet may have
             # read data_version after another process's commit for it: without a poll that
