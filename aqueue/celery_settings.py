@@ -57,9 +57,9 @@ _EXCHANGES = (
     "(apply_async(exchange=..., routing_key=...))"
 )
 _STORE_RETRIES = (
-    "a result the worker cannot store is not acked: its message is delivered again (after "
-    "visibility_timeout) and runs again once the result backend answers; a client's wait is "
-    "bounded by get(timeout=...)"
+    "a result the worker cannot store because the result backend is away (or silent past "
+    "broker_connection_timeout) is stored again, with a pause growing to 2 s, until the backend "
+    "answers; its message stays leased meanwhile; a client's wait is bounded by get(timeout=...)"
 )
 _FAILURE_ACKED = (
     "a task that fails or runs out of time_limit is acked after its FAILURE is stored, always; "

@@ -20,6 +20,16 @@ One batch is finished at a time: runners that finish while a batch is being stor
 join the next one, which is finished as a whole when the first is done. On a broker that
 pushes deliveries one at a time (RabbitMQ) runners finish a few per loop turn, and batches
 then cover a round trip instead of a turn; a lone runner still waits for no batch but its own.
+
+A result backend that cannot be reached (a dropped connection, or no answer within
+:attr:`Completer.timeout` seconds: a connection the network left open but silent) loses
+nothing and fails nothing: the records are stored again, on a fresh connection, after a pause
+shared by every runner waiting (:data:`STORE_BACKOFF`), until the backend takes them; their
+messages stay leased meanwhile (the worker renews their leases). Only records the backend
+*refuses* fail their caller (:class:`NotStored`): an error other than a connection error (a
+serialisation error, an error reply about the value), or a connection error repeated
+:data:`REFUSALS` times in a row while the backend answers a read right after each (Redis
+closes the connection on a value larger than its ``proto-max-bulk-len``).
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from aqueue.batching import Batcher, ItemErrors
 from aqueue.exceptions import BrokerConnectionError, BrokerError
@@ -38,7 +48,20 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a store may wait for the result backend's answer (the worker sets
+#: ``broker_connection_timeout``, which bounds a send's round trips too); past it the store
+#: counts as a connection failure and is tried again on a fresh connection.
+STORE_TIMEOUT = 4.0
+#: Seconds between the tries of records the result backend could not be reached for: the first
+#: pause, doubled after each failed try up to the last, back to the first once a store works.
+STORE_BACKOFF = (0.1, 2.0)
+#: Tries in a row that fail with a connection error while the backend answers a read right
+#: after each: the records are then taken as refused (:class:`BackendUnreachable` with
+#: ``answering``), not the backend as away.
+REFUSALS = 3
+
 Run = tuple[Delivery, bool]  # a delivery about to run, and whether as an isolated suspect
+_T = TypeVar("_T")
 _Item = tuple[Sequence[tuple[str, bytes]], Sequence[Delivery], str | None, Run | None]
 
 
@@ -57,13 +80,24 @@ class NotStored(BrokerError):
 
 
 class BackendUnreachable(NotStored, BrokerConnectionError):
-    """:class:`NotStored` because the result backend could not be reached (``reason``)."""
+    """:class:`NotStored` because the result backend could not be reached (``reason``).
+
+    Attributes:
+        answering: the backend answered a read made right after the failure: the connection
+            error may be its way of refusing these records (Redis closes the connection on a
+            value larger than its ``proto-max-bulk-len``), not an outage.
+    """
+
+    def __init__(self, reason: Exception, answering: bool = False) -> None:
+        super().__init__(reason)
+        self.answering = answering
 
 
-def not_stored(reason: Exception) -> NotStored:
-    """The :class:`NotStored` of ``reason``: a ``BrokerConnectionError`` too if it is one."""
+def not_stored(reason: Exception, answering: bool = False) -> NotStored:
+    """The :class:`NotStored` of ``reason``: a :class:`BackendUnreachable` (with ``answering``)
+    if it is a ``BrokerConnectionError``."""
     if isinstance(reason, BrokerConnectionError):
-        return BackendUnreachable(reason)
+        return BackendUnreachable(reason, answering)
     return NotStored(reason)
 
 
@@ -78,6 +112,11 @@ class Completer:
 
     One batch is stored and acked at a time (:class:`~aqueue.batching.Batcher`'s
     ``in_flight=1``); calls made meanwhile wait in the next batch.
+
+    Attributes:
+        timeout: seconds a store may wait for the backend's answer (:data:`STORE_TIMEOUT`;
+            the worker sets ``broker_connection_timeout``), ``None`` for no bound. A store
+            past it counts as a connection failure, and is tried again.
     """
 
     def __init__(
@@ -96,6 +135,15 @@ class Completer:
         self._batcher: Batcher[_Item] = Batcher(self._flush, max_batch, in_flight=1)
         self._answers: set[asyncio.Future[None]] = set()  # of marks written, not answered yet
         self._lost: set[int] = set()  # ids of runs whose lease was found lost when marked
+        self.timeout: float | None = STORE_TIMEOUT
+        # Records the backend could not be reached for wait for one shared pause, so that their
+        # callers try again together, in one batch; the pause doubles while tries fail.
+        self._retry: asyncio.Future[None] | None = None
+        self._pause = STORE_BACKOFF[0]
+        self._failing = False  # an outage was logged, not its end yet
+        # Stores with waiters that did not answer in time: left to end on their own (see
+        # _store_records), kept referenced until then.
+        self._abandoned: set[asyncio.Future[None]] = set()
         # Stores the records in place of the backend's plain store and settles the tasks sent
         # after= them, before the acks (aqueue.dependencies); set by the executor when the
         # backend keeps waiter sets.
@@ -118,21 +166,91 @@ class Completer:
             False if the lease of ``start`` was found lost (another consumer has the message:
             it must not run here); True otherwise.
 
+        While the backend cannot be reached (connection errors, or no answer within
+        :attr:`timeout` seconds) ``records`` are stored again after a pause (see
+        :data:`STORE_BACKOFF`) until it takes them: this waits as long as the backend is away,
+        and the message stays leased meanwhile.
+
         Raises:
-            NotStored: ``records`` were not stored (the backend failed, or refused one of
-                them); nothing of this call was acked. The records of the other callers in
-                the batch are stored alone then, so that one record the backend refuses (too
-                large, not storable) fails only its own caller.
+            NotStored: ``records`` were not stored because the backend refused them (an error
+                other than a connection error, or :class:`BackendUnreachable` with
+                ``answering`` after :data:`REFUSALS` tries in a row); nothing of this call was
+                acked. The records of the other callers in the batch are stored alone then,
+                so that one record the backend refuses (too large, not storable) fails only
+                its own caller.
             BrokerConnectionError (or any error of the broker): the records were stored but
                 the acks failed; every caller in the batch gets the error, and its messages
                 stay leased, so they are delivered again after the visibility timeout
                 (nothing is lost).
         """
-        await self._batcher.submit([(records, acks, reply_to, start)])
+        item = (records, acks, reply_to, start)
+        try:
+            await self._batcher.submit([item])
+        except BackendUnreachable as exc:
+            await self._store_again(item, exc)
         if start is None or id(start[0]) not in self._lost:
             return True
         self._lost.discard(id(start[0]))
         return False
+
+    async def _store_again(self, item: _Item, exc: BackendUnreachable) -> None:
+        """Submit ``item`` again after the shared pause, until its records are stored.
+
+        Raises:
+            BackendUnreachable: ``exc`` (or a later try's), once :data:`REFUSALS` tries in a
+                row failed while the backend answered right after each: the records
+                themselves are what it does not take.
+            NotStored: a try failed with another error (a refusal).
+            BrokerError: the records were stored but the acks failed (as :meth:`finish`).
+        """
+        refused = 0
+        while True:
+            # Counted in a row only: a try that found the backend away is no refusal.
+            refused = refused + 1 if exc.answering else 0
+            if refused >= REFUSALS:
+                raise exc
+            self._outage(exc)
+            await self._wait_to_retry()
+            try:
+                await self._batcher.submit([item])
+            except BackendUnreachable as again:
+                exc = again
+            else:
+                self._recovered()
+                return
+
+    async def _wait_to_retry(self) -> None:
+        """Wait for the pause before the next try, shared by all the callers waiting now (they
+        then try again in one batch); each pause is twice the last, up to
+        ``STORE_BACKOFF[1]`` seconds."""
+        retry = self._retry
+        if retry is None or retry.done():
+            loop = asyncio.get_running_loop()
+            retry = self._retry = loop.create_future()
+            loop.call_later(self._pause, _resolve, retry)
+            self._pause = min(self._pause * 2, STORE_BACKOFF[1])
+        # Shielded: a caller cancelled (a shutdown) does not cancel the others' pause.
+        await asyncio.shield(retry)
+
+    def _outage(self, exc: BackendUnreachable) -> None:
+        """Log that results are waiting for the backend: once per outage, then at debug."""
+        if self._failing:
+            logger.debug("results still not stored: %s", exc)
+            return
+        self._failing = True
+        logger.warning(
+            "%s; trying again every %gs at most until the result backend takes them (their "
+            "messages stay leased)",
+            exc,
+            STORE_BACKOFF[1],
+        )
+
+    def _recovered(self) -> None:
+        """A store worked again: the next outage starts from the first pause."""
+        self._pause = STORE_BACKOFF[0]
+        if self._failing:
+            self._failing = False
+            logger.warning("the result backend takes results again")
 
     async def settled(self) -> None:
         """Wait for the answers to the marks only written (:meth:`premark`, and batches of
@@ -212,41 +330,113 @@ class Completer:
             await self._store_records(items)
         except Exception as exc:
             if len(holders) == 1:
-                return {holders[0]: not_stored(exc)}
-            return await self._store_each(items, holders)
+                return await self._not_stored(items, {holders[0]: exc})
+            return await self._not_stored(items, await self._store_each(items, holders))
         return {}
 
-    async def _store_each(
-        self, items: Sequence[_Item], holders: list[int]
-    ) -> dict[int, BaseException]:
+    async def _store_each(self, items: Sequence[_Item], holders: list[int]) -> dict[int, Exception]:
         """After a batch's store failed: store each caller's records alone, smallest first,
-        so one record the backend refuses fails no other. Should the smallest fail to reach
-        the backend too, it is down (not one record): the others fail with that error,
-        without a round trip each."""
-        errors: dict[int, BaseException] = {}
+        so one record the backend refuses fails no other; the errors of those not stored, by
+        index. Should the smallest fail to reach the backend too, it is down (not one
+        record): the others fail with that error, without a round trip each."""
+        errors: dict[int, Exception] = {}
         holders = sorted(holders, key=lambda i: sum(len(data) for _, data in items[i][0]))
         stored = False
         for n, index in enumerate(holders):
             try:
                 await self._store_records([items[index]])
             except Exception as exc:
-                errors[index] = not_stored(exc)
+                errors[index] = exc
                 if not stored and isinstance(exc, BrokerConnectionError):
-                    errors.update((i, not_stored(exc)) for i in holders[n + 1 :])
+                    errors.update((i, exc) for i in holders[n + 1 :])
                     break
             else:
                 stored = True
         return errors
+
+    async def _not_stored(
+        self, items: Sequence[_Item], errors: dict[int, Exception]
+    ) -> dict[int, BaseException]:
+        """The :class:`NotStored` of each of ``errors`` (the backend's, by index in
+        ``items``). When some are connection errors, one read tells whether the backend
+        answers now (``answering``): away, or refusing what these callers hold."""
+        unreachable = next(
+            (i for i, exc in errors.items() if isinstance(exc, BrokerConnectionError)), None
+        )
+        answering = unreachable is not None and await self._reachable(items[unreachable])
+        return {i: not_stored(exc, answering) for i, exc in errors.items()}
+
+    async def _reachable(self, item: _Item) -> bool:
+        """Whether the backend answers a read of ``item``'s first task id within
+        :attr:`timeout` seconds."""
+        assert self.backend is not None
+        try:
+            await self._bounded(self.backend.get_many([item[0][0][0]]))
+        except Exception:
+            return False
+        return True
+
+    async def _bounded(self, call: Awaitable[_T]) -> _T:
+        """``await call``, cancelled past :attr:`timeout` seconds.
+
+        Raises:
+            BrokerConnectionError: no answer within :attr:`timeout` seconds (redis-py drops
+                a connection whose command is cancelled: the next try opens a fresh one).
+        """
+        bound = asyncio.timeout(self.timeout)
+        try:
+            async with bound:
+                return await call
+        except TimeoutError as exc:
+            if not bound.expired():
+                raise  # the backend's own
+            raise self._no_answer() from exc
+
+    def _no_answer(self) -> BrokerConnectionError:
+        """The error of a store or read that got no answer within :attr:`timeout` seconds."""
+        return BrokerConnectionError(f"the result backend did not answer within {self.timeout:g}s")
 
     async def _store_records(self, items: Sequence[_Item]) -> None:
         """Store the records of ``items`` (and settle the tasks waiting for them)."""
         assert self.backend is not None
         records = [r for recs, _, _, _ in items for r in recs]
         replies = {r[0]: reply for recs, _, reply, _ in items if reply for r in recs}
-        if self.on_waited is not None:
+        if self.on_waited is None:
+            await self._bounded(store(self.backend, records, self.expires, replies))
+            return
+        if self.timeout is None:
             await self.on_waited(records, replies or None)
-        else:
-            await store(self.backend, records, self.expires, replies)
+            return
+        # Not cancelled when it does not answer in time: it settles the tasks waiting for these
+        # records after storing them, and cut between a claim and its publish a waiting task
+        # would stay held for ever. It goes on in the background while the next try, on a
+        # fresh connection, does the same: storing a record again and settling with claims
+        # leave the same final state (the claims make concurrent settling safe).
+        call = asyncio.ensure_future(self.on_waited(records, replies or None))
+        bound = asyncio.timeout(self.timeout)
+        try:
+            async with bound:
+                await asyncio.shield(call)
+        except TimeoutError as exc:
+            if not bound.expired():
+                raise  # the backend's own
+            raise self._no_answer() from exc
+        finally:
+            if not call.done():  # timed out, or this caller cancelled (a shutdown)
+                self._abandoned.add(call)
+                call.add_done_callback(self._ended)
+
+    def _ended(self, call: asyncio.Future[None]) -> None:
+        """A store left to end on its own (see :meth:`_store_records`) ended."""
+        self._abandoned.discard(call)
+        if not call.cancelled() and call.exception() is not None:
+            logger.debug("a store that did not answer in time failed: %s", call.exception())
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    """End the pause ``future`` (a timer's callback)."""
+    if not future.done():
+        future.set_result(None)
 
 
 async def store(

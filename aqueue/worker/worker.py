@@ -250,6 +250,9 @@ class Worker:
         self.executor = Executor(self.app, self.broker, backend, self.hostname, self._threads)
         self.executor.revoked = self.revocations
         self.executor.batches.finished = self._finished
+        # A store is bounded as a send is: a backend that stops answering without closing the
+        # connection (redis_socket_timeout is None by default) would hold every result.
+        self.executor.completer.timeout = self.app.conf.broker_connection_timeout
         self.prefetch = prefetch_for(self.app.tasks.values(), self.prefetch, self.concurrency)
         self.started_at = time.time()
         await self._start_operations(rates)

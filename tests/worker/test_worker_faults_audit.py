@@ -22,7 +22,8 @@ from aqueue.results.record import ResultRecord
 from aqueue.transports import Delivery, Outgoing, ResultBackend
 from aqueue.transports.memory.broker import MemoryBroker
 from aqueue.transports.memory.results import MemoryBackend
-from aqueue.worker.completer import Completer, NotStored
+from aqueue.worker import completer as completer_module
+from aqueue.worker.completer import REFUSALS, Completer, NotStored
 from tests.conftest import _start_redis, _stop
 from tests.net import free_port
 
@@ -102,7 +103,9 @@ async def test_a_backend_that_is_down_costs_one_more_call_not_one_per_caller() -
         return_exceptions=True,
     )
     assert all(isinstance(o, BrokerConnectionError) for o in outcomes)
-    assert calls == [5, 1]  # the batch, then the smallest alone: down, not one record
+    # Each try: the batch, then the smallest alone (down, not one record); the callers try
+    # again together, until the backend, answering reads, is taken to refuse these records.
+    assert calls == [5, 1] * REFUSALS
     await broker.release(deliveries)
     assert len(await broker.fetch(["q"], 10, 0.05)) == 5  # none acked
 
@@ -184,15 +187,19 @@ async def test_a_backend_away_for_a_moment_loses_nothing_and_fails_nothing() -> 
         await app.close()
 
 
-async def test_a_backend_that_is_down_leaves_the_message_to_run_again() -> None:
-    """Nothing can be stored: no FAILURE, no dead letter; the message stays leased and runs
-    again (here once the lease runs out, with the backend back) to a stored SUCCESS."""
+async def test_a_backend_that_is_down_holds_the_result_until_it_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing can be stored, nor read: no FAILURE, no dead letter; the result waits, its
+    message leased (the lease renewed past the visibility timeout), and is stored and acked
+    once the backend answers - the task runs once."""
     url = f"memory://{uuid.uuid4().hex}"
     app = Aqueue(
         "audit", broker=url, backend=url, task_default_queue=f"q-{uuid.uuid4().hex}",
         broker_transport_options={"visibility_timeout": 1.0},
     )  # fmt: skip
     runs: list[str] = []
+    monkeypatch.setattr(completer_module, "STORE_BACKOFF", (0.05, 0.5))  # seconds
 
     @app.task(name="audit.once")
     async def once(value: str) -> str:
@@ -201,25 +208,37 @@ async def test_a_backend_that_is_down_leaves_the_message_to_run_again() -> None:
 
     try:
         backend = await app.result_backend()
-        store = backend.store
+        store, get_many = backend.store, backend.get_many
         down = True
+        tries: list[int] = []
+        tried = asyncio.Event()  # set after enough tries to outlast a visibility timeout
 
         async def unreachable(items: Any, expires: float | None, reply_to: Any = None) -> None:
             if down:
+                tries.append(len(items))
+                if len(tries) == 2 * REFUSALS + 2:
+                    tried.set()
                 raise BrokerConnectionError("backend down")
             await store(items, expires, reply_to)
 
+        async def unreadable(task_ids: Any) -> Any:
+            if down:
+                raise BrokerConnectionError("backend down")
+            return await get_many(task_ids)
+
         backend.store = unreachable  # type: ignore[method-assign]
+        backend.get_many = unreadable  # type: ignore[method-assign]
         handle = await once.delay("v")
         async with Worker(app, concurrency=2) as worker:
-            await asyncio.wait_for(worker.wait_processed(1), 10)
-            assert await backend.get_many([handle.id]) == [None]
+            await asyncio.wait_for(tried.wait(), 20)
+            down = False
+            assert worker.processed == 0  # still storing its result
             broker = await app.broker()
             assert await broker.dead_letters(app.conf.task_default_queue, 10) == []
-            down = False
-            await asyncio.wait_for(worker.wait_processed(2), 10)
-        assert runs == ["v", "v"]
+            await asyncio.wait_for(worker.wait_processed(1), 10)
+        assert runs == ["v"]  # not run again: its lease was kept
         assert await handle.get(timeout=5) == "v"
+        assert await broker.fetch([app.conf.task_default_queue], 10, 0.05) == []  # acked
     finally:
         await app.close()
 
