@@ -292,3 +292,60 @@ async def test_a_worker_stopping_while_its_results_wait_for_the_backend_hands_th
         assert await broker.dead_letters(queue, 10) == []
     finally:
         await app.close()
+
+
+# -- a backend busy for a while: BUSY is not a refusal ---------------------------------------------
+
+_BUSY_FOR_A_SECOND = """
+local t = redis.call('TIME')
+while true do
+    local n = redis.call('TIME')
+    if (n[1] - t[1]) * 1000000 + (n[2] - t[2]) > 1000000 then return 1 end
+end
+"""
+
+
+async def test_a_backend_busy_running_a_script_holds_the_result_until_it_answers(
+    redis_server: str,
+) -> None:
+    """Redis answers ``BUSY`` to every command while a script runs past its
+    ``busy-reply-threshold``: the server is there but cannot serve now, as during a failover's
+    ``MASTERDOWN`` or a cluster's ``TRYAGAIN``. The result is stored once the script ends; it is
+    no refusal of the result, which would turn a good result into a FAILURE and a dead letter."""
+    import redis.asyncio as aioredis
+
+    backend = RedisBackend(redis_server)
+    admin = aioredis.Redis.from_url(redis_server)
+    holder = aioredis.Redis.from_url(redis_server)
+    broker = MemoryBroker()
+    threshold = (await admin.config_get("busy-reply-threshold"))["busy-reply-threshold"]
+    busy: asyncio.Future[Any] | None = None
+    try:
+        await backend.connect()
+        prefix = uuid.uuid4().hex
+        [delivery] = await _leased(broker, 1)
+        completer = Completer(broker, backend, 60)
+        completer.timeout = 5
+        await admin.config_set("busy-reply-threshold", 20)
+        busy = asyncio.ensure_future(holder.eval(_BUSY_FOR_A_SECOND, 0))
+        for _ in range(200):  # until the server answers BUSY
+            try:
+                await admin.ping()
+            except aioredis.ResponseError as exc:
+                assert "BUSY" in str(exc)
+                break
+            await asyncio.sleep(0.005)
+        else:
+            raise AssertionError("setup: the script never made the server busy")
+        await asyncio.wait_for(completer.finish([(f"{prefix}-1", b"r1")], [delivery]), 10)
+        await busy
+        assert await backend.get_many([f"{prefix}-1"]) == [b"r1"]
+        await broker.release([delivery])
+        assert await broker.fetch(["q"], 10, 0.05) == []  # acked
+    finally:
+        if busy is not None:
+            await asyncio.gather(busy, return_exceptions=True)  # the server answers again
+        await admin.config_set("busy-reply-threshold", threshold)
+        await backend.close()
+        await admin.aclose()
+        await holder.aclose()

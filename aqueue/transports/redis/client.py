@@ -55,8 +55,10 @@ def redis_errors(url: str, action: str) -> Iterator[None]:
     Raises:
         BrokerConnectionError: the server could not be reached or timed out, refused the login,
             or its TLS certificate was not trusted (names ``url`` without its password, and the
-            cause); or Redis Cluster cannot serve now (no node reachable, a slot without a
-            primary, ``CLUSTERDOWN``).
+            cause); or it cannot serve now: ``BUSY`` (a script running past its
+            ``busy-reply-threshold``), ``LOADING``, ``TRYAGAIN``, or Redis Cluster with no node
+            reachable, a slot without a primary, ``CLUSTERDOWN``, ``MASTERDOWN``. A caller that
+            tries again later (a worker storing a result) gets through once it answers.
         BrokerError: the server refused a command (an ACL user lacking it: ``NOPERM``).
     """
     try:
@@ -73,6 +75,21 @@ def redis_errors(url: str, action: str) -> Iterator[None]:
         if isinstance(cause, redis.exceptions.ConnectionError):  # a refused login, TLS
             raise BrokerConnectionError(_connection_failure(url, action, cause)) from exc
         raise BrokerError(f"Redis Cluster at {redacted_url(url)} failed {action}: {exc}") from exc
+    except _UNAVAILABLE_NOW as exc:
+        raise BrokerConnectionError(
+            f"Redis at {redacted_url(url)} cannot serve {action} now: {exc}"
+        ) from exc
+    except redis.exceptions.ResponseError as exc:
+        if str(exc).startswith("BUSY "):
+            raise BrokerConnectionError(
+                f"Redis at {redacted_url(url)} cannot serve {action} now: {exc}"
+            ) from exc
+        if _not_permitted(exc):
+            raise BrokerError(
+                f"Redis at {redacted_url(url)} refused {action}: the ACL user lacks a permission "
+                f"aqueue needs (docs/security.md has the least ACL that works): {exc}"
+            ) from exc
+        raise BrokerError(f"Redis at {redacted_url(url)} failed {action}: {exc}") from exc
     except redis.exceptions.RedisError as exc:
         if _not_permitted(exc):
             raise BrokerError(
@@ -81,6 +98,11 @@ def redis_errors(url: str, action: str) -> Iterator[None]:
             ) from exc
         raise BrokerError(f"Redis at {redacted_url(url)} failed {action}: {exc}") from exc
 
+
+#: Replies that say the server cannot serve now but will (a multi-key command during a
+#: resharding): a connection failure to the caller, which tries again later. ``BUSY`` has no
+#: class of its own in redis-py: see redis_errors.
+_UNAVAILABLE_NOW = (redis.exceptions.TryAgainError,)
 
 #: Redis Cluster's errors that say it cannot serve now (no node reachable, a slot without a
 #: primary, the cluster down): a connection failure to the caller, which tries again later.
