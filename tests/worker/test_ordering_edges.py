@@ -147,3 +147,42 @@ async def test_one_receiver_connected_for_two_senders_hears_both() -> None:
     heard.clear()
     await uid.send("proj.b")
     assert heard == ["proj.b"]
+
+
+class Holds(Middleware):
+    """Holds the publish of task ``task``'s messages until :attr:`go` is set."""
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        self.holding = asyncio.Event()
+        self.go = asyncio.Event()
+        self.held: list[str] = []
+
+    async def publish(self, messages: list[Message], call_next: PublishNext) -> None:
+        if any(m.task == self.task for m in messages):
+            self.held.extend(m.id for m in messages)
+            self.holding.set()
+            await self.go.wait()
+        await call_next(messages)
+
+
+async def test_a_release_cancelled_while_it_publishes_still_releases_the_dependent(
+    st: SemanticsTasks,
+) -> None:
+    # The dependency is done when the dependent is sent: the send claims the dependent and
+    # publishes it. Cancelled there (the sender gave up, a shutdown), the claim is taken and
+    # nothing else will ever publish the dependent: the release must go on to its end.
+    async with Worker(st.app, concurrency=2, shutdown_timeout=5):
+        a = await st.step.delay("a", 1)
+        assert await a.get(timeout=10) == 1
+        hold = Holds("sem.step")
+        st.app.add_middleware(hold)
+        send = asyncio.ensure_future(st.step.apply_async(("d", 1), after=[a]))
+        await asyncio.wait_for(hold.holding.wait(), 10)
+        [task_id] = hold.held
+        send.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await send
+        hold.go.set()
+        assert await st.app.AsyncResult(task_id).get(timeout=10) == 2
+    assert sem.ORDER == ["a", "d"]
