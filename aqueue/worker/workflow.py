@@ -33,9 +33,11 @@ One crash window remains, and it errs on the side of never running the body twic
 that dies after claiming but before the body is published leaves the claim taken, so its
 redelivered message cannot send the body and the chord's result stays PENDING. A claimer that
 dies after publishing is harmless: its redelivered run sees the claim taken and sends nothing.
-So the claimer does not leave the body to a redelivery: a broker that fails the send is tried
-again until it takes it (or the worker stops), and a body that cannot be sent at all (too large,
-not encodable) fails the chord with a :class:`~aqueue.exceptions.ChordError`.
+So the claimer leaves nothing it claimed to a redelivery: reading the header's results,
+sending the body and storing the chord's failure are each tried again when the broker or the
+result backend fails them, until they go through (or the worker stops), and a body that cannot
+be sent at all (too large, not encodable) fails the chord with a
+:class:`~aqueue.exceptions.ChordError`.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aqueue import states
 from aqueue.canvas.dispatch import Plan, final_tasks
@@ -62,7 +64,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("aqueue.worker")
 
-#: Seconds before a chord body the broker failed is sent again, doubling up to BODY_RETRY_MAX.
+_T = TypeVar("_T")
+
+#: Seconds before a workflow step the broker or the result backend failed is tried again
+#: (a chain's next step, a chord's count, claim, body or failure), doubling up to BODY_RETRY_MAX.
 BODY_RETRY_FIRST = 0.5
 BODY_RETRY_MAX = 10.0
 
@@ -103,24 +108,27 @@ class Workflow:
     async def succeeded(self, msg: Message, value: Any) -> None:
         """``msg``'s task returned ``value`` and its result is stored: take the next steps.
 
-        Raises:
-            BrokerConnectionError: the next step could not be sent or counted; the caller leaves
-                the message unacked so that all of this happens again.
+        A step the broker or the result backend fails for a moment is tried again here (see
+        :meth:`_persist`) rather than left to a redelivery of ``msg``, which may come only
+        after a visibility timeout, or (AMQP) only once the worker's channel closes.
         """
         rest = msg.options.get("chain")
         if rest:
-            try:
+
+            async def send() -> None:
                 nxt = from_dict(rest[0], self.app).clone((value,))
                 plan = Plan(self.app)
                 plan.add(nxt, rest[1:], _context(msg))
                 await plan.run()
-            except BrokerConnectionError:
-                raise
+
+            subject = f"chain after {msg.task}[{msg.id}]"
+            try:
+                await self._persist(subject, "next step not sent", send)
             except Exception as exc:
                 # Not transient (a bad option, an unencodable argument, the app's middleware
                 # refusing it): it would fail again on every try, so the chain fails with it.
-                logger.error("chain after %s[%s] cannot continue: %s", msg.task, msg.id, exc)
-                await self._abandon(rest, exc, None, msg.reply_to)
+                logger.error("%s cannot continue: %s", subject, exc)
+                await self._abandon(subject, rest, exc, None, msg.reply_to)
         chord_info = msg.options.get("chord")
         if chord_info:
             await self._member_succeeded(msg, chord_info)
@@ -129,7 +137,7 @@ class Workflow:
         """``msg``'s task failed for good (or was dead-lettered or expired): end its workflow."""
         rest = msg.options.get("chain")
         if rest:
-            await self._abandon(rest, exc, tb, msg.reply_to)
+            await self._abandon(f"chain after {msg.task}[{msg.id}]", rest, exc, tb, msg.reply_to)
         chord_info = msg.options.get("chord")
         if chord_info:
             await self._chord_failed(chord_info, msg.id, msg.task, exc, tb)
@@ -141,50 +149,83 @@ class Workflow:
         if backend is None:
             return
         group_id, size = str(info["id"]), int(info["size"])
+        subject = f"chord {group_id}"
         expires = self.app.conf.result_expires
-        if await backend.add_member(members_key(group_id), msg.id, expires) < size:
+
+        def add(key: str, member: str) -> Callable[[], Awaitable[int]]:
+            return lambda: backend.add_member(key, member, expires)
+
+        # Both are sets, so asking again (a reply lost) counts nothing twice; the claim is
+        # asked again with this run's own token, which finds it won if the lost call took it.
+        done = await self._persist(
+            subject, "member not counted", add(members_key(group_id), msg.id)
+        )
+        if done < size:
             return
-        if await backend.add_member(claim_key(group_id), _run_token(msg.id), expires) != 1:
+        token = _run_token(msg.id)
+        if await self._persist(subject, "not claimed", add(claim_key(group_id), token)) != 1:
             return
-        values = await self._header_values(backend, info)
+        values = await self._persist(
+            subject, "its header's results not read", lambda: self._header_values(backend, info)
+        )
         if values is None:
             return
         body = from_dict(info["body"], self.app).clone((values,))
         await self._send_body(info, body, msg)
 
     async def _send_body(self, info: dict[str, Any], body: Canvas, msg: Message) -> None:
-        """Send the body of the chord this run claimed.
-
-        The claim is this run's alone: a redelivered message of this member could not send the
-        body any more. So a send the broker fails (:class:`BrokerConnectionError`, once the
-        send's own retry policy is spent) is tried again here, with a pause growing to
-        :data:`BODY_RETRY_MAX` seconds, until it goes through; only this worker stopping ends
-        it (the crash window in the module docstring). A body that cannot be sent at all (it
-        cannot be encoded, it is over ``task_max_message_size``, the app's middleware refuses
-        it) fails the chord instead.
+        """Send the body of the chord this run claimed (see :meth:`_persist`: a send the
+        broker fails is tried again until it goes through). A body that cannot be sent at all
+        (it cannot be encoded, it is over ``task_max_message_size``, the app's middleware
+        refuses it) fails the chord instead.
         """
-        group_id = info["id"]
+        group_id = str(info["id"])
+
+        async def send() -> None:
+            plan = Plan(self.app)
+            plan.add(body, (), _context(msg))
+            await plan.run()
+
+        subject = f"chord {group_id}"
+        try:
+            await self._persist(subject, "its body not sent", send)
+        except Exception as exc:  # lasting: too large, not encodable, refused by middleware
+            err = ChordError(f"chord {group_id}: body not sent: {exc}")
+            await self._persist(
+                subject, "its failure not stored", lambda: self._fail_body(info, err)
+            )
+            return
+        logger.info("chord %s complete: body %r sent", group_id, body)
+
+    async def _persist(self, subject: str, what: str, step: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``step``, a step of ``subject``'s workflow, until the broker and the result
+        backend let it through.
+
+        A step they fail (:class:`BrokerConnectionError`, once their own retry policy is spent)
+        is run again after a pause growing from :data:`BODY_RETRY_FIRST` to
+        :data:`BODY_RETRY_MAX` seconds; only this worker stopping ends it (the crash window in
+        the module docstring). A redelivery of the message could not do it for a chord this
+        run claimed (it cannot take the claim again), and would come late anyway.
+
+        Args:
+            subject: what the step is for, for the log ("chord <id>").
+            what: what failed, for the log ("its body not sent").
+            step: the step, called again for each try: it must be safe to repeat.
+
+        Returns:
+            What ``step`` returned.
+
+        Raises:
+            Exception: any error of ``step`` but :class:`BrokerConnectionError`.
+        """
         pause = BODY_RETRY_FIRST
         while True:
-            plan = Plan(self.app)
             try:
-                plan.add(body, (), _context(msg))
-                await plan.run()
+                return await step()
             except BrokerConnectionError as exc:
-                logger.warning(
-                    "chord %s: its body could not be sent (%s); trying again in %gs",
-                    group_id,
-                    exc,
-                    pause,
-                )
+                logger.warning("%s: %s (%s); trying again in %gs", subject, what, exc, pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, BODY_RETRY_MAX)
-                continue
-            except Exception as exc:  # lasting: too large, not encodable, refused by middleware
-                await self._fail_body(info, ChordError(f"chord {group_id}: body not sent: {exc}"))
-                return
-            logger.info("chord %s complete: body %r sent", group_id, body)
-            return
 
     async def _header_values(
         self, backend: ResultBackend, info: dict[str, Any]
@@ -233,13 +274,17 @@ class Workflow:
         if backend is None:
             return
         group_id = str(info["id"])
-        claim = await backend.add_member(
-            claim_key(group_id), _run_token(member_id), self.app.conf.result_expires
+        subject, token = f"chord {group_id}", _run_token(member_id)
+        expires = self.app.conf.result_expires
+        claim = await self._persist(  # asked again with the same token: see _member_succeeded
+            subject, "not claimed", lambda: backend.add_member(claim_key(group_id), token, expires)
         )
         if claim != 1:
             return  # the body was sent, or another member's failure was reported
         err = ChordError(f"Dependency {member_id} ({member_task}) raised {exc!r}")
-        await self._fail_body(info, err, tb)
+        await self._persist(
+            subject, "its failure not stored", lambda: self._fail_body(info, err, tb)
+        )
 
     async def _fail_body(
         self, info: dict[str, Any], err: ChordError, tb: str | None = None
@@ -261,15 +306,19 @@ class Workflow:
 
     async def _abandon(
         self,
+        subject: str,
         rest: list[dict[str, Any]],
         exc: BaseException,
         tb: str | None,
         reply_to: str | None = None,
     ) -> None:
         """The chain steps ``rest`` will never run: fail what stands for their result (also on
-        ``reply_to``, the caller's reply channel, which ``rpc://`` results need)."""
+        ``reply_to``, the caller's reply channel, which ``rpc://`` results need), storing it
+        until the result backend takes it (:meth:`_persist`; ``subject`` names the chain)."""
         final = from_dict(rest[-1], self.app)
-        finals = await self._store_failure(final, exc, tb, reply_to)
+        finals = await self._persist(
+            subject, "its failure not stored", lambda: self._store_failure(final, exc, tb, reply_to)
+        )
         await self._report_upwards(finals, exc, tb)
 
     async def _store_failure(
