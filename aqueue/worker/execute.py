@@ -744,8 +744,17 @@ class Executor:
     # -- links and hooks ---------------------------------------------------------------------
 
     async def _apply_link(self, sig: Signature, args: tuple[Any, ...], parent: Message) -> None:
-        try:
+        """Send ``sig`` with ``args``: a broker away for a moment is tried again until it takes
+        it (:meth:`Workflow.persist`), as a chain's next step is; a link that cannot be sent at
+        all (refused, not encodable) is logged, and the parent's outcome stands."""
+
+        async def send() -> None:
             await sig.apply_async(args, parent_id=parent.id, root_id=parent.root_id or parent.id)
+
+        try:
+            await self.workflow.persist(
+                f"link {sig!r} of {parent.task}[{parent.id}]", "not sent", send
+            )
         except AqueueError as exc:
             logger.error(
                 "link %r of %s[%s] could not be sent: %s", sig, parent.task, parent.id, exc

@@ -109,7 +109,7 @@ class Workflow:
         """``msg``'s task returned ``value`` and its result is stored: take the next steps.
 
         A step the broker or the result backend fails for a moment is tried again here (see
-        :meth:`_persist`) rather than left to a redelivery of ``msg``, which may come only
+        :meth:`persist`) rather than left to a redelivery of ``msg``, which may come only
         after a visibility timeout, or (AMQP) only once the worker's channel closes.
         """
         rest = msg.options.get("chain")
@@ -123,7 +123,7 @@ class Workflow:
 
             subject = f"chain after {msg.task}[{msg.id}]"
             try:
-                await self._persist(subject, "next step not sent", send)
+                await self.persist(subject, "next step not sent", send)
             except Exception as exc:
                 # Not transient (a bad option, an unencodable argument, the app's middleware
                 # refusing it): it would fail again on every try, so the chain fails with it.
@@ -157,15 +157,13 @@ class Workflow:
 
         # Both are sets, so asking again (a reply lost) counts nothing twice; the claim is
         # asked again with this run's own token, which finds it won if the lost call took it.
-        done = await self._persist(
-            subject, "member not counted", add(members_key(group_id), msg.id)
-        )
+        done = await self.persist(subject, "member not counted", add(members_key(group_id), msg.id))
         if done < size:
             return
         token = _run_token(msg.id)
-        if await self._persist(subject, "not claimed", add(claim_key(group_id), token)) != 1:
+        if await self.persist(subject, "not claimed", add(claim_key(group_id), token)) != 1:
             return
-        values = await self._persist(
+        values = await self.persist(
             subject, "its header's results not read", lambda: self._header_values(backend, info)
         )
         if values is None:
@@ -174,7 +172,7 @@ class Workflow:
         await self._send_body(info, body, msg)
 
     async def _send_body(self, info: dict[str, Any], body: Canvas, msg: Message) -> None:
-        """Send the body of the chord this run claimed (see :meth:`_persist`: a send the
+        """Send the body of the chord this run claimed (see :meth:`persist`: a send the
         broker fails is tried again until it goes through). A body that cannot be sent at all
         (it cannot be encoded, it is over ``task_max_message_size``, the app's middleware
         refuses it) fails the chord instead.
@@ -188,16 +186,16 @@ class Workflow:
 
         subject = f"chord {group_id}"
         try:
-            await self._persist(subject, "its body not sent", send)
+            await self.persist(subject, "its body not sent", send)
         except Exception as exc:  # lasting: too large, not encodable, refused by middleware
             err = ChordError(f"chord {group_id}: body not sent: {exc}")
-            await self._persist(
+            await self.persist(
                 subject, "its failure not stored", lambda: self._fail_body(info, err)
             )
             return
         logger.info("chord %s complete: body %r sent", group_id, body)
 
-    async def _persist(self, subject: str, what: str, step: Callable[[], Awaitable[_T]]) -> _T:
+    async def persist(self, subject: str, what: str, step: Callable[[], Awaitable[_T]]) -> _T:
         """Run ``step``, a step of ``subject``'s workflow, until the broker and the result
         backend let it through.
 
@@ -276,13 +274,13 @@ class Workflow:
         group_id = str(info["id"])
         subject, token = f"chord {group_id}", _run_token(member_id)
         expires = self.app.conf.result_expires
-        claim = await self._persist(  # asked again with the same token: see _member_succeeded
+        claim = await self.persist(  # asked again with the same token: see _member_succeeded
             subject, "not claimed", lambda: backend.add_member(claim_key(group_id), token, expires)
         )
         if claim != 1:
             return  # the body was sent, or another member's failure was reported
         err = ChordError(f"Dependency {member_id} ({member_task}) raised {exc!r}")
-        await self._persist(
+        await self.persist(
             subject, "its failure not stored", lambda: self._fail_body(info, err, tb)
         )
 
@@ -314,9 +312,9 @@ class Workflow:
     ) -> None:
         """The chain steps ``rest`` will never run: fail what stands for their result (also on
         ``reply_to``, the caller's reply channel, which ``rpc://`` results need), storing it
-        until the result backend takes it (:meth:`_persist`; ``subject`` names the chain)."""
+        until the result backend takes it (:meth:`persist`; ``subject`` names the chain)."""
         final = from_dict(rest[-1], self.app)
-        finals = await self._persist(
+        finals = await self.persist(
             subject, "its failure not stored", lambda: self._store_failure(final, exc, tb, reply_to)
         )
         await self._report_upwards(finals, exc, tb)

@@ -186,3 +186,20 @@ async def test_a_release_cancelled_while_it_publishes_still_releases_the_depende
         hold.go.set()
         assert await st.app.AsyncResult(task_id).get(timeout=10) == 2
     assert sem.ORDER == ["a", "d"]
+
+
+async def test_a_link_whose_publish_fails_once_is_sent_again(st: SemanticsTasks) -> None:
+    # The parent succeeded and its result is stored; the publish of its link meets a broker
+    # that is away for a moment. The link must still be sent (tried again, as a chain's next
+    # step is), not logged and dropped while the parent's message is acked.
+    refuse = Refuses("sem.step", BrokerConnectionError("broker down for a moment"), times=0)
+    st.app.add_middleware(refuse)
+    link_id = f"l-{uuid.uuid4().hex}"
+    # A link gets the parent's result first: step(1, 5), label 1.
+    a = await st.step.apply_async(("a", 1), link=st.step.s(5).set(task_id=link_id))
+    refuse.times = 1  # the next publish of sem.step: the link's
+    async with Worker(st.app, concurrency=2, shutdown_timeout=5):
+        assert await a.get(timeout=10) == 1
+        assert await st.app.AsyncResult(link_id).get(timeout=10) == 5
+    assert refuse.refused == [link_id]
+    assert sem.ORDER == ["a", 1]
