@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from aqueue import Aqueue, Task
-from aqueue.exceptions import ArgumentsError, ConfigurationError
+from aqueue.exceptions import ArgumentsError, BrokerConnectionError, ConfigurationError
 from aqueue.message import decode
 from aqueue.sending import guard as guarding
 from aqueue.sending.guard import with_guards
@@ -106,6 +106,55 @@ async def test_a_send_cancelled_while_taking_its_lock_is_still_sent_once(
     again = await add.apply_async((1, 2), **options)  # a retry of the call
     assert again.id == other.id
     assert await waiting(app) == []
+
+
+@pytest.mark.parametrize("guard", ["task_id", "unique_key"])
+async def test_a_send_that_finds_a_failing_send_holding_its_lock_gets_no_handle_of_nothing(
+    locking: Aqueue, monkeypatch: pytest.MonkeyPatch, guard: str
+) -> None:
+    """The first send of a call takes its mark or lock, and its publish is slow to fail (the
+    broker refuses it); a second send of the same call finds the mark or lock held meanwhile.
+    The second send must not return the first call's handle before that call is published: the
+    first send fails, and the second then sends the call itself (published once)."""
+    app = locking
+    add = register(app)
+    broker: Any = await app.broker()
+    backend: Any = await app.result_backend()
+    publishing, refuse, second_answered = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    real_publish, real_lock = broker.publish, backend.lock
+    publishes, locks_taken = [0], [0]
+
+    async def publish(messages: Any) -> None:
+        publishes[0] += 1
+        if publishes[0] == 1:  # the first send's publish: slow, then refused
+            publishing.set()
+            await refuse.wait()
+            raise BrokerConnectionError("refused")
+        await real_publish(messages)
+
+    async def lock(key: str, owner: str, ttl: float) -> str:
+        holder = await real_lock(key, owner, ttl)
+        locks_taken[0] += 1
+        if locks_taken[0] == 2:  # the second send has its answer: the lock is held
+            second_answered.set()
+        return holder
+
+    monkeypatch.setattr(broker, "publish", publish)
+    monkeypatch.setattr(backend, "lock", lock)
+    options: dict[str, Any] = {guard: f"audit-{uuid.uuid4().hex}", "retry": False}
+    first = asyncio.create_task(add.apply_async((1, 2), **options))
+    await publishing.wait()
+    second = asyncio.create_task(add.apply_async((1, 2), **options))
+    await second_answered.wait()
+    refuse.set()
+    with pytest.raises(BrokerConnectionError):
+        await first
+    other = await second
+    assert await waiting(app) == [other.id]  # the handle returned is of a call sent
+    again = await add.apply_async((1, 2), **options)  # a retry of the call
+    assert again.id == other.id
+    assert await waiting(app) == []
+    assert guarding._SENDING == {}  # no send is left noted as in flight
 
 
 # -- values no message can carry ----------------------------------------------------------------

@@ -5,7 +5,9 @@ unique (``unique_key=``, ``@app.task(unique=...)``) and held (``after=``).
 locks (:mod:`aqueue.sending.unique`), then publishes or holds the message
 (:mod:`aqueue.dependencies`), and frees what it took if that fails. A send whose caller is
 cancelled goes on to its end all the same: once its mark or lock may be taken, other sends may
-have returned its handle.
+have returned its handle. A send that finds a mark or lock held by a send in flight in this
+process waits for that send's outcome before returning its handle: if it failed, the waiting
+send takes the mark or lock itself and sends its call.
 """
 
 from __future__ import annotations
@@ -75,6 +77,10 @@ async def send_guarded(
     what it took); and a lock request may have reached the server, which would hold it for its
     whole TTL with nothing published.
 
+    A mark or lock held by a send in flight in this process (an earlier send of the same call,
+    still publishing) is waited for: its handle is returned once that send has published, and
+    this send goes on itself if that one failed.
+
     Args:
         explicit_id: the caller chose the task id (``task_id=``): the send is idempotent when
             the result backend keeps locks.
@@ -105,28 +111,31 @@ async def _send(
     handle: Callable[[Message], AsyncResult[Any]],
     publish: Callable[[Message], Awaitable[AsyncResult[Any]]],
 ) -> AsyncResult[Any]:
-    """:func:`send_guarded`'s work, which its caller's cancellation does not stop."""
+    """:func:`send_guarded`'s work, which its caller's cancellation does not stop.
+
+    A mark or lock found held by a send in flight in this process is not taken as sent: this
+    send waits for that one's outcome, and takes the mark or lock itself if that one failed
+    (and freed it), so that no handle it returns is of a call never sent.
+    """
     taken: list[tuple[Locks, str, str]] = []
+    in_flight: list[tuple[int, str]] = []  # its keys in _SENDING (taken is cleared when freed)
     try:
         if explicit_id and app.has_result_backend:
             backend = await app.result_backend()
             if has_locks(backend):
                 token = uuid.uuid4().hex
-                if await backend.lock(sent_key(msg.id), token, sent_ttl(app)) != token:
-                    return AsyncResult(msg.id, app, msg.task)  # sent before: never twice
-                taken.append((backend, sent_key(msg.id), token))
+                while await backend.lock(sent_key(msg.id), token, sent_ttl(app)) != token:
+                    if not await _failed_meanwhile(backend, sent_key(msg.id)):
+                        return AsyncResult(msg.id, app, msg.task)  # sent before: never twice
+                _take(taken, in_flight, backend, sent_key(msg.id), token)
         lock = UniqueLock.from_message(msg)
         if lock is not None:
             held = locks(await _backend(app), "a unique task")
-            holder = await held.lock(lock.key, msg.id, lock.ttl)
-            if holder != msg.id and await _finished(app, holder):
-                # Its outcome is stored and its worker is about to free the lock: not pending.
-                await held.unlock(lock.key, holder)
-                holder = await held.lock(lock.key, msg.id, lock.ttl)
-            if holder != msg.id:
-                await _free(taken)
-                return AsyncResult(holder, app, msg.task)
-            taken.append((held, lock.key, msg.id))
+            while (holder := await _lock_unique(app, held, lock, msg.id)) != msg.id:
+                if not await _failed_meanwhile(held, lock.key):
+                    await _free(taken)
+                    return AsyncResult(holder, app, msg.task)
+            _take(taken, in_flight, held, lock.key, msg.id)
         if msg.options.get("after"):
             deps = Dependencies(app, await app.result_backend())
             result = handle(msg)  # its mailbox exists before the message may be published
@@ -136,6 +145,67 @@ async def _send(
     except BaseException:
         await _free(taken)
         raise
+    finally:
+        _done_sending(in_flight)
+
+
+async def _lock_unique(app: Aqueue, held: Locks, lock: UniqueLock, task_id: str) -> str:
+    """Take ``lock`` for ``task_id``; returns its holder (``task_id`` when taken)."""
+    holder = await held.lock(lock.key, task_id, lock.ttl)
+    if holder != task_id and await _finished(app, holder):
+        # Its outcome is stored and its worker is about to free the lock: not pending.
+        await held.unlock(lock.key, holder)
+        holder = await held.lock(lock.key, task_id, lock.ttl)
+    return holder
+
+
+#: The guarded sends in flight in this process, by (``id()`` of their result backend, the key
+#: of a mark or lock they hold): a send finding that key held waits for their outcome.
+_SENDING: dict[tuple[int, str], asyncio.Future[Any]] = {}
+
+
+def _take(
+    taken: list[tuple[Locks, str, str]],
+    in_flight: list[tuple[int, str]],
+    held: Locks,
+    key: str,
+    owner: str,
+) -> None:
+    """Note a mark or lock taken by the current send (in ``taken``, freed if the send fails),
+    and the send as in flight under it (in :data:`_SENDING`, and its entry in ``in_flight``)."""
+    taken.append((held, key, owner))
+    sending = asyncio.current_task()
+    if sending is not None:  # always: _send runs as a task of its own
+        _SENDING[(id(held), key)] = sending
+        in_flight.append((id(held), key))
+
+
+def _done_sending(in_flight: list[tuple[int, str]]) -> None:
+    """The current send has ended: it is no longer in flight under its keys."""
+    sending = asyncio.current_task()
+    for entry in in_flight:
+        if _SENDING.get(entry) is sending:
+            del _SENDING[entry]
+
+
+async def _failed_meanwhile(held: Locks, key: str) -> bool:
+    """Wait for the send in flight in this process under ``key``, if any.
+
+    Returns:
+        True if there was one and it failed or was cancelled: it freed ``key`` (if it could),
+        which is to be taken again. False if there was none (the holder is elsewhere, or sent)
+        or it sent its call.
+    """
+    sending = _SENDING.get((id(held), key))
+    if (
+        sending is None
+        or sending is asyncio.current_task()
+        or sending.get_loop() is not asyncio.get_running_loop()
+    ):
+        return False
+    # asyncio.wait: a cancellation of this send must not cancel the one waited for.
+    await asyncio.wait([sending])
+    return sending.cancelled() or sending.exception() is not None
 
 
 #: Guarded sends whose callers were cancelled, kept until they end (the loop holds tasks

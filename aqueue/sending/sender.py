@@ -81,6 +81,9 @@ class _LoopState:
     """What sending keeps per event loop."""
 
     publisher: Batcher[Outgoing] | None = None
+    # The earliest deadline (event-loop time) of the sends waiting for the next shared publish
+    # that have one (they connected first), or None: that publish ends by then.
+    flush_by: float | None = None
     # time.monotonic() before which sends skip the reply channel (the backend was unreachable).
     replies_paused_until: float = 0.0
 
@@ -467,9 +470,12 @@ class Sender:
             conns = self._loops.get()
             if conns.publisher is None:
                 conns.publisher = Batcher(self._publish_batch)
-            if deadline is None:
-                return conns.publisher.submit(outgoing)
-            return self._within(deadline, conns.publisher.submit(outgoing), None)
+            # The shared publish itself ends by this send's deadline: were only this send to
+            # stop waiting, its message could be stored after its caller got an error (and,
+            # sent again, run twice).
+            if deadline is not None and (conns.flush_by is None or deadline < conns.flush_by):
+                conns.flush_by = deadline
+            return conns.publisher.submit(outgoing)
         return self._publish_now(outgoing, retry, retry_policy, deadline)
 
     async def _publish_now(
@@ -526,9 +532,17 @@ class Sender:
     async def _publish_batch(self, outgoing: list[Outgoing]) -> ItemErrors:
         """The flush of the sends batched together (:class:`~aqueue.batching.Batcher`):
         :meth:`_publish_now`, where a batch stored only in part fails the sends of the messages
-        not stored, and only those."""
+        not stored, and only those.
+
+        It ends by its own deadline (:meth:`_deadline`), or by the earliest deadline of the
+        sends it carries that have one (``_LoopState.flush_by``), if that is sooner.
+        """
+        conns = self._loops.get()
+        deadline, conns.flush_by = conns.flush_by, None
+        if deadline is not None:
+            deadline = min(deadline, self._deadline(len(outgoing), True, None))
         try:
-            await self._publish_now(outgoing)
+            await self._publish_now(outgoing, deadline=deadline)
         except PublishIncomplete as exc:
             return exc.failed
         return None
