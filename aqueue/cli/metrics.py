@@ -96,11 +96,12 @@ def child_metrics(app: Aqueue) -> None:
 @contextlib.contextmanager
 def supervisor_metrics(
     port: int | None, address: str
-) -> Iterator[Callable[[Callable[[], bool]], Callable[[int], None]] | None]:
+) -> Iterator[Callable[[Callable[[], bool], Callable[[], bool]], Callable[[int], None]] | None]:
     """For ``--processes`` with ``--metrics-port``: make the children count into a fresh
-    multi-process directory; yield ``start(ready) -> on_exit``, which serves the directory with
-    ``ready`` as readiness and returns what marks a dead child's samples. ``None`` without a
-    port. The directory is removed after the block.
+    multi-process directory; yield ``start(ready, alive) -> on_exit``, which serves the
+    directory with ``ready`` as readiness (``/readyz``) and ``alive`` as liveness
+    (``/healthz``), and returns what marks a dead child's samples. ``None`` without a port.
+    The directory is removed after the block.
 
     Raises:
         typer.Exit: (code 2) the extra is missing or the port cannot be bound.
@@ -114,10 +115,12 @@ def supervisor_metrics(
     os.environ[CHILD_ENV] = "1"
     servers: list[Any] = []
 
-    def start(ready: Callable[[], bool]) -> Callable[[int], None]:
+    def start(ready: Callable[[], bool], alive: Callable[[], bool]) -> Callable[[int], None]:
         servers.append(
             _bound(
-                lambda: prometheus.serve(port, address, ready=ready, multiprocess_dir=directory),
+                lambda: prometheus.serve(
+                    port, address, alive=alive, ready=ready, multiprocess_dir=directory
+                ),
                 port,
             )
         )

@@ -221,7 +221,7 @@ def supervise(
             redirect_stderr(logfile)  # what the children log reaches the file too
         supervisor = Supervisor(spec, processes, args, options.hostname, first, shutdown_timeout)
         if serve_metrics is not None:
-            supervisor.on_exit = serve_metrics(supervisor.ready)
+            supervisor.on_exit = serve_metrics(supervisor.ready, supervisor.alive)
         code = supervisor.run()
     raise typer.Exit(code)
 

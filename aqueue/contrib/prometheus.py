@@ -27,6 +27,9 @@ sample (every child reads the same queues).
 sampling interval, apart from the sampling itself so a slow broker does not count, came within
 three intervals), else 503 - for a liveness probe. ``/readyz`` answers 200 once the worker is
 connected and consuming, and 503 before and while it shuts down - for a readiness probe.
+With ``--processes N``, the supervisor answers ``/readyz`` with 200 while every child is ready,
+and ``/healthz`` with 503 while a child is down (from its death until its replacement is ready)
+or the supervisor stops (:meth:`aqueue.worker.supervisor.Supervisor.alive`).
 
 In code, without the CLI: ``metrics = Metrics(); metrics.install(app)`` before the worker starts,
 then ``metrics.watch(worker)`` and ``serve(port, ...)``.

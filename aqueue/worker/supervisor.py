@@ -10,9 +10,18 @@ and then only watches:
   that died. A child that exits cleanly by itself (``aqueue control shutdown``) is not
   restarted; when every child has, the supervisor exits too.
 - **A child that cannot start** - it died :data:`MAX_FAILED_STARTS` times in a row before it
-  was ready (an app that no longer imports, a bad setting) - is not started again: the
+  was ready (an app that no longer imports, a bad setting), or its process could not be made
+  (fork/exec failing: EAGAIN, ENOMEM, no file descriptors left) - is not started again: the
   supervisor says so, stops the other children (warm shutdown) and exits with that child's
-  exit code (1 if it was killed by a signal), as a single worker would have.
+  exit code (1 if it was killed by a signal or never ran), as a single worker would have.
+  Until then such a failed start is logged and retried with the same pauses as a death; the
+  other children run on.
+- **Readiness** does not depend on the children's log: each child tells the supervisor on its
+  stderr pipe (a line of its own, not relayed) once its worker is ready, wherever the app's
+  logging sends its lines. :meth:`Supervisor.ready` (``/readyz``) is true while every child
+  is ready; :meth:`Supervisor.alive` (``/healthz``) while none is down (dead, not started or
+  exited, until its replacement is ready; a child starting for the first time, or being
+  replaced after its per-child limit, is not down); both are false once the shutdown has begun.
 - **A child that reached its limit** (``worker_max_tasks_per_child`` messages, or more than
   ``worker_max_memory_per_child`` KiB resident after a task) stops taking messages, hands back
   the ones it had not started, lets its running tasks finish (``worker_shutdown_timeout``),
@@ -64,6 +73,9 @@ RECYCLE_EXIT = 75
 #: The exit codes of a child that stopped cleanly when told to: its warm shutdown, or its
 #: recycling, or SIGTERM itself before the child had set up its handler (nothing running yet).
 _STOPPED = frozenset({0, RECYCLE_EXIT, -signal.SIGTERM})
+#: What a child writes on its stderr once its worker is ready: said apart from its log, which
+#: the app's own logging (``setup_logging``) may send elsewhere. Not relayed.
+_READY = b"\x1eaqueue-supervised-worker-ready\n"
 
 
 def child_hostname(hostname: str | None, index: int) -> str:
@@ -85,6 +97,10 @@ class _Child:
     restarts: int = 0  # starts so far
     recycled: int = 0  # replaced after reaching a per-child limit
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Not down: starting for the first time (as a single worker's ``/healthz`` says yes while
+    #: it starts), running and ready, or being replaced after its per-child limit. Down from
+    #: a death or a failed start until a replacement is ready.
+    up: bool = True
     done: bool = False  # exited cleanly by itself: not restarted
 
 
@@ -131,6 +147,13 @@ class Supervisor:
         """True while every child is ready and no shutdown has begun (readiness; safe to call
         from another thread)."""
         return not self._stopping.is_set() and all(c.ready.is_set() for c in self.children)
+
+    def alive(self) -> bool:
+        """True while no child is down - each is starting for the first time, running and
+        ready, or being replaced after its per-child limit - and no shutdown has begun
+        (liveness; safe to call from another thread). A child that died, could not be started
+        or exited by itself is down until a replacement is ready."""
+        return not self._stopping.is_set() and all(c.up for c in self.children)
 
     def run(self) -> int:
         """Run until every child has stopped; return the exit code (0: clean; 1: a child had
@@ -183,59 +206,94 @@ class Supervisor:
     async def _watch(self, child: _Child) -> None:
         """Start ``child``, relay its log, start it again when it dies, until stopping."""
         while not self._stopping.is_set():
-            child.ready.clear()
             child.started = time.monotonic()
-            log = await self._start(child)
-            assert child.proc is not None
-            if child.restarts:
-                logger.info(
-                    "worker process %d started again (pid %d, restart %d)",
-                    child.index,
-                    child.proc.pid,
-                    child.restarts,
-                )
-            else:
-                logger.info("worker process %d started (pid %d)", child.index, child.proc.pid)
-            child.restarts += 1
-            if self._stopping.is_set():  # a signal came while it was starting
-                _send(child.proc, signal.SIGTERM)
-            code = await self._relay_until_exit(child, log)
-            if self.on_exit is not None:
-                self.on_exit(child.proc.pid)
-            if self._stopping.is_set():
-                if code not in _STOPPED:
-                    self._unclean = True
-                return
-            if code == RECYCLE_EXIT:
-                child.recycled += 1
-                child.failures = 0
-                logger.info(
-                    "worker process %d (pid %d) reached its per-child limit; replacing it",
-                    child.index,
-                    child.proc.pid,
-                )
+            try:
+                log = await self._start(child)
+            except OSError as exc:
+                # fork/exec or the pipe failed (EAGAIN, ENOMEM, EMFILE, a missing executable):
+                # a failed start of this child, not the end of the supervisor and the others.
+                await self._failed(child, 1, f"could not be started ({exc})", f"{exc}", False)
                 continue
-            if code == 0:
-                logger.info("worker process %d (pid %d) exited", child.index, child.proc.pid)
-                child.done = True
+            code = await self._follow(child, log)
+            was_ready = child.ready.is_set()
+            child.ready.clear()  # not consuming any more: not ready until its replacement is
+            if code is None:
+                child.up = False
                 return
-            child.failed_starts = 0 if child.ready.is_set() else child.failed_starts + 1
-            if child.failed_starts >= MAX_FAILED_STARTS:
-                self._give_up(child, code)
-                return
-            lived = time.monotonic() - child.started
-            child.failures = child.failures + 1 if lived < _QUICK_DEATH else 0
-            # Once at once; a child that keeps dying young waits 0.5 s, 1 s, 2 s... up to 30 s.
-            pause = min(_MAX_BACKOFF, 0.25 * 2**child.failures) if child.failures > 1 else 0.0
-            logger.error(
-                "worker process %d (pid %d) died (%s); starting another in %gs",
+            # A recycled child ran tasks; that exit code before it was ready is a failed start.
+            if code != RECYCLE_EXIT or not was_ready:
+                assert child.proc is not None
+                pid = child.proc.pid
+                died = f"(pid {pid}) died ({_describe(code)})"
+                await self._failed(child, code, died, f"{_describe(code)}, pid {pid}", was_ready)
+
+    async def _follow(
+        self, child: _Child, log: tuple[asyncio.StreamReader, asyncio.BaseTransport]
+    ) -> int | None:
+        """Watch ``child``'s process, just started, until it exits.
+
+        Returns:
+            Its exit code (:data:`RECYCLE_EXIT`: to be replaced at once), or ``None`` when it
+            is not to be started again: stopping, or it exited cleanly by itself.
+        """
+        assert child.proc is not None
+        if child.restarts:
+            logger.info(
+                "worker process %d started again (pid %d, restart %d)",
                 child.index,
                 child.proc.pid,
-                _describe(code),
-                pause,
+                child.restarts,
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), pause)
+        else:
+            logger.info("worker process %d started (pid %d)", child.index, child.proc.pid)
+        child.restarts += 1
+        if self._stopping.is_set():  # a signal came while it was starting
+            _send(child.proc, signal.SIGTERM)
+        code = await self._relay_until_exit(child, log)
+        if self.on_exit is not None:
+            self.on_exit(child.proc.pid)
+        if self._stopping.is_set():
+            if code not in _STOPPED:
+                self._unclean = True
+            return None
+        if code == RECYCLE_EXIT and child.ready.is_set():
+            child.recycled += 1
+            child.failures = 0
+            logger.info(
+                "worker process %d (pid %d) reached its per-child limit; replacing it",
+                child.index,
+                child.proc.pid,
+            )
+        elif code == 0:
+            logger.info("worker process %d (pid %d) exited", child.index, child.proc.pid)
+            child.done = True
+            return None
+        return code
+
+    async def _failed(
+        self, child: _Child, code: int, failure: str, last: str, was_ready: bool
+    ) -> None:
+        """Count a death or a failed start of ``child`` and wait out its pause before the
+        next start, or give up (:data:`MAX_FAILED_STARTS`).
+
+        Args:
+            code: its exit code (1 when it could not be started).
+            failure: what happened, for the log (``(pid 12) died (exit code 3)``).
+            last: the same, shorter, for the log line of giving up.
+            was_ready: whether it had been ready (then it did start).
+        """
+        child.up = False
+        child.failed_starts = 0 if was_ready else child.failed_starts + 1
+        if child.failed_starts >= MAX_FAILED_STARTS:
+            self._give_up(child, code, last)
+            return
+        lived = time.monotonic() - child.started
+        child.failures = child.failures + 1 if lived < _QUICK_DEATH else 0
+        # Once at once; a child that keeps dying young waits 0.5 s, 1 s, 2 s... up to 30 s.
+        pause = min(_MAX_BACKOFF, 0.25 * 2**child.failures) if child.failures > 1 else 0.0
+        logger.error("worker process %d %s; starting another in %gs", child.index, failure, pause)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), pause)
 
     async def _start(self, child: _Child) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
         """Start ``child``'s process (``child.proc``) with its stderr on a pipe of ours.
@@ -247,9 +305,11 @@ class Supervisor:
             The reader of the child's stderr and the pipe's transport (to close).
 
         Raises:
-            OSError: the process or the pipe cannot be made (no file descriptors left...).
+            OSError: the process or the pipe cannot be made (no file descriptors left...); a
+                process started whose pipe cannot be read is killed first.
         """
         read_fd, write_fd = os.pipe()
+        pipe = os.fdopen(read_fd, "rb", buffering=0)  # (closing it closes read_fd)
         try:
             child.proc = await asyncio.create_subprocess_exec(
                 *self._command(child),
@@ -259,15 +319,28 @@ class Supervisor:
                 start_new_session=True,
             )
         except BaseException:
-            os.close(read_fd)
+            pipe.close()
             raise
         finally:
             os.close(write_fd)
         reader = asyncio.StreamReader(limit=_LINE_LIMIT)
-        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
-        )
+        try:
+            transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), pipe
+            )
+        except BaseException:
+            pipe.close()
+            await self._discard(child.proc)
+            raise
         return reader, transport
+
+    async def _discard(self, proc: asyncio.subprocess.Process) -> None:
+        """Kill and reap ``proc``, just started, whose log cannot be read: unwatched, it would
+        run on beside its replacement (it has done nothing yet: SIGKILL loses nothing)."""
+        _send(proc, signal.SIGKILL)
+        await proc.wait()
+        if self.on_exit is not None:
+            self.on_exit(proc.pid)
 
     async def _relay_until_exit(
         self, child: _Child, log: tuple[asyncio.StreamReader, asyncio.BaseTransport]
@@ -300,8 +373,8 @@ class Supervisor:
         pipe: asyncio.BaseTransport,
     ) -> None:
         """Copy ``proc``'s stderr to ours, line by line (a line longer than
-        :data:`_LINE_LIMIT` bytes in pieces), noting its ``ready`` line, until the end of
-        the pipe; then close it."""
+        :data:`_LINE_LIMIT` bytes in pieces), noting (not copying) its :data:`_READY` line,
+        until the end of the pipe; then close it."""
         try:
             while True:
                 try:
@@ -312,14 +385,12 @@ class Supervisor:
                 except asyncio.LimitOverrunError:
                     _write(await reader.read(_LINE_LIMIT))  # a piece of a very long line
                     continue
+                if not child.ready.is_set() and line.endswith(_READY):
+                    line = line[: -len(_READY)]  # (what came before it on the line, if any)
+                    if child.proc is proc and proc.returncode is None:
+                        child.ready.set()
+                        child.up = True
                 _write(line)
-                if (
-                    not child.ready.is_set()
-                    and b" ready: consuming " in line
-                    and child.proc is proc
-                    and proc.returncode is None
-                ):
-                    child.ready.set()
         finally:
             pipe.close()
 
@@ -343,16 +414,15 @@ class Supervisor:
             logger.warning("second %s: stopping worker processes now", sig.name)
         self._stop_children()
 
-    def _give_up(self, child: _Child, code: int) -> None:
-        """Stop everything: ``child`` died ``code`` before it was ready too often in a row."""
-        assert child.proc is not None
+    def _give_up(self, child: _Child, code: int, last: str) -> None:
+        """Stop everything: ``child`` died before it was ready (or could not be started) too
+        often in a row; the last time with ``code``, as ``last`` says."""
         logger.critical(
-            "worker process %d failed to start %d times in a row (last: %s, pid %d; its error "
+            "worker process %d failed to start %d times in a row (last: %s; its error "
             "is above): not starting it again; stopping the other worker processes",
             child.index,
             child.failed_starts,
-            _describe(code),
-            child.proc.pid,
+            last,
         )
         self._gave_up = code if 0 < code < 256 else 1
         self._stop_children()
@@ -403,15 +473,23 @@ def _die_with_parent() -> None:
     parent = os.environ.pop(_PARENT_ENV, None)
     if parent is None:
         return
+    from aqueue import signals
     from aqueue.worker.worker import mark_supervised
 
     mark_supervised()  # worker_max_*_per_child apply here
+    signals.worker_ready.connect(_say_ready)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
     if os.getppid() != int(parent):  # it died before the request above took effect
         sys.exit(0)
+
+
+def _say_ready(**_: Any) -> None:
+    """In a child, on ``worker_ready``: tell the supervisor (:data:`_READY` on stderr)."""
+    with contextlib.suppress(OSError):  # (no supervisor left to tell)
+        os.write(2, _READY)
 
 
 if __name__ == "__main__":  # a child: ``python -m aqueue.worker.supervisor worker -A ...``
