@@ -188,10 +188,30 @@ class Dependencies:
         Raises:
             BrokerConnectionError: the result backend or the broker cannot be reached.
         """
-        waited = await self.waiters.store_waited(items, self.app.conf.result_expires, reply_to)
+        waited = await self.store_waited(items, reply_to)
         if waited:
-            stored = dict(items)
-            await self.settle_stored({task_id: stored[task_id] for task_id in waited})
+            await self.settle_waited(items, waited)
+
+    async def store_waited(self, items: Records, reply_to: ReplyTo | None = None) -> list[str]:
+        """The first half of :meth:`store`: store the records (``result_expires``) and return
+        the ids among them that tasks wait for (one round trip). Safe to cut and do again:
+        storing a record twice leaves it as once.
+
+        Raises:
+            BrokerConnectionError: the result backend cannot be reached.
+        """
+        return await self.waiters.store_waited(items, self.app.conf.result_expires, reply_to)
+
+    async def settle_waited(self, items: Records, waited: Sequence[str]) -> None:
+        """The second half of :meth:`store`: settle the tasks waiting for ``waited``, ids of
+        ``items`` just stored. Not to be cut short: cut between a claim and its publish, a
+        waiting task would stay held (see the module doc).
+
+        Raises:
+            BrokerConnectionError: the result backend or the broker cannot be reached.
+        """
+        stored = dict(items)
+        await self.settle_stored({task_id: stored[task_id] for task_id in waited})
 
     async def settle(
         self, dep: str, rec: ResultRecord, waiting: Iterable[str], sending: bool = False

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from aqueue.batching import Batcher, ItemErrors
@@ -44,6 +44,7 @@ from aqueue.exceptions import BrokerConnectionError, BrokerError
 from aqueue.transports import Broker, Delivery, RunTracking, WrittenStarts
 
 if TYPE_CHECKING:
+    from aqueue.dependencies import Dependencies
     from aqueue.transports import Records, ReplyTo, ResultBackend
 
 logger = logging.getLogger(__name__)
@@ -141,13 +142,13 @@ class Completer:
         self._retry: asyncio.Future[None] | None = None
         self._pause = STORE_BACKOFF[0]
         self._failing = False  # an outage was logged, not its end yet
-        # Stores with waiters that did not answer in time: left to end on their own (see
-        # _store_records), kept referenced until then.
+        # Settlings of waiting tasks that did not answer in time: left to end on their own
+        # (see _store_records), kept referenced until then.
         self._abandoned: set[asyncio.Future[None]] = set()
-        # Stores the records in place of the backend's plain store and settles the tasks sent
-        # after= them, before the acks (aqueue.dependencies); set by the executor when the
-        # backend keeps waiter sets.
-        self.on_waited: Callable[[Records, ReplyTo | None], Awaitable[None]] | None = None
+        # Stores the records in place of the backend's plain store (one round trip that also
+        # says which of them tasks wait for) and settles the tasks sent after= them, before the
+        # acks; set by the executor when the backend keeps waiter sets.
+        self.dependencies: Dependencies | None = None
 
     async def finish(
         self,
@@ -401,18 +402,21 @@ class Completer:
         assert self.backend is not None
         records = [r for recs, _, _, _ in items for r in recs]
         replies = {r[0]: reply for recs, _, reply, _ in items if reply for r in recs}
-        if self.on_waited is None:
+        deps = self.dependencies
+        if deps is None:
             await self._bounded(store(self.backend, records, self.expires, replies))
             return
-        if self.timeout is None:
-            await self.on_waited(records, replies or None)
+        waited = await self._bounded(deps.store_waited(records, replies or None))
+        if not waited:
             return
-        # Not cancelled when it does not answer in time: it settles the tasks waiting for these
-        # records after storing them, and cut between a claim and its publish a waiting task
-        # would stay held for ever. It goes on in the background while the next try, on a
-        # fresh connection, does the same: storing a record again and settling with claims
-        # leave the same final state (the claims make concurrent settling safe).
-        call = asyncio.ensure_future(self.on_waited(records, replies or None))
+        if self.timeout is None:
+            await deps.settle_waited(records, waited)
+            return
+        # Not cancelled when it does not answer in time: cut between a claim and its publish,
+        # a waiting task would stay held for ever. It goes on in the background while the next
+        # try, on a fresh connection, stores and settles again: storing a record again and
+        # settling with claims leave the same final state (the claims make it safe).
+        call = asyncio.ensure_future(deps.settle_waited(records, waited))
         bound = asyncio.timeout(self.timeout)
         try:
             async with bound:

@@ -118,7 +118,8 @@ class Executor:
         self.locks = RunLocks(backend, lease)
         self.dependencies = Dependencies.of(app, backend)
         if self.dependencies is not None:
-            self.completer.on_waited = self.workflow.on_waited = self.dependencies.store
+            self.workflow.on_waited = self.dependencies.store
+            self.completer.dependencies = self.dependencies
         # Batch tasks: their calls wait here for a full batch (aqueue.worker.batch).
         self.batches = Batches(self)
 
