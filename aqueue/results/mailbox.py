@@ -23,6 +23,8 @@ import asyncio
 import weakref
 from collections.abc import Sequence
 
+from aqueue.exceptions import BrokerConnectionError
+
 # The records of every mailbox that has none yet: never appended to (put() replaces it).
 _NO_RECORDS: list[bytes] = []
 
@@ -39,7 +41,7 @@ class Mailbox:
             event loop (another backend instance) falls back to watching its task's channel.
     """
 
-    __slots__ = ("__weakref__", "_boxes", "_records", "_task_id", "_waiters", "owner")
+    __slots__ = ("__weakref__", "_boxes", "_ended", "_records", "_task_id", "_waiters", "owner")
 
     def __init__(
         self,
@@ -54,6 +56,7 @@ class Mailbox:
         self._waiters: list[asyncio.Future[None]] | None = None
         self._boxes = boxes  # the inbox's entries (by task_id), which this leaves when dropped
         self._task_id = task_id
+        self._ended: str | None = None  # why no more records come (its backend closed)
 
     def __del__(self) -> None:
         boxes = self._boxes
@@ -84,12 +87,32 @@ class Mailbox:
             if not waiter.done():
                 waiter.set_result(None)
 
+    def end(self, reason: str) -> None:
+        """No more records come (the backend closed): wake every reader; once a reader has
+        the records that arrived before, :meth:`read_from` raises instead of waiting.
+
+        Args:
+            reason: the error's message, naming the backend and saying that it closed.
+        """
+        if self._ended is None:
+            self._ended = reason
+        waiters, self._waiters = self._waiters or (), None
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     async def read_from(self, position: int) -> list[bytes]:
         """The records from index ``position`` on, waiting until there is at least one.
 
         A reader keeps its position (``position + len(returned)``) between calls.
+
+        Raises:
+            BrokerConnectionError: the mailbox ended (:meth:`end`) with nothing past
+                ``position``.
         """
         while len(self._records) <= position:
+            if self._ended is not None:
+                raise BrokerConnectionError(self._ended)
             waiter = asyncio.get_running_loop().create_future()
             if self._waiters is None:
                 self._waiters = []
@@ -149,9 +172,18 @@ class Inbox:
         """Task ids whose mailbox is alive."""
         return [task_id for task_id, ref in list(self._boxes.items()) if ref() is not None]
 
-    def clear(self) -> None:
-        """Forget every mailbox (the backend closed)."""
+    def clear(self, reason: str = "the result backend was closed") -> None:
+        """Forget every mailbox (the backend closed), ending each one still held
+        (:meth:`Mailbox.end`): its readers are told rather than left waiting for ever.
+
+        Args:
+            reason: the message of the error its readers get.
+        """
+        boxes = [ref() for ref in self._boxes.values()]
         self._boxes.clear()
+        for box in boxes:
+            if box is not None:
+                box.end(reason)
 
 
 def pack(items: Sequence[tuple[str, bytes]]) -> bytes:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HEARTBEAT_INTERVAL",
     "HEARTBEAT_TTL",
+    "RESUBSCRIBE_BACKOFF",
     "WORKER_LOST_TTL",
     "Remote",
     "active_info",
@@ -54,6 +55,9 @@ HEARTBEAT_TTL = 3 * HEARTBEAT_INTERVAL
 #: Seconds a worker that stopped beating without shutting down is still shown as lost
 #: (``aqueue status``), from its last heartbeat.
 WORKER_LOST_TTL = 3600.0
+#: Seconds between two attempts to subscribe to the control channel again after the
+#: subscription ended under a running worker: the first pause, doubled up to the second.
+RESUBSCRIBE_BACKOFF = (0.1, 5.0)
 
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -157,6 +161,51 @@ class Remote:
     # -- commands ----------------------------------------------------------------------------
 
     async def _listen(self, commands: asyncio.Queue[bytes]) -> None:
+        """Answer commands until cancelled (:meth:`stop`). When the subscription ends under
+        the worker (its transport closed, or its reader failed), log it and subscribe again,
+        pausing :data:`RESUBSCRIBE_BACKOFF` between attempts: a worker that stopped listening
+        would never answer remote control again."""
+        while True:
+            try:
+                await self._take(commands)
+            except AqueueError as exc:
+                logger.warning("remote control: the control subscription ended (%s)", exc)
+            commands = await self._subscribe_again()
+
+    async def _subscribe_again(self) -> asyncio.Queue[bytes]:
+        """Leave the ended subscription and make a new one, retrying with a growing pause;
+        then read the tables again (a revocation broadcast meanwhile was missed)."""
+        pause = RESUBSCRIBE_BACKOFF[0]
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                await self._stack.aclose()
+            except Exception as exc:  # leaving a dead subscription must not stop listening
+                logger.warning("remote control: leaving the ended subscription failed: %s", exc)
+            self._stack = contextlib.AsyncExitStack()
+            try:
+                commands = await self._stack.enter_async_context(
+                    self.transport.subscribe(CONTROL_CHANNEL)
+                )
+            except AqueueError as exc:
+                pause = min(pause * 2, RESUBSCRIBE_BACKOFF[1])
+                logger.warning(
+                    "remote control: subscribing again failed (%s); retrying in %gs", exc, pause
+                )
+                continue
+            logger.info("remote control: subscribed to the control channel again")
+            try:
+                await self._sync(force=True)
+            except AqueueError as exc:  # the heartbeat's next sync reads them
+                logger.warning("remote control: reading revocations and rate limits: %s", exc)
+            return commands
+
+    async def _take(self, commands: asyncio.Queue[bytes]) -> None:
+        """Answer the commands ``commands`` receives, until its subscription ends.
+
+        Raises:
+            BrokerConnectionError: the subscription ended (see :class:`.fanout.SubscriberQueue`).
+        """
         while True:
             raw = await commands.get()
             try:

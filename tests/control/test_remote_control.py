@@ -4,12 +4,14 @@ transport: the library calls behind ``aqueue inspect|control|status|purge|dlq|ev
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
+from typing import Any
 
 import pytest
 
-from aqueue import Worker
+from aqueue import Aqueue, Worker
 from aqueue.control.events import event_senders
 from aqueue.control.protocol import CONTROL_CHANNEL, Command, Table
 from aqueue.control.queues import cluster_status, live_workers, purge, replay_dead_letters
@@ -219,3 +221,31 @@ async def test_without_events_no_event_is_built(t: OpsTasks) -> None:
         assert w.events is None
         assert w.executor is not None and w.executor.on_event is None
         assert w.stats()["events"] is False
+
+
+# -- a worker's control subscription ending under it ---------------------------------------------
+
+
+async def test_a_worker_answers_remote_control_again_after_its_subscription_ended(
+    backend_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The control transport closes under a running worker (its subscription to the control
+    channel ends): the worker logs it and subscribes again, so it answers ``ping`` again.
+    Before, its listener ended quietly and the worker never answered remote control again."""
+    app = Aqueue("closing", broker=backend_url, backend=backend_url)
+    host = f"w-{uuid.uuid4().hex[:8]}@closing"
+    try:
+        async with Worker(app, hostname=host, shutdown_timeout=5):
+            [reply] = await app.control.ping(destination=[host], timeout=5.0)
+            assert reply.value == "pong"
+            await (await app.control_transport()).close()
+            answered: list[Any] = []
+            deadline = time.monotonic() + 5.0
+            while not answered and time.monotonic() < deadline:
+                answered = await app.control.ping(destination=[host], timeout=0.5)
+            assert [r.value for r in answered] == ["pong"], "no answer after the subscription ended"
+        assert any(
+            "control" in r.getMessage() and r.levelno >= logging.WARNING for r in caplog.records
+        ), "the ended subscription was not logged"
+    finally:
+        await app.close()

@@ -31,7 +31,13 @@ class MemoryBackend:
         """Nothing to open."""
 
     async def close(self) -> None:
-        """Nothing to release; records are kept for a later ``connect``."""
+        """End the watches of the calling event loop: their ``get()`` raises
+        :class:`~aqueue.exceptions.BrokerConnectionError` once the records put before are read.
+        Records are kept for a later ``connect``, and other loops' watches go on: the instance
+        is shared by every user of the URL, each loop closing its own."""
+        self._watchers.end(
+            asyncio.get_running_loop(), f"the result backend {self.url} was closed: the watch ended"
+        )
 
     async def store(
         self, items: Records, expires: float | None, reply_to: ReplyTo | None = None
@@ -120,6 +126,7 @@ class MemoryBackend:
 
     @asynccontextmanager
     async def watch(self, task_id: str) -> AsyncIterator[asyncio.Queue[bytes]]:
-        """Yield a queue that receives every record stored for ``task_id`` from now on."""
+        """Yield a queue that receives every record stored for ``task_id`` from now on, until
+        :meth:`close` on this loop ends it (see :class:`.fanout.SubscriberQueue`)."""
         with self._watchers.holding(task_id, LoopQueue(asyncio.get_running_loop())) as w:
             yield w.queue

@@ -42,6 +42,7 @@ from redis.commands.core import AsyncScript
 from aqueue.exceptions import BrokerConnectionError, BrokerError
 from aqueue.results.mailbox import Inbox, Mailbox, pack
 from aqueue.transports.base import Records, ReplyTo, waiters_key
+from aqueue.transports.fanout import SubscriberQueue
 from aqueue.transports.redis import keys, lua
 from aqueue.transports.redis.client import SharedClient, as_bytes, redacted_url, redis_errors
 from aqueue.transports.redis.keys import CLUSTER
@@ -87,7 +88,7 @@ class RedisBackend(RedisRole):
         self._subscribing = asyncio.Lock()
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._watchers: dict[bytes, list[asyncio.Queue[bytes]]] = {}  # channel -> queues
+        self._watchers: dict[bytes, list[SubscriberQueue]] = {}  # channel -> queues
         # One future per SUBSCRIBE sent, resolved in order by the server's confirmations.
         self._confirmations: dict[bytes, collections.deque[asyncio.Future[None]]] = {}
         self._messages_seen: dict[bytes, int] = {}  # channel -> messages dispatched so far
@@ -105,7 +106,9 @@ class RedisBackend(RedisRole):
     async def close(self) -> None:
         """Stop the pub/sub reader and close all connections. Idempotent.
 
-        Watches still entered get no more records; entering one later reconnects.
+        Watches still entered, and the mailboxes of this client's reply channel, get no more
+        records: their readers get :class:`~aqueue.exceptions.BrokerConnectionError` once they
+        have what arrived before. Entering a watch later reconnects.
         """
         tasks = [
             t
@@ -125,7 +128,11 @@ class RedisBackend(RedisRole):
             self._reply_subscribed.cancel()
             await asyncio.wait([self._reply_subscribed])
             self._reply_subscribed = None
-        self._inbox.clear()
+        reason = f"{self!r} was closed: waiting for results ended"
+        self._inbox.clear(reason)
+        for queues in self._watchers.values():
+            for queue in queues:
+                queue.end(reason)
         for waiting in self._confirmations.values():
             for future in waiting:
                 future.cancel()
@@ -350,7 +357,7 @@ class RedisBackend(RedisRole):
 
     async def _subscribe_replies(self) -> None:
         """Subscribe this client's reply channel and the shared one; both or neither."""
-        queue: asyncio.Queue[bytes] = asyncio.Queue()  # unused: _dispatch routes replies
+        queue = SubscriberQueue()  # unused: _dispatch routes replies
         await self._subscribe(self._reply, queue)
         try:
             await self._subscribe(self._shared_reply, queue)
@@ -368,7 +375,8 @@ class RedisBackend(RedisRole):
 
     @asynccontextmanager
     async def watch(self, task_id: str) -> AsyncIterator[asyncio.Queue[bytes]]:
-        """Subscribe to ``task_id``'s channel; yield the queue its new records are put on.
+        """Subscribe to ``task_id``'s channel; yield the queue its new records are put on,
+        until :meth:`close` ends it (see :class:`.fanout.SubscriberQueue`).
 
         Entering returns once the server confirmed the subscription and the id is in the
         watched set (so a worker publishes its records here even when they also go to a sender's
@@ -380,7 +388,7 @@ class RedisBackend(RedisRole):
                 subscription within 10 seconds.
         """
         channel = self._keys.result_channel(task_id).encode()
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        queue = SubscriberQueue()
         try:
             await self._subscribe(channel, queue, task_id)
             # After subscribing, before the caller reads the record (see lua/store.lua).
@@ -426,7 +434,7 @@ class RedisBackend(RedisRole):
                     log.warning("%r: cannot renew watches: %s", self, exc)
 
     async def _subscribe(
-        self, channel: bytes, queue: asyncio.Queue[bytes], task_id: str | None = None
+        self, channel: bytes, queue: SubscriberQueue, task_id: str | None = None
     ) -> None:
         """Add ``queue`` as a watcher of ``channel`` (of ``task_id``'s record, if given); return
         once the subscription is live.
@@ -485,7 +493,7 @@ class RedisBackend(RedisRole):
                 f"{channel.decode()} within {_SUBSCRIBE_TIMEOUT:g}s"
             ) from None
 
-    async def _unsubscribe(self, channel: bytes, queue: asyncio.Queue[bytes]) -> None:
+    async def _unsubscribe(self, channel: bytes, queue: SubscriberQueue) -> None:
         """Remove ``queue``; the last watcher of ``channel`` leaving sends UNSUBSCRIBE."""
         async with self._subscribing:
             # Nothing to send while others watch, or when the queue is gone already: close()
@@ -500,7 +508,7 @@ class RedisBackend(RedisRole):
                 # brings messages nobody waits for, which the reader drops.
                 log.warning("%r: %s", self, exc)
 
-    def _forget(self, channel: bytes, queue: asyncio.Queue[bytes]) -> bool:
+    def _forget(self, channel: bytes, queue: SubscriberQueue) -> bool:
         """Remove ``queue`` from ``channel``'s watchers (``self._subscribing`` held); True if
         it was the last one (its channel's state is dropped too)."""
         watchers = self._watchers.get(channel)

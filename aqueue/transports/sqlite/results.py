@@ -107,11 +107,16 @@ class SQLiteBackend(SQLiteRole):
     async def close(self) -> None:
         """End every watch, stop the poller and close the connection. Idempotent.
 
-        A later operation opens the file again.
+        A watch's ``get()`` then raises :class:`~aqueue.exceptions.BrokerConnectionError` once
+        the records put before are read: every watch, whatever its loop, since its poller and
+        connection are this instance's. A later operation opens the file again.
         """
         with self._lock:
+            watchers = [w for _, ws in self._watchers.items() for w in ws]
             self._watchers.clear()
             poller, self._poller = self._poller, None
+        for watcher in watchers:
+            watcher.end(f"the result backend {self.path!r} was closed: the watch ended")
         if poller is not None:
             poller.cancel()
             if poller.get_loop() is asyncio.get_running_loop():
@@ -318,7 +323,8 @@ class SQLiteBackend(SQLiteRole):
 
     @contextlib.asynccontextmanager
     async def watch(self, task_id: str) -> AsyncIterator[asyncio.Queue[bytes]]:
-        """Subscribe to records stored for ``task_id``; yields the queue they are put on.
+        """Subscribe to records stored for ``task_id``; yields the queue they are put on, until
+        :meth:`close` ends it (see :class:`.fanout.SubscriberQueue`).
 
         See the module docstring for what is delivered across processes.
 
