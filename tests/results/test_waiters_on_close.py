@@ -196,3 +196,29 @@ async def test_an_rpc_get_waiting_when_the_app_closes_is_told(rabbitmq_server: A
     finally:
         waiter.cancel()
         await app.close()
+
+
+async def test_an_rpc_watch_waiting_when_the_app_closes_is_told(rabbitmq_server: Any) -> None:
+    """``rpc://``: a handle made from the id (``app.AsyncResult(id)``) of a task this client
+    sent watches its mailbox through a queue of its own; closing the app ends that wait too."""
+    app = Aqueue("closing", broker=rabbitmq_server.url, backend="rpc://")
+
+    @app.task(name="closing.never_run", queue=f"closing-{uuid.uuid4().hex[:10]}")
+    async def never_run() -> None:
+        """Sent, never run: no worker."""
+
+    sent = await never_run.delay()
+    backend = await app.result_backend()
+    box = backend._inbox.get(sent.id)  # type: ignore[attr-defined]
+    assert box is not None
+    waiter = asyncio.create_task(app.AsyncResult(sent.id).get())
+    try:
+        await until(lambda: bool(box._waiters), "get() watches the mailbox")
+        await app.close()
+        done, _ = await asyncio.wait([waiter], timeout=WAIT)
+        assert done, "a watch of the rpc:// mailbox still waiting after the backend closed"
+        with pytest.raises(BrokerConnectionError):
+            waiter.result()
+    finally:
+        waiter.cancel()
+        await app.close()

@@ -49,6 +49,7 @@ from aqueue.exceptions import BrokerConnectionError, ConfigurationError
 from aqueue.results.mailbox import Inbox, Mailbox, pack, unpack
 from aqueue.transports.amqp.connection import amqp_errors, open_connection, redacted_url
 from aqueue.transports.base import Records, ReplyTo
+from aqueue.transports.fanout import SubscriberQueue
 from aqueue.transports.rpc import COUNT_A_CHORD, rpc_cannot
 from aqueue.transports.tls import TLSOptions
 
@@ -341,17 +342,23 @@ class RpcBackend:
 
     @asynccontextmanager
     async def watch(self, task_id: str) -> AsyncIterator[asyncio.Queue[bytes]]:
-        """Records of ``task_id`` arriving from now on, read from its mailbox.
+        """Records of ``task_id`` arriving from now on, read from its mailbox, until
+        :meth:`close` ends it: the queue's ``get()`` then raises
+        :class:`~aqueue.exceptions.BrokerConnectionError` once the records before are read.
 
         Raises:
             ConfigurationError: no handle of this client awaits ``task_id`` (see :func:`unseen`).
         """
         box = self._mailbox(task_id)
-        updates: asyncio.Queue[bytes] = asyncio.Queue()
+        updates = SubscriberQueue()
 
         async def follow(position: int) -> None:
             while True:
-                records = await box.read_from(position)
+                try:
+                    records = await box.read_from(position)
+                except BrokerConnectionError as exc:  # the mailbox ended: the backend closed
+                    updates.end(str(exc))
+                    return
                 position += len(records)
                 for record in records:
                     updates.put_nowait(record)
