@@ -250,8 +250,7 @@ class Supervisor:
         if self._stopping.is_set():  # a signal came while it was starting
             _send(child.proc, signal.SIGTERM)
         code = await self._relay_until_exit(child, log)
-        if self.on_exit is not None:
-            self.on_exit(child.proc.pid)
+        self._exited(child.proc.pid)
         if self._stopping.is_set():
             if code not in _STOPPED:
                 self._unclean = True
@@ -334,13 +333,22 @@ class Supervisor:
             raise
         return reader, transport
 
+    def _exited(self, pid: int) -> None:
+        """Call :attr:`on_exit` for ``pid``; what it raises is logged: the bookkeeping of a
+        dead process (its metrics files) must not end the supervisor and its other children."""
+        if self.on_exit is None:
+            return
+        try:
+            self.on_exit(pid)
+        except Exception:
+            logger.exception("the exit hook failed for worker process pid %d", pid)
+
     async def _discard(self, proc: asyncio.subprocess.Process) -> None:
         """Kill and reap ``proc``, just started, whose log cannot be read: unwatched, it would
         run on beside its replacement (it has done nothing yet: SIGKILL loses nothing)."""
         _send(proc, signal.SIGKILL)
         await proc.wait()
-        if self.on_exit is not None:
-            self.on_exit(proc.pid)
+        self._exited(proc.pid)
 
     async def _relay_until_exit(
         self, child: _Child, log: tuple[asyncio.StreamReader, asyncio.BaseTransport]

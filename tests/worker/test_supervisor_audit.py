@@ -292,6 +292,14 @@ FLAKY_SUPERVISOR = textwrap.dedent(
     supervisor._QUICK_DEATH = float(os.environ.get("AQUEUE_AUDIT_QUICK_DEATH", "5"))
     processes = int(os.environ.get("AQUEUE_AUDIT_PROCESSES", "2"))
     it = Supervisor("audit_app:app", processes, ["-l", "info"], shutdown_timeout=0.5)
+    if os.environ.get("AQUEUE_AUDIT_ON_EXIT_FAILS"):  # a metrics file a tmp cleaner removed
+
+
+        def on_exit(pid):
+            raise FileNotFoundError(f"gauge_livesum_{pid}.db")
+
+
+        it.on_exit = on_exit
     if os.environ.get("AQUEUE_AUDIT_PORT"):
         from aqueue.contrib.prometheus import serve
 
@@ -342,6 +350,25 @@ async def test_a_start_that_fails_with_an_os_error_is_retried_and_others_keep_ru
         supervisor.signal(signal.SIGTERM)
         assert await supervisor.wait() == 0, "\n".join(supervisor.lines[-20:])
     assert gone(survivor)
+
+
+async def test_a_failing_exit_hook_is_logged_and_the_child_started_again(
+    audit: Audit, tmp_path: Path
+) -> None:
+    # The hook told of a child's exit (the metrics' mark_process_dead) raises: the supervisor
+    # logs it and goes on replacing the child, instead of ending with it.
+    env = {"AQUEUE_AUDIT_ON_EXIT_FAILS": "1"}
+    async with flaky_supervisor(audit, tmp_path, (0, 0), env=env) as supervisor:
+        r = await audit.app.send_task("audit.shout", (1,))
+        victim = await r.get(timeout=20)
+        os.kill(victim, signal.SIGKILL)
+        await supervisor.wait_for(f"(pid {victim}) died (signal 9: SIGKILL)")
+        await supervisor.wait_for("started again", timeout=20)
+        again = await audit.app.send_task("audit.shout", (1,))
+        await again.get(timeout=20)
+        supervisor.signal(signal.SIGTERM)
+        assert await supervisor.wait() == 0, "\n".join(supervisor.lines[-20:])
+    assert any("gauge_livesum" in line for line in supervisor.lines)
 
 
 async def test_a_child_that_can_never_be_started_stops_the_supervisor_cleanly(
