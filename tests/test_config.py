@@ -399,7 +399,7 @@ def test_no_celery_name_gets_a_spelling_guess(name: str) -> None:
 @pytest.mark.parametrize(
     ("name", "answer"),
     [
-        ("result_backend_always_retry", "is not acked: its message is delivered again"),
+        ("result_backend_always_retry", "is stored again, with a pause growing to 2 s"),
         ("worker_pool", "--processes N"),
         ("worker_hijack_root_logger", "-l/--loglevel sets the level and --logfile the file"),
         ("broker_host", "'amqp://user:password@host:port/vhost'"),

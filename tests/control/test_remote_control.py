@@ -86,10 +86,12 @@ async def test_status_shows_the_depths_of_what_was_sent_and_the_live_workers(
     assert (await cluster_status(t.app, [queue])).queues == [QueueDepth(queue)]
 
     bad = await t.app.send_task("ops.not_registered")
-    async with Worker(t.app, concurrency=3, hostname="a@rc", shutdown_timeout=5):
+    async with Worker(t.app, concurrency=3, hostname="a@rc", shutdown_timeout=5) as w:
         with pytest.raises(Exception, match="not registered"):
             await bad.get(timeout=10)
         assert await (await t.add.delay(1, 1)).get(timeout=10) == 2
+        # A result is stored before its message is acked: a get() may return in between.
+        await asyncio.wait_for(w.wait_processed(2), 10)
         status = await cluster_status(t.app, [queue])
         assert status.queues == [QueueDepth(queue, dead=1)]
         [worker] = [w for w in status.workers if queue in w.queues]
