@@ -60,6 +60,15 @@ async def fail_once(t: CanvasTasks, method: str, when: Callable[[Any], bool]) ->
     return failed
 
 
+async def fail_storing_once(t: CanvasTasks, task_id: str) -> asyncio.Event:
+    """:func:`fail_once` for the first store of ``task_id``'s record. A worker stores a chain's
+    or chord's failure with ``store_waited`` where the backend keeps the sets of tasks sent
+    after= others (they fail too), else with ``store``."""
+    backend = await t.app.result_backend()
+    method = "store_waited" if hasattr(backend, "store_waited") else "store"
+    return await fail_once(t, method, lambda records: task_id in [k for k, _ in records])
+
+
 async def test_chord_body_is_sent_after_a_backend_error_reading_the_header(
     t: CanvasTasks,
 ) -> None:
@@ -90,11 +99,7 @@ async def test_chord_failure_is_stored_after_a_backend_error(t: CanvasTasks) -> 
     workflow = chord([t.add.s(1, 1), t.fail.s("boom")], body)
     workflow.freeze()
     body_id = workflow.body.id
-    backend = await t.app.result_backend()
-    # A worker stores a chain's or chord's failure with store_waited where the backend keeps
-    # the sets of tasks sent after= others (they fail too), else with store.
-    method = "store_waited" if hasattr(backend, "store_waited") else "store"
-    failed = await fail_once(t, method, lambda records: body_id in [k for k, _ in records])
+    failed = await fail_storing_once(t, body_id)
     async with Worker(t.app, concurrency=4, shutdown_timeout=5):
         r = await workflow.delay()
         with pytest.raises(ChordError, match="boom"):
@@ -164,9 +169,7 @@ async def test_chain_failure_is_stored_after_a_backend_error(t: CanvasTasks) -> 
     workflow = t.fail.s("boom") | t.add.s(1) | t.add.s(2)
     workflow.freeze()
     final_id = workflow.tasks[-1].id
-    backend = await t.app.result_backend()
-    method = "store_waited" if hasattr(backend, "store_waited") else "store"
-    failed = await fail_once(t, method, lambda records: final_id in [k for k, _ in records])
+    failed = await fail_storing_once(t, final_id)
     async with Worker(t.app, concurrency=4, shutdown_timeout=5):
         r = await workflow.delay()
         with pytest.raises(ValueError, match="boom"):

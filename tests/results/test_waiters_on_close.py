@@ -56,20 +56,47 @@ async def _waiting_get(app: Aqueue, task_id: str) -> asyncio.Task[Any]:
     return waiter
 
 
-async def test_a_get_waiting_when_the_app_closes_is_told(backend_url: str) -> None:
-    """``get()`` waiting (no timeout) when ``app.close()`` runs raises BrokerConnectionError;
-    before, the memory and SQLite watches were dropped (Redis: cleared) and it waited for ever."""
-    app = Aqueue("closing", broker="memory://", backend=backend_url)
-    waiter = await _waiting_get(app, uuid.uuid4().hex)
-    await app.close()
-    done, _ = await asyncio.wait([waiter], timeout=WAIT)
+async def _ends_when_closed(app: Aqueue, waiter: asyncio.Task[Any], what: str) -> None:
+    """Close ``app``: ``waiter``, waiting, must end with BrokerConnectionError (``what`` names
+    the wait in the failure)."""
     try:
-        assert done, "get() still waiting after the result backend closed"
+        await app.close()
+        done, _ = await asyncio.wait([waiter], timeout=WAIT)
+        assert done, f"{what} still waiting after the result backend closed"
         with pytest.raises(BrokerConnectionError):
             waiter.result()
     finally:
         waiter.cancel()
         await app.close()
+
+
+async def _told_on_close(app: Aqueue, waiter: asyncio.Task[Any], box: Any, what: str) -> None:
+    """Once ``waiter`` waits on mailbox ``box``, :func:`_ends_when_closed`."""
+    try:
+        await until(lambda: bool(box._waiters), f"{what} waits on the mailbox")
+    except BaseException:
+        waiter.cancel()
+        await app.close()
+        raise
+    await _ends_when_closed(app, waiter, what)
+
+
+def _never_run(app: Aqueue, queue: str | None = None) -> Any:
+    """A task of ``app`` that is sent and never run (no worker)."""
+
+    @app.task(name="closing.never_run", queue=queue)
+    async def never_run() -> None:
+        """Sent, never run: no worker."""
+
+    return never_run
+
+
+async def test_a_get_waiting_when_the_app_closes_is_told(backend_url: str) -> None:
+    """``get()`` waiting (no timeout) when ``app.close()`` runs raises BrokerConnectionError;
+    before, the memory and SQLite watches were dropped (Redis: cleared) and it waited for ever."""
+    app = Aqueue("closing", broker="memory://", backend=backend_url)
+    waiter = await _waiting_get(app, uuid.uuid4().hex)
+    await _ends_when_closed(app, waiter, "get()")
 
 
 async def test_a_record_stored_before_close_is_still_returned(backend_url: str) -> None:
@@ -106,11 +133,7 @@ async def test_a_group_waiting_when_the_app_closes_is_told(backend_url: str) -> 
         for step in (0, 1):
             await backend.store([(t, _record(t, "STARTED", step)) for t in ids], 60)
             await until(functools.partial(_all_read, members, step), f"members read {step}")
-        await app.close()
-        done, _ = await asyncio.wait([waiter], timeout=WAIT)
-        assert done, "GroupResult.get() still waiting after the result backend closed"
-        with pytest.raises(BrokerConnectionError):
-            waiter.result()
+        await _ends_when_closed(app, waiter, "GroupResult.get()")
     finally:
         waiter.cancel()
         await app.close()
@@ -121,25 +144,9 @@ async def test_a_sent_tasks_get_waiting_on_its_reply_mailbox_is_told(redis_serve
     not on a watch; closing the backend ends that wait too."""
     url = f"{redis_server}/0"
     app = Aqueue("closing", broker=url, backend=url)
-
-    @app.task(name="closing.never_run")
-    async def never_run() -> None:
-        """Sent, never run: no worker."""
-
-    r = await never_run.delay()
+    r = await _never_run(app).delay()
     assert r._mailbox is not None, "the Redis backend gives a sent task a reply mailbox"
-    waiter = asyncio.create_task(r.get())
-    try:
-        box = r._mailbox
-        await until(lambda: bool(box._waiters), "get() waits on the mailbox")
-        await app.close()
-        done, _ = await asyncio.wait([waiter], timeout=WAIT)
-        assert done, "get() on the reply mailbox still waiting after the backend closed"
-        with pytest.raises(BrokerConnectionError):
-            waiter.result()
-    finally:
-        waiter.cancel()
-        await app.close()
+    await _told_on_close(app, asyncio.create_task(r.get()), r._mailbox, "get()")
 
 
 async def test_memory_close_ends_only_the_closing_loops_watches() -> None:
@@ -177,48 +184,18 @@ async def test_an_rpc_get_waiting_when_the_app_closes_is_told(rabbitmq_server: A
     """``rpc://``: a sent task's ``get()`` waits on its reply-queue mailbox; closing the app
     (which deletes the reply queue) ends that wait with BrokerConnectionError."""
     app = Aqueue("closing", broker=rabbitmq_server.url, backend="rpc://")
-
-    @app.task(name="closing.never_run", queue=f"closing-{uuid.uuid4().hex[:10]}")
-    async def never_run() -> None:
-        """Sent, never run: no worker."""
-
-    r = await never_run.delay()
+    r = await _never_run(app, f"closing-{uuid.uuid4().hex[:10]}").delay()
     assert r._mailbox is not None, "rpc:// gives a sent task a reply mailbox"
-    waiter = asyncio.create_task(r.get())
-    try:
-        box = r._mailbox
-        await until(lambda: bool(box._waiters), "get() waits on the mailbox")
-        await app.close()
-        done, _ = await asyncio.wait([waiter], timeout=WAIT)
-        assert done, "get() on the rpc:// mailbox still waiting after the backend closed"
-        with pytest.raises(BrokerConnectionError):
-            waiter.result()
-    finally:
-        waiter.cancel()
-        await app.close()
+    await _told_on_close(app, asyncio.create_task(r.get()), r._mailbox, "get()")
 
 
 async def test_an_rpc_watch_waiting_when_the_app_closes_is_told(rabbitmq_server: Any) -> None:
     """``rpc://``: a handle made from the id (``app.AsyncResult(id)``) of a task this client
     sent watches its mailbox through a queue of its own; closing the app ends that wait too."""
     app = Aqueue("closing", broker=rabbitmq_server.url, backend="rpc://")
-
-    @app.task(name="closing.never_run", queue=f"closing-{uuid.uuid4().hex[:10]}")
-    async def never_run() -> None:
-        """Sent, never run: no worker."""
-
-    sent = await never_run.delay()
+    sent = await _never_run(app, f"closing-{uuid.uuid4().hex[:10]}").delay()
     backend = await app.result_backend()
     box = backend._inbox.get(sent.id)  # type: ignore[attr-defined]
     assert box is not None
     waiter = asyncio.create_task(app.AsyncResult(sent.id).get())
-    try:
-        await until(lambda: bool(box._waiters), "get() watches the mailbox")
-        await app.close()
-        done, _ = await asyncio.wait([waiter], timeout=WAIT)
-        assert done, "a watch of the rpc:// mailbox still waiting after the backend closed"
-        with pytest.raises(BrokerConnectionError):
-            waiter.result()
-    finally:
-        waiter.cancel()
-        await app.close()
+    await _told_on_close(app, waiter, box, "a watch of the mailbox")

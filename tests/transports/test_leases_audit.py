@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -24,7 +23,8 @@ import redis.asyncio as aioredis
 from aqueue.transports.base import Outgoing
 from aqueue.transports.memory.broker import MemoryBroker
 from aqueue.transports.redis.broker import RedisBroker
-from tests.transports.test_redis import hold_the_server, until_sent
+from tests.transports import test_redis
+from tests.transports.test_redis import hold_the_server, new_broker, until_sent
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,32 +36,8 @@ def out(queue: str, body: bytes, priority: int = 0, eta: float | None = None) ->
 # -- Redis: the surplus buffer ------------------------------------------------------------------
 
 
-@pytest.fixture
-def url(redis_server: str) -> str:
-    return f"{redis_server}/0"
-
-
-@pytest.fixture
-async def client(url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def brokers() -> AsyncIterator[list[RedisBroker]]:
-    """Brokers a test creates; closed at the end."""
-    made: list[RedisBroker] = []
-    yield made
-    for broker in made:
-        await broker.close()
-
-
-async def new_broker(made: list[RedisBroker], url: str, **options: Any) -> RedisBroker:
-    broker = RedisBroker(url, options)
-    await broker.connect()
-    made.append(broker)
-    return broker
+# The Redis suite's fixtures, shared.
+url, client, brokers = test_redis.url, test_redis.client, test_redis.brokers
 
 
 async def with_surplus(broker: RedisBroker, queue: str) -> bytes:

@@ -23,6 +23,7 @@ from aqueue.transports.memory.broker import MemoryBroker
 from aqueue.transports.redis.results import RedisBackend
 from aqueue.worker import completer as completer_module
 from aqueue.worker.completer import REFUSALS, Completer
+from tests.transports.test_redis import BUSY_SCRIPT
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -296,14 +297,6 @@ async def test_a_worker_stopping_while_its_results_wait_for_the_backend_hands_th
 
 # -- a backend busy for a while: BUSY is not a refusal ---------------------------------------------
 
-_BUSY_FOR_A_SECOND = """
-local t = redis.call('TIME')
-while true do
-    local n = redis.call('TIME')
-    if (n[1] - t[1]) * 1000000 + (n[2] - t[2]) > 1000000 then return 1 end
-end
-"""
-
 
 async def test_a_backend_busy_running_a_script_holds_the_result_until_it_answers(
     redis_server: str,
@@ -327,7 +320,7 @@ async def test_a_backend_busy_running_a_script_holds_the_result_until_it_answers
         completer = Completer(broker, backend, 60)
         completer.timeout = 5
         await admin.config_set("busy-reply-threshold", 20)
-        busy = asyncio.ensure_future(holder.eval(_BUSY_FOR_A_SECOND, 0))
+        busy = asyncio.ensure_future(holder.eval(BUSY_SCRIPT, 0))
         for _ in range(200):  # until the server answers BUSY
             try:
                 await admin.ping()

@@ -75,12 +75,8 @@ def redis_errors(url: str, action: str) -> Iterator[None]:
         if isinstance(cause, redis.exceptions.ConnectionError):  # a refused login, TLS
             raise BrokerConnectionError(_connection_failure(url, action, cause)) from exc
         raise BrokerError(f"Redis Cluster at {redacted_url(url)} failed {action}: {exc}") from exc
-    except _UNAVAILABLE_NOW as exc:
-        raise BrokerConnectionError(
-            f"Redis at {redacted_url(url)} cannot serve {action} now: {exc}"
-        ) from exc
-    except redis.exceptions.ResponseError as exc:
-        if str(exc).startswith("BUSY "):
+    except redis.exceptions.RedisError as exc:
+        if _unavailable_now(exc):
             raise BrokerConnectionError(
                 f"Redis at {redacted_url(url)} cannot serve {action} now: {exc}"
             ) from exc
@@ -90,19 +86,17 @@ def redis_errors(url: str, action: str) -> Iterator[None]:
                 f"aqueue needs (docs/security.md has the least ACL that works): {exc}"
             ) from exc
         raise BrokerError(f"Redis at {redacted_url(url)} failed {action}: {exc}") from exc
-    except redis.exceptions.RedisError as exc:
-        if _not_permitted(exc):
-            raise BrokerError(
-                f"Redis at {redacted_url(url)} refused {action}: the ACL user lacks a permission "
-                f"aqueue needs (docs/security.md has the least ACL that works): {exc}"
-            ) from exc
-        raise BrokerError(f"Redis at {redacted_url(url)} failed {action}: {exc}") from exc
 
 
-#: Replies that say the server cannot serve now but will (a multi-key command during a
-#: resharding): a connection failure to the caller, which tries again later. ``BUSY`` has no
-#: class of its own in redis-py: see redis_errors.
-_UNAVAILABLE_NOW = (redis.exceptions.TryAgainError,)
+def _unavailable_now(error: Exception) -> bool:
+    """True for a reply that says the server cannot serve now but will: ``BUSY`` (a script
+    running past its ``busy-reply-threshold``; no class of its own in redis-py), ``TRYAGAIN``
+    (a multi-key command during a resharding). A connection failure to the caller, which tries
+    again later."""
+    if isinstance(error, redis.exceptions.TryAgainError):
+        return True
+    return isinstance(error, redis.exceptions.ResponseError) and str(error).startswith("BUSY ")
+
 
 #: Redis Cluster's errors that say it cannot serve now (no node reachable, a slot without a
 #: primary, the cluster down): a connection failure to the caller, which tries again later.
