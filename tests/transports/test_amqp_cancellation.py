@@ -17,7 +17,7 @@ from typing import Any
 import aiormq
 import pytest
 
-from aqueue.transports import Outgoing
+from aqueue.transports import DeadLetter, Outgoing
 from aqueue.transports.amqp.broker import AMQPBroker
 from tests.conftest import RabbitNode
 
@@ -114,3 +114,75 @@ async def test_purge_cancelled_as_the_purge_returns_is_cancelled(
     assert await cancel.outcome(broker.purge([queue_name, other])) == "cancelled"
     [depth] = await broker.queue_depths([other])
     assert depth.ready == 1  # not purged: its caller had cancelled before
+
+
+class CancelOnCall:
+    """Cancels ``victim`` as it calls ``method`` of :class:`aiormq.Channel` (once), before
+    the call has sent anything: a cancellation that comes while the call is in flight. The
+    call itself runs on the real server."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+        self.victim: asyncio.Task[Any] | None = None
+        self.fired = False
+        original = getattr(aiormq.Channel, method)
+
+        async def called(channel: aiormq.Channel, *args: Any, **kwargs: Any) -> Any:
+            if self.victim is not None and not self.fired:
+                self.fired = True
+                asyncio.get_running_loop().call_soon(self.victim.cancel)
+            return await original(channel, *args, **kwargs)
+
+        monkeypatch.setattr(aiormq.Channel, method, called)
+
+    async def outcome(self, call: Awaitable[Any]) -> str:
+        """Run ``call`` as the victim: ``"cancelled"``, or what it returned or raised."""
+        self.victim = asyncio.ensure_future(call)
+        done, _ = await asyncio.wait({self.victim}, timeout=10)
+        assert done, "the call neither ended nor was cancelled within 10 s"
+        assert self.fired, "the call never reached the method: the test no longer tests it"
+        if self.victim.cancelled():
+            return "cancelled"
+        error = self.victim.exception()
+        return f"raised {error!r}" if error else f"returned {self.victim.result()!r}"
+
+
+async def dead_lettered(broker: AMQPBroker, queue: str, n: int) -> list[bytes]:
+    """Publish ``n`` messages to ``queue`` and dead-letter them; their bodies."""
+    bodies = [b"%d" % i for i in range(n)]
+    await broker.publish([out(queue, body) for body in bodies])
+    deliveries = await broker.fetch([queue], n, 5)
+    assert sorted(d.body for d in deliveries) == bodies
+    for d in deliveries:
+        await broker.dead_letter(d, "bad")
+    return bodies
+
+
+async def test_dead_letters_cancelled_while_closing_its_channel_leaves_the_letters(
+    broker: AMQPBroker, monkeypatch: pytest.MonkeyPatch, queue_name: str
+) -> None:
+    """The read holds the letters it got (unacked) until its channel closes: cancelled as the
+    close began, the channel stayed open and the letters hidden from every other reader until
+    the connection closed."""
+    bodies = await dead_lettered(broker, queue_name, 3)
+    cancel = CancelOnCall(monkeypatch, "close")
+    assert await cancel.outcome(broker.dead_letters(queue_name)) == "cancelled"
+    assert [d.body for d in await broker.dead_letters(queue_name)] == bodies
+
+
+async def test_take_dead_letters_cancelled_while_closing_its_channel_gives_them_back(
+    broker: AMQPBroker, monkeypatch: pytest.MonkeyPatch, queue_name: str
+) -> None:
+    """A take whose ``send`` failed puts its letters back by closing its channel: cancelled as
+    the close began, the channel stayed open and held them, so no other take could replay
+    them until the connection closed."""
+    bodies = await dead_lettered(broker, queue_name, 2)
+    sent: list[list[bytes]] = []
+
+    async def send(letters: list[DeadLetter]) -> None:
+        sent.append([d.body for d in letters])
+        raise RuntimeError("replay failed")
+
+    cancel = CancelOnCall(monkeypatch, "close")
+    assert await cancel.outcome(broker.take_dead_letters(queue_name, 10, send)) == "cancelled"
+    assert sent == [bodies]
+    assert [d.body for d in await broker.dead_letters(queue_name)] == bodies

@@ -615,8 +615,7 @@ class AMQPBroker:
             try:
                 found, _ = await self._get_dead_letters(channel, queue, limit)
             finally:
-                with contextlib.suppress(Exception):
-                    await channel.close()
+                await self._close_holding(channel)
         return found
 
     async def _get_dead_letters(
@@ -642,6 +641,31 @@ class AMQPBroker:
         except aiormq.exceptions.ChannelNotFoundEntity:
             pass  # no such queue (never declared): no dead letters
         return found, last
+
+    async def _close_holding(self, channel: aiormq.abc.AbstractChannel) -> None:
+        """Close ``channel``, which may hold unacked messages (RabbitMQ puts them back), even
+        when the caller is cancelled meanwhile; errors are ignored (the connection may be gone).
+
+        A cancelled caller waits up to ``operation_timeout`` seconds for the close to end (it
+        goes on in its own task after that), then the cancellation is raised.
+
+        Raises:
+            asyncio.CancelledError: the caller was cancelled (after the wait).
+        """
+        # A cancel that lands before the channel.close frame is sent would leave the channel
+        # open, holding its messages from every other reader until the connection closes.
+        closing = asyncio.ensure_future(self._close_quietly(channel))
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            await asyncio.wait({closing}, timeout=self._timeout)
+            raise
+
+    @staticmethod
+    async def _close_quietly(channel: aiormq.abc.AbstractChannel) -> None:
+        """Close ``channel``; errors are ignored (the connection may be gone)."""
+        with contextlib.suppress(Exception):
+            await channel.close()
 
     async def take_dead_letters(self, queue: str, limit: int, send: SendLetters) -> int:
         """Take up to ``limit`` of ``queue``'s dead letters with ``basic.get`` (unacked, on a
@@ -671,8 +695,7 @@ class AMQPBroker:
                 await self._bounded(channel.basic_qos(prefetch_count=0))
             return len(found)
         finally:
-            with contextlib.suppress(Exception):
-                await channel.close()
+            await self._close_holding(channel)
 
     # -- queue administration (QueueAdmin) -------------------------------------------------
 
