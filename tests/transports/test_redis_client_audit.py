@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
+import subprocess
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from aqueue.transports.redis.control import RedisControl
 from aqueue.transports.redis.results import RedisBackend
 from aqueue.transports.redis.sentinel import PrimaryWatch, SentinelPool, open_sentinel_client
 from tests.chaos.harness import FaultProxy
-from tests.conftest import until
+from tests.conftest import _start_redis, until
 from tests.net import free_port
 from tests.transports.sentinels import SENTINEL_PASSWORD, SentinelGroup
 
@@ -279,3 +281,102 @@ async def test_a_shared_client_connects_after_a_failed_first_ping(redis_server: 
     finally:
         await shared.aclose()
         proxy.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Callable[[], int]]:
+    """Starts private redis-servers (their port) that a test may turn into replicas or starve
+    of memory without disturbing the session's server; all stopped afterwards."""
+    binary = shutil.which("redis-server")
+    assert binary is not None, "redis-server is not on PATH"
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> int:
+        for _ in range(5):  # a free port may be taken before redis binds it
+            port = free_port()
+            workdir = tmp_path / str(port)
+            workdir.mkdir()
+            proc = _start_redis(binary, port, workdir, workdir / "redis.log")
+            if proc is not None:
+                procs.append(proc)
+                return port
+        raise AssertionError("redis-server did not start")
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def _admin(port: int) -> redis.Redis:
+    return redis.Redis(port=port)
+
+
+async def test_a_result_store_follows_a_failover_behind_a_virtual_ip(
+    own_redis: Callable[[], int],
+) -> None:
+    """A store after the URL's address moved to a new primary (a virtual IP, DNS) while its
+    pooled connection still reaches the old one, now a replica (``READONLY``): the stale
+    connection is dropped and the store goes to the new primary. Refused for good, a worker
+    would dead-letter the task whose good result this is."""
+    old, new = own_redis(), own_redis()
+    proxy = FaultProxy(old)  # the virtual IP
+    proxy.start()
+    backend = RedisBackend(proxy.url(0))
+    try:
+        await backend.store([("before", b"SUCCESS")], expires=60)  # a connection to `old`
+        with contextlib.closing(_admin(old)) as demoted:
+            demoted.execute_command("REPLICAOF", "127.0.0.1", str(new))
+        proxy.upstream_port = new  # the virtual IP moves: new connections reach `new`
+
+        await backend.store([("after", b"SUCCESS")], expires=60)
+
+        assert await backend.get_many(["after"]) == [b"SUCCESS"]
+        with contextlib.closing(_admin(new)) as primary:
+            assert primary.info("replication")["role"] == "master"
+    finally:
+        await backend.close()
+        proxy.close()
+
+
+async def test_a_store_on_a_replica_is_a_connection_failure(
+    own_redis: Callable[[], int],
+) -> None:
+    """A store on a server that is a replica (``READONLY``) fails as a connection failure
+    saying so, which a worker tries again (the message kept leased), not as a refusal; once
+    the server is a primary again the store goes through."""
+    primary, replica = own_redis(), own_redis()
+    backend = RedisBackend(f"redis://127.0.0.1:{replica}/0")
+    try:
+        await backend.store([("before", b"SUCCESS")], expires=60)
+        with contextlib.closing(_admin(replica)) as admin:
+            admin.execute_command("REPLICAOF", "127.0.0.1", str(primary))
+            with pytest.raises(BrokerConnectionError, match="read-only replica"):
+                await backend.store([("during", b"SUCCESS")], expires=60)
+            admin.execute_command("REPLICAOF", "NO", "ONE")
+        await backend.store([("after", b"SUCCESS")], expires=60)
+        assert await backend.get_many(["after"]) == [b"SUCCESS"]
+    finally:
+        await backend.close()
+
+
+async def test_a_store_on_a_server_out_of_memory_is_a_connection_failure(
+    own_redis: Callable[[], int],
+) -> None:
+    """A store while the server has reached ``maxmemory`` (``noeviction``: ``OOM``) fails as
+    a connection failure saying so - the server refuses every write until memory is freed,
+    whatever the record - and goes through once it has memory again."""
+    port = own_redis()
+    backend = RedisBackend(f"redis://127.0.0.1:{port}/0")
+    try:
+        await backend.store([("before", b"SUCCESS")], expires=60)
+        with contextlib.closing(_admin(port)) as admin:
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", 1)  # bytes: below what it uses already
+            with pytest.raises(BrokerConnectionError, match="out of memory"):
+                await backend.store([("during", b"SUCCESS")], expires=60)
+            admin.config_set("maxmemory", 0)  # no limit
+        await backend.store([("after", b"SUCCESS")], expires=60)
+        assert await backend.get_many(["after"]) == [b"SUCCESS"]
+    finally:
+        await backend.close()

@@ -56,9 +56,11 @@ def redis_errors(url: str, action: str) -> Iterator[None]:
         BrokerConnectionError: the server could not be reached or timed out, refused the login,
             or its TLS certificate was not trusted (names ``url`` without its password, and the
             cause); or it cannot serve now: ``BUSY`` (a script running past its
-            ``busy-reply-threshold``), ``LOADING``, ``TRYAGAIN``, or Redis Cluster with no node
-            reachable, a slot without a primary, ``CLUSTERDOWN``, ``MASTERDOWN``. A caller that
-            tries again later (a worker storing a result) gets through once it answers.
+            ``busy-reply-threshold``), ``LOADING``, ``TRYAGAIN``, ``READONLY`` (the server
+            became a replica: a failover), ``OOM`` (``maxmemory`` reached: no write until
+            memory is freed), or Redis Cluster with no node reachable, a slot without a
+            primary, ``CLUSTERDOWN``, ``MASTERDOWN``. A caller that tries again later (a worker
+            storing a result) gets through once it answers.
         BrokerError: the server refused a command (an ACL user lacking it: ``NOPERM``).
     """
     try:
@@ -78,7 +80,7 @@ def redis_errors(url: str, action: str) -> Iterator[None]:
     except redis.exceptions.RedisError as exc:
         if _unavailable_now(exc):
             raise BrokerConnectionError(
-                f"Redis at {redacted_url(url)} cannot serve {action} now: {exc}"
+                f"Redis at {redacted_url(url)} cannot serve {action} now{_why_not_now(exc)}: {exc}"
             ) from exc
         if _not_permitted(exc):
             raise BrokerError(
@@ -91,11 +93,33 @@ def redis_errors(url: str, action: str) -> Iterator[None]:
 def _unavailable_now(error: Exception) -> bool:
     """True for a reply that says the server cannot serve now but will: ``BUSY`` (a script
     running past its ``busy-reply-threshold``; no class of its own in redis-py), ``TRYAGAIN``
-    (a multi-key command during a resharding). A connection failure to the caller, which tries
-    again later."""
-    if isinstance(error, redis.exceptions.TryAgainError):
+    (a multi-key command during a resharding), ``READONLY`` (the URL's server became a replica:
+    a failover done by DNS or a virtual IP), ``OOM`` (``maxmemory`` reached under
+    ``noeviction``). A connection failure to the caller, which tries again later.
+
+    ``READONLY`` and ``OOM`` refuse a write before it changes anything, and say nothing of the
+    record written: refusing it for good would dead-letter every good result until the
+    server is a primary again, or has memory."""
+    if isinstance(error, _NOT_NOW):
         return True
     return isinstance(error, redis.exceptions.ResponseError) and str(error).startswith("BUSY ")
+
+
+_NOT_NOW = (
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+)
+
+
+def _why_not_now(error: Exception) -> str:
+    """What an operator should know of a :func:`_unavailable_now` reply that its own text
+    does not say: a parenthesis for the error message (``""``: nothing to add)."""
+    if isinstance(error, redis.exceptions.ReadOnlyError):
+        return " (it is a read-only replica: a failover, or the URL names a replica)"
+    if isinstance(error, redis.exceptions.OutOfMemoryError):
+        return " (out of memory: writes fail until memory is freed or maxmemory raised)"
+    return ""
 
 
 #: Redis Cluster's errors that say it cannot serve now (no node reachable, a slot without a
@@ -268,8 +292,15 @@ def tls_arguments(
 
 
 def dropped_connection_retry(retry_on_timeout: bool) -> Retry:
-    """redis-py's retry: once, at once, for a command on a connection that turned out dropped."""
-    errors: tuple[type[Exception], ...] = (redis.exceptions.ConnectionError,)
+    """redis-py's retry: once, at once, for a command on a connection that turned out dropped,
+    or whose server became a replica (``READONLY``: the command did not run). redis-py drops
+    the connection before the retry: a new one resolves the host again, which after a
+    failover done by DNS or a virtual IP reaches the new primary (a pooled one would keep
+    reaching the replica)."""
+    errors: tuple[type[Exception], ...] = (
+        redis.exceptions.ConnectionError,
+        redis.exceptions.ReadOnlyError,
+    )
     if retry_on_timeout:
         errors += (redis.exceptions.TimeoutError,)
     return Retry(NoBackoff(), retries=1, supported_errors=errors, is_retryable=_not_connecting)
