@@ -807,8 +807,9 @@ class Executor:
             return None
         conf = self.app.conf
         return StreamWriter(
-            self.backend, msg, conf.result_serializer, self.signing, conf.result_expires
-        )
+            self.backend, msg, conf.result_serializer, self.signing, conf.result_expires,
+            timeout=self.completer.timeout,
+        )  # fmt: skip
 
     async def _store(
         self, record: ResultRecord, msg: Message | None = None, reply_to: str | None = None
