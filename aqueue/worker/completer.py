@@ -371,31 +371,11 @@ class Completer:
         """Whether the backend answers a read of ``item``'s first task id within
         :attr:`timeout` seconds."""
         assert self.backend is not None
-        try:
-            await self._bounded(self.backend.get_many([item[0][0][0]]))
-        except Exception:
-            return False
-        return True
+        return await answers(self.backend, item[0][0][0], self.timeout)
 
     async def _bounded(self, call: Awaitable[_T]) -> _T:
-        """``await call``, cancelled past :attr:`timeout` seconds.
-
-        Raises:
-            BrokerConnectionError: no answer within :attr:`timeout` seconds (redis-py drops
-                a connection whose command is cancelled: the next try opens a fresh one).
-        """
-        bound = asyncio.timeout(self.timeout)
-        try:
-            async with bound:
-                return await call
-        except TimeoutError as exc:
-            if not bound.expired():
-                raise  # the backend's own
-            raise self._no_answer() from exc
-
-    def _no_answer(self) -> BrokerConnectionError:
-        """The error of a store or read that got no answer within :attr:`timeout` seconds."""
-        return BrokerConnectionError(f"the result backend did not answer within {self.timeout:g}s")
+        """``await call`` within :attr:`timeout` seconds (:func:`bounded`)."""
+        return await bounded(call, self.timeout)
 
     async def _store_records(self, items: Sequence[_Item]) -> None:
         """Store the records of ``items`` (and settle the tasks waiting for them)."""
@@ -424,7 +404,7 @@ class Completer:
         except TimeoutError as exc:
             if not bound.expired():
                 raise  # the backend's own
-            raise self._no_answer() from exc
+            raise _no_answer(self.timeout) from exc
         finally:
             if not call.done():  # timed out, or this caller cancelled (a shutdown)
                 self._abandoned.add(call)
@@ -435,6 +415,38 @@ class Completer:
         self._abandoned.discard(call)
         if not call.cancelled() and call.exception() is not None:
             logger.debug("a store that did not answer in time failed: %s", call.exception())
+
+
+async def bounded(call: Awaitable[_T], timeout: float | None) -> _T:
+    """``await call``, cancelled past ``timeout`` seconds (``None``: no bound).
+
+    Raises:
+        BrokerConnectionError: no answer within ``timeout`` seconds (redis-py drops a
+            connection whose command is cancelled: the next try opens a fresh one).
+    """
+    bound = asyncio.timeout(timeout)
+    try:
+        async with bound:
+            return await call
+    except TimeoutError as exc:
+        if not bound.expired():
+            raise  # the backend's own
+        raise _no_answer(timeout) from exc
+
+
+async def answers(backend: ResultBackend, task_id: str, timeout: float | None) -> bool:
+    """Whether ``backend`` answers a read of ``task_id`` within ``timeout`` seconds: a store
+    it failed with a connection error while it answers may be its refusal of the records."""
+    try:
+        await bounded(backend.get_many([task_id]), timeout)
+    except Exception:
+        return False
+    return True
+
+
+def _no_answer(timeout: float | None) -> BrokerConnectionError:
+    """The error of a store or read that got no answer within ``timeout`` seconds."""
+    return BrokerConnectionError(f"the result backend did not answer within {timeout:g}s")
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

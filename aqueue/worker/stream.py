@@ -39,7 +39,7 @@ from aqueue.exceptions import BrokerConnectionError, StreamError
 from aqueue.results.record import ResultRecord
 from aqueue.results.stream import item_key
 from aqueue.worker import completer
-from aqueue.worker.completer import REFUSALS, STORE_TIMEOUT, store
+from aqueue.worker.completer import REFUSALS, STORE_TIMEOUT, answers, bounded, store
 
 if TYPE_CHECKING:
     from aqueue.message import Message
@@ -157,31 +157,11 @@ class StreamWriter:
     async def _answering(self) -> bool:
         """Whether the backend answers a read of the task's record within :attr:`timeout`
         seconds (a store it fails while it answers may be its refusal of the item)."""
-        try:
-            await self._bounded(self._backend.get_many([self._msg.id]))
-        except Exception:
-            return False
-        return True
+        return await answers(self._backend, self._msg.id, self.timeout)
 
     async def _bounded(self, call: Awaitable[_T]) -> _T:
-        """``await call``, cancelled past :attr:`timeout` seconds.
-
-        Raises:
-            BrokerConnectionError: no answer within :attr:`timeout` seconds (redis-py drops a
-                connection whose command is cancelled: the next try opens a fresh one).
-        """
-        if self.timeout is None:
-            return await call
-        bound = asyncio.timeout(self.timeout)
-        try:
-            async with bound:
-                return await call
-        except TimeoutError as exc:
-            if not bound.expired():
-                raise  # the backend's own
-            raise BrokerConnectionError(
-                f"the result backend did not answer within {self.timeout:g}s"
-            ) from exc
+        """``await call`` within :attr:`timeout` seconds (:func:`.completer.bounded`)."""
+        return await bounded(call, self.timeout)
 
 
 async def drain(generator: AsyncGenerator[Any, None], emit: Emit | None, limit: int) -> list[Any]:

@@ -21,17 +21,14 @@ from aqueue.transports.redis.results import RedisBackend
 from aqueue.worker import completer as completer_module
 from aqueue.worker.completer import REFUSALS
 from aqueue.worker.stream import StreamWriter
+from tests.worker import test_completer_faults
 from tests.worker.test_completer_faults import FreezingProxy
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-async def frozen_proxy(redis_server: str) -> AsyncIterator[FreezingProxy]:
-    proxy = FreezingProxy(redis_server)
-    await proxy.start()
-    yield proxy
-    await proxy.close()
+# The completer suite's proxy: it stops forwarding on the connections open when frozen.
+frozen_proxy = test_completer_faults.proxy
 
 
 def _decoded(app: Aqueue, task_id: str, raws: list[bytes | None]) -> list[ResultRecord | None]:
