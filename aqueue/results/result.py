@@ -171,6 +171,8 @@ class AsyncResult(Generic[R]):
                 imported) when it failed.
             TaskRevokedError: the task was revoked or expired.
             ConfigurationError: no result backend is configured.
+            BrokerConnectionError: the result backend cannot be reached, or was closed
+                (``app.close()``) while this waited.
         """
         rec = self._record
         if rec is None or not rec.ready:
